@@ -1,0 +1,1 @@
+"""Evaluation harness (eval_*.py) and performance benchmarks (perf/)."""

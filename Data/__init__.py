@@ -1,0 +1,1 @@
+"""Preparation of public datasets into the prepared format (one module a dataset)."""

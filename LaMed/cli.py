@@ -1,0 +1,67 @@
+"""The ``lamed`` command.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
+it is imported only when invoked, so ``lamed --help`` stays fast (no torch import).
+``lamed prepare`` additionally discovers dataset preparers registered under the
+``lamed.preparers`` entry-point group (the ``Data/`` package registers its own there), so the
+library never imports ``Data`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Dict, List, Optional, Tuple
+
+# name -> (module, one-line help)
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "prepare": ("LaMed.commands.prepare", "write data in the prepared format (phantoms, volumes, public datasets)"),
+    "demo": ("LaMed.commands.demo", "run the end-to-end demo on synthetic phantoms"),
+}
+
+
+def _add_command(sub, name: str, module: str, help_text: str, load: bool):
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    if load:
+        mod = importlib.import_module(module)
+        mod.add_arguments(parser)
+        parser.set_defaults(_run=mod.run)
+    return parser
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """Build the parser; only the module of ``command`` (if given) is imported."""
+    from LaMed import __version__
+
+    parser = argparse.ArgumentParser(prog="lamed", description="LaMed: 3D medical vision-language models")
+    parser.add_argument("--version", action="version", version=f"lamed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        _add_command(sub, name, module, help_text, load=(name == command))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        result = args._run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        # Errors raised on purpose carry a readable message naming the file / field; no traceback.
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lamed {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

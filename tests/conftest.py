@@ -1,0 +1,36 @@
+"""Shared pytest setup: offline environment, the shared sample data, small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Any accidental hub access must fail fast instead of waiting on a network timeout.
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LAMED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it are skipped cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir(shared_data: Path) -> Path:
+    d = shared_data / "totalsegmentator"
+    if not (d / "ct_abdomen.nii.gz").is_file():
+        pytest.skip(f"TotalSegmentator sample volumes not found in {d}")
+    return d
