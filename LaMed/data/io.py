@@ -108,8 +108,12 @@ class Volume:
 
     @property
     def orientation(self) -> str:
-        """Axis codes of the source file (e.g. ``"RAS"``, ``"LPS"``), nibabel's convention."""
-        return "".join(_axcodes(self.source_affine))
+        """Direction codes of the file's index axes i, j, k (x-first), e.g. ``"RAS"`` or ``"LPS"``.
+
+        Each letter names where that index increases toward (nibabel's convention). ITK, DICOM and
+        numpy arrays are stored z-first, so their codes are read from the last array axis first.
+        """
+        return file_axcodes(self.source_affine, self.source_format)
 
     def to_source(self, array: np.ndarray) -> np.ndarray:
         """Map a canonical ``(D, H, W)`` array (e.g. a mask) onto the file's own grid and axis order."""
@@ -209,10 +213,12 @@ def _canonical_to_source_affine(affine, axes, flips, source_shape) -> np.ndarray
     return np.asarray(affine, float) @ np.linalg.inv(_index_map(axes, flips, source_shape))
 
 
-def _axcodes(affine: np.ndarray) -> tuple[str, ...]:
+def file_axcodes(source_affine: np.ndarray, source_format: str) -> str:
+    """Orientation codes of a file's index axes (x-first), given its source-array affine."""
     from nibabel.orientations import aff2axcodes
 
-    return aff2axcodes(affine)
+    codes = "".join(aff2axcodes(source_affine))
+    return codes if source_format == "nifti" else codes[::-1]  # others keep z-first arrays
 
 
 def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
@@ -295,7 +301,7 @@ def build_volume(source: np.ndarray, source_affine: np.ndarray, path, source_for
         array = array.copy()
     affine = _source_to_canonical_affine(source_affine, axes, flips, source.shape)
     meta = dict(meta or {})
-    meta.setdefault("orientation", "".join(_axcodes(source_affine)))
+    meta.setdefault("orientation", file_axcodes(source_affine, source_format))
     return Volume(array=array, spacing=_spacing_of(affine), affine=affine, path=None if path is None else str(path),
                   source_shape=tuple(source.shape), source_affine=np.asarray(source_affine, float), axes=axes,
                   flips=flips, source_format=source_format, header=header, meta=meta)
