@@ -18,6 +18,8 @@ Outputs are always given back in the canonical (D, H, W) layout, tokens depth-ma
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Dict, List, Sequence, Tuple
 
@@ -87,6 +89,35 @@ class DCFormerConfig:
 
     def to_dict(self) -> Dict:
         return asdict(self)
+
+
+class _KeepBatchNormStats:
+    """During a checkpoint's recomputation, keep BatchNorm running statistics as they are.
+
+    The recomputed forward sees the same batch again; without this the running mean / var (and
+    ``num_batches_tracked``) would be updated twice per step, so checkpointing would change the
+    eval-mode model. Momentum 0 leaves the statistics bit-identical; the counter is restored.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, (momentum, count) in zip(self.norms, self.saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+        return False
+
+
+def _checkpoint_contexts(block: nn.Module):
+    return contextlib.nullcontext(), _KeepBatchNormStats(block)
 
 
 def _stage_size(n: int, stage: int, stem_stride: int) -> int:
@@ -168,7 +199,8 @@ class DCFormer(VisionEncoder):
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
             for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
+                ctx = functools.partial(_checkpoint_contexts, block)
+                x = checkpoint(block, x, use_reentrant=False, context_fn=ctx)
             return x
         return stage(x)
 
