@@ -76,7 +76,8 @@ def test_canonical_affine_hits_the_same_world_points_as_nibabel(totalseg_dir, na
     vol = load_volume(p)
     nib_affine = nib.load(p).affine
     rng = np.random.default_rng(0)
-    picks = [(0, 0, 0), tuple(s - 1 for s in vol.shape)] + [tuple(rng.integers(0, s) for s in vol.shape) for _ in range(4)]
+    picks = [(0, 0, 0), tuple(s - 1 for s in vol.shape)]
+    picks += [tuple(rng.integers(0, s) for s in vol.shape) for _ in range(4)]
     for dhw in picks:
         marker = np.zeros(vol.shape, np.uint8)
         marker[dhw] = 1
@@ -231,7 +232,8 @@ def test_dicom_folder_with_two_series_lists_them_and_series_uid_selects(tmp_path
 
     folder = tmp_path / "mixed"
     write_dicom_series(folder, known_kji, (0.7, 0.9, 2.5), (-10.0, 20.0, 30.0), CORONAL, UID_A, instance=1)
-    write_dicom_series(folder, known_kji[:3] + 5, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), UID_B, 2)
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    write_dicom_series(folder, known_kji[:3] + 5, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), identity, UID_B, instance=2)
     with pytest.raises(VolumeError, match=r"holds 2 DICOM series; choose one with series_uid") as err:
         load_volume(folder)
     msg = str(err.value)

@@ -126,7 +126,8 @@ class Volume:
         """Inverse of :meth:`to_source`: a file-grid array -> canonical ``(D, H, W)``."""
         arr = np.asarray(source_array)
         if arr.shape != tuple(self.source_shape):
-            raise VolumeError(self.path, f"array of shape {arr.shape} does not match the source shape {self.source_shape}")
+            raise VolumeError(self.path, f"array of shape {arr.shape} does not match the source shape "
+                                         f"{self.source_shape}")
         return to_canonical(arr, self.axes, self.flips)
 
     @classmethod
