@@ -407,3 +407,17 @@ def test_to_source_and_to_canonical_are_inverse(totalseg_dir):
     src = vol.to_source(vol.array)
     np.testing.assert_array_equal(src, np.asanyarray(nib.load(totalseg_dir / "ct_abdomen.nii.gz").dataobj))
     np.testing.assert_array_equal(vol.to_canonical(src), vol.array)
+
+
+@pytest.mark.parametrize("raw,slope,inter,expected,dtype", [
+    (np.array([0, 4095], np.uint16), 1, -1024, [-1024, 3071], np.int16),  # CT stored unsigned + intercept
+    (np.array([0, 65535], np.uint16), 1, -1024, [-1024, 64511], np.int32),  # needs a wider type
+    (np.array([0, 3], np.uint8), -2, 10, [10, 4], np.int16),  # negative slope: intermediates are signed
+    (np.array([1, 2], np.int16), 0.5, 0, [0.5, 1.0], np.float32),  # inexact scaling -> float32
+])
+def test_integer_rescaling_is_exact_and_compact(raw, slope, inter, expected, dtype):
+    from LaMed.data.io import finalize_array
+
+    out = finalize_array(raw, "x.nii", slope, inter)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expected)

@@ -229,16 +229,20 @@ def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------- dtype / value checks
 
 
-def _smallest_int(arr: np.ndarray) -> np.ndarray:
-    """Exact integer array in the smallest of (u)int8/16/32/64 that holds its range."""
-    if arr.size == 0:
-        return arr
-    lo, hi = int(arr.min()), int(arr.max())
-    for dt in (np.uint8, np.int16, np.uint16, np.int32, np.int64) if lo >= 0 else (np.int16, np.int32, np.int64):
+def _int_dtype_for(lo: int, hi: int) -> np.dtype:
+    """The smallest of (u)int8/16/32/64 holding ``[lo, hi]``."""
+    for dt in (np.uint8, np.int16, np.uint16, np.int32) if lo >= 0 else (np.int16, np.int32):
         info = np.iinfo(dt)
         if info.min <= lo and hi <= info.max:
-            return arr.astype(dt, copy=False)
-    return arr
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _smallest_int(arr: np.ndarray) -> np.ndarray:
+    """Exact integer array in the smallest integer dtype that holds its range."""
+    if arr.size == 0:
+        return arr
+    return arr.astype(_int_dtype_for(int(arr.min()), int(arr.max())), copy=False)
 
 
 def finalize_array(arr: np.ndarray, path, slope: float = 1.0, inter: float = 0.0) -> np.ndarray:
@@ -256,7 +260,14 @@ def finalize_array(arr: np.ndarray, path, slope: float = 1.0, inter: float = 0.0
         if not scaled:
             return arr
         if float(slope).is_integer() and float(inter).is_integer():
-            return _smallest_int(arr.astype(np.int64) * int(slope) + int(inter))
+            # pick the output type from the scaled extremes: no full-size int64 temporary
+            m, b = int(slope), int(inter)
+            lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+            steps = (lo * m, hi * m, lo * m + b, hi * m + b, m, b)  # intermediates must fit too
+            out = arr.astype(_int_dtype_for(min(steps), max(steps)))
+            out *= out.dtype.type(m)
+            out += out.dtype.type(b)
+            return out
     out = arr.astype(np.float32, copy=False)
     if scaled:
         out = out * np.float32(slope) + np.float32(inter)
