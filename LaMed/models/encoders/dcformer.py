@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from LaMed.models.encoders.base import VisionEncoder
-from LaMed.models.encoders.dcformer_blocks import ATTN_SCALES, AttentionBlock, ConvBlock, DecomposedStem
+from LaMed.models.encoders.dcformer_blocks import ATTN_SCALES, AttentionBlock, ConvBlock, decomposed_stem
 from LaMed.models.encoders.registry import register_encoder
 
 INPUT_LAYOUTS = ("DHW", "HWD")
@@ -148,7 +148,7 @@ class DCFormer(VisionEncoder):
         rates = [c.drop_path_rate * i / max(blocks_total - 1, 1) for i in range(blocks_total)]
         self.encoder = nn.Module()
         self.encoder.s0 = nn.Sequential(
-            DecomposedStem(c.in_channels, c.channels[0], c.stem_kernel_size, c.stem_stride, c.stem_depth, c.stem_activation)
+            decomposed_stem(c.in_channels, c.channels[0], c.stem_kernel_size, c.stem_stride, c.stem_depth, c.stem_activation)
         )
         k = 0
         for s in range(1, 5):

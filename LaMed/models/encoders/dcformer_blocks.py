@@ -218,21 +218,21 @@ class AttentionBlock(nn.Module):
         return y.transpose(1, 2).reshape(b, c, *size)
 
 
-class DecomposedStem(nn.Sequential):
-    """Stem ``(B, C_in, X, Y, Z) -> (B, C0, X/4, Y/4, Z/4)`` (each size ``n -> (n - 1) // stride + 1``).
+def decomposed_stem(
+    in_dim: int, out_dim: int, kernel_size: int = 7, stride: int = 4, depth: int = 4, activation: bool = True
+) -> nn.Sequential:
+    """Stem ``(B, C_in, X, Y, Z) -> (B, C0, X', Y', Z')`` with each size ``n -> (n - 1) // stride + 1``.
 
     One ``DecompConv3D(C_in, C0, kernel_size, stride)`` then ``depth - 1`` ``DecompConv3D(C0, C0, 3)``,
     all full (not depthwise) with BatchNorm. ``activation=True`` puts a GELU after each; the
     published code passed its GELU into the ``norm`` slot, so its stem has no non-linearity at all
     (``activation=False`` reproduces that for the released weights).
     """
-
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 7, stride: int = 4, depth: int = 4, activation: bool = True):
-        layers = []
-        for i in range(depth):
-            act = nn.GELU() if activation else None
-            if i == 0:
-                layers.append(DecompConv3D(in_dim, out_dim, kernel_size, stride=stride, act=act))
-            else:
-                layers.append(DecompConv3D(out_dim, out_dim, 3, act=act))
-        super().__init__(*layers)
+    layers = []
+    for i in range(depth):
+        act = nn.GELU() if activation else None
+        if i == 0:
+            layers.append(DecompConv3D(in_dim, out_dim, kernel_size, stride=stride, act=act))
+        else:
+            layers.append(DecompConv3D(out_dim, out_dim, 3, act=act))
+    return nn.Sequential(*layers)
