@@ -156,7 +156,7 @@ def _report(w: _Writer, f: dict) -> str:
         cc = _cm(sp["craniocaudal_mm"])
         if sp["enlarged"]:
             out.append(w.pick((f"The spleen is enlarged, measuring about {cc} cm craniocaudally (splenomegaly).",
-                               f"Splenomegaly, with a craniocaudal span of about {cc} cm.",
+                               f"Splenomegaly: the spleen spans about {cc} cm craniocaudally.",
                                f"The spleen is enlarged at about {cc} cm, consistent with splenomegaly.")))
         else:
             out.append(w.pick((f"The spleen is normal in size (about {cc} cm craniocaudally).",
