@@ -1,0 +1,274 @@
+"""Recipes: one YAML file per published training stage, plus ``--key value`` overrides.
+
+A recipe names its task and holds one section per argument dataclass::
+
+    task: clip                       # a registered task (LaMed.train.tasks)
+    base: m3d_clip.yaml              # optional: start from another recipe (relative path), then override
+    description: M3D-CLIP, 3D ViT-B + BERT, InfoNCE with all-gather
+    model:    {...}                  # the task's ModelArguments
+    data:     {...}                  # the task's DataArguments
+    training: {...}                  # LaMedTrainingArguments (HF TrainingArguments + LaMed fields)
+    stage:                           # StageArguments
+      freeze: ["*"]
+      trainable: [mm_projector]
+      lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: [qkv_proj, o_proj]}
+
+Parsing goes through ``HfArgumentParser`` over the four dataclasses: the recipe values become the
+parser defaults and the command line wins (``--learning_rate 5e-5``, ``--lora.r 8``,
+``--training.max_steps=10``). Unknown keys, in the file or on the command line, are errors that name
+the recipe file and the key, with close matches suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+SECTIONS = ("model", "data", "training", "stage")
+TOP_LEVEL_KEYS = ("task", "base", "description") + SECTIONS
+
+
+class RecipeError(ValueError):
+    """A recipe or an override is invalid; the message starts with the recipe path."""
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the task name and the four argument dataclass instances."""
+
+    path: Optional[Path]
+    task: str
+    model_args: Any
+    data_args: Any
+    training_args: Any
+    stage_args: Any
+    raw: Dict[str, Any] = field(default_factory=dict)
+    overrides: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Resolved values per section (what actually runs), e.g. to save next to the checkpoints."""
+        def plain(v):
+            if isinstance(v, enum.Enum):
+                return plain(v.value)
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {str(k): plain(x) for k, x in v.items()}
+            if v is None or type(v) in (str, int, float, bool):
+                return v
+            return str(v)
+
+        def values(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+
+        # Keep the training section readable: what the recipe or the command line set, plus the
+        # essentials; every other field has its stock TrainingArguments default.
+        named = set(self.raw.get("training", {})) | {"output_dir", "seed", "resume"}
+        named |= {tok[2:].split("=")[0].replace(".", "_").replace("-", "_").removeprefix("training_")
+                  for tok in self.overrides if tok.startswith("--")}
+        training = {k: v for k, v in values(self.training_args).items() if k in named}
+        return {"task": self.task, "model": values(self.model_args), "data": values(self.data_args),
+                "training": training, "stage": values(self.stage_args)}
+
+
+def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """Read a recipe file, following ``base:`` (relative to the file) with a deep merge."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    if path.resolve() in _seen:
+        raise RecipeError(f"{path}: 'base' chain loops back to this file ({' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise RecipeError(f"{path}: unknown top-level key '{key}'{_hint(key, TOP_LEVEL_KEYS)} "
+                              f"(expected {', '.join(TOP_LEVEL_KEYS)})")
+    for section in SECTIONS:
+        if data.get(section) is None:
+            data[section] = {}
+        if not isinstance(data[section], dict):
+            raise RecipeError(f"{path}: section '{section}' must be a mapping, got {type(data[section]).__name__}")
+    base = data.pop("base", None)
+    if base:
+        parent = load_recipe_yaml(path.parent / base, _seen + (path.resolve(),))
+        data = _deep_merge(parent, data)
+    return data
+
+
+def _hint(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _unwrap_optional(hint):
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if str in args and len(args) > 1:
+            return Any  # "dict | str", "str | list[str]": anything goes, the dataclass checks
+        return args[0] if len(args) == 1 else Any
+    return hint
+
+
+def _check_value(where: str, name: str, value: Any, hint) -> Any:
+    """Type-check a non-string YAML value against a field's annotation (strings are parsed by argparse)."""
+    if value is None or isinstance(value, str):
+        return value
+    hint = _unwrap_optional(hint)
+    origin = typing.get_origin(hint) or hint
+    bad = None
+    if hint is Any or origin is typing.Literal:
+        return value
+    if origin in (list, List, tuple, Sequence):
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
+    elif origin is bool:
+        bad = not isinstance(value, bool)
+    elif origin is int:
+        bad = isinstance(value, bool) or not isinstance(value, int)
+    elif origin is float:
+        bad = isinstance(value, bool) or not isinstance(value, (int, float))
+        value = value if bad else float(value)
+    elif origin is str:
+        bad = not isinstance(value, (int, float))  # numbers given for a str field are accepted as text
+        value = value if bad else str(value)
+    elif origin in (dict, Dict):
+        bad = not isinstance(value, dict)
+    if bad:
+        expected = getattr(origin, "__name__", str(origin))
+        raise RecipeError(f"{where}: '{name}' expects {expected}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _field_map(classes: Sequence[type], task_name: str) -> Dict[str, Tuple[int, Any]]:
+    """field name -> (index of its dataclass, type hint); names must be unique across the classes."""
+    owners: Dict[str, Tuple[int, Any]] = {}
+    for i, cls in enumerate(classes):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            if f.name in owners:
+                other = classes[owners[f.name][0]].__name__
+                raise RecipeError(f"task '{task_name}': field '{f.name}' is defined by both {other} and "
+                                  f"{cls.__name__}; rename one (fields share one command-line namespace)")
+            owners[f.name] = (i, hints[f.name])
+    return owners
+
+
+def _flatten_section(where: str, section: str, values: Dict[str, Any], cls: type,
+                     fields: Dict[str, Tuple[int, Any]], index: int) -> Dict[str, Any]:
+    own = {n for n, (i, _) in fields.items() if i == index}
+    out: Dict[str, Any] = {}
+    for key, value in values.items():
+        if key in own:
+            out[key] = value
+        elif isinstance(value, dict) and value and all(f"{key}_{k}" in own for k in value):
+            out.update({f"{key}_{k}": v for k, v in value.items()})  # lora: {r: 16} -> lora_r
+        else:
+            nested = [f"{key}_{k}" for k in value if f"{key}_{k}" not in own] if isinstance(value, dict) else []
+            shown = f"{section}.{key}" + (f" ({', '.join(nested)})" if nested else "")
+            elsewhere = ""
+            if key in fields and fields[key][0] != index:
+                elsewhere = f"; '{key}' belongs to the '{SECTIONS[fields[key][0]]}' section"
+            raise RecipeError(f"{where}: unknown key '{shown}': not a field of {cls.__name__}"
+                              f"{_hint(key, own)}{elsewhere}")
+    return {k: _check_value(where, f"{section}.{k}", v, fields[k][1]) for k, v in out.items()}
+
+
+def _normalise_overrides(where: str, overrides: Sequence[str], fields: Dict[str, Any]) -> List[str]:
+    """``--training.lr=1e-4`` / ``--lora.r 8`` / ``--lora-r 8`` -> ``--lora_r 8`` (argparse form)."""
+    out: List[str] = []
+    for tok in overrides:
+        if not tok.startswith("--") or tok == "--":
+            out.append(tok)
+            continue
+        name, eq, val = tok[2:].partition("=")
+        parts = name.split(".")
+        if len(parts) > 1 and parts[0] in SECTIONS:
+            parts = parts[1:]
+        flat = "_".join(parts).replace("-", "_")
+        no_flat = flat[3:] if flat.startswith("no_") else None
+        if flat not in fields and no_flat not in fields:
+            raise RecipeError(f"{where}: unknown override '--{name}'{_hint(flat, fields)}")
+        out.append(f"--{flat}")
+        if eq:
+            out.append(val)
+    return out
+
+
+def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
+                 data: Optional[Dict[str, Any]] = None) -> Recipe:
+    """Parse a recipe file (or an already-loaded ``data`` mapping) plus command-line overrides.
+
+    Returns a :class:`Recipe` whose ``training_args`` is a ``LaMedTrainingArguments`` (built once,
+    after the overrides, so its ``__post_init__`` sees the final values).
+
+    Raises:
+        RecipeError: unknown key or override, wrong value type, missing ``task``; the message
+            starts with the recipe path.
+    """
+    from transformers import HfArgumentParser
+
+    from LaMed.train.args import LaMedTrainingArguments, StageArguments
+    from LaMed.train.tasks import get_task
+
+    where = str(path) if path is not None else "<recipe>"
+    if data is None:
+        data = load_recipe_yaml(path)
+    else:
+        data = _deep_merge({s: {} for s in SECTIONS}, data)
+    task_name = data.get("task")
+    if not task_name or not isinstance(task_name, str):
+        raise RecipeError(f"{where}: missing 'task:' (the name of a registered training task)")
+    try:
+        spec = get_task(task_name)
+    except KeyError as exc:
+        raise RecipeError(f"{where}: {exc.args[0]}") from None
+
+    classes = (spec.model_args, spec.data_args, LaMedTrainingArguments, StageArguments)
+    fields = _field_map(classes, task_name)
+    defaults: Dict[str, Any] = {}
+    for i, section in enumerate(SECTIONS):
+        defaults.update(_flatten_section(where, section, data[section], classes[i], fields, i))
+
+    class _Parser(HfArgumentParser):
+        def error(self, message):  # argparse would print usage and exit(2)
+            raise RecipeError(f"{where}: {message}")
+
+    parser = _Parser(classes)
+    parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.required = False  # the recipe provides it
+    argv = _normalise_overrides(where, list(overrides), fields)
+    try:
+        model_args, data_args, training_args, stage_args, rest = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True, look_for_args_file=False)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{where}: {exc}") from exc
+    if rest:
+        raise RecipeError(f"{where}: unexpected command-line values {rest} (overrides are '--name value' pairs)")
+    return Recipe(Path(path) if path is not None else None, task_name, model_args, data_args,
+                  training_args, stage_args, raw=data, overrides=list(overrides))
