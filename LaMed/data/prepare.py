@@ -16,6 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -78,7 +79,8 @@ class PrepareSummary:
 
 @contextmanager
 def _single_thread_env():
-    """Environment inherited by spawned workers: one BLAS / OpenMP thread each."""
+    """Environment inherited by the workers: one BLAS / OpenMP thread each (read when a spawned
+    worker loads those libraries; a forked one is limited again in ``_worker_init``)."""
     old = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update({k: "1" for k in _THREAD_VARS})
     try:
@@ -93,10 +95,22 @@ def _single_thread_env():
 
 def _worker_init() -> None:
     os.environ.update({k: "1" for k in _THREAD_VARS})
-    import sys
-
     if "torch" in sys.modules:  # only when something already imported it; never pay the import here
         sys.modules["torch"].set_num_threads(1)
+
+
+def _start_method() -> str:
+    """``fork`` on Linux, else ``spawn``; ``LAMED_PREPARE_START_METHOD`` overrides.
+
+    A spawned worker pays the torch import (2-3 s CPU) before its first volume, as much as two
+    volumes' work, which would eat most of a 2-worker speed-up. A forked worker starts at once; it
+    is safe here for the same reason it is in torch's DataLoader: the worker limits torch to one
+    thread (``_worker_init``), so it never enters the parent's OpenMP pool.
+    """
+    forced = os.environ.get("LAMED_PREPARE_START_METHOD")
+    if forced:
+        return forced
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, desc: str,
@@ -111,8 +125,7 @@ def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, 
                 yield fn(t)
                 bar.update(1)
             return
-        # spawn, not fork: forking a parent whose OpenMP / torch thread pools are running can hang.
-        ctx = mp.get_context("spawn")
+        ctx = mp.get_context(_start_method())
         with _single_thread_env():
             ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init)
             futures = {ex.submit(fn, t): t for t in tasks}

@@ -1,0 +1,140 @@
+"""Throughput of ``prepare_volumes`` on real-size CT volumes: one worker against two.
+
+    python -m Bench.perf.prepare_throughput                    # 6 volumes of 300x512x512, preset m3d
+    python -m Bench.perf.prepare_throughput --n 4 --size 200 512 512 --keep /tmp/bench_volumes
+
+Setup (not timed): phantom-like int16 CT volumes of ``--size`` (D, H, W) voxels are drawn with
+``make_phantom`` (two distinct cases, copied up to ``--n`` files) and written once as uncompressed
+``.nii`` into a temporary folder; one ``.nii.gz`` copy is written too.
+
+Figures, one a line:
+  * single-volume CPU seconds (``time.process_time`` in this process, after a warm-up): load +
+    preset + save of one volume, for ``.nii`` and ``.nii.gz``, with the split per step; target < 1 s
+    for 512x512x300 -> 32x256x256;
+  * volumes/s of ``prepare_volumes`` with 1 worker (in-process) and 2 workers (process pool, one
+    thread each), the same ``.nii`` files, fresh output folders; the speed-up ratio (target >= 1.7x).
+    The 2-worker time includes starting the pool (each worker imports torch).
+  * peak resident memory of this process and of the largest worker (``getrusage`` maxrss).
+The input files were just written, so they are read from the page cache: these are CPU figures,
+not disk figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_nifti(path: Path, hu: np.ndarray, spacing) -> None:
+    """Canonical (D, H, W) = (S, P, L) int16 array -> RAS NIfTI (x, y, z), as a scanner export would be."""
+    import nibabel as nib
+
+    data = np.ascontiguousarray(hu.transpose(2, 1, 0)[::-1, ::-1, :])
+    sd, sh, sw = spacing
+    nx, ny, _ = data.shape
+    affine = np.array([[sw, 0, 0, -(nx - 1) * sw / 2], [0, sh, 0, -(ny - 1) * sh / 2], [0, 0, sd, 0], [0, 0, 0, 1.0]])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(np.int16)
+    nib.save(img, str(path))
+
+
+def make_inputs(folder: Path, n: int, size, distinct: int = 2) -> tuple[list[Path], Path, float]:
+    from LaMed.data.phantom import make_phantom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    files = []
+    for i in range(n):
+        path = folder / f"vol_{i:02d}.nii"
+        if i < distinct:
+            ph = make_phantom(i, shape=size)
+            write_nifti(path, ph.image, ph.spacing)
+            if i == 0:
+                gz = folder.parent / "single" / "vol_00.nii.gz"
+                gz.parent.mkdir(parents=True, exist_ok=True)
+                write_nifti(gz, ph.image, ph.spacing)
+            del ph
+        else:
+            shutil.copyfile(files[i % distinct], path)
+        files.append(path)
+    return files, folder.parent / "single" / "vol_00.nii.gz", time.perf_counter() - t0
+
+
+def single_volume_cost(path: Path, out: Path, preset: str) -> dict:
+    """CPU and wall seconds of load, preset and save of one volume in this process."""
+    from LaMed.data.io import load_volume
+    from LaMed.data.prepared import write_image
+    from LaMed.data.transforms import apply_preset
+
+    res = {}
+    c0, w0 = time.process_time(), time.perf_counter()
+    vol = load_volume(path)
+    c1, w1 = time.process_time(), time.perf_counter()
+    prep = apply_preset(preset, vol.array, vol.spacing)
+    c2, w2 = time.process_time(), time.perf_counter()
+    write_image(out, "single", prep["image"])
+    c3, w3 = time.process_time(), time.perf_counter()
+    res.update(load_cpu=c1 - c0, preset_cpu=c2 - c1, save_cpu=c3 - c2, total_cpu=c3 - c0, total_wall=w3 - w0,
+               shape=vol.shape, out_shape=tuple(prep["image"].shape))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=6, help="number of volumes (default 6)")
+    ap.add_argument("--size", type=int, nargs=3, default=(300, 512, 512), metavar=("D", "H", "W"),
+                    help="volume size in voxels (default 300 512 512)")
+    ap.add_argument("--preset", default="m3d")
+    ap.add_argument("--workers", type=int, default=2, help="pool size compared with 1 worker (default 2)")
+    ap.add_argument("--keep", default=None, help="write the inputs here and keep them (default: a temp folder)")
+    args = ap.parse_args(argv)
+
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lamed_prepare_bench_"))
+    try:
+        files, gz, t_make = make_inputs(root / "nii", args.n, tuple(args.size))
+        mb = files[0].stat().st_size / 2**20
+        print(f"inputs: {args.n} x {'x'.join(map(str, args.size))} int16 .nii ({mb:.0f} MB each, "
+              f"{gz.stat().st_size / 2**20:.0f} MB as .nii.gz), drawn and written in {t_make:.1f} s")
+
+        # Warm-up: imports (torch, nibabel) and first-call costs do not belong to a volume.
+        single_volume_cost(files[0], root / "single_out", args.preset)
+        for label, path in (("nii", files[1 % len(files)]), ("nii.gz", gz)):
+            r = single_volume_cost(path, root / "single_out", args.preset)
+            print(f"cpu_s_per_volume[{label}]: {r['total_cpu']:.2f} s (load {r['load_cpu']:.2f}, preset "
+                  f"{r['preset_cpu']:.2f}, save {r['save_cpu']:.2f}; wall {r['total_wall']:.2f} s; "
+                  f"{'x'.join(map(str, r['shape']))} -> {'x'.join(map(str, r['out_shape'][1:]))}; target < 1 s)")
+
+        from LaMed.data.prepare import prepare_volumes
+
+        rates = {}
+        for workers in (1, args.workers):
+            out = root / f"out_w{workers}"
+            t0 = time.perf_counter()
+            s = prepare_volumes(root / "nii", out, preset=args.preset, workers=workers, progress=False)
+            dt = time.perf_counter() - t0
+            if s.failed:
+                print(f"FAILED: {s}", file=sys.stderr)
+                return 1
+            rates[workers] = s.written / dt
+            print(f"volumes_per_s[workers={workers}]: {rates[workers]:.3f} ({s.written} volumes in {dt:.1f} s)")
+        print(f"speedup[{args.workers} vs 1 workers]: {rates[args.workers] / rates[1]:.2f}x (target >= 1.7x)")
+
+        self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"peak_rss_self: {self_mb:.0f} MB (includes drawing the inputs)")
+        print(f"peak_rss_largest_worker: {child_mb:.0f} MB")
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
