@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "prepare": ("LaMed.commands.prepare", "write data in the prepared format (phantoms, volumes, public datasets)"),
     "demo": ("LaMed.commands.demo", "run the end-to-end demo on synthetic phantoms"),
+    "train": ("LaMed.commands.train", "train a model from a recipe YAML"),
 }
 
 
