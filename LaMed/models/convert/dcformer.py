@@ -1,0 +1,104 @@
+"""DCFormer checkpoints (mirthAI/DCFormer, Med3DVLM, Text3DSAM) -> :class:`LaMed.models.encoders.dcformer.DCFormer`.
+
+Accepted inputs: a bare encoder state dict (``pretrained_ViT.bin`` of Med3DVLM: ``encoder.s0...``)
+or any checkpoint that contains one under a prefix (``model.vision_tower.vision_tower.`` in the
+Med3DVLM VLM, ``vision_encoder.`` in DCFormer_SigLIP, ``image_encoder.`` in Text3DSAM, the CT-CLIP
+wrapper of mirthAI/DCFormer). Other keys of such a checkpoint (LLM, text tower, decoder) are left
+out. The original DCFormer layout is normalised: ``gamma`` -> ``scale``, the duplicate
+``dwconv.norm.{0,1,2}`` BatchNorm aliases and the ``vq.*`` codebook are dropped.
+
+The weights only reproduce the published outputs with the published quirks switched on;
+:func:`infer_dcformer_config` reads the architecture from the tensor shapes and adds those flags.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping, Optional
+
+from LaMed.models.convert.base import register_converter
+
+_STAGE_KEY = re.compile(r"^((?:[^.]+\.)*?)encoder\.s[0-4]\.")
+_BN_ALIAS = re.compile(r"\.dwconv\.norm\.[0-2]\.")
+SOURCES = ("med3dvlm", "dcformer", "text3dsam")
+
+
+def find_prefix(state_dict: Mapping) -> str:
+    """The prefix in front of ``encoder.s0..s4`` (``""`` for a bare encoder); it must be unique."""
+    prefixes = {m.group(1) for k in state_dict if (m := _STAGE_KEY.match(k))}
+    if not prefixes:
+        raise KeyError("no DCFormer weights found: expected keys containing 'encoder.s0.' .. 'encoder.s4.'")
+    if len(prefixes) > 1:
+        raise KeyError(f"several DCFormer encoders in one checkpoint (prefixes {sorted(prefixes)}); pass prefix=...")
+    return prefixes.pop()
+
+
+@register_converter("dcformer")
+def convert_dcformer(state_dict: Dict, prefix: Optional[str] = None) -> Dict:
+    """Published DCFormer layout (any of the three repositories) -> LaMed ``DCFormer`` keys."""
+    prefix = find_prefix(state_dict) if prefix is None else prefix
+    out = {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue  # another part of a full checkpoint
+        key = key[len(prefix):]
+        if key.startswith("vq.") or _BN_ALIAS.search(key):
+            continue  # DCF's unused VectorQuantize codebook / aliases of the c{1,2,3}.1 BatchNorms
+        if key.endswith(".gamma"):
+            key = key[: -len("gamma")] + "scale"
+        out[key] = value
+    return out
+
+
+def detect_source(state_dict: Mapping) -> str:
+    """Which repository a (raw or converted) DCFormer state dict comes from, by its key pattern."""
+    keys = list(state_dict)
+    if any(".spatial_attention." in k for k in keys):
+        return "text3dsam"
+    if any(k.endswith(".gamma") or k.startswith("vq.") or ".vq." in k or _BN_ALIAS.search(k) for k in keys):
+        return "dcformer"
+    return "med3dvlm"
+
+
+def legacy_flags(source: str) -> Dict:
+    """Config flags under which the released weights of ``source`` reproduce their outputs.
+
+    All three stems lack the activation. Med3DVLM and DCFormer permute the volume to (H, W, D);
+    Text3DSAM does not, and its attention multiplies q by sqrt(head_dim).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown DCFormer source {source!r}; expected one of {SOURCES}")
+    if source == "text3dsam":
+        return dict(stem_activation=False, attn_scale="legacy_mul", input_layout="DHW")
+    return dict(stem_activation=False, input_layout="HWD")
+
+
+def infer_dcformer_config(state_dict: Mapping, source: Optional[str] = None) -> Dict:
+    """``DCFormerConfig`` fields (architecture read from shapes + legacy flags) for a checkpoint.
+
+    ``state_dict`` may be raw or already converted; ``source`` defaults to :func:`detect_source`.
+    Usage: ``DCFormer(DCFormerConfig(**infer_dcformer_config(sd)))`` then ``load_converted``.
+    """
+    source = source or detect_source(state_dict)
+    sd = convert_dcformer(dict(state_dict))
+    try:
+        stem_w = sd["encoder.s0.0.0.c1.0.weight"]  # (C0, C_in, k, 1, 1)
+    except KeyError:
+        raise KeyError("DCFormer checkpoint has no stem weight 'encoder.s0.0.0.c1.0.weight'") from None
+    channels, num_blocks, kernels, types = [int(stem_w.shape[0])], [1], [], []
+    for s in range(1, 5):
+        blocks = {int(k.split(".")[2]) for k in sd if k.startswith(f"encoder.s{s}.")}
+        if not blocks:
+            raise KeyError(f"DCFormer checkpoint has no stage 's{s}'")
+        num_blocks.append(max(blocks) + 1)
+        channels.append(int(sd[f"encoder.s{s}.0.proj.weight"].shape[0]))
+        attn = f"encoder.s{s}.0.spatial_attention.attn.qkv.weight" in sd
+        types.append("T" if attn else "C")
+        # Attention stages have no depthwise kernel; keep the published default there.
+        kernels.append(7 if attn else int(sd[f"encoder.s{s}.0.dwconv.c1.0.weight"].shape[2]))
+    stem_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("encoder.s0.0."))
+    return dict(
+        num_blocks=tuple(num_blocks), channels=tuple(channels), kernel_sizes=tuple(kernels), block_types=tuple(types),
+        in_channels=int(stem_w.shape[1]), stem_kernel_size=int(stem_w.shape[2]), stem_depth=stem_depth,
+        **legacy_flags(source),
+    )
