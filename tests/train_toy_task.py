@@ -1,10 +1,11 @@
 """A toy training task for the tests of the training system (not part of the library).
 
 Task ``train_toy_task:toy_organs``: a tiny 3D conv net predicts which structures are present in a
-prepared volume (multi-label, one logit a label name). Its output has ``loss`` and two named parts,
-``loss_bce`` and ``loss_reg``, so that multi-part logging is exercised. ``write_toy_prepared``
-writes a small data set in the prepared format (contract 3) when the phantom generator is not
-wanted: each structure present is a bright box at its own place, so the labels are learnable.
+prepared phantom volume (multi-label over the manifest's ``labels``, one logit a structure). Its
+output has ``loss`` and two named parts, ``loss_bce`` and ``loss_reg``, so that multi-part logging
+is exercised. With ``dump_rank_summary: true`` every process writes ``rank<r>_summary.json`` at
+the end of training (its logged losses and a fingerprint of its parameters), so that multi-process
+tests can check that the processes agree.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import torch
 from torch import nn
 
 from LaMed.train.datasets import PreparedDataset  # LaMed first: it installs the torchvision CPU shim
 from LaMed.train.tasks import TaskBundle, register_task
-from transformers import PretrainedConfig, PreTrainedModel  # noqa: E402
+from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback  # noqa: E402
 
-TOY_LABELS = ("liver", "spleen", "kidney_left", "kidney_right")
+# Structures whose presence varies between phantoms (organs removed by surgery, ribs cropped).
+TOY_LABELS = ("spleen", "gallbladder", "kidney_left", "kidney_right")
 
 
 class ToyOrgansConfig(PretrainedConfig):
@@ -75,6 +76,38 @@ class ToyModelArguments:
     channels: int = 4
     hidden: int = 16
     reg_weight: float = 1e-3
+    dump_rank_summary: bool = False
+
+
+def parameter_fingerprint(model) -> dict:
+    """float64 sum of all parameters and a hash of their bytes (gathers ZeRO-3 shards first)."""
+    import contextlib
+    import hashlib
+
+    params = [p for _, p in sorted(model.named_parameters())]
+    ctx = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with ctx:
+        digest = hashlib.sha256()
+        total = 0.0
+        for p in params:
+            t = p.detach().float().cpu().contiguous()
+            digest.update(t.numpy().tobytes())
+            total += float(t.double().sum())
+    return {"sum": total, "sha256": digest.hexdigest(), "numel": int(sum(p.numel() for p in params))}
+
+
+class RankSummary(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        summary = {"rank": args.process_index, "world_size": args.world_size,
+                   "losses": [h["loss"] for h in state.log_history if "loss" in h],
+                   "params": parameter_fingerprint(model)}
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"rank{args.process_index}_summary.json").write_text(json.dumps(summary))
 
 
 @dataclass
@@ -116,30 +149,13 @@ def build_toy(model_args: ToyModelArguments, data_args: ToyDataArguments, traini
     train = ToyOrgansDataset(data_args.train_manifest, labels)
     val = ToyOrgansDataset(data_args.eval_manifest, labels) if data_args.eval_manifest else None
     return TaskBundle(model=model, train_dataset=train, eval_dataset=val, data_collator=collate,
-                      compute_metrics=accuracy, base_checkpoints={"": "random init (toy)"})
+                      compute_metrics=accuracy, base_checkpoints={"": "random init (toy)"},
+                      callbacks=[RankSummary()] if model_args.dump_rank_summary else ())
 
 
-def write_toy_prepared(out: Path, n: int = 16, shape=(8, 16, 16), seed: int = 0, split: str = "train") -> Path:
-    """Write ``n`` toy volumes in the prepared format; return the manifest path ``out/<split>.json``."""
-    rng = np.random.default_rng(seed)
-    out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    d, h, w = shape
-    # Each structure gets its own octant-like box.
-    boxes = {"liver": (0, 0, 0), "spleen": (0, 0, 1), "kidney_left": (1, 1, 0), "kidney_right": (1, 1, 1)}
-    items = []
-    for i in range(n):
-        vol = rng.uniform(0.0, 0.2, size=shape).astype(np.float32)
-        present = [name for name in TOY_LABELS if rng.random() < 0.5]
-        for name in present:
-            a, b, c = boxes[name]
-            vol[a * d // 2:(a + 1) * d // 2, b * h // 2:(b + 1) * h // 2, c * w // 2:(c + 1) * w // 2] += 0.7
-        vol = np.clip(vol, 0, 1).astype(np.float16)[None]
-        rel = f"images/{split}_{i:05d}.npy"
-        np.save(out / rel, vol)
-        items.append({"id": f"{split}_{i:05d}", "image": rel, "spacing": [1.0, 1.0, 1.0], "labels": present,
-                      "text": ", ".join(present) or "no structure"})
-    manifest = {"format": "lamed.prepared/1", "dataset": "toy", "split": split, "preset": "none", "items": items}
-    path = out / f"{split}.json"
-    path.write_text(json.dumps(manifest))
-    return path
+def make_phantom_data(out: Path, n: int = 12, shape=(16, 32, 32)) -> Path:
+    """Prepared phantoms (the project's synthetic default) for the training tests; returns ``out``."""
+    from LaMed.data.prepare import prepare_phantoms
+
+    prepare_phantoms(out, n=n, shape=shape, seed=0, val_fraction=0.17, test_fraction=0.0, progress=False)
+    return Path(out)
