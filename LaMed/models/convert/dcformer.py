@@ -51,7 +51,12 @@ def convert_dcformer(state_dict: Dict, prefix: Optional[str] = None) -> Dict:
 
 
 def detect_source(state_dict: Mapping) -> str:
-    """Which repository a (raw or converted) DCFormer state dict comes from, by its key pattern."""
+    """Which repository a raw DCFormer state dict comes from, by its key pattern.
+
+    Attention blocks -> ``"text3dsam"``; ``gamma`` / ``vq.*`` / BN aliases -> ``"dcformer"`` (some
+    Med3DVLM revisions also name the layer scale ``gamma``; both need the same flags); otherwise
+    ``"med3dvlm"``.
+    """
     keys = list(state_dict)
     if any(".spatial_attention." in k for k in keys):
         return "text3dsam"
