@@ -383,3 +383,16 @@ def test_full_size_forward_on_published_input(totalseg_dir):
     # Final LayerNorm with unit weight / zero bias: every token has mean 0 and variance 1.
     torch.testing.assert_close(out.mean(-1), torch.zeros(1, 2048), atol=1e-4, rtol=0)
     torch.testing.assert_close(out.var(-1, unbiased=False), torch.ones(1, 2048), atol=1e-3, rtol=0)
+
+
+def test_benchmark_flop_formula_matches_flop_counter():
+    """Bench/perf/encoders.py's analytic FLOPs equal torch's counter on the math attention path
+    (the counter has no formula for the CPU flash kernel, hence the math backend here)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from Bench.perf.encoders import counted_train_flops, vit_train_flops
+
+    for cls in (False, True):
+        m = create_encoder("vit3d_test", cls_token=cls)
+        with sdpa_kernel(SDPBackend.MATH):
+            assert counted_train_flops(m, torch.rand(1, 1, 16, 64, 64)) == vit_train_flops(m.config)
