@@ -133,7 +133,9 @@ def collate(items):
 
 
 def accuracy(eval_pred):
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    # predictions hold every non-"loss" output in order: (logits, loss_bce, loss_reg)
+    preds, labels = eval_pred.predictions, eval_pred.label_ids
+    logits = preds[0] if isinstance(preds, tuple) else preds
     return {"label_accuracy": float(((logits > 0) == (labels > 0.5)).mean())}
 
 
