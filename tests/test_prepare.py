@@ -279,3 +279,19 @@ def test_cli_prepare_phantoms_and_volumes(tmp_path, volume_folder, capsys):
     assert code == 3  # the broken file (first in sorted order) failed
     assert "broken.nii.gz" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "v" / "images" / "case0.npy")
+
+
+def test_phantoms_through_a_preset_are_resized_with_their_masks_and_boxes(tmp_path):
+    from LaMed.data.phantom import mask_box
+
+    s = prepare_phantoms(tmp_path, n=1, shape=SMALL, seed=4, preset="m3d", progress=False)
+    m = load_manifest(tmp_path / "train.json")
+    assert s.failed == 0 and m["preset"] == "m3d" and "window" not in m
+    item = m["items"][0]
+    img = load_image(tmp_path, item)
+    assert img.shape == (1, 32, 256, 256) and float(img.max()) == 1.0 and float(img.min()) == 0.0
+    for name, mk in load_masks(tmp_path, item).items():
+        assert mk.shape == img.shape
+        assert item["boxes"][name] == pytest.approx(mask_box(mk[0].astype(bool)))
+    # The preset crops the air around the body, so the body now spans the whole width.
+    assert item["boxes"]["liver"][2] < make_phantom(4, shape=SMALL).boxes["liver"][2]

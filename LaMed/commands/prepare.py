@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=0.125, help="fraction held out for validation")
     p.add_argument("--test-fraction", type=float, default=0.125, help="fraction held out for test")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--preset", default=None,
+                   help="map through this preprocessing preset (crop + resize) instead of the plain "
+                        "[-160, 240] HU window at the drawn size")
+    p.add_argument("--overwrite", action="store_true", help="redraw phantoms that are already complete")
     p.set_defaults(_run=_run_phantoms)
 
     v = sub.add_parser("volumes", help="a folder of NIfTI / DICOM series / NRRD / MHA / npy volumes")
@@ -58,6 +62,7 @@ def _run_phantoms(args) -> int:
     summary = prepare_phantoms(
         args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, workers=args.workers,
+        preset=args.preset, overwrite=args.overwrite,
     )
     print(summary)
     return 0
