@@ -55,7 +55,8 @@ def bert_score(predictions: Sequence[str], references, model_path: Optional[str]
     [CLS]/[SEP]-type special tokens get weight 0, other tokens weight 1, or
     idf(w) = log((M + 1) / (df(w) + 1)) over the M references when ``idf``.
     P = sum_j w_j max_i cos(x̂_j, x_i) / sum_j w_j over prediction tokens, R the same over reference
-    tokens, F = 2PR / (P + R). Several references: the one with the highest F. An empty text
+    tokens, F = 2PR / (P + R); the max runs over all tokens of the other text, markers included
+    (as in bert-score). Several references: the one with the highest F. An empty text
     scores 0. No baseline rescaling.
 
     Returns:
