@@ -115,7 +115,8 @@ def test_organ_hu_at_full_size(phase):
 
 def test_enlarged_organs_measure_larger_than_normal_ones(small_phantoms):
     for organ in ("liver", "spleen"):
-        infos = [p.findings["organs"][organ] for p in small_phantoms if p.findings["organs"][organ]["present"]]
+        infos = [p.findings["organs"][organ] for p in small_phantoms
+                 if p.findings["organs"][organ]["present"] and not p.findings["organs"][organ]["clipped"]]
         big = [i["craniocaudal_mm"] for i in infos if i["enlarged"]]
         normal = [i["craniocaudal_mm"] for i in infos if not i["enlarged"]]
         assert big and normal
@@ -167,7 +168,10 @@ def test_report_states_exactly_what_was_drawn(small_phantoms):
             if info["present"]:
                 cm = f"{info['craniocaudal_mm'] / 10:.1f} cm"
                 assert enlarged or "not enlarged" in low or "normal" in low
-                assert cm in rep or "The spleen is not enlarged." in rep
+                if info["clipped"]:  # cut by the field of view: no size figure is given
+                    assert not any("cm" in s for s in _sentences_about(rep, organ)), rep
+                else:
+                    assert cm in rep or "The spleen is not enlarged." in rep
         for les in f["lesions"]:
             assert f"{les['diameter_mm']} mm" in rep
         if not f["lesions"]:
@@ -296,3 +300,17 @@ def test_options_and_bad_arguments():
         make_phantom(0, shape=(16, 64))
     with pytest.raises(ValueError, match="contrast"):
         make_phantom(0, shape=SMALL, contrast="venous")
+
+
+def test_a_small_field_of_view_reports_only_what_is_visible():
+    for seed in range(12):
+        p = make_phantom(seed, shape=(8, 32, 32), spacing=(10.0, 5.0, 5.0))  # 80 x 160 x 160 mm
+        f = p.findings
+        assert all(m.any() for m in p.masks.values())
+        assert all(r["target"] in p.masks for r in p.refer)
+        for name, info in f["organs"].items():
+            assert info["present"] == (name in p.masks)
+            if not info["present"] and info["reason"] != "surgically absent":
+                assert organ_display(name) not in p.report  # out of view: not mentioned at all
+        liver = f["organs"]["liver"]
+        assert liver["clipped"] and not any("cm" in s for s in _sentences_about(p.report, "liver"))

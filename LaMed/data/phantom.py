@@ -317,10 +317,10 @@ def _spine(canvas: _Canvas, rng: np.random.Generator, sy: float) -> None:
     rr = np.sqrt(x ** 2 + (y - canal_c) ** 2)
     arch = (rr >= canal_r) & (rr <= canal_r + 6.0) & (y > yc + ry - 1.0)
     spinous = (np.abs(x) <= 4.0) & (y > canal_c + canal_r) & (y <= canal_c + canal_r + 22.0 * sy)
-    ones = np.ones(canvas.label[box].shape, bool)
-    canvas.paint("disc", _DISC_HU, box, vb & is_disc & ones)
-    canvas.paint("vertebrae", _BONE_CORTEX_HU, box, ((vb & ~is_disc) | arch | spinous) & ones)
-    canvas.paint("vertebrae", _BONE_MARROW_HU, box, marrow & ~is_disc & ones)
+    full = canvas.label[box].shape  # the in-plane parts (arch, spinous process) repeat on every slice
+    canvas.paint("disc", _DISC_HU, box, np.broadcast_to(vb & is_disc, full))
+    canvas.paint("vertebrae", _BONE_CORTEX_HU, box, np.broadcast_to((vb & ~is_disc) | arch | spinous, full))
+    canvas.paint("vertebrae", _BONE_MARROW_HU, box, np.broadcast_to(marrow & ~is_disc, full))
 
 
 def _ribs(canvas: _Canvas, rng: np.random.Generator, body: dict) -> None:
@@ -337,7 +337,7 @@ def _ribs(canvas: _Canvas, rng: np.random.Generator, body: dict) -> None:
     sector = (np.abs(ang + 90.0) > 35.0) & (np.abs(ang - 90.0) > 18.0)
     period = rng.uniform(26, 32)
     bands = (np.mod(z - rng.uniform(0, period), period) < 10.0) & (z > rng.uniform(-70, -40))
-    canvas.paint("ribs", _RIB_HU, (slice(None),) * 3, ring & sector & bands)
+    canvas.paint("ribs", _RIB_HU, tuple(slice(0, n) for n in g.shape), ring & sector & bands)
 
 
 def _aorta(canvas: _Canvas, rng: np.random.Generator, phase_i: int, sx: float, sy: float) -> dict:
@@ -348,8 +348,8 @@ def _aorta(canvas: _Canvas, rng: np.random.Generator, phase_i: int, sx: float, s
     hu = _AORTA_HU[phase_i] + rng.uniform(-10, 10)
     if box is not None:
         z, y, x = g.coords(box)
-        inside = ((x - cx) ** 2 + (y - cy) ** 2 <= radius ** 2) & np.ones(canvas.label[box].shape, bool)
-        canvas.paint("aorta", hu, box, inside)
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= radius ** 2  # (1, h, w): a straight tube along D
+        canvas.paint("aorta", hu, box, np.broadcast_to(inside, canvas.label[box].shape))
     return {"present": True, "diameter_mm": round(2 * radius, 1), "hu": round(hu, 1)}
 
 
@@ -410,7 +410,7 @@ def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, in
     dist = ndimage.distance_transform_edt(np.pad(organ_mask, 1), sampling=g.spacing)[1:-1, 1:-1, 1:-1]
     zyx = [(np.arange(s.start, s.stop) + 0.5 - g.shape[a] / 2.0) * g.spacing[a] for a, s in enumerate(box)]
     placed: List[Tuple[np.ndarray, float]] = []
-    for k in range(n):
+    for _ in range(n):
         diameter = rng.uniform(dmin, dmax)
         r_needed = 0.5 * diameter * 1.15
         if dist.max() < r_needed:
@@ -566,15 +566,19 @@ def make_phantom(
 
     # ---- masks, boxes, measured organ sizes
     masks: Dict[str, np.ndarray] = {"body": canvas.label != _AIR}
-    lesion_names = {les["name"] for les in lesion_list}
     for name in [o.name for o in ORGANS] + ["aorta", "vertebrae", "ribs"]:
         if name not in canvas.groups:
             continue
-        own = [l["name"] for l in lesion_list if l["organ"] == name]
+        own = [les["name"] for les in lesion_list if les["organ"] == name]
         ids = canvas.groups[name] + [i for les in own for i in canvas.groups[les]]
-        masks[name] = np.isin(canvas.label, ids) if len(ids) > 1 else canvas.label == ids[0]
-    for name in sorted(lesion_names, key=lambda n: [l["name"] for l in lesion_list].index(n)):
-        masks[name] = canvas.mask(name)
+        m = np.isin(canvas.label, ids) if len(ids) > 1 else canvas.label == ids[0]
+        if m.any():  # a structure drawn at a grid edge can be covered entirely by later ones
+            masks[name] = m
+        elif name in organs:
+            organs[name] = {"present": False, "side": organs[name]["side"], "reason": "not visible"}
+    aorta["present"] = "aorta" in masks
+    for les in lesion_list:
+        masks[les["name"]] = canvas.mask(les["name"])
     if lesion_list:
         masks["lesions"] = np.isin(canvas.label, [i for les in lesion_list for i in canvas.groups[les["name"]]])
     boxes = {name: mask_box(m) for name, m in masks.items()}
@@ -586,10 +590,12 @@ def make_phantom(
         m = masks[name]
         zs = np.flatnonzero(m.any(axis=(1, 2)))
         info["craniocaudal_mm"] = round(float((zs[-1] - zs[0] + 1) * spacing[0]), 1)
+        # Cut by the first or last slice: the visible extent is not the organ's size.
+        info["clipped"] = bool(zs[0] == 0 or zs[-1] == shape[0] - 1)
         info["volume_ml"] = round(float(m.sum() * voxel_ml), 1)
         info["center_mm"] = [round(float(c), 1) for c in info["center_mm"]]
         info["semi_mm"] = [round(float(c), 1) for c in info["semi_mm"]]
-        info["lesions"] = [l["name"] for l in lesion_list if l["organ"] == name]
+        info["lesions"] = [les["name"] for les in lesion_list if les["organ"] == name]
     findings = {
         "seed": int(seed),
         "phase": phase,

@@ -130,7 +130,10 @@ def _report(w: _Writer, f: dict) -> str:
     liver = organs["liver"]
     if liver["present"]:
         cc = _cm(liver["craniocaudal_mm"])
-        if liver["enlarged"]:
+        if liver["clipped"]:  # no size figure for an organ cut by the field of view
+            out.append(w.pick(("The liver is enlarged, consistent with hepatomegaly.", "Hepatomegaly.")
+                              if liver["enlarged"] else ("The liver is not enlarged.", "Normal liver size.")))
+        elif liver["enlarged"]:
             out.append(w.pick((f"The liver is enlarged, spanning about {cc} cm craniocaudally, consistent with hepatomegaly.",
                                f"Hepatomegaly: the liver measures about {cc} cm in craniocaudal extent.",
                                f"The liver is enlarged (about {cc} cm craniocaudally), in keeping with hepatomegaly.")))
@@ -154,7 +157,11 @@ def _report(w: _Writer, f: dict) -> str:
     sp = organs["spleen"]
     if sp["present"]:
         cc = _cm(sp["craniocaudal_mm"])
-        if sp["enlarged"]:
+        if sp["clipped"]:
+            out.append(w.pick(("The spleen is enlarged, consistent with splenomegaly.",
+                               "Splenomegaly: the spleen is enlarged.")
+                              if sp["enlarged"] else ("The spleen is not enlarged.", "Normal-sized spleen.")))
+        elif sp["enlarged"]:
             out.append(w.pick((f"The spleen is enlarged, measuring about {cc} cm craniocaudally (splenomegaly).",
                                f"Splenomegaly: the spleen spans about {cc} cm craniocaudally.",
                                f"The spleen is enlarged at about {cc} cm, consistent with splenomegaly.")))
@@ -188,12 +195,13 @@ def _report(w: _Writer, f: dict) -> str:
 
     # Aorta and bones
     d = f["aorta"]["diameter_mm"]
-    out.append(w.pick((f"The abdominal aorta is normal in caliber (about {d:.0f} mm).",
+    out.append("" if not f["aorta"]["present"] else w.pick((f"The abdominal aorta is normal in caliber (about {d:.0f} mm).",
                        f"Normal-caliber abdominal aorta, about {d:.0f} mm in diameter.",
                        f"No abdominal aortic aneurysm; the aorta measures about {d:.0f} mm.")))
     out.append(w.pick(("No aggressive osseous lesion.", "The visualized bones are unremarkable.",
                        "No destructive bone lesion is seen.")))
 
+    out = [sentence for sentence in out if sentence]
     impression = _impression(w, f, by_organ)
     heading = w.pick(("Impression:", "IMPRESSION:", "Conclusion:"))
     return "Findings: " + " ".join(out) + f"\n{heading} " + " ".join(impression)
@@ -327,8 +335,9 @@ def _vqa(w: _Writer, f: dict) -> List[dict]:
     if len(kidney_sides) == 1:
         qa.append({"question": w.pick(("On which side is the kidney lesion?", "Which kidney has the lesion?")),
                    "answer": kidney_sides[0], "type": "open", "topic": "kidney_lesion_side"})
-    probe = w.pick([o for o in LESION_ORGANS if organs[o]["present"]])
-    qa.append(_yes_no(w.pick((f"Is there a lesion in the {organ_display(probe)}?",
+    seen = [o for o in LESION_ORGANS if organs[o]["present"]]
+    probe = w.pick(seen) if seen else None
+    qa.append(None if probe is None else _yes_no(w.pick((f"Is there a lesion in the {organ_display(probe)}?",
                               f"Does the {organ_display(probe)} contain a focal lesion?")),
                       count[probe] > 0, f"has_lesion:{probe}"))
     single = [les for les in lesions if count[les["organ"]] == 1]

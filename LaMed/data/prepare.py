@@ -27,7 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from LaMed.data.prepared import (
-    SPLITS, PreparedError, write_image, write_json_atomic, write_manifest, write_mask,
+    SPLITS, atomic_write_bytes, write_image, write_json_atomic, write_manifest, write_mask,
 )
 
 __all__ = ["PrepareSummary", "prepare_phantoms", "prepare_volumes", "find_volumes", "split_assignment",
@@ -191,8 +191,6 @@ def _write_errors(out: Path, errors: List[dict]) -> None:
         return
     write_json_atomic(out / "errors.json", errors)
     text = "".join(f"{e['file']}: {e['error']}\n" for e in errors).encode("utf-8")
-    from LaMed.data.prepared import atomic_write_bytes
-
     atomic_write_bytes(out / "errors.txt", lambda f: f.write(text))
 
 
