@@ -14,6 +14,8 @@ Figures, one a line:
   * volumes/s of ``prepare_volumes`` with 1 worker (in-process, torch's default threads, then one
     thread) and 2 workers (process pool, one thread each), the same ``.nii`` files, fresh output
     folders; the speed-up ratios (target >= 1.7x). The pool's start-up time is included.
+  * the speed-up an ideal CPU-bound job gets from the same number of processes right now: the
+    ceiling of the ratios above (a shared machine whose cores are busy gives well below 2x);
   * peak resident memory of this process and of the largest worker (``getrusage`` maxrss).
 The input files were just written, so they are read from the page cache: these are CPU figures,
 not disk figures. CPU seconds per volume of every run (this process plus its workers) are printed
@@ -93,6 +95,28 @@ def single_volume_cost(path: Path, out: Path, preset: str) -> dict:
     return res
 
 
+def _spin(_) -> None:
+    a = np.linspace(0.0, 1.0, 1_000_000)
+    for _ in range(60):
+        a = np.sin(a)
+
+
+def machine_scaling(workers: int) -> float:
+    """Speed-up of ``workers`` processes over one on an ideal CPU-bound numpy job: the ceiling the
+    pool can reach on this machine right now (below ``workers`` when other work holds the cores)."""
+    import multiprocessing as mp
+
+    t0 = time.perf_counter()
+    for i in range(2 * workers):
+        _spin(i)
+    serial = time.perf_counter() - t0
+    with mp.get_context("fork").Pool(workers) as pool:
+        t0 = time.perf_counter()
+        pool.map(_spin, range(2 * workers))
+        parallel = time.perf_counter() - t0
+    return serial / parallel
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -156,6 +180,8 @@ def main(argv=None) -> int:
         w = str(args.workers)
         print(f"speedup[{w} workers vs 1]: {rates[w] / rates['1']:.2f}x (target >= 1.7x)")
         print(f"speedup[{w} workers vs 1 single-threaded]: {rates[w] / rates['1, 1 thread']:.2f}x")
+        print(f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(args.workers):.2f}x "
+              f"(the ceiling of the ratios above on this machine now)")
 
         self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
