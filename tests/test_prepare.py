@@ -295,3 +295,15 @@ def test_phantoms_through_a_preset_are_resized_with_their_masks_and_boxes(tmp_pa
         assert item["boxes"][name] == pytest.approx(mask_box(mk[0].astype(bool)))
     # The preset crops the air around the body, so the body now spans the whole width.
     assert item["boxes"]["liver"][2] < make_phantom(4, shape=SMALL).boxes["liver"][2]
+
+
+def test_a_smaller_rerun_drops_the_extra_phantoms(tmp_path):
+    prepare_phantoms(tmp_path, n=3, shape=(8, 32, 32), val_fraction=0, test_fraction=0, progress=False)
+    s = prepare_phantoms(tmp_path, n=2, shape=(8, 32, 32), val_fraction=0, test_fraction=0, progress=False)
+    assert (s.skipped, s.counts) == (2, {"train": 2})
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["phantom_00000.npy", "phantom_00001.npy"]
+    assert not (tmp_path / "masks" / "phantom_00002").exists()
+    # A different shape is a different set: everything is redrawn.
+    s = prepare_phantoms(tmp_path, n=2, shape=(8, 32, 40), val_fraction=0, test_fraction=0, progress=False)
+    assert (s.written, s.skipped) == (2, 0)
+    assert load_image(tmp_path, load_manifest(tmp_path / "train.json")["items"][0]).shape == (1, 8, 32, 40)

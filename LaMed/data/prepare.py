@@ -16,6 +16,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -262,7 +263,8 @@ def _phantom_task(t: dict) -> dict:
 
             res = apply_preset(t["preset"], ph.image, ph.spacing, {k: v for k, v in ph.masks.items() if k != "body"})
             img, spacing = res["image"], tuple(res["spacing"])
-            masks = {k: v[0].astype(bool) for k, v in res["masks"].items()}
+            # Downsampling can lose a tiny lesion; an empty mask is no referring target.
+            masks = {k: v[0].astype(bool) for k, v in res["masks"].items() if v.any()}
             boxes = {k: b for k, b in ((k, mask_box(m)) for k, m in masks.items()) if b is not None}
         else:
             spacing = ph.spacing
@@ -330,6 +332,8 @@ def prepare_phantoms(
     for p in (out / "records").glob("phantom_*.json"):
         if p.stem not in keep:
             p.unlink()
+            (out / "images" / f"{p.stem}.npy").unlink(missing_ok=True)
+            shutil.rmtree(out / "masks" / p.stem, ignore_errors=True)
     summary = PrepareSummary(out, what=f"{n} phantoms {'x'.join(map(str, shape))}")
     extra = {"window": [lo, hi]} if preset is None else {}
     return _execute(out, tasks, _phantom_task, workers, "phantoms", progress, overwrite,
