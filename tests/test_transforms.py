@@ -233,6 +233,20 @@ def test_segvol_normalize_matches_numpy(ph):
     np.testing.assert_allclose(T.segvol_normalize(img).numpy(), expect, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16])
+def test_integer_fast_statistics_equal_numpy(dtype):
+    # int16 volumes take an exact counting path for percentiles and SegVol statistics
+    rng = np.random.default_rng(3)
+    a = rng.integers(0 if dtype != np.int16 else -1024, 250, size=(9, 11, 13)).astype(dtype)
+    qs = [0.0, 0.05, 0.5, 37.2, 99.5, 99.95, 100.0]
+    np.testing.assert_allclose(T._percentiles(a, qs), np.percentile(a, qs), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(T.segvol_foreground_stats(a), T.segvol_foreground_stats(a.astype(np.float64)), rtol=1e-12)
+    fg = a[a > a.mean()].astype(np.float64)
+    np.testing.assert_allclose(
+        T.segvol_foreground_stats(a), [*np.percentile(fg, [0.05, 99.95]), fg.mean(), fg.std()], rtol=1e-12
+    )
+
+
 def test_segvol_preset_equals_reference(ph, monai_t):
     img, body, cube = ph
     z = T.segvol_normalize(img)
