@@ -76,6 +76,9 @@ class SAM3DConfig:
         if self.adapter_kernel % 2 == 0:
             raise ValueError(f"adapter_kernel must be odd (same-size depth-wise conv), got {self.adapter_kernel}")
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 class LayerNormChannels3d(nn.Module):
     """LayerNorm over the channel axis of ``(B, C, D, H, W)`` (SAM's ``LayerNorm2d`` in 3D)."""
