@@ -421,3 +421,15 @@ def test_integer_rescaling_is_exact_and_compact(raw, slope, inter, expected, dty
     out = finalize_array(raw, "x.nii", slope, inter)
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, expected)
+
+
+def test_gz_fast_path_equals_nibabel_reader(totalseg_dir, monkeypatch):
+    """The ISA-L in-memory reader and nibabel's own gzip reader give the same volume."""
+    import LaMed.data.io_nifti as io_nifti
+
+    fast = load_volume(totalseg_dir / "mr_abdomen.nii.gz")
+    monkeypatch.setattr(io_nifti, "_load_gz_in_memory", lambda p, nib: None)
+    slow = load_volume(totalseg_dir / "mr_abdomen.nii.gz")
+    assert fast.array.dtype == slow.array.dtype
+    np.testing.assert_array_equal(fast.array, slow.array)
+    np.testing.assert_array_equal(fast.affine, slow.affine)
