@@ -323,8 +323,8 @@ def test_crop_to_foreground_removes_air_margin(ph, monai_t):
     out = apply_preset("m3d", img, (2.5, 0.8, 0.8))
     assert out["crop"] == body_box
     assert T.foreground_box(T.window(img, -160, 240)) == body_box
-    _, coords = None, monai_t.CropForeground(return_coords=True)(T.window(img, -160, 240)[None])[1:]
-    assert tuple(coords[0]) + tuple(coords[1]) == body_box
+    _, start, end = monai_t.CropForeground(return_coords=True)(T.window(img, -160, 240)[None])
+    assert tuple(start) + tuple(end) == body_box
     # spacing of the output grid covers the cropped field of view
     n = np.array(body_box[3:]) - np.array(body_box[:3])
     np.testing.assert_allclose(out["spacing"], np.array([2.5, 0.8, 0.8]) * n / np.array([32, 256, 256]))

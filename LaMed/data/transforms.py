@@ -275,7 +275,7 @@ def segvol_normalize(x: ArrayLike, lower: float = 0.05, upper: float = 99.95) ->
     depends on the two clip bounds.
     """
     plo, phi, mean, std = segvol_foreground_stats(x, lower, upper)
-    t = _f32(x).clamp_(plo, phi) if phi >= plo else _f32(x)
+    t = _f32(x).clamp(plo, phi)  # not in place: _f32 may share memory with the caller's array
     return t.sub_(mean).div_(max(std, 1e-8))
 
 
@@ -445,7 +445,7 @@ def apply_axis(x: torch.Tensor, axis: int, m: np.ndarray) -> torch.Tensor:
 _MODES = ("trilinear", "nearest", "nearest-exact")
 
 
-def _inplane_indices(n_in: int, n_out: int, mode: str) -> np.ndarray:
+def _nearest_indices(n_in: int, n_out: int, mode: str) -> np.ndarray:
     return nearest_matrix(n_in, n_out, exact=mode == "nearest-exact").argmax(axis=1)
 
 
@@ -490,8 +490,8 @@ def render(
                 x, d_op = np.take(x, need, axis=0), d_op[:, need]
     h_out, w_out = hw_size if hw_size is not None else x.shape[1:]
     if mode != "trilinear" and hw_size is not None:  # nearest in-plane is a pure selection: do it first
-        x = np.take(np.take(x, _inplane_indices(x.shape[1], h_out, mode), axis=1),
-                    _inplane_indices(x.shape[2], w_out, mode), axis=2)
+        x = np.take(np.take(x, _nearest_indices(x.shape[1], h_out, mode), axis=1),
+                    _nearest_indices(x.shape[2], w_out, mode), axis=2)
     buf = x.astype(np.float32, copy=True)
     if f.scale == 0.0:
         buf[...] = 0.0
@@ -549,7 +549,7 @@ def resize(
     size = tuple(int(s) for s in size)
     if mode != "trilinear":  # pure index selection: keep the dtype
         for k, (n, s) in enumerate(zip(t.shape[-3:], size)):
-            t = t.index_select(t.ndim - 3 + k, torch.from_numpy(_inplane_indices(n, s, mode)))
+            t = t.index_select(t.ndim - 3 + k, torch.from_numpy(_nearest_indices(n, s, mode)))
         return t
     if t.ndim == 4:
         return torch.stack([resize(c, size, mode, antialias) for c in t])
