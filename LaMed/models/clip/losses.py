@@ -57,6 +57,11 @@ def effective_scale(logit_scale: torch.Tensor, mode: str = "exp", max_scale: flo
     raise ValueError(f"logit_scale_mode must be 'exp' or 'raw', got {mode!r}")
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (bf16 / fp16 logits lose the small differences that matter)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _pair(image_emb: torch.Tensor, text_emb: torch.Tensor, gather: bool, local_loss: bool):
     """Rows and columns of the logit matrices and the offset of this process's rows."""
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
@@ -94,7 +99,7 @@ def infonce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.T
     """
     lpi, lpt, offset = clip_logits(image_emb, text_emb, scale, gather=gather, local_loss=local_loss)
     target = torch.arange(lpi.shape[0], device=lpi.device) + offset
-    loss = (F.cross_entropy(lpi.float(), target) + F.cross_entropy(lpt.float(), target)) / 2
+    loss = (F.cross_entropy(_upcast(lpi), target) + F.cross_entropy(_upcast(lpt), target)) / 2
     return loss, lpi, lpt
 
 
@@ -119,9 +124,10 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Te
             raise ValueError("symmetric SigLIP needs the square global logit matrix (local_loss=False)")
         lpi = (lpi + lpi.t()) / 2
     rows, cols = lpi.shape
-    labels = -torch.ones(rows, cols, device=lpi.device, dtype=torch.float32)
+    logits = _upcast(lpi)
+    labels = -torch.ones(rows, cols, device=lpi.device, dtype=logits.dtype)
     labels[torch.arange(rows, device=lpi.device), torch.arange(rows, device=lpi.device) + offset] = 1.0
-    loss = -F.logsigmoid(labels * lpi.float()).sum() / rows
+    loss = -F.logsigmoid(labels * logits).sum() / rows
     return loss, lpi, lpi.t()
 
 
@@ -142,7 +148,7 @@ def consistency_loss(student_logits: Tuple[torch.Tensor, torch.Tensor],
     (s_i2t, s_t2i), (t_i2t, t_t2i) = student_logits, teacher_logits
     if s_i2t.shape != t_i2t.shape or s_t2i.shape != t_t2i.shape:
         raise ValueError(f"student and teacher logits differ in shape: {tuple(s_i2t.shape)} vs {tuple(t_i2t.shape)}")
-    return (F.mse_loss(s_i2t.float(), t_i2t.detach().float()) + F.mse_loss(s_t2i.float(), t_t2i.detach().float())) / 2
+    return (F.mse_loss(_upcast(s_i2t), _upcast(t_i2t.detach())) + F.mse_loss(_upcast(s_t2i), _upcast(t_t2i.detach()))) / 2
 
 
 def contrastive_loss(loss_type: str, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
