@@ -1,0 +1,90 @@
+"""Segmentation losses on logits, one value per sample so that callers can average as they need.
+
+* :func:`binary_dice_loss` - SegVol / M3D ``BinaryDiceLoss``: ``1 - 2 sum(p t) / (sum(p) + sum(t) + 1)``
+  per sample over all voxels (``p = sigmoid(logits)``; the smoothing term is only in the
+  denominator, as published). Targets of -1 count as 0. Unlike the published code the tensors are
+  not ``squeeze()``-d first, so batch size 1 gives a volume Dice, not a per-slice one.
+* :func:`bce_loss` - mean binary cross-entropy with logits per sample.
+* :func:`dice_loss_monai` / :func:`focal_loss_monai` - MONAI ``DiceLoss(sigmoid=True)`` /
+  ``FocalLoss(gamma=2)`` per sample and channel (smooth 1e-5 in numerator and denominator);
+  ``DiceFocalLoss`` (Text3DSAM) is their sum (tests compare with MONAI).
+
+Shapes: ``logits`` and ``target`` ``(B, C, *spatial)``; results ``(B,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("dice_bce", "dice_focal")
+
+
+def _targets(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    t = target.to(like.dtype)
+    return t.clamp(min=0)  # -1 (ignore) -> 0, as the published loss does
+
+
+def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """SegVol's Dice loss per sample ``(B,)`` (see module docstring)."""
+    p = torch.sigmoid(logits.float()).flatten(1)
+    t = _targets(target, p).flatten(1)
+    return 1.0 - 2.0 * (p * t).sum(1) / (p.sum(1) + t.sum(1) + smooth)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean BCE-with-logits per sample ``(B,)``."""
+    x = logits.float()
+    return F.binary_cross_entropy_with_logits(x, _targets(target, x), reduction="none").flatten(1).mean(1)
+
+
+def dice_loss_monai(logits: torch.Tensor, target: torch.Tensor, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.Tensor:
+    """MONAI ``DiceLoss(sigmoid=True)`` per sample, averaged over channels: ``(B,)``."""
+    p = torch.sigmoid(logits.float())
+    t = _targets(target, p)
+    dims = tuple(range(2, p.ndim))
+    inter = (p * t).sum(dims)
+    denom = p.sum(dims) + t.sum(dims)
+    return (1.0 - (2.0 * inter + smooth_nr) / (denom + smooth_dr)).mean(1)
+
+
+def focal_loss_monai(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """MONAI ``FocalLoss(gamma, use_softmax=False)`` (sigmoid focal loss, no alpha) per sample ``(B,)``."""
+    x = logits.float()
+    t = _targets(target, x)
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    # (1 - p_t)^gamma computed in log space as MONAI does: p_t = sigmoid(x (2t - 1)).
+    mod = torch.exp(gamma * F.logsigmoid(-x * (2.0 * t - 1.0)))
+    return (mod * bce).flatten(1).mean(1)
+
+
+@dataclass
+class SegLoss:
+    """Loss of a binary mask prediction; ``__call__`` returns per-sample parts ``{name: (B,)}``.
+
+    ``kind="dice_bce"`` (SegVol, R1Seg-3D, RefSAM3D): ``dice_weight * binary_dice_loss +
+    bce_weight * bce_loss``; ``kind="dice_focal"`` (Text3DSAM): ``dice_weight * dice_loss_monai +
+    focal_weight * focal_loss_monai``.
+    """
+
+    kind: str = "dice_bce"
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    focal_weight: float = 1.0
+    focal_gamma: float = 2.0
+
+    def __post_init__(self):
+        if self.kind not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.kind!r}")
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if self.kind == "dice_bce":
+            parts = {"dice": binary_dice_loss(logits, target), "bce": bce_loss(logits, target)}
+            total = self.dice_weight * parts["dice"] + self.bce_weight * parts["bce"]
+        else:
+            parts = {"dice": dice_loss_monai(logits, target), "focal": focal_loss_monai(logits, target, self.focal_gamma)}
+            total = self.dice_weight * parts["dice"] + self.focal_weight * parts["focal"]
+        return {"loss": total, **parts}
