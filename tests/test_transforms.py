@@ -103,6 +103,17 @@ def test_input_validation(ph):
         apply_preset("m3d", img, (1, 1, 1), masks={"m": cube.astype(np.int32) * 300})
 
 
+def test_inputs_are_not_modified(ph):
+    img, body, cube = ph
+    f = img.astype(np.float32)
+    keep = f.copy()
+    for name in ("m3d", "segvol", "hsenet"):
+        apply_preset(name, f, (2.5, 0.8, 0.8), masks={"cube": cube})
+    T.segvol_normalize(f)
+    T.min_max(f)
+    np.testing.assert_array_equal(f, keep)
+
+
 # ------------------------------------------------------------------------------------------
 # Every preset: shape, dtype, range, masks
 # ------------------------------------------------------------------------------------------
