@@ -89,7 +89,7 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
                                  f"({gt_path})")
             if np.issubdtype(pred.dtype, np.floating) and src is not None:
                 row["soft_dice_m3d"] = S.m3d_soft_dice(pred, gt, from_logits=logits)
-                prob = 1.0 / (1.0 + np.exp(-pred)) if logits else pred
+                prob = 0.5 * (1.0 + np.tanh(0.5 * pred)) if logits else pred  # overflow-free sigmoid
                 binary = prob > threshold
             else:
                 binary = pred != 0
