@@ -46,6 +46,9 @@ class ToyOrgansModel(PreTrainedModel):
 
     config_class = ToyOrgansConfig
     main_input_name = "image"
+    # forward() takes **kwargs but its loss is a plain batch mean: without this the Trainer would
+    # pass num_items_in_batch and multiply the loss by the number of processes (see docs/training.md).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: ToyOrgansConfig):
         super().__init__(config)
@@ -97,7 +100,8 @@ def parameter_fingerprint(model) -> dict:
             t = p.detach().float().cpu().contiguous()
             digest.update(t.numpy().tobytes())
             total += float(t.double().sum())
-    return {"sum": total, "sha256": digest.hexdigest(), "numel": int(sum(p.numel() for p in params))}
+        numel = int(sum(p.numel() for p in params))
+    return {"sum": total, "sha256": digest.hexdigest(), "numel": numel}
 
 
 class RankSummary(TrainerCallback):
