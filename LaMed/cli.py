@@ -19,6 +19,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "prepare": ("LaMed.commands.prepare", "write data in the prepared format (phantoms, volumes, public datasets)"),
     "demo": ("LaMed.commands.demo", "run the end-to-end demo on synthetic phantoms"),
     "train": ("LaMed.commands.train", "train a model from a recipe YAML"),
+    "merge-lora": ("LaMed.commands.merge_lora", "merge LoRA weights into a plain checkpoint"),
 }
 
 
