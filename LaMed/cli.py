@@ -20,6 +20,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("LaMed.commands.demo", "run the end-to-end demo on synthetic phantoms"),
     "train": ("LaMed.commands.train", "train a model from a recipe YAML"),
     "merge-lora": ("LaMed.commands.merge_lora", "merge LoRA weights into a plain checkpoint"),
+    "predict": ("LaMed.commands.predict", "run a model on a volume: masks (and later text)"),
+    "download": ("LaMed.commands.download", "download a public dataset from the Hugging Face Hub"),
 }
 
 
