@@ -153,6 +153,11 @@ class LaMedTrainer(Trainer):
             for split, tracker in self._trackers.items():
                 if tracker.bad:
                     logs[f"bad_samples_{split}"] = len(tracker.bad)
+        elif "train_runtime" in logs and self.throughput.totals["wall_s"] > 0:  # the end-of-training summary
+            t = self.throughput.totals
+            logs["train_data_wait_fraction"] = round(t["wait_s"] / t["wall_s"], 4)
+            # step-to-step rate, without the set-up before the first step
+            logs["train_steady_steps_per_second"] = round(t["steps"] / t["wall_s"], 4)
         super().log(logs, start_time)
 
     # ---- saving -------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""Training-step throughput of a tiny recipe on 1 process and on 2 processes (DDP), CPU or GPU.
+
+    python Bench/perf/train_step.py [--steps 40] [--batch 4] [--shape 32 64 64] [--workers 1]
+
+Runs the toy task of the test-suite (tests/train_toy_task.py: a 2-conv 3D net on prepared
+phantoms read memory-mapped) through ``python -m LaMed.train`` and ``torchrun --nproc_per_node 2``,
+and prints one line a figure: steps/s and samples/s (global) for each, the scaling efficiency
+(samples/s on 2 processes / (2 x samples/s on 1)), and the data-loader wait fraction (time the
+optimizer steps spent waiting for batches / wall time; target < 0.05). On a CPU machine both
+processes share the same cores, so the efficiency measures overhead, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TESTS = REPO / "tests"
+RECIPE = TESTS / "recipes" / "tiny_toy.yaml"
+
+
+def run(nproc: int, data: Path, out: Path, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(TESTS), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline")
+    bin_dir = Path(sys.executable).parent
+    launcher = [sys.executable] if nproc == 1 else [str(bin_dir / "torchrun"), "--nproc_per_node", str(nproc),
+                                                   "--master_port", "29731"]
+    cmd = [*launcher, "-m", "LaMed.train", str(RECIPE), "--train_manifest", str(data / "train.json"),
+           "--output_dir", str(out), "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch),
+           "--save_strategy", "no", "--logging_steps", str(args.steps), "--resume", "never",
+           "--dataloader_num_workers", str(args.workers), "--channels", "8", "--hidden", "32"]
+    if args.workers > 0:
+        cmd += ["--dataloader_persistent_workers", "true"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"training with {nproc} process(es) failed:\n{proc.stderr[-3000:]}")
+    state = json.loads((out / "trainer_state.json").read_text())
+    final = next(h for h in reversed(state["log_history"]) if "train_runtime" in h)
+    return final
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch", type=int, default=4, help="per process")
+    p.add_argument("--shape", type=int, nargs=3, default=(32, 64, 64))
+    p.add_argument("--n", type=int, default=32, help="phantoms to prepare")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per training process")
+    args = p.parse_args()
+
+    sys.path.insert(0, str(TESTS))
+    from train_toy_task import make_phantom_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = make_phantom_data(tmp / "data", n=args.n, shape=tuple(args.shape))
+        one = run(1, data, tmp / "one", args)
+        two = run(2, data, tmp / "two", args)
+    print(f"config: toy 3D conv net, volumes {tuple(args.shape)}, batch {args.batch}/process, {args.steps} steps, "
+          f"{args.workers} loader worker(s)/process")
+    rates = {}
+    for name, nproc, r in (("1 process", 1, one), ("2 processes DDP", 2, two)):
+        steps = r["train_steady_steps_per_second"]  # step to step, without start-up
+        rates[nproc] = steps * args.batch * nproc
+        print(f"{name}: steps/s {steps:.2f}")
+        print(f"{name}: samples/s {rates[nproc]:.2f}")
+        print(f"{name}: data-loader wait fraction {r['train_data_wait_fraction']:.4f}")
+    print(f"scaling efficiency 2 vs 1 process: {rates[2] / (2 * rates[1]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
