@@ -26,7 +26,7 @@ and :mod:`LaMed.data.prepared` (atomic writers, validation):
 * ``--limit N`` (at most N cases of each split, for quick trials);
 * a final validation pass (every manifest path exists and loads with the expected shape, extra
   files such as slice features included) and the counts per split, also written to
-  ``<out>/dataset.json``.
+  ``<out>/meta/dataset.json``.
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ def _case_task(t: dict) -> dict:
         files = 1
         computed["spacing"] = [round(float(s), 6) for s in res["spacing"]]
         computed["shape"] = list(res["image"].shape)
+        computed["preset"] = t["preset"].name
         computed["source"] = case["source"]
         computed["source_shape"] = [int(s) for s in image.shape]
         computed["source_spacing"] = [round(float(s), 6) for s in loaded.spacing]
@@ -459,7 +460,8 @@ class Preparer:
                 "counts": summary.counts, "failed": summary.failed, "options": _jsonable(
                     {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("src", "raw", "out")}),
                 "validation_ok": summary.validation.ok}
-        write_json_atomic(out / "dataset.json", info)
+        # Not beside the manifests: every *.json there is read as a split manifest.
+        write_json_atomic(out / "meta" / "dataset.json", info)
         return summary
 
     def _entry_attr(self) -> str:
@@ -512,7 +514,7 @@ class Preparer:
             report.problems.append(str(exc))
             return report
         for mpath in sorted(out.glob("*.json")):
-            if mpath.name in ("errors.json", "dataset.json"):
+            if mpath.name == "errors.json":
                 continue
             try:
                 m = load_manifest(mpath)
