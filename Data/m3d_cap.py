@@ -66,7 +66,10 @@ def extract_findings(text: str) -> str:
     out = clean_text(text[i + len("study_findings:"):])
     if len(out) < 5:
         j = low.find("discussion:")
-        out = clean_text(text[j + len("discussion:"):]) if j >= 0 else clean_text(text)
+        if j < 0:
+            return clean_text(text)
+        end = low.find("study_findings:", j)  # the discussion section ends where the findings start
+        out = clean_text(text[j + len("discussion:"):end if end > j else None])
     return out
 
 
