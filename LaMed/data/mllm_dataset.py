@@ -246,7 +246,8 @@ def flare_items(json_path: Union[str, Path], image_dir: str = "") -> List[dict]:
         for qa in list(case.get("global_vqa") or []) + list(case.get("local_vqa") or []):
             q = qa["question"] + (f" Choices: {qa['choices']}" if qa.get("choices") else "")
             vqa.append({"question": q, "answer": _answer_text(qa["answer"]), "type": "open", "topic": "flare"})
-        item = {"id": stem, "image": str(Path(image_dir) / f"{stem}.npy"), "vqa": vqa}
+        item = {"id": stem, "image": str(Path(image_dir) / f"{stem}.npy"), "vqa": vqa,
+                "caption_prompts": [prompts.FLARE_REPORT_PROMPT]}
         if text:
             item["text"] = text
         items.append(item)

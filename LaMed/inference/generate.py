@@ -118,4 +118,37 @@ def time_generation(model, processor, image, question: str, max_new_tokens: int,
     return ttft, rate, new
 
 
-__all__ = ["DECODING", "decoding_kwargs", "load_mllm", "generate_texts", "time_generation"]
+
+
+
+def predict_dataset(model, processor, dataset, max_new_tokens: int = 256, decoding: str = "greedy", seed: int = 0,
+                    batch_size: int = 8, limit: Optional[int] = None, **gen_kwargs) -> List[Dict[str, Any]]:
+    """Run ``generate_texts`` over an evaluation :class:`~LaMed.data.mllm_dataset.MLLMDataset`
+    (built with ``train=False``); returns its records with a ``"prediction"`` field added.
+    Volumes are read one batch at a time."""
+    import torch
+
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    out: List[Dict[str, Any]] = []
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        recs = [dataset.record(i) for i in idx]
+        vols = torch.stack([dataset.load_image(i) for i in idx])
+        texts = generate_texts(model, processor, vols, [r["question"] for r in recs], max_new_tokens=max_new_tokens,
+                               decoding=decoding, seed=seed * 7 + start, batch_size=len(idx), **gen_kwargs)
+        for r, t in zip(recs, texts):
+            out.append({**r, "prediction": t})
+    return out
+
+
+def write_jsonl(path: Union[str, Path], rows: Sequence[Dict[str, Any]], keys: Sequence[str]) -> Path:
+    """Write ``rows`` (only ``keys``) as JSON lines; returns the path."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({k: r[k] for k in keys if k in r}) + "\n")
+    return path
+__all__ = ["DECODING", "decoding_kwargs", "load_mllm", "generate_texts", "time_generation", "predict_dataset", "write_jsonl"]

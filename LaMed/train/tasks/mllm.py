@@ -82,7 +82,7 @@ def build_tokenizer(m: MLLMModelArguments, d: MLLMDataArguments):
                                chat_template="chatml" if m.prompt_format == "chat" else None)
     from transformers import AutoTokenizer
 
-    source = m.tokenizer or m.llm or m.pretrained_model
+    source = m.tokenizer or m.pretrained_model or m.llm
     if not source:
         raise ValueError("model.tokenizer: give a tokenizer path / hub id, 'train', or model.llm")
     return AutoTokenizer.from_pretrained(source)
@@ -168,8 +168,9 @@ def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], t
         raise ValueError(f"data.data_format: expected 'prepared', 'flare' or 'radgenome', got {d.data_format!r}")
     if len(parts) == 1 and not d.task_weights:
         return parts[0]
-    weights = d.task_weights or None
-    if weights is not None and len(weights) != len(parts):
+    # No weights: proportional to the sizes, i.e. a plain concatenation in expectation (as published).
+    weights = d.task_weights or [len(p) for p in parts]
+    if len(weights) != len(parts):
         raise ValueError(f"data.task_weights: {len(weights)} weights for {len(parts)} tasks {tasks}")
     return MixtureDataset(parts, weights, seed=seed)
 

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# HSENet Phi-4-mini MRG on CT-RATE (LoRA + spatial packers)
+# Usage: bash scripts/hsenet_phi4_mrg.sh [NUM_GPUS] [--key value ...]   (recipe: configs/recipes/hsenet_phi4_mrg.yaml)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+lamed_launch configs/recipes/hsenet_phi4_mrg.yaml "$@"

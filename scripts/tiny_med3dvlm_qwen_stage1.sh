@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# tiny twin of med3dvlm_qwen_stage1.yaml
+# Usage: bash scripts/tiny_med3dvlm_qwen_stage1.sh [NUM_GPUS] [--key value ...]   (recipe: configs/recipes/tiny_med3dvlm_qwen_stage1.yaml)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+lamed_launch configs/recipes/tiny_med3dvlm_qwen_stage1.yaml "$@"
