@@ -2,6 +2,13 @@
 
     python -m Bench.perf.prepare_throughput                    # 6 volumes of 300x512x512, preset m3d
     python -m Bench.perf.prepare_throughput --n 4 --size 200 512 512 --keep /tmp/bench_volumes
+    python -m Bench.perf.prepare_throughput --dataset ct_rate   # the CT-RATE preparer, 4 x 300x512x512 .nii.gz
+
+``--dataset ct_rate`` writes a fake CT-RATE raw copy instead (``dataset/valid/...`` int16 ``.nii.gz``
+stored as HU + 1024 without header scaling, with the report / label / metadata CSVs, as CT-RATE
+ships its original volumes) and times ``lamed prepare ct_rate`` (metadata rescale, ``hsenet``
+preset to 32x256x256 and the 32-slice 2D branch, no slice model) with 1 and ``--workers`` workers:
+volumes/s of each, their ratio and the machine's own 2-process ceiling.
 
 Setup (not timed): phantom-like int16 CT volumes of ``--size`` (D, H, W) voxels are drawn with
 ``make_phantom`` (two distinct cases, copied up to ``--n`` files) and written once as uncompressed
@@ -126,9 +133,85 @@ def _load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def make_ct_rate_raw(root: Path, n: int, size) -> float:
+    """A CT-RATE raw layout with ``n`` volumes of ``size`` (two distinct phantoms, copied)."""
+    import csv
+
+    from LaMed.data.phantom import make_phantom
+
+    t0 = time.perf_counter()
+    first = []
+    names = [f"valid_{i + 1}_a_1" for i in range(n)]
+    for i, name in enumerate(names):
+        path = root / "dataset" / "valid" / f"valid_{i + 1}" / f"valid_{i + 1}_a" / f"{name}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            continue
+        if i < 2:
+            ph = make_phantom(i, shape=size)
+            write_nifti(path, (ph.image.astype(np.int32) + 1024).astype(np.int16), ph.spacing)
+            first.append(path)
+            del ph
+        else:
+            shutil.copyfile(first[i % 2] if first else path.parents[2] / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz", path)
+    d = root / "dataset"
+    for sub, fname, header, row in (
+        ("radiology_text_reports", "validation_reports.csv", ["VolumeName", "Findings_EN", "Impressions_EN"],
+         lambda v: [v, "Bilateral lower lobe atelectasis. No effusion.", "Atelectasis."]),
+        ("multi_abnormality_labels", "valid_predicted_labels.csv", ["VolumeName", "Atelectasis", "Emphysema"],
+         lambda v: [v, 1, 0]),
+        ("metadata", "validation_metadata.csv", ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
+         lambda v: [v, 1, -1024, "[0.75, 0.75]", 1.0]),
+    ):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+        with open(d / sub / fname, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for v in names:
+                w.writerow(row(f"{v}.nii.gz"))
+    return time.perf_counter() - t0
+
+
+def ct_rate_benchmark(args, root: Path) -> int:
+    """Volumes/s of the CT-RATE preparer on 1 and ``args.workers`` workers."""
+    n = args.n or 4
+    size = tuple(args.size)
+    t_make = make_ct_rate_raw(root / "raw", n, size)
+    f0 = next((root / "raw").rglob("*.nii.gz"))
+    print(f"inputs: {n} x {'x'.join(map(str, size))} int16 CT-RATE .nii.gz ({f0.stat().st_size / 2**20:.0f} MB each) "
+          f"+ CSVs, written in {t_make:.1f} s")
+    from Data.ct_rate import PREPARER
+
+    # Warm-up on one volume: imports and first-call costs do not belong to the timed runs.
+    PREPARER.prepare(root / "raw", root / "warm", no_progress=True, limit=1)
+    rates = {}
+    for workers in (1, args.workers):
+        out = root / f"out_{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+        s = PREPARER.prepare(root / "raw", out, workers=workers, no_progress=True)
+        dt = time.perf_counter() - t0
+        cpu = time.process_time() - c0 + _children_cpu() - k0
+        if s.failed or not s.validation.ok:
+            print(f"FAILED: {s}\n{s.validation}", file=sys.stderr)
+            return 1
+        rates[workers] = s.written / dt
+        print(f"ct_rate_volumes_per_s[workers={workers}]: {rates[workers]:.3f} ({s.written} volumes in {dt:.1f} s; "
+              f"{cpu / s.written:.2f} CPU s per volume incl. 2D slices, all processes)")
+    w = args.workers
+    print(f"ct_rate_speedup[{w} workers vs 1]: {rates[w] / rates[1]:.2f}x")
+    print(f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(w):.2f}x "
+          f"(the ceiling of the ratio above on this machine now)")
+    print(f"load average at end: {_load()}")
+    print(f"peak_rss_largest_worker: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=6, help="number of volumes (default 6)")
+    ap.add_argument("--n", type=int, default=None, help="number of volumes (default 6; 4 with --dataset ct_rate)")
+    ap.add_argument("--dataset", choices=("volumes", "ct_rate"), default="volumes",
+                    help="prepare_volumes on plain NIfTI (default) or the CT-RATE preparer on a CT-RATE layout")
     ap.add_argument("--size", type=int, nargs=3, default=(300, 512, 512), metavar=("D", "H", "W"),
                     help="volume size in voxels (default 300 512 512)")
     ap.add_argument("--preset", default="m3d")
@@ -139,6 +222,13 @@ def main(argv=None) -> int:
     # Wall-clock figures are only meaningful on an idle machine: print the load to judge them.
     print(f"cpus: {os.cpu_count()}, load average (1/5/15 min) at start: {_load()}")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lamed_prepare_bench_"))
+    if args.dataset == "ct_rate":
+        try:
+            return ct_rate_benchmark(args, root)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    args.n = args.n or 6
     try:
         files, gz, t_make = make_inputs(root / "nii", args.n, tuple(args.size))
         mb = files[0].stat().st_size / 2**20
