@@ -123,7 +123,7 @@ class PromptableSegModel(PreTrainedModel):
                     return_tokens: bool = False):
         """Token ids ``(N, L)`` -> prompt embedding ``(N, C)`` [and tokens ``(N, L, C)``]."""
         if getattr(self, "text_encoder", None) is None:
-            raise ValueError(f"{type(self).__name__} was built without a text encoder (text_config=None); "
+            raise ValueError(f"{type(self).__name__} was built without a text encoder (text_encoder_config=None); "
                              "pass text_embedding instead of input_ids")
         return self.text_encoder(input_ids, attention_mask, return_tokens=return_tokens)
 

@@ -7,7 +7,7 @@ round-trip them as JSON; ``__post_init__`` validates them.
 Shared fields (:class:`SegConfigBase`):
   * geometry: ``img_size`` (D, H, W) of the network input, ``image_encoder`` (a name of
     ``LaMed.models.encoders``) with ``image_encoder_overrides``; ``embed_dim`` = prompt / decoder width;
-  * text: ``text_config`` (a name of ``TEXT_CONFIGS`` or a dict; ``None`` = no text encoder, the
+  * text: ``text_encoder_config`` (a name of ``TEXT_CONFIGS`` or a dict; ``None`` = no text encoder, the
     prompt embedding comes from outside, e.g. an LLM ``[SEG]`` state), pooling, projection,
     ``freeze_text_backbone``, ``prompt_template`` (``{}`` = the structure name);
   * decoder: two-way transformer depth / heads / MLP / downsample rate, prompt-encoder conventions,
@@ -56,7 +56,7 @@ class SegConfigBase(PretrainedConfig):
     image_encoder: str = "vit3d_base_segvol"
     image_encoder_overrides: dict = field(default_factory=dict)
     embed_dim: int = 768
-    text_config: Optional[Union[str, dict]] = "clip_text"
+    text_encoder_config: Optional[Union[str, dict]] = "clip_text"
     text_pooling: str = "pooler"
     text_projection: str = "linear"
     freeze_text_backbone: bool = True
@@ -113,6 +113,7 @@ class SegVolConfig(SegConfigBase):
     model_type = "lamed_segvol"
 
     upscale_norm: str = "channel"  # "full": the published (C/4, 2d, 2h, 2w) LayerNorm
+    point_prompts: bool = True  # False: no point / box embeddings (R1Seg-3D's decoder)
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
     text_align: bool = True
@@ -125,7 +126,7 @@ class Text3DSAMConfig(SegConfigBase):
 
     img_size: list = field(default_factory=lambda: [128, 256, 256])
     image_encoder: str = "dcformer_text3dsam"
-    text_config: Optional[Union[str, dict]] = "tiny_clinicalbert"
+    text_encoder_config: Optional[Union[str, dict]] = "tiny_clinicalbert"
     text_pooling: str = "cls"
     text_projection: str = "mlp"
     freeze_text_backbone: bool = False

@@ -35,9 +35,9 @@ def build_image_encoder(args):
 
 
 def build_text_encoder(args) -> Optional[TextPromptEncoder]:
-    if args.text_config is None:
+    if args.text_encoder_config is None:
         return None
-    return TextPromptEncoder(text_config(args.text_config), args.embed_dim, args.text_pooling, args.text_projection,
+    return TextPromptEncoder(text_config(args.text_encoder_config), args.embed_dim, args.text_pooling, args.text_projection,
                              args.freeze_text_backbone)
 
 
@@ -56,7 +56,8 @@ class SegVolModel(PromptableSegModel):
                              f"but embed_dim is {args.embed_dim}; they must match")
         grid = self.image_encoder.grid_size
         self.prompt_encoder = PromptEncoder3D(args.embed_dim, grid, args.img_size, args.mask_in_chans, args.mask_downscaling,
-                                              args.point_convention, args.pe_axis_order)
+                                              args.point_convention, args.pe_axis_order,
+                                              num_point_embeddings=4 if args.point_prompts else 0)
         self.mask_decoder = MaskDecoder3D(
             args.embed_dim, grid, args.num_multimask_outputs, args.transformer_depth, args.num_heads, args.mlp_dim,
             args.attention_downsample_rate, args.iou_head_depth, args.iou_head_hidden_dim, args.upscale_norm, args.text_align,

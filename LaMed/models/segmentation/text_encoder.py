@@ -9,7 +9,7 @@ to the decoder's prompt width.
   Linear -> LayerNorm -> GELU -> Linear.
 * RefSAM3D: CLIP text, mean pooling over the word embeddings, plus the projected word tokens.
 
-The backbone is built from ``text_config`` (a dict with ``model_type``), never downloaded; its
+The backbone is built from ``text_encoder_config`` (a dict with ``model_type``), never downloaded; its
 weights come from our checkpoint, or from a local pretrained folder at training start
 (:meth:`TextPromptEncoder.load_backbone`).
 """
@@ -25,14 +25,14 @@ POOLINGS = ("pooler", "cls", "mean")
 PROJECTIONS = ("linear", "mlp", "identity")
 
 
-def build_text_backbone(text_config: dict):
+def build_text_backbone(text_encoder_config: dict):
     """``AutoModel.from_config`` of a config dict (``{"model_type": "bert", ...}``)."""
     from transformers import AutoConfig, AutoModel
 
-    cfg = dict(text_config)
+    cfg = dict(text_encoder_config)
     model_type = cfg.pop("model_type", None)
     if not model_type:
-        raise ValueError("text_config needs a 'model_type' (e.g. 'clip_text_model' or 'bert')")
+        raise ValueError("text_encoder_config needs a 'model_type' (e.g. 'clip_text_model' or 'bert')")
     config = AutoConfig.for_model(model_type, **cfg)
     return AutoModel.from_config(config)
 
@@ -41,7 +41,7 @@ class TextPromptEncoder(nn.Module):
     """``(input_ids, attention_mask) (B, L)`` -> prompt embedding ``(B, out_dim)`` [and tokens ``(B, L, out_dim)``].
 
     Args:
-        text_config: config dict of the backbone.
+        text_encoder_config: config dict of the backbone.
         out_dim: prompt width C of the decoder.
         pooling: ``"pooler"`` (the model's ``pooler_output``), ``"cls"`` (first token of the last
             hidden state) or ``"mean"`` (attention-masked mean).
@@ -50,14 +50,14 @@ class TextPromptEncoder(nn.Module):
         freeze_backbone: the backbone gets no gradients and runs under ``no_grad``.
     """
 
-    def __init__(self, text_config: dict, out_dim: int, pooling: str = "pooler", projection: str = "linear",
+    def __init__(self, text_encoder_config: dict, out_dim: int, pooling: str = "pooler", projection: str = "linear",
                  freeze_backbone: bool = False):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"text pooling must be one of {POOLINGS}, got {pooling!r}")
         if projection not in PROJECTIONS:
             raise ValueError(f"text projection must be one of {PROJECTIONS}, got {projection!r}")
-        self.model = build_text_backbone(text_config)
+        self.model = build_text_backbone(text_encoder_config)
         hidden = self.model.config.hidden_size
         if projection == "linear":
             self.proj = nn.Linear(hidden, out_dim)

@@ -23,19 +23,25 @@ SEG_VARIANTS: Dict[str, Tuple[str, dict]] = {
     "segvol_tiny": ("segvol", dict(
         img_size=(32, 64, 64), image_encoder="vit3d_test",
         image_encoder_overrides=dict(cls_token=False, patch_size=(4, 8, 8)),
-        embed_dim=96, num_heads=4, mlp_dim=192, iou_head_hidden_dim=64, text_config="clip_text_test",
+        embed_dim=96, num_heads=4, mlp_dim=192, iou_head_hidden_dim=64, text_encoder_config="clip_text_test",
         freeze_text_backbone=False,
+    )),
+    # R1Seg-3D's step-1 SAM (r1seg_3dsam.bin): SegVol decoder without point/box embeddings, a 3D
+    # conv mask path and one refinement pass on the raw logits (num_clicks = 1).
+    "r1seg_sam_published": ("segvol", dict(
+        SEGVOL_PUBLISHED_FLAGS, point_prompts=False, mask_downscaling="conv3d", refine_passes=1, refine_input="logits",
+        train_prompt_types=["text"],
     )),
     "text3dsam": ("text3dsam", {}),
     "text3dsam_published": ("text3dsam", dict(pe_axis_order="segvol")),
     "text3dsam_tiny": ("text3dsam", dict(
         img_size=(32, 64, 64), image_encoder="dcformer_test", embed_dim=32, num_heads=2, mlp_dim=64,
-        text_config="bert_test",
+        text_encoder_config="bert_test",
     )),
     "refsam3d": ("refsam3d", {}),
     "refsam3d_tiny": ("refsam3d", dict(
         img_size=(32, 64, 64), image_encoder="sam3d_adapter_test", image_encoder_overrides=dict(patch_size=(4, 8, 8)),
-        embed_dim=32, num_heads=2, mlp_dim=64, cross_attn_heads=2, level_dim=8, text_config="clip_text_test",
+        embed_dim=32, num_heads=2, mlp_dim=64, cross_attn_heads=2, level_dim=8, text_encoder_config="clip_text_test",
         freeze_text_backbone=False,
     )),
 }

@@ -1,0 +1,188 @@
+"""Text-prompted segmentation of one volume: preprocessing, zoom-out-zoom-in, masks on the source grid.
+
+``predict_volume(model, volume, ["liver", "spleen"])`` runs SegVol's scheme (reference
+m3d_segvol.md 1.7) for any model of ``LaMed.models.segmentation``:
+
+1. **zoom-out**: the model's preprocessing preset (``config.preprocess_preset`` with its size
+   replaced by ``config.img_size``: intensity normalisation, foreground crop, resize) gives one
+   network-size volume; it is encoded once and decoded for every prompt; the logits are resized
+   (trilinear) to the foreground crop at native resolution;
+2. **zoom-in** (per prompt): the box of the zoom-out mask, enlarged to at least one window per axis
+   (half the shortfall on each side, clamped), is cut from the native-resolution crop and run with
+   :func:`~LaMed.inference.sliding_window.sliding_window_inference` (window = ``img_size``,
+   overlap 0.5), the same prompt in every window; its logits replace the zoom-out logits there.
+   When the zoom-out finds nothing the zoom-in is skipped and the zoom-out result kept
+   (SegVol's "Fail to detect foreground"); ``SegPrediction.fallback`` lists those prompts;
+3. the crop is pasted back into the full canonical grid, so the masks map to the source file with
+   ``LaMed.data.io.save_volume(..., like=volume)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from LaMed.inference.sliding_window import sliding_window_inference
+
+logger = logging.getLogger("LaMed.inference")
+
+SEG_MODEL_TYPES = ("lamed_segvol", "lamed_text3dsam", "lamed_refsam3d")
+
+
+def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
+    """Load a segmentation model (folder or hub id) in eval mode; its tokenizer, when saved beside
+    it, is attached as ``model.tokenizer``."""
+    from LaMed.inference.hub import resolve_model
+
+    folder = resolve_model(path_or_id)
+    import LaMed.models.segmentation  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type not in SEG_MODEL_TYPES:
+        raise ValueError(f"{folder}: model_type {config.model_type!r} is not a segmentation model "
+                         f"(expected one of {SEG_MODEL_TYPES})")
+    model = AutoModel.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {})).to(device).eval()
+    has_tok = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    model.tokenizer = AutoTokenizer.from_pretrained(folder) if has_tok else None
+    return model
+
+
+@dataclass
+class Preprocessed:
+    """Network inputs of one volume: ``zoom_out`` ``(1, 1, *img_size)`` and ``native``
+    ``(1, 1, *crop_shape)`` in [0, 1]; ``crop`` ``(d0, h0, w0, d1, h1, w1)`` in canonical voxels."""
+
+    zoom_out: torch.Tensor
+    native: Optional[torch.Tensor]
+    crop: Tuple[int, int, int, int, int, int]
+
+
+def preprocess(volume, img_size: Sequence[int], preset_name: str, native: bool = True) -> Preprocessed:
+    """Apply the preset at network size and, with ``native``, again at the crop's own size."""
+    from LaMed.data.presets import apply_preset, get_preset
+
+    preset = dataclasses.replace(get_preset(preset_name), size=tuple(int(s) for s in img_size))
+    zo = apply_preset(preset, volume.array, volume.spacing)
+    crop = tuple(int(c) for c in zo["crop"])
+    nat = None
+    if native and preset.spacing is None and preset.slices is None:
+        shape = tuple(b - a for a, b in zip(crop[:3], crop[3:]))
+        res = apply_preset(dataclasses.replace(preset, size=shape), volume.array, volume.spacing)
+        if tuple(res["crop"]) != crop:  # same rule on the same data: cannot differ, but never paste misaligned
+            raise RuntimeError(f"{volume.path}: native crop {res['crop']} differs from the zoom-out crop {crop}")
+        nat = torch.from_numpy(np.ascontiguousarray(res["image"]))[None]
+    return Preprocessed(torch.from_numpy(np.ascontiguousarray(zo["image"]))[None], nat, crop)
+
+
+def _roi(mask: torch.Tensor, window: Sequence[int]) -> Optional[Tuple[slice, ...]]:
+    """Box of ``mask`` (3D bool) enlarged to at least ``window`` per axis, clamped to the volume."""
+    idx = mask.nonzero()
+    if idx.numel() == 0:
+        return None
+    out = []
+    for ax, w in enumerate(window):
+        n = mask.shape[ax]
+        lo, hi = int(idx[:, ax].min()), int(idx[:, ax].max()) + 1
+        short = max(w - (hi - lo), 0)
+        lo, hi = lo - short // 2, hi + (short - short // 2)
+        if lo < 0:
+            hi, lo = min(hi - lo, n), 0
+        if hi > n:
+            lo, hi = max(lo - (hi - n), 0), n
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def _text_prompts(model, texts: Sequence[str], device) -> Dict[str, torch.Tensor]:
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("the model has no tokenizer (save one beside it, or set model.tokenizer)")
+    enc = tok([model.prompt_text(t) for t in texts], padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+@torch.no_grad()
+def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
+                     sw_batch_size: int = 1, progress: bool = False) -> Tuple[torch.Tensor, List[str]]:
+    """Logits ``(K, *crop_shape)`` for K text prompts (see module docstring); second value: the
+    prompts whose zoom-in was skipped because the zoom-out found nothing."""
+    from LaMed.models.segmentation.base import Prompts
+    from LaMed.models.segmentation.common import upsample_logits
+
+    device = next(model.parameters()).device
+    img_size = tuple(model.config.img_size)
+    x = pre.zoom_out.to(device)
+    enc = _text_prompts(model, texts, device)
+    prompts = model._prompts_from_inputs(None, enc["input_ids"], enc["attention_mask"], None, None, None)
+    k = len(texts)
+    features = model.encode_image(x)
+    low = model.decode(features, prompts, image_index=torch.zeros(k, dtype=torch.long, device=device))
+    crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
+    logits = upsample_logits(upsample_logits(low, img_size), crop_shape)[:, 0].float()
+    fallback: List[str] = []
+    if not zoom_in or pre.native is None:
+        return logits, fallback
+    native = pre.native.to(device)
+    thr = float(model.config.threshold)
+    logit_thr = float(np.log(thr / (1.0 - thr)))
+    for i, text in enumerate(texts):
+        roi = _roi(logits[i] > logit_thr, img_size)
+        if roi is None:
+            logger.info("zoom-in skipped for %r: the zoom-out prediction is empty", text)
+            fallback.append(text)
+            continue
+        one = Prompts(*(None if t is None else t[i:i + 1] for t in (prompts.text_embedding, prompts.text_tokens, prompts.text_mask)))
+
+        def predictor(windows: torch.Tensor, origins) -> torch.Tensor:
+            n = windows.shape[0]
+            rep = Prompts(*(None if t is None else t.expand(n, *t.shape[1:]) for t in (one.text_embedding, one.text_tokens, one.text_mask)))
+            out = model.decode(model.encode_image(windows), rep)
+            return upsample_logits(out, windows.shape[2:])
+
+        region = native[(slice(None), slice(None)) + roi]
+        logits[i][roi] = sliding_window_inference(region, img_size, predictor, overlap=overlap,
+                                                  sw_batch_size=sw_batch_size, progress=progress)[0, 0]
+    return logits, fallback
+
+
+@dataclass
+class SegPrediction:
+    """Result of :func:`predict_volume` on the canonical grid of the input ``Volume``.
+
+    ``probabilities`` ``(K, D, H, W)`` float16; ``masks`` name -> bool ``(D, H, W)``;
+    ``label_map`` ``(D, H, W)`` uint8/uint16 (0 background, k = ``prompts[k - 1]``, the most probable
+    prompt above the threshold); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in
+    was skipped.
+    """
+
+    prompts: List[str]
+    probabilities: np.ndarray
+    masks: Dict[str, np.ndarray]
+    label_map: np.ndarray
+    legend: Dict[int, str]
+    fallback: List[str] = field(default_factory=list)
+
+
+def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
+                   sw_batch_size: int = 1, threshold: Optional[float] = None, progress: bool = False) -> SegPrediction:
+    """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``)."""
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise ValueError("predict_volume: give at least one prompt")
+    thr = float(model.config.threshold if threshold is None else threshold)
+    pre = preprocess(volume, model.config.img_size, model.config.preprocess_preset, native=zoom_in)
+    logits, fallback = zoom_out_zoom_in(model, pre, prompts, zoom_in, overlap, sw_batch_size, progress)
+    probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
+    box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
+    probs[(slice(None),) + box] = torch.sigmoid(logits).cpu().numpy().astype(np.float16)
+    best = probs.argmax(0)
+    label_map = np.where(probs.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
+    masks = {p: probs[i] > thr for i, p in enumerate(prompts)}
+    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback)

@@ -1,0 +1,82 @@
+"""Published SegVol checkpoints -> :class:`~LaMed.models.segmentation.SegVolModel` keys.
+
+Accepted layouts (reference m3d_segvol.md 2.3, 2.6):
+
+* GitHub / Drive ``SegVol_v1.pth``: ``{"model": {...}, "optimizer", "epoch", "scheduler"}`` with
+  keys ``module.{image_encoder,prompt_encoder,mask_decoder}.*``,
+  ``module.text_encoder.clip_text_model.text_model.*`` and ``module.text_encoder.dim_align.*``;
+* Hugging Face ``BAAI/SegVol`` ``pytorch_model.bin``: the same under ``model.``;
+* the seg module inside M3D-LaMed (``model.seg_module.*``, optionally under ``base_model.model.``),
+  which has no text encoder (build the model with ``text_config=None``).
+
+Renames: ``text_encoder.clip_text_model.`` -> ``text_encoder.model.``, ``text_encoder.dim_align.``
+-> ``text_encoder.proj.``. Dropped: CLIP's ``position_ids`` buffer (persistent in the
+transformers 4.18 that saved SegVol, not in ours) and MONAI >= 1.4's unused ViT cross-attention
+extras. Load into variant ``segvol_published`` (full-shape LayerNorm, SegVol's axis conventions).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+from LaMed.models.convert.base import register_converter
+from LaMed.models.convert.vit import _UNUSED
+
+ANCHOR = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+_CONTAINERS = ("model", "state_dict", "module")
+_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.", "text_encoder.")
+
+
+def unwrap(sd: Mapping) -> Mapping:
+    """Descend into ``{"model": {...}}`` / ``{"state_dict": {...}}`` wrappers until the anchor key shows."""
+    while not any(k.endswith(ANCHOR) for k in sd):
+        inner = [sd[k] for k in _CONTAINERS if isinstance(sd.get(k), Mapping)]
+        if not inner:
+            raise KeyError(f"no SAM-style decoder found: no key ends with {ANCHOR!r}; first keys: {list(sd)[:5]}")
+        sd = inner[0]
+    return sd
+
+
+def find_prefix(sd: Mapping, prefix: Optional[str] = None) -> str:
+    found = sorted(k[: -len(ANCHOR)] for k in sd if k.endswith(ANCHOR))
+    if prefix is not None:
+        if prefix not in found:
+            raise KeyError(f"no key {prefix + ANCHOR!r}; decoder prefixes present: {found}")
+        return prefix
+    if len(found) != 1:
+        raise KeyError(f"several SAM decoders in this checkpoint, pass prefix= one of {found}")
+    return found[0]
+
+
+def rename_sam_key(key: str) -> Optional[str]:
+    """One key (prefix already cut) -> ours, or None to drop it."""
+    if not key.startswith(_PARTS):
+        return None  # optimizer state, CLIP-style extras (mm_vision_proj, logit_scale), ...
+    if key.startswith("image_encoder.") and _UNUSED.match(key[len("image_encoder."):]):
+        return None
+    if key.endswith("embeddings.position_ids"):
+        return None
+    key = key.replace("text_encoder.clip_text_model.", "text_encoder.model.", 1)
+    key = key.replace("text_encoder.dim_align.", "text_encoder.proj.", 1)
+    key = key.replace("prompt_encoder.mask3D_downscaling.", "prompt_encoder.mask_downscaling.", 1)
+    return key
+
+
+def convert_sam_family(state_dict: Mapping, prefix: Optional[str] = None, include_text: bool = True) -> Dict:
+    sd = unwrap(state_dict)
+    prefix = find_prefix(sd, prefix)
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            continue
+        name = rename_sam_key(key[len(prefix):])
+        if name is None or (not include_text and name.startswith("text_encoder.")):
+            continue
+        out[name] = value
+    return out
+
+
+@register_converter("segvol")
+def convert_segvol(state_dict: Dict, prefix: Optional[str] = None, include_text: bool = True) -> Dict:
+    """SegVol (``SegVol_v1.pth``, HF ``BAAI/SegVol``, M3D-LaMed seg module) -> ``SegVolModel`` keys."""
+    return convert_sam_family(state_dict, prefix, include_text)
