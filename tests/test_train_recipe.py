@@ -164,3 +164,17 @@ RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml")) + sorted((TESTS 
 def test_every_recipe_parses(parse, path):
     r = parse(path)
     assert r.task and r.training_args.output_dir
+
+
+def test_bf16_recipe_parses_on_a_machine_without_gpu(parse, tmp_path):
+    from LaMed.train.recipe import RecipeError, _has_accelerator
+
+    text = TINY.read_text().replace("  use_cpu: true\n", "  bf16: true\n")  # a full recipe: bf16, no use_cpu
+    full = write(tmp_path, text, "full.yaml")
+    r = parse(full)
+    assert r.training_args.bf16 is True
+    # no GPU: use_cpu is switched on (the Trainer would use the CPU anyway); with a GPU it stays off
+    assert r.training_args.use_cpu is (not _has_accelerator())
+    if not _has_accelerator():
+        with pytest.raises(RecipeError, match="doesn't support bf16/gpu"):
+            parse(full, ["--use_cpu", "false"])

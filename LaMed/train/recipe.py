@@ -216,6 +216,21 @@ def _normalise_overrides(where: str, overrides: Sequence[str], fields: Dict[str,
     return out
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    for name in ("mps", "xpu", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None) or getattr(torch.backends, name, None)
+        try:
+            if backend is not None and backend.is_available():
+                return True
+        except Exception:  # noqa: BLE001 - a half-installed backend is no accelerator
+            pass
+    return False
+
+
 def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
                  data: Optional[Dict[str, Any]] = None) -> Recipe:
     """Parse a recipe file (or an already-loaded ``data`` mapping) plus command-line overrides.
@@ -250,6 +265,12 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
     defaults: Dict[str, Any] = {}
     for i, section in enumerate(SECTIONS):
         defaults.update(_flatten_section(where, section, data[section], classes[i], fields, i))
+
+    if "use_cpu" not in defaults and not _has_accelerator():
+        # Without a GPU the Trainer trains on the CPU anyway; use_cpu only lifts its refusal of
+        # bf16 / fp16 there ("Your setup doesn't support bf16/gpu"), so full recipes still parse,
+        # --check works and tiny twins with bf16 run. An explicit use_cpu (file or CLI) wins.
+        defaults["use_cpu"] = True
 
     class _Parser(HfArgumentParser):
         def error(self, message):  # argparse would print usage and exit(2)
