@@ -94,3 +94,13 @@ def test_lora_recipe_trains_adapters_only(tmp_path, phantoms):
     assert model.base_model.model.head.lora_B["default"].weight.abs().sum() > 0
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()  # peft's own format for the final save
     assert isinstance(model.base_model.model.head.base_layer.weight, torch.nn.Parameter)
+
+
+def test_lamed_train_command_end_to_end(tmp_path, phantoms, capsys):
+    from LaMed.cli import main
+
+    rc = main(["train", str(TINY), "--train_manifest", str(phantoms / "train.json"), "--output_dir",
+               str(tmp_path / "run"), "--max_steps", "1", "--save_strategy", "no"])
+    assert rc == 0
+    assert "trained 1 steps" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.safetensors").is_file()
