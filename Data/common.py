@@ -399,7 +399,7 @@ class Preparer:
         return p
 
     def prepare_from_args(self, args: argparse.Namespace):
-        from LaMed.data.prepare import PrepareSummary, _execute, _read_record, _record_path, _write_manifests
+        from LaMed.data.prepare import PrepareSummary, _execute, _write_manifests
         from LaMed.data.prepared import write_json_atomic
 
         if (args.src is None) == (getattr(args, "raw", None) is None):

@@ -30,8 +30,6 @@ import re
 from pathlib import Path
 from typing import Any, List, Tuple
 
-import numpy as np
-
 from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, find_files, hash_split, normalize_split, volume_stem
 
 __all__ = ["Flare25Preparer", "PREPARER", "flare_vqa"]

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from test_data_fakes import (SIZE, chest_hu, corrupt_gz, errors, expected_image, items_by_id, write_csv, write_json,
-                             write_nifti)
+from test_data_fakes import chest_hu, errors, expected_image, items_by_id, write_csv, write_json, write_nifti
 
 OPTS = dict(size=[8, 32, 32], no_progress=True)
 
