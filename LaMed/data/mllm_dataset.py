@@ -55,11 +55,13 @@ class MLLMDataset:
         augment: intensity scale/shift (0.1, p 0.5 each) as in M3D; geometric flips are left out
             because they would contradict left/right statements in the texts.
         load_images: ``False`` skips reading volumes (text-only checks).
+        closed_answer: ``"letter"`` (published M3D format ``"B. arterial"``) or ``"text"`` (the
+            option text alone, ``"arterial"``; still scored by the choice it names).
     """
 
     def __init__(self, manifest: Union[str, Path, None], processor=None, task: str = "caption", train: bool = True,
                  seed: int = 0, augment: bool = False, load_images: bool = True, items: Optional[List[dict]] = None,
-                 root: Union[str, Path, None] = None):
+                 root: Union[str, Path, None] = None, closed_answer: str = "letter"):
         if task not in TASKS:
             raise ValueError(f"MLLMDataset: task must be one of {TASKS}, got {task!r}")
         if items is None:
@@ -76,6 +78,9 @@ class MLLMDataset:
         self.items = items
         self.processor, self.task, self.train, self.seed = processor, task, train, seed
         self.augment, self.load_images = augment, load_images
+        if closed_answer not in ("letter", "text"):
+            raise ValueError(f"MLLMDataset: closed_answer must be 'letter' or 'text', got {closed_answer!r}")
+        self.closed_answer = closed_answer
         self.samples = self._index()
         if not self.samples:
             where = self.manifest_path or "items"
@@ -125,7 +130,8 @@ class MLLMDataset:
             q, a = qa["question"], str(qa["answer"])
             if qa.get("type") == "closed" and qa.get("choices"):
                 q = prompts.closed_question(q, qa["choices"])
-                a = prompts.closed_answer(qa["answer_choice"], a) if qa.get("answer_choice") else a
+                if qa.get("answer_choice") and self.closed_answer == "letter":
+                    a = prompts.closed_answer(qa["answer_choice"], a)
                 rec.update(choices=qa["choices"], answer_choice=qa.get("answer_choice"))
             rec.update(question=q, answer=a, vqa_index=s.sub, vqa_type=qa.get("type"), topic=qa.get("topic"),
                        reference=str(qa["answer"]))

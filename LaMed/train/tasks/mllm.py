@@ -67,6 +67,7 @@ class MLLMDataArguments:
     data_format: str = field(default="prepared", metadata={"help": "'prepared', 'flare' or 'radgenome'"})
     image_root: str = field(default="", metadata={"help": "flare: folder of <case_id>.npy; radgenome: root of the image paths"})
     augment: bool = False
+    closed_answer: str = field(default="letter", metadata={"help": "closed VQA answers: 'letter' ('B. arterial', M3D) or 'text'"})
     max_eval_samples: int = 0
 
 
@@ -156,7 +157,7 @@ def assemble_model(m: MLLMModelArguments, tokenizer):
 def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], train: bool, seed: int):
     from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset, flare_items, radgenome_items
 
-    kw = dict(train=train, seed=seed, augment=d.augment and train)
+    kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer)
     if d.data_format == "prepared":
         parts = [MLLMDataset(manifest, processor, task=t, **kw) for t in tasks]
     elif d.data_format in ("flare", "radgenome"):
