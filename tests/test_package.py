@@ -35,3 +35,16 @@ def test_transformers_trainer_and_open_clip_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) > 50
+
+
+def test_prepare_dataset_options_reach_the_preparer(tmp_path, capsys):
+    """`lamed prepare <dataset> --in RAW --out DIR`: options belong to the dataset's own parser."""
+    from LaMed.cli import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    assert main(["prepare", "ct_rate", "--in", str(raw), "--out", str(tmp_path / "out")]) == 1
+    assert "no CT-RATE report CSV found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prepare", "ct_rate", "--help"])
+    assert "--hu-source" in capsys.readouterr().out

@@ -45,10 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.set_defaults(_run=_run_volumes)
 
     for name, ep in sorted(_dataset_preparers().items()):
-        d = sub.add_parser(name, help=f"public dataset '{name}' (from {ep.value})")
+        # No option parsing here (prefix_chars that never occur, no -h): every argument, --help
+        # included, is handed to the preparer's own parser in _run_dataset. Building that parser
+        # only for the chosen dataset keeps `lamed prepare --help` from importing every preparer.
+        d = sub.add_parser(name, help=f"public dataset '{name}' (from {ep.value})",
+                           prefix_chars="\x00", add_help=False)
         d.set_defaults(_entry_point=ep)
-        # Arguments are added lazily in run(): loading every preparer for --help would be slow.
-        d.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        d.add_argument("rest", nargs="*")
         d.set_defaults(_run=_run_dataset)
 
 
