@@ -233,7 +233,7 @@ def merge_item(computed: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]
 def _case_task(t: dict) -> dict:
     """Load, preprocess and write one case (runs in a worker process)."""
     from LaMed.data.phantom import mask_box
-    from LaMed.data.prepare import _record_path
+    from LaMed.data.prepare import record_path
     from LaMed.data.prepared import write_image, write_json_atomic, write_mask
     from LaMed.data.transforms import apply_preset
 
@@ -271,7 +271,7 @@ def _case_task(t: dict) -> dict:
         files += prep.after_image(case, loaded, res, out, computed)
         rec = {"split": t["split"], "params": t["params"], "computed_keys": sorted(computed),
                "meta": case.get("item", {}), "item": merge_item(computed, case.get("item", {}))}
-        write_json_atomic(_record_path(out, cid), rec)
+        write_json_atomic(record_path(out, cid), rec)
         return {"status": "written", "id": cid, "files": files + 1}
     except Exception as exc:
         msg = str(exc)
@@ -399,7 +399,7 @@ class Preparer:
         return p
 
     def prepare_from_args(self, args: argparse.Namespace):
-        from LaMed.data.prepare import PrepareSummary, _execute, _write_manifests
+        from LaMed.data.prepare import PrepareSummary, run_tasks, write_manifests
         from LaMed.data.prepared import write_json_atomic
 
         if (args.src is None) == (getattr(args, "raw", None) is None):
@@ -444,17 +444,17 @@ class Preparer:
         summary.failed += len(scan_errors)
         preset_name = self.resolve_preset(args, None).name
         manifest_args = dict(dataset=self.name, preset=preset_name, extra=self.manifest_extra(args), splits=None)
-        _execute(out, tasks, _case_task, args.workers, self.name, None if not args.no_progress else False,
+        run_tasks(out, tasks, _case_task, args.workers, self.name, None if not args.no_progress else False,
                  args.overwrite, lambda a, b: a == b, summary, manifest_args)
         n_err = len(summary.errors)
         self.finish(out, args, cases, summary)
         if len(summary.errors) != n_err:  # the finishing pass failed some cases: report them too
-            from LaMed.data.prepare import _write_errors
+            from LaMed.data.prepare import write_error_report
 
             summary.failed += len(summary.errors) - n_err
             summary.errors.sort(key=lambda e: e["file"])
-            _write_errors(out, summary.errors)
-        summary.counts, summary.manifests = _write_manifests(out, **manifest_args)
+            write_error_report(out, summary.errors)
+        summary.counts, summary.manifests = write_manifests(out, **manifest_args)
         summary.validation = self.validate(out)
         info = {"dataset": self.name, "title": self.title, "source": str(src), "preset": preset_name,
                 "counts": summary.counts, "failed": summary.failed, "options": _jsonable(
@@ -474,11 +474,11 @@ class Preparer:
     def _refresh_records(self, out: Path, tasks: List[dict]) -> None:
         """Records whose volume is up to date but whose metadata or split changed are rewritten
         (no volume is reprocessed for a corrected report or a new split seed)."""
-        from LaMed.data.prepare import _read_record, _record_path
+        from LaMed.data.prepare import read_record, record_path
         from LaMed.data.prepared import write_json_atomic
 
         for t in tasks:
-            rec = _read_record(out, t["id"])
+            rec = read_record(out, t["id"])
             if rec is None or rec.get("params") != _jsonable(t["params"]):
                 continue
             meta = t["case"].get("item", {})
@@ -487,7 +487,7 @@ class Preparer:
             keys = rec.get("computed_keys") or list(rec["item"])
             computed = {k: rec["item"][k] for k in keys if k in rec["item"]}
             rec.update(split=t["split"], meta=meta, item=merge_item(computed, meta))
-            write_json_atomic(_record_path(out, t["id"]), rec)
+            write_json_atomic(record_path(out, t["id"]), rec)
 
     def _prune(self, out: Path, keep: set) -> None:
         """A full scan defines the dataset: records (and files) of cases it no longer lists go."""

@@ -136,7 +136,7 @@ class ChestCTPreparer(Preparer):
             return
         import json
 
-        from LaMed.data.prepare import _record_path
+        from LaMed.data.prepare import record_path
         from LaMed.data.prepared import save_npy_atomic, write_json_atomic
         from Data.slice_features import load_slice_encoder
 
@@ -145,7 +145,7 @@ class ChestCTPreparer(Preparer):
             print(f"warning: slice model {encoder.name}: features of an untrained model (tests / dry runs only)")
         todo = []
         for c in cases:
-            p = _record_path(out, c.id)
+            p = record_path(out, c.id)
             try:
                 rec = json.loads(p.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):

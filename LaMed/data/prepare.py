@@ -146,12 +146,12 @@ def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, 
         bar.close()
 
 
-def _record_path(out: Path, item_id: str) -> Path:
+def record_path(out: Path, item_id: str) -> Path:
     return out / "records" / f"{item_id}.json"
 
 
-def _read_record(out: Path, item_id: str) -> Optional[dict]:
-    p = _record_path(out, item_id)
+def read_record(out: Path, item_id: str) -> Optional[dict]:
+    p = record_path(out, item_id)
     try:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -161,7 +161,7 @@ def _read_record(out: Path, item_id: str) -> Optional[dict]:
     return rec
 
 
-def _write_manifests(out: Path, dataset: str, preset: Optional[str], extra: dict,
+def write_manifests(out: Path, dataset: str, preset: Optional[str], extra: dict,
                      splits: Optional[Iterable[str]] = None) -> Tuple[Dict[str, int], List[Path]]:
     """Rebuild ``<split>.json`` from every record in ``out/records`` (earlier runs included)."""
     by_split: Dict[str, List[dict]] = {}
@@ -184,7 +184,7 @@ def _write_manifests(out: Path, dataset: str, preset: Optional[str], extra: dict
     return counts, paths
 
 
-def _write_errors(out: Path, errors: List[dict]) -> None:
+def write_error_report(out: Path, errors: List[dict]) -> None:
     """This run's failures in ``errors.json`` and ``errors.txt``; a clean run removes stale reports."""
     if not errors:
         for name in ("errors.json", "errors.txt"):
@@ -195,14 +195,14 @@ def _write_errors(out: Path, errors: List[dict]) -> None:
     atomic_write_bytes(out / "errors.txt", lambda f: f.write(text))
 
 
-def _execute(out: Path, tasks: List[dict], fn, workers: int, desc: str, progress: Optional[bool],
+def run_tasks(out: Path, tasks: List[dict], fn, workers: int, desc: str, progress: Optional[bool],
              overwrite: bool, same_params: Callable[[dict, dict], bool], summary: PrepareSummary,
              manifest_args: dict) -> PrepareSummary:
     """Skip complete tasks, run the rest, then (even on interruption) write errors and manifests."""
     t0 = time.perf_counter()
     todo = []
     for t in tasks:
-        rec = None if overwrite else _read_record(out, t["id"])
+        rec = None if overwrite else read_record(out, t["id"])
         if rec is not None and same_params(rec.get("params", {}), t["params"]) and rec.get("split") == t["split"]:
             summary.skipped += 1
         else:
@@ -217,8 +217,8 @@ def _execute(out: Path, tasks: List[dict], fn, workers: int, desc: str, progress
                 summary.errors.append({"file": res["file"], "error": res["error"]})
     finally:
         summary.errors.sort(key=lambda e: e["file"])
-        _write_errors(out, summary.errors)
-        summary.counts, summary.manifests = _write_manifests(out, **manifest_args)
+        write_error_report(out, summary.errors)
+        summary.counts, summary.manifests = write_manifests(out, **manifest_args)
         summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -281,7 +281,7 @@ def _phantom_task(t: dict) -> dict:
         refer = [r for r in ph.refer if r["target"] in item["masks"]]
         item.update(text=ph.report, vqa=ph.vqa, refer=refer, boxes=boxes, labels=ph.labels,
                     source=f"synthetic phantom seed={t['seed']}", findings=ph.findings)
-        write_json_atomic(_record_path(out, t["id"]), {"split": t["split"], "params": t["params"], "item": item})
+        write_json_atomic(record_path(out, t["id"]), {"split": t["split"], "params": t["params"], "item": item})
         return {"status": "written", "id": t["id"], "files": files + 1}
     except Exception as exc:
         return {"status": "failed", "id": t["id"], "file": t["id"], "error": f"{type(exc).__name__}: {exc}"}
@@ -336,7 +336,7 @@ def prepare_phantoms(
             shutil.rmtree(out / "masks" / p.stem, ignore_errors=True)
     summary = PrepareSummary(out, what=f"{n} phantoms {'x'.join(map(str, shape))}")
     extra = {"window": [lo, hi]} if preset is None else {}
-    return _execute(out, tasks, _phantom_task, workers, "phantoms", progress, overwrite,
+    return run_tasks(out, tasks, _phantom_task, workers, "phantoms", progress, overwrite,
                     lambda a, b: a == b, summary,
                     dict(dataset="phantom", preset=preset, extra=extra, splits=SPLITS))
 
@@ -417,7 +417,7 @@ def _volume_task(t: dict) -> dict:
         item["source_spacing"] = [round(float(s), 6) for s in vol.spacing]
         if res.get("crop") is not None:
             item["crop"] = [int(v) for v in res["crop"]]
-        write_json_atomic(_record_path(out, t["id"]), {"split": t["split"], "params": t["params"], "item": item})
+        write_json_atomic(record_path(out, t["id"]), {"split": t["split"], "params": t["params"], "item": item})
         return {"status": "written", "id": t["id"], "files": 2}
     except Exception as exc:
         msg = str(exc)
@@ -469,6 +469,6 @@ def prepare_volumes(
         tasks.append({"id": vid, "out": str(out), "src": str(p), "preset": preset, "split": split,
                       "params": {"preset": preset, "source": str(p), "fingerprint": fp}})
     summary = PrepareSummary(out, what=f"{len(tasks)} volumes from {src} (preset {preset})")
-    return _execute(out, tasks, _volume_task, workers, "volumes", progress, overwrite,
+    return run_tasks(out, tasks, _volume_task, workers, "volumes", progress, overwrite,
                     lambda a, b: a == b, summary,
                     dict(dataset=src.name or "volumes", preset=preset, extra={}, splits=None))
