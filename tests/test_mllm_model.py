@@ -48,7 +48,8 @@ def build(name: str, tok, seed: int = 0, **cfg) -> LaMedForCausalLM:
                               eos_token_id=tok.eos_token_id, **arch)
     text._attn_implementation = "eager"
     torch.manual_seed(seed)
-    config = LaMedConfig(text_config=text, vision_tower="vit3d_test", projector="spp", **prepare_tokenizer(tok), **cfg)
+    cfg = {"vision_tower": "vit3d_test", "projector": "spp", **cfg}
+    config = LaMedConfig(text_config=text, **prepare_tokenizer(tok), **cfg)
     return LaMedForCausalLM(config).eval()
 
 
@@ -112,12 +113,12 @@ def test_generate_with_cache_equals_without_and_encodes_once(name, tokenizers):
     calls = []
     model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
     b = proc(["Describe the findings.", "Is there a lesion in the liver?"], images=torch.rand(2, 1, *VOLUME).double())
-    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=proc.pad_token_id)
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=proc.pad_token_id)
     cached = model.generate(**b, use_cache=True, **kw)
     assert len(calls) == 1  # the volume is encoded in the prefill step only
     uncached = model.generate(**b, use_cache=False, **kw)
-    assert len(calls) == 1 + 12  # without a cache every step re-encodes
-    assert cached.shape == (2, b["input_ids"].shape[1] + 12)
+    assert len(calls) == 1 + 6  # without a cache every step re-encodes
+    assert cached.shape == (2, b["input_ids"].shape[1] + 6)
     assert torch.equal(cached, uncached)
 
 
