@@ -16,18 +16,21 @@ class ThroughputCallback(TrainerCallback):
     DataLoader) reports its duration through :meth:`add_wait`; the wall time is measured between
     consecutive ``on_step_end`` events (so it includes logging, evaluation and checkpoint saves).
     ``LaMedTrainer.log`` adds ``data_wait_fraction`` (wait / wall since the last log) and
-    ``steps_per_second_window`` to every training log; run totals are kept in ``self.totals``.
+    ``steps_per_second_window`` to every training log; run totals are kept in ``self.totals``,
+    without the first step (DataLoader worker start-up, first-call overheads).
     """
 
     def __init__(self):
         self._last_end = None
         self._wait = self._wall = 0.0
         self._steps = 0
+        self._pending_wait = 0.0
+        self._first_step_done = False
         self.totals = {"wait_s": 0.0, "wall_s": 0.0, "steps": 0}
 
     def add_wait(self, seconds: float) -> None:
         self._wait += seconds
-        self.totals["wait_s"] += seconds
+        self._pending_wait = seconds
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_end = time.perf_counter()
@@ -37,8 +40,12 @@ class ThroughputCallback(TrainerCallback):
         if self._last_end is not None:
             self._wall += now - self._last_end
             self._steps += 1
-            self.totals["wall_s"] += now - self._last_end
-            self.totals["steps"] += 1
+            if self._first_step_done:
+                self.totals["wall_s"] += now - self._last_end
+                self.totals["wait_s"] += self._pending_wait
+                self.totals["steps"] += 1
+            self._first_step_done = True
+        self._pending_wait = 0.0
         self._last_end = now
 
     def pop_window(self) -> dict:

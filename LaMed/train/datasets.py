@@ -52,8 +52,12 @@ def read_manifest(path: str | Path) -> Dict[str, Any]:
     return manifest
 
 
-def load_volume_npy(path: Path, *, dtype=np.float16, value_range=(0.0, 1.0)) -> np.ndarray:
-    """Memory-map a prepared ``(1, D, H, W)`` array and check it; raise :class:`SampleError` if bad."""
+def load_volume_npy(path: Path, *, dtype=np.float16, value_range=(0.0, 1.0), as_float32: bool = False) -> np.ndarray:
+    """Memory-map a prepared ``(1, D, H, W)`` array and check it; raise :class:`SampleError` if bad.
+
+    With ``as_float32`` the array is read into float32 first and checked there (NumPy's float16
+    reductions are slow), which is what a training step needs anyway.
+    """
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -64,6 +68,8 @@ def load_volume_npy(path: Path, *, dtype=np.float16, value_range=(0.0, 1.0)) -> 
         raise SampleError(path, f"expected shape (1, D, H, W), got {tuple(arr.shape)}")
     if arr.dtype != dtype:
         raise SampleError(path, f"expected dtype {np.dtype(dtype).name}, got {arr.dtype.name}")
+    if as_float32:
+        arr = np.asarray(arr, dtype=np.float32)
     if value_range is not None:
         lo, hi = float(arr.min()), float(arr.max())
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < value_range[0] or hi > value_range[1]:
@@ -119,8 +125,7 @@ class PreparedDataset:
             if name == "image":
                 if "image" not in item:
                     raise SampleError(self.sample_path(index), "item has no 'image'")
-                arr = load_volume_npy(self.root / item["image"])
-                out["image"] = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+                out["image"] = torch.from_numpy(load_volume_npy(self.root / item["image"], as_float32=True))
             elif name == "masks":
                 out["masks"] = {
                     k: torch.from_numpy(np.array(load_volume_npy(self.root / p, dtype=np.uint8, value_range=None)))
