@@ -9,7 +9,7 @@ A recipe's ``training:`` section fills :class:`LaMedTrainingArguments`, its ``st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Union
+from typing import List, Union
 
 from transformers import TrainingArguments
 
