@@ -327,8 +327,10 @@ def test_save_and_reload_with_auto_classes(seg, tmp_path):
     r = AutoModel.from_pretrained(tmp_path).eval()
     assert type(r).__name__ == "SegVolModel"
     x, ids = torch.rand(1, 1, 32, 64, 64), torch.tensor([[101, 7, 102]])
-    with torch.no_grad():
-        assert torch.equal(m(x, input_ids=ids).logits, r(x, input_ids=ids).logits)
+    sa, sb = m.state_dict(), r.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # bit-exact weights and buffers
+    with torch.no_grad():  # the reloaded text tower may pick another attention kernel: float-level agreement
+        assert torch.allclose(m(x, input_ids=ids).logits, r(x, input_ids=ids).logits, atol=1e-5)
 
 
 def test_config_errors_name_the_field(seg):
