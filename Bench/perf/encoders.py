@@ -58,7 +58,7 @@ def counted_train_flops(model, x) -> float:
 
     with FlopCounterMode(display=False) as counter:
         out = model(x)
-        out = out[-1] if isinstance(out, (list, tuple)) else out
+        out = out[0] if isinstance(out, (list, tuple)) else out
         out.float().square().mean().backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
