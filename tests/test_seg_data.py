@@ -11,6 +11,15 @@ import torch
 import LaMed  # noqa: F401
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_mask_to_box_and_points_hand_checked():
     from LaMed.data.seg_dataset import NUM_POINTS, mask_to_box, sample_points
 

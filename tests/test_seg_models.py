@@ -10,6 +10,15 @@ import torch
 import LaMed  # noqa: F401  (torchvision shim before transformers)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The machine is shared: one intra-op thread avoids oversubscription stalls on tiny tensors.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
