@@ -17,11 +17,11 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 CONFIGS: Dict[str, Dict] = {
-    # tiny: what the tests and the phantom demo train (2 x 128 Phi-3-style LLM, tiny ViT, 16 tokens).
+    # tiny: what the tests and the phantom demo train (2 x 128 Phi-3-style LLM, tiny DCFormer + mixer, 8 tokens).
     "tiny": dict(text=dict(model_type="phi3", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2),
-                 vision="vit3d_test", vision_overrides={"img_size": (32, 64, 64), "patch_size": (8, 16, 16)},
-                 projector="spp", projector_overrides={"pool_size": (1, 2, 2)}, volume=(1, 32, 64, 64)),
+                 vision="dcformer_test", vision_overrides={}, stages=[3, 4], projector="mixer_test", projector_overrides={},
+                 volume=(1, 32, 64, 64)),
     # phi3: Phi-3-mini-4k geometry (3072 x 32 layers, vocab 32015) + M3D ViT-B + spp (256 tokens): 3.9 B params.
     "phi3": dict(text=dict(model_type="phi3", vocab_size=32015, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=32),
@@ -40,9 +40,10 @@ def build(name: str, dtype=None, layers: Optional[int] = None):
     if layers:
         text["num_hidden_layers"] = layers
     mt = text.pop("model_type")
-    tc = CONFIG_MAPPING[mt](**text, max_position_embeddings=4096)
+    tc = CONFIG_MAPPING[mt](**text, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     tc._attn_implementation = "sdpa"
     cfg = LaMedConfig(text_config=tc, vision_tower=spec["vision"], vision_overrides=spec["vision_overrides"],
+                      vision_feature_stages=spec.get("stages"),
                       projector=spec["projector"], projector_overrides=spec["projector_overrides"],
                       image_token_id=text["vocab_size"] - 1)
     with torch.device("cpu"):
