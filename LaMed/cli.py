@@ -22,6 +22,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "merge-lora": ("LaMed.commands.merge_lora", "merge LoRA weights into a plain checkpoint"),
     "predict": ("LaMed.commands.predict", "run a model on a volume: masks (and later text)"),
     "download": ("LaMed.commands.download", "download a public dataset from the Hugging Face Hub"),
+    "import": ("LaMed.commands.import_ckpt", "convert a published checkpoint into LaMed's format"),
 }
 
 

@@ -1,0 +1,68 @@
+"""What the demo runs: one typed config, two presets (the full demo and ``--quick`` for the test-suite).
+
+Every part trains the tiny twin of a published recipe (``configs/recipes/tiny_*.yaml``) through
+``LaMed.train`` with only the data paths, the output folder and the step count overridden, so the
+demo exercises the same code path as a GPU run of the full recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+PARTS = ("clip", "mllm", "seg")
+
+
+@dataclass
+class DemoConfig:
+    """Settings of one demo run.
+
+    Attributes:
+        n_phantoms / shape: the synthetic set (``prepare_phantoms``); shape (D, H, W) voxels.
+        val_fraction / test_fraction: held-out splits; every score is measured on ``test``.
+        clip_recipe / mllm_recipe / seg_recipe: tiny twins in ``configs/recipes`` (names or paths).
+        clip_steps / mllm_steps / seg_steps: optimizer steps of each training (the recipes' own
+            ``max_steps`` are replaced so that the whole demo fits its time budget).
+        seg_classes: structures the segmentation model is prompted with (training and test).
+        real_steps: fine-tuning steps on the real labelled CT of ``--real-data``.
+        real_structure: the structure fine-tuned and scored on the real CT.
+        threads: torch CPU threads (1 avoids oversubscription on a shared machine; tiny models
+            gain little from more).
+        mrg_examples: generated reports shown next to the truth in ``report.md``.
+        parts: which of :data:`PARTS` to run.
+    """
+
+    n_phantoms: int = 120
+    shape: Tuple[int, int, int] = (32, 64, 64)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    clip_recipe: str = "tiny_m3d_clip"
+    mllm_recipe: str = "tiny_lamed"
+    seg_recipe: str = "tiny_segvol"
+    clip_steps: int = 300
+    mllm_steps: int = 500
+    seg_steps: int = 200
+    seg_classes: List[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])
+    seg_lr: Optional[float] = 3e-3
+    real_steps: int = 60
+    real_structure: str = "liver"
+    threads: int = 1
+    mrg_examples: int = 3
+    mrg_max_new_tokens: int = 200
+    parts: List[str] = field(default_factory=lambda: list(PARTS))
+
+    def replace(self, **changes) -> "DemoConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+FULL = DemoConfig()
+
+# The reduced run of the test-suite (about 2-3 CPU minutes): fewer, smaller trainings on fewer
+# phantoms. The step counts are the smallest at which every part still clears its margin.
+QUICK = DemoConfig(n_phantoms=48, test_fraction=0.25, clip_steps=80, mllm_steps=200, seg_steps=80,
+                   seg_classes=["liver", "spleen"], real_steps=30, mrg_examples=2, mrg_max_new_tokens=160)

@@ -1,0 +1,268 @@
+"""The demo's stages: phantoms -> three tiny trainings -> Bench on the held-out split -> baselines.
+
+Each ``run_*`` function takes the demo config and folders and returns a plain dict (JSON-ready)
+that :mod:`LaMed.demo.report` turns into ``metrics.json`` and ``report.md``. Training goes through
+``LaMed.train`` with the tiny twins of the published recipes (:func:`train_recipe`); scoring goes
+through Bench's command lines (:func:`LaMed.demo.bench.run_bench`); the chance levels come from
+:mod:`LaMed.demo.scoring`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from LaMed.demo.bench import run_bench
+from LaMed.demo.config import DemoConfig
+from LaMed.demo import scoring
+
+logger = logging.getLogger("LaMed.demo")
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe given by path or by its name in ``configs/recipes`` (``"tiny_segvol"``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    q = RECIPES_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if not q.is_file():
+        raise FileNotFoundError(f"{name}: recipe not found (nor {q})")
+    return q
+
+
+def _log_every(steps: int) -> int:
+    return max(1, steps // 25)  # about 25 points on each training curve
+
+
+def train_recipe(recipe: str | Path, out_dir: Path, steps: int, overrides: Sequence[str] = (),
+                 yaml_extra: str = "") -> Dict[str, Any]:
+    """Train ``recipe`` for ``steps`` optimizer steps into ``out_dir`` (a fresh run, progress bar on).
+
+    ``yaml_extra`` (recipe YAML text) is merged over the recipe through a ``base:`` file, for
+    nested fields the command line cannot set. Returns ``{"recipe", "steps", "seconds", "log"}``
+    with the Trainer's log history.
+    """
+    from LaMed.train.main import run_training
+
+    path = recipe_path(str(recipe))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if yaml_extra:
+        derived = out_dir.parent / f"{out_dir.name}_recipe.yaml"
+        derived.write_text(f"base: {path.resolve()}\n{yaml_extra}")
+        path = derived
+    args = ["--output_dir", str(out_dir), "--max_steps", str(steps), "--logging_steps", str(_log_every(steps)),
+            "--disable_tqdm", "false", "--resume", "never", *overrides]
+    run = run_training(str(path), args)
+    history = list(run.trainer.state.log_history)
+    (out_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    return {"recipe": str(recipe), "steps": int(run.trainer.state.global_step),
+            "seconds": float(run.output.metrics.get("train_runtime", float("nan"))), "log": history}
+
+
+def _losses(log: List[Dict]) -> Dict[str, float]:
+    losses = [h["loss"] for h in log if "loss" in h]
+    return {"first_loss": float(losses[0]), "last_loss": float(losses[-1])} if losses else {}
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def prepare(cfg: DemoConfig, out: Path) -> Dict[str, Any]:
+    """Write the phantom set (prepared format) and return its split sizes."""
+    from LaMed.data.prepare import prepare_phantoms
+    from LaMed.data.prepared import load_manifest
+
+    prepare_phantoms(out, n=cfg.n_phantoms, shape=cfg.shape, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                     test_fraction=cfg.test_fraction, progress=True)
+    sizes = {s: len(load_manifest(out / f"{s}.json")["items"]) if (out / f"{s}.json").is_file() else 0
+             for s in ("train", "validation", "test")}
+    if sizes["test"] < 2 or sizes["train"] < 4:
+        raise ValueError(f"demo: {cfg.n_phantoms} phantoms give splits {sizes}; raise --n (test needs >= 2 items)")
+    return {"folder": str(out), "shape": list(cfg.shape), "splits": sizes}
+
+
+def _items(prepared: Path, split: str) -> List[Dict]:
+    from LaMed.data.prepared import load_manifest
+
+    return load_manifest(prepared / f"{split}.json")["items"]
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+
+def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
+    """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
+    from LaMed.inference.retrieval import evaluate_clip
+    from LaMed.train.tasks.clip import train_clip
+
+    # The recipe's encoder is sized for 16x64x64; the demo's phantoms may be deeper.
+    vision = json.dumps({"img_size": list(cfg.shape)})
+    model_dir = work / "clip_model"
+    run = train_clip(recipe_path(cfg.clip_recipe), prepared, model_dir, [
+        "--max_steps", str(cfg.clip_steps), "--logging_steps", str(_log_every(cfg.clip_steps)),
+        "--disable_tqdm", "false", "--resume", "never", "--vision_overrides", vision])
+    history = list(run.trainer.state.log_history)
+    (model_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    out = work / "clip_eval"
+    evaluate_clip(model_dir, prepared, out, split="test", ks=(1, 5, 10))
+    summary = run_bench("eval_retrieval", ["--predictions", out / "embeddings.npz", "--manifest",
+                                           prepared / "test.json", "--out", out / "bench"], out / "bench", cfg.threads)
+    overall = summary["overall"]
+    n = int(overall.get("count") or len(_items(prepared, "test")))
+    scores = {k: float(v) for k, v in overall.items() if "R@" in k and v is not None}
+    return {"recipe": cfg.clip_recipe, "steps": int(run.trainer.state.global_step), "model": str(model_dir),
+            "train_seconds": float(run.output.metrics.get("train_runtime", float("nan"))), **_losses(history),
+            "log": history, "pairs": n, "bench": scores, "chance": scoring.chance_recall(n),
+            "embeddings": str(out / "embeddings.npz"), "bench_dir": str(out / "bench")}
+
+
+# --------------------------------------------------------------------------------------------- MLLM
+
+def run_mllm(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
+    """Tiny LaMed (ViT3D + spatial pooling + 2-layer Phi-3-style LLM): reports and VQA, scored by Bench."""
+    model_dir = work / "mllm_model"
+    trained = train_recipe(cfg.mllm_recipe, model_dir, cfg.mllm_steps,
+                           ["--train_manifest", str(prepared / "train.json")])
+    test = prepared / "test.json"
+    mrg_dir, vqa_dir = work / "mrg_eval", work / "vqa_eval"
+    mrg = run_bench("run_mrg", ["--model", model_dir, "--manifest", test, "--out", mrg_dir,
+                                "--max-new-tokens", cfg.mrg_max_new_tokens], mrg_dir, cfg.threads)
+    vqa = run_bench("run_vqa", ["--model", model_dir, "--manifest", test, "--out", vqa_dir, "--types", "closed",
+                                "yes_no", "--max-new-tokens", 16], vqa_dir, cfg.threads)
+    rows = [json.loads(line) for line in (mrg_dir / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    by_id = {it["id"]: it for it in _items(prepared, "test")}
+    preds = [r["prediction"] for r in rows]
+    refs = [by_id[r["id"]]["text"] for r in rows]
+    train_items = _items(prepared, "train")
+    report_scores = {k: float(mrg["overall"][k]) for k in ("bleu1", "bleu4", "rouge_l", "cider", "m3d_bleu1")
+                     if mrg["overall"].get(k) is not None}
+    report_scores.update({k: v for k, v in scoring.findings_f1(preds, refs).items() if k != "cases"})
+    report_chance = scoring.random_report_baseline([it["text"] for it in train_items if it.get("text")], refs,
+                                                   seed=cfg.seed)
+    examples = [{"id": r["id"], "prediction": r["prediction"], "truth": by_id[r["id"]]["text"],
+                 "findings_predicted": sorted(scoring.report_findings(r["prediction"])),
+                 "findings_true": sorted(scoring.report_findings(by_id[r["id"]]["text"]))}
+                for r in rows[: cfg.mrg_examples]]
+    per_type = vqa.get("per_class", {})
+    vqa_scores = {t: float(per_type[t]["correct"]) for t in ("closed", "yes_no")
+                  if t in per_type and per_type[t].get("correct") is not None}
+    counts = {t: int(per_type[t]["count"]) for t in vqa_scores}
+    return {"recipe": cfg.mllm_recipe, "steps": trained["steps"], "model": str(model_dir),
+            "train_seconds": trained["seconds"], **_losses(trained["log"]), "log": trained["log"],
+            "report": report_scores, "report_chance": report_chance, "reports_scored": len(rows),
+            "examples": examples, "vqa": vqa_scores, "vqa_questions": counts,
+            "vqa_chance": scoring.vqa_baselines(train_items, list(by_id.values())),
+            "bench_dirs": {"mrg": str(mrg_dir), "vqa": str(vqa_dir)}}
+
+
+# ---------------------------------------------------------------------------------------- segmentation
+
+def _masks(prepared: Path, split: str, classes: Sequence[str]) -> Dict[str, List[np.ndarray]]:
+    from LaMed.data.prepared import load_masks
+
+    out: Dict[str, List[np.ndarray]] = {c: [] for c in classes}
+    manifest = prepared / f"{split}.json"
+    for item in _items(prepared, split):
+        names = [c for c in classes if c in (item.get("masks") or {})]
+        for name, m in load_masks(manifest, item, names).items():
+            out[name].append(np.asarray(m[0], bool))
+    return out
+
+
+def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
+    """Tiny SegVol (text prompts): train on phantoms, segment the test split with Bench's front end."""
+    model_dir = work / "seg_model"
+    extra = "model:\n  config_overrides:\n    train_prompt_types: [text]\n"
+    extra += "data:\n  classes: [" + ", ".join(cfg.seg_classes) + f"]\n  max_classes: {len(cfg.seg_classes)}\n"
+    overrides = ["--train_manifest", str(prepared / "train.json")]
+    if cfg.seg_lr:
+        overrides += ["--learning_rate", str(cfg.seg_lr)]
+    trained = train_recipe(cfg.seg_recipe, model_dir, cfg.seg_steps, overrides, yaml_extra=extra)
+    out = work / "seg_eval"
+    summary = run_bench("run_seg", ["--model", model_dir, "--manifest", prepared / "test.json", "--out", out,
+                                    "--classes", ",".join(cfg.seg_classes)], out, cfg.threads)
+    per_class = {name: {k: float(v) for k, v in g.items() if k in ("dice", "nsd", "hd95", "count") and v is not None}
+                 for name, g in summary.get("per_class", {}).items()}
+    chance = scoring.seg_baselines(_masks(prepared, "train", cfg.seg_classes), _masks(prepared, "test", cfg.seg_classes))
+    return {"recipe": cfg.seg_recipe, "steps": trained["steps"], "model": str(model_dir),
+            "train_seconds": trained["seconds"], **_losses(trained["log"]), "log": trained["log"],
+            "per_class": per_class, "overall": {k: v for k, v in summary.get("overall", {}).items()
+                                                 if k in ("dice", "nsd", "hd95", "count")},
+            "chance": chance, "predictions": str(out / "predictions"), "bench_dir": str(out)}
+
+
+# ---------------------------------------------------------------------------------------- real data
+
+def find_labelled_ct(folder: Path, structure: str) -> Dict[str, Any]:
+    """The first ``<name>.nii.gz`` with ``<name>_seg.nii.gz`` beside it whose label table (``labels.json``:
+    ``{id: name}``, or tables by key, ``total_mr`` for names containing ``mr`` and ``total`` otherwise
+    as in TotalSegmentator) names ``structure``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--real-data {folder}: not a folder")
+    table_file = folder / "labels.json"
+    if not table_file.is_file():
+        raise FileNotFoundError(f"--real-data {folder}: no labels.json (label id -> structure name) in it")
+    tables = json.loads(table_file.read_text())
+    for seg in sorted(folder.glob("*_seg.nii*")):
+        image = seg.with_name(seg.name.replace("_seg", ""))
+        if not image.is_file():
+            continue
+        key = ""
+        if not all(isinstance(v, str) for v in tables.values()):
+            key = "total_mr" if "mr" in image.name.lower() and "total_mr" in tables else "total"
+            if key not in tables:
+                continue
+        table = tables[key] if key else tables
+        ids = [int(i) for i, name in table.items() if name == structure]
+        if ids:
+            return {"image": image, "labels": seg, "label_id": ids[0],
+                    "label_table": f"{table_file}#{key}" if key else str(table_file)}
+    raise FileNotFoundError(f"--real-data {folder}: no image with a *_seg label file naming '{structure}'")
+
+
+def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict[str, Any]:
+    """Segment a real labelled CT with the phantom-trained model, fine-tune on it, segment again.
+
+    The fine-tuning uses the scan's own label, so the second score shows that the whole pipeline
+    (real geometry, HU, resampling, writing the mask back onto the source grid) works; it is not
+    a measure of generalisation. The mask is written by ``lamed predict``'s function on the source grid.
+    """
+    import torch
+
+    from LaMed.commands.predict import predict_file
+    from LaMed.data.io import load_mask, load_volume
+    from LaMed.inference.segment import load_seg_model
+
+    found = find_labelled_ct(folder, cfg.real_structure)
+    vol = load_volume(found["image"])
+    truth = load_mask(found["labels"], like=vol).array == found["label_id"]
+    structure = cfg.real_structure
+
+    def score(model_dir: Path, tag: str) -> Dict[str, Any]:
+        model = load_seg_model(model_dir)
+        with torch.no_grad():
+            written = predict_file(model, found["image"], [structure], work / f"real_{tag}.nii.gz", zoom_in=False)
+        pred = load_mask(written["mask"], like=vol).array > 0
+        return {"dice": scoring.dice(pred, truth), "mask": str(written["mask"])}
+
+    before = score(seg_model, "phantom_only")
+    model_dir = work / "real_model"
+    extra = ("model:\n  config_overrides:\n    train_prompt_types: [text]\n"
+             f"  init_from: {seg_model}\n"
+             "data:\n  dataset: label_map\n"
+             f"  label_map_pairs: ['{found['image']}:{found['labels']}']\n"
+             f"  label_table: '{found['label_table']}'\n"
+             f"  classes: [{structure}]\n  max_classes: 1\n  repeat: 8\n  augment: true\n")
+    trained = train_recipe(cfg.seg_recipe, model_dir, cfg.real_steps, ["--learning_rate", "1e-3"], yaml_extra=extra)
+    after = score(model_dir, "finetuned")
+    return {"image": str(found["image"]), "labels": str(found["labels"]), "structure": structure,
+            "shape": list(vol.shape), "spacing_mm": [float(s) for s in vol.spacing],
+            "steps": trained["steps"], "train_seconds": trained["seconds"], **_losses(trained["log"]),
+            "log": trained["log"], "phantom_only_dice": before["dice"], "finetuned_dice": after["dice"],
+            "all_foreground_dice": scoring.dice(np.ones_like(truth), truth), "mask": after["mask"]}
