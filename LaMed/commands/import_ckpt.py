@@ -200,7 +200,9 @@ def _build_mllm(family: str):
             raise KeyError(f"{family} checkpoint: no embed_tokens weight (is this the full model file?)")
         fields = dict(_vision_fields(family, converted, published))
         fields.update(legacy_config_fields(family))
-        fields.update(overrides)
+        for key, value in overrides.items():  # a mapping refines the derived mapping (e.g. vision_overrides)
+            both = isinstance(value, Mapping) and isinstance(fields.get(key), Mapping)
+            fields[key] = {**fields[key], **value} if both else value
         config = LaMedConfig(text_config=_text_config(family, published, int(emb.shape[0])), **ids, **fields)
         model = LaMedForCausalLM(config)
         if len(tokenizer) > int(emb.shape[0]):
