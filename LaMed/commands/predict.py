@@ -3,11 +3,15 @@
     lamed predict --model PATH_OR_HUB_ID --image ct.nii.gz --prompt liver --out liver.nii.gz
     lamed predict --model runs/segvol --image ct.nii.gz --prompt liver --prompt spleen --out preds/ --overlay
     lamed predict --model runs/segvol --image scans/ --batch --prompt liver --out preds/
+    lamed predict --model runs/tiny_lamed --image ct.nii.gz --question "Is there a liver lesion?" --out answer.json
+    lamed predict --model runs/tiny_clip --image ct.nii.gz --prompt "hepatomegaly" --prompt "normal liver" --out clip.json
 
 Masks are written in the source image's geometry (``LaMed.data.io.save_volume(..., like=...)``):
 one prompt -> a binary mask; several -> a label map plus ``<name>_labels.json`` (label -> prompt).
 ``--overlay`` adds a PNG of representative slices. The output mode follows the model: the
-segmentation models give masks; other model families register their own modes in
+segmentation models give masks; report / VQA models (``model_type`` ``lamed``) answer ``--question``
+(default: a findings report) into JSON; CLIP models write the volume's embedding and the similarity
+of each ``--prompt`` text. ``--dtype bf16`` runs under autocast. Other model families register modes in
 :data:`PREDICT_MODES` (``name -> (accepts(model_type), run(args, model, volume, out_stem))``), so
 text and question modes plug in without changing this command's interface.
 
@@ -39,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--format", default=".nii.gz", choices=MASK_SUFFIXES, help="mask file type in folder outputs")
+    # Text models (report / VQA) and CLIP models; see the "text and embedding modes" section below.
+    parser.add_argument("--question", action="append", default=[],
+                        help="question for a report / VQA model; repeat for several (default: describe the findings)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap (text models)")
+    parser.add_argument("--decoding", default="greedy", help="decoding preset: greedy | m3d_demo | med3dvlm | flare_vqa")
+    parser.add_argument("--preset", default="m3d",
+                        help="intensity / crop preprocessing of text and CLIP models, resized to the model's input "
+                             "(default m3d; a prepared .npy in [0, 1] is only resized)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute precision (bf16: autocast)")
 
 
 def _stem(path: Path) -> str:
@@ -151,6 +164,8 @@ def _model_type(path_or_id: str) -> str:
 
     from LaMed.inference.hub import resolve_model
 
+    import LaMed.models.clip  # noqa: F401  (each import registers its model_type with AutoConfig)
+    import LaMed.models.mllm  # noqa: F401
     import LaMed.models.segmentation  # noqa: F401
 
     return AutoConfig.from_pretrained(resolve_model(path_or_id)).model_type
@@ -164,21 +179,152 @@ def _run_masks(args: argparse.Namespace) -> int:
     model = load_seg_model(args.model, device=args.device)
     common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold, fmt=args.format)
     if args.batch:
-        results = predict_folder(model, args.image, args.prompt, args.out, **common)
+        with _autocast(args):
+            results = predict_folder(model, args.image, args.prompt, args.out, **common)
         failed = {k: v for k, v in results.items() if isinstance(v, str)}
         for name, msg in failed.items():
             print(f"{name}: {msg}")
         print(f"{len(results) - len(failed)} of {len(results)} volumes written to {args.out}")
         return 1 if failed else 0
-    written = predict_file(model, args.image, args.prompt, args.out, **common)
+    with _autocast(args):
+        written = predict_file(model, args.image, args.prompt, args.out, **common)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
 
 
-# mode name -> (accepts(model_type) -> bool, run(args) -> exit code). Later issues add text modes.
+# ---- text and embedding modes (report / VQA models, CLIP) -----------------------------------------
+
+def _autocast(args: argparse.Namespace):
+    import contextlib
+
+    import torch
+
+    if getattr(args, "dtype", "fp32") == "bf16":
+        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_input(volume, size: Sequence[int], preset: str = "m3d"):
+    """``(1, 1, *size)`` float32 tensor in [0, 1] for a text / CLIP model from a loaded ``Volume``.
+
+    A prepared ``.npy`` (already in [0, 1]) is only resized; anything else goes through ``preset``
+    (window / normalisation, foreground crop) at ``size``.
+    """
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from LaMed.data.presets import apply_preset, get_preset
+
+    arr = np.asarray(volume.array, np.float32)
+    size = tuple(int(s) for s in size)
+    if volume.meta.get("format") == "npy" and arr.size and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
+        x = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+        return x if tuple(x.shape[2:]) == size else torch.nn.functional.interpolate(x, size=size, mode="trilinear")
+    out = apply_preset(dataclasses.replace(get_preset(preset), size=size), arr, volume.spacing)
+    return torch.from_numpy(np.ascontiguousarray(out["image"], dtype=np.float32))[None]
+
+
+def _tower_size(tower) -> Tuple[int, int, int]:
+    size = getattr(getattr(tower, "config", None), "img_size", None)
+    if size is None:
+        raise ValueError(f"{type(tower).__name__}: cannot tell the model's input size (no config.img_size)")
+    return tuple(int(s) for s in size)
+
+
+def _text_out(out: Path, image: Path, batch: bool, suffix: str) -> Path:
+    if not batch and out.suffix.lower() == suffix:
+        return out
+    return out / f"{_stem(image)}{suffix}"
+
+
+def _each_input(args: argparse.Namespace) -> List[Path]:
+    return find_inputs(args.image) if args.batch else [Path(args.image)]
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    """Report / VQA model: answers to ``--question`` (default: a report) as JSON (``--out x.json`` or a folder)."""
+    from LaMed.data.io import load_volume
+    from LaMed.data.prompts import CAPTION_TEMPLATES
+    from LaMed.inference.generate import generate_texts, load_mllm
+    from LaMed.inference.hub import resolve_model
+
+    import torch
+
+    if args.prompt:
+        raise ValueError("--prompt is for segmentation and CLIP models; ask a report / VQA model with --question")
+    model, processor = load_mllm(resolve_model(args.model), device=args.device)
+    questions = args.question or [CAPTION_TEMPLATES[0]]
+    size = _tower_size(model.towers[0])
+    failed = 0
+    for image in _each_input(args):
+        try:
+            x = model_input(load_volume(image), size, args.preset)
+            with _autocast(args), torch.no_grad():
+                answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
+                                         max_new_tokens=args.max_new_tokens, decoding=args.decoding)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            if not args.batch:
+                raise
+            failed += 1
+            print(f"{image.name}: error: {exc}")
+            continue
+        target = _text_out(Path(args.out), image, args.batch, ".json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        record = {"source": str(image), "model": str(args.model),
+                  "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]}
+        target.write_text(json.dumps(record, indent=2) + "\n")
+        for q, a in zip(questions, answers):
+            print(f"{image.name}: {q}\n{a}\n")
+        print(f"written: {target}")
+    return 1 if failed else 0
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    """CLIP model: the volume's embedding (``.npz``) and, with ``--prompt``, the cosine similarity of
+    each prompt text (JSON, best first): zero-shot classification / retrieval of one volume."""
+    import numpy as np
+    import torch
+
+    from LaMed.data.io import load_volume
+    from LaMed.inference.hub import resolve_model
+    from LaMed.inference.retrieval import load_clip
+
+    model, tokenizer = load_clip(resolve_model(args.model), device=args.device)
+    model.eval()
+    size = _tower_size(model.vision_model)
+    text_emb = None
+    if args.prompt:
+        enc = tokenizer(list(args.prompt), padding=True, truncation=True, return_tensors="pt")
+        with _autocast(args), torch.no_grad():
+            text_emb = model.encode_text(enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)).float()
+    for image in _each_input(args):
+        x = model_input(load_volume(image), size, args.preset).to(args.device)
+        with _autocast(args), torch.no_grad():
+            emb = model.encode_image(x).float()
+        target = _text_out(Path(args.out), image, args.batch, ".json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        npz = target.with_suffix(".npz")
+        np.savez(npz, image=emb.cpu().numpy()[0])
+        record = {"source": str(image), "model": str(args.model), "embedding": str(npz)}
+        if text_emb is not None:
+            sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
+            record["prompts"] = sorted(({"prompt": p, "similarity": s} for p, s in zip(args.prompt, sims)),
+                                       key=lambda r: -r["similarity"])
+            for r in record["prompts"]:
+                print(f"{image.name}: {r['similarity']:+.3f}  {r['prompt']}")
+        target.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"written: {target}")
+    return 0
+
+
+# mode name -> (accepts(model_type) -> bool, run(args) -> exit code).
 PREDICT_MODES: Dict[str, Tuple[Callable[[str], bool], Callable[[argparse.Namespace], int]]] = {
     "masks": (lambda model_type: model_type in SEG_MODEL_TYPES, _run_masks),
+    "text": (lambda model_type: model_type == "lamed", _run_text),
+    "embed": (lambda model_type: model_type == "lamed_clip", _run_embed),
 }
 
 
