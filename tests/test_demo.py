@@ -1,0 +1,168 @@
+"""``lamed demo``: the scoring rules and chance levels by hand, then the ``--quick`` run end to end.
+
+The quick run trains the three tiny twins (CLIP, report/VQA, text-prompted segmentation) on 48
+phantoms, scores them with Bench on the held-out ones, fine-tunes on the real TotalSegmentator CT
+(when ``../shared/data`` is present), and must clear the margins the CLIP, multimodal-LLM and
+segmentation issues set (``LaMed.demo.report.CHECKS``); the numbers measured are in the report
+printed by ``pytest -s`` and in the closing note of the demo issue.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from LaMed.demo import scoring
+
+
+# ---- scoring rules -----------------------------------------------------------------------------------
+
+def test_findings_rules_recover_the_phantom_labels():
+    """On ground-truth phantom reports the rules find exactly the findings the generator recorded."""
+    from LaMed.data.phantom import make_phantom
+
+    seen = set()
+    for seed in range(40):
+        p = make_phantom(seed, shape=(8, 32, 32))
+        assert scoring.report_findings(p.report) == scoring.label_findings(p.labels), p.report
+        seen |= scoring.label_findings(p.labels)
+    assert {"hepatomegaly", "liver lesion", "lung nodule", "nephrectomy"} <= seen  # the rules were exercised
+
+
+def test_findings_negations_and_micro_f1_by_hand():
+    assert scoring.report_findings("No focal hepatic lesion. The spleen is homogeneous without focal lesion.") == set()
+    assert scoring.report_findings("No hepatomegaly. A 12 mm cyst in the right lobe of the liver.") == {"liver lesion"}
+    assert scoring.report_findings("The left kidney is surgically absent. Nodule in the left lower lobe (9 mm).") == \
+        {"nephrectomy", "lung nodule"}
+    preds = ["Impression: Hepatomegaly. Cyst in the liver (20 mm).", "Impression: Splenomegaly.", "No abnormality."]
+    refs = ["Impression: Hepatomegaly.", "Impression: Splenomegaly. Nodule in the right lower lobe (5 mm).",
+            "Unremarkable CT of the abdomen."]
+    # tp = 2 (hepatomegaly, splenomegaly), fp = 1 (liver lesion), fn = 1 (lung nodule)
+    s = scoring.findings_f1(preds, refs)
+    assert s["findings_precision"] == pytest.approx(2 / 3) and s["findings_recall"] == pytest.approx(2 / 3)
+    assert s["findings_f1"] == pytest.approx(2 / 3) and s["findings_exact"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="2 predictions for 3"):
+        scoring.findings_f1(preds[:2], refs)
+
+
+def test_chance_levels_by_hand():
+    assert scoring.chance_recall(12, (1, 5, 20)) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@20": 1.0}
+    closed = lambda ans, topic: {"type": "closed", "topic": topic, "answer_choice": ans,  # noqa: E731
+                                 "choices": {"A": "a", "B": "b", "C": "c", "D": "d"}}
+    yn = lambda ans, topic: {"type": "yes_no", "topic": topic, "answer": ans}  # noqa: E731
+    train = [{"vqa": [closed("B", "phase"), yn("Yes", "contrast")]}, {"vqa": [closed("B", "phase"), yn("Yes", "contrast")]},
+             {"vqa": [closed("C", "phase"), yn("No", "contrast"), yn("No", "cyst")]}]
+    test = [{"vqa": [closed("B", "phase"), yn("No", "contrast")]}, {"vqa": [closed("A", "organ"), yn("No", "cyst")]}]
+    b = scoring.vqa_baselines(train, test)
+    # closed: "phase" -> B (right), unseen topic "organ" -> overall majority B (wrong); yes/no: contrast -> yes
+    # (wrong), cyst -> no (right)
+    assert b["closed"] == {"uniform": 0.25, "majority": 0.5, "questions": 2.0}
+    assert b["yes_no"] == {"uniform": 0.5, "majority": 0.5, "questions": 2.0}
+    m = np.zeros((2, 4, 4), bool)
+    m[0, :2, :2] = True  # 4 of 32 voxels
+    seg = scoring.seg_baselines({"liver": [m, m, np.zeros_like(m)]}, {"liver": [m]})
+    assert seg["liver"]["all_foreground"] == pytest.approx(2 * 4 / (4 + 32))
+    assert seg["liver"]["atlas"] == pytest.approx(1.0)  # inside in 2 of 3 training masks -> the atlas is m
+    rnd = scoring.random_report_baseline(["Impression: Hepatomegaly."], ["Impression: Hepatomegaly."], repeats=2)
+    assert rnd["findings_f1"] == 1.0 and rnd["rouge_l"] == pytest.approx(1.0)
+
+
+def test_checks_compare_scores_with_their_margins():
+    from LaMed.demo.report import evaluate_checks
+
+    metrics = {"clip": {"bench": {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.2}, "chance": {"R@1": 0.1}},
+               "seg": {"per_class": {"liver": {"dice": 0.69}}, "chance": {"liver": {"all_foreground": 0.1}}}}
+    checks = evaluate_checks(metrics)
+    assert checks["report-to-volume R@1"]["needed"] == pytest.approx(0.4) and checks["report-to-volume R@1"]["passed"]
+    assert not checks["volume-to-report R@1"]["passed"]
+    assert checks["liver Dice"]["needed"] == 0.7 and not checks["liver Dice"]["passed"]
+    assert "closed VQA accuracy" not in checks  # a part that did not run is not judged
+
+
+def test_real_data_discovery(totalseg_dir, tmp_path):
+    from LaMed.demo.stages import find_labelled_ct
+
+    found = find_labelled_ct(totalseg_dir, "liver")
+    assert found["image"].name == "ct_abdomen.nii.gz" and found["label_id"] == 5
+    assert found["label_table"].endswith("labels.json#total")
+    with pytest.raises(FileNotFoundError, match="no labels.json"):
+        find_labelled_ct(tmp_path, "liver")
+    with pytest.raises(FileNotFoundError, match="naming 'heart_of_gold'"):
+        find_labelled_ct(totalseg_dir, "heart_of_gold")
+
+
+def test_command_line_config():
+    import argparse
+
+    from LaMed.commands.demo import add_arguments, config_from_args
+    from LaMed.demo import QUICK
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--quick", "--steps", "0.5", "--parts", "seg", "--n", "30"]))
+    assert cfg.seg_steps == round(QUICK.seg_steps * 0.5) and cfg.parts == ["seg"] and cfg.n_phantoms == 30
+    with pytest.raises(ValueError, match="--steps"):
+        config_from_args(p.parse_args(["--steps", "-1"]))
+
+
+# ---- the quick demo end to end -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory, request):
+    from LaMed.cli import main
+
+    real = request.getfixturevalue("shared_data") / "totalsegmentator"
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    argv = ["demo", "--out", str(out), "--quick"] + (["--real-data", str(real)] if real.is_dir() else [])
+    rc = main(argv)
+    return rc, out, json.loads((out / "metrics.json").read_text())
+
+
+def test_quick_demo_learns_above_chance(quick_demo):
+    rc, out, m = quick_demo
+    print((out / "report.md").read_text())
+    assert set(m["checks"]) == {"report-to-volume R@1", "volume-to-report R@1", "report findings F1",
+                                "closed VQA accuracy", "liver Dice"}
+    failed = {k: v for k, v in m["checks"].items() if not v["passed"]}
+    assert not failed and rc == 0, failed
+    # The margins, restated from the numbers themselves (not only the checks' verdicts).
+    clip, mllm, seg = m["clip"], m["mllm"], m["seg"]
+    assert clip["bench"]["text_to_image_R@1"] >= 2 * clip["chance"]["R@1"] + 0.2
+    assert mllm["report"]["findings_f1"] >= mllm["report_chance"]["findings_f1"] + 0.15
+    assert mllm["vqa"]["closed"] >= 0.5
+    assert seg["per_class"]["liver"]["dice"] > 0.7 > seg["chance"]["liver"]["all_foreground"]
+    for part in (clip, mllm, seg):
+        assert part["last_loss"] < part["first_loss"]
+
+
+def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
+    from PIL import Image
+
+    _, out, m = quick_demo
+    report = (out / "report.md").read_text()
+    for heading in ("## Did it learn?", "## What was trained", "## Image-report retrieval (CLIP)",
+                    "## Report generation and VQA", "## Text-prompted segmentation"):
+        assert heading in report
+    assert "Generated:" in report and "Truth:" in report and "chance" in report
+    for name in ("training_curves", "retrieval_matrix", "segmentation"):
+        png = out / "figures" / f"{name}.png"
+        with Image.open(png) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+        assert f"figures/{name}.png" in report
+    for sub in ("clip_eval/bench", "mrg_eval", "vqa_eval", "seg_eval"):
+        assert (out / "runs" / sub / "summary.json").is_file() and (out / "runs" / sub / "per_sample.csv").is_file()
+    assert m["wall_seconds"] > 0 and set(m["stages"]) and m["machine"]["threads"] == 1
+
+
+def test_quick_demo_real_ct_mask_on_the_source_grid(quick_demo, totalseg_dir):
+    import nibabel as nib
+
+    _, out, m = quick_demo
+    real = m["real"]
+    assert real["finetuned_dice"] > real["all_foreground_dice"] + 0.3
+    src, mask = nib.load(str(totalseg_dir / "ct_abdomen.nii.gz")), nib.load(real["mask"])
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine)
+    assert (out / "figures" / "real_ct.png").is_file() and "## Real CT" in (out / "report.md").read_text()
