@@ -67,10 +67,12 @@ class LaMedProcessor:
         add_bos: prepend BOS in ``"raw"`` format; ``None`` = whatever the tokenizer does by default
             (Llama / Phi-3: yes; Qwen, which has no BOS: no).
         max_length: longest training sequence (tokens, image tokens included); ``None`` = no limit.
+        image_position: where a question without an explicit placeholder gets its image tokens:
+            ``"before"`` the question (published layout) or ``"after"`` it, right before the answer.
     """
 
     def __init__(self, tokenizer, num_image_tokens: int, prompt_format: str = "raw", system_prompt: Optional[str] = None,
-                 add_bos: Optional[bool] = None, max_length: Optional[int] = None):
+                 add_bos: Optional[bool] = None, max_length: Optional[int] = None, image_position: str = "before"):
         if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         if int(num_image_tokens) < 1:
@@ -89,6 +91,9 @@ class LaMedProcessor:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token; set tokenizer.eos_token before building the processor")
         self.max_length = max_length
+        if image_position not in ("before", "after"):
+            raise ValueError(f"image_position must be 'before' or 'after', got {image_position!r}")
+        self.image_position = image_position
 
     @property
     def image_token_id(self) -> int:
@@ -111,11 +116,13 @@ class LaMedProcessor:
 
     def prompt_text(self, question: str, with_image: bool = True) -> str:
         """The text the model sees before its answer (image tokens expanded, BOS/template applied)."""
+        if with_image and IMAGE_PLACEHOLDER not in question:
+            question = (question + " " + IMAGE_PLACEHOLDER) if self.image_position == "after" else (
+                IMAGE_PLACEHOLDER + (" " if self.prompt_format == "raw" else "\n") + question)
         if self.prompt_format == "raw":
-            body = question if not with_image else (
-                self.expand_image(question) if IMAGE_PLACEHOLDER in question else IMAGE_TOKEN * self.num_image_tokens + " " + question)
+            body = self.expand_image(question) if with_image else question
             return (self.tokenizer.bos_token if self.add_bos else "") + body
-        user = (IMAGE_PLACEHOLDER + "\n" + question) if with_image and IMAGE_PLACEHOLDER not in question else question
+        user = question
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
             {"role": "user", "content": user}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -194,7 +201,8 @@ class LaMedProcessor:
     # ---- persistence -----------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         return {"num_image_tokens": self.num_image_tokens, "prompt_format": self.prompt_format,
-                "system_prompt": self.system_prompt, "add_bos": self.add_bos, "max_length": self.max_length}
+                "system_prompt": self.system_prompt, "add_bos": self.add_bos, "max_length": self.max_length,
+                "image_position": self.image_position}
 
     def save_pretrained(self, out_dir: Union[str, Path], **kwargs) -> None:
         out = Path(out_dir)

@@ -53,6 +53,7 @@ class MLLMModelArguments:
     prompt_format: str = "raw"
     system_prompt: str = ""
     max_length: int = 512
+    image_position: str = field(default="before", metadata={"help": "image tokens 'before' the question (published) or 'after' it"})
     attn_implementation: str = "sdpa"
     save_base: bool = field(default=True, metadata={"help": "save an assembled (not loaded) base model to output_dir/base_model"})
 
@@ -198,7 +199,8 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
             base[""] = str(out)
     model.config.use_cache = False  # training
     processor = LaMedProcessor(tokenizer, model.num_image_tokens, prompt_format=m.prompt_format,
-                               system_prompt=m.system_prompt or None, max_length=m.max_length or None)
+                               system_prompt=m.system_prompt or None, max_length=m.max_length or None,
+                               image_position=m.image_position)
     if m.save_base and not m.pretrained_model and training_args.process_index == 0:
         processor.save_pretrained(Path(training_args.output_dir) / BASE_MODEL_DIR)
     if not d.train_manifest:
