@@ -92,6 +92,8 @@ def retrieval_matrix(text: np.ndarray, image: np.ndarray, path: Path, title: str
 
 
 def _window(img: np.ndarray) -> Tuple[float, float]:
+    if float(img.min()) < -200:  # CT in HU: the abdominal soft-tissue window (W400 / L40)
+        return -160.0, 240.0
     lo, hi = np.percentile(img, [1, 99.5])
     return float(lo), float(hi if hi > lo else lo + 1)
 
