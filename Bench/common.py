@@ -33,7 +33,7 @@ def load_manifest(path: str | Path) -> dict:
     """Read and check a prepared-data manifest; returns the JSON dict with ``_root`` (its folder) added."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BenchError(f"{path}: manifest not found") from None
     except json.JSONDecodeError as exc:
@@ -67,7 +67,7 @@ def read_jsonl(path: str | Path, required: Sequence[str] = ("id",)) -> list[dict
     if not path.is_file():
         raise BenchError(f"{path}: predictions file not found")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -166,13 +166,13 @@ def write_outputs(out_dir: str | Path, summary: dict, rows: Sequence[Mapping], c
             return str(obj)
         return obj
 
-    paths["summary"].write_text(json.dumps(clean(summary), indent=2) + "\n")
+    paths["summary"].write_text(json.dumps(clean(summary), indent=2) + "\n", encoding="utf-8")
     with paths["per_sample"].open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k, "") for k in columns})
-    paths["table"].write_text(markdown_table(summary, table_metrics, title))
+    paths["table"].write_text(markdown_table(summary, table_metrics, title), encoding="utf-8")
     return paths
 
 

@@ -89,7 +89,7 @@ def run_seg(model, manifest: str | Path, out: str | Path, classes: Optional[Sequ
     scored = dict(man)
     scored["items"] = items
     scored_path = out / "manifest_scored.json"
-    scored_path.write_text(json.dumps(scored, indent=1))
+    scored_path.write_text(json.dumps(scored, indent=1), encoding="utf-8")
     summary, rows = evaluate_seg(str(pred_dir), str(scored_path), tolerance_mm=tolerance_mm)
     summary["model"] = getattr(model.config, "_name_or_path", "") or type(model).__name__
     write_outputs(out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5], "Segmentation")

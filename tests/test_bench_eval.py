@@ -42,26 +42,26 @@ def prepared(tmp_path):
             "boxes": {"liver": [0.1, 0.2, 0.2, 0.6, 0.7, 0.7]}, "labels": labels[i], "source": "synthetic"})
     manifest = {"format": "lamed.prepared/1", "dataset": "phantom", "split": "test", "preset": "m3d", "items": items}
     path = root / "test.json"
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest), encoding="utf-8")
     return path
 
 
 def write_jsonl(path, records):
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     return path
 
 
 def read_csv(path):
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
 def test_manifest_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "m.json"
-    bad.write_text(json.dumps({"format": "other", "items": []}))
+    bad.write_text(json.dumps({"format": "other", "items": []}), encoding="utf-8")
     with pytest.raises(BenchError, match=r"m\.json: field 'format'"):
         load_manifest(bad)
-    bad.write_text(json.dumps({"format": "lamed.prepared/1", "items": [{"id": "a"}, {"id": "a"}]}))
+    bad.write_text(json.dumps({"format": "lamed.prepared/1", "items": [{"id": "a"}, {"id": "a"}]}), encoding="utf-8")
     with pytest.raises(BenchError, match="repeats id 'a'"):
         load_manifest(bad)
 
@@ -71,7 +71,7 @@ def test_eval_mrg(prepared, tmp_path):
     pred_file = write_jsonl(tmp_path / "mrg.jsonl", [{"id": f"case_{i}", "prediction": p} for i, p in enumerate(preds)])
     out = tmp_path / "out_mrg"
     summary = eval_mrg.main(["--predictions", str(pred_file), "--manifest", str(prepared), "--out", str(out)])
-    refs = json.loads(prepared.read_text())["items"]
+    refs = json.loads(prepared.read_text(encoding="utf-8"))["items"]
     refs = [it["text"] for it in refs]
     assert summary["overall"]["bleu4"] == pytest.approx(T.bleu(preds, refs, 4))
     assert summary["overall"]["rouge_l"] == pytest.approx(T.rouge_l(preds, refs))
@@ -79,12 +79,12 @@ def test_eval_mrg(prepared, tmp_path):
     assert summary["per_dataset"]["alpha"]["count"] == 2
     assert summary["per_dataset"]["beta"]["bleu1"] == pytest.approx(T.bleu(preds[2:], refs[2:], 1))
     assert summary["counts"] == {"evaluated": 3, "missing_predictions": 0}
-    saved = json.loads((out / "summary.json").read_text())
+    saved = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert saved["overall"]["cider"] == pytest.approx(T.cider(preds, refs))
     rows = read_csv(out / "per_sample.csv")
     assert [r["id"] for r in rows] == ["case_0", "case_1", "case_2"]
     assert float(rows[0]["hsenet_bleu1"]) == pytest.approx(1.0)  # every predicted word is in the report
-    assert "| overall | 3 |" in (out / "summary.md").read_text()
+    assert "| overall | 3 |" in (out / "summary.md").read_text(encoding="utf-8")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "nope", "prediction": "x"}])
     with pytest.raises(BenchError, match="not in manifest"):
         eval_mrg.evaluate_mrg(str(bad), str(prepared))
@@ -209,4 +209,4 @@ def test_scripts_run_as_modules(prepared, tmp_path):
                           str(prepared), "--out", str(out)], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert json.loads((out / "summary.json").read_text())["overall"]["iou"] == pytest.approx(0.125)
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["overall"]["iou"] == pytest.approx(0.125)

@@ -97,8 +97,8 @@ def test_ct_rate_manifests_images_and_errors(prepared):
     errs = {Path(e["file"]).name: e["error"] for e in errors(out)}
     assert "train_3_a_1.nii.gz" in errs and "train_3_a_1" in errs["train_3_a_1.nii.gz"]
     assert "not found" in errs["train_9_a_1.nii.gz"]
-    assert (out / "errors.txt").read_text().count("\n") == len(errs)
-    info = json.loads((out / "meta" / "dataset.json").read_text())
+    assert (out / "errors.txt").read_text(encoding="utf-8").count("\n") == len(errs)
+    info = json.loads((out / "meta" / "dataset.json").read_text(encoding="utf-8"))
     assert info["validation_ok"] and sum(info["counts"].values()) == 5
 
 
@@ -119,7 +119,7 @@ def test_ct_rate_slice_branch_and_features(prepared):
     assert varying and all(s.min() == 0 and s.max() == 255 for s in varying)  # min-max per slice
     feats = np.load(out / it["slice_features"])
     # Reference: the same tiny CLIP rebuilt from its files, its image tower on the normalised slices.
-    cfg = json.loads((model_dir / "open_clip_config.json").read_text())
+    cfg = json.loads((model_dir / "open_clip_config.json").read_text(encoding="utf-8"))
     model = open_clip.CLIP(**cfg["model_cfg"])
     model.load_state_dict(torch.load(model_dir / "open_clip_pytorch_model.bin"))
     x = torch.from_numpy(slices.astype(np.float32) / 255.0)[:, None].expand(-1, 3, -1, -1)
@@ -141,8 +141,8 @@ def test_ct_rate_rerun_skips_and_refreshes_metadata(prepared):
     assert (summary.written, summary.skipped) == (0, 5)
     # A corrected report is picked up without reprocessing any volume.
     rep = root / "dataset" / "radiology_text_reports" / "train_reports.csv"
-    text = rep.read_text().replace("Findings of train_4_b_1.", "Corrected findings.")
-    rep.write_text(text)
+    text = rep.read_text(encoding="utf-8").replace("Findings of train_4_b_1.", "Corrected findings.")
+    rep.write_text(text, encoding="utf-8")
     summary = PREPARER.prepare(root, out, **opts)
     assert (summary.written, summary.skipped) == (0, 5)
     assert items_by_id(out)["train_4_b_1"]["text"] == "Corrected findings. No effusion."

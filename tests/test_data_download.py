@@ -19,7 +19,7 @@ def _fake_cache(cache: Path, repo: str, files: dict, repo_type: str = "datasets"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
     (base / "refs").mkdir(parents=True, exist_ok=True)
-    (base / "refs" / "main").write_text(rev)
+    (base / "refs" / "main").write_text(rev, encoding="utf-8")
     return snap
 
 
@@ -80,7 +80,7 @@ def test_download_extract_and_bad_part(offline_cache, tmp_path):
     _fake_cache(offline_cache, "GoodBaiBai88/M3D-Seg", {"0000.zip": buf.getvalue(), "1111.zip": b"not a zip"})
     out = tmp_path / "seg"
     s = download_dataset("m3d_seg", out, include=["0000*"], parts=["metadata"], extract=True)
-    assert s.extracted == 1 and (out / "0000" / "0000" / "0000.json").read_text() == '{"labels": {}}'
+    assert s.extracted == 1 and (out / "0000" / "0000" / "0000.json").read_text(encoding="utf-8") == '{"labels": {}}'
     assert download_dataset("m3d_seg", out, include=["0000*"], parts=["metadata"], extract=True).extracted == 0  # resumable
     with pytest.raises(ValueError, match="unknown part"):
         download_dataset("m3d_seg", out, parts=["volumes"])

@@ -61,7 +61,7 @@ def corrupt_gz(path: Path) -> Path:
 
 
 def manifest(out: Path, split: str) -> dict:
-    return json.loads((Path(out) / f"{split}.json").read_text())
+    return json.loads((Path(out) / f"{split}.json").read_text(encoding="utf-8"))
 
 
 def items_by_id(out: Path) -> dict:
@@ -69,7 +69,7 @@ def items_by_id(out: Path) -> dict:
     for p in Path(out).glob("*.json"):
         if p.name in ("errors.json", "dataset.json"):
             continue
-        m = json.loads(p.read_text())
+        m = json.loads(p.read_text(encoding="utf-8"))
         for it in m["items"]:
             res[it["id"]] = dict(it, _split=m["split"])
     return res
@@ -77,7 +77,7 @@ def items_by_id(out: Path) -> dict:
 
 def errors(out: Path) -> list:
     p = Path(out) / "errors.json"
-    return json.loads(p.read_text()) if p.is_file() else []
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else []
 
 
 def expected_image(preset_name: str, image: np.ndarray, spacing, size=(8, 32, 32), masks=None) -> dict:
@@ -103,6 +103,6 @@ def tiny_open_clip_folder(folder: Path, image_size: int = 16) -> Path:
     model = open_clip.CLIP(**model_cfg)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+        {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}), encoding="utf-8")
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder

@@ -35,11 +35,11 @@ def test_m3d_cap_slices_text_splits_and_errors(tmp_path):
         _png(series / f"{n + 1}.png", rng.integers(0, 256, size=(12, 20)))  # odd shape: dropped
         stacks[case] = np.stack(sl).astype(np.float32) / 255.0
         (raw / "M3D_Cap" / "ct_quizze" / case / "text.txt").write_text(
-            f"title: x\nstudy_findings: Liver lesion in case {case}.\nNo ascites.")
+            f"title: x\nstudy_findings: Liver lesion in case {case}.\nNo ascites.", encoding="utf-8")
     bad = raw / "M3D_Cap" / "ct_case" / "000003" / "Axial"
     _png(bad / "1.png", rng.integers(0, 256, size=(20, 20)))
     (bad / "2.png").write_bytes(b"not a png")
-    (bad.parent / "text.txt").write_text("study_findings: Broken series.")
+    (bad.parent / "text.txt").write_text("study_findings: Broken series.", encoding="utf-8")
     write_json(raw / "M3D_Cap.json", {
         "train": [{"image": "ct_quizze/000001/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000001/text.txt"},
                   {"image": "ct_case/000003/Axial.npy", "text": "ct_case/000003/text.txt"}],

@@ -33,7 +33,7 @@ def world(affine, idx) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def labels(totalseg_dir):
-    return json.loads((totalseg_dir / "labels.json").read_text())
+    return json.loads((totalseg_dir / "labels.json").read_text(encoding="utf-8"))
 
 
 def _id(labels, table, name) -> int:

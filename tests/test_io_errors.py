@@ -49,7 +49,7 @@ def test_truncated_gzip(tmp_path, small):
 
 
 def test_text_file_named_nii_gz(tmp_path):
-    (tmp_path / "notes.nii.gz").write_text("patient notes, not an image\n" * 20)
+    (tmp_path / "notes.nii.gz").write_text("patient notes, not an image\n" * 20, encoding="utf-8")
     _raises(tmp_path / "notes.nii.gz", r"is not gzip-compressed although it is named \.gz")
 
 
@@ -60,13 +60,13 @@ def test_gzipped_text_named_nii_gz(tmp_path):
 
 
 def test_text_file_named_nii(tmp_path):
-    (tmp_path / "notes.nii").write_text("patient notes, not an image\n" * 20)
+    (tmp_path / "notes.nii").write_text("patient notes, not an image\n" * 20, encoding="utf-8")
     _raises(tmp_path / "notes.nii", r"is not a NIfTI image")
 
 
 @pytest.mark.parametrize("ext", [".nrrd", ".mha"])
 def test_text_file_named_like_an_itk_image(tmp_path, ext):
-    (tmp_path / f"notes{ext}").write_text("patient notes, not an image\n" * 20)
+    (tmp_path / f"notes{ext}").write_text("patient notes, not an image\n" * 20, encoding="utf-8")
     _raises(tmp_path / f"notes{ext}", r"cannot be read as an image \(")
 
 
@@ -120,7 +120,7 @@ def test_non_finite_voxels(tmp_path, bad, counts):
 
 def test_empty_folder_has_no_dicom_series(tmp_path):
     (tmp_path / "dicom").mkdir()
-    (tmp_path / "dicom" / "readme.txt").write_text("no images here")
+    (tmp_path / "dicom" / "readme.txt").write_text("no images here", encoding="utf-8")
     _raises(tmp_path / "dicom", r"no DICOM series found in this folder")
 
 
@@ -147,7 +147,7 @@ def test_npz_missing_key_and_bad_spacing(tmp_path, small):
     _raises(tmp_path / "img_only.npz", r"has no array 'gts'; arrays present: \['imgs', 'spacing'\]", key="gts")
     np.savez(tmp_path / "bad_sp.npz", imgs=small, spacing=[1.0, 0.0, 2.0])
     _raises(tmp_path / "bad_sp.npz", r"'spacing' .* must be 3 positive finite numbers")
-    (tmp_path / "junk.npz").write_text("not a zip archive")
+    (tmp_path / "junk.npz").write_text("not a zip archive", encoding="utf-8")
     _raises(tmp_path / "junk.npz", r"is not a readable \.npz archive")
 
 

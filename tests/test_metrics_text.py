@@ -14,7 +14,7 @@ from LaMed.metrics.base import MetricUnavailable
 @pytest.fixture(scope="module")
 def reports(shared_data):
     """Real Radiopaedia findings as references, perturbed copies (drops, insertions, swaps) as predictions."""
-    lines = (shared_data / "reports" / "radiopaedia_captions.jsonl").read_text().splitlines()
+    lines = (shared_data / "reports" / "radiopaedia_captions.jsonl").read_text(encoding="utf-8").splitlines()
     refs = [json.loads(l)["report"] for l in lines if l.strip()]
     rng = random.Random(0)
     preds = []

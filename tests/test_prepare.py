@@ -111,13 +111,13 @@ def _item(**kw):
 ])
 def test_manifest_errors_name_the_file_and_the_field(tmp_path, bad, field):
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"format": FORMAT, "dataset": "d", "split": "train", "items": [_item(**bad)]}))
+    path.write_text(json.dumps({"format": FORMAT, "dataset": "d", "split": "train", "items": [_item(**bad)]}), encoding="utf-8")
     with pytest.raises(PreparedError) as exc:
         load_manifest(path)
     assert str(path) in str(exc.value) and field in str(exc.value)
     with pytest.raises(PreparedError, match="items"):
         write_manifest(tmp_path / "w", "train", [_item(), _item()], dataset="d")  # duplicate id
-    path.write_text("{broken")
+    path.write_text("{broken", encoding="utf-8")
     with pytest.raises(PreparedError, match="not valid JSON"):
         load_manifest(path)
 
@@ -198,7 +198,7 @@ def volume_folder(tmp_path_factory):
     _write_dicom_series(src / "series1", ph.image, ph.spacing)
     cases["series1"] = ph
     (src / "broken.nii.gz").write_bytes(b"this is not a NIfTI file" * 4)
-    (src / "notes.txt").write_text("ignored")
+    (src / "notes.txt").write_text("ignored", encoding="utf-8")
     return src, cases
 
 
@@ -217,10 +217,10 @@ def test_prepare_volumes_writes_reports_errors_and_resumes(volume_folder, tmp_pa
     s = prepare_volumes(src, out, preset="m3d", progress=False)
     assert (s.written, s.skipped, s.failed) == (4, 0, 1)
     assert s.counts == {"all": 4}
-    errors = json.loads((out / "errors.json").read_text())
+    errors = json.loads((out / "errors.json").read_text(encoding="utf-8"))
     assert [e["file"] for e in errors] == [str(src / "broken.nii.gz")]
     assert str(src / "broken.nii.gz") in errors[0]["error"] and "VolumeError" in errors[0]["error"]
-    assert "broken.nii.gz" in (out / "errors.txt").read_text() and "errors.txt" in str(s)
+    assert "broken.nii.gz" in (out / "errors.txt").read_text(encoding="utf-8") and "errors.txt" in str(s)
     validate_prepared(out, check_values=True)
 
     m = load_manifest(out / "all.json")

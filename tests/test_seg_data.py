@@ -108,7 +108,7 @@ def test_label_map_dataset_on_totalsegmentator(totalseg_dir):
     from LaMed.data.io import load_mask, load_volume
     from LaMed.data.seg_dataset import LabelMapSegDataset
 
-    names = json.loads((totalseg_dir / "labels.json").read_text())["total"]
+    names = json.loads((totalseg_dir / "labels.json").read_text(encoding="utf-8"))["total"]
     pairs = [(str(totalseg_dir / "ct_abdomen.nii.gz"), str(totalseg_dir / "ct_abdomen_seg.nii.gz"))]
     ds = LabelMapSegDataset(pairs, names, classes=["liver", "spleen"], img_size=(32, 64, 64), repeat=3)
     assert len(ds) == 3

@@ -46,7 +46,7 @@ def trained(phantom_set, tmp_path_factory):
     work = tmp_path_factory.mktemp("seg_learn_run")
     recipe = work / "recipe.yaml"
     recipe.write_text(f"base: {REPO / 'configs/recipes/tiny_segvol.yaml'}\n"
-                      "model:\n  config_overrides:\n    train_prompt_types: [text]\n")
+                      "model:\n  config_overrides:\n    train_prompt_types: [text]\n", encoding="utf-8")
     run = run_training(str(recipe), ["--train_manifest", str(phantom_set / "train.json"), "--output_dir", str(work / "model"),
                                      "--max_steps", "200", "--learning_rate", "3e-3", "--logging_steps", "20"])
     return run, work / "model"
@@ -84,9 +84,9 @@ def test_bench_front_end_scores_the_validation_split(trained, phantom_set, tmp_p
     _, folder = trained
     summary = run_seg(folder, phantom_set / "validation.json", tmp_path / "bench", classes=["liver", "spleen"], progress=False)
     assert (tmp_path / "bench" / "summary.json").is_file() and (tmp_path / "bench" / "per_sample.csv").is_file()
-    rows = (tmp_path / "bench" / "per_sample.csv").read_text().splitlines()
+    rows = (tmp_path / "bench" / "per_sample.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) - 1 == summary["counts"]["evaluated"] and summary["counts"]["missing_predictions"] == 0
-    per_class = json.loads((tmp_path / "bench" / "summary.json").read_text())
+    per_class = json.loads((tmp_path / "bench" / "summary.json").read_text(encoding="utf-8"))
     assert "liver" in json.dumps(per_class)
     preds = sorted((tmp_path / "bench" / "predictions").glob("*_liver.npy"))
     assert preds and np.load(preds[0]).shape == (1 * 32, 64, 64)
@@ -114,7 +114,7 @@ def test_lamed_predict_writes_masks_on_the_source_grid(trained, totalseg_dir, tm
                  "--out", str(out_dir), "--overlay", "--no-zoom-in"]) == 0
     lab = nib.load(str(out_dir / f"{name}_labels.nii.gz"))
     assert lab.shape == ref.shape and np.allclose(lab.affine, ref.affine, atol=1e-6)
-    legend = json.loads((out_dir / f"{name}_labels.json").read_text())
+    legend = json.loads((out_dir / f"{name}_labels.json").read_text(encoding="utf-8"))
     assert legend["labels"] == {"1": "liver", "2": "spleen"}
     assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1, 2}
     assert (out_dir / f"{name}_labels.png").stat().st_size > 1000
@@ -156,7 +156,7 @@ def test_finetune_on_real_ct_finds_the_liver(trained, totalseg_dir, tmp_path):
         f"  label_map_pairs: ['{ct}:{seg}']\n"
         f"  label_table: '{totalseg_dir / 'labels.json'}#total'\n"
         "  classes: [liver]\n  repeat: 8\n  augment: true\n"
-    )
+    , encoding="utf-8")
     run = run_training(str(recipe), ["--output_dir", str(tmp_path / "ft"), "--max_steps", "60", "--learning_rate", "1e-3"])
     model = run.trainer.model.eval()
     vol = load_volume(ct)

@@ -27,12 +27,12 @@ def test_marker_lists_files_and_detects_truncation(tmp_path):
     from LaMed.train.checkpoint import COMPLETE_MARKER, is_complete
 
     d = fake_checkpoint(tmp_path, 3)
-    record = json.loads((d / COMPLETE_MARKER).read_text())
+    record = json.loads((d / COMPLETE_MARKER).read_text(encoding="utf-8"))
     assert record["step"] == 3 and record["files"] == {"model.safetensors": 103, "optimizer.pt": 50}
     assert is_complete(d)
     (d / "optimizer.pt").write_bytes(b"y" * 10)  # truncated later (disk full, partial copy)
     assert not is_complete(d)
-    (d / COMPLETE_MARKER).write_text("{not json")
+    (d / COMPLETE_MARKER).write_text("{not json", encoding="utf-8")
     assert not is_complete(d)
     assert not is_complete(fake_checkpoint(tmp_path, 4, complete=False))
 
@@ -71,7 +71,7 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
     p = tmp_path / "a.json"
     atomic_write_text(p, "old")
     atomic_write_text(p, "new contents")
-    assert p.read_text() == "new contents"
+    assert p.read_text(encoding="utf-8") == "new contents"
     assert [q.name for q in tmp_path.iterdir()] == ["a.json"]  # no temporary left behind
 
 
@@ -89,7 +89,7 @@ def test_save_and_load_trainable_only(tmp_path):
     with torch.no_grad():
         model.head.weight.add_(1.0)
     save_trainable(model, tmp_path, base_checkpoints={"stem": "hub:org/base", "body": "hub:org/base"})
-    manifest = json.loads((tmp_path / TRAINABLE_MANIFEST).read_text())
+    manifest = json.loads((tmp_path / TRAINABLE_MANIFEST).read_text(encoding="utf-8"))
     assert manifest["trainable"] == ["head.weight", "head.bias"]
     assert manifest["num_trainable"] == 16 * 4 + 4
     assert manifest["base_checkpoints"]["stem"] == "hub:org/base"

@@ -28,7 +28,7 @@ def test_prepared_dataset_reads_memory_mapped_volumes(phantoms):
     from LaMed.train.datasets import PreparedDataset
 
     ds = PreparedDataset(phantoms / "train.json", fields=("image", "labels", "text", "masks"))
-    manifest = json.loads((phantoms / "train.json").read_text())
+    manifest = json.loads((phantoms / "train.json").read_text(encoding="utf-8"))
     assert len(ds) == len(manifest["items"]) == 10
     item = ds[3]
     ref = np.load(phantoms / manifest["items"][3]["image"])
@@ -47,7 +47,7 @@ def test_prepared_dataset_refuses_bad_manifests(tmp_path, phantoms):
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         PreparedDataset(tmp_path / "none.json")
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"format": "other/1", "items": []}))
+    bad.write_text(json.dumps({"format": "other/1", "items": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="field 'format' must be 'lamed.prepared/1', got 'other/1'"):
         PreparedDataset(bad)
     with pytest.raises(ValueError, match="unknown field"):
@@ -59,7 +59,7 @@ def test_prepared_dataset_refuses_bad_manifests(tmp_path, phantoms):
 def make_bad_copy(src: Path, dst: Path, n_missing: int, n_corrupt: int, n_wrong: int) -> list:
     """Copy a prepared set and break some items; return the paths of the broken image files."""
     shutil.copytree(src, dst)
-    manifest = json.loads((dst / "train.json").read_text())
+    manifest = json.loads((dst / "train.json").read_text(encoding="utf-8"))
     items = manifest["items"]
     broken = []
     k = 0
@@ -147,7 +147,7 @@ def test_training_skips_and_reports_bad_samples(tmp_path, phantoms, caplog):
     tracker = run.trainer.bad_samples["train"]
     assert sorted(b.path for b in tracker.bad.values()) == sorted(broken)
     assert tracker.seen == 10
-    report = json.loads((tmp_path / "run" / "bad_samples_train_rank0.json").read_text())
+    report = json.loads((tmp_path / "run" / "bad_samples_train_rank0.json").read_text(encoding="utf-8"))
     assert sorted(b["path"] for b in report["bad"]) == sorted(broken)
     assert {b["error"].split(" (")[0] for b in report["bad"]} >= {"file not found", "unreadable .npy"}
     logged = [h for h in run.trainer.state.log_history if "loss" in h]

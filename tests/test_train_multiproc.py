@@ -51,7 +51,7 @@ def launch(launcher: list, out: Path, phantoms: Path, *extra: str) -> subprocess
 
 
 def rank_summaries(out: Path):
-    s = [json.loads((out / f"rank{r}_summary.json").read_text()) for r in (0, 1)]
+    s = [json.loads((out / f"rank{r}_summary.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [x["rank"] for x in s] == [0, 1] and {x["world_size"] for x in s} == {2}
     assert len(s[0]["losses"]) == 3
     assert s[0]["losses"] == s[1]["losses"]  # the logged (all-reduced) losses agree

@@ -24,7 +24,7 @@ def parse():
 
 def write(tmp_path, text: str, name: str = "r.yaml") -> Path:
     p = tmp_path / name
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8")
     return p
 
 
@@ -141,7 +141,7 @@ def test_task_registry_lazy_import_and_errors(tmp_path, monkeypatch):
     with pytest.raises(KeyError, match="did you mean 'toy_organs'"):
         get_task("toy_organ")
     # A task module that exists but fails to import must surface its own error, not "unknown task".
-    (tmp_path / "lamed_task_with_missing_dep.py").write_text("import no_such_dependency_xyz\n")
+    (tmp_path / "lamed_task_with_missing_dep.py").write_text("import no_such_dependency_xyz\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
         get_task("lamed_task_with_missing_dep:anything")
@@ -169,7 +169,7 @@ def test_every_recipe_parses(parse, path):
 def test_bf16_recipe_parses_on_a_machine_without_gpu(parse, tmp_path):
     from LaMed.train.recipe import RecipeError, _has_accelerator
 
-    text = TINY.read_text().replace("  use_cpu: true\n", "  bf16: true\n")  # a full recipe: bf16, no use_cpu
+    text = TINY.read_text(encoding="utf-8").replace("  use_cpu: true\n", "  bf16: true\n")  # a full recipe: bf16, no use_cpu
     full = write(tmp_path, text, "full.yaml")
     r = parse(full)
     assert r.training_args.bf16 is True

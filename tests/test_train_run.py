@@ -50,7 +50,7 @@ def test_tiny_recipe_trains_two_steps_with_loss_parts_and_eval(tmp_path, phantom
     reloaded = ToyOrgansModel.from_pretrained(tmp_path / "run")
     for (n, a), (_, b) in zip(run.trainer.model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), n
-    resolved = (tmp_path / "run" / "lamed_recipe.yaml").read_text()
+    resolved = (tmp_path / "run" / "lamed_recipe.yaml").read_text(encoding="utf-8")
     assert "max_steps: 2" in resolved and "task: train_toy_task:toy_organs" in resolved
 
 
@@ -72,7 +72,7 @@ def test_save_trainable_only_with_frozen_base(tmp_path, phantoms):
                 "--freeze", "*", "--trainable", "head")
     for folder in (out, out / "checkpoint-2"):
         assert (folder / TRAINABLE_WEIGHTS).is_file() and not (folder / "model.safetensors").exists()
-    manifest = json.loads((out / TRAINABLE_MANIFEST).read_text())
+    manifest = json.loads((out / TRAINABLE_MANIFEST).read_text(encoding="utf-8"))
     assert manifest["trainable"] == ["head.weight", "head.bias"]
     assert manifest["base_checkpoints"] == {"": "random init (toy)"} and manifest["task"] == "train_toy_task:toy_organs"
     # Rebuild the base as the task does (same seed), load the trainable part: the trained model.

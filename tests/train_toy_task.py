@@ -111,7 +111,7 @@ class RankSummary(TrainerCallback):
                    "params": parameter_fingerprint(model)}
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"rank{args.process_index}_summary.json").write_text(json.dumps(summary))
+        (out / f"rank{args.process_index}_summary.json").write_text(json.dumps(summary), encoding="utf-8")
 
 
 @dataclass

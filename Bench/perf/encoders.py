@@ -66,7 +66,7 @@ def counted_train_flops(model, x) -> float:
 
 # ---- workers (run in a subprocess) ------------------------------------------------------------------
 def _proc_status_gb(field: str) -> float:
-    with open("/proc/self/status") as f:
+    with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 2**20  # kB -> GiB
@@ -83,7 +83,7 @@ def _reset_peak(device) -> float:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device) / 2**30
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM), Linux >= 4.0
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:  # "5" resets the peak RSS (VmHWM), Linux >= 4.0
         f.write("5")
     return _proc_status_gb("VmRSS")
 

@@ -164,7 +164,7 @@ def make_ct_rate_raw(root: Path, n: int, size) -> float:
          lambda v: [v, 1, -1024, "[0.75, 0.75]", 1.0]),
     ):
         (d / sub).mkdir(parents=True, exist_ok=True)
-        with open(d / sub / fname, "w", newline="") as f:
+        with open(d / sub / fname, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             for v in names:

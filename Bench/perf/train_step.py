@@ -40,7 +40,7 @@ def run(nproc: int, data: Path, out: Path, args) -> dict:
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"training with {nproc} process(es) failed:\n{proc.stderr[-3000:]}")
-    state = json.loads((out / "trainer_state.json").read_text())
+    state = json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))
     final = next(h for h in reversed(state["log_history"]) if "train_runtime" in h)
     return final
 
@@ -67,11 +67,11 @@ def main() -> None:
         # One epoch longer than the run (items listed several times, files read from the page cache
         # like any hot data set): the figures are then steady state, without epoch restarts, whose
         # first batch cannot be prefetched and which real data sets see once in thousands of steps.
-        manifest = json.loads((data / "train.json").read_text())
+        manifest = json.loads((data / "train.json").read_text(encoding="utf-8"))
         base = manifest["items"]
         need = 2 * args.steps * args.batch
         manifest["items"] = [dict(base[i % len(base)], id=f"{base[i % len(base)]['id']}_{i}") for i in range(need)]
-        (data / "train_bench.json").write_text(json.dumps(manifest))
+        (data / "train_bench.json").write_text(json.dumps(manifest), encoding="utf-8")
         one = run(1, data, tmp / "one", args)
         two = run(2, data, tmp / "two", args)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

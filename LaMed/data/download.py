@@ -215,7 +215,7 @@ def _extract_zips(out: Path) -> int:
                 zf.extractall(target)
         except zipfile.BadZipFile as exc:
             raise DownloadError(f"{z}: not a valid zip archive ({exc}); delete it and download again") from None
-        marker.write_text("ok\n")
+        marker.write_text("ok\n", encoding="utf-8")
         done += 1
     return done
 

@@ -260,7 +260,7 @@ class BiomedSegFMDataset(_SegDatasetBase):
                  dataset_of: Optional[Callable[[Path], str]] = None, seed: int = 0, augment: bool = False,
                  num_points: int = NUM_POINTS):
         super().__init__(seed, augment, num_points)
-        table = json.loads(Path(prompts).read_text()) if not isinstance(prompts, Mapping) else prompts
+        table = json.loads(Path(prompts).read_text(encoding="utf-8")) if not isinstance(prompts, Mapping) else prompts
         self.img_size = tuple(int(s) for s in img_size)
         dataset_of = dataset_of or (lambda p: p.parent.name)
         self.entries = []

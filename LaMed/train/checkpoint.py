@@ -76,7 +76,7 @@ def is_complete(folder: str | Path) -> bool:
     """True if ``folder`` has a valid marker and every file it lists is present with its size."""
     folder = Path(folder)
     try:
-        record = json.loads((folder / COMPLETE_MARKER).read_text())
+        record = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
         files = record["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -201,7 +201,7 @@ def load_trainable(model, folder: str | Path) -> Dict[str, Any]:
 
     folder = Path(folder)
     try:
-        manifest = json.loads((folder / TRAINABLE_MANIFEST).read_text())
+        manifest = json.loads((folder / TRAINABLE_MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{folder}: no {TRAINABLE_MANIFEST} (not a save_trainable_only checkpoint)") from None
     tensors = load_file(str(folder / TRAINABLE_WEIGHTS))

@@ -161,4 +161,4 @@ class BadSampleTracker:
         path.write_text(json.dumps({
             "dataset": self.name, "rank": self.rank, "dataset_size": self.dataset_size,
             "samples_seen": self.seen, "bad": [asdict(b) for b in sorted(self.bad.values(), key=lambda b: b.index)],
-        }, indent=2))
+        }, indent=2), encoding="utf-8")

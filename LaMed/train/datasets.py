@@ -37,7 +37,7 @@ def read_manifest(path: str | Path) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:

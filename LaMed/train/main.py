@@ -73,7 +73,7 @@ def _save_resolved_recipe(recipe, training_args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = recipe.to_dict()
     data["source"] = {"recipe": str(recipe.path) if recipe.path else None, "overrides": recipe.overrides}
-    (out / RESOLVED_RECIPE_NAME).write_text(yaml.safe_dump(data, sort_keys=False))
+    (out / RESOLVED_RECIPE_NAME).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 def build_trainer(recipe):

@@ -94,7 +94,7 @@ def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str
     if path.resolve() in _seen:
         raise RecipeError(f"{path}: 'base' chain loops back to this file ({' -> '.join(map(str, _seen))})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -69,7 +69,7 @@ def _label_names(spec: str) -> Dict[str, str]:
     path, _, key = spec.partition("#")
     if not path:
         raise ValueError("data.label_table: required for dataset 'label_map' (JSON {id: name} or FILE.json#key)")
-    table = json.loads(Path(path).read_text())
+    table = json.loads(Path(path).read_text(encoding="utf-8"))
     return table[key] if key else table
 
 
