@@ -109,7 +109,12 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     history = list(run.trainer.state.log_history)
     (model_dir / "log_history.json").write_text(json.dumps(history, indent=1))
     out = work / "clip_eval"
-    evaluate_clip(model_dir, prepared, out, split="test", ks=(1, 5, 10))
+    # Encode test reports with the recipe's own token budget (the tiny text tower has 256 positions).
+    import yaml
+
+    resolved = yaml.safe_load((model_dir / "lamed_recipe.yaml").read_text())
+    evaluate_clip(model_dir, prepared, out, split="test", ks=(1, 5, 10),
+                  max_length=int(resolved["data"]["max_length"]))
     summary = run_bench("eval_retrieval", ["--predictions", out / "embeddings.npz", "--manifest",
                                            prepared / "test.json", "--out", out / "bench"], out / "bench", cfg.threads)
     overall = summary["overall"]
