@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -34,3 +35,17 @@ def totalseg_dir(shared_data: Path) -> Path:
     if not (d / "ct_abdomen.nii.gz").is_file():
         pytest.skip(f"TotalSegmentator sample volumes not found in {d}")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _restore_locale():
+    """Undo locale changes made inside a test.
+
+    SimpleITK's GDCM DICOM *writer* (used by tests that build DICOM series) switches the process
+    to the "C" locale; every later ``subprocess.run(text=True)`` and default-encoding ``open`` in
+    the same pytest process would then decode as ASCII. Reading DICOM does not do this.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
