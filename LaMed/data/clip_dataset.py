@@ -50,10 +50,12 @@ def truncate_report(text: str, count_tokens: Callable[[str], int], budget: int,
         document order, joined by spaces. A first sentence longer than the budget is returned
         alone (the tokenizer then cuts it).
     """
+    if count_tokens(text) <= budget:  # the common case: one tokenizer call
+        return text
     sentences = split_sentences(text)
+    if len(sentences) <= 1:
+        return text
     counts = [count_tokens(s) for s in sentences]
-    if sum(counts) <= budget or len(sentences) <= 1:
-        return text if sum(counts) <= budget else (sentences[0] if sentences else text)
     used, keep = counts[0], [0]
     order = range(1, len(sentences)) if rng is None else (1 + rng.permutation(len(sentences) - 1))
     for i in order:
