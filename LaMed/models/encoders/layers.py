@@ -202,3 +202,25 @@ def resolve_indices(indices: Sequence[int] | int | None, depth: int) -> list:
             raise IndexError(f"block index {i} out of range for a {depth}-block encoder")
         out.append(j)
     return out
+
+
+class LayerNorm3d(nn.Module):
+    """LayerNorm over the channel axis of ``(B, C, D, H, W)`` at every voxel (SAM's ``LayerNorm2d`` in 3D).
+
+    Computed with reductions over dim 1, so the output keeps the input's contiguous layout (a
+    ``movedim`` + ``F.layer_norm`` version returns a channels-last view that makes the following
+    transposed convolutions several times slower on CPU).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) * torch.rsqrt(s + self.eps)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)

@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from LaMed.models.encoders.base import VisionEncoder
 from LaMed.models.encoders.layers import (
+    LayerNorm3d,
     PatchEmbedding3D,
     SelfAttention,
     TransformerBlock,
@@ -78,20 +79,6 @@ class SAM3DConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class LayerNormChannels3d(nn.Module):
-    """LayerNorm over the channel axis of ``(B, C, D, H, W)`` (SAM's ``LayerNorm2d`` in 3D)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x.movedim(1, -1), x.shape[1:2], self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
 
 
 class Adapter3D(nn.Module):
@@ -158,9 +145,9 @@ class SAM3DAdapterEncoder(VisionEncoder):
         c, o = config.hidden_size, config.out_chans
         self.neck = nn.Sequential(
             nn.Conv3d(c, o, 1, bias=False),
-            LayerNormChannels3d(o, config.layer_norm_eps),
+            LayerNorm3d(o, config.layer_norm_eps),
             nn.Conv3d(o, o, 3, padding=1, bias=False),
-            LayerNormChannels3d(o, config.layer_norm_eps),
+            LayerNorm3d(o, config.layer_norm_eps),
         )
         for name, m in self.named_modules():
             if isinstance(m, nn.Linear) and not name.endswith("adapter.up"):

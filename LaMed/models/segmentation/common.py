@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from LaMed.models.encoders.layers import LayerNorm3d
+
 
 __all__ = ["LayerNorm3d", "MLP", "PositionEmbeddingRandom3D", "PE_AXIS_ORDERS"]
 
@@ -21,28 +23,6 @@ __all__ = ["LayerNorm3d", "MLP", "PositionEmbeddingRandom3D", "PE_AXIS_ORDERS"]
 # Fourier matrix. "segvol": (dim1, dim0, dim2), SAM's (x, y) convention carried into 3D by SegVol
 # (reference m3d_segvol.md 1.5); "dhw": (dim0, dim1, dim2), the consistent order for new models.
 PE_AXIS_ORDERS = {"segvol": (1, 0, 2), "dhw": (0, 1, 2)}
-
-
-class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of ``(B, C, D, H, W)`` at every voxel (SAM's ``LayerNorm2d`` in 3D).
-
-    Computed with reductions over dim 1, so the output keeps the input's contiguous layout (a
-    ``movedim`` + ``F.layer_norm`` version returns a channels-last view that makes the following
-    transposed convolutions several times slower on CPU).
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) * torch.rsqrt(s + self.eps)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return self.weight.view(shape) * x + self.bias.view(shape)
 
 
 class MLP(nn.Module):
