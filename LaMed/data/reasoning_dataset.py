@@ -46,6 +46,7 @@ SEG_QUESTIONS = (
     "Show me the mask of the {target}.",
 )
 SEG_ANSWERS = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "The {target} is [SEG].")
+NAMED_SEG_ANSWERS = ("The {target} is [SEG].", "Sure, the {target} is [SEG].")
 REFER_QUESTIONS = (
     "Please segment {text}.",
     "Can you segment {text} in this image?",
@@ -93,7 +94,9 @@ class ReasonSegDataset:
         classes: structures to use (default: all masks); also the negatives' vocabulary.
         negatives: add questions about absent structures, answered without ``[SEG]``.
         multi_target: share of ``seg`` samples that ask for two structures (two ``[SEG]``).
-        answer_style: ``"auto"`` (name the target when the question does not), ``"short"`` or ``"named"``.
+        answer_style: ``"auto"`` (name the target when the question does not), ``"short"`` or ``"named"``
+            (always name it right before ``[SEG]``, for ``seg`` samples too: the state that predicts
+            ``[SEG]`` then follows the name, which a small LLM learns much sooner).
         augment: intensity scale / shift (0.1, p 0.5 each); no flips (they would swap left / right).
     """
 
@@ -171,7 +174,8 @@ class ReasonSegDataset:
             rec["text"] = s.text
         elif s.kind == "seg":
             t = display_name(s.targets[0])
-            q, a = _pick(SEG_QUESTIONS, rng).format(target=t), _pick(SEG_ANSWERS, rng).format(target=t)
+            answers = NAMED_SEG_ANSWERS if self.answer_style == "named" else SEG_ANSWERS
+            q, a = _pick(SEG_QUESTIONS, rng).format(target=t), _pick(answers, rng).format(target=t)
         elif s.kind == "multi":
             names = dict(a=display_name(s.targets[0]), b=display_name(s.targets[1]))
             q, a = _pick(MULTI_QUESTIONS, rng).format(**names), _pick(MULTI_ANSWERS, rng).format(**names)
@@ -264,5 +268,5 @@ class ReasonSegCollator:
 
 
 __all__ = ["ReasonSegDataset", "ReasonSegCollator", "ReasonSample", "display_name", "TASKS", "SEG_QUESTIONS",
-           "SEG_ANSWERS", "REFER_QUESTIONS", "REFER_ANSWERS", "NAMED_ANSWERS", "MULTI_QUESTIONS", "MULTI_ANSWERS",
+           "SEG_ANSWERS", "NAMED_SEG_ANSWERS", "REFER_QUESTIONS", "REFER_ANSWERS", "NAMED_ANSWERS", "MULTI_QUESTIONS", "MULTI_ANSWERS",
            "NEGATIVE_ANSWERS"]

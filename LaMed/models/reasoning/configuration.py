@@ -12,7 +12,8 @@ segmentation head, described as data:
   re-encodes the volume of every row that asks for a mask.
   ``True`` (R1Seg-3D): one encoder, the LLM's ``vision_tower``, serves both; its unpooled patch
   tokens are the decoder's image embedding and its pooled tokens (the projector) feed the LLM,
-  so the volume is encoded once. The segmentation variant's own image encoder is not kept.
+  so the volume is encoded once. The segmentation variant's own image encoder is replaced by the
+  tower (the decoder's grid and width follow it).
 * ``seg_token_state``: ``"predicting"`` (LISA / M3D / R1Seg: the last-layer hidden state one
   position before ``[SEG]``, the one whose logits predict it) or ``"at"`` (the state at ``[SEG]``).
 * ``seg_reduce``: ``"each"`` - every ``[SEG]`` of an answer is one prompt and one mask (the k-th
@@ -71,8 +72,17 @@ class LaMedSegConfig(LaMedConfig):
             raise ValueError(f"LaMedSegConfig.shared_encoder needs exactly one vision tower, got {self.tower_names}")
 
     def seg_config_fields(self) -> Dict[str, Any]:
-        """Overrides for ``create_seg_model(self.seg_variant, ...)`` (the text encoder switched off)."""
-        return {**self.seg_overrides, "text_encoder_config": None}
+        """Overrides for ``create_seg_model(self.seg_variant, ...)``: the text encoder switched off and,
+        with a shared encoder, the decoder geometry taken from the vision tower (its name and
+        overrides), so the two cannot disagree."""
+        fields = {**self.seg_overrides, "text_encoder_config": None}
+        if self.shared_encoder:
+            tower = dict(self.tower_overrides[0])
+            if "img_size" in tower:
+                fields["img_size"] = list(tower.pop("img_size"))
+            fields["image_encoder"] = self.tower_names[0]
+            fields["image_encoder_overrides"] = tower
+        return fields
 
 
 __all__ = ["LaMedSegConfig", "SEG_TOKEN_STATES", "SEG_REDUCTIONS"]

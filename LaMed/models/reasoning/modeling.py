@@ -162,6 +162,10 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
 
     def __init__(self, config: LaMedSegConfig):
         super().__init__(config)
+        self._attach_seg(config)
+
+    def _attach_seg(self, config: LaMedSegConfig) -> None:
+        """Build ``seg_module`` and ``seg_projector`` on top of the MLLM parts already present."""
         from LaMed.models.segmentation import create_seg_model
 
         seg = create_seg_model(config.seg_variant, **config.seg_config_fields())
@@ -181,6 +185,25 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         for part in (self.seg_module, self.seg_projector):  # they initialise themselves (SAM / PyTorch schemes)
             for m in part.modules():
                 m._is_hf_initialized = True
+
+    @classmethod
+    def from_mllm(cls, mllm: LaMedForCausalLM, **seg_fields) -> "LaMedSegForCausalLM":
+        """Turn a built :class:`LaMedForCausalLM` (e.g. a stage-1 model) into a reasoning model *in place*:
+        its tower, projector and LLM are kept as they are (no copy of a multi-GB LLM) and a fresh
+        segmentation head is added. ``seg_fields``: :class:`LaMedSegConfig` fields."""
+        if isinstance(mllm, LaMedSegForCausalLM):
+            raise TypeError("from_mllm: the model already has a segmentation head")
+        fields = {k: v for k, v in mllm.config.to_dict().items()
+                  if k not in ("model_type", "architectures", "transformers_version", "segmentation")}
+        config = LaMedSegConfig.from_dict({**fields, **seg_fields})
+        config.text_config = mllm.config.text_config  # keep the live LLM config (attention implementation, ...)
+        mllm.__class__ = cls
+        mllm.config = config
+        mllm._attach_seg(config)
+        ref = next(mllm.mm_projector.parameters())
+        mllm.seg_module.to(device=ref.device, dtype=ref.dtype)
+        mllm.seg_projector.to(device=ref.device, dtype=ref.dtype)
+        return mllm
 
     # ---- construction helpers ----------------------------------------------------------------
     def _tower_img_size(self):

@@ -1,0 +1,125 @@
+"""Ask a reasoning-segmentation model questions: answers and masks, on network-size or scanner volumes.
+
+    model, processor = load_reasoning_model("runs/tiny_r1seg3d")
+    answers = answer_and_segment(model, processor, images (B, 1, D, H, W), ["Where is the organ that stores bile? ..."] * B)
+    answers[0].text, answers[0].logits (K, D, H, W)        # one mask per [SEG] the answer holds
+
+:func:`predict_question` runs one scanner volume (a ``LaMed.data.io.Volume``): the model's
+``preprocess_preset`` gives the network-size volume (zoom-out) on which the answer is generated
+once; when the foreground crop is larger than the network input, the answer's ``[SEG]`` prompt
+embeddings are decoded again on sliding windows of the native-resolution crop (the R1Seg-3D code
+generated text per window, so windows could disagree); the masks are pasted back on the canonical
+grid, ready for ``save_volume(..., like=volume)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import numpy as np
+import torch
+
+
+def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None):
+    """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id."""
+    from LaMed.inference.hub import resolve_model
+    from LaMed.models.mllm import LaMedProcessor
+    from LaMed.models.reasoning import LaMedSegForCausalLM
+
+    folder = resolve_model(path)
+    model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32).to(device).eval()
+    processor = LaMedProcessor.from_pretrained(folder)
+    if processor.num_image_tokens != model.num_image_tokens:
+        raise ValueError(f"{folder}: processor expects {processor.num_image_tokens} image tokens, the model gives "
+                         f"{model.num_image_tokens}")
+    return model, processor
+
+
+@dataclass
+class Answer:
+    """One answer: ``text`` (special tokens removed, ``[SEG]`` kept), ``logits`` ``(K, D, H, W)`` (one
+    per ``[SEG]``, K may be 0) and ``prompts`` ``(K, C)`` (the projected ``[SEG]`` embeddings)."""
+
+    text: str
+    logits: torch.Tensor
+    prompts: torch.Tensor
+
+
+def answer_and_segment(model, processor, images, questions: Sequence[str], max_new_tokens: int = 64,
+                       decoding: str = "greedy", seed: int = 0, batch_size: int = 4, **gen_kwargs) -> List[Answer]:
+    """Answers with masks for ``images[i]`` (``(N, 1, D, H, W)`` at the model's input size) + ``questions[i]``."""
+    from LaMed.inference.generate import decoding_kwargs
+
+    n = len(questions)
+    if len(images) != n:
+        raise ValueError(f"{len(images)} volume(s) for {n} question(s)")
+    kw = decoding_kwargs(decoding, max_new_tokens=max_new_tokens, **gen_kwargs)
+    device = next(model.parameters()).device
+    out: List[Answer] = []
+    model.eval()
+    for b, start in enumerate(range(0, n, batch_size)):
+        stop = min(start + batch_size, n)
+        vols = torch.stack([torch.as_tensor(images[i]) for i in range(start, stop)]).float().to(device)
+        batch = processor(list(questions[start:stop]), padding_side="left")
+        if kw.get("do_sample"):
+            torch.manual_seed(seed * 100_003 + b)
+        res = model.generate_with_masks(batch["input_ids"].to(device), vols, attention_mask=batch["attention_mask"].to(device),
+                                        pad_token_id=processor.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id,
+                                        **kw)
+        texts = processor.decode(res.sequences)
+        for r, text in enumerate(texts):
+            sel = (res.seg_index[:, 0] == r).nonzero().squeeze(1)
+            sel = sel[torch.argsort(res.seg_index[sel, 1])]
+            out.append(Answer(text, res.seg_logits[sel, 0].float().cpu(), res.seg_prompts[sel].detach()))
+    return out
+
+
+@dataclass
+class QuestionPrediction:
+    """Result of :func:`predict_question` on the canonical grid of the input volume: the answer,
+    ``probabilities`` ``(K, D, H, W)`` float16 (one per ``[SEG]``), ``masks`` bool ``(K, D, H, W)``."""
+
+    question: str
+    answer: str
+    probabilities: np.ndarray
+    masks: np.ndarray
+    windows: int = 1
+    crop: tuple = field(default_factory=tuple)
+
+
+@torch.no_grad()
+def predict_question(model, processor, volume, question: str, zoom_in: bool = True, overlap: float = 0.5,
+                     threshold: float = 0.5, max_new_tokens: int = 64, decoding: str = "greedy") -> QuestionPrediction:
+    """Answer ``question`` about ``volume`` (a ``LaMed.data.io.Volume``) and segment every ``[SEG]`` of the answer."""
+    from LaMed.inference.segment import preprocess
+    from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
+    from LaMed.models.segmentation.common import upsample_logits
+
+    img_size = tuple(int(s) for s in model.seg_module.config.img_size)
+    pre = preprocess(volume, img_size, model.config.preprocess_preset, native=zoom_in)
+    ans = answer_and_segment(model, processor, pre.zoom_out, [question], max_new_tokens=max_new_tokens, decoding=decoding)[0]
+    crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
+    k = ans.logits.shape[0]
+    logits = upsample_logits(ans.logits[None].float(), crop_shape)[0] if k else torch.zeros((0,) + crop_shape)
+    windows = 1
+    if k and zoom_in and pre.native is not None and tuple(pre.native.shape[2:]) != img_size:
+        # Reuse the answer's [SEG] prompts on every window of the native-resolution crop: no text is
+        # generated again, so all windows segment what the one answer referred to.
+        native = pre.native.to(next(model.parameters()).device)
+        prompts = ans.prompts
+
+        def predictor(batch, origins):
+            return torch.cat([model.segment_with_prompts(w[None], prompts)[:, 0][None] for w in batch])
+
+        windows = len(dense_windows([max(n, r) for n, r in zip(native.shape[2:], img_size)], img_size, overlap))
+        logits = sliding_window_inference(native, img_size, predictor, overlap=overlap)[0].cpu()
+    probs = np.zeros((k,) + tuple(volume.shape), np.float16)
+    box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
+    if k:
+        probs[(slice(None),) + box] = torch.sigmoid(logits.float()).numpy().astype(np.float16)
+    return QuestionPrediction(question, ans.text, probs, probs > threshold, windows, tuple(pre.crop))
+
+
+__all__ = ["load_reasoning_model", "answer_and_segment", "predict_question", "Answer", "QuestionPrediction"]
