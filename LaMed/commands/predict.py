@@ -5,12 +5,14 @@
     lamed predict --model runs/segvol --image scans/ --batch --prompt liver --out preds/
     lamed predict --model runs/tiny_lamed --image ct.nii.gz --question "Is there a liver lesion?" --out answer.json
     lamed predict --model runs/tiny_clip --image ct.nii.gz --prompt "hepatomegaly" --prompt "normal liver" --out clip.json
+    lamed predict --model runs/tiny_r1seg3d --image ct.nii.gz --question "Where is the organ that stores bile? Please segment it." --out preds/
 
 Masks are written in the source image's geometry (``LaMed.data.io.save_volume(..., like=...)``):
 one prompt -> a binary mask; several -> a label map plus ``<name>_labels.json`` (label -> prompt).
 ``--overlay`` adds a PNG of representative slices. The output mode follows the model: the
 segmentation models give masks; report / VQA models (``model_type`` ``lamed``) answer ``--question``
-(default: a findings report) into JSON; CLIP models write the volume's embedding and the similarity
+(default: a findings report) into JSON; reasoning-segmentation models (``lamed_seg``) answer ``--question``
+into JSON plus one mask file per ``[SEG]`` of the answer (source geometry); CLIP models write the volume's embedding and the similarity
 of each ``--prompt`` text. ``--dtype bf16`` runs under autocast. Other model families register modes in
 :data:`PREDICT_MODES` (``name -> (accepts(model_type), run(args, model, volume, out_stem))``), so
 text and question modes plug in without changing this command's interface.
@@ -166,6 +168,7 @@ def _model_type(path_or_id: str) -> str:
 
     import LaMed.models.clip  # noqa: F401  (each import registers its model_type with AutoConfig)
     import LaMed.models.mllm  # noqa: F401
+    import LaMed.models.reasoning  # noqa: F401
     import LaMed.models.segmentation  # noqa: F401
 
     return AutoConfig.from_pretrained(resolve_model(path_or_id)).model_type
@@ -320,11 +323,40 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_reasoning(args: argparse.Namespace) -> int:
+    """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
+    from LaMed.models.reasoning.inference import load_reasoning_model, predict_question_file
+
+    if args.prompt:
+        raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")
+    if not args.question:
+        raise ValueError("--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'")
+    model, processor = load_reasoning_model(args.model, device=args.device)
+    kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
+              max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch)
+    failed = 0
+    for image in _each_input(args):
+        try:
+            with _autocast(args):
+                record = predict_question_file(model, processor, image, args.question, args.out, **kw)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            if not args.batch:
+                raise
+            failed += 1
+            print(f"{image.name}: error: {exc}")
+            continue
+        for a in record["answers"]:
+            print(f"{image.name}: {a['question']}\n{a['answer']}\nmasks: {', '.join(a['masks']) or 'none'}\n")
+        print(f"written: {record['json']}")
+    return 1 if failed else 0
+
+
 # mode name -> (accepts(model_type) -> bool, run(args) -> exit code).
 PREDICT_MODES: Dict[str, Tuple[Callable[[str], bool], Callable[[argparse.Namespace], int]]] = {
     "masks": (lambda model_type: model_type in SEG_MODEL_TYPES, _run_masks),
     "text": (lambda model_type: model_type == "lamed", _run_text),
     "embed": (lambda model_type: model_type == "lamed_clip", _run_embed),
+    "reasoning": (lambda model_type: model_type == "lamed_seg", _run_reasoning),
 }
 
 
