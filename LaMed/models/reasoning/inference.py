@@ -122,4 +122,51 @@ def predict_question(model, processor, volume, question: str, zoom_in: bool = Tr
     return QuestionPrediction(question, ans.text, probs, probs > threshold, windows, tuple(pre.crop))
 
 
-__all__ = ["load_reasoning_model", "answer_and_segment", "predict_question", "Answer", "QuestionPrediction"]
+
+
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suf in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def predict_question_file(model, processor, image: Union[str, Path], questions: Sequence[str], out: Union[str, Path],
+                          fmt: str = ".nii.gz", in_folder: bool = False, **kwargs) -> dict:
+    """Answer ``questions`` about one volume file / DICOM folder and write the results.
+
+    ``out``: a ``.json`` file (masks beside it, ``<json stem>_q<i>_mask<k><fmt>``) or, with
+    ``in_folder`` or any other name, a folder receiving ``<case>.json`` and ``<case>_q<i>_mask<k><fmt>``.
+    Masks are binary, in the source file's own geometry (``save_volume(..., like=volume)``).
+    ``kwargs`` go to :func:`predict_question`. Returns the JSON record.
+    """
+    import json
+
+    from LaMed.data.io import load_volume, save_volume
+
+    image, out = Path(image), Path(out)
+    if not questions:
+        raise ValueError("give at least one question, e.g. 'Where is the liver? Please segment it.'")
+    volume = load_volume(image)
+    if not in_folder and out.suffix.lower() == ".json":
+        json_path, stem = out, out.stem
+    else:
+        json_path, stem = out / f"{_case_name(image)}.json", _case_name(image)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    answers = []
+    for i, q in enumerate(questions):
+        pred = predict_question(model, processor, volume, q, **kwargs)
+        files = [str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
+                 for k, m in enumerate(pred.masks)]
+        answers.append({"question": q, "answer": pred.answer, "masks": files, "windows": pred.windows})
+    record = {"source": str(image), "answers": answers}
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    record["json"] = str(json_path)
+    return record
+__all__ = ["load_reasoning_model", "answer_and_segment", "predict_question", "predict_question_file", "Answer",
+           "QuestionPrediction"]
