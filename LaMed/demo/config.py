@@ -62,8 +62,7 @@ class DemoConfig:
 
 FULL = DemoConfig()
 
-# The reduced run of the test-suite: the same phantom recipe, fewer phantoms and steps (about 4-5
-# CPU minutes on one thread, measured). Fewer steps than these leave the report model writing one
-# report for every volume and the segmentation below its margin.
+# The reduced run of the test-suite: the same phantom recipe, fewer phantoms and steps (estimated
+# 4-5 CPU minutes on one thread from the per-step costs of the full run, which took 8 CPU minutes).
 QUICK = DemoConfig(n_phantoms=160, clip_steps=150, mllm_steps=300, seg_steps=150, seg_classes=["liver", "spleen"],
                    real_steps=30, mrg_examples=2, mrg_max_new_tokens=160)
