@@ -48,7 +48,7 @@ def load_model(model: str, published: str = "", tokenizer: str = "", device: Opt
 
 def run_retrieval(prepared: str | Path, out_dir: str | Path, model: str | Path, split: str = "test",
                   published: str = "", tokenizer: str = "", max_items: Optional[int] = 2000,
-                  first_n: Sequence[int] = (), ks: Sequence[int] = DEFAULT_KS, max_length: int = 512,
+                  first_n: Sequence[int] = (), ks: Sequence[int] = DEFAULT_KS, max_length: Optional[int] = None,
                   batch_size: int = 8, cache_dir: str | Path | None = None, device: Optional[str] = None,
                   slice_features: str = "", num_slices: int = 32) -> dict:
     """Encode ``<prepared>/<split>.json`` (or a manifest path) with the CLIP ``model`` and score it.
@@ -58,7 +58,7 @@ def run_retrieval(prepared: str | Path, out_dir: str | Path, model: str | Path, 
     """
     from Bench.common import write_outputs
     from Bench.eval_retrieval import evaluate_retrieval
-    from LaMed.inference.retrieval import encode_split
+    from LaMed.inference.retrieval import default_max_length, encode_split
 
     prepared = Path(prepared)
     manifest = prepared if prepared.suffix == ".json" else prepared / f"{split}.json"
@@ -73,7 +73,7 @@ def run_retrieval(prepared: str | Path, out_dir: str | Path, model: str | Path, 
     summary, rows = evaluate_retrieval(str(predictions), str(manifest), ks, v2v, list(first_n))
     summary["encoding"] = {"model": str(model), "published_family": published or None, "pairs": len(emb),
                            "from_cache": emb.from_cache, "cache": str(emb.cache_path) if emb.cache_path else None,
-                           "max_length": max_length, "truncation": "deterministic"}
+                           "max_length": max_length or default_max_length(clip), "truncation": "deterministic"}
     metrics = [f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in ks]
     write_outputs(out, summary, rows, ["id", "dataset", "rank_image_to_text", "rank_text_to_image"] + metrics,
                   metrics, "Retrieval")
@@ -92,7 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--max-items", type=int, default=2000, help="first N pairs of the split (papers: 2000); 0 = all")
     p.add_argument("--first-n", default="", help="also score the first n pairs, e.g. 100,500,1000,2000")
     p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="K values of Recall@K")
-    p.add_argument("--max-length", type=int, default=512, help="report token budget (published 512)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="report token budget (default: the published 512, capped by the text model's positions)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--cache", default="", help="embedding cache folder (default <out>/cache)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: where the model is)")

@@ -108,6 +108,7 @@ def test_shape_errors_are_readable():
 B, P, WORLD = 3, 5, 2
 
 
+@pytest.mark.multiproc
 def test_gathered_loss_on_two_ranks_equals_single_process_loss(tmp_path):
     """Each rank holds half the batch; after DDP's gradient averaging the result must equal one
     process training on the concatenated batch: the (mean over ranks of the) loss equals the

@@ -62,6 +62,13 @@ def _save_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def default_max_length(model, published: int = 512) -> int:
+    """The published 512-token budget, capped by the text model's position embeddings."""
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    positions = getattr(text_config, "max_position_embeddings", None) or published
+    return min(published, int(positions))
+
+
 def model_fingerprint(model) -> str:
     """sha256 of the model's config and of every parameter / buffer (names, dtypes, bytes)."""
     import torch
@@ -88,7 +95,7 @@ def _cache_key(fingerprint: str, manifest: Path, settings: Dict) -> str:
 
 
 def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Path | None = None,
-                 max_items: Optional[int] = None, max_length: int = 512, batch_size: int = 8,
+                 max_items: Optional[int] = None, max_length: Optional[int] = None, batch_size: int = 8,
                  slice_features: str = "", num_slices: int = 32, device: Optional[str] = None,
                  dtype=None) -> SplitEmbeddings:
     """Encode the first ``max_items`` (image, report) pairs of a prepared split.
@@ -99,7 +106,8 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
         tokenizer: the text tokenizer of the model.
         manifest: ``<prepared>/<split>.json``.
         cache_dir: where to keep the embeddings (``None``: no cache).
-        max_length / slice_features / num_slices: as ``ImageReportDataset``.
+        max_length: report token budget (default: 512, or fewer if the text model has fewer positions).
+        slice_features / num_slices: as ``ImageReportDataset``.
         device / dtype: where and in which precision to run (default: the model's device, fp32;
             ``torch.bfloat16`` runs under autocast).
     Returns:
@@ -110,6 +118,8 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
     from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
 
     manifest = Path(manifest)
+    if max_length is None:
+        max_length = default_max_length(model)
     settings = dict(manifest=str(manifest.resolve()), max_items=max_items, max_length=max_length,
                     slice_features=slice_features, num_slices=num_slices, dtype=str(dtype))
     cache_path = None
@@ -215,7 +225,7 @@ def load_clip(model_dir: str | Path, device: Optional[str] = None):
 
 def evaluate_clip(model_dir: str | Path, prepared: str | Path, out_dir: str | Path, split: str = "test",
                   max_items: Optional[int] = None, first_n: Sequence[int] = (), ks: Iterable[int] = RETRIEVAL_KS,
-                  cache_dir: str | Path | None = None, max_length: int = 512, batch_size: int = 8,
+                  cache_dir: str | Path | None = None, max_length: Optional[int] = None, batch_size: int = 8,
                   device: Optional[str] = None) -> Dict[str, Dict[str, float]]:
     """Encode ``<prepared>/<split>.json`` with the CLIP in ``model_dir`` and score it.
 
