@@ -1,0 +1,106 @@
+"""A tiny R1Seg-3D learns reasoning segmentation on phantoms: it answers with [SEG] and its masks beat
+empty and whole-body predictions on held-out phantoms; ``lamed predict --question`` writes masks in
+the source geometry.
+
+One module-scoped run: 64 phantoms 32x64x64 (56 train, 8 test), ``configs/recipes/tiny_r1seg3d.yaml``
+(shared tiny ViT3D, SegVol-tiny decoder, 2-layer Phi-3-style LLM with a BPE tokenizer trained on the
+phantom texts; referring expressions, reasoning questions and class questions about liver, spleen and
+kidneys; 250 steps of 8) trained from scratch on CPU with one torch thread, then evaluated on the test
+phantoms' referring questions through ``Bench/run_reasoning_seg.py`` (greedy decoding). Baselines per
+question: an empty mask (Dice 0) and the whole body (the phantom's body outline, holes filled).
+
+Measured on the shared 2-core machine: the whole module 127 s (training 110-190 s depending on the
+load); held-out (38 questions): [SEG] in 100% of the answers, the right organ named in 97%, mean Dice
+0.479 (liver 0.730, right kidney 0.531, left kidney 0.450, spleen 0.267) against 0.092 for the whole
+body and 0 for an empty mask (the run is deterministic: same numbers on every run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ORGANS = ["liver", "spleen", "kidney_left", "kidney_right"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from LaMed.data.prepare import prepare_phantoms
+    from LaMed.train.main import run_training
+
+    root = tmp_path_factory.mktemp("reason_learning")
+    data = root / "phantoms"
+    prepare_phantoms(data, n=64, shape=(32, 64, 64), seed=1000, val_fraction=0.0, test_fraction=0.125, workers=2,
+                     progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model runs faster on one thread than on two busy ones
+    try:
+        run = run_training(str(REPO / "configs" / "recipes" / "tiny_r1seg3d.yaml"),
+                           ["--train_manifest", str(data / "train.json"), "--output_dir", str(root / "run")])
+    finally:
+        torch.set_num_threads(threads)
+    return run, root / "run", data / "test.json"
+
+
+def _body(image: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+
+    return np.stack([binary_fill_holes(s > 0.05) for s in image])
+
+
+def test_learns_to_answer_with_seg_and_masks_beat_empty_and_whole_body(trained, tmp_path):
+    from Bench.run_reasoning_seg import run_reasoning_seg
+    from LaMed.data.prepared import load_image, load_manifest, load_masks
+    from LaMed.metrics.segmentation import dice
+
+    run, model_dir, test = trained
+    logs = [h for h in run.trainer.state.log_history if "loss_dice" in h]
+    assert logs[-1]["loss_dice"] < logs[0]["loss_dice"] - 0.2 and logs[-1]["loss_lm"] < 0.5 * logs[0]["loss_lm"]
+    summary = run_reasoning_seg(str(model_dir), test, tmp_path / "bench", tasks=["refer"], classes=ORGANS, progress=False)
+    reasoning = summary["reasoning"]
+    rows = [json.loads(x) for x in (tmp_path / "bench" / "answers.jsonl").read_text().splitlines()]
+    # whole-body baseline on the very same questions
+    man = load_manifest(test)
+    by_id = {it["id"]: it for it in man["items"]}
+    body = []
+    for r in rows:
+        item = by_id[r["id"]]
+        gt = load_masks(test, item, r["targets"])[r["targets"][0]][0] != 0
+        body.append(dice(_body(np.asarray(load_image(test, item), np.float32)[0]), gt))
+    ours = summary["overall"]["dice"]
+    print(f"[SEG] rate {reasoning['seg_token_rate']:.2f}, named {reasoning['target_named_rate']:.2f}, Dice {ours:.3f} "
+          f"(per class {({k: round(v['dice'], 3) for k, v in summary['per_class'].items()})}), whole body {np.mean(body):.3f}")
+    assert reasoning["questions"] == len(rows) >= 30
+    assert reasoning["seg_token_rate"] >= 0.9
+    assert reasoning["target_named_rate"] >= 0.7  # implicit references resolved to the right organ
+    assert ours > 0.3 and ours > np.mean(body) + 0.2  # empty predictions score 0
+    assert summary["per_class"]["liver"]["dice"] > 0.5
+    kidneys = [summary["per_class"][k]["dice"] for k in ("kidney_left", "kidney_right")]
+    assert min(kidneys) > 0.2  # small organs too, far above their whole-body Dice (~0.02)
+
+
+def test_lamed_predict_question_writes_one_mask_per_seg_on_the_source_grid(trained, totalseg_dir, tmp_path, capsys):
+    import nibabel as nib
+
+    from LaMed.cli import main
+
+    _, model_dir, _ = trained
+    src = totalseg_dir / "ct_abdomen.nii.gz"
+    rc = main(["predict", "--model", str(model_dir), "--image", str(src), "--question",
+               "Can you segment the liver and the spleen in this image?", "--question", "Where is the liver?",
+               "--out", str(tmp_path / "answer.json")])
+    assert rc == 0
+    record = json.loads((tmp_path / "answer.json").read_text())
+    first = record["answers"][0]
+    assert first["answer"].count("[SEG]") == len(first["masks"]) == 2  # two [SEG] -> two masks
+    ref = nib.load(str(src))
+    for path in first["masks"]:
+        img = nib.load(path)
+        assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
+        assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1}
+    assert "written:" in capsys.readouterr().out
