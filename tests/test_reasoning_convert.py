@@ -159,7 +159,7 @@ def test_seg_init_from_a_saved_segmentation_model_fills_the_shared_tower(tok, tm
     from LaMed.models.reasoning.build import load_seg_weights
     from LaMed.models.segmentation import create_seg_model
 
-    seg = create_seg_model("segvol_tiny", image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16)))
+    seg = create_seg_model("segvol_tiny", img_size=(16, 64, 64), image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16)))
     seg.save_pretrained(tmp_path / "seg")
     for shared in (True, False):
         fields = {} if shared else dict(seg_overrides=dict(image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16))))

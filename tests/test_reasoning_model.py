@@ -1,7 +1,7 @@
 """Reasoning-segmentation model: [SEG] state selection, mixed batches, generation with masks, save / load.
 
 Tiny models of both arrangements are built in code (2-layer Phi-3-style LLM of width 64, tiny ViT3D,
-SegVol-tiny decoder on 32x64x64); the expectations are hand computations on the same weights.
+SegVol-tiny decoder on 16x64x64 volumes); the expectations are hand computations on the same weights.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def tok():
     return t
 
 
-def build(tok, shared: bool, **fields):
+def build(tok, shared: bool, seg_overrides=None, **fields):
     from transformers import CONFIG_MAPPING
 
     from LaMed.models.mllm import prepare_tokenizer
@@ -34,13 +34,14 @@ def build(tok, shared: bool, **fields):
                                   num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if shared:
-        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(32, 64, 64), patch_size=(4, 16, 16), cls_token=False),
+        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(16, 64, 64), patch_size=(4, 16, 16), cls_token=False),
                       projector_overrides=dict(pool_size=(2, 2, 2)))
     else:
-        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(32, 64, 64)),
+        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(16, 64, 64)),
                       projector_overrides=dict(pool_size=(2, 2, 2)))
+    seg = {"img_size": [16, 64, 64], **(seg_overrides or {})}
     cfg = LaMedSegConfig(text_config=text, projector="spp", seg_variant="segvol_tiny", shared_encoder=shared,
-                         seg_projector_dropout=0.0, **vision, **prepare_tokenizer(tok), **fields)
+                         seg_projector_dropout=0.0, seg_overrides=seg, **vision, **prepare_tokenizer(tok), **fields)
     return LaMedSegForCausalLM(cfg).eval()
 
 
@@ -79,7 +80,7 @@ def test_seg_positions_match_hand_indexing():
 def test_hook_captures_what_lm_head_reads(tok):
     model = build(tok, shared=True)
     _, b = batch(tok, model, [("Where is the liver?", "It is [SEG].")])
-    images = torch.rand(1, 1, 32, 64, 64)
+    images = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad(), model.capture_last_hidden() as rec:
         out = model(**b, images=images)
     torch.testing.assert_close(model.language_model.lm_head(rec.value), out.logits)
@@ -94,8 +95,8 @@ def test_mixed_batch_losses_and_gradients_only_where_a_mask_exists(tok, shared):
     proc, b = batch(tok, model, [("Where is the liver? Please segment it.", "It is [SEG]."),
                                  ("Where is the liver?", "In the right upper quadrant."),
                                  ("Segment the liver and the spleen.", "The liver is [SEG] and the spleen is [SEG].")])
-    images = torch.rand(3, 1, 32, 64, 64, requires_grad=True)
-    masks = (torch.rand(3, 2, 32, 64, 64) > 0.7).to(torch.uint8)
+    images = torch.rand(3, 1, 16, 64, 64, requires_grad=True)
+    masks = (torch.rand(3, 2, 16, 64, 64) > 0.7).to(torch.uint8)
     valid = torch.tensor([[True, False], [False, False], [True, True]])
     out = model(**b, images=images, seg_masks=masks, seg_valid=valid, return_seg_logits=True)
     assert out.seg_index.tolist() == [[0, 0], [2, 0], [2, 1]]
@@ -108,7 +109,7 @@ def test_mixed_batch_losses_and_gradients_only_where_a_mask_exists(tok, shared):
     logits = []
     for row, p in zip(r.tolist(), prompts):
         feats = model.seg_image_features(images[row:row + 1].detach())
-        logits.append(model.decode_prompts(feats, p[None], torch.zeros(1, dtype=torch.long), (32, 64, 64)))
+        logits.append(model.decode_prompts(feats, p[None], torch.zeros(1, dtype=torch.long), (16, 64, 64)))
     logits = torch.cat(logits)
     torch.testing.assert_close(out.seg_logits.detach(), logits, atol=2e-4, rtol=1e-4)
     parts = model.seg_module.loss_fn(logits, masks[r, o].unsqueeze(1))
@@ -126,8 +127,8 @@ def test_mixed_batch_losses_and_gradients_only_where_a_mask_exists(tok, shared):
 def test_rows_without_mask_give_the_plain_lm_loss(tok):
     model = build(tok, shared=False)
     _, b = batch(tok, model, [("Where is the liver? Please segment it.", "It is [SEG]."), ("Where?", "Here.")])
-    images = torch.rand(2, 1, 32, 64, 64)
-    masks = torch.ones(2, 1, 32, 64, 64, dtype=torch.uint8)
+    images = torch.rand(2, 1, 16, 64, 64)
+    masks = torch.ones(2, 1, 16, 64, 64, dtype=torch.uint8)
     plain = model(**b, images=images).loss
     none_valid = model(**b, images=images, seg_masks=masks, seg_valid=torch.zeros(2, 1, dtype=torch.bool))
     assert none_valid.loss_dice is None and none_valid.loss_bce is None
@@ -166,13 +167,13 @@ def test_generated_seg_including_the_first_new_token(tok, shared, state):
     word = tok.convert_tokens_to_ids(tok.tokenize("liver")[0])
     rows = [[S, word, S, E], [word, word, E, E], [word, S, E, E]]  # [SEG] first; none; one later
     enc = proc(["Segment the liver and the spleen.", "Where is the liver?", "Where is the liver?"], padding_side="left")
-    images = torch.rand(3, 1, 32, 64, 64)
+    images = torch.rand(3, 1, 16, 64, 64)
     gen = model.generate_with_masks(enc["input_ids"], images, attention_mask=enc["attention_mask"], max_new_tokens=5,
                                     do_sample=False, eos_token_id=E, pad_token_id=tok.pad_token_id,
                                     logits_processor=LogitsProcessorList([ForceTokens(enc["input_ids"].shape[1], rows)]))
     assert gen.sequences[0, :3].tolist() == [S, word, S]
     assert gen.seg_index.tolist() == [[0, 0], [0, 1], [2, 0]]
-    assert gen.masks_of(1).shape == (0, 32, 64, 64) and gen.masks_of(0).shape == (2, 32, 64, 64)
+    assert gen.masks_of(1).shape == (0, 16, 64, 64) and gen.masks_of(0).shape == (2, 16, 64, 64)
     # hand computation: one teacher-forced pass over prompt + answer
     L = enc["input_ids"].shape[1]
     full = torch.cat([enc["input_ids"], gen.sequences], 1)
@@ -189,18 +190,18 @@ def test_generated_seg_including_the_first_new_token(tok, shared, state):
     torch.testing.assert_close(gen.seg_prompts, prompts, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         feats = model.seg_image_features(images[[0, 2]])
-        logits = model.decode_prompts(feats, prompts, torch.tensor([0, 0, 1]), (32, 64, 64))
+        logits = model.decode_prompts(feats, prompts, torch.tensor([0, 0, 1]), (16, 64, 64))
     torch.testing.assert_close(gen.seg_logits, logits, atol=1e-3, rtol=1e-3)
 
 
 def test_segment_with_prompts_reuses_an_answer_on_other_windows(tok):
     model = build(tok, shared=True)
     prompts = torch.randn(2, 96)
-    images = torch.rand(1, 1, 32, 64, 64)
+    images = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad():
         a = model.segment_with_prompts(images, prompts)
         feats = model.seg_image_features(images)
-        b = model.decode_prompts(feats, prompts, torch.zeros(2, dtype=torch.long), (32, 64, 64))
+        b = model.decode_prompts(feats, prompts, torch.zeros(2, dtype=torch.long), (16, 64, 64))
     torch.testing.assert_close(a, b)
 
 
@@ -231,7 +232,7 @@ def test_from_mllm_keeps_the_mllm_and_adds_a_head(tok):
                                         projector="spp", projector_overrides=c.projector_overrides,
                                         **prepare_tokenizer(tok))).eval()
     _, b = batch(tok, ref, [("Where is the liver?", "In the abdomen.")])
-    images = torch.rand(1, 1, 32, 64, 64)
+    images = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad():
         before = mllm(**b, images=images).logits
     keys = set(mllm.state_dict())
@@ -260,3 +261,36 @@ def test_shared_encoder_geometry_and_config_errors(tok):
                                        vocab_size=len(tok))
         LaMedSegForCausalLM(LaMedSegConfig(text_config=text, vision_tower="vit3d_test", projector="spp",
                                            seg_variant="segvol_tiny"))
+
+
+def test_question_on_a_large_volume_generates_once_and_reuses_seg_on_windows(tok, tmp_path, monkeypatch):
+    import numpy as np
+    from transformers import LogitsProcessorList
+
+    from LaMed.data.io import load_volume
+    from LaMed.models.mllm import LaMedProcessor
+    from LaMed.models.reasoning import inference
+
+    model = build(tok, shared=True)
+    proc = LaMedProcessor(tok, model.num_image_tokens)
+    S, E = model.config.seg_token_id, tok.eos_token_id
+    arr = np.random.default_rng(0).normal(40, 30, (24, 100, 80)).astype(np.float32)  # foreground everywhere
+    np.save(tmp_path / "big.npy", arr)
+    volume = load_volume(tmp_path / "big.npy")
+    calls = []
+    real = model.generate_with_masks
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        kwargs["logits_processor"] = LogitsProcessorList([ForceTokens(args[0].shape[1], [[S, E]])])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_with_masks", counted)
+    pred = inference.predict_question(model, proc, volume, "Where is the liver?", overlap=0.25)
+    assert len(calls) == 1  # one answer for the whole volume, not one per window
+    assert pred.answer == "[SEG]" and pred.masks.shape == (1,) + volume.shape and pred.windows > 1
+    crop = tuple(slice(a, b) for a, b in zip(pred.crop[:3], pred.crop[3:]))
+    # inside the crop the probabilities are the windows' decodes of the one [SEG] prompt
+    assert np.isfinite(pred.probabilities[(0,) + crop].astype(np.float32)).all()
+    no_zoom = inference.predict_question(model, proc, volume, "Where is the liver?", zoom_in=False)
+    assert no_zoom.windows == 1 and not np.array_equal(no_zoom.probabilities, pred.probabilities)
