@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Dict
 
 from LaMed.models.convert.base import convert_state_dict, register_converter
-from LaMed.models.convert.mllm import PEFT_PREFIX, convert_m3d_lamed, strip_peft
+from LaMed.models.convert.mllm import convert_m3d_lamed, strip_peft
 
 SEG_PROJECTOR = "model.seg_projector."
 
@@ -57,4 +57,4 @@ def m3d_lamed_seg_fields() -> Dict:
             "seg_token_state": "predicting"}
 
 
-__all__ = ["convert_m3d_lamed_seg", "m3d_lamed_seg_fields", "seg_head_keys", "PEFT_PREFIX"]
+__all__ = ["convert_m3d_lamed_seg", "m3d_lamed_seg_fields", "seg_head_keys"]
