@@ -37,15 +37,23 @@ def totalseg_dir(shared_data: Path) -> Path:
     return d
 
 
-@pytest.fixture(autouse=True)
-def _restore_locale():
-    """Undo locale changes made inside a test.
+# SimpleITK's GDCM DICOM *writer* (used by tests and fixtures that build DICOM series) switches the
+# process to the "C" locale; every later ``subprocess.run(text=True)`` and default-encoding ``open``
+# in this pytest process would then decode as ASCII. Reading DICOM does not do this. The locale of
+# the session's start is put back around every test (before its fixtures are set up, and after).
+_SESSION_LOCALE = locale.setlocale(locale.LC_ALL)
 
-    SimpleITK's GDCM DICOM *writer* (used by tests that build DICOM series) switches the process
-    to the "C" locale; every later ``subprocess.run(text=True)`` and default-encoding ``open`` in
-    the same pytest process would then decode as ASCII. Reading DICOM does not do this.
-    """
-    saved = locale.setlocale(locale.LC_ALL)
-    yield
-    if locale.setlocale(locale.LC_ALL) != saved:
-        locale.setlocale(locale.LC_ALL, saved)
+
+def _reset_locale() -> None:
+    if locale.setlocale(locale.LC_ALL) != _SESSION_LOCALE:
+        locale.setlocale(locale.LC_ALL, _SESSION_LOCALE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _reset_locale()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    _reset_locale()
