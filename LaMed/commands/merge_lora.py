@@ -24,8 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def merge_lora(checkpoint: str | Path, out: str | Path, base: Optional[str | Path] = None):
-    """Merge and save; returns the merged (plain) :class:`LaMedForCausalLM`."""
-    from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
+    """Merge and save; returns the merged plain model (``LaMedForCausalLM`` or its ``[SEG]`` subclass)."""
+    from transformers import AutoModelForCausalLM
+
+    import LaMed.models.reasoning  # noqa: F401  (registers lamed_seg, so a [SEG] model merges with its head)
+    from LaMed.models.mllm import LaMedProcessor
     from LaMed.train.args import StageArguments
     from LaMed.train.checkpoint import TRAINABLE_MANIFEST, load_trainable
     from LaMed.train.stages import apply_lora
@@ -34,7 +37,7 @@ def merge_lora(checkpoint: str | Path, out: str | Path, base: Optional[str | Pat
     manifest_path = checkpoint / TRAINABLE_MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: not found (merge-lora needs a save_trainable_only LoRA checkpoint)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     base = Path(base) if base else Path(manifest.get("base_checkpoints", {}).get("", ""))
     if not str(base) or not (base / "config.json").is_file():
         raise FileNotFoundError(f"{manifest_path}: base checkpoint {str(base)!r} has no config.json; pass --base")
@@ -42,7 +45,7 @@ def merge_lora(checkpoint: str | Path, out: str | Path, base: Optional[str | Pat
     stage = StageArguments(**{k: v for k, v in stage_values.items() if k in StageArguments.__dataclass_fields__})
     if not stage.lora_enabled:
         raise ValueError(f"{manifest_path}: stage.lora_r is {stage.lora_r}; this run has no LoRA to merge")
-    model = LaMedForCausalLM.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base))  # LaMed or LaMed-seg, by config
     peft_model = apply_lora(model, stage)
     load_trainable(peft_model, checkpoint)
     merged = peft_model.merge_and_unload()
