@@ -133,7 +133,7 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
         assert part["last_loss"] < part["first_loss"]
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (issues 6, 7, 11 open): the tiny CLIP and report/VQA "
+@pytest.mark.xfail(strict=False, reason="known gap (issues 7 and 11 open): the demo's tiny CLIP and report/VQA "
                    "recipes do not yet beat chance by their margins on phantoms within the quick budget")
 def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     _, out, m = quick_demo
