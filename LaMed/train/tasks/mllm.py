@@ -168,10 +168,19 @@ def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], t
         parts = [MLLMDataset.from_items(items, root, processor, task=t, **kw) for t in tasks]
     else:
         raise ValueError(f"data.data_format: expected 'prepared', 'flare' or 'radgenome', got {d.data_format!r}")
-    if len(parts) == 1 and not d.task_weights:
+    return mix_tasks(parts, d.task_weights, tasks, seed)
+
+
+def mix_tasks(parts, task_weights, tasks, seed: int):
+    """One dataset per task -> that dataset, or a weighted :class:`MixtureDataset` of them.
+
+    No weights: proportional to the sizes, i.e. a plain concatenation in expectation (as published).
+    """
+    from LaMed.data.mllm_dataset import MixtureDataset
+
+    if len(parts) == 1 and not task_weights:
         return parts[0]
-    # No weights: proportional to the sizes, i.e. a plain concatenation in expectation (as published).
-    weights = d.task_weights or [len(p) for p in parts]
+    weights = task_weights or [len(p) for p in parts]
     if len(weights) != len(parts):
         raise ValueError(f"data.task_weights: {len(weights)} weights for {len(parts)} tasks {tasks}")
     return MixtureDataset(parts, weights, seed=seed)

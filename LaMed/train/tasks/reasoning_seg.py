@@ -107,7 +107,7 @@ def build_model(m: ReasonSegModelArguments, tokenizer):
 
 def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: List[str], train: bool, seed: int):
     """One dataset per task (reasoning or MLLM), mixed by ``task_weights`` (default: proportional to sizes)."""
-    from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset
+    from LaMed.data.mllm_dataset import MLLMDataset
     from LaMed.data.reasoning_dataset import ReasonSegDataset
 
     parts = []
@@ -121,12 +121,9 @@ def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: L
                                      closed_answer=d.closed_answer))
         else:
             raise ValueError(f"data.tasks: unknown task {t!r}; known: {REASON_TASKS + MLLM_TASKS}")
-    if len(parts) == 1 and not d.task_weights:
-        return parts[0]
-    weights = d.task_weights or [len(p) for p in parts]
-    if len(weights) != len(parts):
-        raise ValueError(f"data.task_weights: {len(weights)} weights for {len(parts)} tasks {tasks}")
-    return MixtureDataset(parts, weights, seed=seed)
+    from LaMed.train.tasks.mllm import mix_tasks
+
+    return mix_tasks(parts, d.task_weights, tasks, seed)
 
 
 @register_task("reasoning_seg", model_args=ReasonSegModelArguments, data_args=ReasonSegDataArguments)
