@@ -106,6 +106,56 @@ def test_dataset_records_and_samples(manifest, tokenizers):
     assert format_box([0.1234, 0, 0.5, 1, 0.25, 0.75]) == "<bx_start>[0.123, 0, 0.5, 1, 0.25, 0.75]<bx_end>"
 
 
+@pytest.mark.parametrize("kind", ["bos", "chat"])
+def test_conversation_masks_every_answer_and_starts_like_one_question(kind, tokenizers):
+    tok = tokenizers[kind]
+    proc = LaMedProcessor(tok, 3, prompt_format="chat" if kind == "chat" else "raw")
+    turns = [("Which imaging phase is shown?", "arterial"), ("Is the liver enlarged?", "No"),
+             ("Is there a focal lesion in the spleen?", "Yes")]
+    conv = proc.encode_conversation(turns)
+    ids, labels = conv["input_ids"], conv["labels"]
+    assert ids.count(proc.image_token_id) == 3  # the volume once
+    # The first turn is exactly a one-question example (what the model sees at test time) ...
+    one = proc.encode_example(*turns[0])
+    n = len(one["input_ids"])
+    assert ids[:n] == one["input_ids"] and labels[:n] == one["labels"]
+    # ... and the supervised tokens are the three answers, each closed by the end token, nothing else.
+    end = tok.eos_token_id if kind != "chat" else tok.convert_tokens_to_ids("<|im_end|>")
+    groups, cur = [], []
+    for t, l in zip(ids, labels):
+        if l != IGNORE_INDEX:
+            assert l == t
+            cur.append(t)
+            if t == end:
+                groups.append(cur)
+                cur = []
+        else:
+            assert not cur, "a supervised answer was interrupted by an unsupervised token"
+    assert [tok.decode(g[:-1]).strip() for g in groups] == ["arterial", "No", "Yes"]
+    # Whole later turns are dropped when the conversation would not fit max_length.
+    short = LaMedProcessor(tok, 3, prompt_format=proc.prompt_format, max_length=n + 2)
+    assert short.encode_conversation(turns) == one
+    with pytest.raises(ValueError, match="no .question, answer. turn"):
+        proc.encode_conversation([])
+
+
+def test_conversation_dataset_groups_an_items_questions(manifest, tokenizers):
+    items = json.loads(manifest.read_text())["items"]
+    proc = LaMedProcessor(tokenizers["bos"], 4)
+    conv = MLLMDataset(manifest, proc, task="vqa_yes_no", conversation_turns=3, seed=1)
+    per_item = [sum(1 for q in it["vqa"] if q["type"] == "yes_no") for it in items]
+    assert len(conv) == sum(-(-k // 3) for k in per_item)
+    r = conv.record(0)
+    assert 1 <= len(r["turns"]) <= 3 and len(set(r["vqa_indices"])) == len(r["turns"])
+    for (q, a), j in zip(r["turns"], r["vqa_indices"]):
+        qa = items[0]["vqa"][j]
+        assert qa["type"] == "yes_no" and q == qa["question"] and a == str(qa["answer"])
+    s = conv[0]
+    assert sum(1 for l in s["labels"] if l == proc.tokenizer.eos_token_id) == len(r["turns"])
+    assert s["images"].shape == (1, 8, 32, 32)
+    assert len(MLLMDataset(manifest, proc, task="caption", conversation_turns=3)) == 3  # captions: unaffected
+
+
 def test_mixture_follows_weights_and_seed():
     a, b = list(range(10)), list(range(100, 130))
     mix = MixtureDataset([a, b], weights=[3, 1], length=4000, seed=0)

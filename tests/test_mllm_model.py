@@ -90,6 +90,38 @@ def test_forward_loss_matches_hand_computation(name, tokenizers):
     assert 0 < int(keep.sum()) <= n_answer + 2
 
 
+def test_per_sample_loss_weighs_every_row_alike(tokenizers):
+    """loss_reduction='sample': mean over each row's answer tokens, then over rows (by hand)."""
+    tok = tokenizers["phi3"]
+    model = build("phi3", tok, loss_reduction="sample")
+    proc = LaMedProcessor(tok, model.num_image_tokens)
+    b = batch_of(proc, PAIRS)
+    assert model.accepts_loss_kwargs is False  # the Trainer must not pass a token count
+    out = model(**b, num_items_in_batch=torch.tensor(99))  # ignored in this mode
+    with torch.no_grad():
+        logp = F.log_softmax(out.logits.double()[:, :-1], -1)
+        target = b["labels"][:, 1:]
+        rows = []
+        for r in range(target.shape[0]):
+            keep = target[r] != -100
+            rows.append(-(logp[r][keep].gather(-1, target[r][keep][:, None])).mean())
+        hand = torch.stack(rows).mean()
+        token_mean = -(logp.gather(-1, target.clamp(min=0)[..., None])[..., 0][target != -100]).mean()
+    lengths = (target != -100).sum(1)
+    assert lengths[0] != lengths[1]  # unequal answers: the two reductions differ
+    assert abs(out.loss.item() - hand.item()) < 1e-5
+    assert abs(out.loss.item() - token_mean.item()) > 1e-4
+    out.loss.backward()  # differentiable through the tower
+    assert model.mm_projector.parameters().__next__().grad is not None
+    # A row without any answer token is left out of the mean, not counted as zero.
+    labels = b["labels"].clone()
+    labels[1] = -100
+    only_first = model(input_ids=b["input_ids"], images=b["images"], attention_mask=b["attention_mask"], labels=labels)
+    assert abs(only_first.loss.item() - rows[0].item()) < 1e-5
+    with pytest.raises(ValueError, match="loss_reduction"):
+        LaMedConfig(text_config=model.config.text_config, loss_reduction="mean")
+
+
 @pytest.mark.parametrize("name", ["phi3", "qwen2_5"])
 def test_placeholder_count_mismatch_raises(name, tokenizers):
     tok = tokenizers[name]

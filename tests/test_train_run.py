@@ -104,3 +104,43 @@ def test_lamed_train_command_end_to_end(tmp_path, phantoms, capsys):
     assert rc == 0
     assert "trained 1 steps" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_lr_multipliers_scale_one_module_through_the_schedule(tmp_path, phantoms):
+    """``lr_multipliers`` (YAML mapping on the command line): the head trains at 10x the base rate at every step."""
+    import torch
+
+    run = train(tmp_path / "run", phantoms, "--max_steps", "3", "--save_strategy", "no", "--learning_rate", "1e-3",
+                "--lr_scheduler_type", "linear", "--lr_multipliers", "{head: 10}")
+    opt = run.trainer.optimizer
+    names = {id(p): n for n, p in run.trainer.model.named_parameters()}
+    head = [g for g in opt.param_groups if any(names[id(p)].startswith("head.") for p in g["params"])]
+    rest = [g for g in opt.param_groups if not any(names[id(p)].startswith("head.") for p in g["params"])]
+    assert head and rest
+    assert all(names[id(p)].startswith("head.") for g in head for p in g["params"])  # groups not mixed
+    assert {g["initial_lr"] for g in head} == {1e-2} and {g["initial_lr"] for g in rest} == {1e-3}
+    # after 3 of 3 linear-decay steps both are at 0; one step before, the ratio is still 10
+    assert all(g["lr"] == 0.0 for g in opt.param_groups)
+    lrs = run.trainer.lr_scheduler.base_lrs
+    assert sorted(set(lrs)) == [1e-3, 1e-2]
+    # the logged learning rate is the base one (base-rate groups come first)
+    logged = [h["learning_rate"] for h in run.trainer.state.log_history if "learning_rate" in h]
+    assert logged and max(logged) <= 1e-3 + 1e-12
+
+
+def test_lr_multipliers_move_parameters_by_the_factor():
+    """One AdamW step moves a parameter by ~lr (|m / sqrt(v)| = 1 at step 1): 10x for the scaled group."""
+    import torch
+
+    from LaMed.train.trainer import split_lr_groups
+
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.AdamW([{"params": [a, b], "weight_decay": 0.0}], lr=1e-3)
+    assert split_lr_groups(opt, {"enc.w": a, "head.w": b}, {"head": 10.0}) == {"head": 1}
+    (a.sum() * 3.0 - b.sum() * 0.5).backward()
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.full((4,), -1e-3), rtol=1e-4, atol=0)
+    torch.testing.assert_close(b.detach(), torch.full((4,), 1e-2), rtol=1e-4, atol=0)
+    opt2 = torch.optim.AdamW([a], lr=1e-3)
+    with pytest.raises(ValueError, match=r"\['haed'\] match no trainable parameter"):
+        split_lr_groups(opt2, {"enc.w": a}, {"haed": 2.0})

@@ -6,6 +6,8 @@ of one ``task``; the tokenisation and label masking are the processor's (written
 * ``caption``: the item's ``text`` (report), asked with a caption template;
 * ``vqa_closed`` / ``vqa_open`` / ``vqa_yes_no`` / ``vqa`` (all three): one sample per VQA pair;
   closed questions get the M3D format ``"Q Choices: A. .. D. .."`` and the answer ``"B. text"``;
+  with ``conversation_turns=N > 1`` one sample holds up to N of an item's pairs as a multi-turn
+  conversation (LLaVA style: the volume is encoded once for N supervised answers);
 * ``rec`` / ``reg`` (positioning): structure name -> box text ``<bx_start>[..]<bx_end>``, and back.
 
 :class:`MixtureDataset` mixes several of them with explicit weights. :func:`flare_items` and
@@ -57,11 +59,13 @@ class MLLMDataset:
         load_images: ``False`` skips reading volumes (text-only checks).
         closed_answer: ``"letter"`` (published M3D format ``"B. arterial"``) or ``"text"`` (the
             option text alone, ``"arterial"``; still scored by the choice it names).
+        conversation_turns: VQA tasks only: group an item's questions into multi-turn samples of
+            up to this many turns (shuffled per sample in training); 1 = one question per sample.
     """
 
     def __init__(self, manifest: Union[str, Path, None], processor=None, task: str = "caption", train: bool = True,
                  seed: int = 0, augment: bool = False, load_images: bool = True, items: Optional[List[dict]] = None,
-                 root: Union[str, Path, None] = None, closed_answer: str = "letter"):
+                 root: Union[str, Path, None] = None, closed_answer: str = "letter", conversation_turns: int = 1):
         if task not in TASKS:
             raise ValueError(f"MLLMDataset: task must be one of {TASKS}, got {task!r}")
         if items is None:
@@ -81,6 +85,9 @@ class MLLMDataset:
         if closed_answer not in ("letter", "text"):
             raise ValueError(f"MLLMDataset: closed_answer must be 'letter' or 'text', got {closed_answer!r}")
         self.closed_answer = closed_answer
+        if int(conversation_turns) < 1:
+            raise ValueError(f"MLLMDataset: conversation_turns must be >= 1, got {conversation_turns!r}")
+        self.turns = int(conversation_turns) if task in _VQA_TYPES else 1
         self.samples = self._index()
         if not self.samples:
             where = self.manifest_path or "items"
@@ -99,7 +106,11 @@ class MLLMDataset:
                 if it.get("text"):
                     out.append(Sample(i))
             elif self.task in _VQA_TYPES:
-                out += [Sample(i, j) for j, qa in enumerate(it.get("vqa", [])) if qa.get("type") in _VQA_TYPES[self.task]]
+                js = [j for j, qa in enumerate(it.get("vqa", [])) if qa.get("type") in _VQA_TYPES[self.task]]
+                if self.turns > 1:
+                    out += [Sample(i, tuple(js[k:k + self.turns])) for k in range(0, len(js), self.turns)]
+                else:
+                    out += [Sample(i, j) for j in js]
             else:
                 out += [Sample(i, name) for name in sorted(it.get("boxes", {}))]
         return out
@@ -125,16 +136,15 @@ class MLLMDataset:
         rec: Dict[str, Any] = {"id": it["id"], "index": index, "kind": self.task}
         if self.task == "caption":
             rec.update(question=prompts.pick(it.get("caption_prompts") or prompts.CAPTION_TEMPLATES, rng), answer=it["text"])
+        elif self.task in _VQA_TYPES and isinstance(s.sub, tuple):
+            order = list(s.sub)
+            if rng is not None:
+                rng.shuffle(order)
+            turns = [self._vqa_record(it["vqa"][j], j) for j in order]
+            rec.update(turns=[(t["question"], t["answer"]) for t in turns], question=turns[0]["question"],
+                       answer=turns[0]["answer"], vqa_indices=order)
         elif self.task in _VQA_TYPES:
-            qa = it["vqa"][s.sub]
-            q, a = qa["question"], str(qa["answer"])
-            if qa.get("type") == "closed" and qa.get("choices"):
-                q = prompts.closed_question(q, qa["choices"])
-                if qa.get("answer_choice") and self.closed_answer == "letter":
-                    a = prompts.closed_answer(qa["answer_choice"], a)
-                rec.update(choices=qa["choices"], answer_choice=qa.get("answer_choice"))
-            rec.update(question=q, answer=a, vqa_index=s.sub, vqa_type=qa.get("type"), topic=qa.get("topic"),
-                       reference=str(qa["answer"]))
+            rec.update(self._vqa_record(it["vqa"][s.sub], s.sub))
         else:
             from LaMed.models.mllm.processing import format_box
 
@@ -145,6 +155,18 @@ class MLLMDataset:
             else:
                 q, a = prompts.pick(prompts.REG_TEMPLATES, rng), prompts.pick(prompts.REG_ANSWERS, rng)
             rec.update(question=q.format(**fill), answer=a.format(**fill), target=s.sub, box=list(box))
+        return rec
+
+    def _vqa_record(self, qa: Dict[str, Any], index: int) -> Dict[str, Any]:
+        q, a = qa["question"], str(qa["answer"])
+        rec: Dict[str, Any] = {}
+        if qa.get("type") == "closed" and qa.get("choices"):
+            q = prompts.closed_question(q, qa["choices"])
+            if qa.get("answer_choice") and self.closed_answer == "letter":
+                a = prompts.closed_answer(qa["answer_choice"], a)
+            rec.update(choices=qa["choices"], answer_choice=qa.get("answer_choice"))
+        rec.update(question=q, answer=a, vqa_index=index, vqa_type=qa.get("type"), topic=qa.get("topic"),
+                   reference=str(qa["answer"]))
         return rec
 
     # ---- image -----------------------------------------------------------------------------
@@ -172,7 +194,10 @@ class MLLMDataset:
         if self.processor is None:
             raise RuntimeError("MLLMDataset was built without a processor; use record(i) or pass one")
         rec = self.record(index)
-        out = dict(self.processor.encode_example(rec["question"], rec["answer"]))
+        if "turns" in rec:
+            out = dict(self.processor.encode_conversation(rec["turns"]))
+        else:
+            out = dict(self.processor.encode_example(rec["question"], rec["answer"]))
         if self.load_images:
             out["images"] = self.load_image(index)
             sf = self.items[self.samples[index].item].get("slice_features")

@@ -9,7 +9,7 @@ A recipe's ``training:`` section fills :class:`LaMedTrainingArguments`, its ``st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Union
+from typing import Dict, List, Optional, Union
 
 from transformers import TrainingArguments
 
@@ -42,6 +42,11 @@ class LaMedTrainingArguments(TrainingArguments):
                           "unreadable or invalid (each one is skipped, counted and logged with its path)."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Drop batch keys the model does not take."})
+    lr_multipliers: Optional[Dict[str, float]] = field(
+        default=None,
+        metadata={"help": "{parameter glob: factor}: these parameters train at factor x learning_rate (same schedule), "
+                          "e.g. {mm_projector: 10} like LLaVA's mm_projector_lr; the first matching glob wins."},
+    )
     report_to: Union[None, str, List[str]] = field(default="none", metadata={"help": "'none', 'tensorboard', 'wandb', 'all', ..."})
 
     def __post_init__(self):
@@ -50,6 +55,9 @@ class LaMedTrainingArguments(TrainingArguments):
         if not 0.0 <= self.max_bad_sample_fraction <= 1.0:
             raise ValueError(
                 f"training.max_bad_sample_fraction: expected a fraction in [0, 1], got {self.max_bad_sample_fraction}")
+        for pattern, factor in (self.lr_multipliers or {}).items():
+            if not float(factor) > 0:
+                raise ValueError(f"training.lr_multipliers: factor of {pattern!r} must be > 0, got {factor!r}")
         super().__post_init__()
 
 

@@ -195,6 +195,29 @@ def _flatten_section(where: str, section: str, values: Dict[str, Any], cls: type
     return {k: _check_value(where, f"{section}.{k}", v, fields[k][1]) for k, v in out.items()}
 
 
+def _is_mapping(hint) -> bool:
+    hint = _unwrap_optional(hint)
+    return (typing.get_origin(hint) or hint) in (dict, Dict)
+
+
+def _mapping_override(where: str, name: str):
+    """argparse ``type`` of a dict field: the command-line value is read as YAML (JSON is YAML too)."""
+
+    def parse(text: str) -> Dict[str, Any]:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{where}: --{name}: not a YAML / JSON mapping: {text!r} ({exc})") from None
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: --{name} expects a mapping like '{{key: value}}', got {text!r}")
+        return value
+
+    parse.__name__ = "mapping"
+    return parse
+
+
 def _normalise_overrides(where: str, overrides: Sequence[str], fields: Dict[str, Any]) -> List[str]:
     """``--training.lr=1e-4`` / ``--lora.r 8`` / ``--lora-r 8`` -> ``--lora_r 8`` (argparse form)."""
     out: List[str] = []
@@ -281,6 +304,8 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
     for action in parser._actions:
         if action.dest in defaults:
             action.required = False  # the recipe provides it
+        if action.dest in fields and _is_mapping(fields[action.dest][1]):
+            action.type = _mapping_override(where, action.dest)  # '--text_config {hidden_size: 64}'
     argv = _normalise_overrides(where, list(overrides), fields)
     try:
         model_args, data_args, training_args, stage_args, rest = parser.parse_args_into_dataclasses(

@@ -8,7 +8,8 @@
 - checkpoints that are complete or ignored (a marker written last, rotation after it), see
   ``LaMed.train.checkpoint``;
 - bad samples skipped and counted (``LaMed.train.data``);
-- :meth:`gather_with_grad` for contrastive losses over every process's batch.
+- :meth:`gather_with_grad` for contrastive losses over every process's batch;
+- ``lr_multipliers``: parameter groups trained at a multiple of the learning rate.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from transformers import Trainer
@@ -26,6 +27,7 @@ from LaMed.train import checkpoint as ckpt
 from LaMed.train.callbacks import ThroughputCallback
 from LaMed.train.data import BAD_KEY, COUNT_KEY, BadSampleTracker, has_model_inputs
 from LaMed.train.distributed import gather_with_grad as _gather_with_grad
+from LaMed.train.stages import _matches
 
 logger = logging.getLogger("LaMed.train")
 
@@ -54,6 +56,18 @@ class LaMedTrainer(Trainer):
         self.throughput = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, ThroughputCallback))
 
     gather_with_grad = staticmethod(_gather_with_grad)
+
+    # ---- per-parameter learning rates --------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """The stock optimizer, its groups split by ``args.lr_multipliers`` (see :func:`split_lr_groups`)."""
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        multipliers = getattr(self.args, "lr_multipliers", None)
+        if fresh and multipliers:
+            opt_model = self.model if model is None else model
+            factors = split_lr_groups(optimizer, dict(opt_model.named_parameters()), multipliers)
+            logger.info("learning-rate multipliers: %s", factors)
+        return optimizer
 
     # ---- bad samples ------------------------------------------------------------------------
     def _tracker(self, split: str) -> BadSampleTracker:
@@ -202,3 +216,39 @@ class LaMedTrainer(Trainer):
             keep = [self.state.best_model_checkpoint] if self.state.best_model_checkpoint else []
             ckpt.rotate_checkpoints(self._get_output_dir(trial=trial), limit, keep=keep)
         self.accelerator.wait_for_everyone()
+
+
+def split_lr_groups(optimizer: torch.optim.Optimizer, named: Mapping[str, torch.nn.Parameter],
+                    multipliers: Mapping[str, float]) -> Dict[str, int]:
+    """Split ``optimizer``'s parameter groups so parameters matching a glob train at ``factor x lr``.
+
+    ``multipliers`` maps ``fnmatch`` globs over parameter names (matching the name or a module
+    above it, as in the stage switches) to factors; the first matching glob wins, the rest keep
+    factor 1. Each group keeps its other settings (weight decay); its ``lr`` is multiplied, so the
+    scheduler (created afterwards from the groups' ``lr``) scales every group alike. Must run
+    before the optimizer has state. Returns ``{glob: number of parameters}``; a glob matching no
+    trainable parameter raises ``ValueError`` (a typo must not silently train at the base rate).
+    """
+    by_id = {id(p): n for n, p in named.items()}
+    counts = {pattern: 0 for pattern in multipliers}
+    groups: List[Dict[str, Any]] = []
+    base_lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for group in optimizer.param_groups:
+        parts: Dict[Optional[str], List[torch.nn.Parameter]] = {}
+        for p in group["params"]:
+            name = by_id.get(id(p), "")
+            pattern = next((g for g in multipliers if _matches(name, g)), None)
+            parts.setdefault(pattern, []).append(p)
+            if pattern is not None:
+                counts[pattern] += 1
+        for pattern, params in parts.items():
+            factor = 1.0 if pattern is None else float(multipliers[pattern])
+            groups.append({**group, "params": params, "lr": group["lr"] * factor})
+    groups.sort(key=lambda g: g["lr"] != base_lrs[id(g["params"][0])])  # base-rate groups first: the logged lr
+    unused = [g for g, n in counts.items() if n == 0]
+    if unused:
+        raise ValueError(f"training.lr_multipliers: {unused} match no trainable parameter")
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+    return counts

@@ -29,6 +29,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 IMAGE_INSERTIONS = ("placeholder", "legacy_offset")
 SLICE_FEATURE_SOURCES = ("input", "pooled")
+LOSS_REDUCTIONS = ("token", "sample")
+FEATURE_NORMS = ("none", "batch")
 
 
 class LaMedConfig(PreTrainedConfig):
@@ -48,6 +50,16 @@ class LaMedConfig(PreTrainedConfig):
             precomputed BiomedCLIP features) or ``"pooled"`` (a parameter-free stand-in: each of the S
             axial slabs average-pooled to ``sqrt(slice_dim)`` squared, for tests and phantom demos).
         segmentation: config of an optional ``[SEG]``-driven segmentation head (None here).
+        vision_feature_norm: ``"none"`` (published) or ``"batch"``: each token stream is standardised per
+            channel (``BatchNorm1d`` without affine: batch statistics in training, running ones in
+            evaluation) before the projector. A tower trained from scratch puts most of its output
+            in an offset shared by every volume (~95 % at initialisation for the tiny DCFormer); the
+            LLM then sees near-identical image tokens and learns to ignore them. Pretrained towers
+            (CLIP) do not need it.
+        loss_reduction: how the next-token loss is averaged. ``"token"`` (HF, every published recipe):
+            over all answer tokens of the batch, so one 200-token report outweighs a hundred one-word
+            VQA answers. ``"sample"``: over each row's answer tokens, then over the rows, so every
+            sample weighs the same (short answers, which need the image, are not drowned out).
     """
 
     model_type = "lamed"
@@ -67,6 +79,8 @@ class LaMedConfig(PreTrainedConfig):
     legacy_image_offset: int = 1
     slice_feature_source: str = "input"
     segmentation: Optional[Dict[str, Any]] = None
+    vision_feature_norm: str = "none"
+    loss_reduction: str = "token"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -76,6 +90,10 @@ class LaMedConfig(PreTrainedConfig):
         if self.slice_feature_source not in SLICE_FEATURE_SOURCES:
             raise ValueError(
                 f"LaMedConfig.slice_feature_source must be one of {SLICE_FEATURE_SOURCES}, got {self.slice_feature_source!r}")
+        if self.vision_feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"LaMedConfig.vision_feature_norm must be one of {FEATURE_NORMS}, got {self.vision_feature_norm!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"LaMedConfig.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         towers = self.tower_names
         overrides = self.tower_overrides
         if len(overrides) != len(towers):
@@ -105,4 +123,4 @@ class LaMedConfig(PreTrainedConfig):
         return [dict(o or {}) for o in ov]
 
 
-__all__ = ["LaMedConfig", "IMAGE_INSERTIONS", "SLICE_FEATURE_SOURCES"]
+__all__ = ["LaMedConfig", "FEATURE_NORMS", "IMAGE_INSERTIONS", "LOSS_REDUCTIONS", "SLICE_FEATURE_SOURCES"]

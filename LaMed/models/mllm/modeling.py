@@ -72,7 +72,12 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         text_config = config.text_config
         towers = [create_encoder(n, **o) for n, o in zip(config.tower_names, config.tower_overrides)]
         self.vision_tower = towers[0] if len(towers) == 1 else nn.ModuleList(towers)
-        self.mm_projector = create_projector(config.projector, **self._projector_fields(towers, text_config))
+        fields = self._projector_fields(towers, text_config)
+        self.mm_projector = create_projector(config.projector, **fields)
+        self.feature_norm = None
+        if config.vision_feature_norm == "batch":
+            dims = fields.get("in_dims") or [fields["in_dim"]] * int(fields.get("num_streams", 1))
+            self.feature_norm = nn.ModuleList(nn.BatchNorm1d(int(c), affine=False) for c in dims)
         # The towers and projector initialise themselves; mark them so post_init leaves them alone.
         for part in (self.vision_tower, self.mm_projector):
             for m in part.modules():
@@ -150,6 +155,8 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
                 continue
             sf = self._slice_features(tower, images, slice_features)
             streams.append(tower(images, slice_features=sf) if sf is not None else tower(images))
+        if self.feature_norm is not None:  # (B, N, C): standardise each channel over batch and tokens
+            streams = [norm(t.transpose(1, 2)).transpose(1, 2) for norm, t in zip(self.feature_norm, streams)]
         return self.mm_projector(streams[0] if len(streams) == 1 else streams)
 
     def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor,
@@ -211,11 +218,23 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
                 inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features, attention_mask)
         elif images is not None:
             raise ValueError("images need input_ids (the placeholders are found by id), not inputs_embeds")
-        return self.language_model(
+        per_sample = labels is not None and self.config.loss_reduction == "sample"
+        if per_sample:
+            kwargs.pop("num_items_in_batch", None)  # a token count: meaningless for a mean over rows
+        out = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
-            **kwargs,
+            past_key_values=past_key_values, labels=None if per_sample else labels, use_cache=use_cache,
+            logits_to_keep=logits_to_keep, **kwargs,
         )
+        if per_sample:
+            out.loss = per_sample_lm_loss(out.logits, labels)
+        return out
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        """Whether the Trainer may hand ``num_items_in_batch`` over (token-mean loss only); with a
+        per-sample mean the Trainer divides by the accumulation steps itself."""
+        return self.config.loss_reduction == "token"
 
     def prepare_inputs_for_generation(self, *args, images=None, slice_features=None, image_features=None,
                                       is_first_iteration: bool = False, **kwargs):
@@ -248,6 +267,23 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
             w = mask.to(hidden_states.dtype)
             states = (w[..., None] * hidden_states).sum(1) / w.sum(1, keepdim=True).clamp(min=1)
         return states * found[:, None].to(states.dtype), found
+
+
+def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each row's labelled tokens, then over the rows that have any.
+
+    ``logits (B, L, V)``, ``labels (B, L)`` (unshifted, ``ignore_index`` where no loss). Rows with no
+    labelled token are left out of the mean; a batch with none gives 0 attached to the graph.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(logits.device)
+    tokens = nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=ignore_index,
+                                         reduction="none")  # (B, L-1), 0 where ignored
+    counts = (shift_labels != ignore_index).sum(dim=1)
+    rows = counts > 0
+    if not bool(rows.any()):
+        return shift_logits.sum() * 0.0
+    return (tokens.sum(dim=1)[rows] / counts[rows]).mean()
 
 
 def register_auto() -> None:

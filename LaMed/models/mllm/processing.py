@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_TOKEN = "<im_patch>"
@@ -160,6 +160,62 @@ class LaMedProcessor:
             keep = self.max_length - 1  # drop answer tokens, keep the EOS so the model learns to stop
             ids = ids[:keep] + [ids[-1]]
             labels = labels[:keep] + [labels[-1]]
+        self._check_image_count(ids, with_image)
+        return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+
+    def encode_conversation(self, turns: Sequence[Tuple[str, str]], with_image: bool = True) -> Dict[str, List[int]]:
+        """One multi-turn training example: the volume once, then ``[(question, answer), ...]`` in order.
+
+        The first turn is laid out exactly as :meth:`encode_example` (so a single question at test
+        time looks like a conversation's start); each later question follows the previous answer's
+        end token (``raw``: ``" question answer</s>"``; ``chat``: the template's user / assistant
+        turns). Loss on every answer and its end token only. Turns that would overflow
+        ``max_length`` are dropped whole (at least the first is kept, truncated as in encode_example).
+        """
+        turns = [(str(q), str(a)) for q, a in turns]
+        if not turns:
+            raise ValueError("encode_conversation: no (question, answer) turn given")
+        for n in range(len(turns), 1, -1):
+            out = self._encode_turns(turns[:n], with_image)
+            if self.max_length is None or len(out["input_ids"]) <= self.max_length:
+                return out
+        return self.encode_example(*turns[0], with_image=with_image)
+
+    def _encode_turns(self, turns: Sequence[Tuple[str, str]], with_image: bool) -> Dict[str, List[int]]:
+        eos = self.tokenizer.eos_token
+        spans: List[Tuple[int, int]] = []
+        if self.prompt_format == "raw":
+            text = self.prompt_text(turns[0][0], with_image)
+            for k, (q, a) in enumerate(turns):
+                if k:
+                    text += " " + q
+                start = len(text)
+                text += self.answer_text(a) + eos
+                spans.append((start, len(text)))
+        else:
+            first = self.prompt_text(turns[0][0], with_image)  # the template's first user turn, image expanded
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            for q, a in turns:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            head = self.tokenizer.apply_chat_template(messages[: len(messages) - 2 * len(turns) + 1], tokenize=False,
+                                                      add_generation_prompt=True)
+            if not full.startswith(head):
+                raise ValueError("encode_conversation: the chat template does not extend its first turn by prefix")
+            text, cursor = first + full[len(head):], len(first)
+            for _, a in turns:
+                start = text.find(a, cursor)
+                if start < 0:
+                    raise ValueError(f"encode_conversation: answer {a[:40]!r} not found in the chat template's text")
+                end = start + len(a)
+                if text.startswith(eos, end):
+                    end += len(eos)
+                spans.append((start, end))
+                cursor = end
+        enc = self._tokenize(text)
+        ids = list(enc["input_ids"])
+        labels = [t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+                  for t, (start, _) in zip(ids, enc["offset_mapping"])]
         self._check_image_count(ids, with_image)
         return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 

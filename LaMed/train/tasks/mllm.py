@@ -55,6 +55,10 @@ class MLLMModelArguments:
     max_length: int = 512
     image_position: str = field(default="before", metadata={"help": "image tokens 'before' the question (published) or 'after' it"})
     attn_implementation: str = "sdpa"
+    vision_feature_norm: str = field(default="none", metadata={"help": "'none' or 'batch': standardise the tower's "
+                                                                         "tokens before the projector (see LaMedConfig)"})
+    loss_reduction: str = field(default="token", metadata={"help": "'token' (HF, published) or 'sample': mean per row, "
+                                                                      "then over rows (see LaMedConfig)"})
     save_base: bool = field(default=True, metadata={"help": "save an assembled (not loaded) base model to output_dir/base_model"})
 
 
@@ -70,6 +74,8 @@ class MLLMDataArguments:
     augment: bool = False
     closed_answer: str = field(default="letter", metadata={"help": "closed VQA answers: 'letter' ('B. arterial', M3D) or 'text'"})
     max_eval_samples: int = 0
+    conversation_turns: int = field(default=1, metadata={"help": "VQA tasks: up to this many of a volume's questions "
+                                                                   "per multi-turn training sample (1 = one each, published)"})
 
 
 def build_tokenizer(m: MLLMModelArguments, d: MLLMDataArguments):
@@ -135,7 +141,8 @@ def assemble_model(m: MLLMModelArguments, tokenizer):
         text_config=text_config, vision_tower=towers, vision_overrides=overrides,
         vision_feature_stages=m.vision_feature_stages, projector=m.projector, projector_overrides=m.projector_overrides,
         image_insertion=m.image_insertion, legacy_image_offset=m.legacy_image_offset,
-        slice_feature_source=m.slice_feature_source, **ids)
+        slice_feature_source=m.slice_feature_source, vision_feature_norm=m.vision_feature_norm,
+        loss_reduction=m.loss_reduction, **ids)
     model = LaMedForCausalLM(config)
     if m.llm:
         model.language_model = AutoModelForCausalLM.from_pretrained(m.llm, dtype=torch.float32,
@@ -158,7 +165,8 @@ def assemble_model(m: MLLMModelArguments, tokenizer):
 def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], train: bool, seed: int):
     from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset, flare_items, radgenome_items
 
-    kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer)
+    kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer,
+              conversation_turns=d.conversation_turns if train else 1)
     if d.data_format == "prepared":
         parts = [MLLMDataset(manifest, processor, task=t, **kw) for t in tasks]
     elif d.data_format in ("flare", "radgenome"):
@@ -207,6 +215,7 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
                 model.save_pretrained(out)
             base[""] = str(out)
     model.config.use_cache = False  # training
+    model.config.loss_reduction = m.loss_reduction  # a training choice, also for a loaded stage-1 model
     processor = LaMedProcessor(tokenizer, model.num_image_tokens, prompt_format=m.prompt_format,
                                system_prompt=m.system_prompt or None, max_length=m.max_length or None,
                                image_position=m.image_position)
