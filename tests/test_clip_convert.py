@@ -229,3 +229,23 @@ def test_published_checkpoint_folder_round_trip(tmp_path):
     assert isinstance(again, LamedClipModel) and again.config.logit_scale_mode == "raw"
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_lamed_clip_vision_starts_a_tower_from_our_own_clip(tmp_path):
+    """``lamed_clip_vision``: the ``vision_model`` of a saved LaMed CLIP loads strictly into a fresh
+    registry tower (the MLLM recipes' ``pretrained_vision``) and gives the same features."""
+    from safetensors.torch import load_file
+
+    from LaMed.models.encoders import create_encoder
+
+    model, _ = load_published_clip("m3d_clip", published_m3d_clip(), published_config=PUBLISHED_CONFIG)
+    model.save_pretrained(tmp_path)
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    tower = create_encoder(model.config.vision_encoder, **model.config.vision_overrides)
+    report = load_converted(tower, convert_state_dict("lamed_clip_vision", sd), strict=True, source=str(tmp_path))
+    assert report.ok
+    x = torch.rand(2, 1, *IMG)
+    with torch.no_grad():
+        torch.testing.assert_close(tower.eval()(x), model.vision_model.eval()(x))
+    with pytest.raises(KeyError, match="no 'vision_model.\\*' key"):
+        convert_state_dict("lamed_clip_vision", {"text_model.x": torch.zeros(1)})

@@ -73,11 +73,13 @@ def test_chance_levels_by_hand():
 def test_checks_compare_scores_with_their_margins():
     from LaMed.demo.report import evaluate_checks
 
-    metrics = {"clip": {"bench": {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.2}, "chance": {"R@1": 0.1}},
+    metrics = {"clip": {"bench": {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.2, "text_to_image_R@5": 0.9},
+                        "chance": {"R@1": 0.1, "R@5": 0.5}},
                "seg": {"per_class": {"liver": {"dice": 0.69}}, "chance": {"liver": {"all_foreground": 0.1}}}}
     checks = evaluate_checks(metrics)
     assert checks["report-to-volume R@1"]["needed"] == pytest.approx(0.4) and checks["report-to-volume R@1"]["passed"]
     assert not checks["volume-to-report R@1"]["passed"]
+    assert checks["report-to-volume R@5"]["needed"] == pytest.approx(1.5) and not checks["report-to-volume R@5"]["passed"]
     assert checks["liver Dice"]["needed"] == 0.7 and not checks["liver Dice"]["passed"]
     assert "closed VQA accuracy" not in checks  # a part that did not run is not judged
 
@@ -124,8 +126,8 @@ def quick_demo(tmp_path_factory, request):
 def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     rc, out, m = quick_demo
     assert rc == 0  # without --strict a finished demo exits 0 and reports failed checks in report.md
-    assert set(m["checks"]) == {"report-to-volume R@1", "volume-to-report R@1", "report findings F1",
-                                "closed VQA accuracy", "liver Dice"}
+    assert set(m["checks"]) == {"report-to-volume R@1", "volume-to-report R@1", "report-to-volume R@5",
+                                "report findings F1", "closed VQA accuracy", "liver Dice"}
     seg = m["seg"]
     assert m["checks"]["liver Dice"]["passed"]
     assert seg["per_class"]["liver"]["dice"] > 0.7 > seg["chance"]["liver"]["all_foreground"]

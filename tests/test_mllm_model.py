@@ -122,6 +122,33 @@ def test_per_sample_loss_weighs_every_row_alike(tokenizers):
         LaMedConfig(text_config=model.config.text_config, loss_reduction="mean")
 
 
+def test_vision_feature_norm_standardises_tower_tokens(tokenizers, tmp_path):
+    """vision_feature_norm='batch': the projector sees per-channel standardised tokens (batch stats in
+    training, running stats after), and the statistics travel with save_pretrained."""
+    tok = tokenizers["phi3"]
+    model = build("phi3", tok, vision_feature_norm="batch").train()
+    seen = []
+    model.mm_projector.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    images = torch.rand(4, 1, *VOLUME) * 0.1 + 0.5  # a large shared offset, small differences
+    model.get_image_features(images)
+    x = seen[-1]  # (B, N, C) as the projector received it
+    assert x.shape[-1] == model.towers[0].hidden_size
+    flat = x.reshape(-1, x.shape[-1])
+    torch.testing.assert_close(flat.mean(0), torch.zeros(x.shape[-1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flat.var(0, unbiased=False), torch.ones(x.shape[-1]), atol=1e-2, rtol=0)
+    raw = model.towers[0](images).reshape(-1, x.shape[-1])
+    norm = model.feature_norm[0]
+    torch.testing.assert_close(norm.running_mean, 0.1 * raw.mean(0).detach(), atol=1e-5, rtol=1e-4)  # momentum 0.1
+    model.save_pretrained(tmp_path)
+    again = LaMedForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(again.feature_norm[0].running_var, norm.running_var)
+    model.eval()
+    torch.testing.assert_close(again.get_image_features(images), model.get_image_features(images))
+    assert build("phi3", tok).feature_norm is None  # default: the published layout, no extra keys
+    with pytest.raises(ValueError, match="vision_feature_norm"):
+        LaMedConfig(text_config=model.config.text_config, vision_feature_norm="layer")
+
+
 @pytest.mark.parametrize("name", ["phi3", "qwen2_5"])
 def test_placeholder_count_mismatch_raises(name, tokenizers):
     tok = tokenizers[name]

@@ -100,8 +100,9 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     from LaMed.inference.retrieval import evaluate_clip
     from LaMed.train.tasks.clip import train_clip
 
-    # The recipe's encoder is sized for 16x64x64; the demo's phantoms may be deeper.
-    vision = json.dumps({"img_size": list(cfg.shape)})
+    # The recipe's encoder is sized for 16x64x64 (4x16x16 patches: a 4x4x4 grid of 64 tokens); the
+    # demo's phantoms may be deeper: patches grow with the volume so the grid (and the cost) stays.
+    vision = json.dumps({"img_size": list(cfg.shape), "patch_size": [max(1, n // 4) for n in cfg.shape]})
     model_dir = work / "clip_model"
     run = train_clip(recipe_path(cfg.clip_recipe), prepared, model_dir, [
         "--max_steps", str(cfg.clip_steps), "--logging_steps", str(_log_every(cfg.clip_steps)),

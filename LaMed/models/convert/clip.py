@@ -9,6 +9,10 @@
 |                      |                                      | stage-1 model under ``stage1_pretrained_CLIP.*``     |
 | ``med3dvlm_siglip``  | MagicXin/DCFormer_SigLIP (``DEC_CLIP``)| ``vision_encoder.encoder.*`` (DCFormer), ``language_encoder.*`` (DistilBERT), projections, ``t_prime`` / ``bias`` (sigmoid) or ``logit_scale`` (nce) |
 
+``lamed_clip_vision`` takes the vision tower out of one of *our* CLIP checkpoints (``vision_model.*``
+of a ``lamed_clip`` folder's ``model.safetensors``, any registry encoder) to start an MLLM's tower
+from it, as M3D-LaMed starts from the M3D-CLIP ViT (``model.pretrained_vision``).
+
 Renaming: ``vision_encoder.`` -> ``vision_model.``, ``language_encoder.`` -> ``text_model.``,
 ``mm_vision_proj`` -> ``visual_projection``, ``mm_language_proj`` -> ``text_projection``,
 ``t_prime`` -> ``logit_scale``, ``bias`` -> ``logit_bias``, ``stage1_pretrained_CLIP.`` -> ``teacher.``.
@@ -255,3 +259,14 @@ def load_published_clip(family: str, checkpoint, published_config: Optional[Mapp
     model = LamedClipModel(config)
     report = load_converted(model, sd, strict=True, source=f"{family} checkpoint")
     return model, report
+
+
+@register_converter("lamed_clip_vision")
+def lamed_clip_vision(state_dict: Mapping, prefix: str = "vision_model.") -> Dict:
+    """The vision tower of a LaMed CLIP state dict (``vision_model.*``), prefix cut, nothing renamed."""
+    out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not out:
+        heads = sorted({k.split(".")[0] for k in state_dict})[:8]
+        raise KeyError(f"lamed_clip_vision: no '{prefix}*' key in the state dict (top-level names: {heads}); "
+                       f"is this a LaMed CLIP checkpoint (model.safetensors of a lamed_clip folder)?")
+    return out
