@@ -22,6 +22,22 @@ SHARED_DATA = Path(os.environ.get("LAMED_SHARED_DATA", REPO_ROOT.parent / "share
 
 
 @pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """``lamed demo --quick`` run once per session (with the real CT when ../shared/data has it):
+    ``(exit code, out folder, metrics.json)``. Shared by the demo tests and the MLLM learning test,
+    which score the same trained models (the run is the suite's longest: ~8 minutes on 2 cores)."""
+    import json
+
+    from LaMed.cli import main
+
+    real = SHARED_DATA / "totalsegmentator"
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    argv = ["demo", "--out", str(out), "--quick"] + (["--real-data", str(real)] if real.is_dir() else [])
+    rc = main(argv)
+    return rc, out, json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``; tests that need it are skipped cleanly when it is absent."""
     if not SHARED_DATA.is_dir():

@@ -1,26 +1,25 @@
-"""The tiny LaMed recipe learns on phantoms: reports that name what was drawn, closed VQA above chance.
+"""The tiny LaMed recipe learns on phantoms: reports that name what was drawn, closed VQA far above chance.
 
-One session-scoped run: 240 phantoms 32x64x64 (216 train, 24 test), ``configs/recipes/tiny_lamed.yaml``
-(2-layer Phi-3-style LLM, hidden 128, BPE tokenizer trained on the phantom texts, tiny ViT3D +
-spp projector, 16 image tokens), trained from scratch on CPU, then evaluated on the held-out
-phantoms through the Bench front ends (greedy decoding).
+The model is the one ``lamed demo --quick`` trains (session fixture ``quick_demo`` in conftest.py):
+1200 phantoms at 32x64x64 (1140 train / 60 test); the tiny CLIP (``tiny_m3d_clip``, 500 steps), then
+``configs/recipes/tiny_lamed.yaml`` from the CLIP's frozen ViT (64 image tokens, MLP projector,
+2-layer Phi-3-style LLM of width 128, BPE tokenizer trained offline on the phantom texts, VQA as
+8-turn conversations, per-sample loss, standardised tower tokens), 1500 steps, greedy decoding
+through the Bench front ends on the held-out phantoms.
 
-Findings F1: the abnormal findings named in a report's impression (hepatomegaly, splenomegaly,
-surgically absent organs, organs holding lesions) are extracted by the same rules from the
-generated and the reference report and compared (micro F1 over the test set). Chance is the F1 of
-the same predictions scored against the references of *other* test phantoms (every cyclic shift):
-what a fluent generator that ignores the volume gets.
+Findings F1 (rules independent of the demo's own scorer): the abnormal findings a report's impression
+names (hepatomegaly, splenomegaly, surgically absent organs, organs holding lesions) are extracted from
+the generated and the true report and compared (micro F1 over the test set). Chance is the F1 of the
+same predictions scored against the truths of *other* test phantoms (every cyclic shift): what a
+fluent generator that ignores the volume gets.
 
-Opt-in (``LAMED_LEARNING=1``): about 9 minutes of training on the shared, heavily loaded 2-core
-machine (0.7-0.9 steps/s, one torch thread), longer than the 3-minute budget.
-
-STATUS (not yet met, see the MLLM report): with the recipe as committed (500 steps, lr 5e-4) the
-held-out closed-VQA accuracy was 0.49 (phase 0.46, lesion organ 0.47, chance 0.25; yes/no 0.78)
-and every generated report was the same fluent report (findings F1 0.0 = chance). At lr 2e-3 the
-LLM settles on text priors and the volume is ignored (closed 0.39-0.43, phase 0.29); a linear
-probe on the same tiny DCFormer + mixer reaches 100 % phase accuracy in 100 steps, so the
-information is there; it is the optimisation through the random LLM that does not pick it up in
-this budget. Measured numbers are printed by the tests.
+Measured while tuning (1140 train / 60 test phantoms, 1500 steps, one thread):
+    frozen CLIP tower (the recipe):    findings F1 0.382 vs 0.160 chance; closed VQA 0.605 (chance 0.25)
+    tower at 0.1x lr:                  findings F1 0.324 vs 0.155;        closed VQA 0.732
+    500 steps (frozen):                findings F1 0.203 vs 0.108;        closed VQA 0.576
+    the previous recipe (from-scratch DCFormer, 8 tokens, one question per sample, token loss):
+                                       one report for every volume (F1 = chance); closed VQA 0.44
+The run's own numbers are printed by the tests (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -30,9 +29,7 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
 _ORGANS = {"liver": "liver", "spleen": "spleen", "right kidney": "kidney_right", "left kidney": "kidney_left",
            "right lower lobe": "lung_right", "left lower lobe": "lung_left"}
 _ABSENT = {"cholecystectomy": "gallbladder", "splenectomy": "spleen", "right nephrectomy": "kidney_right",
@@ -65,50 +62,29 @@ def test_findings_extraction_on_known_reports():
     assert micro_f1([{"a", "b"}], [{"a"}]) == pytest.approx(2 / 3)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    import os
-
-    if os.environ.get("LAMED_LEARNING") != "1":
-        pytest.skip("learning run is opt-in: LAMED_LEARNING=1 (about 9 minutes on a loaded 2-core machine)")
-    from LaMed.data.prepare import prepare_phantoms
-    from LaMed.train.main import run_training
-
-    root = tmp_path_factory.mktemp("learning")
-    data = root / "phantoms"
-    prepare_phantoms(data, n=240, shape=(32, 64, 64), seed=1000, val_fraction=0.0, test_fraction=0.1, workers=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model runs faster on one thread than on two busy ones
-    try:
-        run_training(str(REPO / "configs" / "recipes" / "tiny_lamed.yaml"),
-                     ["--train_manifest", str(data / "train.json"), "--output_dir", str(root / "run"), "--logging_steps", "100"])
-    finally:
-        torch.set_num_threads(threads)
-    return root / "run", data / "test.json"
-
-
-def test_reports_name_the_drawn_findings_above_chance(trained, tmp_path):
-    from Bench.run_mrg import run_mrg
-
-    model, test = trained
-    summary = run_mrg(str(model), str(test), str(tmp_path / "mrg"), max_new_tokens=240)
-    refs = {it["id"]: it["text"] for it in json.loads(Path(test).read_text())["items"]}
-    rows = [json.loads(x) for x in (tmp_path / "mrg" / "predictions.jsonl").read_text().splitlines()]
+def test_reports_name_the_drawn_findings_above_chance(quick_demo):
+    _, out, m = quick_demo
+    mllm = m["mllm"]
+    test = Path(m["data"]["folder"]) / "test.json"
+    refs = {it["id"]: it["text"] for it in json.loads(test.read_text(encoding="utf-8"))["items"]}
+    rows = [json.loads(x) for x in (Path(mllm["bench_dirs"]["mrg"]) / "predictions.jsonl").read_text(
+        encoding="utf-8").splitlines() if x.strip()]
+    assert len(rows) == len(refs) == m["data"]["splits"]["test"] >= 50
     pred = [findings(r["prediction"]) for r in rows]
     ref = [findings(refs[r["id"]]) for r in rows]
     f1 = micro_f1(pred, ref)
     chance = sum(micro_f1(pred, ref[k:] + ref[:k]) for k in range(1, len(ref))) / (len(ref) - 1)
-    print(f"findings F1 {f1:.3f}, chance {chance:.3f}, ROUGE-L {summary['overall']['rouge_l']:.3f}")
-    assert summary["counts"]["evaluated"] == len(rows) == 24
+    distinct = len({r["prediction"] for r in rows})
+    print(f"findings F1 {f1:.3f}, chance {chance:.3f}, distinct reports {distinct} of {len(rows)}")
+    assert distinct >= len(rows) // 3  # reports differ with the volume
     assert f1 >= chance + 0.15, (f1, chance)
 
 
-def test_closed_vqa_far_above_chance(trained, tmp_path):
-    from Bench.run_vqa import run_vqa
-
-    model, test = trained
-    summary = run_vqa(str(model), str(test), str(tmp_path / "vqa"), types=["closed", "yes_no"], max_new_tokens=12)
-    closed = summary["per_class"]["closed"]
-    print(f"closed accuracy {closed['correct']:.3f} over {closed['count']}, yes/no {summary['per_class']['yes_no']['correct']:.3f}")
-    assert closed["count"] >= 60
+def test_closed_vqa_far_above_chance(quick_demo):
+    _, out, m = quick_demo
+    summary = json.loads((Path(m["mllm"]["bench_dirs"]["vqa"]) / "summary.json").read_text(encoding="utf-8"))
+    closed, yes_no = summary["per_class"]["closed"], summary["per_class"]["yes_no"]
+    print(f"closed accuracy {closed['correct']:.3f} over {closed['count']}, yes/no {yes_no['correct']:.3f}")
+    assert closed["count"] >= 100
     assert closed["correct"] >= 0.5  # 4 choices: chance is 0.25
+    assert m["mllm"]["vqa"]["closed"] == pytest.approx(closed["correct"])  # the demo reports the same run

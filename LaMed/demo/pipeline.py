@@ -49,6 +49,9 @@ def run_demo(cfg: DemoConfig, out: str | Path, real_data: str | Path | None = No
     unknown = sorted(set(cfg.parts) - set(PARTS))
     if unknown:
         raise ValueError(f"demo parts: unknown {unknown}; known: {list(PARTS)}")
+    if "mllm" in cfg.parts and "clip" not in cfg.parts:
+        raise ValueError("demo part 'mllm' starts its vision tower from the demo's CLIP (as M3D-LaMed does): "
+                         "keep the 'clip' part")
     if real_data is not None and "seg" not in cfg.parts:
         raise ValueError("--real-data fine-tunes the segmentation model: keep the 'seg' part")
     out = Path(out)
@@ -74,7 +77,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, real_data: str | Path | None = No
                 metrics["clip"] = stages.run_clip(cfg, prepared, runs)
         if "mllm" in cfg.parts:
             with _stage(timings, next(step), total, f"report/VQA: train {cfg.mllm_recipe} ({cfg.mllm_steps} steps), Bench MRG + VQA"):
-                metrics["mllm"] = stages.run_mllm(cfg, prepared, runs)
+                metrics["mllm"] = stages.run_mllm(cfg, prepared, runs, Path(metrics["clip"]["model"]))
         if "seg" in cfg.parts:
             with _stage(timings, next(step), total, f"segmentation: train {cfg.seg_recipe} ({cfg.seg_steps} steps), Bench seg"):
                 metrics["seg"] = stages.run_seg(cfg, prepared, runs)

@@ -103,6 +103,24 @@ def random_report_baseline(train_reports: Sequence[str], test_reports: Sequence[
     return {k: float(np.mean(v)) for k, v in acc.items() if k != "cases"}
 
 
+def other_volume_baseline(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
+    """Findings scores of the model's own reports matched against *other* test cases' truths.
+
+    Every cyclic shift ``k = 1 .. n-1`` pairs report ``i`` with the truth of case ``(i + k) mod n``;
+    the scores are averaged over the shifts. A generator that ignores the volume scores the same
+    on the right and the wrong truths, so the gap to this baseline is what the image contributed.
+    """
+    n = len(references)
+    if n != len(predictions) or n < 2:
+        raise ValueError(f"other_volume_baseline: needs equal lists of >= 2 reports, got {len(predictions)} and {n}")
+    acc: Dict[str, List[float]] = {}
+    for k in range(1, n):
+        shifted = list(references[k:]) + list(references[:k])
+        for key, v in findings_f1(predictions, shifted).items():
+            acc.setdefault(key, []).append(v)
+    return {k: float(np.mean(v)) for k, v in acc.items() if k != "cases"}
+
+
 def vqa_baselines(train_items: Sequence[Mapping], test_items: Sequence[Mapping],
                   types: Sequence[str] = ("closed", "yes_no")) -> Dict[str, Dict[str, float]]:
     """Per question type: ``uniform`` (1/4 for four choices, 1/2 for yes / no) and ``majority``

@@ -95,14 +95,21 @@ def _items(prepared: Path, split: str) -> List[Dict]:
 
 # --------------------------------------------------------------------------------------------- CLIP
 
+def _tower_overrides(cfg: DemoConfig) -> str:
+    """The ViT3D geometry shared by the demo's CLIP and the report model that starts from it (JSON).
+
+    The tiny recipes' encoder is sized for 16x64x64 (4x16x16 patches: a 4x4x4 grid of 64 tokens);
+    patches grow with the phantoms' shape so the grid (and the cost) stays.
+    """
+    return json.dumps({"img_size": list(cfg.shape), "patch_size": [max(1, n // 4) for n in cfg.shape]})
+
+
 def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
     from LaMed.inference.retrieval import evaluate_clip
     from LaMed.train.tasks.clip import train_clip
 
-    # The recipe's encoder is sized for 16x64x64 (4x16x16 patches: a 4x4x4 grid of 64 tokens); the
-    # demo's phantoms may be deeper: patches grow with the volume so the grid (and the cost) stays.
-    vision = json.dumps({"img_size": list(cfg.shape), "patch_size": [max(1, n // 4) for n in cfg.shape]})
+    vision = _tower_overrides(cfg)
     model_dir = work / "clip_model"
     run = train_clip(recipe_path(cfg.clip_recipe), prepared, model_dir, [
         "--max_steps", str(cfg.clip_steps), "--logging_steps", str(_log_every(cfg.clip_steps)),
@@ -129,11 +136,17 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- MLLM
 
-def run_mllm(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
-    """Tiny LaMed (ViT3D + spatial pooling + 2-layer Phi-3-style LLM): reports and VQA, scored by Bench."""
+def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> Dict[str, Any]:
+    """Tiny LaMed (the CLIP's ViT3D, frozen + MLP projector + 2-layer Phi-3-style LLM): reports and VQA,
+    scored by Bench. ``clip_model``: the demo's CLIP folder, whose vision tower the recipe starts from."""
     model_dir = work / "mllm_model"
+    weights = Path(clip_model) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: the CLIP the report/VQA model starts from is missing")
     trained = train_recipe(cfg.mllm_recipe, model_dir, cfg.mllm_steps,
-                           ["--train_manifest", str(prepared / "train.json")])
+                           ["--train_manifest", str(prepared / "train.json"),
+                            "--pretrained_vision", f"lamed_clip_vision:{weights}",
+                            "--vision_overrides", _tower_overrides(cfg)])
     test = prepared / "test.json"
     mrg_dir, vqa_dir = work / "mrg_eval", work / "vqa_eval"
     mrg = run_bench("run_mrg", ["--model", model_dir, "--manifest", test, "--out", mrg_dir,
@@ -150,6 +163,7 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     report_scores.update({k: v for k, v in scoring.findings_f1(preds, refs).items() if k != "cases"})
     report_chance = scoring.random_report_baseline([it["text"] for it in train_items if it.get("text")], refs,
                                                    seed=cfg.seed)
+    other_volume = scoring.other_volume_baseline(preds, refs)
     examples = [{"id": r["id"], "prediction": r["prediction"], "truth": by_id[r["id"]]["text"],
                  "findings_predicted": sorted(scoring.report_findings(r["prediction"])),
                  "findings_true": sorted(scoring.report_findings(by_id[r["id"]]["text"]))}
@@ -160,7 +174,8 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     counts = {t: int(per_type[t]["count"]) for t in vqa_scores}
     return {"recipe": cfg.mllm_recipe, "steps": trained["steps"], "model": str(model_dir),
             "train_seconds": trained["seconds"], **_losses(trained["log"]), "log": trained["log"],
-            "report": report_scores, "report_chance": report_chance, "reports_scored": len(rows),
+            "report": report_scores, "report_chance": report_chance, "report_other_volume": other_volume,
+            "reports_scored": len(rows),
             "examples": examples, "vqa": vqa_scores, "vqa_questions": counts,
             "vqa_chance": scoring.vqa_baselines(train_items, list(by_id.values())),
             "bench_dirs": {"mrg": str(mrg_dir), "vqa": str(vqa_dir)}}
