@@ -24,6 +24,9 @@ class DemoConfig:
         clip_recipe / mllm_recipe / seg_recipe: tiny twins in ``configs/recipes`` (names or paths).
         clip_steps / mllm_steps / seg_steps: optimizer steps of each training (the recipes' own
             ``max_steps`` are replaced so that the whole demo fits its time budget).
+        clip_batch_size: pairs per CLIP step (the recipe has 32): 64 in-batch negatives made the
+            tiny CLIP's held-out R@1 0.20 instead of 0.07 (1140 phantoms, 500 steps), and the
+            report model starts from its tower.
         seg_classes: structures the segmentation model is prompted with (training and test).
         real_steps: fine-tuning steps on the real labelled CT of ``--real-data``.
         real_structure: the structure fine-tuned and scored on the real CT.
@@ -42,6 +45,7 @@ class DemoConfig:
     mllm_recipe: str = "tiny_lamed"
     seg_recipe: str = "tiny_segvol"
     clip_steps: int = 500
+    clip_batch_size: int = 64
     mllm_steps: int = 1500
     seg_steps: int = 200
     seg_classes: List[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])
