@@ -17,11 +17,12 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 CONFIGS: Dict[str, Dict] = {
-    # tiny: what the tests and the phantom demo train (2 x 128 Phi-3-style LLM, tiny DCFormer + mixer, 8 tokens).
+    # tiny: what the tests and the phantom demo train (configs/recipes/tiny_lamed.yaml: 2 x 128 Phi-3-style LLM,
+    # ViT3D test tower on 32x64x64 with 8x16x16 patches, per-token MLP projector, 64 image tokens).
     "tiny": dict(text=dict(model_type="phi3", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2),
-                 vision="dcformer_test", vision_overrides={}, stages=[3, 4], projector="mixer_test", projector_overrides={},
-                 volume=(1, 32, 64, 64)),
+                 vision="vit3d_test", vision_overrides={"img_size": (32, 64, 64), "patch_size": (8, 16, 16)},
+                 projector="mlp", projector_overrides={}, volume=(1, 32, 64, 64)),
     # phi3: Phi-3-mini-4k geometry (3072 x 32 layers, vocab 32015) + M3D ViT-B + spp (256 tokens): 3.9 B params.
     "phi3": dict(text=dict(model_type="phi3", vocab_size=32015, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=32),
