@@ -202,17 +202,13 @@ def _is_mapping(hint) -> bool:
 
 def _mapping_override(where: str, name: str):
     """argparse ``type`` of a dict field: the command-line value is read as YAML (JSON is YAML too)."""
+    from LaMed.utils.mapping import parse_mapping
 
     def parse(text: str) -> Dict[str, Any]:
-        import yaml
-
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{where}: --{name}: not a YAML / JSON mapping: {text!r} ({exc})") from None
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: --{name} expects a mapping like '{{key: value}}', got {text!r}")
-        return value
+            return parse_mapping(text, f"--{name}")
+        except ValueError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
 
     parse.__name__ = "mapping"
     return parse

@@ -14,7 +14,6 @@ report-to-volume and volume-to-report Recall@1/5/10 over the whole evaluation sp
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +41,12 @@ def resolve_text_path(path: str) -> str:
 
 
 def _as_dict(value: Union[dict, str, None], name: str) -> Dict[str, Any]:
-    """A dict from a recipe mapping or a JSON string given on the command line."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        out = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"model.{name}: expected a mapping or a JSON object string, got {value!r} ({exc})") from None
-    if not isinstance(out, dict):
-        raise ValueError(f"model.{name}: expected a mapping, got {type(out).__name__}")
-    return out
+    """A dict from a recipe mapping or a YAML / JSON string given on the command line."""
+    from LaMed.utils.mapping import parse_mapping
+
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    return parse_mapping(value, f"model.{name}")
 
 
 @dataclass
