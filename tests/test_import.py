@@ -171,3 +171,85 @@ def test_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("")
     assert main(["import", "segvol", str(src), str(tmp_path / "full")]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+# ---- reasoning segmentation: M3D-LaMed with its seg module, R1Seg-3D LLM ---------------------------
+
+def _reasoning_tokenizer():
+    from LaMed.data.tokenizer import train_tokenizer
+    from LaMed.models.mllm import prepare_tokenizer
+    from tests.test_reasoning_model import TEXTS
+
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    prepare_tokenizer(tok)
+    return tok
+
+
+def _reasoning_release(folder: Path, ours, rename, extra: dict, tok) -> Path:
+    """A release folder: ``ours``' tensors under the published names, its LLM config plus ``extra``."""
+    config = {k: v for k, v in ours.config.text_config.to_dict().items() if k not in ("architectures", "model_type")}
+    config.update(extra)
+    return _release(folder, rename(ours.state_dict()), config, tok)
+
+
+def _same_outputs(again, ours, tok):
+    """Identical LM logits and [SEG] mask logits of the imported and the source model on one batch."""
+    from tests.test_reasoning_model import batch
+
+    _, b = batch(tok, ours, [("Where is the liver? Please segment it.", "It is [SEG].")])
+    images = torch.rand(1, 1, 16, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ours(**b, images=images, return_seg_logits=True)
+        got = again(**b, images=images, return_seg_logits=True)
+    torch.testing.assert_close(got.logits, want.logits)
+    torch.testing.assert_close(got.seg_logits, want.seg_logits)
+
+
+def test_m3d_lamed_seg_release_imports_with_its_seg_module(tmp_path, capsys):
+    from LaMed.models.mllm import LaMedProcessor
+    from LaMed.models.reasoning import LaMedSegForCausalLM
+    from tests.test_reasoning_convert import published_m3d
+    from tests.test_reasoning_model import build
+
+    tok = _reasoning_tokenizer()
+    seg = dict(upscale_norm="full", point_convention="segvol", pe_axis_order="segvol")
+    ours = build(tok, shared=False, seg_overrides=seg)
+    src = _reasoning_release(tmp_path / "M3D-LaMed-Phi-3-4B", ours, published_m3d,
+                             {"model_type": "lamed_phi3", "architectures": ["LamedPhi3ForCausalLM"], "vision_tower": "vit3d",
+                              "image_size": [16, 64, 64], "patch_size": [4, 16, 16], "mm_projector_type": "spp",
+                              "segmentation_module": "segvol"}, tok)
+    dst = tmp_path / "m3d_lamed_seg"
+    # ViT heads, the pooling grid and the (tiny) seg module are not visible in the shapes: given here.
+    tiny = {"vision_overrides": {"num_heads": 4},
+            "projector_overrides": {"pool_size": [2, 2, 2]}, "seg_variant": "segvol_tiny",
+            "seg_overrides": {"img_size": [16, 64, 64], **seg}}
+    assert main(["import", "m3d_lamed_seg", str(src), str(dst), "--config", json.dumps(tiny)]) == 0
+    assert "all keys matched" in capsys.readouterr().out
+    again = LaMedSegForCausalLM.from_pretrained(str(dst)).eval()
+    assert again.config.image_insertion == "legacy_offset" and again.config.text_config.model_type == "phi3"
+    assert not again.config.shared_encoder and again.config.seg_reduce == "mean"  # published fields kept
+    _same_outputs(again, ours, tok)
+    assert LaMedProcessor.from_pretrained(str(dst)).num_image_tokens == ours.num_image_tokens
+
+
+def test_r1seg_llm_release_imports_with_the_shared_encoder(tmp_path, capsys):
+    from LaMed.models.reasoning import LaMedSegForCausalLM
+    from tests.test_reasoning_convert import published_r1seg
+    from tests.test_reasoning_model import build
+
+    tok = _reasoning_tokenizer()
+    seg = dict(point_prompts=False, mask_downscaling="conv3d", upscale_norm="full", pe_axis_order="segvol")
+    ours = build(tok, shared=True, seg_overrides={**seg, "refine_passes": 2})
+    # the merge script writes architectures as one string
+    src = _reasoning_release(tmp_path / "R1Seg-3D-Phi-3-4B", ours, published_r1seg,
+                             {"model_type": "lamed_phi3_cross", "architectures": "LamedPhi3ForCausalLMCrossA"}, tok)
+    dst = tmp_path / "r1seg3d"
+    tiny = {"vision_tower": "vit3d_test", "projector_overrides": {"pool_size": [2, 2, 2]}, "seg_variant": "segvol_tiny",
+            "vision_overrides": {"img_size": [16, 64, 64], "patch_size": [4, 16, 16], "cls_token": False},
+            "seg_overrides": {"img_size": [16, 64, 64], **seg}}  # refine_passes: derived (2), merged
+    assert main(["import", "r1seg_llm", str(src), str(dst), "--config", json.dumps(tiny)]) == 0
+    assert "all keys matched" in capsys.readouterr().out
+    again = LaMedSegForCausalLM.from_pretrained(str(dst)).eval()
+    assert again.config.shared_encoder and again.config.image_insertion == "legacy_offset"
+    assert again.config.text_config.model_type == "phi3" and again.seg_module.config.refine_passes == 2
+    _same_outputs(again, ours, tok)

@@ -4,9 +4,12 @@
     lamed import segvol    ~/hf/SegVol              models/segvol
     lamed import m3d_lamed ~/hf/M3D-LaMed-Phi-3-4B  models/m3d_lamed_phi3
     lamed import med3dvlm  ~/hf/Med3DVLM-Qwen-2.5-7B models/med3dvlm
+    lamed import m3d_lamed_seg ~/hf/M3D-LaMed-Phi-3-4B models/m3d_lamed_seg_phi3
+    lamed import r1seg_llm ~/hf/R1Seg-3D-Phi-3-4B   models/r1seg3d_phi3
 
 ``SRC`` is the downloaded folder (or one weights file); ``DST`` receives ``config.json``,
-``model.safetensors`` and the tokenizer (plus ``lamed_processor.json`` for report / VQA models),
+``model.safetensors`` and the tokenizer (plus ``lamed_processor.json`` for report / VQA and
+reasoning-segmentation models),
 loadable with ``from_pretrained`` (no ``trust_remote_code``) and runnable with ``lamed predict``.
 The weights go through the family's converter (``LaMed.models.convert``) and load **strictly**;
 the key report (missing / unexpected / mis-shaped keys) is printed, and a mismatch is an error.
@@ -17,7 +20,11 @@ Families (:data:`IMPORTERS`): CLIP ``m3d_clip``, ``hsenet_clip_stage1``, ``hsene
 ``med3dvlm_siglip``; segmentation ``segvol``, ``text3dsam``, ``r1seg_sam``; report / VQA
 ``m3d_lamed``, ``med3dvlm``, ``hsenet`` (the HSENet VLM release holds only the packers and LoRA
 tensors: give ``--base`` = a LaMed model folder with Phi-4-mini and the 2E3 towers, built by the
-HSENet recipes). Published models that splice image features by position are imported with
+HSENet recipes); reasoning segmentation (``[SEG]`` -> mask, loaded with
+``LaMed.models.reasoning.LaMedSegForCausalLM``) ``m3d_lamed_seg`` (M3D-LaMed with its SegVol module,
+a separate encoder) and ``r1seg_llm`` (R1Seg-3D Phi-3 / Llama-3, one ViT shared by the LLM and the
+mask decoder; ``num_clicks`` of its config.json, else 2, sets the refinement passes).
+Published models that splice image features by position are imported with
 ``image_insertion="legacy_offset"`` so that they reproduce their published outputs.
 """
 
@@ -126,16 +133,26 @@ _NOT_LLM = {"architectures", "auto_map", "model_type", "transformers_version", "
             "mm_hidden_size", "proj_out_num", "vision_select_layer", "vision_select_feature", "segmentation_module",
             "pretrain_vision_model", "pretrain_mm_mlp_adapter", "tune_mm_mlp_adapter", "freeze_vision_tower",
             "low_output_size", "high_output_size", "low_input_size", "high_input_size", "mm_mlp_depth",
-            "num_new_tokens", "seg_token_id", "img_token_id", "image_token_id", "use_cache"}
+            "num_new_tokens", "seg_token_id", "img_token_id", "image_token_id", "use_cache",
+            "vision_module", "num_clicks", "need_text_en", "pretrain_seg_module", "pretrain_mllm"}
 _LLM_TYPES = (("qwen2", "qwen2"), ("qwen", "qwen2"), ("phi3", "phi3"), ("phi4", "phi3"), ("phi", "phi3"),
               ("llama", "llama"))
-_FAMILY_LLM = {"m3d_lamed": "phi3", "med3dvlm": "qwen2", "hsenet": "phi3"}
+# The LLM type when config.json names none; the Llama releases name theirs (lamed_llama, Llama*ForCausalLM).
+_FAMILY_LLM = {"m3d_lamed": "phi3", "med3dvlm": "qwen2", "hsenet": "phi3", "m3d_lamed_seg": "phi3", "r1seg_llm": "phi3"}
+# Families importing into LaMedSegForCausalLM, and the family whose published image splice they share.
+_SEG_FAMILIES = ("m3d_lamed_seg", "r1seg_llm")
+_LEGACY_AS = {"m3d_lamed_seg": "m3d_lamed", "r1seg_llm": "m3d_lamed"}
 
 
 def _text_config(family: str, published: Mapping, vocab_size: int):
+    """The HF config of the LLM: its type named by ``model_type`` / ``architectures`` (else the family's),
+    its fields those of config.json that do not describe the vision side or training."""
     from transformers import CONFIG_MAPPING
 
-    name = str(published.get("model_type", "")).lower() + " " + " ".join(published.get("architectures") or []).lower()
+    archs = published.get("architectures") or []
+    if isinstance(archs, str):  # R1Seg-3D's merge script writes one string instead of a list
+        archs = [archs]
+    name = str(published.get("model_type", "")).lower() + " " + " ".join(str(a) for a in archs).lower()
     llm = next((t for key, t in _LLM_TYPES if key in name), _FAMILY_LLM[family])
     fields = {k: v for k, v in published.items() if k not in _NOT_LLM}
     fields["vocab_size"] = vocab_size  # the released embeddings decide (M3D's config lags its resized vocabulary)
@@ -143,13 +160,24 @@ def _text_config(family: str, published: Mapping, vocab_size: int):
 
 
 def _vision_fields(family: str, converted: Mapping, published: Mapping) -> Dict[str, Any]:
-    if family == "m3d_lamed":
+    """Config fields of the vision side (tower, projector, segmentation head) derived from the
+    converted tensors' shapes and the published config.json."""
+    if family in ("m3d_lamed", "m3d_lamed_seg"):
         from LaMed.models.convert.clip import _vit_overrides
 
         geometry = {"img_size": published.get("image_size", published.get("img_size", (32, 256, 256))),
                     "patch_size": published.get("patch_size", (4, 16, 16))}
         vit = _vit_overrides(converted, "vision_tower.", geometry)
-        return {"vision_tower": "vit3d_base", "vision_overrides": vit, "projector": "spp"}
+        fields = {"vision_tower": "vit3d_base", "vision_overrides": vit, "projector": "spp"}
+        if family == "m3d_lamed_seg":
+            from LaMed.models.convert.lamed_seg import m3d_lamed_seg_fields
+
+            fields.update(m3d_lamed_seg_fields())
+        return fields
+    if family == "r1seg_llm":
+        from LaMed.models.convert.r1seg_llm import r1seg_llm_fields
+
+        return r1seg_llm_fields(int(published.get("num_clicks", 2)))  # steps 2-4 were trained with 2
     if family == "med3dvlm":
         from LaMed.models.convert.dcformer import infer_dcformer_config
 
@@ -169,14 +197,28 @@ def _tokenizer_ids(tokenizer):
     return prepare_tokenizer(tokenizer)
 
 
+def _model_classes(family: str):
+    """``(config class, model class)`` a multimodal-LLM family is built with: the reasoning-segmentation
+    pair for the releases with a ``[SEG]`` mask head, else the plain MLLM."""
+    if family in _SEG_FAMILIES:
+        from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
+
+        return LaMedSegConfig, LaMedSegForCausalLM
+    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
+
+    return LaMedConfig, LaMedForCausalLM
+
+
 def _build_mllm(family: str):
+    """Builder of a multimodal-LLM family (report / VQA or reasoning segmentation): convert the weights,
+    derive the config (LLM + vision side + legacy splice, refined by ``--config``), build, load strictly."""
     def build(sd, published, overrides, args):
         import torch
 
         from LaMed.models.convert import convert_state_dict, load_converted
         from LaMed.models.convert.mllm import legacy_config_fields
-        from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
 
+        config_class, model_class = _model_classes(family)
         tokenizer = _load_tokenizer(args)
         if tokenizer is None:
             raise FileNotFoundError(f"{args.src}: no tokenizer files; pass --tokenizer (the base LLM's)")
@@ -187,7 +229,7 @@ def _build_mllm(family: str):
             if not args.base:
                 raise ValueError("hsenet: the released file holds only the packers and LoRA tensors; pass --base "
                                  "(a LaMed folder with Phi-4-mini and the 2E3 towers, e.g. from the HSENet recipes)")
-            model = LaMedForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+            model = model_class.from_pretrained(args.base, dtype=torch.float32)
             for key, value in {**legacy_config_fields(family), **overrides}.items():
                 setattr(model.config, key, value)
             own = model.state_dict()
@@ -199,12 +241,12 @@ def _build_mllm(family: str):
         if emb is None:
             raise KeyError(f"{family} checkpoint: no embed_tokens weight (is this the full model file?)")
         fields = dict(_vision_fields(family, converted, published))
-        fields.update(legacy_config_fields(family))
+        fields.update(legacy_config_fields(_LEGACY_AS.get(family, family)))
         for key, value in overrides.items():  # a mapping refines the derived mapping (e.g. vision_overrides)
             both = isinstance(value, Mapping) and isinstance(fields.get(key), Mapping)
             fields[key] = {**fields[key], **value} if both else value
-        config = LaMedConfig(text_config=_text_config(family, published, int(emb.shape[0])), **ids, **fields)
-        model = LaMedForCausalLM(config)
+        config = config_class(text_config=_text_config(family, published, int(emb.shape[0])), **ids, **fields)
+        model = model_class(config)
         if len(tokenizer) > int(emb.shape[0]):
             raise ValueError(f"{args.src}: the tokenizer has {len(tokenizer)} tokens but the checkpoint's embeddings "
                              f"{int(emb.shape[0])} rows (LaMed's <im_patch>/[SEG]/box tokens missing from the release?)")
@@ -224,6 +266,9 @@ IMPORTERS: Dict[str, Importer] = {
     "m3d_lamed": Importer("mllm", _build_mllm("m3d_lamed"), "GoodBaiBai88/M3D-LaMed-Phi-3-4B, -Llama-2-7B"),
     "med3dvlm": Importer("mllm", _build_mllm("med3dvlm"), "MagicXin/Med3DVLM-Qwen-2.5-7B(-FLARE2025)"),
     "hsenet": Importer("mllm", _build_mllm("hsenet"), "Yanzhaoshi/HSENet-Phi-4-4B (with --base)"),
+    "m3d_lamed_seg": Importer("mllm", _build_mllm("m3d_lamed_seg"),
+                              "GoodBaiBai88/M3D-LaMed-Phi-3-4B, -Llama-2-7B (with the SegVol module)"),
+    "r1seg_llm": Importer("mllm", _build_mllm("r1seg_llm"), "lihao0011/R1Seg-3D-Phi-3-4B, -llama-3-8B"),
 }
 
 
