@@ -76,15 +76,9 @@ def read_published(src: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 
 def _overrides(text: str) -> Dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--config: not valid JSON ({exc}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--config: expected a JSON object, got {type(value).__name__}")
-    return value
+    from LaMed.utils.mapping import parse_mapping
+
+    return parse_mapping(text, "--config")
 
 
 # ---- CLIP ------------------------------------------------------------------------------------------
