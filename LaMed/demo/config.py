@@ -26,7 +26,11 @@ class DemoConfig:
             ``max_steps`` are replaced so that the whole demo fits its time budget).
         clip_batch_size: pairs per CLIP step (the recipe has 32): 64 in-batch negatives made the
             tiny CLIP's held-out R@1 0.20 instead of 0.07 (1140 phantoms, 500 steps), and the
-            report model starts from its tower.
+            report model starts from its tower. Its first ~100 steps sit at the collapsed loss
+            (ln 64), so it gets 800 steps (held-out R@1 0.12 / 0.13 on the demo's phantoms, 0.03 /
+            0.07 after 500).
+        clip_loader_workers: data-loader processes of the CLIP training (reading and tokenising 64
+            pairs is ~40 % of a step in the training process; one worker overlaps it).
         seg_classes: structures the segmentation model is prompted with (training and test).
         real_steps: fine-tuning steps on the real labelled CT of ``--real-data``.
         real_structure: the structure fine-tuned and scored on the real CT.
@@ -44,8 +48,9 @@ class DemoConfig:
     clip_recipe: str = "tiny_m3d_clip"
     mllm_recipe: str = "tiny_lamed"
     seg_recipe: str = "tiny_segvol"
-    clip_steps: int = 500
+    clip_steps: int = 800
     clip_batch_size: int = 64
+    clip_loader_workers: int = 1
     mllm_steps: int = 1500
     seg_steps: int = 200
     seg_classes: List[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])

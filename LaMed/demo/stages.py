@@ -114,7 +114,8 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     run = train_clip(recipe_path(cfg.clip_recipe), prepared, model_dir, [
         "--max_steps", str(cfg.clip_steps), "--logging_steps", str(_log_every(cfg.clip_steps)),
         "--disable_tqdm", "false", "--resume", "never", "--vision_overrides", vision,
-        "--per_device_train_batch_size", str(cfg.clip_batch_size)])
+        "--per_device_train_batch_size", str(cfg.clip_batch_size),
+        "--dataloader_num_workers", str(cfg.clip_loader_workers)])
     history = list(run.trainer.state.log_history)
     (model_dir / "log_history.json").write_text(json.dumps(history, indent=1))
     out = work / "clip_eval"
