@@ -133,7 +133,7 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
 
     lines += ["## What was trained", "", "| part | recipe (tiny twin) | steps | training time | loss first -> last |",
               "|---|---|---|---|---|"]
-    names = {"clip": "3D CLIP (ViT3D + BERT, InfoNCE)", "mllm": "report / VQA model (ViT3D + spatial pooling + 2-layer LLM)",
+    names = {"clip": "3D CLIP (ViT3D + BERT, InfoNCE)", "mllm": "report / VQA model (the CLIP's ViT3D + MLP projector + 2-layer LLM)",
              "seg": "text-prompted segmentation (SegVol-tiny)", "real": "segmentation fine-tuned on the real CT"}
     for part, title in names.items():
         p = m.get(part)
