@@ -75,6 +75,8 @@ def time_generate(model, spec, new_tokens: int, use_cache: bool, prompt_text_tok
     with torch.no_grad():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), images=vol, max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=0, eos_token_id=None,
+                       # random weights may pick <im_patch>; fed back uncached, it would count as a placeholder
+                       suppress_tokens=[model.config.image_token_id],
                        stopping_criteria=StoppingCriteriaList([Stamp()]))
     total = stamps[-1] - start
     rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
