@@ -129,6 +129,11 @@ def test_spatial_pool_matches_hand_computation():
     # "sequence" mode averages runs of 8 consecutive tokens instead
     seq = create_projector("spp_test", pool_mode="sequence")
     torch.testing.assert_close(seq.pool(tokens), tokens.reshape(2, 4, 8, 32).mean(2))
+    # bf16 on the CPU (lamed predict --dtype bf16 without a GPU): torch has no bf16 avg_pool3d there
+    half = proj.pool(tokens.bfloat16())
+    assert half.dtype == torch.bfloat16
+    np.testing.assert_allclose(half.float().numpy(), want, rtol=2e-2, atol=2e-2)
+    assert proj.to(torch.bfloat16)(tokens.bfloat16()).shape == (2, 4, proj.config.out_dim)
 
 
 def test_mlp_layouts():

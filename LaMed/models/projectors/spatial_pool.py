@@ -65,6 +65,9 @@ class SpatialPoolProjector(Projector):
             k = grid_tokens(c.pool_size)
             return x.reshape(b, n // k, k, ch).mean(2)
         grid = x.transpose(1, 2).reshape(b, ch, *c.grid_size)
+        if grid.device.type == "cpu" and grid.dtype in (torch.bfloat16, torch.float16):
+            # torch's CPU avg_pool3d has no bf16 / fp16 kernel: average in fp32 (exact enough), cast back
+            return F.avg_pool3d(grid.float(), c.pool_size, c.pool_size).to(grid.dtype).flatten(2).transpose(1, 2)
         return F.avg_pool3d(grid, c.pool_size, c.pool_size).flatten(2).transpose(1, 2)
 
     def forward(self, x: Tokens) -> torch.Tensor:
