@@ -21,6 +21,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAMED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: on 2 shared cores one thread is faster than two
+    contending ones on tiny tensors, and training runs become reproducible."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
     """``lamed demo --quick`` run once per session (with the real CT when ../shared/data has it):

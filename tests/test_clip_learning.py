@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session")
@@ -32,16 +31,6 @@ def phantom_pairs(tmp_path_factory):
     out = tmp_path_factory.mktemp("clip_learning_phantoms")
     prepare_phantoms(out, n=1100, shape=(16, 64, 64), seed=0, val_fraction=0.0, test_fraction=0.06, progress=False)
     return out
-
-
-@pytest.fixture
-def one_thread():
-    # On a shared 2-core machine one thread is several times faster than two contending ones,
-    # and it makes the run reproducible.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -26,15 +26,20 @@ def tok():
     return t
 
 
+def _published_llm_key(k):
+    """The release name of an LLM key (``language_model.model.*`` -> ``model.*``, ``lm_head``), else None."""
+    if k.startswith("language_model.model."):
+        return "model." + k[len("language_model.model."):]
+    return "lm_head.weight" if k == "language_model.lm_head.weight" else None
+
+
 def published_m3d(sd):
     """LaMed keys -> M3D-LaMed release keys (copies, independent of the model's storage)."""
-    sd = {k: v.clone() for k, v in sd.items()}
     out = {}
     for k, v in sd.items():
-        if k.startswith("language_model.model."):
-            out["model." + k[len("language_model.model."):]] = v
-        elif k == "language_model.lm_head.weight":
-            out["lm_head.weight"] = v
+        v = v.clone()
+        if _published_llm_key(k):
+            out[_published_llm_key(k)] = v
         elif k.startswith("vision_tower."):
             out["model.vision_tower.vision_tower." + k[len("vision_tower."):]] = v
         elif k.startswith(("mm_projector.", "seg_projector.", "seg_module.")):
@@ -46,13 +51,11 @@ def published_m3d(sd):
 
 def published_r1seg(sd):
     """LaMed keys -> R1Seg-3D LLM release keys (vision_module = the step-1 SAM, mask3D_downscaling)."""
-    sd = {k: v.clone() for k, v in sd.items()}
     out = {}
     for k, v in sd.items():
-        if k.startswith("language_model.model."):
-            out["model." + k[len("language_model.model."):]] = v
-        elif k == "language_model.lm_head.weight":
-            out["lm_head.weight"] = v
+        v = v.clone()
+        if _published_llm_key(k):
+            out[_published_llm_key(k)] = v
         elif k.startswith("vision_tower."):
             out["model.vision_module.image_encoder." + k[len("vision_tower."):]] = v
         elif k.startswith("seg_module."):

@@ -247,6 +247,24 @@ def _each_input(args: argparse.Namespace) -> List[Path]:
     return find_inputs(args.image) if args.batch else [Path(args.image)]
 
 
+def _over_inputs(args: argparse.Namespace, work: Callable[[Path], None]) -> int:
+    """``work(image)`` for every input; exit code 1 if any failed.
+
+    One file raises as usual; in ``--batch`` mode an unreadable or invalid file is reported by name
+    and skipped, so one bad case does not lose the others.
+    """
+    failed = 0
+    for image in _each_input(args):
+        try:
+            work(image)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            if not args.batch:
+                raise
+            failed += 1
+            print(f"{image.name}: error: {exc}")
+    return 1 if failed else 0
+
+
 def _run_text(args: argparse.Namespace) -> int:
     """Report / VQA model: answers to ``--question`` (default: a report) as JSON (``--out x.json`` or a folder)."""
     from LaMed.data.io import load_volume
@@ -261,19 +279,12 @@ def _run_text(args: argparse.Namespace) -> int:
     model, processor = load_mllm(resolve_model(args.model), device=args.device)
     questions = args.question or [CAPTION_TEMPLATES[0]]
     size = _tower_size(model.towers[0])
-    failed = 0
-    for image in _each_input(args):
-        try:
-            x = model_input(load_volume(image), size, args.preset)
-            with _autocast(args), torch.no_grad():
-                answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
-                                         max_new_tokens=args.max_new_tokens, decoding=args.decoding)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            if not args.batch:
-                raise
-            failed += 1
-            print(f"{image.name}: error: {exc}")
-            continue
+
+    def answer(image: Path) -> None:
+        x = model_input(load_volume(image), size, args.preset)
+        with _autocast(args), torch.no_grad():
+            answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
+                                     max_new_tokens=args.max_new_tokens, decoding=args.decoding)
         target = _text_out(Path(args.out), image, args.batch, ".json")
         target.parent.mkdir(parents=True, exist_ok=True)
         record = {"source": str(image), "model": str(args.model),
@@ -282,7 +293,8 @@ def _run_text(args: argparse.Namespace) -> int:
         for q, a in zip(questions, answers):
             print(f"{image.name}: {q}\n{a}\n")
         print(f"written: {target}")
-    return 1 if failed else 0
+
+    return _over_inputs(args, answer)
 
 
 def _run_embed(args: argparse.Namespace) -> int:
@@ -334,21 +346,15 @@ def _run_reasoning(args: argparse.Namespace) -> int:
     model, processor = load_reasoning_model(args.model, device=args.device)
     kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
               max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch)
-    failed = 0
-    for image in _each_input(args):
-        try:
-            with _autocast(args):
-                record = predict_question_file(model, processor, image, args.question, args.out, **kw)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            if not args.batch:
-                raise
-            failed += 1
-            print(f"{image.name}: error: {exc}")
-            continue
+
+    def answer(image: Path) -> None:
+        with _autocast(args):
+            record = predict_question_file(model, processor, image, args.question, args.out, **kw)
         for a in record["answers"]:
             print(f"{image.name}: {a['question']}\n{a['answer']}\nmasks: {', '.join(a['masks']) or 'none'}\n")
         print(f"written: {record['json']}")
-    return 1 if failed else 0
+
+    return _over_inputs(args, answer)
 
 
 # mode name -> (accepts(model_type) -> bool, run(args) -> exit code).
