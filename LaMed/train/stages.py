@@ -21,7 +21,7 @@ logger = logging.getLogger("LaMed.train")
 PEFT_PREFIX = "base_model.model."
 
 
-def _matches(name: str, pattern: str) -> bool:
+def param_matches(name: str, pattern: str) -> bool:
     """``pattern`` matches a parameter name itself or any module above it (``a.b`` matches ``a.b.weight``)."""
     for n in (name, name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else None):
         if n is not None and (fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + ".*")):
@@ -39,7 +39,7 @@ def set_requires_grad(model, patterns: Iterable[str], value: bool, what: str) ->
     hit = {p: 0 for p in patterns}
     names = []
     for name, param in model.named_parameters():
-        matched = [p for p in patterns if _matches(name, p)]
+        matched = [p for p in patterns if param_matches(name, p)]
         for p in matched:
             hit[p] += 1
         if matched:

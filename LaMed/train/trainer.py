@@ -27,7 +27,7 @@ from LaMed.train import checkpoint as ckpt
 from LaMed.train.callbacks import ThroughputCallback
 from LaMed.train.data import BAD_KEY, COUNT_KEY, BadSampleTracker, has_model_inputs
 from LaMed.train.distributed import gather_with_grad as _gather_with_grad
-from LaMed.train.stages import _matches
+from LaMed.train.stages import param_matches
 
 logger = logging.getLogger("LaMed.train")
 
@@ -231,24 +231,23 @@ def split_lr_groups(optimizer: torch.optim.Optimizer, named: Mapping[str, torch.
     """
     by_id = {id(p): n for n, p in named.items()}
     counts = {pattern: 0 for pattern in multipliers}
-    groups: List[Dict[str, Any]] = []
-    base_lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    base: List[Dict[str, Any]] = []  # first, so that the logged learning rate is the base one
+    scaled: List[Dict[str, Any]] = []
     for group in optimizer.param_groups:
         parts: Dict[Optional[str], List[torch.nn.Parameter]] = {}
         for p in group["params"]:
             name = by_id.get(id(p), "")
-            pattern = next((g for g in multipliers if _matches(name, g)), None)
+            pattern = next((g for g in multipliers if param_matches(name, g)), None)
             parts.setdefault(pattern, []).append(p)
             if pattern is not None:
                 counts[pattern] += 1
         for pattern, params in parts.items():
             factor = 1.0 if pattern is None else float(multipliers[pattern])
-            groups.append({**group, "params": params, "lr": group["lr"] * factor})
-    groups.sort(key=lambda g: g["lr"] != base_lrs[id(g["params"][0])])  # base-rate groups first: the logged lr
+            (base if pattern is None else scaled).append({**group, "params": params, "lr": group["lr"] * factor})
     unused = [g for g, n in counts.items() if n == 0]
     if unused:
         raise ValueError(f"training.lr_multipliers: {unused} match no trainable parameter")
     optimizer.param_groups.clear()
-    for group in groups:
+    for group in base + scaled:
         optimizer.add_param_group(group)
     return counts
