@@ -21,13 +21,13 @@ a file that exists is complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ..utils.atomic import atomic_write_bytes, save_npy_atomic, write_json_atomic
 
 __all__ = [
     "FORMAT", "SPLITS", "PreparedError", "PreparedReport", "atomic_write_bytes", "save_npy_atomic",
@@ -45,36 +45,7 @@ class PreparedError(ValueError):
 
 
 # --------------------------------------------------------------------------- atomic writers
-
-
-def _tmp_beside(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return os.fdopen(fd, "wb"), Path(tmp)
-
-
-def atomic_write_bytes(path: str | Path, write) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path`` then move it into place."""
-    path = Path(path)
-    f, tmp = _tmp_beside(path)
-    try:
-        with f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
-    """``np.save`` that never leaves a partial file under ``path``."""
-    return atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    data = (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-    return atomic_write_bytes(path, lambda f: f.write(data))
+# One writer for every output (LaMed.utils.atomic); re-exported here for the preparers.
 
 
 def write_image(out_dir: str | Path, item_id: str, image: np.ndarray) -> str:

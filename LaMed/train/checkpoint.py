@@ -21,9 +21,10 @@ import os
 import re
 import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
+
+from ..utils.atomic import atomic_write_text
 
 logger = logging.getLogger("LaMed.train")
 
@@ -32,29 +33,6 @@ TRAINABLE_WEIGHTS = "trainable.safetensors"
 TRAINABLE_MANIFEST = "trainable_manifest.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 FAULT_ENV = "LAMED_FAULT_INJECT"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def _file_sizes(folder: Path) -> Dict[str, int]:
