@@ -36,6 +36,7 @@ NRRD/MHA/MHD), :mod:`LaMed.data.io_numpy` (``.npy``, BiomedSegFM ``.npz``); each
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,22 +421,55 @@ def save_volume(array: np.ndarray, path: str | Path, like: Volume) -> Path:
                              f"of {like.path}")
     arr = _writable_dtype(arr, p)
     fmt = "dicom" if p.name.lower().endswith(".dcm") else volume_format(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "nifti":
-        from LaMed.data.io_nifti import save_nifti
-
-        save_nifti(arr, p, like)
+        from LaMed.data.io_nifti import save_nifti as writer
     elif fmt == "itk":
-        from LaMed.data.io_itk import save_itk_file
-
-        save_itk_file(arr, p, like)
+        from LaMed.data.io_itk import save_itk_file as writer
     elif fmt in ("npy", "npz"):
         from LaMed.data.io_numpy import save_npy, save_npz
 
-        (save_npy if fmt == "npy" else save_npz)(arr, p, like)
+        writer = save_npy if fmt == "npy" else save_npz
     else:
         raise VolumeError(p, "writing DICOM is not supported; save as .nii.gz, .nrrd or .mha")
+    _write_atomically(p, lambda target: writer(arr, target, like))
     return p
+
+
+# Extensions the writers read the format from; the temporary file keeps it (".tmp.nii.gz").
+_SINGLE_FILE_EXT = (".nii.gz", ".nii", ".nrrd", ".mha", ".npy", ".npz")
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Run ``write(target_path)`` so that ``path`` is replaced whole or not at all (never truncated).
+
+    Single-file formats go through :func:`LaMed.utils.atomic.atomic_path`. A header + data pair
+    (``.mhd`` + ``.raw``/``.zraw``, ``.nhdr`` + ``.raw.gz``) is written into a temporary folder
+    beside ``path`` and moved into place data first, header last, so the header never points at
+    data that is not there yet.
+    """
+    import shutil
+    import tempfile
+
+    from LaMed.utils.atomic import OutputError, atomic_path, check_writable_dir, current_umask
+
+    name = path.name.lower()
+    suffix = next((ext for ext in _SINGLE_FILE_EXT if name.endswith(ext)), None)
+    if suffix is not None:
+        with atomic_path(path, suffix=suffix) as tmp:
+            write(tmp)
+        return
+    check_writable_dir(path.parent)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp_dir / path.name)
+        produced = sorted(tmp_dir.iterdir(), key=lambda q: q.name == path.name)  # header last
+        for q in produced:
+            os.chmod(q, 0o666 & ~current_umask())
+            os.replace(q, path.parent / q.name)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"cannot write '{path}': {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _writable_dtype(arr: np.ndarray, path) -> np.ndarray:
