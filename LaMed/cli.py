@@ -55,12 +55,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    from LaMed.utils.atomic import OutputError
+
     try:
         result = args._run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, OutputError) as exc:
         # Errors raised on purpose carry a readable message naming the file / field; no traceback.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"lamed {args.command}: error: {msg}", file=sys.stderr)

@@ -154,7 +154,7 @@ def test_zoom_in_refines_inside_the_roi(tiny_model):
 def test_hub_resolution_offline(tmp_path, monkeypatch):
     from LaMed.inference.hub import resolve_model
 
-    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "config.json").write_text("{\"model_type\": \"lamed_segvol\"}", encoding="utf-8")
     assert resolve_model(tmp_path) == tmp_path
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(tmp_path.parent)
@@ -167,7 +167,7 @@ def test_hub_resolution_offline(tmp_path, monkeypatch):
     # a cached snapshot resolves offline
     snap = tmp_path / "cache" / "models--someone--cached" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
-    (snap / "config.json").write_text("{}", encoding="utf-8")
+    (snap / "config.json").write_text("{\"model_type\": \"lamed_segvol\"}", encoding="utf-8")
     (tmp_path / "cache" / "models--someone--cached" / "refs").mkdir()
     (tmp_path / "cache" / "models--someone--cached" / "refs" / "main").write_text("a" * 40, encoding="utf-8")
     assert resolve_model("someone/cached", cache_dir=str(tmp_path / "cache")) == snap

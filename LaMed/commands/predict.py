@@ -23,11 +23,11 @@ From Python: :func:`predict_file` and :func:`predict_folder`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from LaMed.inference.segment import SEG_MODEL_TYPES
+from LaMed.utils.atomic import atomic_path, write_json_atomic
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
@@ -89,8 +89,8 @@ def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap((i - 1) % 10)) for i in legend]
     fig.legend(handles, list(legend.values()), loc="lower center", ncol=min(len(legend), 5))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
 
@@ -121,8 +121,8 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
         target = out if as_file else out / f"{stem}_labels{fmt}"
         written["labels"] = save_volume(pred.label_map, target, like=vol)
     legend_path = target.parent / f"{_stem(target)}.json"
-    legend_path.write_text(json.dumps({"source": str(image), "labels": {str(k): v for k, v in pred.legend.items()},
-                                       "zoom_in_skipped": pred.fallback}, indent=2) + "\n")
+    write_json_atomic(legend_path, {"source": str(image), "labels": {str(k): v for k, v in pred.legend.items()},
+                                    "zoom_in_skipped": pred.fallback})
     written["legend"] = legend_path
     if overlay:
         written["overlay"] = write_overlay(vol.array, pred.label_map, pred.legend, target.parent / f"{_stem(target)}.png")
@@ -174,12 +174,26 @@ def _model_type(path_or_id: str) -> str:
     return AutoConfig.from_pretrained(resolve_model(path_or_id)).model_type
 
 
+def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens: int) -> None:
+    """Refuse a question whose prompt (image tokens and template included) plus the answer's
+    ``max_new_tokens`` does not fit the language model's positions (it would be cut off silently)."""
+    if limit is None:
+        return
+    for i, q in enumerate(questions):
+        n = len(processor.encode_prompt(q))
+        if n + max_new_tokens > limit:
+            raise ValueError(f"--question: entry {i + 1} makes a prompt of {n} tokens (image tokens included); with "
+                             f"--max-new-tokens {max_new_tokens} that exceeds the language model's "
+                             f"{limit} positions. Shorten the question or lower --max-new-tokens.")
+
+
 def _run_masks(args: argparse.Namespace) -> int:
-    from LaMed.inference.segment import load_seg_model
+    from LaMed.inference.segment import check_seg_prompts, load_seg_model
 
     if not args.prompt:
         raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
     model = load_seg_model(args.model, device=args.device)
+    check_seg_prompts(model, args.prompt)
     common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold, fmt=args.format)
     if args.batch:
         with _autocast(args):
@@ -269,6 +283,7 @@ def _run_text(args: argparse.Namespace) -> int:
     """Report / VQA model: answers to ``--question`` (default: a report) as JSON (``--out x.json`` or a folder)."""
     from LaMed.data.io import load_volume
     from LaMed.data.prompts import CAPTION_TEMPLATES
+    from LaMed.inference.checks import text_position_limit
     from LaMed.inference.generate import generate_texts, load_mllm
     from LaMed.inference.hub import resolve_model
 
@@ -278,6 +293,7 @@ def _run_text(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a report / VQA model with --question")
     model, processor = load_mllm(resolve_model(args.model), device=args.device)
     questions = args.question or [CAPTION_TEMPLATES[0]]
+    _check_questions(processor, questions, text_position_limit(model), args.max_new_tokens)
     size = _tower_size(model.towers[0])
 
     def answer(image: Path) -> None:
@@ -286,10 +302,9 @@ def _run_text(args: argparse.Namespace) -> int:
             answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
                                      max_new_tokens=args.max_new_tokens, decoding=args.decoding)
         target = _text_out(Path(args.out), image, args.batch, ".json")
-        target.parent.mkdir(parents=True, exist_ok=True)
         record = {"source": str(image), "model": str(args.model),
                   "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]}
-        target.write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomic(target, record)
         for q, a in zip(questions, answers):
             print(f"{image.name}: {q}\n{a}\n")
         print(f"written: {target}")
@@ -312,7 +327,11 @@ def _run_embed(args: argparse.Namespace) -> int:
     size = _tower_size(model.vision_model)
     text_emb = None
     if args.prompt:
-        enc = tokenizer(list(args.prompt), padding=True, truncation=True, return_tensors="pt")
+        from LaMed.inference.checks import check_text_length, text_position_limit
+
+        check_text_length(tokenizer, args.prompt, text_position_limit(model.text_model, tokenizer), "--prompt",
+                          what="the CLIP text tower")
+        enc = tokenizer(list(args.prompt), padding=True, return_tensors="pt")
         with _autocast(args), torch.no_grad():
             text_emb = model.encode_text(enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)).float()
     for image in _each_input(args):
@@ -320,9 +339,9 @@ def _run_embed(args: argparse.Namespace) -> int:
         with _autocast(args), torch.no_grad():
             emb = model.encode_image(x).float()
         target = _text_out(Path(args.out), image, args.batch, ".json")
-        target.parent.mkdir(parents=True, exist_ok=True)
         npz = target.with_suffix(".npz")
-        np.savez(npz, image=emb.cpu().numpy()[0])
+        with atomic_path(npz, suffix=".npz") as tmp:
+            np.savez(tmp, image=emb.cpu().numpy()[0])
         record = {"source": str(image), "model": str(args.model), "embedding": str(npz)}
         if text_emb is not None:
             sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
@@ -330,13 +349,14 @@ def _run_embed(args: argparse.Namespace) -> int:
                                        key=lambda r: -r["similarity"])
             for r in record["prompts"]:
                 print(f"{image.name}: {r['similarity']:+.3f}  {r['prompt']}")
-        target.write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomic(target, record)
         print(f"written: {target}")
     return 0
 
 
 def _run_reasoning(args: argparse.Namespace) -> int:
     """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
+    from LaMed.inference.checks import text_position_limit
     from LaMed.models.reasoning.inference import load_reasoning_model, predict_question_file
 
     if args.prompt:
@@ -344,6 +364,7 @@ def _run_reasoning(args: argparse.Namespace) -> int:
     if not args.question:
         raise ValueError("--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'")
     model, processor = load_reasoning_model(args.model, device=args.device)
+    _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
     kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
               max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch)
 
@@ -366,7 +387,39 @@ PREDICT_MODES: Dict[str, Tuple[Callable[[str], bool], Callable[[argparse.Namespa
 }
 
 
+def _out_folder(args: argparse.Namespace) -> Path:
+    """The folder that will receive the outputs (``--out`` itself, or its parent for a file name)."""
+    out = Path(args.out)
+    is_file = not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json",))
+    return out.parent if is_file else out
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad options before a model is loaded or a volume read (each message names the option)."""
+    from LaMed.inference.checks import check_device, check_overlap, check_prompts, check_threshold
+    from LaMed.utils.atomic import check_writable_dir
+
+    args.prompt = check_prompts(args.prompt, "--prompt")
+    args.question = check_prompts(args.question, "--question")
+    args.threshold = check_threshold(args.threshold)
+    args.overlap = check_overlap(args.overlap)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: must be at least 1, got {args.max_new_tokens}")
+    check_device(args.device)
+    image = Path(args.image)
+    if not image.exists():
+        raise FileNotFoundError(f"--image {image}: no such file or folder")
+    if args.batch and not image.is_dir():
+        raise ValueError(f"--image {image}: --batch needs a folder of volumes")
+    out = Path(args.out)
+    if out.is_dir() and not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json",)):
+        raise ValueError(f"--out {out}: is a folder, but its name reads as a file")
+    # A read-only or impossible output place is found now, not after minutes of prediction.
+    check_writable_dir(_out_folder(args), what="--out")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     model_type = _model_type(args.model)
     for name, (accepts, runner) in PREDICT_MODES.items():
         if accepts(model_type):

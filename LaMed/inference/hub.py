@@ -38,7 +38,7 @@ def resolve_model(path_or_id: str | Path, revision: Optional[str] = None, cache_
             raise FileNotFoundError(f"{p}: a model is a folder (with {required_file}), not a file")
         if required_file and not (p / required_file).is_file():
             raise FileNotFoundError(f"{p}: not a model folder (no {required_file})")
-        return p
+        return _checked(p, required_file)
     if not _HUB_ID.match(text):
         raise FileNotFoundError(f"{text}: no such model folder, and not a hub id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
@@ -59,4 +59,13 @@ def resolve_model(path_or_id: str | Path, revision: Optional[str] = None, cache_
     folder = Path(folder)
     if required_file and not (folder / required_file).is_file():
         raise FileNotFoundError(f"{text}: the downloaded snapshot {folder} has no {required_file}")
+    return _checked(folder, required_file)
+
+
+def _checked(folder: Path, required_file: str) -> Path:
+    """A model folder whose config.json and safetensors headers are sound (see LaMed.utils.model_files)."""
+    if required_file == "config.json":
+        from LaMed.utils.model_files import check_model_folder
+
+        check_model_folder(folder)
     return folder

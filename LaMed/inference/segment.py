@@ -100,6 +100,21 @@ def _roi(mask: torch.Tensor, window: Sequence[int]) -> Optional[Tuple[slice, ...
     return tuple(out)
 
 
+def check_seg_prompts(model, prompts: Sequence[str]) -> List[str]:
+    """The prompts, stripped; an empty one, or one longer than the model's text tower takes, is refused
+    (the tower would otherwise fail deep inside, or the mask would be labelled "")."""
+    from LaMed.inference.checks import check_prompts, check_text_length, text_position_limit
+
+    prompts = check_prompts(prompts, "--prompt")
+    encoder = getattr(model, "text_encoder", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    if encoder is not None and tokenizer is not None:
+        limit = text_position_limit(getattr(encoder, "model", encoder), tokenizer)
+        check_text_length(tokenizer, [model.prompt_text(p) for p in prompts], limit, "--prompt",
+                          what="the model's text encoder")
+    return prompts
+
+
 def _text_prompts(model, texts: Sequence[str], device) -> Dict[str, torch.Tensor]:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
@@ -173,10 +188,13 @@ class SegPrediction:
 def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
                    sw_batch_size: int = 1, threshold: Optional[float] = None, progress: bool = False) -> SegPrediction:
     """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``)."""
-    prompts = [str(p) for p in prompts]
-    if not prompts:
+    from LaMed.inference.checks import check_overlap, check_threshold
+
+    if not list(prompts):
         raise ValueError("predict_volume: give at least one prompt")
-    thr = float(model.config.threshold if threshold is None else threshold)
+    prompts = check_seg_prompts(model, list(prompts))
+    overlap = check_overlap(overlap, "overlap")
+    thr = float(model.config.threshold if threshold is None else check_threshold(threshold, "threshold"))
     pre = preprocess(volume, model.config.img_size, model.config.preprocess_preset, native=zoom_in)
     logits, fallback = zoom_out_zoom_in(model, pre, prompts, zoom_in, overlap, sw_batch_size, progress)
     probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)

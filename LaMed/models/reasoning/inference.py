@@ -145,9 +145,8 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
     Masks are binary, in the source file's own geometry (``save_volume(..., like=volume)``).
     ``kwargs`` go to :func:`predict_question`. Returns the JSON record.
     """
-    import json
-
     from LaMed.data.io import load_volume, save_volume
+    from LaMed.utils.atomic import write_json_atomic
 
     image, out = Path(image), Path(out)
     if not questions:
@@ -157,7 +156,6 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
         json_path, stem = out, out.stem
     else:
         json_path, stem = out / f"{_case_name(image)}.json", _case_name(image)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     answers = []
     for i, q in enumerate(questions):
         pred = predict_question(model, processor, volume, q, **kwargs)
@@ -165,7 +163,7 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
                  for k, m in enumerate(pred.masks)]
         answers.append({"question": q, "answer": pred.answer, "masks": files, "windows": pred.windows})
     record = {"source": str(image), "answers": answers}
-    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(json_path, record)
     record["json"] = str(json_path)
     return record
 __all__ = ["load_reasoning_model", "answer_and_segment", "predict_question", "predict_question_file", "Answer",
