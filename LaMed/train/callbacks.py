@@ -64,3 +64,23 @@ class FaultInjectionCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         maybe_inject_fault("kill_after_step", state.global_step)
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Tell the training dataset which epoch begins, also when a run resumes mid-epoch.
+
+    Datasets whose per-item randomness is a pure function of ``(seed, epoch, index)`` (the
+    segmentation datasets draw their box / point prompts so) expose ``set_epoch``. The Trainer
+    forwards the epoch through accelerate's ``DataLoaderShard.set_epoch``, but after a resume the
+    loader that skips the already-seen batches wraps its batch sampler, and accelerate then only
+    reaches the sampler, not the dataset: the rest of the interrupted epoch was drawn as epoch 0 and
+    the resumed weights differed from an uninterrupted run. Setting it here, before each epoch,
+    makes both runs draw the same prompts.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if dataset is not None and hasattr(dataset, "set_epoch"):
+            # state.epoch is the float progress (e.g. 1.4 after a resume mid-epoch 1); the small
+            # margin guards against 1.9999999 at an epoch boundary.
+            dataset.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)

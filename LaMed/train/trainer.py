@@ -24,7 +24,7 @@ import torch
 from transformers import Trainer
 
 from LaMed.train import checkpoint as ckpt
-from LaMed.train.callbacks import ThroughputCallback
+from LaMed.train.callbacks import DatasetEpochCallback, ThroughputCallback
 from LaMed.train.data import BAD_KEY, COUNT_KEY, BadSampleTracker, has_model_inputs
 from LaMed.train.distributed import gather_with_grad as _gather_with_grad
 from LaMed.train.stages import param_matches
@@ -53,6 +53,8 @@ class LaMedTrainer(Trainer):
         self._trackers: Dict[str, BadSampleTracker] = {}
         if not any(isinstance(cb, ThroughputCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(ThroughputCallback())
+        if not any(isinstance(cb, DatasetEpochCallback) for cb in self.callback_handler.callbacks):
+            self.add_callback(DatasetEpochCallback())
         self.throughput = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, ThroughputCallback))
 
     gather_with_grad = staticmethod(_gather_with_grad)
