@@ -9,6 +9,7 @@ values and exits without building anything. For several processes use a launcher
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,10 +31,16 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
     from LaMed.train.distributed import destroy_process_group
-    from LaMed.train.main import run_training
+    from LaMed.train.main import failure_message, run_training
 
     try:
         run = run_training(args.recipe, overrides)
+    except Exception as exc:  # noqa: BLE001 - known failures get one screen, the rest a traceback
+        message = failure_message(exc)
+        if message is None:
+            raise
+        print(f"lamed train: error: {message}", file=sys.stderr)
+        return 1
     finally:
         destroy_process_group()
     print(f"trained {run.output.global_step} steps, training loss {run.output.training_loss:.4f}; "

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from LaMed.data.checks import require_unit_interval
+
 TRUNCATIONS = ("random", "deterministic")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -169,9 +171,7 @@ class ImageReportDataset:
 
         path = self.sample_path(index)
         arr = np.asarray(load_image(self.manifest_path, self.items[index]), dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(f"{path}: values must lie in [0, 1], found [{lo}, {hi}]")
+        require_unit_interval(arr, str(path))
         return torch.from_numpy(arr)
 
     def load_slice_features(self, index: int, image):

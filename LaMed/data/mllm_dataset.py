@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from LaMed.data import prompts
+from LaMed.data.checks import require_text, require_unit_interval
 
 TASKS = ("caption", "vqa", "vqa_closed", "vqa_open", "vqa_yes_no", "rec", "reg")
 _VQA_TYPES = {"vqa": ("closed", "open", "yes_no"), "vqa_closed": ("closed",), "vqa_open": ("open",),
@@ -103,7 +104,7 @@ class MLLMDataset:
         out: List[Sample] = []
         for i, it in enumerate(self.items):
             if self.task == "caption":
-                if it.get("text"):
+                if "text" in it:  # a blank report is indexed and refused when read (counted, never dropped)
                     out.append(Sample(i))
             elif self.task in _VQA_TYPES:
                 js = [j for j, qa in enumerate(it.get("vqa", [])) if qa.get("type") in _VQA_TYPES[self.task]]
@@ -182,6 +183,7 @@ class MLLMDataset:
         if arr.ndim != 4 or arr.shape[0] != 1:
             raise ValueError(f"{path}: expected an image of shape (1, D, H, W), got {arr.shape}")
         img = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        require_unit_interval(img.numpy(), str(path))
         if self.train and self.augment:
             g = torch.Generator().manual_seed(self.seed * 7919 + index)
             if torch.rand((), generator=g) < 0.5:
@@ -194,6 +196,10 @@ class MLLMDataset:
         if self.processor is None:
             raise RuntimeError("MLLMDataset was built without a processor; use record(i) or pass one")
         rec = self.record(index)
+        where = self.sample_path(index)
+        for q, a in rec.get("turns") or [(rec["question"], rec["answer"])]:
+            require_text(q, "question", where)
+            require_text(a, "report" if self.task == "caption" else "answer", where)
         if "turns" in rec:
             out = dict(self.processor.encode_conversation(rec["turns"]))
         else:

@@ -33,6 +33,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from LaMed.data.checks import require_unit_interval
+
 NUM_POINTS = 21  # SegVol: 1 + up to 10 positive + up to 10 negative
 
 
@@ -186,6 +188,7 @@ class PreparedSegDataset(_SegDatasetBase):
         item = self.manifest["items"][i]
         rng = self._rng(index)
         image = np.asarray(load_image(self.manifest_path, item), np.float32)
+        require_unit_interval(image, self.sample_path(index))
         targets = [t for _, t in pairs]
         masks = load_masks(self.manifest_path, item, sorted(set(targets)))
         prompts = []

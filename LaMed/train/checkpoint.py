@@ -15,6 +15,7 @@ checkpoint N (after the weights, before the optimizer state and the marker);
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,11 +44,59 @@ def _file_sizes(folder: Path) -> Dict[str, int]:
     return out
 
 
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def mark_complete(folder: str | Path, step: int, **info: Any) -> None:
-    """Write the completion marker of checkpoint ``folder`` (call once every process has saved)."""
+    """Write the completion marker of checkpoint ``folder`` (call once every process has saved).
+
+    The marker lists every file with its size (cheap completeness check) and its SHA-256 (checked
+    by :func:`verify_checkpoint` before a resume: a file damaged without a size change, by a bad
+    disk or a copy gone wrong, must not be trained on). Hashing reads the folder once more, at
+    about the speed it was written.
+    """
     folder = Path(folder)
-    record = {"format": "lamed.checkpoint/1", "step": int(step), **info, "files": _file_sizes(folder)}
+    sizes = _file_sizes(folder)
+    record = {"format": "lamed.checkpoint/2", "step": int(step), **info, "files": sizes,
+              "sha256": {rel: _sha256(folder / rel) for rel in sizes}}
     atomic_write_text(folder / COMPLETE_MARKER, json.dumps(record, indent=1))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that must not be resumed from; the message names the folder, file and problem."""
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Refuse a checkpoint whose files no longer match the hashes written at save time, or whose
+    weights hold NaN / infinite values (a run that diverged and saved, or a damaged file).
+
+    Markers written before hashes existed (``lamed.checkpoint/1``) are checked for sizes only.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not is_complete(folder):
+        raise CheckpointError(f"{folder}: incomplete checkpoint (files listed in {COMPLETE_MARKER} are missing "
+                              f"or have another size)")
+    record = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    bad = [rel for rel, want in (record.get("sha256") or {}).items() if _sha256(folder / rel) != want]
+    if bad:
+        raise CheckpointError(f"{folder}: {', '.join(bad)} changed since the checkpoint was saved (SHA-256 differs "
+                              f"from {COMPLETE_MARKER}); resume from an earlier checkpoint with "
+                              f"--resume <folder>, or delete this one")
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not bool(t.isfinite().all()):
+                    raise CheckpointError(f"{path}: tensor '{key}' holds NaN or infinite values; the run diverged "
+                                          f"before this save. Resume from an earlier checkpoint with --resume "
+                                          f"<folder> (and a lower learning rate), or delete this one")
 
 
 def is_complete(folder: str | Path) -> bool:

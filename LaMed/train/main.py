@@ -11,6 +11,7 @@ order. ``full_determinism: true`` also turns on deterministic torch kernels.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -42,6 +43,8 @@ def resolve_resume(training_args) -> Optional[str]:
         return None
     if value == "auto":
         found = ckpt.last_complete_checkpoint(training_args.output_dir)
+        if found is not None:
+            ckpt.verify_checkpoint(found)
         return str(found) if found is not None else None
     path = Path(value)
     if not path.is_dir():
@@ -52,6 +55,8 @@ def resolve_resume(training_args) -> Optional[str]:
                              "are missing or truncated)")
         logger.warning("training.resume: %s has no %s (not written by LaMed, or interrupted while saving); "
                        "resuming from it anyway because it was named explicitly", path, ckpt.COMPLETE_MARKER)
+    else:
+        ckpt.verify_checkpoint(path)
     return str(path)
 
 
@@ -135,6 +140,15 @@ def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), reci
         logger.info("resuming from %s", resume)
     try:
         output = trainer.train(resume_from_checkpoint=resume)
+    except Exception as exc:  # noqa: BLE001 - only a full disk is translated, the rest propagates
+        if _disk_full(exc):
+            from LaMed.utils.atomic import OutputError
+
+            raise OutputError(errno.ENOSPC, f"{targs.output_dir}: no space left on the device while saving (step "
+                                            f"{trainer.state.global_step}); the half-written checkpoint is ignored "
+                                            f"at resume: free space and run the same command again to continue "
+                                            f"from the last complete checkpoint") from exc
+        raise
     finally:
         trainer.write_bad_sample_reports()
     trainer.save_model()
@@ -146,19 +160,45 @@ def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), reci
     return TrainRun(recipe, trainer, output, resume)
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library wraps it (safetensors reports ``Os { code: 28 ... }``)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def failure_message(exc: BaseException) -> Optional[str]:
+    """One screen for a training run that stopped for a known reason (bad recipe, bad data, bad
+    checkpoint, full disk); ``None`` for anything else (a bug: let its traceback show)."""
+    from LaMed.train.checkpoint import CheckpointError
+    from LaMed.train.data import TooManyBadSamples
+    from LaMed.train.recipe import RecipeError
+    from LaMed.utils.atomic import OutputError
+
+    if isinstance(exc, (RecipeError, CheckpointError, TooManyBadSamples, OutputError, FileNotFoundError)):
+        return str(exc)
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m LaMed.train RECIPE.yaml [--key value ...]`` (what launchers run on every process)."""
     from LaMed.train.distributed import destroy_process_group
-    from LaMed.train.recipe import RecipeError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
     try:
         run_training(argv[0], argv[1:])
-    except RecipeError as exc:
-        print(f"lamed train: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - known failures get one screen, the rest a traceback
+        message = failure_message(exc)
+        if message is None:
+            raise
+        print(f"lamed train: error: {message}", file=sys.stderr)
         return 1
     finally:
         destroy_process_group()
