@@ -97,7 +97,7 @@ def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n
 
 def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Path, overlay: bool = False,
                  zoom_in: bool = True, overlap: float = 0.5, threshold: Optional[float] = None,
-                 fmt: str = ".nii.gz") -> Dict[str, Path]:
+                 fmt: str = ".nii.gz", progress: bool = False) -> Dict[str, Path]:
     """Segment one volume and write the results; returns ``{"mask" | "labels", "legend", "overlay": path}``.
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label
@@ -109,7 +109,8 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
 
     image = Path(image)
     vol = load_volume(image)
-    pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold)
+    pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
+                          progress=progress)
     out = Path(out)
     as_file = out.name.lower().endswith(MASK_SUFFIXES)
     stem = _stem(image)
@@ -194,7 +195,9 @@ def _run_masks(args: argparse.Namespace) -> int:
         raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
     model = load_seg_model(args.model, device=args.device)
     check_seg_prompts(model, args.prompt)
-    common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold, fmt=args.format)
+    # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
+    common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold,
+                  fmt=args.format, progress=True)
     if args.batch:
         with _autocast(args):
             results = predict_folder(model, args.image, args.prompt, args.out, **common)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from LaMed.utils.atomic import atomic_write_text
+
 __all__ = ["HubDataset", "DATASETS", "DownloadError", "hub_snapshot", "download_dataset", "list_datasets"]
 
 
@@ -215,7 +217,7 @@ def _extract_zips(out: Path) -> int:
                 zf.extractall(target)
         except zipfile.BadZipFile as exc:
             raise DownloadError(f"{z}: not a valid zip archive ({exc}); delete it and download again") from None
-        marker.write_text("ok\n", encoding="utf-8")
+        atomic_write_text(marker, "ok\n")
         done += 1
     return done
 

@@ -26,9 +26,11 @@ def _plt():
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
+    from LaMed.utils.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     _plt().close(fig)
     return path
 

@@ -7,11 +7,12 @@ with a pass mark; the test-suite asserts them on the ``--quick`` run.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from LaMed.utils.atomic import atomic_write_text, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,7 @@ def _clean(obj):
 
 def write_metrics(metrics: Mapping, path: Path) -> Path:
     """``metrics.json`` (training log histories left out: they are in each model folder)."""
-    path = Path(path)
-    path.write_text(json.dumps(_clean(dict(metrics)), indent=2) + "\n")
-    return path
+    return write_json_atomic(path, _clean(dict(metrics)))
 
 
 def _f(v: Optional[float], digits: int = 3) -> str:
@@ -240,6 +239,4 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
 
 
 def write_report(metrics: Mapping, figures: Mapping[str, str], path: Path) -> Path:
-    path = Path(path)
-    path.write_text(render(metrics, figures))
-    return path
+    return atomic_write_text(path, render(metrics, figures))

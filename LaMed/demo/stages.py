@@ -19,6 +19,7 @@ import numpy as np
 from LaMed.demo.bench import run_bench
 from LaMed.demo.config import DemoConfig
 from LaMed.demo import scoring
+from LaMed.utils.atomic import atomic_write_text, write_json_atomic
 
 logger = logging.getLogger("LaMed.demo")
 
@@ -55,13 +56,13 @@ def train_recipe(recipe: str | Path, out_dir: Path, steps: int, overrides: Seque
     out_dir.mkdir(parents=True, exist_ok=True)
     if yaml_extra:
         derived = out_dir.parent / f"{out_dir.name}_recipe.yaml"
-        derived.write_text(f"base: {path.resolve()}\n{yaml_extra}")
+        atomic_write_text(derived, f"base: {path.resolve()}\n{yaml_extra}")
         path = derived
     args = ["--output_dir", str(out_dir), "--max_steps", str(steps), "--logging_steps", str(_log_every(steps)),
             "--disable_tqdm", "false", "--resume", "never", *overrides]
     run = run_training(str(path), args)
     history = list(run.trainer.state.log_history)
-    (out_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    write_json_atomic(out_dir / "log_history.json", history)
     return {"recipe": str(recipe), "steps": int(run.trainer.state.global_step),
             "seconds": float(run.output.metrics.get("train_runtime", float("nan"))), "log": history}
 
@@ -117,7 +118,7 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
         "--per_device_train_batch_size", str(cfg.clip_batch_size),
         "--dataloader_num_workers", str(cfg.clip_loader_workers)])
     history = list(run.trainer.state.log_history)
-    (model_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    write_json_atomic(model_dir / "log_history.json", history)
     out = work / "clip_eval"
     # Encode test reports with the recipe's own token budget (the tiny text tower has 256 positions).
     import yaml

@@ -145,10 +145,8 @@ def write_jsonl(path: Union[str, Path], rows: Sequence[Dict[str, Any]], keys: Se
     """Write ``rows`` (only ``keys``) as JSON lines; returns the path."""
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps({k: r[k] for k in keys if k in r}) + "\n")
-    return path
+    from LaMed.utils.atomic import atomic_write_text
+
+    text = "".join(json.dumps({k: r[k] for k in keys if k in r}) + "\n" for r in rows)
+    return atomic_write_text(path, text)
 __all__ = ["DECODING", "decoding_kwargs", "load_mllm", "generate_texts", "time_generation", "predict_dataset", "write_jsonl"]

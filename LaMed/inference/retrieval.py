@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -55,11 +54,10 @@ class SplitEmbeddings:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    # Written beside the target and renamed, so an interrupted run never leaves a truncated cache.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    # The one atomic writer: an interrupted run never leaves a truncated cache.
+    from LaMed.utils.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
 
 
 def default_max_length(model, published: int = 512) -> int:
@@ -241,6 +239,7 @@ def evaluate_clip(model_dir: str | Path, prepared: str | Path, out_dir: str | Pa
                        device=device)
     emb.save_predictions(out / "embeddings.npz")
     scores = score_embeddings(emb, ks=ks, first_n=first_n)
-    (out / "retrieval.json").write_text(json.dumps({"model": str(model_dir), "manifest": str(manifest),
-                                                    "scores": scores}, indent=2) + "\n")
+    from LaMed.utils.atomic import write_json_atomic
+
+    write_json_atomic(out / "retrieval.json", {"model": str(model_dir), "manifest": str(manifest), "scores": scores})
     return scores

@@ -25,7 +25,7 @@ import signal
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from ..utils.atomic import atomic_write_text
+from ..utils.atomic import atomic_path, atomic_write_text
 
 logger = logging.getLogger("LaMed.train")
 
@@ -203,7 +203,8 @@ def save_trainable(model, output_dir: str | Path, state_dict: Optional[Dict[str,
     if missing:
         raise KeyError(f"save_trainable: trainable parameters not in the state_dict: {missing[:5]}")
     tensors = {n: source[n].detach().cpu().contiguous() for n in names}
-    save_file(tensors, str(output_dir / TRAINABLE_WEIGHTS), metadata={"format": "pt"})
+    with atomic_path(output_dir / TRAINABLE_WEIGHTS, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     manifest = {
         "format": "lamed.trainable/1",

@@ -13,7 +13,6 @@ one: the batch just gets smaller (an all-bad micro-batch contributes a zero grad
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -157,8 +156,9 @@ class BadSampleTracker:
         """Write ``{"dataset": ..., "bad": [{index, path, error}, ...]}`` (only when something was bad)."""
         if not self.bad:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
+        from LaMed.utils.atomic import write_json_atomic
+
+        write_json_atomic(path, {
             "dataset": self.name, "rank": self.rank, "dataset_size": self.dataset_size,
             "samples_seen": self.seen, "bad": [asdict(b) for b in sorted(self.bad.values(), key=lambda b: b.index)],
-        }, indent=2), encoding="utf-8")
+        })

@@ -74,11 +74,13 @@ def _setup_logging(training_args) -> None:
 def _save_resolved_recipe(recipe, training_args) -> None:
     import yaml
 
+    from LaMed.utils.atomic import atomic_write_text
+
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = recipe.to_dict()
     data["source"] = {"recipe": str(recipe.path) if recipe.path else None, "overrides": recipe.overrides}
-    (out / RESOLVED_RECIPE_NAME).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    atomic_write_text(out / RESOLVED_RECIPE_NAME, yaml.safe_dump(data, sort_keys=False))
 
 
 def build_trainer(recipe):

@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from LaMed.utils.atomic import atomic_write_text
+
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_TOKEN = "<im_patch>"
 BOX_START, BOX_END = "<bx_start>", "<bx_end>"
@@ -264,7 +266,7 @@ class LaMedProcessor:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(out)
-        (out / PROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(out / PROCESSOR_FILE, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], **overrides) -> "LaMedProcessor":
