@@ -35,7 +35,7 @@ def answer_prepared(model, processor, volumes, questions: Sequence[str], overlap
     import torch.nn.functional as F
 
     from LaMed.inference.sliding_window import sliding_window_inference
-    from LaMed.models.reasoning.inference import Answer, answer_and_segment
+    from LaMed.inference.reasoning import Answer, answer_and_segment
 
     size = tuple(int(s) for s in model.seg_module.config.img_size)
     small = [F.interpolate(v[None].float(), size=size, mode="trilinear", align_corners=False)[0]
@@ -71,7 +71,7 @@ def run_reasoning_seg(model, manifest: str | Path, out: str | Path, tasks: Seque
 
     processor = None
     if isinstance(model, (str, Path)):
-        from LaMed.models.reasoning.inference import load_reasoning_model
+        from LaMed.inference.reasoning import load_reasoning_model
 
         model, processor = load_reasoning_model(model, device=device)
     else:

@@ -37,7 +37,7 @@ def load_model(model: str, published: str = "", tokenizer: str = "", device: Opt
             tok = AutoTokenizer.from_pretrained(tokenizer)
         return clip, tok
     from LaMed.models.convert.clip import load_published_clip
-    from LaMed.train.tasks.clip import resolve_text_path
+    from LaMed.models.checkpoint_files import resolve_text_path
 
     clip, report = load_published_clip(published, model)
     tok = AutoTokenizer.from_pretrained(resolve_text_path(tokenizer) if tokenizer else model)

@@ -269,7 +269,7 @@ def test_question_on_a_large_volume_generates_once_and_reuses_seg_on_windows(tok
 
     from LaMed.data.io import load_volume
     from LaMed.models.mllm import LaMedProcessor
-    from LaMed.models.reasoning import inference
+    from LaMed.inference import reasoning as inference
 
     model = build(tok, shared=True)
     proc = LaMedProcessor(tok, model.num_image_tokens)

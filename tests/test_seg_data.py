@@ -45,7 +45,7 @@ def phantoms(tmp_path_factory):
 def test_prepared_dataset_entries_and_collator(phantoms):
     from LaMed.data.prepared import load_manifest, load_masks
     from LaMed.data.seg_dataset import PreparedSegDataset, SegCollator
-    from LaMed.train.tasks.seg import resolve_tokenizer
+    from LaMed.models.checkpoint_files import resolve_tokenizer
 
     man = load_manifest(phantoms / "train.json")
     ds = PreparedSegDataset(phantoms / "train.json", classes=["liver", "spleen", "kidney_left"], max_classes=2)

@@ -57,7 +57,7 @@ def test_window_origins_and_importance_map():
 @pytest.fixture(scope="module")
 def tiny_model():
     from LaMed.models.segmentation import create_seg_model
-    from LaMed.train.tasks.seg import resolve_tokenizer
+    from LaMed.models.checkpoint_files import resolve_tokenizer
 
     torch.manual_seed(0)
     m = create_seg_model("segvol_tiny").eval()

@@ -127,7 +127,7 @@ def main(argv=None):
     variant, shape = ("segvol_tiny", (128, 256, 256)) if a.quick else ("segvol", (300, 512, 512))
     torch.manual_seed(0)
     model = create_seg_model(variant).to(device).eval()
-    from LaMed.train.tasks.seg import resolve_tokenizer
+    from LaMed.models.checkpoint_files import resolve_tokenizer
 
     model.tokenizer = resolve_tokenizer("minilm")
     print(f"device {device}, model {variant} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M), CT {shape}")

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
+from LaMed.inference.outputs import (MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
+                                     predict_file, predict_folder, write_overlay)
 from LaMed.inference.segment import SEG_MODEL_TYPES
 from LaMed.utils.atomic import atomic_path, write_json_atomic
-
-MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hugging Face hub id")
@@ -54,112 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intensity / crop preprocessing of text and CLIP models, resized to the model's input "
                              "(default m3d; a prepared .npy in [0, 1] is only resized)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute precision (bf16: autocast)")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in VOLUME_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip()).strip("_")[:60] or "prompt"
-
-
-def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n_slices: int = 3) -> Path:
-    """PNG of the ``n_slices`` axial slices with the most labelled voxels, labels drawn over the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = (label_map > 0).reshape(label_map.shape[0], -1).sum(1)
-    order = np.argsort(-counts)[:n_slices] if counts.any() else np.linspace(0, label_map.shape[0] - 1, n_slices).astype(int)
-    lo, hi = np.percentile(volume_array, [1, 99])
-    fig, axes = plt.subplots(1, len(order), figsize=(4 * len(order), 4), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, k in zip(axes[0], sorted(order)):
-        ax.imshow(volume_array[k], cmap="gray", vmin=lo, vmax=hi)
-        lab = np.ma.masked_equal(label_map[k], 0)
-        ax.imshow(lab, cmap=cmap, vmin=0.5, vmax=10.5, alpha=0.45, interpolation="nearest")
-        ax.set_title(f"axial slice {k}")
-        ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap((i - 1) % 10)) for i in legend]
-    fig.legend(handles, list(legend.values()), loc="lower center", ncol=min(len(legend), 5))
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
-
-
-def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Path, overlay: bool = False,
-                 zoom_in: bool = True, overlap: float = 0.5, threshold: Optional[float] = None,
-                 fmt: str = ".nii.gz", progress: bool = False) -> Dict[str, Path]:
-    """Segment one volume and write the results; returns ``{"mask" | "labels", "legend", "overlay": path}``.
-
-    ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label
-    map with the legend beside it); otherwise it is a folder receiving ``<case>_<prompt><fmt>``
-    or ``<case>_labels<fmt>`` + ``<case>_labels.json``.
-    """
-    from LaMed.data.io import load_volume, save_volume
-    from LaMed.inference.segment import predict_volume
-
-    image = Path(image)
-    vol = load_volume(image)
-    pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
-                          progress=progress)
-    out = Path(out)
-    as_file = out.name.lower().endswith(MASK_SUFFIXES)
-    stem = _stem(image)
-    written: Dict[str, Path] = {}
-    if len(prompts) == 1:
-        target = out if as_file else out / f"{stem}_{_safe(prompts[0])}{fmt}"
-        written["mask"] = save_volume(pred.masks[prompts[0]].astype("uint8"), target, like=vol)
-    else:
-        target = out if as_file else out / f"{stem}_labels{fmt}"
-        written["labels"] = save_volume(pred.label_map, target, like=vol)
-    legend_path = target.parent / f"{_stem(target)}.json"
-    write_json_atomic(legend_path, {"source": str(image), "labels": {str(k): v for k, v in pred.legend.items()},
-                                    "zoom_in_skipped": pred.fallback})
-    written["legend"] = legend_path
-    if overlay:
-        written["overlay"] = write_overlay(vol.array, pred.label_map, pred.legend, target.parent / f"{_stem(target)}.png")
-    return written
-
-
-def find_inputs(folder: str | Path) -> List[Path]:
-    """Volume files and DICOM series folders directly inside ``folder`` (sorted)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: --batch needs a folder of volumes")
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES):
-            found.append(p)
-        elif p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir()):
-            found.append(p)
-    if not found:
-        raise FileNotFoundError(f"{folder}: no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders in it")
-    return found
-
-
-def predict_folder(model, folder: str | Path, prompts: Sequence[str], out: str | Path, progress: bool = True,
-                   **kwargs) -> Dict[str, Dict[str, Path] | str]:
-    """:func:`predict_file` for every volume of ``folder`` into the folder ``out``; a failing case is
-    reported (``{case: "error: ..."}``) and the others go on."""
-    from tqdm.auto import tqdm
-
-    results: Dict[str, Dict[str, Path] | str] = {}
-    inputs = find_inputs(folder)
-    for path in tqdm(inputs, desc="predict", disable=not progress):
-        try:
-            results[path.name] = predict_file(model, path, prompts, out, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            results[path.name] = f"error: {exc}"
-    return results
 
 
 def _model_type(path_or_id: str) -> str:
@@ -360,7 +252,7 @@ def _run_embed(args: argparse.Namespace) -> int:
 def _run_reasoning(args: argparse.Namespace) -> int:
     """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
     from LaMed.inference.checks import text_position_limit
-    from LaMed.models.reasoning.inference import load_reasoning_model, predict_question_file
+    from LaMed.inference.reasoning import load_reasoning_model, predict_question_file
 
     if args.prompt:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")

@@ -259,7 +259,7 @@ def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict
     """
     import torch
 
-    from LaMed.commands.predict import predict_file
+    from LaMed.inference.outputs import predict_file
     from LaMed.data.io import load_mask, load_volume
     from LaMed.inference.segment import load_seg_model
 

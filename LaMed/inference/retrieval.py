@@ -212,7 +212,7 @@ def load_clip(model_dir: str | Path, device: Optional[str] = None):
         path = model.config.text_model_path
         if not path:
             raise FileNotFoundError(f"{model_dir}: no tokenizer files and no text_model_path in its config")
-        from LaMed.train.tasks.clip import resolve_text_path
+        from LaMed.models.checkpoint_files import resolve_text_path
 
         tok_dir = Path(resolve_text_path(path))
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))

@@ -67,7 +67,9 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
     ``generate(images=..., input_ids=..., attention_mask=...)`` is HF generation (prompt + new ids).
     """
 
-    def __init__(self, config: LaMedConfig):
+    def __init__(self, config: LaMedConfig, language_model: Optional[nn.Module] = None):
+        """``language_model``: an already built (e.g. pretrained) causal LM of ``config.text_config``;
+        when given, no second LLM is created (see ``LaMed.models.mllm.factory.create_mllm``)."""
         super().__init__(config)
         text_config = config.text_config
         towers = [create_encoder(n, **o) for n, o in zip(config.tower_names, config.tower_overrides)]
@@ -82,7 +84,12 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         for part in (self.vision_tower, self.mm_projector):
             for m in part.modules():
                 m._is_hf_initialized = True
-        self.language_model = AutoModelForCausalLM.from_config(text_config)
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(text_config)
+        else:
+            for m in language_model.modules():  # loaded weights: post_init must not re-initialise them
+                m._is_hf_initialized = True
+        self.language_model = language_model
         self.seg_module = None  # reserved for config.segmentation (reasoning segmentation)
         self.post_init()
 

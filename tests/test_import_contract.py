@@ -1,0 +1,126 @@
+"""The import contract: layers import downwards only, and LaMed's modules form no import cycle.
+
+Read from the source with ``ast`` (every ``import`` statement, also those inside functions, so a
+late import cannot hide an upward dependency). The layers, lowest first:
+
+    utils  <-  data, models, metrics  <-  inference  <-  train  <-  commands, demo, cli
+
+``data``, ``models`` and ``metrics`` know nothing of ``train``, ``inference``, ``commands``,
+``demo`` or the CLI; ``inference`` nothing of ``train``, ``commands``, ``demo``; ``train`` nothing
+of ``commands`` or ``demo``; the library imports nothing from ``Data/``, ``Bench/`` or ``scripts/``
+(those are callers of the library, never the other way round).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (importing packages, packages they must not import)
+FORBIDDEN: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
+    (("LaMed.utils",), ("LaMed.data", "LaMed.models", "LaMed.metrics", "LaMed.inference", "LaMed.train",
+                        "LaMed.commands", "LaMed.demo", "LaMed.cli")),
+    (("LaMed.data", "LaMed.models", "LaMed.metrics"),
+     ("LaMed.train", "LaMed.inference", "LaMed.commands", "LaMed.demo", "LaMed.cli")),
+    (("LaMed.inference",), ("LaMed.train", "LaMed.commands", "LaMed.demo", "LaMed.cli")),
+    (("LaMed.train",), ("LaMed.commands", "LaMed.demo", "LaMed.cli")),
+    (("LaMed",), ("Data", "Bench", "scripts")),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _imports(path: Path, top_level_only: bool = False) -> Iterator[Tuple[int, str]]:
+    """``(line, imported module)`` of every import statement in ``path``."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield node.lineno, target
+            for alias in node.names:  # "from LaMed.models import convert" imports LaMed.models.convert
+                yield node.lineno, f"{target}.{alias.name}"
+
+
+def _library_files() -> List[Path]:
+    return sorted((REPO / "LaMed").rglob("*.py"))
+
+
+def test_layers_import_downwards_only():
+    bad = []
+    for path in _library_files():
+        module = _module_name(path)
+        for line, target in _imports(path):
+            for sources, forbidden in FORBIDDEN:
+                if any(_within(module, s) for s in sources) and any(_within(target, f) for f in forbidden):
+                    bad.append(f"{path.relative_to(REPO)}:{line}: {module} imports {target}")
+    assert not bad, "upward imports:\n" + "\n".join(sorted(set(bad)))
+
+
+def _module_graph() -> Dict[str, Set[str]]:
+    modules = {_module_name(p): p for p in _library_files()}
+    graph: Dict[str, Set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for _, target in _imports(path, top_level_only=True):
+            # the deepest LaMed module the import names (a "from pkg import name" may name a function)
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != module and not _within(module, target):
+                graph[module].add(target)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = _module_graph()
+    state: Dict[str, int] = {}
+    cycles: List[List[str]] = []
+
+    def visit(node: str, stack: List[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    # The rule applied to a module written here: a late import inside a function is still found.
+    pkg = tmp_path / "LaMed" / "models"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text("def f():\n    from LaMed.train.main import run_training\n")
+    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    found = list(_imports(pkg / "bad.py"))
+    assert (2, "LaMed.train.main") in found
+    with pytest.raises(AssertionError, match="LaMed.models.bad imports LaMed.train.main"):
+        test_layers_import_downwards_only()
