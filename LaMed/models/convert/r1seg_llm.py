@@ -54,7 +54,8 @@ def r1seg_llm_fields(num_clicks: int = 2) -> Dict:
     averaged [SEG] states."""
     return {"vision_tower": "vit3d_base_segvol", "projector": "spp", "shared_encoder": True, "seg_reduce": "mean",
             "seg_token_state": "predicting", "seg_variant": "r1seg_sam_published",
-            "seg_overrides": {"refine_passes": int(num_clicks)}}
+            # R1Seg-3D trains with its own Dice (smoothed numerator); used if the import is trained further
+            "seg_overrides": {"refine_passes": int(num_clicks), "loss": "dice_bce_r1seg"}}
 
 
 __all__ = ["convert_r1seg_llm", "r1seg_llm_fields"]
