@@ -269,6 +269,29 @@ def _check_vocabulary(tokenizer, ids: Mapping[str, Any], rows: int, family: str,
         raise ValueError(f"{src}: token ids {over} lie beyond the checkpoint's {rows} embedding rows")
 
 
+def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> Dict[str, Any]:
+    """Fold the unmerged LoRA pairs of a partial release (``<module>.lora_A`` / ``.lora_B``, as the
+    HSENet VLM ships them) into the base model's ``<module>.weight``: ``W + scaling * B @ A``."""
+    from LaMed.models.convert import note_derived
+
+    out = {k: v for k, v in converted.items() if ".lora_" not in k}
+    pairs: Dict[str, Dict[str, Any]] = {}
+    for key, value in converted.items():
+        if key.endswith((".lora_A", ".lora_B")):
+            pairs.setdefault(key[: -len(".lora_A")], {})[key[-1]] = value
+    for module, pair in sorted(pairs.items()):
+        base = own.get(f"{module}.weight")
+        if base is None or set(pair) != {"A", "B"}:
+            raise KeyError(f"LoRA tensors of {module!r} have no base weight (or only one of A / B) in the --base model")
+        a, b = pair["A"], pair["B"]
+        if tuple(b.shape[1:]) != tuple(a.shape[:1]) or (b.shape[0], a.shape[1]) != tuple(base.shape):
+            raise ValueError(f"LoRA pair of {module!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not give the base "
+                             f"weight's {tuple(base.shape)}")
+        out[f"{module}.weight"] = (base.float() + scaling * (b.float() @ a.float())).to(base.dtype)
+        note_derived(a, b, how="LoRA pair merged into the --base weight")
+    return out
+
+
 def _model_classes(family: str):
     """``(config class, model class)`` a multimodal-LLM family is built with: the reasoning-segmentation
     pair for the releases with a ``[SEG]`` mask head, else the plain MLLM."""
@@ -305,6 +328,7 @@ def _build_mllm(family: str):
             for key, value in {**legacy_config_fields(family), **overrides}.items():
                 setattr(model.config, key, value)
             own = model.state_dict()
+            converted = _merge_lora_into_base(converted, own, args.lora_scaling)
             unknown = sorted(k for k in converted if k not in own)
             if unknown:
                 raise KeyError(f"hsenet checkpoint: {len(unknown)} keys unknown to the base model, e.g. {unknown[:5]}")
