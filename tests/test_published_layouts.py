@@ -241,3 +241,23 @@ def test_original_dcformer_layout_drops_every_batchnorm_alias():
     assert report.ok
     dropped = {k for k, _ in report.dropped}
     assert dropped == {k for k in sd if re.search(r"\.norm\.[0-2]\.", k)} and set(stem_aliases) <= dropped
+
+
+def test_segvol_training_checkpoint_and_monai_extras():
+    """GitHub ``SegVol_v1.pth``: ``{"model": {"module.*"}, "optimizer", "epoch", "scheduler"}``; a ViT
+    re-saved by MONAI >= 1.4 carries unused cross-attention norms. Both import, the extras named."""
+    from LaMed.commands.import_ckpt import build_release
+
+    table = load_table("segvol")
+    model_sd = {"module." + k[len("model."):]: v for k, v in release_state_dict(table).items()}
+    model_sd["module.image_encoder.blocks.0.norm_cross_attn.weight"] = torch.zeros(768)
+    ckpt = {"model": model_sd, "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}}, "epoch": 3,
+            "scheduler": {"last_epoch": 3}}
+    args = argparse.Namespace(src="<SegVol_v1.pth>", tokenizer="", base="", lora_scaling=2.0, meta=True)
+    model, report = build_release("segvol", ckpt, table["config"], {}, args)
+    assert report.ok
+    reasons = dict(report.dropped)
+    assert set(reasons) == {"model.module.text_encoder.clip_text_model.text_model.embeddings.position_ids",
+                            "model.module.image_encoder.blocks.0.norm_cross_attn.weight", "optimizer.state.0.exp_avg"}
+    assert "training state" in reasons["optimizer.state.0.exp_avg"]
+    assert "cross-attention" in reasons["model.module.image_encoder.blocks.0.norm_cross_attn.weight"]
