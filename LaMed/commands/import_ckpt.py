@@ -86,8 +86,8 @@ def _overrides(text: str) -> Dict[str, Any]:
 
 
 def _construct(factory: Callable[[], Any], args) -> Any:
-    """``factory()``, on the meta device when ``args.meta`` is set: the key / shape check of a release
-    (tests, ``--verify`` dry runs) then needs no memory for the 4-7 B parameters."""
+    """``factory()``, on the meta device when ``args.meta`` is set (the layout tests): the key / shape
+    check of a release then needs no memory for its 4-7 B parameters."""
     if not getattr(args, "meta", False):
         return factory()
     import torch
@@ -248,6 +248,10 @@ def _check_mixer_inputs(model, published: Mapping) -> None:
         if have != want:
             raise ValueError(f"config.json: {name} {want} but the released tower gives {have} (tokens, width) "
                              "for that stream; the input_size or the tower does not match")
+    width = published.get("mm_hidden_size")
+    if width is not None and cfg is not None and hasattr(cfg, "in_dims") and int(width) != int(cfg.in_dims[-1]):
+        raise ValueError(f"config.json: mm_hidden_size {width} but the released tower's last stage is "
+                         f"{int(cfg.in_dims[-1])} wide")
 
 
 def _tokenizer_ids(tokenizer, family: str):
