@@ -393,3 +393,20 @@ def test_hsenet_release_over_base_merges_its_lora_and_verifies(tmp_path, capsys)
                                release["base_model.model.model.mm_projector2.resolution_attention.Wq.weight"])
     torch.testing.assert_close(sd["mm_projector.streams.0.projector.2.bias"],
                                release["base_model.model.model.mm_projector.proj_mpls.2.bias"])
+
+
+def test_a_processor_keeps_only_the_release_tokens(tmp_path):
+    """Med3DVLM added <im_patch> alone: the saved processor must not grow the vocabulary again."""
+    from LaMed.data.tokenizer import train_tokenizer
+    from LaMed.models.mllm import LaMedProcessor
+
+    tok = train_tokenizer(["The liver is enlarged.", "No focal lesion."] * 20, vocab_size=150)
+    n = len(tok)
+    proc = LaMedProcessor(tok, 4, lamed_tokens=["<im_patch>"])
+    assert len(tok) == n + 1 and proc.image_token_id == n
+    assert proc.token_ids["seg_token_id"] is None and proc.token_ids["box_start_token_id"] is None
+    proc.save_pretrained(tmp_path / "p")
+    again = LaMedProcessor.from_pretrained(tmp_path / "p")
+    assert len(again.tokenizer) == n + 1 and again.lamed_tokens == ["<im_patch>"]
+    with pytest.raises(ValueError, match="not LaMed tokens"):
+        LaMedProcessor(tok, 4, lamed_tokens=["<foo>"])
