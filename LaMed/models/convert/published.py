@@ -2,9 +2,8 @@
 
 :data:`PUBLISHED` holds, per importer family, the number of tensors and of values (parameters and
 buffers) in the released file and, for multimodal LLMs, the tokenizer length (= embedding rows).
-Source: the state dict of each system's own model class (reference repositories BAAI-DCAI/M3D,
-BAAI-DCAI/SegVol, mirthAI/Med3DVLM, mirthAI/Text3DSAM, Yanzhaoshi/HSENet, lihao0011/R1Seg-3D)
-built at the published configuration (the release's ``config.json`` and its base models), with the
+Source: the state dict of each system's own model class (the public reference code of M3D,
+SegVol, Med3DVLM, Text3DSAM, HSENet and R1Seg-3D) built at the published configuration (the release's ``config.json`` and its base models), with the
 key prefixes the releases store; e.g. M3D-LaMed-Phi-3-4B: 4,049,101,904 values, i.e. the 16.2 GB of
 its float32 safetensors. ``lamed import --verify`` compares a downloaded file with these counts: a
 difference means another variant (a fine-tune of other sizes) or a damaged download.
