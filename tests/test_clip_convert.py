@@ -16,6 +16,7 @@ import torch
 from LaMed.models.clip import LamedClipModel
 from LaMed.models.convert import convert_state_dict, list_converters, load_converted
 from LaMed.models.convert.clip import load_published_clip, published_clip_config
+from tests.test_import import assert_published_names
 
 W, LAYERS, MLP = 32, 2, 64  # tiny ViT width / depth / MLP
 IMG, PATCH = (16, 64, 64), (4, 16, 16)  # 4 x 4 x 4 = 64 tokens, patch vector 256
@@ -92,6 +93,8 @@ def test_clip_families_are_registered():
 @pytest.mark.parametrize("family", ["m3d_clip", "hsenet_clip_stage1"])
 def test_m3d_and_hsenet_stage1_load_strictly_with_values_in_place(family):
     raw = published_m3d_clip()
+    # the names are the release's (reference-code table; the old-transformers position_ids aside)
+    assert_published_names([k for k in raw if not k.endswith("position_ids")], family)
     model, report = load_published_clip(family, raw, published_config=PUBLISHED_CONFIG)
     assert report.ok
     c = model.config
@@ -138,6 +141,7 @@ def test_hsenet_stage2_loads_with_its_frozen_stage1_teacher():
                 "mm_language_proj.weight": rand(24, 64), "mm_language_proj.bias": rand(24),
                 "logit_scale": torch.tensor(2.0)})
     raw.update(published_m3d_clip("stage1_pretrained_CLIP.", scale=4.0))
+    assert_published_names([k for k in raw if not k.endswith("position_ids")], "hsenet_clip_stage2")
     model, report = load_published_clip("hsenet_clip_stage2", raw, published_config=PUBLISHED_CONFIG)
     assert report.ok
     assert model.config.vision_encoder == "vit3d_2e3_base" and model.config.vision_overrides["slice_dim"] == 12
@@ -181,6 +185,7 @@ def test_med3dvlm_dec_clip_sigmoid_layout():
     c = model.config
     assert (c.loss_type, c.logit_scale_mode, c.siglip_symmetric, c.vision_pooling) == ("siglip", "exp", True, "mean")
     assert c.vision_overrides["img_size"] == [32, 64, 64]  # (H, W, D) -> (D, H, W)
+    assert c.logit_scale_max is None  # DEC_CLIP's exp(t') has no upper bound
     assert model.logit_scale.dtype == torch.float32
     assert model.scale.item() == pytest.approx(1 / 0.07, rel=1e-5) and model.logit_bias.item() == -1.5
     assert c.text_config.model_type == "distilbert" and c.text_config.vocab_size == 150

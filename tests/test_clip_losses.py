@@ -77,6 +77,27 @@ def test_logit_scale_modes():
     assert p.grad.item() == 0.0
     with pytest.raises(ValueError, match="logit_scale_mode"):
         effective_scale(p, "linear")
+    # Med3DVLM's SigLIP (imported with logit_scale_max=None): exp(t') unbounded, gradient exp(t') too.
+    q = torch.tensor(math.log(200.0), requires_grad=True)
+    scale = effective_scale(q, "exp", None)
+    scale.backward()
+    assert scale.item() == pytest.approx(200.0) and q.grad.item() == pytest.approx(200.0)
+
+
+def test_an_unclamped_siglip_model_scales_by_exp_t():
+    from transformers import BertConfig
+
+    from LaMed.models.clip import LamedClipConfig, LamedClipModel
+
+    text = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32,
+                      max_position_embeddings=16).to_dict()
+    common = dict(vision_encoder="vit3d_test", text_config=text, projection_dim=8, loss_type="siglip",
+                  logit_scale_mode="exp", logit_scale_init=math.log(150.0))
+    clamped = LamedClipModel(LamedClipConfig(**common))
+    free = LamedClipModel(LamedClipConfig(**common, logit_scale_max=None))
+    assert clamped.scale.item() == pytest.approx(100.0) and free.scale.item() == pytest.approx(150.0, rel=1e-5)
+    with pytest.raises(ValueError, match="logit_scale_max"):
+        LamedClipConfig(**common, logit_scale_max=0.0)
 
 
 def test_consistency_loss_and_its_decaying_weight():

@@ -1,23 +1,38 @@
-"""``lamed import``: synthetic checkpoints in the published layouts -> LaMed folders -> from_pretrained -> forward.
+"""``lamed import`` end to end: tiny releases -> LaMed folders -> from_pretrained -> the same outputs.
 
-Each published checkpoint is made from a tiny LaMed model of the family by renaming its keys into
-the published layout (the names of the reference notes: ``vision_encoder.`` / ``language_encoder.``
-/ ``mm_*_proj`` for M3D-CLIP, ``model.`` + ``clip_text_model`` / ``dim_align`` for SegVol,
-``model.vision_tower.vision_tower.`` / ``model.mm_projector.`` + bare LLM keys for M3D-LaMed) and
-saved as the release does (``pytorch_model.bin`` + ``config.json`` + tokenizer files). The import
-must rebuild the configuration from the checkpoint, load strictly, save, reload with
-``from_pretrained`` and give the tiny model's outputs exactly.
+A tiny release holds a tiny LaMed model's tensors under the release's key names, saved as the
+release is (``pytorch_model.bin`` + ``config.json`` + tokenizer files). The names are checked
+against the independent layout tables of the released checkpoints (``../shared/reference/
+published_layouts``, taken from the reference code; depth indices aside, every name must be one
+the release has), so a renaming that only LaMed would use fails here; the full layouts themselves
+are imported in ``test_published_layouts.py``. The import must rebuild the configuration from the
+release (config.json and shapes), load strictly, save, reload with ``from_pretrained`` and give the
+tiny model's outputs exactly; ``--verify``, the model card and damaged files are checked too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from LaMed.cli import main
+
+LAYOUTS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "published_layouts"
+_DEPTH = re.compile(r"\b(blocks|layers|layer)\.\d+\.")
+
+
+def assert_published_names(keys, table: str) -> None:
+    """Every key (depth index aside) is a key name of the ``table`` release (skipped without the tables)."""
+    path = LAYOUTS / f"{table}.json"
+    if not path.is_file():
+        return
+    names = {_DEPTH.sub(r"\1.#.", k) for k in json.loads(path.read_text())["keys"]}
+    foreign = sorted({_DEPTH.sub(r"\1.#.", k) for k in keys} - names)
+    assert not foreign, f"names the {table} release does not have: {foreign[:8]}"
 
 
 def _minilm_tokenizer():
@@ -59,7 +74,10 @@ def test_m3d_clip_release_imports_and_reproduces_embeddings(tmp_path, capsys):
                                           projection_dim=24, logit_scale_mode="raw")).eval()
     published = _rename(ours.state_dict(), [("vision_model.", "vision_encoder."), ("text_model.", "language_encoder."),
                                             ("visual_projection.", "mm_vision_proj."), ("text_projection.", "mm_language_proj.")])
-    published["language_encoder.embeddings.position_ids"] = torch.arange(64)[None]  # saved by old transformers
+    # BertModel's pooler is in the release; M3D never uses it (the CLS of last_hidden_state is the embedding)
+    published["language_encoder.pooler.dense.weight"] = torch.zeros(64, 64)
+    published["language_encoder.pooler.dense.bias"] = torch.zeros(64)
+    assert_published_names(published, "m3d_clip")
     src = _release(tmp_path / "M3D-CLIP", published, {"architectures": ["M3DCLIP"], "img_size": [16, 64, 64],
                                                       "patch_size": [4, 16, 16], "num_heads": 1}, _minilm_tokenizer())
     dst = tmp_path / "imported"
@@ -75,6 +93,10 @@ def test_m3d_clip_release_imports_and_reproduces_embeddings(tmp_path, capsys):
     assert (dst / "tokenizer.json").is_file() or (dst / "vocab.txt").is_file()
     report = json.loads((dst / "lamed_import.json").read_text())
     assert report["family"] == "m3d_clip" and report["key_report"] == "all keys matched"
+    assert sorted(d["key"] for d in report["dropped_keys"]) == ["language_encoder.pooler.dense.bias",
+                                                                 "language_encoder.pooler.dense.weight"]
+    card = (dst / "README.md").read_text()
+    assert "`logit_scale_mode='raw'`" in card and "`language_encoder.pooler.dense.weight`" in card
 
 
 def test_segvol_release_imports_and_segments_like_the_original(tmp_path):
@@ -87,8 +109,11 @@ def test_segvol_release_imports_and_segments_like_the_original(tmp_path):
     tiny = dict(SEG_VARIANTS["segvol_tiny"][1])
     torch.manual_seed(0)
     ours = create_seg_model("segvol_published", **tiny).eval()
-    published = _rename(ours.state_dict(), [("text_encoder.model.", "text_encoder.clip_text_model."),
+    # transformers 4.x (which saved SegVol) nests the CLIP text tower under ``text_model.``
+    published = _rename(ours.state_dict(), [("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
                                             ("text_encoder.proj.", "text_encoder.dim_align.")], prefix="model.")
+    published["model.text_encoder.clip_text_model.text_model.embeddings.position_ids"] = torch.arange(16)[None]
+    assert_published_names(published, "segvol")
     src = _release(tmp_path / "SegVol", published, {"architectures": ["SegVolModel"]}, _minilm_tokenizer())
     dst = tmp_path / "segvol"
     assert main(["import", "segvol", str(src), str(dst), "--config", json.dumps(tiny)]) == 0
@@ -133,6 +158,7 @@ def test_m3d_lamed_release_imports_with_the_legacy_splice_and_answers(tmp_path, 
     published.update({f"model.vision_tower.vision_tower.{k[len('vision_tower.'):]}": v.clone()
                       for k, v in sd.items() if k.startswith("vision_tower.")})
     published.update({f"model.{k}": v.clone() for k, v in sd.items() if k.startswith("mm_projector.")})
+    assert_published_names(published, "m3d_lamed")
     config = {k: v for k, v in ours.config.text_config.to_dict().items() if k not in ("architectures", "model_type")}
     config.update({"model_type": "lamed_phi3", "architectures": ["LamedPhi3ForCausalLM"], "vision_tower": "vit3d",
                    "image_size": [16, 64, 64], "patch_size": [4, 16, 16], "mm_projector_type": "spp"})
@@ -185,11 +211,13 @@ def _reasoning_tokenizer():
     return tok
 
 
-def _reasoning_release(folder: Path, ours, rename, extra: dict, tok) -> Path:
+def _reasoning_release(folder: Path, ours, rename, extra: dict, tok, table: str) -> Path:
     """A release folder: ``ours``' tensors under the published names, its LLM config plus ``extra``."""
     config = {k: v for k, v in ours.config.text_config.to_dict().items() if k not in ("architectures", "model_type")}
     config.update(extra)
-    return _release(folder, rename(ours.state_dict()), config, tok)
+    published = rename(ours.state_dict())
+    assert_published_names(published, table)
+    return _release(folder, published, config, tok)
 
 
 def _same_outputs(again, ours, tok):
@@ -217,7 +245,7 @@ def test_m3d_lamed_seg_release_imports_with_its_seg_module(tmp_path, capsys):
     src = _reasoning_release(tmp_path / "M3D-LaMed-Phi-3-4B", ours, published_m3d,
                              {"model_type": "lamed_phi3", "architectures": ["LamedPhi3ForCausalLM"], "vision_tower": "vit3d",
                               "image_size": [16, 64, 64], "patch_size": [4, 16, 16], "mm_projector_type": "spp",
-                              "segmentation_module": "segvol"}, tok)
+                              "segmentation_module": "segvol"}, tok, "m3d_lamed_seg")
     dst = tmp_path / "m3d_lamed_seg"
     # ViT heads, the pooling grid and the (tiny) seg module are not visible in the shapes: given here.
     tiny = {"vision_overrides": {"num_heads": 4},
@@ -240,16 +268,145 @@ def test_r1seg_llm_release_imports_with_the_shared_encoder(tmp_path, capsys):
     tok = _reasoning_tokenizer()
     seg = dict(point_prompts=False, mask_downscaling="conv3d", upscale_norm="full", pe_axis_order="segvol")
     ours = build(tok, shared=True, seg_overrides={**seg, "refine_passes": 2})
-    # the merge script writes architectures as one string
+    # the merge script writes architectures as one string; the geometry is read from config.json
     src = _reasoning_release(tmp_path / "R1Seg-3D-Phi-3-4B", ours, published_r1seg,
-                             {"model_type": "lamed_phi3_cross", "architectures": "LamedPhi3ForCausalLMCrossA"}, tok)
+                             {"model_type": "lamed_phi3_cross", "architectures": "LamedPhi3ForCausalLMCrossA",
+                              "img_size": [16, 64, 64], "patch_size": [4, 16, 16], "proj_pooling_size": 2,
+                              "mm_hidden_size": 96, "num_clicks": 2}, tok, "r1seg_llm")
     dst = tmp_path / "r1seg3d"
-    tiny = {"vision_tower": "vit3d_test", "projector_overrides": {"pool_size": [2, 2, 2]}, "seg_variant": "segvol_tiny",
-            "vision_overrides": {"img_size": [16, 64, 64], "patch_size": [4, 16, 16], "cls_token": False},
-            "seg_overrides": {"img_size": [16, 64, 64], **seg}}  # refine_passes: derived (2), merged
+    # Not visible in the shapes or config.json: the tiny ViT's heads and the tiny seg decoder.
+    tiny = {"vision_overrides": {"num_heads": 4}, "seg_variant": "segvol_tiny", "seg_overrides": seg}
     assert main(["import", "r1seg_llm", str(src), str(dst), "--config", json.dumps(tiny)]) == 0
     assert "all keys matched" in capsys.readouterr().out
     again = LaMedSegForCausalLM.from_pretrained(str(dst)).eval()
     assert again.config.shared_encoder and again.config.image_insertion == "legacy_offset"
     assert again.config.text_config.model_type == "phi3" and again.seg_module.config.refine_passes == 2
     _same_outputs(again, ours, tok)
+
+
+# ---- damaged files, --verify, HSENet over --base ------------------------------------------------------
+
+def _tiny_segvol_release(folder: Path):
+    from LaMed.models.segmentation import create_seg_model
+    from LaMed.models.segmentation.variants import SEG_VARIANTS
+
+    tiny = dict(SEG_VARIANTS["segvol_tiny"][1])
+    torch.manual_seed(0)
+    ours = create_seg_model("segvol_published", **tiny).eval()
+    published = _rename(ours.state_dict(), [("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
+                                            ("text_encoder.proj.", "text_encoder.dim_align.")], prefix="model.")
+    return _release(folder, published, {"architectures": ["SegVolModel"]}, _minilm_tokenizer()), tiny
+
+
+def test_damaged_files_are_refused_naming_the_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    src, tiny = _tiny_segvol_release(tmp_path / "SegVol")
+    sd = torch.load(src / "pytorch_model.bin", weights_only=True)
+    (src / "pytorch_model.bin").unlink()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src / "model.safetensors"))
+    good = (src / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(good[:8], "little")
+    cases = {
+        "truncated": good[: len(good) // 2],
+        # the header's first tensor claims more bytes than the file holds
+        "header-edited": good[:8] + good[8:8 + header_len].replace(b'"data_offsets":[0,', b'"data_offsets":[9,', 1)
+        + good[8 + header_len:],
+        "header length": (10 ** 12).to_bytes(8, "little") + good[8:],
+    }
+    for i, (what, data) in enumerate(cases.items()):
+        assert data != good, what
+        (src / "model.safetensors").write_bytes(data)
+        assert main(["import", "segvol", str(src), str(tmp_path / f"o{i}"), "--config", json.dumps(tiny)]) == 1, what
+        err = capsys.readouterr().err
+        assert "model.safetensors" in err and "Traceback" not in err, (what, err)
+    (src / "model.safetensors").write_bytes(good)
+    (src / "config.json").write_text('{"architectures": ["SegVolModel"],')  # cut short
+    assert main(["import", "segvol", str(src), str(tmp_path / "o9"), "--config", json.dumps(tiny)]) == 1
+    err = capsys.readouterr().err
+    assert "config.json" in err and "not valid JSON" in err and "Traceback" not in err
+    (src / "config.json").write_text("[1, 2]")
+    assert main(["import", "segvol", str(src), str(tmp_path / "o10"), "--config", json.dumps(tiny)]) == 1
+    assert "config.json: expected a JSON object" in capsys.readouterr().err
+
+
+def test_verify_reports_keys_size_and_a_finite_phantom_forward(tmp_path, capsys):
+    src, tiny = _tiny_segvol_release(tmp_path / "SegVol")
+    dst = tmp_path / "segvol"
+    assert main(["import", "segvol", str(src), str(dst), "--config", json.dumps(tiny), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] keys" in out and "of 475" not in out  # the tiny release's own key count
+    assert re.search(r"\[WARN\] size\s+[\d,]+ values, published BAAI/SegVol: 180,891,293", out)
+    assert re.search(r"\[PASS\] forward\s+mask logits \(1, 1, 32, 64, 64\)", out)
+    assert "upscale_norm" in out and "all checks passed" in out
+    assert len(out.splitlines()) < 25  # one screen
+
+
+def test_hsenet_release_over_base_merges_its_lora_and_verifies(tmp_path, capsys):
+    """The HSENet VLM release holds the two packers (``model.mm_projector`` for the 3D ViT,
+    ``model.mm_projector2`` for the 2E3 ViT) and unmerged LoRA pairs under PEFT's ``base_model.model.``
+    prefix; loaded over a ``--base`` model, LoRA merges as W + (alpha / r) B A."""
+    from LaMed.data.tokenizer import train_tokenizer
+    from LaMed.inference.generate import load_mllm
+    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, prepare_tokenizer
+    from transformers import CONFIG_MAPPING
+
+    tok = train_tokenizer(["The liver is enlarged.", "No focal lesion.", "Describe the findings."] * 20, vocab_size=200)
+    prepare_tokenizer(tok)
+    text = CONFIG_MAPPING["phi3"](vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=4, pad_token_id=tok.pad_token_id,
+                                  max_position_embeddings=512)
+    torch.manual_seed(0)
+    base = LaMedForCausalLM(LaMedConfig(text_config=text, vision_tower=["vit3d_test", "vit3d_test"], projector="packer",
+                                        projector_overrides={"window": [1, 2, 2]}, image_insertion="legacy_offset",
+                                        **prepare_tokenizer(tok))).eval()
+    base.save_pretrained(tmp_path / "base")
+    width, hidden = 96, 64  # vit3d_test width, LLM width
+    g = torch.Generator().manual_seed(1)
+    release = {}
+    for root in ("model.mm_projector", "model.mm_projector2"):
+        for name in ("Wq", "Wk", "Wv", "output_linear"):
+            release[f"base_model.model.{root}.resolution_attention.{name}.weight"] = torch.randn(width, width, generator=g)
+            release[f"base_model.model.{root}.resolution_attention.{name}.bias"] = torch.randn(width, generator=g)
+        release[f"base_model.model.{root}.resolution_attention.norm.weight"] = torch.randn(width, generator=g)
+        release[f"base_model.model.{root}.resolution_attention.norm.bias"] = torch.randn(width, generator=g)
+        release[f"base_model.model.{root}.proj_mpls.0.weight"] = torch.randn(hidden, width, generator=g)
+        release[f"base_model.model.{root}.proj_mpls.0.bias"] = torch.randn(hidden, generator=g)
+        release[f"base_model.model.{root}.proj_mpls.2.weight"] = torch.randn(hidden, hidden, generator=g)
+        release[f"base_model.model.{root}.proj_mpls.2.bias"] = torch.randn(hidden, generator=g)
+    lora = "base_model.model.model.layers.1.self_attn.qkv_proj.lora_{}.default.weight"
+    a, b = torch.randn(16, hidden, generator=g), torch.randn(3 * hidden, 16, generator=g)
+    release[lora.format("A")], release[lora.format("B")] = a, b
+    src = _release(tmp_path / "HSENet-Phi-4-4B", release, {}, tok)
+    dst = tmp_path / "hsenet"
+    assert main(["import", "hsenet", str(src), str(dst), "--base", str(tmp_path / "base"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] keys" in out and "[PASS] generate" in out and "8 greedy tokens" in out, out
+    model, _ = load_mllm(dst)
+    sd, before = model.state_dict(), base.state_dict()
+    merged = before["language_model.model.layers.1.self_attn.qkv_proj.weight"] + 2.0 * (b @ a)
+    torch.testing.assert_close(sd["language_model.model.layers.1.self_attn.qkv_proj.weight"], merged)
+    torch.testing.assert_close(sd["language_model.model.layers.0.self_attn.qkv_proj.weight"],
+                               before["language_model.model.layers.0.self_attn.qkv_proj.weight"])
+    # the 2E3 packer (mm_projector2) is the second stream
+    torch.testing.assert_close(sd["mm_projector.streams.1.attn.q.weight"],
+                               release["base_model.model.model.mm_projector2.resolution_attention.Wq.weight"])
+    torch.testing.assert_close(sd["mm_projector.streams.0.projector.2.bias"],
+                               release["base_model.model.model.mm_projector.proj_mpls.2.bias"])
+
+
+def test_a_processor_keeps_only_the_release_tokens(tmp_path):
+    """Med3DVLM added <im_patch> alone: the saved processor must not grow the vocabulary again."""
+    from LaMed.data.tokenizer import train_tokenizer
+    from LaMed.models.mllm import LaMedProcessor
+
+    tok = train_tokenizer(["The liver is enlarged.", "No focal lesion."] * 20, vocab_size=150)
+    n = len(tok)
+    proc = LaMedProcessor(tok, 4, lamed_tokens=["<im_patch>"])
+    assert len(tok) == n + 1 and proc.image_token_id == n
+    assert proc.token_ids["seg_token_id"] is None and proc.token_ids["box_start_token_id"] is None
+    proc.save_pretrained(tmp_path / "p")
+    again = LaMedProcessor.from_pretrained(tmp_path / "p")
+    assert len(again.tokenizer) == n + 1 and again.lamed_tokens == ["<im_patch>"]
+    with pytest.raises(ValueError, match="not LaMed tokens"):
+        LaMedProcessor(tok, 4, lamed_tokens=["<foo>"])

@@ -11,6 +11,7 @@ from LaMed.data.tokenizer import train_tokenizer
 from LaMed.models.convert import convert_state_dict, load_converted
 from LaMed.models.convert.mllm import legacy_config_fields, load_stage1_projector
 from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, LaMedProcessor, MLLMCollator, prepare_tokenizer
+from tests.test_import import assert_published_names
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def test_m3d_lamed_full_and_peft_checkpoints(tok):
     pub.update({f"model.vision_tower.vision_tower.{k[len('vision_tower.'):]}": v for k, v in sd.items() if k.startswith("vision_tower.")})
     pub.update({f"model.{k}": v for k, v in sd.items() if k.startswith("mm_projector.")})
     pub["model.seg_projector.0.weight"] = torch.zeros(2, 2)  # the seg module is not part of this model
+    assert_published_names(pub, "m3d_lamed")  # the release's names (reference-code table), not ours renamed
     fresh = tiny(tok, vision_tower="vit3d_test", projector="spp")
     torch.manual_seed(5)
     fresh.apply(lambda m: [p.data.normal_() for p in m.parameters(recurse=False)])
@@ -96,6 +98,8 @@ def test_med3dvlm_checkpoint(tok):
     pub.update({f"model.vision_tower.vision_tower.{k[13:]}": v for k, v in sd.items() if k.startswith("vision_tower.")})
     pub.update({_m3v_projector_name(k): v for k, v in sd.items() if k.startswith("mm_projector.")})
     assert "model.mm_projector.low_mixer.0.mlp1.mm_projector.1.1.weight" in pub
+    # (the tiny DCFormer has attention stages, which the released tower does not: its names are left out)
+    assert_published_names([k for k in pub if not k.startswith("model.vision_tower.")], "med3dvlm")
     fresh = tiny(tok, "qwen2", **kw)
     with torch.no_grad():
         for p in fresh.parameters():

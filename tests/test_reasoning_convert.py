@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.test_import import assert_published_names
 from tests.test_reasoning_model import build
 
 
@@ -105,6 +106,7 @@ def test_m3d_lamed_seg_full_and_peft_load_strictly(tok):
 
     model = build(tok, shared=False, seg_overrides=dict(upscale_norm="full", point_convention="segvol", pe_axis_order="segvol"))
     pub = published_m3d(model.state_dict())
+    assert_published_names(pub, "m3d_lamed_seg")  # the release's names (reference-code table), not ours renamed
     assert sum(k.startswith("model.seg_projector.") for k in pub) == 4
     pub["model.seg_module.image_encoder.blocks.0.norm_cross_attn.weight"] = torch.ones(96)  # MONAI >= 1.4 extra
     _check_roundtrip(model, convert_state_dict("m3d_lamed_seg", pub))
@@ -121,6 +123,7 @@ def test_r1seg_llm_loads_strictly_with_the_shared_encoder(tok):
     model = build(tok, shared=True, seg_overrides=dict(point_prompts=False, mask_downscaling="conv3d", refine_passes=2,
                                                        upscale_norm="full", pe_axis_order="segvol"))
     pub = published_r1seg(model.state_dict())
+    assert_published_names(pub, "r1seg_llm")
     assert not any(k.startswith("model.vision_tower") for k in pub)
     _check_roundtrip(model, convert_state_dict("r1seg_llm", pub))
     target = "model.layers.1.mlp.gate_up_proj.weight"

@@ -35,7 +35,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -43,7 +43,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @dataclass(frozen=True)
 class Importer:
-    """How one family is imported: ``build(sd, published_config, overrides, args) -> (model, KeyReport)``."""
+    """How one family is imported: ``build(sd, published_config, overrides, args) -> (model, KeyReport, converted)``."""
 
     kind: str  # "clip" | "seg" | "mllm"
     build: Callable[..., Tuple[Any, Any]]
@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="", help="hsenet: LaMed model folder the partial release is loaded over")
     parser.add_argument("--lora-scaling", type=float, default=2.0, help="alpha / r for unmerged LoRA pairs (published 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    parser.add_argument("--verify", action="store_true",
+                        help="after importing, check what can be checked without the reference code (key report, "
+                             "published value count, a phantom forward pass, an LLM's greedy continuation) and "
+                             "print a one-screen report; exit status 1 when a check fails")
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -81,6 +85,17 @@ def _overrides(text: str) -> Dict[str, Any]:
     return parse_mapping(text, "--config")
 
 
+def _construct(factory: Callable[[], Any], args) -> Any:
+    """``factory()``, on the meta device when ``args.meta`` is set (the layout tests): the key / shape
+    check of a release then needs no memory for its 4-7 B parameters."""
+    if not getattr(args, "meta", False):
+        return factory()
+    import torch
+
+    with torch.device("meta"):
+        return factory()
+
+
 # ---- CLIP ------------------------------------------------------------------------------------------
 
 def _build_clip(family: str):
@@ -95,8 +110,8 @@ def _build_clip(family: str):
             if not hasattr(config, key):
                 raise ValueError(f"--config: LamedClipConfig has no field {key!r}")
             setattr(config, key, value)
-        model = LamedClipModel(config)
-        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint")
+        model = _construct(lambda: LamedClipModel(config), args)
+        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint"), converted
 
     return build
 
@@ -112,8 +127,10 @@ def _build_seg(family: str):
         fields = dict(overrides)
         if family == "segvol" and not any(k.startswith("text_encoder.") for k in converted):
             fields.setdefault("text_encoder_config", None)  # the seg module inside M3D-LaMed has no text tower
-        model = create_seg_model(f"{family}_published", **fields)
-        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint")
+        if family == "r1seg_sam":
+            fields.setdefault("loss", "dice_bce_r1seg")  # further training uses R1Seg-3D's own Dice
+        model = _construct(lambda: create_seg_model(f"{family}_published", **fields), args)
+        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint"), converted
 
     return build
 
@@ -153,42 +170,130 @@ def _text_config(family: str, published: Mapping, vocab_size: int):
     return CONFIG_MAPPING[llm](**fields)
 
 
+def _published_list(published: Mapping, key: str, length: int) -> Optional[list]:
+    """``published[key]`` as a list of ``length`` ints, ``None`` when absent; a bad value names config.json."""
+    if key not in published:
+        return None
+    value = published[key]
+    if not isinstance(value, (list, tuple)) or len(value) != length or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"config.json: {key} must be a list of {length} integers, got {value!r}")
+    return [int(v) for v in value]
+
+
+def _vit_side(converted: Mapping, published: Mapping) -> Dict[str, Any]:
+    """ViT tower (widths / depth from the shapes, input geometry from config.json) and the ``spp``
+    pooling window (``proj_pooling_size``) of the M3D-style releases."""
+    from LaMed.models.convert.clip import _vit_overrides
+
+    img = _published_list(published, "image_size", 3) or _published_list(published, "img_size", 3) or [32, 256, 256]
+    patch = _published_list(published, "patch_size", 3) or [4, 16, 16]
+    vit = _vit_overrides(converted, "vision_tower.", {"img_size": img, "patch_size": patch})
+    width = published.get("mm_hidden_size")
+    if width is not None and int(width) != vit["hidden_size"]:
+        raise ValueError(f"config.json: mm_hidden_size {width} but the released ViT is {vit['hidden_size']} wide")
+    fields: Dict[str, Any] = {"vision_overrides": vit, "projector": "spp"}
+    pool = published.get("proj_pooling_size")
+    if pool is not None:
+        fields["projector_overrides"] = {"pool_size": [int(pool)] * 3 if isinstance(pool, int) else [int(p) for p in pool]}
+    return fields
+
+
 def _vision_fields(family: str, converted: Mapping, published: Mapping) -> Dict[str, Any]:
     """Config fields of the vision side (tower, projector, segmentation head) derived from the
-    converted tensors' shapes and the published config.json."""
+    converted tensors' shapes and the release's config.json (input geometry, pooling, token schedule)."""
     if family in ("m3d_lamed", "m3d_lamed_seg"):
-        from LaMed.models.convert.clip import _vit_overrides
-
-        geometry = {"img_size": published.get("image_size", published.get("img_size", (32, 256, 256))),
-                    "patch_size": published.get("patch_size", (4, 16, 16))}
-        vit = _vit_overrides(converted, "vision_tower.", geometry)
-        fields = {"vision_tower": "vit3d_base", "vision_overrides": vit, "projector": "spp"}
+        fields = {"vision_tower": "vit3d_base", **_vit_side(converted, published)}
         if family == "m3d_lamed_seg":
             from LaMed.models.convert.lamed_seg import m3d_lamed_seg_fields
 
             fields.update(m3d_lamed_seg_fields())
+            fields["seg_overrides"] = {"img_size": fields["vision_overrides"]["img_size"]}
         return fields
     if family == "r1seg_llm":
         from LaMed.models.convert.r1seg_llm import r1seg_llm_fields
 
-        return r1seg_llm_fields(int(published.get("num_clicks", 2)))  # steps 2-4 were trained with 2
+        fields = r1seg_llm_fields(int(published.get("num_clicks", 2)))  # steps 2-4 were trained with 2
+        fields.update(_vit_side(converted, published))
+        fields["seg_overrides"] = {**fields["seg_overrides"], "img_size": fields["vision_overrides"]["img_size"]}
+        return fields
     if family == "med3dvlm":
         from LaMed.models.convert.dcformer import infer_dcformer_config
 
         tower = {k[len("vision_tower."):]: v for k, v in converted.items() if k.startswith("vision_tower.")}
         arch = infer_dcformer_config(tower, source="med3dvlm")
-        h, w, d = (int(v) for v in published.get("input_size", (256, 256, 128)))  # Med3DVLM stores (H, W, D)
+        h, w, d = _published_list(published, "input_size", 3) or [256, 256, 128]  # Med3DVLM stores (H, W, D)
         arch["img_size"] = [d, h, w]
         arch = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}
-        return {"vision_tower": "dcformer_small_med3dvlm", "vision_overrides": arch, "vision_feature_stages": [3, 4],
-                "projector": "mixer"}
+        fields: Dict[str, Any] = {"vision_tower": "dcformer_small_med3dvlm", "vision_overrides": arch,
+                                  "vision_feature_stages": [3, 4], "projector": "mixer"}
+        low, high = (_published_list(published, f"{s}_output_size", 2) for s in ("low", "high"))
+        if (low is None) != (high is None):
+            raise ValueError("config.json: low_output_size and high_output_size must be given together")
+        if low is not None:  # the mixer's token schedule per stream (released: [192, 128] and [64, 128])
+            fields["projector_overrides"] = {"out_tokens": [low, high]}
+        return fields
     raise ValueError(f"{family}: the vision side cannot be derived; use --base")
 
 
-def _tokenizer_ids(tokenizer):
+def _check_mixer_inputs(model, published: Mapping) -> None:
+    """Med3DVLM's config.json states each mixer stream's input (tokens, width); the tower must give it."""
+    from LaMed.models.projectors.base import grid_tokens
+
+    cfg = getattr(model.mm_projector, "config", None)
+    for s, name in enumerate(("low_input_size", "high_input_size")):
+        want = _published_list(published, name, 2)
+        if want is None or cfg is None or not hasattr(cfg, "in_dims") or s >= len(cfg.in_dims):
+            continue
+        have = [grid_tokens(cfg.grid_sizes[s]), int(cfg.in_dims[s])]
+        if have != want:
+            raise ValueError(f"config.json: {name} {want} but the released tower gives {have} (tokens, width) "
+                             "for that stream; the input_size or the tower does not match")
+    width = published.get("mm_hidden_size")
+    if width is not None and cfg is not None and hasattr(cfg, "in_dims") and int(width) != int(cfg.in_dims[-1]):
+        raise ValueError(f"config.json: mm_hidden_size {width} but the released tower's last stage is "
+                         f"{int(cfg.in_dims[-1])} wide")
+
+
+def _tokenizer_ids(tokenizer, family: str):
+    """Add the tokens the release's training script added (and no others); their ids."""
+    from LaMed.models.convert.published import RELEASE_TOKENS
     from LaMed.models.mllm import prepare_tokenizer
 
-    return prepare_tokenizer(tokenizer)
+    return prepare_tokenizer(tokenizer, RELEASE_TOKENS[family])
+
+
+def _check_vocabulary(tokenizer, ids: Mapping[str, Any], rows: int, family: str, src: str) -> None:
+    """Refuse a tokenizer that does not fit the released embeddings, saying how."""
+    if len(tokenizer) > rows:
+        raise ValueError(f"{src}: the tokenizer has {len(tokenizer)} tokens but the {family} checkpoint's embeddings "
+                         f"have {rows} rows: not the tokenizer this release was trained with (pass --tokenizer "
+                         "with the release's own tokenizer files)")
+    over = {name: i for name, i in ids.items() if i is not None and i >= rows}
+    if over:
+        raise ValueError(f"{src}: token ids {over} lie beyond the checkpoint's {rows} embedding rows")
+
+
+def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> Dict[str, Any]:
+    """Fold the unmerged LoRA pairs of a partial release (``<module>.lora_A`` / ``.lora_B``, as the
+    HSENet VLM ships them) into the base model's ``<module>.weight``: ``W + scaling * B @ A``."""
+    from LaMed.models.convert import note_derived
+
+    out = {k: v for k, v in converted.items() if ".lora_" not in k}
+    pairs: Dict[str, Dict[str, Any]] = {}
+    for key, value in converted.items():
+        if key.endswith((".lora_A", ".lora_B")):
+            pairs.setdefault(key[: -len(".lora_A")], {})[key[-1]] = value
+    for module, pair in sorted(pairs.items()):
+        base = own.get(f"{module}.weight")
+        if base is None or set(pair) != {"A", "B"}:
+            raise KeyError(f"LoRA tensors of {module!r} have no base weight (or only one of A / B) in the --base model")
+        a, b = pair["A"], pair["B"]
+        if tuple(b.shape[1:]) != tuple(a.shape[:1]) or (b.shape[0], a.shape[1]) != tuple(base.shape):
+            raise ValueError(f"LoRA pair of {module!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not give the base "
+                             f"weight's {tuple(base.shape)}")
+        out[f"{module}.weight"] = (base.float() + scaling * (b.float() @ a.float())).to(base.dtype)
+        note_derived(a, b, how="LoRA pair merged into the --base weight")
+    return out
 
 
 def _model_classes(family: str):
@@ -216,7 +321,7 @@ def _build_mllm(family: str):
         tokenizer = _load_tokenizer(args)
         if tokenizer is None:
             raise FileNotFoundError(f"{args.src}: no tokenizer files; pass --tokenizer (the base LLM's)")
-        ids = _tokenizer_ids(tokenizer)
+        ids = _tokenizer_ids(tokenizer, family)
         partial = family == "hsenet"
         converted = convert_state_dict(family, sd, lora_scaling=args.lora_scaling, allow_partial=partial)
         if partial:
@@ -227,10 +332,14 @@ def _build_mllm(family: str):
             for key, value in {**legacy_config_fields(family), **overrides}.items():
                 setattr(model.config, key, value)
             own = model.state_dict()
+            converted = _merge_lora_into_base(converted, own, args.lora_scaling)
             unknown = sorted(k for k in converted if k not in own)
             if unknown:
                 raise KeyError(f"hsenet checkpoint: {len(unknown)} keys unknown to the base model, e.g. {unknown[:5]}")
-            return model, load_converted(model, {**own, **converted}, strict=True, source="hsenet checkpoint")
+            rows = int(own["language_model.model.embed_tokens.weight"].shape[0]) \
+                if "language_model.model.embed_tokens.weight" in own else len(tokenizer)
+            _check_vocabulary(tokenizer, ids, rows, family, args.src)
+            return model, load_converted(model, {**own, **converted}, strict=True, source="hsenet checkpoint"), converted
         emb = converted.get("language_model.model.embed_tokens.weight")
         if emb is None:
             raise KeyError(f"{family} checkpoint: no embed_tokens weight (is this the full model file?)")
@@ -240,11 +349,11 @@ def _build_mllm(family: str):
             both = isinstance(value, Mapping) and isinstance(fields.get(key), Mapping)
             fields[key] = {**fields[key], **value} if both else value
         config = config_class(text_config=_text_config(family, published, int(emb.shape[0])), **ids, **fields)
-        model = model_class(config)
-        if len(tokenizer) > int(emb.shape[0]):
-            raise ValueError(f"{args.src}: the tokenizer has {len(tokenizer)} tokens but the checkpoint's embeddings "
-                             f"{int(emb.shape[0])} rows (LaMed's <im_patch>/[SEG]/box tokens missing from the release?)")
-        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint")
+        _check_vocabulary(tokenizer, ids, int(emb.shape[0]), family, args.src)
+        model = _construct(lambda: model_class(config), args)
+        if family == "med3dvlm":
+            _check_mixer_inputs(model, published)
+        return model, load_converted(model, converted, strict=True, source=f"{family} checkpoint"), converted
 
     return build
 
@@ -278,9 +387,59 @@ def _load_tokenizer(args):
     return None
 
 
+def build_release(family: str, state_dict: Mapping, published: Mapping, overrides: Mapping, args):
+    """Convert and strictly load one release: ``(model, KeyReport)``.
+
+    Every tensor of ``state_dict`` must be consumed by the converted model or be one the converters
+    drop on purpose (aliases, buffers, never-used heads, training state); those are named in the
+    report (``report.dropped``), any other is an error listing it.
+    """
+    from LaMed.models.convert import account, conversion_log
+
+    with conversion_log() as log:
+        model, report, converted = IMPORTERS[family].build(state_dict, published, dict(overrides), args)
+    acc = account(state_dict, converted, log)
+    if acc.unaccounted:
+        names = "\n".join(f"  {k}" for k in acc.unaccounted[:50])
+        more = f"\n  ... and {len(acc.unaccounted) - 50} more" if len(acc.unaccounted) > 50 else ""
+        raise KeyError(f"{args.src}: {len(acc.unaccounted)} keys of the {family} checkpoint are neither loaded nor "
+                       f"documented as unused (another variant of the release?):\n{names}{more}")
+    report.source_keys, report.consumed, report.dropped = acc.source_keys, len(acc.consumed), acc.dropped
+    report.source_values = acc.source_values
+    return model, report
+
+
+def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src: str) -> str:
+    """README.md written next to the imported weights: origin, key report, quirks switched on."""
+    importer = IMPORTERS[family]
+    lines = [f"# {importer.description}, imported into LaMed", "",
+             f"Imported with `lamed import {family}` from `{src}`.", "",
+             "## Key report", "",
+             f"- {report.consumed} of {report.source_keys} published tensors loaded strictly ({report})."]
+    groups = report.dropped_by_reason()
+    if groups:
+        lines.append(f"- {len(report.dropped)} published tensors dropped on purpose:")
+        for reason, keys in groups.items():
+            lines.append(f"  - {reason} ({len(keys)}): " + ", ".join(f"`{k}`" for k in keys))
+    else:
+        lines.append("- no published tensor dropped.")
+    lines += ["", "## Published quirks switched on", ""]
+    lines += [f"- `{q.split(': ', 1)[0]}`: {q.split(': ', 1)[1]}" for q in quirks] or ["- none"]
+    if overrides:
+        lines += ["", "## Config overrides given with --config", "", f"`{json.dumps(dict(overrides))}`"]
+    return "\n".join(lines) + "\n"
+
+
 def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str | Mapping = "", tokenizer: str = "",
                       base: str = "", lora_scaling: float = 2.0, overwrite: bool = False):
-    """Convert ``src`` (published ``family``) into a LaMed folder ``dst``; returns ``(model, KeyReport)``."""
+    """Convert ``src`` (published ``family``) into a LaMed folder ``dst``; returns ``(model, KeyReport)``.
+
+    ``dst`` receives the model, its tokenizer / processor, ``lamed_import.json`` (the full key report)
+    and ``README.md`` (a model card listing the dropped keys and the published quirks switched on).
+    """
+    from LaMed.models.convert.published import RELEASE_TOKENS, quirks_on
+    from LaMed.utils.atomic import atomic_write_text, write_json_atomic
+
     if family not in IMPORTERS:
         raise KeyError(f"unknown family {family!r}; known: {', '.join(IMPORTERS)}")
     dst = Path(dst)
@@ -290,20 +449,22 @@ def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str
     importer = IMPORTERS[family]
     sd, published = read_published(src)
     overrides = dict(config) if isinstance(config, Mapping) else _overrides(config)
-    model, report = importer.build(sd, published, overrides, args)
+    model, report = build_release(family, sd, published, overrides, args)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     tok = _load_tokenizer(args)
     if importer.kind == "mllm":
-        from LaMed.models.mllm import LaMedProcessor, prepare_tokenizer
+        from LaMed.models.mllm import LaMedProcessor
 
-        prepare_tokenizer(tok)
-        LaMedProcessor(tok, model.num_image_tokens).save_pretrained(dst)
+        LaMedProcessor(tok, model.num_image_tokens, lamed_tokens=RELEASE_TOKENS[family]).save_pretrained(dst)
     elif tok is not None:
         tok.save_pretrained(dst)
-    (dst / "lamed_import.json").write_text(json.dumps(
-        {"family": family, "published_as": importer.description, "source": str(src), "config_overrides": overrides,
-         "key_report": str(report)}, indent=2) + "\n")
+    quirks = quirks_on(model)
+    write_json_atomic(dst / "lamed_import.json", {
+        "family": family, "published_as": importer.description, "source": str(src), "config_overrides": overrides,
+        "key_report": str(report), "published_keys": report.source_keys, "consumed_keys": report.consumed,
+        "dropped_keys": [{"key": k, "reason": r} for k, r in report.dropped], "quirks": quirks})
+    atomic_write_text(dst / "README.md", _model_card(family, report, quirks, overrides, str(src)))
     return model, report
 
 
@@ -315,8 +476,14 @@ def run(args: argparse.Namespace) -> int:
                                           args.lora_scaling, args.overwrite)
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None
+    if getattr(args, "verify", False):
+        from LaMed.commands.import_verify import verify_import
+
+        result = verify_import(args.family, model, report, args.dst)
+        print(result.render())
+        return 0 if result.ok else 1
     n = sum(p.numel() for p in model.parameters())
-    print(f"{args.family}: {n / 1e6:.1f} M parameters; key report: {report}")
+    print(f"{args.family}: {n / 1e6:.1f} M parameters; key report: {report.summary()}")
     tok_note = "" if any((Path(args.dst) / f).is_file() for f in TOKENIZER_FILES) else \
         " (no tokenizer: pass --tokenizer to save one beside the model)"
     print(f"written {args.dst}{tok_note}; load with from_pretrained or run with `lamed predict --model {args.dst} ...`")

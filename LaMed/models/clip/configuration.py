@@ -56,7 +56,9 @@ class LamedClipConfig(PreTrainedConfig):
         loss_type: ``"infonce"`` (symmetric cross-entropy) or ``"siglip"`` (pairwise sigmoid).
         logit_scale_init: initial value of the ``logit_scale`` parameter (default: ln(1/0.07) for
             InfoNCE, ln 10 for SigLIP); logit_bias_init: SigLIP bias (default -10).
-        logit_scale_mode / logit_scale_max: ``"exp"``: scale = min(exp(logit_scale), max);
+        logit_scale_mode / logit_scale_max: ``"exp"``: scale = min(exp(logit_scale), max), or
+            ``exp(logit_scale)`` unbounded when ``logit_scale_max`` is ``None`` (Med3DVLM's SigLIP,
+            ``exp(t')`` as in the SigLIP paper; set by ``lamed import med3dvlm_siglip``);
             ``"raw"``: scale = logit_scale (published M3D / HSENet quirk, no clamp).
         gather_features / local_loss: all-gather embeddings with gradient over processes; with
             ``local_loss`` each process scores only its own rows against every column.
@@ -86,7 +88,7 @@ class LamedClipConfig(PreTrainedConfig):
     logit_scale_init: Optional[float] = None
     logit_bias_init: Optional[float] = None
     logit_scale_mode: str = "exp"
-    logit_scale_max: float = 100.0
+    logit_scale_max: Optional[float] = 100.0
     gather_features: bool = True
     local_loss: bool = False
     siglip_symmetric: bool = False
@@ -119,7 +121,7 @@ class LamedClipConfig(PreTrainedConfig):
                 raise ValueError(f"LamedClipConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         if self.projection_dim < 1:
             raise ValueError(f"LamedClipConfig.projection_dim: expected >= 1, got {self.projection_dim}")
-        if self.logit_scale_max <= 0:
+        if self.logit_scale_max is not None and self.logit_scale_max <= 0:
             raise ValueError(f"LamedClipConfig.logit_scale_max: expected > 0, got {self.logit_scale_max}")
         if self.loss_type == "siglip" and self.siglip_symmetric and self.local_loss:
             raise ValueError("LamedClipConfig: siglip_symmetric needs the square (gathered) logit matrix; "

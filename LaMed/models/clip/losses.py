@@ -44,14 +44,15 @@ def gather_features(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features.contiguous()), dim=0)
 
 
-def effective_scale(logit_scale: torch.Tensor, mode: str = "exp", max_scale: float = 100.0) -> torch.Tensor:
+def effective_scale(logit_scale: torch.Tensor, mode: str = "exp", max_scale: Optional[float] = 100.0) -> torch.Tensor:
     """Inverse temperature applied to the cosine similarities.
 
-    ``"exp"``: ``min(exp(logit_scale), max_scale)`` (CLIP; the clamp stops the gradient above it);
+    ``"exp"``: ``min(exp(logit_scale), max_scale)`` (CLIP; the clamp stops the gradient above it),
+    ``exp(logit_scale)`` with no bound when ``max_scale`` is ``None`` (SigLIP's ``exp(t')``);
     ``"raw"``: ``logit_scale`` itself, unclamped (published M3D-CLIP / HSENet behaviour).
     """
     if mode == "exp":
-        return logit_scale.exp().clamp(max=max_scale)
+        return logit_scale.exp() if max_scale is None else logit_scale.exp().clamp(max=max_scale)
     if mode == "raw":
         return logit_scale
     raise ValueError(f"logit_scale_mode must be 'exp' or 'raw', got {mode!r}")

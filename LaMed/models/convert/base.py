@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from LaMed.utils.registry import Registry
 
@@ -33,17 +35,123 @@ def convert_state_dict(family: str, state_dict: Mapping, **options) -> Dict:
     return CONVERTERS.get(family)(dict(state_dict), **options)
 
 
+# ---- which published tensors a conversion consumed ---------------------------------------------
+# Converters rename keys and pass the *same tensor objects* on; a tensor of the published file that is
+# in no converted value was either folded into a new tensor (a LoRA merge, a cast scalar: noted with
+# ``note_derived``) or left out on purpose (``note_dropped`` with the reason the reference gives). Any
+# other tensor left out is an error of the import: :func:`account` names it.
+_LOG: contextvars.ContextVar[Optional["ConversionLog"]] = contextvars.ContextVar("lamed_conversion_log", default=None)
+
+# Top-level entries of a training checkpoint that hold training state, not the model.
+TRAINING_STATE = ("optimizer", "optimizer_state", "scheduler", "lr_scheduler", "scaler", "amp")
+
+
+@dataclass
+class ConversionLog:
+    """Tensors (by identity) a conversion folded into others or dropped on purpose, with the reason."""
+
+    derived: Dict[int, str] = field(default_factory=dict)
+    dropped: Dict[int, str] = field(default_factory=dict)
+
+
+def note_dropped(value: Any, reason: str) -> None:
+    """Record that published tensor ``value`` is left out on purpose (aliases, unused heads, buffers)."""
+    log = _LOG.get()
+    if log is not None:
+        log.dropped[id(value)] = reason
+
+
+def note_derived(*values: Any, how: str = "") -> None:
+    """Record that published tensors ``values`` were folded into a new tensor (LoRA merge, dtype cast)."""
+    log = _LOG.get()
+    if log is not None:
+        for v in values:
+            log.derived[id(v)] = how
+
+
+@contextlib.contextmanager
+def conversion_log() -> Iterator[ConversionLog]:
+    """Collect the ``note_*`` calls of the conversions run inside the ``with`` block."""
+    log = ConversionLog()
+    token = _LOG.set(log)
+    try:
+        yield log
+    finally:
+        _LOG.reset(token)
+
+
+def _tensors(sd: Mapping, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """``(dotted key, tensor)`` of every tensor in a (possibly nested) checkpoint mapping."""
+    for key, value in sd.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _tensors(value, f"{name}.")
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            yield name, value
+
+
+@dataclass
+class Accounting:
+    """Every tensor of a published file: consumed (loaded, possibly renamed or folded), dropped on
+    purpose (with the reason) or unaccounted (an error)."""
+
+    source_keys: int = 0
+    source_values: int = 0
+    consumed: List[str] = field(default_factory=list)
+    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (published key, reason)
+    unaccounted: List[str] = field(default_factory=list)
+
+
+def account(published: Mapping, converted: Mapping, log: ConversionLog) -> Accounting:
+    """Sort the tensors of ``published`` by what the conversion to ``converted`` did with them."""
+    kept = {id(v) for v in converted.values()}
+    out = Accounting()
+    for key, value in _tensors(published):
+        out.source_keys += 1
+        out.source_values += int(value.numel())
+        if id(value) in kept or id(value) in log.derived:
+            out.consumed.append(key)
+        elif id(value) in log.dropped:
+            out.dropped.append((key, log.dropped[id(value)]))
+        elif key.split(".", 1)[0] in TRAINING_STATE:
+            out.dropped.append((key, "training state (optimizer / scheduler), not part of the model"))
+        else:
+            out.unaccounted.append(key)
+    return out
+
+
 @dataclass
 class KeyReport:
-    """What did not match when loading a converted state dict."""
+    """What did not match when loading a converted state dict, and (for an import) what happened to
+    every key of the published file."""
 
     missing: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
     mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint shape, model shape)
+    source_keys: Optional[int] = None  # tensors in the published file (import only)
+    consumed: Optional[int] = None
+    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (published key, documented reason)
+    source_values: Optional[int] = None  # values (parameters + buffers) in the published file
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def dropped_by_reason(self) -> Dict[str, List[str]]:
+        groups: Dict[str, List[str]] = {}
+        for key, reason in self.dropped:
+            groups.setdefault(reason, []).append(key)
+        return groups
+
+    def summary(self, max_names: int = 6) -> str:
+        """Short report: consumed / dropped counts and the dropped keys by reason (``max_names`` each)."""
+        lines = [str(self)]
+        if self.source_keys is not None:
+            lines[0] += f"; {self.consumed} of {self.source_keys} published keys consumed, {len(self.dropped)} dropped"
+        for reason, keys in self.dropped_by_reason().items():
+            shown = ", ".join(keys[:max_names]) + (f", ... ({len(keys) - max_names} more)" if len(keys) > max_names else "")
+            lines.append(f"  dropped {len(keys)} ({reason}): {shown}")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         if self.ok:
@@ -74,5 +182,7 @@ def load_converted(module, state_dict: Mapping, strict: bool = True, source: str
     if strict and not report.ok:
         raise KeyError(f"{source} does not match {type(module).__name__}:\n{report}")
     usable = {k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    module.load_state_dict(usable, strict=False)
+    # A model built on the meta device (a key / shape check without memory) takes the tensors as they are.
+    on_meta = any(t.is_meta for t in own.values())
+    module.load_state_dict(usable, strict=False, assign=on_meta)
     return report

@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from LaMed.models.convert.base import register_converter
+from LaMed.models.convert.base import note_derived, note_dropped, register_converter
 
 FAMILIES = ("m3d_clip", "hsenet_clip_stage1", "hsenet_clip_stage2", "med3dvlm_siglip")
 _RENAMES = (
@@ -46,6 +46,8 @@ _RENAMES = (
 )
 _SCALARS = {"logit_scale": "logit_scale", "t_prime": "logit_scale", "bias": "logit_bias"}
 _TEXT_DROPPED = re.compile(r"^(pooler\.|embeddings\.position_ids$)")
+_TEXT_DROP_REASON = {"pooler": "text pooler, never used (the text embedding is token 0 of last_hidden_state)",
+                     "position_ids": "position_ids buffer saved by transformers 4.x, rebuilt by the model"}
 _TEACHER = "stage1_pretrained_CLIP."
 
 
@@ -78,11 +80,13 @@ def _convert_one(sd: Mapping, family: str) -> Dict[str, Any]:
             continue
         if key in _SCALARS:
             out[_SCALARS[key]] = torch.as_tensor(value).detach().to(torch.float32).reshape(())
+            note_derived(value, how="cast to float32")
             continue
         for old, new in _RENAMES:
             if key.startswith(old):
                 name = key[len(old):]
                 if old == "language_encoder." and _TEXT_DROPPED.match(name):
+                    note_dropped(value, _TEXT_DROP_REASON["pooler" if name.startswith("pooler.") else "position_ids"])
                     break
                 out[new + name] = value
                 break
@@ -197,6 +201,7 @@ def published_clip_config(family: str, state_dict: Mapping, published_config: Op
             vision_pooling="mean", text_config=dict(text_config or _text_config_from_shapes(sd, "distilbert")),
             loss_type="siglip" if sigmoid else "infonce", logit_scale_mode="exp" if sigmoid else "raw",
             siglip_symmetric=sigmoid, logit_bias_init=float(sd["logit_bias"]) if sigmoid else None,
+            logit_scale_max=None,  # DEC_CLIP multiplies by exp(t') with no upper bound
             logit_scale_init=float(sd["logit_scale"]), **common)
     stage2 = family == "hsenet_clip_stage2"
     vit = _vit_overrides(sd, "vision_model.", published)
@@ -214,13 +219,45 @@ def published_clip_config(family: str, state_dict: Mapping, published_config: Op
         teacher_config=teacher, **common)
 
 
-def read_checkpoint(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(state_dict, config.json dict)`` of a published folder or weights file (safetensors / .bin / .pt)."""
+def read_config_json(file: Path) -> Dict[str, Any]:
+    """A release's ``config.json`` as a dict; ``ValueError`` naming the file when it is not a JSON object."""
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file}: expected a JSON object of config fields, got {type(config).__name__}")
+    return config
+
+
+def read_weights(file: Path) -> Dict[str, Any]:
+    """The tensors of one weights file (safetensors, or a torch pickle read with ``weights_only=True``);
+    a truncated or damaged file is a ``ValueError`` naming it."""
     import torch
 
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        sd = torch.load(str(file), map_location="cpu", weights_only=True)
+    except (OSError, MemoryError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{file}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # safetensors / pickle / zip errors have no common base class
+        raise ValueError(f"{file}: not a valid {'safetensors' if file.suffix == '.safetensors' else 'torch'} weights "
+                         f"file, truncated or edited? ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{file}: expected a state dict (a mapping of names to tensors), got {type(sd).__name__}")
+    return sd
+
+
+def read_checkpoint(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(state_dict, config.json dict)`` of a published folder or weights file (safetensors / .bin / .pt)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    config = read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     if path.is_dir():
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
         if not files:
@@ -231,12 +268,7 @@ def read_checkpoint(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     sd: Dict[str, Any] = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd.update(load_file(str(f)))
-        else:
-            sd.update(torch.load(str(f), map_location="cpu", weights_only=True))
+        sd.update(read_weights(f))
     return sd, config
 
 

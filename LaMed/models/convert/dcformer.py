@@ -4,8 +4,12 @@ Accepted inputs: a bare encoder state dict (``pretrained_ViT.bin`` of Med3DVLM: 
 or any checkpoint that contains one under a prefix (``model.vision_tower.vision_tower.`` in the
 Med3DVLM VLM, ``vision_encoder.`` in DCFormer_SigLIP, ``image_encoder.`` in Text3DSAM, the CT-CLIP
 wrapper of mirthAI/DCFormer). Other keys of such a checkpoint (LLM, text tower, decoder) are left
-out. The original DCFormer layout is normalised: ``gamma`` -> ``scale``, the duplicate
-``dwconv.norm.{0,1,2}`` BatchNorm aliases and the ``vq.*`` codebook are dropped.
+out. The original DCFormer layout is normalised: ``gamma`` -> ``scale``; dropped are the ``vq.*``
+codebook (unused by the encoder's feature maps) and the BatchNorm aliases: every ``DecompConv3D``
+of mirthAI/DCFormer also registers its three branch BatchNorms ``c{1,2,3}.1`` in a ``norm``
+ModuleList, so its state dict repeats them as ``<conv>.norm.{0,1,2}.*``, the stem convolutions
+``encoder.s0.0.{0..3}`` included, not only the blocks' ``dwconv``. A ``norm.{i}`` key is dropped
+only when its twin ``c{i+1}.1`` key is present.
 
 The weights only reproduce the published outputs with the published quirks switched on;
 :func:`infer_dcformer_config` reads the architecture from the tensor shapes and adds those flags.
@@ -16,10 +20,21 @@ from __future__ import annotations
 import re
 from typing import Dict, Mapping, Optional
 
-from LaMed.models.convert.base import register_converter
+from LaMed.models.convert.base import note_dropped, register_converter
 
 _STAGE_KEY = re.compile(r"^((?:[^.]+\.)*?)encoder\.s[0-4]\.")
-_BN_ALIAS = re.compile(r"\.dwconv\.norm\.[0-2]\.")
+_BN_ALIAS = re.compile(r"^(?P<conv>.+)\.norm\.(?P<i>[0-2])\.(?P<rest>[^.]+)$")
+_ALIAS_REASON = "duplicate BatchNorm alias of DecompConv3D's c{1,2,3}.1 (mirthAI/DCFormer registers both)"
+_VQ_REASON = "DCFormer's VectorQuantize codebook, not used by the encoder features"
+
+
+def bn_alias_twin(key: str, keys) -> Optional[str]:
+    """The branch-BatchNorm key that ``key`` (``<conv>.norm.{i}.<p>``) aliases, if ``keys`` has it."""
+    m = _BN_ALIAS.match(key)
+    if not m:
+        return None
+    twin = f"{m.group('conv')}.c{int(m.group('i')) + 1}.1.{m.group('rest')}"
+    return twin if twin in keys else None
 SOURCES = ("med3dvlm", "dcformer", "text3dsam")
 
 
@@ -42,8 +57,12 @@ def convert_dcformer(state_dict: Dict, prefix: Optional[str] = None) -> Dict:
         if not key.startswith(prefix):
             continue  # another part of a full checkpoint
         key = key[len(prefix):]
-        if key.startswith("vq.") or _BN_ALIAS.search(key):
-            continue  # DCF's unused VectorQuantize codebook / aliases of the c{1,2,3}.1 BatchNorms
+        if key.startswith("vq."):
+            note_dropped(value, _VQ_REASON)
+            continue
+        if bn_alias_twin(prefix + key, state_dict):
+            note_dropped(value, _ALIAS_REASON)
+            continue
         if key.endswith(".gamma"):
             key = key[: -len("gamma")] + "scale"
         out[key] = value
@@ -60,7 +79,7 @@ def detect_source(state_dict: Mapping) -> str:
     keys = list(state_dict)
     if any(".spatial_attention." in k for k in keys):
         return "text3dsam"
-    if any(k.endswith(".gamma") or k.startswith("vq.") or ".vq." in k or _BN_ALIAS.search(k) for k in keys):
+    if any(k.endswith(".gamma") or k.startswith("vq.") or ".vq." in k or bn_alias_twin(k, state_dict) for k in keys):
         return "dcformer"
     return "med3dvlm"
 

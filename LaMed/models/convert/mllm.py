@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Mapping, Optional
 
-from LaMed.models.convert.base import convert_state_dict, load_converted, register_converter
+from LaMed.models.convert.base import convert_state_dict, load_converted, note_derived, note_dropped, register_converter
 
 PEFT_PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.(?:default\.)?weight$")
@@ -53,6 +53,7 @@ def strip_peft(sd: Mapping, lora_scaling: float = 2.0) -> Dict:
                 out[f"{mod}.lora_{ab}"] = t
             continue
         out[f"{mod}.weight"] = (w.float() + lora_scaling * (pair["B"].float() @ pair["A"].float())).to(w.dtype)
+        note_derived(w, pair["A"], pair["B"], how="LoRA pair merged into its base weight")
     return out
 
 
@@ -69,6 +70,9 @@ def convert_m3d_lamed(state_dict: Dict, lora_scaling: float = 2.0, allow_partial
     """M3D-LaMed (Phi-3 / Llama-2) full or PEFT checkpoint -> LaMed keys (seg module left out)."""
     sd = strip_peft(state_dict, lora_scaling)
     out = _llm_keys(sd)
+    for k, v in sd.items():
+        if k.startswith(("model.seg_module.", "model.seg_projector.")):
+            note_dropped(v, "M3D-LaMed's segmentation module (import it with the m3d_lamed_seg family)")
     vit = convert_state_dict("m3d_vit", sd) if any("vision_tower.vision_tower." in k for k in sd) else {}
     out.update({f"vision_tower.{k}": v for k, v in vit.items()})
     proj = _sub(sd, "model.mm_projector.")

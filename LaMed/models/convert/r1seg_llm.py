@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Dict
 
-from LaMed.models.convert.base import convert_state_dict, register_converter
+from LaMed.models.convert.base import convert_state_dict, note_dropped, register_converter
 from LaMed.models.convert.lamed_seg import seg_head_keys
 from LaMed.models.convert.mllm import _llm_keys, strip_peft
 
@@ -28,6 +28,9 @@ UNUSED = ("mm_vision_proj.", "mm_language_proj.", "logit_scale")
 def convert_r1seg_llm(state_dict: Dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> Dict:
     """R1Seg-3D merged / PEFT LLM checkpoint -> LaMed keys (shared encoder)."""
     sd = strip_peft(state_dict, lora_scaling)
+    for k, v in sd.items():
+        if k.startswith(VISION_MODULE) and k[len(VISION_MODULE):].startswith(UNUSED):
+            note_dropped(v, "CLIP-style heads of R1Seg-3D's step-1 pre-training, never used by the segmenter")
     sd = {k: v for k, v in sd.items() if not (k.startswith(VISION_MODULE) and k[len(VISION_MODULE):].startswith(UNUSED))}
     out = _llm_keys(sd)
     proj = {k[len("model.mm_projector."):]: v for k, v in sd.items() if k.startswith("model.mm_projector.")}
@@ -51,7 +54,8 @@ def r1seg_llm_fields(num_clicks: int = 2) -> Dict:
     averaged [SEG] states."""
     return {"vision_tower": "vit3d_base_segvol", "projector": "spp", "shared_encoder": True, "seg_reduce": "mean",
             "seg_token_state": "predicting", "seg_variant": "r1seg_sam_published",
-            "seg_overrides": {"refine_passes": int(num_clicks)}}
+            # R1Seg-3D trains with its own Dice (smoothed numerator); used if the import is trained further
+            "seg_overrides": {"refine_passes": int(num_clicks), "loss": "dice_bce_r1seg"}}
 
 
 __all__ = ["convert_r1seg_llm", "r1seg_llm_fields"]

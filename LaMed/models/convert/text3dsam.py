@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, Mapping
 
-from LaMed.models.convert.base import register_converter
+from LaMed.models.convert.base import note_dropped, register_converter
 from LaMed.models.convert.dcformer import convert_dcformer
 
 _RENAMES = (
@@ -34,7 +34,10 @@ def convert_text3dsam(state_dict: Dict) -> Dict:
         raise KeyError(f"not a Text3DSAM checkpoint: no 'image_encoder.encoder.s0.*' keys; first keys: {list(sd)[:5]}")
     out = {f"image_encoder.{k}": v for k, v in convert_dcformer(dict(sd), prefix="image_encoder.").items()}
     for key, value in sd.items():
-        if key.startswith("image_encoder.") or key.endswith("position_ids"):
+        if key.startswith("image_encoder."):
+            continue
+        if key.endswith("position_ids"):
+            note_dropped(value, "position_ids buffer saved by transformers 4.x, rebuilt by the model")
             continue
         for old, new in _RENAMES:
             if key.startswith(old):

@@ -28,12 +28,13 @@ from __future__ import annotations
 import re
 from typing import Dict, Mapping, Sequence
 
-from LaMed.models.convert.base import register_converter
+from LaMed.models.convert.base import note_dropped, register_converter
 
 _ANCHOR = "patch_embedding.position_embeddings"
 _CONTAINERS = ("state_dict", "model", "module")
 # Present in MONAI >= 1.4 checkpoints but unused by a ViT without cross-attention, or M3D-removed head.
 _UNUSED = re.compile(r"^(blocks\.\d+\.(norm_cross_attn|cross_attn)\.|classification_head\.)")
+UNUSED_REASON = "MONAI >= 1.4 cross-attention extras / classification head, unused by the ViT's forward pass"
 # Top-level module names of ViT3D / E2E3Encoder.
 _TOP_LEVEL = {"cls_token", "patch_embedding", "blocks", "norm", "slice_guided_attention", "patch_score_proj", "norm_masked"}
 
@@ -89,7 +90,9 @@ def extract_vit(sd: Mapping, family: str, prefix: str | None = None) -> Dict:
     for key, value in sd.items():
         if key.startswith(prefix):
             name = key[len(prefix) :]
-            if not _UNUSED.match(name):
+            if _UNUSED.match(name):
+                note_dropped(value, UNUSED_REASON)
+            else:
                 out[name] = value
     # A prefix "" on a file that also holds prefixed sub-models would pull those in: keep only ViT keys.
     if prefix == "":

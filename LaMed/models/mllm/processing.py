@@ -31,24 +31,35 @@ PROMPT_FORMATS = ("raw", "chat")
 PROCESSOR_FILE = "lamed_processor.json"
 
 
-def prepare_tokenizer(tokenizer) -> Dict[str, int]:
+LAMED_TOKENS = (IMAGE_TOKEN, BOX_START, BOX_END, SEG_TOKEN)
+
+
+def prepare_tokenizer(tokenizer, tokens: Optional[Sequence[str]] = None) -> Dict[str, Optional[int]]:
     """Add LaMed's tokens to ``tokenizer`` (in place) and return their ids.
 
     ``<im_patch>``, ``<bx_start>``, ``<bx_end>`` are special tokens; ``[SEG]`` is a normal added
-    token so it survives ``skip_special_tokens=True`` decoding (as published). A tokenizer without a
-    pad token gets ``unk`` (else ``eos``) as pad. Calling it twice adds nothing.
+    token so it survives ``skip_special_tokens=True`` decoding (as published). ``tokens`` limits the
+    tokens added to a subset of :data:`LAMED_TOKENS` (a release trained with fewer, e.g. Med3DVLM's
+    ``<im_patch>`` alone); the id of a token neither added nor already known is ``None``. A tokenizer
+    without a pad token gets ``unk`` (else ``eos``) as pad. Calling it twice adds nothing.
     """
     from tokenizers import AddedToken
 
-    specials = [AddedToken(t, special=True, normalized=False) for t in (IMAGE_TOKEN, BOX_START, BOX_END)]
-    tokenizer.add_tokens(specials, special_tokens=True)
-    tokenizer.add_tokens([AddedToken(SEG_TOKEN, special=False, normalized=False)])
+    tokens = LAMED_TOKENS if tokens is None else tuple(tokens)
+    unknown = [t for t in tokens if t not in LAMED_TOKENS]
+    if unknown:
+        raise ValueError(f"prepare_tokenizer: {unknown} are not LaMed tokens {LAMED_TOKENS}")
+    specials = [AddedToken(t, special=True, normalized=False) for t in (IMAGE_TOKEN, BOX_START, BOX_END) if t in tokens]
+    if specials:
+        tokenizer.add_tokens(specials, special_tokens=True)
+    if SEG_TOKEN in tokens:
+        tokenizer.add_tokens([AddedToken(SEG_TOKEN, special=False, normalized=False)])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
-           (("image_token_id", IMAGE_TOKEN), ("box_start_token_id", BOX_START), ("box_end_token_id", BOX_END),
-            ("seg_token_id", SEG_TOKEN))}
-    return ids
+    vocab = tokenizer.get_vocab()
+    return {name: vocab.get(tok) for name, tok in
+            (("image_token_id", IMAGE_TOKEN), ("box_start_token_id", BOX_START), ("box_end_token_id", BOX_END),
+             ("seg_token_id", SEG_TOKEN))}
 
 
 def format_box(box: Sequence[float]) -> str:
@@ -71,10 +82,13 @@ class LaMedProcessor:
         max_length: longest training sequence (tokens, image tokens included); ``None`` = no limit.
         image_position: where a question without an explicit placeholder gets its image tokens:
             ``"before"`` the question (published layout) or ``"after"`` it, right before the answer.
+        lamed_tokens: the LaMed tokens to add (``None``: all four); an imported release keeps the
+            ones its training script added, so the tokenizer length stays the embedding size.
     """
 
     def __init__(self, tokenizer, num_image_tokens: int, prompt_format: str = "raw", system_prompt: Optional[str] = None,
-                 add_bos: Optional[bool] = None, max_length: Optional[int] = None, image_position: str = "before"):
+                 add_bos: Optional[bool] = None, max_length: Optional[int] = None, image_position: str = "before",
+                 lamed_tokens: Optional[Sequence[str]] = None):
         if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         if int(num_image_tokens) < 1:
@@ -82,7 +96,8 @@ class LaMedProcessor:
         if not getattr(tokenizer, "is_fast", True):
             raise TypeError("LaMedProcessor needs a fast tokenizer (character offsets are used for label masking)")
         self.tokenizer = tokenizer
-        self.token_ids = prepare_tokenizer(tokenizer)
+        self.lamed_tokens = None if lamed_tokens is None else list(lamed_tokens)
+        self.token_ids = prepare_tokenizer(tokenizer, self.lamed_tokens)
         self.num_image_tokens = int(num_image_tokens)
         self.prompt_format = prompt_format
         self.system_prompt = system_prompt
@@ -260,7 +275,7 @@ class LaMedProcessor:
     def to_dict(self) -> Dict[str, Any]:
         return {"num_image_tokens": self.num_image_tokens, "prompt_format": self.prompt_format,
                 "system_prompt": self.system_prompt, "add_bos": self.add_bos, "max_length": self.max_length,
-                "image_position": self.image_position}
+                "image_position": self.image_position, "lamed_tokens": self.lamed_tokens}
 
     def save_pretrained(self, out_dir: Union[str, Path], **kwargs) -> None:
         out = Path(out_dir)

@@ -3,7 +3,9 @@
 * :func:`binary_dice_loss` - SegVol / M3D ``BinaryDiceLoss``: ``1 - 2 sum(p t) / (sum(p) + sum(t) + 1)``
   per sample over all voxels (``p = sigmoid(logits)``; the smoothing term is only in the
   denominator, as published). Targets of -1 count as 0. Unlike the published code the tensors are
-  not ``squeeze()``-d first, so batch size 1 gives a volume Dice, not a per-slice one.
+  not ``squeeze()``-d first, so batch size 1 gives a volume Dice, not a per-slice one. With
+  ``smooth_numerator=True`` it is R1Seg-3D's Dice, ``1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)``
+  (the smoothing term in numerator and denominator; an empty prediction of an empty mask costs 0).
 * :func:`bce_loss` - mean binary cross-entropy with logits per sample.
 * :func:`dice_loss_monai` / :func:`focal_loss_monai` - MONAI ``DiceLoss(sigmoid=True)`` /
   ``FocalLoss(gamma=2)`` per sample and channel (smooth 1e-5 in numerator and denominator);
@@ -20,7 +22,9 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("dice_bce", "dice_focal")
+# Each published segmentation loss is a named choice that the recipes select:
+# dice_bce (SegVol, M3D-LaMed, RefSAM3D), dice_bce_r1seg (R1Seg-3D), dice_focal (Text3DSAM).
+LOSSES = ("dice_bce", "dice_bce_r1seg", "dice_focal")
 
 
 def _targets(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -28,11 +32,13 @@ def _targets(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.clamp(min=0)  # -1 (ignore) -> 0, as the published loss does
 
 
-def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """SegVol's Dice loss per sample ``(B,)`` (see module docstring)."""
+def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+                     smooth_numerator: bool = False) -> torch.Tensor:
+    """SegVol's (or, with ``smooth_numerator``, R1Seg-3D's) Dice loss per sample ``(B,)`` (see module docstring)."""
     p = torch.sigmoid(logits.float()).flatten(1)
     t = _targets(target, p).flatten(1)
-    return 1.0 - 2.0 * (p * t).sum(1) / (p.sum(1) + t.sum(1) + smooth)
+    numerator = 2.0 * (p * t).sum(1) + (smooth if smooth_numerator else 0.0)
+    return 1.0 - numerator / (p.sum(1) + t.sum(1) + smooth)
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -65,8 +71,9 @@ def focal_loss_monai(logits: torch.Tensor, target: torch.Tensor, gamma: float = 
 class SegLoss:
     """Loss of a binary mask prediction; ``__call__`` returns per-sample parts ``{name: (B,)}``.
 
-    ``kind="dice_bce"`` (SegVol, R1Seg-3D, RefSAM3D): ``dice_weight * binary_dice_loss +
-    bce_weight * bce_loss``; ``kind="dice_focal"`` (Text3DSAM): ``dice_weight * dice_loss_monai +
+    ``kind="dice_bce"`` (SegVol, M3D-LaMed, RefSAM3D): ``dice_weight * binary_dice_loss +
+    bce_weight * bce_loss``; ``kind="dice_bce_r1seg"``: the same with R1Seg-3D's Dice (smoothing in
+    the numerator too); ``kind="dice_focal"`` (Text3DSAM): ``dice_weight * dice_loss_monai +
     focal_weight * focal_loss_monai``.
     """
 
@@ -81,8 +88,9 @@ class SegLoss:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.kind!r}")
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.kind == "dice_bce":
-            parts = {"dice": binary_dice_loss(logits, target), "bce": bce_loss(logits, target)}
+        if self.kind in ("dice_bce", "dice_bce_r1seg"):
+            dice = binary_dice_loss(logits, target, smooth_numerator=self.kind == "dice_bce_r1seg")
+            parts = {"dice": dice, "bce": bce_loss(logits, target)}
             total = self.dice_weight * parts["dice"] + self.bce_weight * parts["bce"]
         else:
             parts = {"dice": dice_loss_monai(logits, target), "focal": focal_loss_monai(logits, target, self.focal_gamma)}
