@@ -112,14 +112,9 @@ def _load_state(folder: Path) -> dict:
     for name in _WEIGHT_FILES:
         p = folder / name
         if p.is_file():
-            if p.suffix == ".safetensors":
-                from safetensors.torch import load_file
+            from LaMed.models.checkpoint_files import read_state_dict
 
-                return load_file(str(p))
-            import torch
-
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-            return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+            return read_state_dict(p, unwrap=("state_dict",))
     raise FileNotFoundError(f"{folder}: no open_clip weights ({', '.join(_WEIGHT_FILES)})")
 
 

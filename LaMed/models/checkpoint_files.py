@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["read_state_dict", "weight_files", "MINILM", "resolve_text_path", "resolve_tokenizer"]
+__all__ = ["read_state_dict", "read_weights", "weight_files", "MINILM", "resolve_text_path", "resolve_tokenizer"]
 
 PathLike = Union[str, Path]
 
@@ -49,16 +49,22 @@ def weight_files(path: PathLike) -> List[Path]:
     return files
 
 
-def _read_one(f: Path) -> Dict[str, torch.Tensor]:
-    if f.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(f))
+def read_weights(f: Path) -> Dict[str, torch.Tensor]:
+    """The tensors of one weights file; a truncated, damaged or non-tensor pickle is a ``ValueError``
+    naming it (``FileNotFoundError`` when it is missing)."""
+    f = Path(f)
+    kind = "safetensors" if f.suffix == ".safetensors" else "PyTorch"
     try:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(f))
         obj = torch.load(str(f), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the unpickler raises many types for a hostile or broken file
-        raise ValueError(f"{f}: not a plain PyTorch weights file ({type(exc).__name__}: {exc}); LaMed never "
-                         f"unpickles arbitrary objects") from None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors / zip / unpickler errors share no base class
+        raise ValueError(f"{f}: not a valid {kind} weights file, truncated or edited? LaMed reads tensors only, "
+                         f"never arbitrary pickled objects ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{f}: expected a mapping of tensor names to tensors, got {type(obj).__name__}")
     return obj
@@ -73,7 +79,7 @@ def read_state_dict(path: PathLike, unwrap: Sequence[str] = ()) -> Dict[str, tor
     out: Dict[str, torch.Tensor] = {}
     origin: Dict[str, Path] = {}
     for f in weight_files(path):
-        sd = _read_one(f)
+        sd = read_weights(f)
         for key in unwrap:
             if isinstance(sd.get(key), dict):
                 sd = sd[key]

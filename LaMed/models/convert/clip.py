@@ -230,46 +230,14 @@ def read_config_json(file: Path) -> Dict[str, Any]:
     return config
 
 
-def read_weights(file: Path) -> Dict[str, Any]:
-    """The tensors of one weights file (safetensors, or a torch pickle read with ``weights_only=True``);
-    a truncated or damaged file is a ``ValueError`` naming it."""
-    import torch
-
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(file))
-        sd = torch.load(str(file), map_location="cpu", weights_only=True)
-    except (OSError, MemoryError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{file}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # safetensors / pickle / zip errors have no common base class
-        raise ValueError(f"{file}: not a valid {'safetensors' if file.suffix == '.safetensors' else 'torch'} weights "
-                         f"file, truncated or edited? ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(sd, dict):
-        raise ValueError(f"{file}: expected a state dict (a mapping of names to tensors), got {type(sd).__name__}")
-    return sd
-
-
 def read_checkpoint(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(state_dict, config.json dict)`` of a published folder or weights file (safetensors / .bin / .pt)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     config = read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no *.safetensors or *.bin weights in this folder")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    sd: Dict[str, Any] = {}
-    for f in files:
-        sd.update(read_weights(f))
-    return sd, config
+    from LaMed.models.checkpoint_files import read_state_dict
+
+    return read_state_dict(path), config
 
 
 def load_published_clip(family: str, checkpoint, published_config: Optional[Mapping] = None,
