@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
+from LaMed.data.io_guard import VOLUME_SUFFIXES as _VOLUME_SUFFIXES
 from LaMed.data.prepared import (
     SPLITS, atomic_write_bytes, write_image, write_json_atomic, write_manifest, write_mask,
 )
@@ -39,7 +40,6 @@ __all__ = ["PrepareSummary", "prepare_phantoms", "prepare_volumes", "find_volume
 # the window is the identity, and phantoms are drawn at the target size, so the only step left
 # would be the foreground crop, which we skip to keep the drawn geometry (and boxes) as they are.
 PHANTOM_WINDOW = (-160.0, 240.0)
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -344,41 +344,12 @@ def prepare_phantoms(
 # --------------------------------------------------------------------------- any volumes
 
 
-def _is_dicom_file(p: Path) -> bool:
-    if p.suffix.lower() == ".dcm":
-        return True
-    if p.suffix:
-        return False
-    try:
-        with open(p, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def find_volumes(src: str | Path) -> List[Path]:
-    """Volumes under ``src`` (recursively, sorted): NIfTI / NRRD / MHA / MHD / npy / npz files, and
-    each folder holding DICOM files (``.dcm`` or extension-less files with the DICM preamble),
-    which is one series and is not searched further. Hidden files and folders are ignored."""
-    src = Path(src)
-    if src.is_file():
-        return [src]
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: input folder not found")
-    found: List[Path] = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = sorted(f for f in files if not f.startswith("."))
-        rootp = Path(root)
-        if rootp != src and any(_is_dicom_file(rootp / f) for f in files[:50]):
-            found.append(rootp)
-            dirs[:] = []
-            continue
-        found += [rootp / f for f in files if f.lower().endswith(_VOLUME_SUFFIXES)]
-        if rootp == src and any(_is_dicom_file(rootp / f) for f in files[:50]):
-            found.append(rootp)
-    return found
+    """Volumes under ``src`` (recursively, sorted): see :func:`LaMed.data.io_guard.find_volumes`, the
+    one discovery rule shared with ``lamed predict --batch``."""
+    from LaMed.data.io_guard import find_volumes as _find
+
+    return _find(src, recursive=True)
 
 
 def _volume_id(rel: Path) -> str:
