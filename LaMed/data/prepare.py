@@ -412,7 +412,7 @@ def check_prepared_contrast(source: np.ndarray, image: np.ndarray, spacing, pres
     """
     src = np.asarray(source)
     if src.size and src.min() == src.max():
-        raise ValueError(f"every voxel of the volume equals {src.flat[0]!r}: a constant image has no contrast "
+        raise ValueError(f"every voxel of the volume equals {src.flat[0].item()!r}: a constant image has no contrast "
                          "to prepare")
     out = np.asarray(image)
     if out.size and float(out.min()) == float(out.max()):

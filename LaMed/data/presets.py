@@ -309,10 +309,10 @@ def _select(a: np.ndarray, index: Sequence[Optional[np.ndarray]]) -> np.ndarray:
     Index arrays, not 0/1 matrices: composing resample -> crop -> resize is indexing one array
     with another, so a 100,000-sample axis costs 100,000 integers, not a 100,000^2 matrix.
     """
-    for k, idx in enumerate(index):
-        if idx is not None:
-            a = np.take(a, idx, axis=k)
-    return a
+    # one fancy-indexing step: memory is the output's only (one axis after another could blow an
+    # axis up before another shrinks, e.g. 2x2x100000 -> 128x256x100000 on the way to 128x256x256)
+    full = [np.arange(n) if idx is None else np.asarray(idx, np.int64) for n, idx in zip(a.shape, index)]
+    return a[np.ix_(*full)]
 
 
 def apply_preset(
