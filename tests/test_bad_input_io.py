@@ -73,6 +73,19 @@ def test_dicom_missing_slice_is_refused_naming_the_gap(tmp_path):
     assert "s002.dcm (4.0000 mm) -> s004.dcm (8.0000 mm): 4.0000 mm" in msg and "usual spacing 2.0000 mm" in msg
 
 
+def test_dicom_missing_slice_is_resampled_only_when_asked(tmp_path):
+    files = _write_series(tmp_path / "ser")
+    files[3].unlink()
+    vol = load_volume(tmp_path / "ser", slice_gaps="resample")
+    # slice k holds arange(20) + 100 k at z = 2k mm: linear in z, so interpolation restores slice 3 exactly
+    expected = np.stack([(np.arange(20).reshape(5, 4) + 100 * k) for k in range(6)]).astype(np.float32)
+    assert vol.shape == (6, 5, 4) and vol.spacing == pytest.approx((2.0, 1.0, 1.0))
+    assert vol.flips == (False, False, False)  # identity LPS direction: canonical order is the file order
+    np.testing.assert_allclose(vol.array, expected, atol=1e-4)
+    np.testing.assert_allclose(vol.affine[:3, 3] + vol.affine[:3, 0] * 5, [0, 0, 10.0], atol=1e-6)  # last slice at z=10
+    assert vol.meta["resampled_slices"] == {"files": 5, "slices": 6, "spacing_mm": 2.0}
+
+
 def test_dicom_unreadable_slice_file_is_refused_by_name(tmp_path):
     files = _write_series(tmp_path / "ser")
     files[2].write_bytes(files[2].read_bytes()[:200])  # truncated: GDCM silently leaves it out

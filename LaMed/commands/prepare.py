@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--limit", type=int, default=None, help="only the first N volumes (quick trials; N >= 1)")
     v.add_argument("--series-uid", default=None,
                    help="SeriesInstanceUID to read from a DICOM folder that holds several series")
+    v.add_argument("--resample-slice-gaps", action="store_true",
+                   help="resample a DICOM series with uneven slice spacing (e.g. a missing slice) linearly onto a "
+                        "uniform grid instead of refusing it (the missing slices are interpolated, not measured)")
     v.set_defaults(_run=_run_volumes)
 
     for name, ep in sorted(_dataset_preparers().items()):
@@ -79,6 +82,7 @@ def _run_volumes(args) -> int:
     summary = prepare_volumes(
         args.src, args.out, preset=args.preset, workers=args.workers, split=args.split,
         overwrite=args.overwrite, limit=args.limit, series_uid=args.series_uid,
+        resample_slice_gaps=args.resample_slice_gaps,
     )
     print(summary)
     return 0 if summary.failed == 0 else 3

@@ -351,7 +351,7 @@ def volume_format(path: str | Path) -> str:
 
 def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None = None,
                 spacing: tuple[float, float, float] | None = None, spacing_order: str = "auto",
-                max_voxels: int | None = None) -> Volume:
+                max_voxels: int | None = None, slice_gaps: str = "refuse") -> Volume:
     """Read a 3D volume into canonical (D, H, W) = (S, P, L) order with its geometry.
 
     Args:
@@ -365,6 +365,8 @@ def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None =
             ``"auto"``; see :mod:`LaMed.data.io_numpy`).
         max_voxels: refuse a volume whose header declares more voxels (default
             ``$LAMED_MAX_VOXELS`` or 512 x 512 x 2048; checked before any voxel is read).
+        slice_gaps: a DICOM series whose slices are not evenly spaced (a missing slice) is
+            refused (``"refuse"``) or linearly resampled onto a uniform grid (``"resample"``).
 
     Raises:
         VolumeError: missing/empty/corrupt file, not an image, 2D, multi-channel 4D, non-finite
@@ -393,7 +395,7 @@ def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None =
     from LaMed.data import io_itk
 
     if fmt == "dicom":
-        return io_itk.load_dicom_series(p, series_uid=series_uid, max_voxels=limit)
+        return io_itk.load_dicom_series(p, series_uid=series_uid, max_voxels=limit, slice_gaps=slice_gaps)
     return io_itk.load_itk_file(p, max_voxels=limit)
 
 

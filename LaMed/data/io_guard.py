@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 __all__ = ["DEFAULT_MAX_VOXELS", "max_voxels", "check_voxels", "check_regular", "find_volumes",
-           "is_dicom_file", "check_slice_positions", "VOLUME_SUFFIXES"]
+           "is_dicom_file", "check_slice_positions", "resample_slices", "VOLUME_SUFFIXES"]
 
 DEFAULT_MAX_VOXELS = 512 * 512 * 2048
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
@@ -135,20 +135,26 @@ def _floats(text: str, n: int) -> Optional[np.ndarray]:
 
 
 def check_slice_positions(folder, files: Sequence[str], positions: Sequence[str],
-                          orientations: Sequence[str], rel_tol: float = 0.01, abs_tol_mm: float = 1e-3) -> float:
-    """Verify that the slices of one DICOM series lie on one uniform grid; returns the slice spacing (mm).
+                          orientations: Sequence[str], rel_tol: float = 0.01, abs_tol_mm: float = 1e-3,
+                          allow_gaps: bool = False) -> dict:
+    """Verify that the slices of one DICOM series lie on one uniform grid.
+
+    Returns ``{"step": usual spacing (mm), "s": each file's position along the slice normal (mm),
+    "normal": unit normal (LPS), "ipp": (n, 3) positions, "iop": the 6 direction cosines,
+    "uniform": bool}``.
 
     ``positions`` / ``orientations`` are the raw ImagePositionPatient (0020,0032) and
     ImageOrientationPatient (0020,0037) strings of ``files`` (in the reader's order). Refused, with
     the files and positions named: a missing or unparsable tag, orientations that differ, two
     slices at the same position, spacing along the slice normal that is not uniform (a missing or
     unreadable slice leaves a gap), and slices shifted in-plane (gantry tilt / shear), each beyond
-    ``max(abs_tol_mm, rel_tol * spacing)``.
+    ``max(abs_tol_mm, rel_tol * spacing)``. With ``allow_gaps`` a non-uniform spacing is returned
+    (``uniform`` False) instead of refused, for :func:`resample_slices`; everything else is still refused.
     """
     names = [Path(f).name for f in files]
     n = len(files)
     if n < 2:
-        return 0.0
+        return {"step": 0.0, "uniform": True}
     ipp = [_floats(p, 3) for p in positions]
     iop = [_floats(o, 6) for o in orientations]
     for name, p, o in zip(names, ipp, iop):
@@ -179,16 +185,40 @@ def check_slice_positions(folder, files: Sequence[str], positions: Sequence[str]
                              f"both at {s_sorted[i]:.4f} mm along the slice normal "
                              f"(position {pos_sorted[i].round(4).tolist()}); refusing to guess which one belongs")
     bad = np.flatnonzero(np.abs(gaps - step) > tol)
-    if bad.size:
+    if bad.size and not allow_gaps:
         shown = "; ".join(f"{names_sorted[i]} ({s_sorted[i]:.4f} mm) -> {names_sorted[i + 1]} "
                           f"({s_sorted[i + 1]:.4f} mm): {gaps[i]:.4f} mm" for i in bad[:5])
         more = f"; and {bad.size - 5} more" if bad.size > 5 else ""
         raise _error(folder, f"slice spacing is not uniform (usual spacing {step:.4f} mm; a slice is missing or "
-                             f"unreadable, or the series mixes spacings): {shown}{more}")
+                             f"unreadable, or the series mixes spacings): {shown}{more}. Repair the series, or ask "
+                             "for linear resampling onto a uniform grid (slice_gaps='resample', "
+                             "--resample-slice-gaps)")
     inplane = (pos_sorted - pos_sorted[0]) - np.outer(s_sorted - s_sorted[0], normal)
     off = np.linalg.norm(inplane, axis=1)
     if off.max() > tol:
         i = int(np.argmax(off))
         raise _error(folder, f"slice {names_sorted[i]} is shifted {off[i]:.4f} mm in-plane from the stack through "
                              f"{names_sorted[0]} (gantry tilt or sheared series); refusing to read it as a box")
-    return step
+    return {"step": step, "s": s, "normal": normal, "ipp": pos, "iop": ref, "uniform": not bad.size}
+
+
+def resample_slices(array: np.ndarray, geometry: dict) -> tuple[np.ndarray, float, np.ndarray]:
+    """Linearly resample a z-first ``(n, H, W)`` stack whose slices sit at ``geometry["s"]`` (mm along
+    the normal, in array order) onto a uniform grid of the usual spacing ``geometry["step"]``.
+
+    Returns ``(float32 (m, H, W), step, index of the source slice that is the new first slice)``.
+    Only called on the user's explicit request: a missing slice is then interpolated, not measured.
+    """
+    s = np.asarray(geometry["s"], float)
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    step = float(geometry["step"])
+    m = int(round((s_sorted[-1] - s_sorted[0]) / step)) + 1
+    z = s_sorted[0] + step * np.arange(m)
+    k = np.clip(np.searchsorted(s_sorted, z, side="right") - 1, 0, len(s_sorted) - 2)
+    w = np.clip((z - s_sorted[k]) / (s_sorted[k + 1] - s_sorted[k]), 0.0, 1.0).astype(np.float32)
+    out = np.empty((m, *array.shape[1:]), np.float32)
+    for j in range(m):
+        lo, hi = array[order[k[j]]].astype(np.float32), array[order[k[j] + 1]].astype(np.float32)
+        out[j] = lo * (1.0 - w[j]) + hi * w[j]
+    return out, step, int(order[0])

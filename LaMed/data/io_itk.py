@@ -117,7 +117,8 @@ def _check_folder_entries(folder: Path) -> None:
             check_regular(entry)
 
 
-def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxels: int | None = None) -> Volume:
+def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxels: int | None = None,
+                      slice_gaps: str = "refuse") -> Volume:
     """Read one DICOM series (GDCM, rescale slope/intercept applied) into canonical order.
 
     ``path`` is the series folder, or one of its files (the file's series is then read). A folder
@@ -125,12 +126,16 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxel
     lists the UIDs with their file counts. Refused with the files named: a DICOM file of the folder
     that no series could read (it would leave a gap), slice positions that are duplicated, not
     uniformly spaced or not on one orientation (:func:`LaMed.data.io_guard.check_slice_positions`),
-    and a series larger than the voxel limit.
+    and a series larger than the voxel limit. ``slice_gaps="resample"`` instead resamples a series
+    with uneven spacing (e.g. a missing slice) linearly onto a uniform grid of its usual spacing,
+    recorded in ``meta["resampled_slices"]``; duplicates, mixed orientations and shear stay refused.
     """
     import SimpleITK as sitk
 
-    from LaMed.data.io_guard import check_slice_positions, check_voxels, is_dicom_file
+    from LaMed.data.io_guard import check_slice_positions, check_voxels, is_dicom_file, resample_slices
 
+    if slice_gaps not in ("refuse", "resample"):
+        raise ValueError(f"slice_gaps must be 'refuse' or 'resample', got {slice_gaps!r}")
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     _check_folder_entries(folder)
@@ -181,12 +186,32 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxel
         get = [(reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032") else "",
                 reader.GetMetaData(i, "0020|0037") if reader.HasMetaDataKey(i, "0020|0037") else "")
                for i in range(len(files))]
-        check_slice_positions(folder, files, [g[0] for g in get], [g[1] for g in get])
+        geo = check_slice_positions(folder, files, [g[0] for g in get], [g[1] for g in get],
+                                    allow_gaps=slice_gaps == "resample")
+    else:
+        geo = {"uniform": True}
     meta = {"series_uid": series_uid, "num_files": len(files), "files": files}
+    if not geo["uniform"]:
+        img = _resampled_image(img, geo, resample_slices)
+        meta["resampled_slices"] = {"files": len(files), "slices": img.GetSize()[2], "spacing_mm": geo["step"]}
     for name, tag in _DICOM_TAGS.items():
         if reader.HasMetaDataKey(0, tag):
             meta[name] = reader.GetMetaData(0, tag).strip()
     return _image_to_volume(img, folder, "dicom", meta)
+
+
+def _resampled_image(img, geo: dict, resample_slices):
+    """A SimpleITK image of the series resampled onto a uniform slice grid (see ``resample_slices``)."""
+    import SimpleITK as sitk
+
+    arr, step, first = resample_slices(sitk.GetArrayViewFromImage(img), geo)
+    out = sitk.GetImageFromArray(arr)
+    row, col = geo["iop"][:3], geo["iop"][3:]
+    direction = np.stack([row, col, geo["normal"]], axis=1)  # columns: the i, j, k index axes (LPS)
+    out.SetDirection(tuple(float(v) for v in direction.ravel()))
+    out.SetSpacing((img.GetSpacing()[0], img.GetSpacing()[1], step))
+    out.SetOrigin(tuple(float(v) for v in geo["ipp"][first]))
+    return out
 
 
 def save_itk_file(array: np.ndarray, path: Path, like: Volume) -> None:

@@ -429,7 +429,7 @@ def _volume_task(t: dict) -> dict:
         from LaMed.data.transforms import apply_preset
 
         out = Path(t["out"])
-        vol = load_volume(t["src"], series_uid=t.get("series_uid"))
+        vol = load_volume(t["src"], series_uid=t.get("series_uid"), slice_gaps=t.get("slice_gaps", "refuse"))
         res = apply_preset(t["preset"], vol.array, vol.spacing)
         img = res["image"]
         check_prepared_contrast(vol.array, img, vol.spacing, t["preset"])
@@ -460,6 +460,7 @@ def prepare_volumes(
     limit: Optional[int] = None,
     progress: Optional[bool] = None,
     series_uid: Optional[str] = None,
+    resample_slice_gaps: bool = False,
 ) -> PrepareSummary:
     """Prepare every volume under ``src`` (see ``find_volumes``) with ``preset`` into ``out``.
 
@@ -470,6 +471,8 @@ def prepare_volumes(
     those of earlier runs; complete volumes whose source and preset are unchanged are skipped unless
     ``overwrite``. ``limit`` takes only the first N volumes (sorted by path). ``series_uid`` picks
     one series of a DICOM folder holding several (it applies to DICOM sources only).
+    ``resample_slice_gaps`` resamples a DICOM series with uneven slice spacing (a missing slice)
+    onto a uniform grid instead of refusing it.
 
     Refused up front (ValueError / FileNotFoundError): a ``limit`` below 1 and an input with no
     volume. Refused per item (in the error report): a constant volume, or one whose prepared image
@@ -501,12 +504,16 @@ def prepare_volumes(
             fp = _fingerprint(p)
         except OSError:
             fp = [0, 0]
-        uid = series_uid if series_uid is not None and (p.is_dir() or p.name.lower().endswith(".dcm")) else None
+        dicom = p.is_dir() or p.name.lower().endswith(".dcm")
+        uid = series_uid if series_uid is not None and dicom else None
+        gaps = "resample" if resample_slice_gaps and dicom else "refuse"
         params = {"preset": preset, "source": str(p), "fingerprint": fp}
         if uid is not None:
             params["series_uid"] = uid
+        if gaps != "refuse":
+            params["slice_gaps"] = gaps
         tasks.append({"id": vid, "out": str(out), "src": str(p), "preset": preset, "split": split,
-                      "series_uid": uid, "params": params})
+                      "series_uid": uid, "slice_gaps": gaps, "params": params})
     summary = PrepareSummary(out, what=f"{len(tasks)} volumes from {src} (preset {preset})")
     return run_tasks(out, tasks, _volume_task, workers, "volumes", progress, overwrite,
                     lambda a, b: a == b, summary,
