@@ -50,7 +50,7 @@ import numpy as np
 
 __all__ = [
     "Case", "Loaded", "Preparer", "PrepareError", "hash_split", "safe_name", "read_csv", "find_files",
-    "normalize_split", "clean_text", "volume_stem",
+    "normalize_split", "clean_text", "volume_stem", "metadata_path_ok",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
@@ -141,6 +141,14 @@ def clean_text(text: Any) -> str:
     if s.strip().lower() in ("", "nan", "none"):
         return ""
     return re.sub(r"\s+", " ", s).strip()
+
+
+def metadata_path_ok(rel: Any) -> bool:
+    """A path from a dataset's metadata (CSV / JSON) may only name a file under the raw folder: an
+    absolute path or a ``..`` component is treated as "not found" (and so reported), never opened."""
+    from LaMed.data.prepared import unsafe_relpath
+
+    return unsafe_relpath(str(rel) if rel is not None else "") is None
 
 
 def volume_stem(name: str) -> str:

@@ -269,3 +269,18 @@ def test_killing_prepare_kills_its_workers(tmp_path):
                 pass
         if proc.poll() is None:
             proc.kill()
+
+
+def test_raw_metadata_paths_outside_the_raw_folder_are_not_opened(tmp_path):
+    from Data.m3d_cap import M3DCapPreparer
+    from Data.m3d_seg import M3DSegPreparer
+
+    raw = tmp_path / "raw"
+    (raw / "M3D_Cap" / "ct_case").mkdir(parents=True)
+    np.save(raw / "M3D_Cap" / "ct_case" / "Axial.npy", np.zeros((2, 2, 2)))
+    np.save(tmp_path / "secret.npy", np.zeros((2, 2, 2)))
+    cap = raw / "M3D_Cap"
+    assert M3DCapPreparer._find(raw, cap, "ct_case/Axial.npy") == cap / "ct_case" / "Axial.npy"
+    for bad in ("../secret.npy", str(tmp_path / "secret.npy")):
+        assert M3DCapPreparer._find(raw, cap, bad) is None
+        assert M3DSegPreparer._resolve(raw, cap, bad) is None
