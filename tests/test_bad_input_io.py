@@ -66,6 +66,13 @@ def test_good_series_reads_on_its_grid(tmp_path):
     assert vol.shape == (6, 5, 4) and vol.spacing == pytest.approx((2.0, 1.0, 1.0))
 
 
+def test_positions_written_with_few_decimals_are_accepted(tmp_path):
+    files = _write_series(tmp_path / "ser")
+    for k, f in enumerate(files):  # rounding jitter of 0.05 mm: within tolerance, not a gap
+        _edit(f, ImagePositionPatient=[0, 0, round(2.0 * k + (0.05 if k % 2 else 0.0), 2)])
+    assert load_volume(tmp_path / "ser").shape == (6, 5, 4)
+
+
 def test_dicom_missing_slice_is_refused_naming_the_gap(tmp_path):
     files = _write_series(tmp_path / "ser")
     files[3].unlink()  # z = 6 mm gone: ITK would read 5 slices at 2.5 mm
