@@ -117,15 +117,28 @@ def test_spacing_that_collapses_the_grid_is_refused(tmp_path):
 
 
 def test_prepared_files_are_0644_under_umask_022(tmp_path):
-    from LaMed.data.prepare import prepare_phantoms
+    from Data.biomedsegfm import PREPARER
+    from LaMed.data.prepare import prepare_phantoms, prepare_volumes
 
+    _nifti(tmp_path / "in" / "a.nii.gz", _ct())
+    (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not a volume")  # -> errors.json / errors.txt
+    d = tmp_path / "raw" / "3D_train_npz_all" / "CT" / "Organs"
+    d.mkdir(parents=True)
+    gts = np.zeros((6, 16, 16), np.uint8)
+    gts[1:4, 3:9, 2:8] = 1
+    np.savez_compressed(d / "c1.npz", imgs=_ct(1, (6, 16, 16)), gts=gts, spacing=np.ones(3))
+    (tmp_path / "raw" / "CVPR25_TextSegFMData_with_class.json").write_text(
+        json.dumps({"Organs": {"1": ["liver"], "instance_label": 0}}))
     old = os.umask(0o022)
     try:
-        prepare_phantoms(tmp_path / "ph", n=2, shape=(8, 32, 32), progress=False)
+        prepare_phantoms(tmp_path / "out" / "ph", n=2, shape=(8, 32, 32), progress=False)
+        prepare_volumes(tmp_path / "in", tmp_path / "out" / "vol", progress=False)
+        PREPARER.prepare(tmp_path / "raw", tmp_path / "out" / "segfm", size=[4, 16, 16], no_progress=True)
     finally:
         os.umask(old)
-    files = [p for p in (tmp_path / "ph").rglob("*") if p.is_file()]
-    assert {p.suffix for p in files} == {".npy", ".json"}
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} == {".npy", ".json", ".txt"}
+    assert (tmp_path / "out" / "segfm" / "meta" / "dataset.json").is_file()
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
 
