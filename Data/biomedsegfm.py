@@ -21,7 +21,8 @@ Gaps fixed: the npz ``spacing`` is read in its stored (x, y, z) order and report
 (Text3DSAM ignores it); the image is min-max normalised to [0, 1] (Text3DSAM feeds the raw values);
 classes without prompts and prompts without a class in the volume are reported per case in
 ``classes_without_prompt``, not silently dropped; a corrupt npz is reported, not retried with
-another random file.
+another random file; the validation files' pickled ``text_prompts`` are read without unpickling
+(:mod:`Data.npz_objects`), so a crafted file cannot run code.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, hash_split, safe_name
+from Data.npz_objects import UnsafeObjectArray, read_object_array
 
 __all__ = ["BiomedSegFMPreparer", "PREPARER"]
 
@@ -105,8 +107,13 @@ class BiomedSegFMPreparer(Preparer):
                     errors.append({"file": str(f), "error": "no ground truth in 3D_val_gt/3D_val_gt_text"})
                     continue
                 try:
-                    with np.load(f, allow_pickle=True) as z:
-                        tp = z["text_prompts"].item() if "text_prompts" in z.files else None
+                    # never np.load(allow_pickle=True): a crafted text_prompts pickle would run code
+                    tp = read_object_array(f, "text_prompts")
+                except KeyError:
+                    tp = None
+                except UnsafeObjectArray as exc:
+                    errors.append({"file": str(f), "error": f"refused text_prompts: {exc}"})
+                    continue
                 except Exception as exc:
                     errors.append({"file": str(f), "error": f"cannot read text_prompts ({type(exc).__name__}: {exc})"})
                     continue

@@ -50,7 +50,7 @@ import numpy as np
 
 __all__ = [
     "Case", "Loaded", "Preparer", "PrepareError", "hash_split", "safe_name", "read_csv", "find_files",
-    "normalize_split", "clean_text", "volume_stem",
+    "normalize_split", "clean_text", "volume_stem", "metadata_path_ok",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
@@ -143,6 +143,14 @@ def clean_text(text: Any) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+def metadata_path_ok(rel: Any) -> bool:
+    """A path from a dataset's metadata (CSV / JSON) may only name a file under the raw folder: an
+    absolute path or a ``..`` component is treated as "not found" (and so reported), never opened."""
+    from LaMed.data.prepared import unsafe_relpath
+
+    return unsafe_relpath(str(rel) if rel is not None else "") is None
+
+
 def volume_stem(name: str) -> str:
     """File name without its volume suffix (``a/b/x.nii.gz`` -> ``x``)."""
     base = Path(str(name)).name
@@ -233,7 +241,7 @@ def merge_item(computed: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]
 def _case_task(t: dict) -> dict:
     """Load, preprocess and write one case (runs in a worker process)."""
     from LaMed.data.phantom import mask_box
-    from LaMed.data.prepare import record_path
+    from LaMed.data.prepare import check_prepared_contrast, record_path
     from LaMed.data.prepared import write_image, write_json_atomic, write_mask
     from LaMed.data.transforms import apply_preset
 
@@ -245,6 +253,7 @@ def _case_task(t: dict) -> dict:
         image = np.asarray(loaded.image)
         masks_in = {k: np.asarray(v) for k, v in (loaded.masks or {}).items()}
         res = apply_preset(t["preset"], image, loaded.spacing, masks_in or None)
+        check_prepared_contrast(image, res["image"], loaded.spacing, t["preset"].name)
         cid = case["id"]
         computed: Dict[str, Any] = {"id": cid, "image": write_image(out, cid, res["image"])}
         files = 1
@@ -412,9 +421,13 @@ class Preparer:
             raise ValueError(f"--out {out} must not be the raw folder itself")
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (at most N cases of each split), got {args.limit}")
         self.resolve_preset(args, None)  # unknown --preset / bad --size: fail before any work
         cases, scan_errors = self.scan(src, args)
         cases = [c for c in cases if out not in Path(c.source).parents]
+        if not cases and not scan_errors:
+            raise PrepareError(f"{src}: no {self.title} case found; expected layout: {self.raw_layout or 'see --help'}")
         seen: Dict[str, Case] = {}
         for c in cases:
             if c.id in seen:
@@ -424,7 +437,7 @@ class Preparer:
             by_split: Dict[str, List[Case]] = {}
             for c in sorted(cases, key=lambda c: c.id):
                 by_split.setdefault(c.split, []).append(c)
-            cases = [c for v in by_split.values() for c in v[: max(0, int(args.limit))]]
+            cases = [c for v in by_split.values() for c in v[: int(args.limit)]]
         out.mkdir(parents=True, exist_ok=True)
         ref = f"{type(self).__module__}:{self._entry_attr()}"
         dparams = _jsonable(self.dataset_params(args))

@@ -35,7 +35,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, hash_split, normalize_split, safe_name
+from Data.common import (Case, Loaded, Preparer, PrepareError, clean_text, hash_split, metadata_path_ok, normalize_split,
+                         safe_name)
 
 __all__ = ["M3DCapPreparer", "PREPARER", "extract_findings", "read_slice_series"]
 
@@ -183,6 +184,8 @@ class M3DCapPreparer(Preparer):
 
     @staticmethod
     def _find(data_root: Path, cap: Path, rel: str, suffix: str = "") -> Optional[Path]:
+        if not metadata_path_ok(rel):
+            return None
         for base in (data_root, cap, cap.parent):
             p = base / rel
             if p.is_file() and (not suffix or p.suffix == suffix):
@@ -191,6 +194,8 @@ class M3DCapPreparer(Preparer):
 
     @staticmethod
     def _find_series(data_root: Path, cap: Path, rel: str) -> Optional[Path]:
+        if not metadata_path_ok(rel):
+            return None
         stem = re.sub(r"\.npy$", "", rel)
         for base in (data_root, cap, cap.parent):
             p = base / stem

@@ -30,7 +30,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, hash_split, safe_name
+from Data.common import Case, Loaded, Preparer, PrepareError, hash_split, metadata_path_ok, safe_name
 
 __all__ = ["M3DSegPreparer", "PREPARER", "load_sparse_mask"]
 
@@ -115,7 +115,7 @@ class M3DSegPreparer(Preparer):
 
     @staticmethod
     def _resolve(src: Path, code_dir: Path, rel) -> Optional[Path]:
-        if not rel:
+        if not rel or not metadata_path_ok(rel):
             return None
         for base in (src, code_dir, code_dir.parent, src.parent):
             p = base / str(rel)

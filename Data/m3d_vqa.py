@@ -31,7 +31,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, find_files, normalize_split, read_csv, safe_name
+from Data.common import (Case, Loaded, Preparer, PrepareError, clean_text, find_files, metadata_path_ok, normalize_split,
+                         read_csv, safe_name)
 from Data.m3d_cap import M3DCapPreparer, read_slice_series
 
 __all__ = ["M3DVQAPreparer", "PREPARER", "QUESTION_TYPES"]
@@ -130,6 +131,8 @@ class M3DVQAPreparer(Preparer):
 
     @staticmethod
     def _locate(root: Path, rel: str):
+        if not metadata_path_ok(rel):
+            return None
         for base in (root, root / "M3D_Cap_npy", root.parent):
             p = base / rel
             if p.is_file():

@@ -41,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     v.add_argument("--split", default="all", help="split name written in the manifest (default 'all')")
     v.add_argument("--overwrite", action="store_true", help="redo files whose output already exists")
-    v.add_argument("--limit", type=int, default=None, help="only the first N volumes (quick trials)")
+    v.add_argument("--limit", type=int, default=None, help="only the first N volumes (quick trials; N >= 1)")
+    v.add_argument("--series-uid", default=None,
+                   help="SeriesInstanceUID to read from a DICOM folder that holds several series")
+    v.add_argument("--resample-slice-gaps", action="store_true",
+                   help="resample a DICOM series with uneven slice spacing (e.g. a missing slice) linearly onto a "
+                        "uniform grid instead of refusing it (the missing slices are interpolated, not measured)")
     v.set_defaults(_run=_run_volumes)
 
     for name, ep in sorted(_dataset_preparers().items()):
@@ -68,7 +73,7 @@ def _run_phantoms(args) -> int:
         preset=args.preset, overwrite=args.overwrite,
     )
     print(summary)
-    return 0
+    return 0 if summary.failed == 0 else 3
 
 
 def _run_volumes(args) -> int:
@@ -76,7 +81,8 @@ def _run_volumes(args) -> int:
 
     summary = prepare_volumes(
         args.src, args.out, preset=args.preset, workers=args.workers, split=args.split,
-        overwrite=args.overwrite, limit=args.limit,
+        overwrite=args.overwrite, limit=args.limit, series_uid=args.series_uid,
+        resample_slice_gaps=args.resample_slice_gaps,
     )
     print(summary)
     return 0 if summary.failed == 0 else 3

@@ -257,10 +257,19 @@ def finalize_array(arr: np.ndarray, path, slope: float = 1.0, inter: float = 0.0
     if arr.dtype == bool:
         arr = arr.view(np.uint8)
     scaled = slope != 1.0 or inter != 0.0
+    if scaled and arr.size:
+        # The scaled extremes, in float64: a slope such as 1e38 would overflow float32 (and int64).
+        ends = [float(arr.min()) * slope + inter, float(arr.max()) * slope + inter]
+        if not all(np.isfinite(ends)) or max(abs(v) for v in ends) > float(np.finfo(np.float32).max):
+            raise VolumeError(path, f"scale slope {slope:g} / intercept {inter:g} map the stored values to "
+                                    f"[{min(ends):.4g}, {max(ends):.4g}], beyond the float32 range; the "
+                                    "scaling (e.g. NIfTI scl_slope, DICOM RescaleSlope) is corrupt")
     if arr.dtype.kind in "iu":
         if not scaled:
             return arr
-        if float(slope).is_integer() and float(inter).is_integer():
+        big = 2.0 ** 62
+        if (float(slope).is_integer() and float(inter).is_integer() and abs(slope) < big and abs(inter) < big
+                and (not arr.size or max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) < big)):
             # pick the output type from the scaled extremes: no full-size int64 temporary
             m, b = int(slope), int(inter)
             lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
@@ -342,7 +351,8 @@ def volume_format(path: str | Path) -> str:
 
 
 def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None = None,
-                spacing: tuple[float, float, float] | None = None, spacing_order: str = "auto") -> Volume:
+                spacing: tuple[float, float, float] | None = None, spacing_order: str = "auto",
+                max_voxels: int | None = None, slice_gaps: str = "refuse") -> Volume:
     """Read a 3D volume into canonical (D, H, W) = (S, P, L) order with its geometry.
 
     Args:
@@ -354,30 +364,40 @@ def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None =
         spacing: ``(D, H, W)`` mm for ``.npy`` (default 1 mm) or to override the ``.npz`` spacing.
         spacing_order: order of the ``spacing`` stored in an ``.npz`` (``"xyz"``, ``"zyx"`` or
             ``"auto"``; see :mod:`LaMed.data.io_numpy`).
+        max_voxels: refuse a volume whose header declares more voxels (default
+            ``$LAMED_MAX_VOXELS`` or 512 x 512 x 2048; checked before any voxel is read).
+        slice_gaps: a DICOM series whose slices are not evenly spaced (a missing slice) is
+            refused (``"refuse"``) or linearly resampled onto a uniform grid (``"resample"``).
 
     Raises:
         VolumeError: missing/empty/corrupt file, not an image, 2D, multi-channel 4D, non-finite
             voxels, several DICOM series without ``series_uid``, no DICOM series, ...
     """
+    from LaMed.data.io_guard import check_regular, max_voxels as voxel_limit
+
     p = Path(path)
     if not p.exists():
         raise VolumeError(p, "file not found")
+    check_regular(p)  # a named pipe would block the reader forever
+    limit = voxel_limit(max_voxels)
     fmt = volume_format(p)
+    if series_uid is not None and fmt != "dicom":
+        raise VolumeError(p, f"series_uid={series_uid!r} was given but this is not a DICOM series")
     if p.is_file() and p.stat().st_size == 0:
         raise VolumeError(p, "file is empty (0 bytes)")
     if fmt == "nifti":
         from LaMed.data.io_nifti import load_nifti
 
-        return load_nifti(p)
+        return load_nifti(p, limit)
     if fmt in ("npy", "npz"):
         from LaMed.data.io_numpy import load_npy, load_npz
 
-        return load_npy(p, spacing) if fmt == "npy" else load_npz(p, key, spacing, spacing_order)
+        return load_npy(p, spacing, limit) if fmt == "npy" else load_npz(p, key, spacing, spacing_order, limit)
     from LaMed.data import io_itk
 
     if fmt == "dicom":
-        return io_itk.load_dicom_series(p, series_uid=series_uid)
-    return io_itk.load_itk_file(p)
+        return io_itk.load_dicom_series(p, series_uid=series_uid, max_voxels=limit, slice_gaps=slice_gaps)
+    return io_itk.load_itk_file(p, max_voxels=limit)
 
 
 def load_mask(path: str | Path, like: Volume, *, key: str = "gts", atol_mm: float = 1e-3, **kwargs) -> Volume:

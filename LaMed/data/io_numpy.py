@@ -38,17 +38,47 @@ def _as_volume(arr: np.ndarray, path: Path, spacing, fmt: str, meta: dict) -> Vo
     return Volume.from_array(arr, spacing, path=str(path), source_format=fmt, meta=meta)
 
 
-def load_npy(path: Path, spacing=None) -> Volume:
+def _npy_header(fh) -> tuple:
+    """``(shape, dtype)`` of an open ``.npy`` stream (left at the data's start), data untouched."""
+    version = np.lib.format.read_magic(fh)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = read(fh)
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def _check_declared(path: Path, shape, dtype, available: int, header_end: int, what: str,
+                    max_voxels: int | None) -> None:
+    """Voxel limit and "does the file hold what its header declares" before the data are read."""
+    from LaMed.data.io_guard import check_voxels
+
+    if dtype.hasobject:
+        raise VolumeError(path, f"{what} holds Python objects (dtype {dtype}); refusing to unpickle data files")
+    n = check_voxels(shape, path, max_voxels)
+    needed = header_end + n * dtype.itemsize
+    if available < needed:
+        raise VolumeError(path, f"truncated: {what} declares shape {shape} {dtype} ({needed:,} bytes with its header) "
+                                f"but holds {available:,} bytes")
+
+
+def load_npy(path: Path, spacing=None, max_voxels: int | None = None) -> Volume:
     """A ``.npy`` array taken as canonical ``(D, H, W)`` (a leading singleton channel is dropped)."""
     try:
+        with open(path, "rb") as fh:
+            shape, dtype = _npy_header(fh)
+            _check_declared(path, shape, dtype, path.stat().st_size, fh.tell(), "the .npy header", max_voxels)
         arr = np.load(path, allow_pickle=False)
+    except VolumeError:
+        raise
     except (ValueError, OSError, EOFError) as e:
         raise VolumeError(path, f"is not a readable .npy array ({e})") from None
     sp = _check_spacing((1.0, 1.0, 1.0) if spacing is None else spacing, path, "spacing")
     return _as_volume(arr, path, sp, "npy", {"dtype_on_disk": str(arr.dtype)})
 
 
-def load_npz(path: Path, key: str = "imgs", spacing=None, spacing_order: str = "auto") -> Volume:
+def load_npz(path: Path, key: str = "imgs", spacing=None, spacing_order: str = "auto",
+             max_voxels: int | None = None) -> Volume:
     """One array (``imgs`` or ``gts``) of a BiomedSegFM ``.npz`` with its spacing in ``(D, H, W)`` order."""
     if spacing_order not in ("auto", "xyz", "zyx"):
         raise ValueError(f"spacing_order must be 'auto', 'xyz' or 'zyx', got {spacing_order!r}")
@@ -62,9 +92,16 @@ def load_npz(path: Path, key: str = "imgs", spacing=None, spacing_order: str = "
         if key not in npz.files:
             raise VolumeError(path, f"has no array {key!r}; arrays present: {sorted(npz.files)}")
         try:
+            info = npz.zip.getinfo(f"{key}.npy")
+            with npz.zip.open(info) as fh:
+                shape, dtype = _npy_header(fh)
+                end = fh.tell()
+            _check_declared(path, shape, dtype, info.file_size, end, f"array {key!r}", max_voxels)
             arr = npz[key]
             raw_spacing = npz["spacing"] if "spacing" in npz.files else None
-        except (ValueError, OSError, zipfile.BadZipFile) as e:
+        except VolumeError:
+            raise
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
             raise VolumeError(path, f"cannot read array {key!r} ({e})") from None
     meta = {"key": key, "dtype_on_disk": str(arr.dtype)}
     if spacing is not None:

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
+from LaMed.data.io_guard import VOLUME_SUFFIXES as _VOLUME_SUFFIXES
 from LaMed.data.prepared import (
     SPLITS, atomic_write_bytes, write_image, write_json_atomic, write_manifest, write_mask,
 )
@@ -39,7 +40,6 @@ __all__ = ["PrepareSummary", "prepare_phantoms", "prepare_volumes", "find_volume
 # the window is the identity, and phantoms are drawn at the target size, so the only step left
 # would be the foreground crop, which we skip to keep the drawn geometry (and boxes) as they are.
 PHANTOM_WINDOW = (-160.0, 240.0)
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -94,7 +94,39 @@ def _single_thread_env():
                 os.environ[k] = v
 
 
-def _worker_init() -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the process that started it dies.
+
+    A worker forked by ``ProcessPoolExecutor`` keeps the pool's pipes open itself, so it never sees
+    them close when ``lamed prepare`` is killed (kill -9, OOM killer) and would wait forever. On
+    Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); a watchdog
+    thread checking the parent id covers other systems and the race before ``prctl`` took effect.
+    """
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lamed-parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_pid: Optional[int] = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     os.environ.update({k: "1" for k in _THREAD_VARS})
     if "torch" in sys.modules:  # only when something already imported it; never pay the import here
         sys.modules["torch"].set_num_threads(1)
@@ -128,7 +160,8 @@ def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, 
             return
         ctx = mp.get_context(_start_method())
         with _single_thread_env():
-            ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init)
+            ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
+                                     initargs=(os.getpid(),))
             futures = {ex.submit(fn, t): t for t in tasks}
         try:
             for fut in as_completed(futures):
@@ -344,41 +377,12 @@ def prepare_phantoms(
 # --------------------------------------------------------------------------- any volumes
 
 
-def _is_dicom_file(p: Path) -> bool:
-    if p.suffix.lower() == ".dcm":
-        return True
-    if p.suffix:
-        return False
-    try:
-        with open(p, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def find_volumes(src: str | Path) -> List[Path]:
-    """Volumes under ``src`` (recursively, sorted): NIfTI / NRRD / MHA / MHD / npy / npz files, and
-    each folder holding DICOM files (``.dcm`` or extension-less files with the DICM preamble),
-    which is one series and is not searched further. Hidden files and folders are ignored."""
-    src = Path(src)
-    if src.is_file():
-        return [src]
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: input folder not found")
-    found: List[Path] = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files = sorted(f for f in files if not f.startswith("."))
-        rootp = Path(root)
-        if rootp != src and any(_is_dicom_file(rootp / f) for f in files[:50]):
-            found.append(rootp)
-            dirs[:] = []
-            continue
-        found += [rootp / f for f in files if f.lower().endswith(_VOLUME_SUFFIXES)]
-        if rootp == src and any(_is_dicom_file(rootp / f) for f in files[:50]):
-            found.append(rootp)
-    return found
+    """Volumes under ``src`` (recursively, sorted): see :func:`LaMed.data.io_guard.find_volumes`, the
+    one discovery rule shared with ``lamed predict --batch``."""
+    from LaMed.data.io_guard import find_volumes as _find
+
+    return _find(src, recursive=True)
 
 
 def _volume_id(rel: Path) -> str:
@@ -399,6 +403,25 @@ def _fingerprint(p: Path) -> List[int]:
     return [s.st_size, s.st_mtime_ns]
 
 
+def check_prepared_contrast(source: np.ndarray, image: np.ndarray, spacing, preset: str) -> None:
+    """Refuse an item whose volume or prepared image holds no information (ValueError with the reason).
+
+    A constant volume (every voxel equal) min-max normalises to an all-zero image, and so does a
+    grid that collapses when resampled (e.g. a spacing of 0.0003 mm); both would enter the manifest
+    as valid-looking all-zero images.
+    """
+    src = np.asarray(source)
+    if src.size and src.min() == src.max():
+        raise ValueError(f"every voxel of the volume equals {src.flat[0].item()!r}: a constant image has no contrast "
+                         "to prepare")
+    out = np.asarray(image)
+    if out.size and float(out.min()) == float(out.max()):
+        sp = ", ".join(f"{float(v):.4g}" for v in spacing)
+        raise ValueError(f"the prepared image is constant ({float(out.min()):g}) after preset {preset!r} "
+                         f"(source spacing {sp} mm): nothing of the volume survived the preprocessing; "
+                         "check the spacing and the preset's window / crop")
+
+
 def _volume_task(t: dict) -> dict:
     """Load one volume, apply the preset, write it (runs in a worker process)."""
     try:
@@ -406,9 +429,10 @@ def _volume_task(t: dict) -> dict:
         from LaMed.data.transforms import apply_preset
 
         out = Path(t["out"])
-        vol = load_volume(t["src"])
+        vol = load_volume(t["src"], series_uid=t.get("series_uid"), slice_gaps=t.get("slice_gaps", "refuse"))
         res = apply_preset(t["preset"], vol.array, vol.spacing)
         img = res["image"]
+        check_prepared_contrast(vol.array, img, vol.spacing, t["preset"])
         item = {"id": t["id"], "image": write_image(out, t["id"], img)}
         item["spacing"] = [round(float(s), 6) for s in res["spacing"]]
         item["shape"] = list(np.asarray(img).shape)
@@ -435,6 +459,8 @@ def prepare_volumes(
     overwrite: bool = False,
     limit: Optional[int] = None,
     progress: Optional[bool] = None,
+    series_uid: Optional[str] = None,
+    resample_slice_gaps: bool = False,
 ) -> PrepareSummary:
     """Prepare every volume under ``src`` (see ``find_volumes``) with ``preset`` into ``out``.
 
@@ -443,15 +469,27 @@ def prepare_volumes(
     relative to ``src``). Unreadable files are listed in ``out/errors.json`` / ``errors.txt`` with
     their message and the run goes on. ``out/<split>.json`` lists every complete volume, including
     those of earlier runs; complete volumes whose source and preset are unchanged are skipped unless
-    ``overwrite``. ``limit`` takes only the first N volumes (sorted by path).
+    ``overwrite``. ``limit`` takes only the first N volumes (sorted by path). ``series_uid`` picks
+    one series of a DICOM folder holding several (it applies to DICOM sources only).
+    ``resample_slice_gaps`` resamples a DICOM series with uneven slice spacing (a missing slice)
+    onto a uniform grid instead of refusing it.
+
+    Refused up front (ValueError / FileNotFoundError): a ``limit`` below 1 and an input with no
+    volume. Refused per item (in the error report): a constant volume, or one whose prepared image
+    comes out constant (:func:`check_prepared_contrast`).
     """
     from LaMed.data.transforms import get_preset
 
     get_preset(preset)  # unknown name -> KeyError listing the known presets, before any work
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", split):
         raise ValueError(f"prepare_volumes: split must be a plain name (letters, digits, _ . -), got {split!r}")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"prepare_volumes: --limit must be a whole number >= 1, got {limit}")
     src, out = Path(src).resolve(), Path(out).resolve()
     sources = [p for p in find_volumes(src) if out not in p.parents and p != out]
+    if not sources:
+        raise FileNotFoundError(f"{src}: no volumes found (looked for {', '.join(_VOLUME_SUFFIXES)} files and "
+                                "DICOM series folders); nothing to prepare")
     if limit is not None:
         sources = sources[: int(limit)]
     out.mkdir(parents=True, exist_ok=True)
@@ -466,8 +504,16 @@ def prepare_volumes(
             fp = _fingerprint(p)
         except OSError:
             fp = [0, 0]
+        dicom = p.is_dir() or p.name.lower().endswith(".dcm")
+        uid = series_uid if series_uid is not None and dicom else None
+        gaps = "resample" if resample_slice_gaps and dicom else "refuse"
+        params = {"preset": preset, "source": str(p), "fingerprint": fp}
+        if uid is not None:
+            params["series_uid"] = uid
+        if gaps != "refuse":
+            params["slice_gaps"] = gaps
         tasks.append({"id": vid, "out": str(out), "src": str(p), "preset": preset, "split": split,
-                      "params": {"preset": preset, "source": str(p), "fingerprint": fp}})
+                      "series_uid": uid, "slice_gaps": gaps, "params": params})
     summary = PrepareSummary(out, what=f"{len(tasks)} volumes from {src} (preset {preset})")
     return run_tasks(out, tasks, _volume_task, workers, "volumes", progress, overwrite,
                     lambda a, b: a == b, summary,

@@ -12,7 +12,8 @@ Manifest::
      "items": [{"id", "image", "spacing", "masks", "text", "vqa", "refer", "boxes", "labels",
                 "source"}, ...]}
 
-Paths inside a manifest are relative to the manifest's folder. Fields a dataset lacks are absent.
+Paths inside a manifest are relative to the manifest's folder and must stay inside it: an absolute
+path or a ``..`` component is refused when the manifest is read. Fields a dataset lacks are absent.
 Every file is written to a temporary name beside its target and moved into place with
 ``os.replace``, so an interrupted run never leaves a truncated ``.npy``/``.json`` under a final name:
 a file that exists is complete.
@@ -21,8 +22,9 @@ a file that exists is complete.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -32,7 +34,7 @@ from ..utils.atomic import atomic_write_bytes, save_npy_atomic, write_json_atomi
 __all__ = [
     "FORMAT", "SPLITS", "PreparedError", "PreparedReport", "atomic_write_bytes", "save_npy_atomic",
     "write_json_atomic", "write_image", "write_mask", "write_manifest", "load_manifest", "load_image",
-    "load_masks", "validate_prepared", "manifest_dir",
+    "load_masks", "validate_prepared", "manifest_dir", "unsafe_relpath", "check_item_paths", "resolve_in_root",
 ]
 
 FORMAT = "lamed.prepared/1"
@@ -106,12 +108,59 @@ def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def unsafe_relpath(rel: str) -> Optional[str]:
+    """Why ``rel`` may not be used as a path inside a dataset folder, or None when it is safe.
+
+    Manifest paths are joined to the manifest's folder; an absolute path or a ``..`` component
+    would make a training run read (and a crafted manifest expose) any file on the machine.
+    """
+    if not isinstance(rel, str) or not rel:
+        return "missing or not a non-empty string"
+    if "\0" in rel:
+        return f"{rel!r} contains a NUL character"
+    if rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive or Path(rel).is_absolute():
+        return f"{rel!r} is an absolute path; paths must be relative to the manifest's folder"
+    if ".." in re.split(r"[/\\]", rel):
+        return f"{rel!r} leaves the dataset folder ('..'); paths must stay inside the manifest's folder"
+    return None
+
+
+def item_file_fields(item: Mapping) -> Dict[str, str]:
+    """``{field: relative path}`` of every file an item names: ``image``, each mask, and any other
+    string field ending in ``.npy`` (slice stacks, slice features, ...) but ``source``, which
+    records where the item came from and is never read."""
+    out = {}
+    for key, value in item.items():
+        if key == "masks" and isinstance(value, dict):
+            out.update({f"masks.{k}": v for k, v in value.items()})
+        elif key == "image" or (key != "source" and isinstance(value, str) and value.lower().endswith(".npy")):
+            out[key] = value
+    return out
+
+
+def check_item_paths(item: Mapping, path, where: str) -> None:
+    """Refuse (PreparedError) an item whose file paths are absolute or leave the dataset folder."""
+    for key, rel in item_file_fields(item).items():
+        problem = unsafe_relpath(rel)
+        if problem is not None:
+            _fail(path, f"{where}.{key}", problem)
+
+
+def resolve_in_root(base: Path, rel: str) -> Path:
+    """``base / rel`` after refusing an absolute or escaping ``rel`` (PreparedError naming both)."""
+    problem = unsafe_relpath(rel)
+    if problem is not None:
+        raise PreparedError(f"{base}: {problem}")
+    return base / rel
+
+
 def _validate_item(item: Any, path, where: str) -> None:
     if not isinstance(item, dict):
         _fail(path, where, f"expected an object, got {type(item).__name__}")
     for key in ("id", "image"):
         if not isinstance(item.get(key), str) or not item.get(key):
             _fail(path, f"{where}.{key}", "missing or not a non-empty string")
+    check_item_paths(item, path, where)
     if "spacing" in item:
         sp = item["spacing"]
         if not (isinstance(sp, list) and len(sp) == 3 and all(_is_num(v) and v > 0 for v in sp)):
@@ -194,7 +243,7 @@ def load_manifest(path: str | Path) -> dict:
 
 def _item_path(base: Path, item: Mapping | str, key: str = "image") -> Path:
     rel = item if isinstance(item, str) else item[key]
-    return base / rel
+    return resolve_in_root(base, rel)
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -230,7 +279,7 @@ def load_masks(manifest_path_or_dir: str | Path, item: Mapping, names: Optional[
     for name in names:
         if name not in masks:
             raise PreparedError(f"item {item.get('id')!r}: no mask named {name!r} (has: {', '.join(masks) or 'none'})")
-        path = base / masks[name]
+        path = resolve_in_root(base, masks[name])
         arr = _load_npy(path, mmap)
         if arr.ndim != 4 or arr.shape[0] != 1 or arr.dtype not in (np.uint8, np.bool_):
             raise PreparedError(f"{path}: expected a uint8 mask of shape (1, D, H, W), got {arr.dtype} {arr.shape}")

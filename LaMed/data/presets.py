@@ -31,9 +31,10 @@ from LaMed.data.transforms import (
     Box,
     IntensityMap,
     foreground_box,
-    linear_matrix,
-    nearest_matrix,
-    antialias_matrix,
+    antialias_op,
+    linear_op,
+    nearest_index,
+    selection_op,
     render,
     resampled_shape,
     segvol_foreground_stats,
@@ -302,17 +303,16 @@ def _first_map(p: Preset, a: np.ndarray) -> IntensityMap:
     return window_map(*p.window) if p.window is not None else IntensityMap()
 
 
-def _select(a: np.ndarray, mats: Sequence[Optional[np.ndarray]]) -> np.ndarray:
-    """Apply per-axis 0/1 selection operators (nearest neighbour) to a label array."""
-    for k, m in enumerate(mats):
-        if m is not None:
-            a = np.take(a, m.argmax(axis=1), axis=k)
-    return a
+def _select(a: np.ndarray, index: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+    """Apply per-axis nearest-neighbour selections (input index of each output position) to a label array.
 
-
-def _crop_rows(n: int, lo: int, hi: int) -> np.ndarray:
-    """Operator keeping rows ``lo:hi`` of an axis of length ``n``."""
-    return np.eye(n)[lo:hi]
+    Index arrays, not 0/1 matrices: composing resample -> crop -> resize is indexing one array
+    with another, so a 100,000-sample axis costs 100,000 integers, not a 100,000^2 matrix.
+    """
+    # one fancy-indexing step: memory is the output's only (one axis after another could blow an
+    # axis up before another shrinks, e.g. 2x2x100000 -> 128x256x100000 on the way to 128x256x256)
+    full = [np.arange(n) if idx is None else np.asarray(idx, np.int64) for n, idx in zip(a.shape, index)]
+    return a[np.ix_(*full)]
 
 
 def apply_preset(
@@ -346,7 +346,7 @@ def apply_preset(
     pre_mask: list = [None, None, None]
     if p.spacing is not None:
         mid = resampled_shape(n_in, sp, p.spacing)
-        pre_mask = [nearest_matrix(n, m) for n, m in zip(n_in, mid)]
+        pre_mask = [nearest_index(n, m) for n, m in zip(n_in, mid)]
         src_sp = tuple(s * n / m for s, n, m in zip(sp, n_in, mid))
 
     if p.slices is not None:
@@ -354,7 +354,7 @@ def apply_preset(
 
     if p.spacing is not None:
         # Min-max and the crop depend on the resampled values: materialise that grid once.
-        src = render(raw, linear_matrix(n_in[0], mid[0]), mid[1:], intensity=f).numpy()
+        src = render(raw, linear_op(n_in[0], mid[0]), mid[1:], intensity=f).numpy()
         f = IntensityMap()
     if p.normalize in ("minmax", "segvol"):
         f = f.then_min_max(float(src.min()), float(src.max()))
@@ -371,21 +371,20 @@ def apply_preset(
     view = src[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
 
     if p.image_mode == "trilinear":
-        d_op = (antialias_matrix if p.antialias else linear_matrix)(crop_n[0], p.size[0])
+        d_op = (antialias_op if p.antialias else linear_op)(crop_n[0], p.size[0])
     else:
-        d_op = nearest_matrix(crop_n[0], p.size[0], exact=p.image_mode == "nearest-exact")
+        d_op = selection_op(nearest_index(crop_n[0], p.size[0], exact=p.image_mode == "nearest-exact"), crop_n[0])
     out = render(view, d_op, p.size[1:], p.image_mode, p.antialias, f).clamp_(0.0, 1.0)
 
     # Masks: one composite selection per axis, input grid -> (resampled) -> crop -> output.
     out_masks = {}
     if mask_in:
-        mask_mats = []
+        mask_idx = []
         for k in range(3):
-            m = nearest_matrix(crop_n[k], p.size[k], exact=p.mask_mode == "nearest-exact")
-            m = m @ _crop_rows(shape[k], lo[k], hi[k])
-            mask_mats.append(m @ pre_mask[k] if pre_mask[k] is not None else m)
+            idx = lo[k] + nearest_index(crop_n[k], p.size[k], exact=p.mask_mode == "nearest-exact")
+            mask_idx.append(pre_mask[k][idx] if pre_mask[k] is not None else idx)
         for name, m in mask_in.items():
-            out_masks[name] = _select(m, mask_mats).astype(np.uint8)[None]
+            out_masks[name] = _select(m, mask_idx).astype(np.uint8)[None]
 
     out_sp = tuple(float(s * n / o) for s, n, o in zip(src_sp, crop_n, p.size))
     if p.spacing is not None:  # report the crop in input voxels
@@ -407,14 +406,14 @@ def _apply_slices(p, raw, f, mid, pre_mask, src_sp, mask_in) -> dict:
     n_mid = mid[0]
     n = p.slices
     if n_mid >= n:
-        rows = np.rint(np.linspace(0, n_mid - 1, n)).astype(np.int64)
-        sel_img = sel_mask = np.eye(n_mid)[rows]
+        sel_mask = np.rint(np.linspace(0, n_mid - 1, n)).astype(np.int64)
+        sel_img = selection_op(sel_mask, n_mid)
         d_sp = src_sp[0] * (n_mid - 1) / (n - 1) if n > 1 else src_sp[0]
     else:
-        sel_img, sel_mask = linear_matrix(n_mid, n), nearest_matrix(n_mid, n, exact=True)
+        sel_img, sel_mask = linear_op(n_mid, n), nearest_index(n_mid, n, exact=True)
         d_sp = src_sp[0] * n_mid / n
-    d_img = sel_img @ linear_matrix(raw.shape[0], n_mid)
-    d_mask = sel_mask @ pre_mask[0] if pre_mask[0] is not None else sel_mask
+    d_img = sel_img @ linear_op(raw.shape[0], n_mid)
+    d_mask = pre_mask[0][sel_mask] if pre_mask[0] is not None else sel_mask
     out = slice_min_max(render(raw, d_img, mid[1:], intensity=f)).clamp_(0.0, 1.0)
     masks = {
         name: _select(m, [d_mask, pre_mask[1], pre_mask[2]]).astype(np.uint8)[None]

@@ -12,8 +12,9 @@ Conventions
   checks the equivalence numerically. We do not call MONAI on the hot path because a published
   pipeline (window -> crop -> resize) run transform by transform touches every voxel of a
   512x512x300 CT several times; here the intensity steps are folded into one clip+scale
-  (:class:`IntensityMap`) and resizing is a separable per-axis operator (:func:`linear_matrix`)
-  that only reads the input slices it needs, which is what makes a full CT -> 32x256x256 take a
+  (:class:`IntensityMap`) and resizing is a separable per-axis operator (:func:`linear_op`, sparse:
+  its memory grows with the output size, never with the square of an axis) that only reads the
+  input slices it needs, which is what makes a full CT -> 32x256x256 take a
   fraction of a second on two CPU cores.
 
 The named preprocessing presets (``m3d``, ``med3dvlm``, ``flare``, ``hsenet``, ...) live in
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import sparse
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.transforms import Compose
@@ -53,6 +55,10 @@ __all__ = [
     "linear_matrix",
     "nearest_matrix",
     "antialias_matrix",
+    "linear_op",
+    "nearest_index",
+    "selection_op",
+    "antialias_op",
     "apply_axis",
     "render",
     "resize",
@@ -346,28 +352,38 @@ def _check_sizes(n_in: int, n_out: int) -> None:
         raise ValueError(f"resize: sizes must be >= 1, got {n_in} -> {n_out}")
 
 
-def linear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """1-D linear interpolation ``n_in -> n_out`` as an ``(n_out, n_in)`` float64 matrix.
-
-    Same sampling as ``F.interpolate(mode="linear"/"trilinear", align_corners=False)`` and MONAI
-    ``Resize(mode="trilinear")``: output centre ``i`` reads input position
-    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at the borders.
-    """
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(i0, i1, w0, w1)``: output ``i`` = ``w0[i] * in[i0[i]] + w1[i] * in[i1[i]]`` (torch sampling)."""
     _check_sizes(n_in, n_out)
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     src = np.clip(src, 0.0, None)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     w1 = src - i0
-    m = np.zeros((n_out, n_in))
+    return i0, i1, 1.0 - w1, w1
+
+
+def linear_op(n_in: int, n_out: int) -> sparse.csr_matrix:
+    """:func:`linear_matrix` as a sparse ``(n_out, n_in)`` matrix: two taps a row, memory O(n_out)."""
+    i0, i1, w0, w1 = _linear_taps(n_in, n_out)
     rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), 1.0 - w1)
-    np.add.at(m, (rows, i1), w1)
-    return m
+    return sparse.csr_matrix((np.concatenate([w0, w1]), (np.concatenate([rows, rows]), np.concatenate([i0, i1]))),
+                             shape=(n_out, n_in))  # duplicate (row, col) entries are summed
 
 
-def nearest_matrix(n_in: int, n_out: int, exact: bool = False) -> np.ndarray:
-    """1-D nearest-neighbour selection as an ``(n_out, n_in)`` 0/1 matrix.
+def linear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """1-D linear interpolation ``n_in -> n_out`` as a dense ``(n_out, n_in)`` float64 matrix.
+
+    Same sampling as ``F.interpolate(mode="linear"/"trilinear", align_corners=False)`` and MONAI
+    ``Resize(mode="trilinear")``: output centre ``i`` reads input position
+    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at the borders. The resize engine uses the sparse
+    :func:`linear_op`; this dense form is for inspection and tests.
+    """
+    return linear_op(n_in, n_out).toarray()
+
+
+def nearest_index(n_in: int, n_out: int, exact: bool = False) -> np.ndarray:
+    """Input index read by each output position of a 1-D nearest-neighbour resize (int64, ``(n_out,)``).
 
     ``exact=False`` is torch/MONAI ``mode="nearest"`` (input index ``floor(i * n_in / n_out)``,
     what M3D used for masks); ``exact=True`` is ``"nearest-exact"`` (``floor((i + 0.5) * n_in /
@@ -375,54 +391,86 @@ def nearest_matrix(n_in: int, n_out: int, exact: bool = False) -> np.ndarray:
     """
     _check_sizes(n_in, n_out)
     pos = (np.arange(n_out) + (0.5 if exact else 0.0)) * (n_in / n_out)
-    idx = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), idx] = 1.0
-    return m
+    return np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
 
 
-def _gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """1-D Gaussian smoothing with mirror boundaries (scipy.ndimage ``mode="mirror"``)."""
+def selection_op(index: np.ndarray, n_in: int) -> sparse.csr_matrix:
+    """Sparse ``(len(index), n_in)`` 0/1 matrix picking input ``index[i]`` for output ``i``."""
+    index = np.asarray(index, np.int64)
+    return sparse.csr_matrix((np.ones(index.size), (np.arange(index.size), index)), shape=(index.size, n_in))
+
+
+def nearest_matrix(n_in: int, n_out: int, exact: bool = False) -> np.ndarray:
+    """:func:`nearest_index` as a dense ``(n_out, n_in)`` 0/1 matrix (for inspection and tests)."""
+    return selection_op(nearest_index(n_in, n_out, exact), n_in).toarray()
+
+
+def _gaussian_rows(n: int, rows: np.ndarray, sigma: float, truncate: float = 4.0) -> sparse.csr_matrix:
+    """Rows ``rows`` of the 1-D Gaussian smoothing operator with mirror boundaries (scipy.ndimage
+    ``mode="mirror"``), as a sparse ``(len(rows), n)`` matrix: only the rows a resize reads are built,
+    so smoothing a 100,000-sample axis never forms an n x n matrix."""
     radius = int(truncate * sigma + 0.5)
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    offsets = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (offsets / sigma) ** 2)
     k /= k.sum()
-    m = np.zeros((n, n))
-    for off, wk in zip(range(-radius, radius + 1), k):
-        j = np.arange(n) + off
-        if n > 1:  # mirror about the edge samples: -1 -> 1, n -> n - 2, repeated with period 2n-2
-            period = 2 * n - 2
-            j = np.abs(np.mod(j, period))
-            j = np.where(j >= n, period - j, j)
-        else:
-            j = np.zeros_like(j)
-        np.add.at(m, (np.arange(n), j), wk)
-    return m
+    j = np.asarray(rows, np.int64)[:, None] + offsets[None, :]
+    if n > 1:  # mirror about the edge samples: -1 -> 1, n -> n - 2, repeated with period 2n-2
+        period = 2 * n - 2
+        j = np.abs(np.mod(j, period))
+        j = np.where(j >= n, period - j, j)
+    else:
+        j = np.zeros_like(j)
+    r = np.repeat(np.arange(len(rows)), offsets.size)
+    return sparse.csr_matrix((np.tile(k, len(rows)), (r, j.ravel())), shape=(len(rows), n))
 
 
-def antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
+def antialias_op(n_in: int, n_out: int) -> sparse.csr_matrix:
     """Linear resize with scikit-image's anti-aliasing (``skimage.transform.resize(...,
     anti_aliasing=True, order=1)``): a Gaussian pre-filter of ``sigma = max(0, (n_in/n_out - 1)/2)``
-    (mirror boundary, truncated at 4 sigma), then linear sampling at pixel centres.
+    (mirror boundary, truncated at 4 sigma), then linear sampling at pixel centres; sparse
+    ``(n_out, n_in)``, memory O(n_out * sigma).
 
     Matches skimage exactly when downsampling; when upsampling (no filter) the outermost half
     voxel differs slightly because skimage mirrors where torch clamps.
     """
     sigma = max(0.0, (n_in / n_out - 1.0) / 2.0)
-    lin = linear_matrix(n_in, n_out)
-    return lin if sigma == 0.0 else lin @ _gaussian_matrix(n_in, sigma)
+    lin = linear_op(n_in, n_out)
+    if sigma == 0.0:
+        return lin
+    need = np.unique(lin.indices)  # the only smoothed samples the linear step reads
+    return (lin[:, need] @ _gaussian_rows(n_in, need, sigma)).tocsr()
 
 
-def _rows(m: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Nonzero (columns, weights) of each row of a banded per-axis operator."""
-    return [(np.flatnonzero(r), r[np.flatnonzero(r)]) for r in m]
+def antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """:func:`antialias_op` as a dense ``(n_out, n_in)`` matrix (for inspection and tests)."""
+    return antialias_op(n_in, n_out).toarray()
 
 
-def _is_selection(m: np.ndarray) -> bool:
-    return bool(np.all((m == 0) | (m == 1)) and np.all(m.sum(axis=1) == 1))
+def _csr(m) -> sparse.csr_matrix:
+    m = m.tocsr() if sparse.issparse(m) else sparse.csr_matrix(np.asarray(m))
+    m.eliminate_zeros()
+    m.sort_indices()
+    return m
 
 
-def apply_axis(x: torch.Tensor, axis: int, m: np.ndarray) -> torch.Tensor:
-    """Apply the ``(n_out, n_in)`` per-axis operator ``m`` along ``axis`` of a float tensor.
+def _rows(m) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Nonzero (columns, weights) of each row of a per-axis operator (dense or sparse)."""
+    m = _csr(m)
+    return [(m.indices[a:b], m.data[a:b]) for a, b in zip(m.indptr[:-1], m.indptr[1:])]
+
+
+def _is_selection(m) -> bool:
+    m = _csr(m)
+    return bool(np.all(np.diff(m.indptr) == 1) and np.all(m.data == 1))
+
+
+def _selected(m) -> np.ndarray:
+    """Input index of each row of a selection operator (see :func:`_is_selection`)."""
+    return _csr(m).indices.astype(np.int64)
+
+
+def apply_axis(x: torch.Tensor, axis: int, m) -> torch.Tensor:
+    """Apply the ``(n_out, n_in)`` per-axis operator ``m`` (dense or sparse) along ``axis`` of a float tensor.
 
     Each output slice is the weighted sum of the few input slices its row of ``m`` touches
     (two for linear interpolation), so the cost is ``taps * output size``, not a dense product.
@@ -432,9 +480,11 @@ def apply_axis(x: torch.Tensor, axis: int, m: np.ndarray) -> torch.Tensor:
     # numpy on purpose: these are many small slab operations, where torch's intra-op thread
     # pool costs more than it gains (and stalls badly when the cores are shared).
     src = np.moveaxis(x.detach().to(torch.float32).numpy(), axis, 0)
-    out = np.empty((m.shape[0], *src.shape[1:]), dtype=np.float32)
+    out = np.zeros((m.shape[0], *src.shape[1:]), dtype=np.float32)
     tmp = np.empty(src.shape[1:], dtype=np.float32)
     for r, (cols, ws) in enumerate(_rows(m)):
+        if not cols.size:
+            continue
         np.multiply(src[cols[0]], np.float32(ws[0]), out=out[r])
         for c, wc in zip(cols[1:], ws[1:]):
             np.multiply(src[c], np.float32(wc), out=tmp)
@@ -446,7 +496,7 @@ _MODES = ("trilinear", "nearest", "nearest-exact")
 
 
 def _nearest_indices(n_in: int, n_out: int, mode: str) -> np.ndarray:
-    return nearest_matrix(n_in, n_out, exact=mode == "nearest-exact").argmax(axis=1)
+    return nearest_index(n_in, n_out, exact=mode == "nearest-exact")
 
 
 def render(
@@ -482,10 +532,11 @@ def render(
     if d_op is not None:
         if d_op.shape[1] != x.shape[0]:
             raise ValueError(f"render: D operator expects {d_op.shape[1]} slices, volume has {x.shape[0]}")
+        d_op = _csr(d_op)
         if _is_selection(d_op):
-            x, d_op = np.take(x, d_op.argmax(axis=1), axis=0), None
+            x, d_op = np.take(x, _selected(d_op), axis=0), None
         else:
-            need = np.flatnonzero(np.any(d_op != 0, axis=0))
+            need = np.unique(d_op.indices)
             if need.size < x.shape[0]:
                 x, d_op = np.take(x, need, axis=0), d_op[:, need]
     h_out, w_out = hw_size if hw_size is not None else x.shape[1:]
@@ -553,7 +604,7 @@ def resize(
         return t
     if t.ndim == 4:
         return torch.stack([resize(c, size, mode, antialias) for c in t])
-    d_op = antialias_matrix(t.shape[0], size[0]) if antialias else linear_matrix(t.shape[0], size[0])
+    d_op = antialias_op(t.shape[0], size[0]) if antialias else linear_op(t.shape[0], size[0])
     return render(t, d_op, size[1:], mode, antialias)
 
 
@@ -591,7 +642,7 @@ def select_slices(x: ArrayLike, n: int) -> torch.Tensor:
     if d >= n:
         idx = torch.from_numpy(np.rint(np.linspace(0, d - 1, n)).astype(np.int64))
         return t.index_select(t.ndim - 3, idx)
-    return apply_axis(t, t.ndim - 3, linear_matrix(d, n))
+    return apply_axis(t, t.ndim - 3, linear_op(d, n))
 
 
 def slice_min_max(x: ArrayLike) -> torch.Tensor:

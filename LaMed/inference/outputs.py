@@ -98,15 +98,13 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
 
 def find_inputs(folder: str | Path) -> List[Path]:
     """Volume files and DICOM series folders directly inside ``folder`` (sorted)."""
+    from LaMed.data.io_guard import find_volumes
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: --batch needs a folder of volumes")
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES):
-            found.append(p)
-        elif p.is_dir() and any(q.suffix.lower() == ".dcm" for q in p.iterdir()):
-            found.append(p)
+    # the discovery rule of `lamed prepare volumes` (extension-less DICOM files included), one level deep
+    found = find_volumes(folder, recursive=False)
     if not found:
         raise FileNotFoundError(f"{folder}: no volume files ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders in it")
     return found

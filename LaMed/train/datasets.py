@@ -46,9 +46,12 @@ def read_manifest(path: str | Path) -> Dict[str, Any]:
     items = manifest.get("items")
     if not isinstance(items, list):
         raise ValueError(f"{path}: field 'items' must be a list of items")
+    from LaMed.data.prepared import check_item_paths
+
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item:
             raise ValueError(f"{path}: items[{i}] must be a mapping with an 'id'")
+        check_item_paths(item, path, f"items[{i}]")  # no absolute / '..' paths out of the dataset
     return manifest
 
 
