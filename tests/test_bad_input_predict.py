@@ -192,3 +192,20 @@ def test_invalid_config_json_is_refused_naming_the_file(seg_dir, inputs, tmp_pat
     (model / "config.json").write_text(text)
     assert _predict(model, inputs["nifti"], tmp_path / "m.nii.gz", "--prompt", "liver") == 1
     _refused(capsys, str(model / "config.json"), *words)
+
+
+def test_series_uid_picks_one_of_two_dicom_series(seg_dir, tmp_path, capsys):
+    from test_bad_input_io import UID, _write_series
+
+    from LaMed.data.io import load_mask, load_volume
+
+    other = UID + ".2"
+    _write_series(tmp_path / "two", uid=UID, prefix="a")
+    _write_series(tmp_path / "two", n=4, uid=other, prefix="b")
+    out = tmp_path / "m.nii.gz"
+    assert _predict(seg_dir, tmp_path / "two", out, "--prompt", "liver", "--no-zoom-in") == 1
+    _refused(capsys, "2 DICOM series", "--series-uid")
+    assert not out.exists()
+    assert _predict(seg_dir, tmp_path / "two", out, "--prompt", "liver", "--no-zoom-in", "--series-uid", other) == 0
+    chosen = load_volume(tmp_path / "two", series_uid=other)
+    assert load_mask(out, like=chosen).shape == chosen.shape == (4, 5, 4)

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="volume file, DICOM series folder, or (with --batch) a folder of volumes")
     parser.add_argument("--prompt", action="append", default=[], help="structure name or sentence; repeat for several")
     parser.add_argument("--out", required=True, help="output file (one prompt) or folder")
+    parser.add_argument("--series-uid", default=None,
+                        help="DICOM folder holding several series: the SeriesInstanceUID to read (the error lists them)")
     parser.add_argument("--batch", action="store_true", help="--image is a folder: predict every volume in it")
     parser.add_argument("--overlay", action="store_true", help="also write a PNG overlay of representative slices")
     parser.add_argument("--no-zoom-in", action="store_true", help="zoom-out only (one pass at network size)")
@@ -89,7 +91,7 @@ def _run_masks(args: argparse.Namespace) -> int:
     check_seg_prompts(model, args.prompt)
     # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
     common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold,
-                  fmt=args.format, progress=True)
+                  fmt=args.format, progress=True, series_uid=args.series_uid)
     if args.batch:
         with _autocast(args):
             results = predict_folder(model, args.image, args.prompt, args.out, **common)
@@ -192,7 +194,7 @@ def _run_text(args: argparse.Namespace) -> int:
     size = _tower_size(model.towers[0])
 
     def answer(image: Path) -> None:
-        x = model_input(load_volume(image), size, args.preset)
+        x = model_input(load_volume(image, series_uid=args.series_uid), size, args.preset)
         with _autocast(args), torch.no_grad():
             answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
                                      max_new_tokens=args.max_new_tokens, decoding=args.decoding)
@@ -230,7 +232,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         with _autocast(args), torch.no_grad():
             text_emb = model.encode_text(enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)).float()
     for image in _each_input(args):
-        x = model_input(load_volume(image), size, args.preset).to(args.device)
+        x = model_input(load_volume(image, series_uid=args.series_uid), size, args.preset).to(args.device)
         with _autocast(args), torch.no_grad():
             emb = model.encode_image(x).float()
         target = _text_out(Path(args.out), image, args.batch, ".json")
@@ -261,7 +263,8 @@ def _run_reasoning(args: argparse.Namespace) -> int:
     model, processor = load_reasoning_model(args.model, device=args.device)
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
     kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
-              max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch)
+              max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch,
+              series_uid=args.series_uid)
 
     def answer(image: Path) -> None:
         with _autocast(args):

@@ -151,7 +151,7 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
     image, out = Path(image), Path(out)
     if not questions:
         raise ValueError("give at least one question, e.g. 'Where is the liver? Please segment it.'")
-    volume = load_volume(image)
+    volume = load_volume(image, series_uid=kwargs.pop("series_uid", None))
     if not in_folder and out.suffix.lower() == ".json":
         json_path, stem = out, out.stem
     else:
