@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import locale
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,42 @@ for _k, _v in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_k, _v)
+
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    transformers creates its library handler with ``StreamHandler()`` on first use, binding the
+    ``sys.stderr`` of that moment; when that moment falls inside a test that captures output, the
+    handler keeps the capture's file after the test closed it, and every later transformers warning
+    prints "--- Logging error ---" with a traceback into whichever test runs then (a test that
+    asserts "no traceback on stderr" failed only when it ran after such a test). Installing this
+    handler as transformers' default before any test runs removes that order dependence.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
+def _route_transformers_logging() -> None:
+    from transformers.utils import logging as hf_logging
+
+    root = hf_logging._get_library_root_logger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = _CurrentStderrHandler()
+    handler.flush = lambda: sys.stderr.flush()
+    root.addHandler(handler)
+    hf_logging._default_handler = handler
+
+
+_route_transformers_logging()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LAMED_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

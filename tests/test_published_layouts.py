@@ -261,3 +261,30 @@ def test_segvol_training_checkpoint_and_monai_extras():
                             "model.module.image_encoder.blocks.0.norm_cross_attn.weight", "optimizer.state.0.exp_avg"}
     assert "training state" in reasons["optimizer.state.0.exp_avg"]
     assert "cross-attention" in reasons["model.module.image_encoder.blocks.0.norm_cross_attn.weight"]
+
+
+# Input size and pipeline of each release's own inference code (papers / READMEs): M3D-LaMed and SegVol
+# take 32x256x256 volumes; Med3DVLM's DCFormer 128x256x256 (Med3DVLM paper, Sec. 3); the windows are
+# M3D's and Med3DVLM's soft-tissue window [-160, 240] HU, SegVol's foreground normalisation.
+EXPECTED_INPUT = {
+    "m3d_lamed": ((32, 256, 256), "m3d", (-160.0, 240.0)),
+    "med3dvlm": ((128, 256, 256), "med3dvlm", (-160.0, 240.0)),
+    "med3dvlm_siglip": ((128, 256, 256), "med3dvlm", (-160.0, 240.0)),
+    "segvol": ((32, 256, 256), "segvol", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_INPUT))
+def test_imported_release_carries_its_preprocessing(name, llm_tokenizers, caplog):
+    from LaMed.inference.preprocessing import model_preset
+
+    _, (model, _) = import_table(name, llm_tokenizers.get(name, ""))
+    size, preset, window = EXPECTED_INPUT[name]
+    with caplog.at_level("WARNING", logger="LaMed.inference"):
+        chosen = model_preset(model)  # what lamed predict applies when no --preset is given
+    assert (chosen.name, chosen.size, chosen.window) == (preset, size, window)
+    assert not caplog.records  # the stored pipeline is used silently
+    with caplog.at_level("WARNING", logger="LaMed.inference"):
+        other = model_preset(model, "hsenet")
+    assert other.name == "hsenet" and other.size == size
+    assert any("differs from the preprocessing" in r.getMessage() and preset in r.getMessage() for r in caplog.records)

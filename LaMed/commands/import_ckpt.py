@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -406,14 +405,17 @@ def build_release(family: str, state_dict: Mapping, published: Mapping, override
                        f"documented as unused (another variant of the release?):\n{names}{more}")
     report.source_keys, report.consumed, report.dropped = acc.source_keys, len(acc.consumed), acc.dropped
     report.source_values = acc.source_values
+    if not getattr(model.config, "preprocessing", None):  # the published pipeline travels with the weights
+        from LaMed.data.presets import preset_spec
+        from LaMed.models.convert.published import PREPROCESSING
+
+        model.config.preprocessing = preset_spec(PREPROCESSING[family])
     return model, report
 
 
-def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src: str) -> str:
-    """README.md written next to the imported weights: origin, key report, quirks switched on."""
-    importer = IMPORTERS[family]
-    lines = [f"# {importer.description}, imported into LaMed", "",
-             f"Imported with `lamed import {family}` from `{src}`.", "",
+def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src: str) -> List[str]:
+    """The import part of the model card: origin, key report, quirks switched on."""
+    lines = [f"Imported with `lamed import {family}` from `{src}`.", "",
              "## Key report", "",
              f"- {report.consumed} of {report.source_keys} published tensors loaded strictly ({report})."]
     groups = report.dropped_by_reason()
@@ -427,7 +429,7 @@ def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src:
     lines += [f"- `{q.split(': ', 1)[0]}`: {q.split(': ', 1)[1]}" for q in quirks] or ["- none"]
     if overrides:
         lines += ["", "## Config overrides given with --config", "", f"`{json.dumps(dict(overrides))}`"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str | Mapping = "", tokenizer: str = "",
@@ -438,7 +440,8 @@ def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str
     and ``README.md`` (a model card listing the dropped keys and the published quirks switched on).
     """
     from LaMed.models.convert.published import RELEASE_TOKENS, quirks_on
-    from LaMed.utils.atomic import atomic_write_text, write_json_atomic
+    from LaMed.models.card import write_model_card
+    from LaMed.utils.atomic import write_json_atomic
 
     if family not in IMPORTERS:
         raise KeyError(f"unknown family {family!r}; known: {', '.join(IMPORTERS)}")
@@ -464,7 +467,8 @@ def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str
         "family": family, "published_as": importer.description, "source": str(src), "config_overrides": overrides,
         "key_report": str(report), "published_keys": report.source_keys, "consumed_keys": report.consumed,
         "dropped_keys": [{"key": k, "reason": r} for k, r in report.dropped], "quirks": quirks})
-    atomic_write_text(dst / "README.md", _model_card(family, report, quirks, overrides, str(src)))
+    write_model_card(model, dst, f"{importer.description}, imported into LaMed",
+                     _model_card(family, report, quirks, overrides, str(src)))
     return model, report
 
 

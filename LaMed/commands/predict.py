@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from LaMed.inference.outputs import (MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
                                      predict_file, predict_folder, write_overlay)
+from LaMed.inference.preprocessing import model_input, model_preset  # noqa: F401  (model_input re-exported)
 from LaMed.inference.segment import SEG_MODEL_TYPES
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
@@ -50,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="question for a report / VQA model; repeat for several (default: describe the findings)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap (text models)")
     parser.add_argument("--decoding", default="greedy", help="decoding preset: greedy | m3d_demo | med3dvlm | flare_vqa")
-    parser.add_argument("--preset", default="m3d",
-                        help="intensity / crop preprocessing of text and CLIP models, resized to the model's input "
-                             "(default m3d; a prepared .npy in [0, 1] is only resized)")
+    parser.add_argument("--preset", default=None,
+                        help="preprocessing preset (window / normalisation / crop), resized to the model's input; "
+                             "default: the one stored with the model (a different one is used with a warning; a "
+                             "prepared .npy in [0, 1] is only resized)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute precision (bf16: autocast)")
 
 
@@ -91,7 +93,7 @@ def _run_masks(args: argparse.Namespace) -> int:
     check_seg_prompts(model, args.prompt)
     # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
     common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold,
-                  fmt=args.format, progress=True, series_uid=args.series_uid)
+                  fmt=args.format, progress=True, series_uid=args.series_uid, preset=args.preset)
     if args.batch:
         with _autocast(args):
             results = predict_folder(model, args.image, args.prompt, args.out, **common)
@@ -117,35 +119,6 @@ def _autocast(args: argparse.Namespace):
     if getattr(args, "dtype", "fp32") == "bf16":
         return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def model_input(volume, size: Sequence[int], preset: str = "m3d"):
-    """``(1, 1, *size)`` float32 tensor in [0, 1] for a text / CLIP model from a loaded ``Volume``.
-
-    A prepared ``.npy`` (already in [0, 1]) is only resized; anything else goes through ``preset``
-    (window / normalisation, foreground crop) at ``size``.
-    """
-    import dataclasses
-
-    import numpy as np
-    import torch
-
-    from LaMed.data.presets import apply_preset, get_preset
-
-    arr = np.asarray(volume.array, np.float32)
-    size = tuple(int(s) for s in size)
-    if volume.meta.get("format") == "npy" and arr.size and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
-        x = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        return x if tuple(x.shape[2:]) == size else torch.nn.functional.interpolate(x, size=size, mode="trilinear")
-    out = apply_preset(dataclasses.replace(get_preset(preset), size=size), arr, volume.spacing)
-    return torch.from_numpy(np.ascontiguousarray(out["image"], dtype=np.float32))[None]
-
-
-def _tower_size(tower) -> Tuple[int, int, int]:
-    size = getattr(getattr(tower, "config", None), "img_size", None)
-    if size is None:
-        raise ValueError(f"{type(tower).__name__}: cannot tell the model's input size (no config.img_size)")
-    return tuple(int(s) for s in size)
 
 
 def _text_out(out: Path, image: Path, batch: bool, suffix: str) -> Path:
@@ -191,10 +164,10 @@ def _run_text(args: argparse.Namespace) -> int:
     model, processor = load_mllm(resolve_model(args.model), device=args.device)
     questions = args.question or [CAPTION_TEMPLATES[0]]
     _check_questions(processor, questions, text_position_limit(model), args.max_new_tokens)
-    size = _tower_size(model.towers[0])
+    preset = model_preset(model, args.preset)
 
     def answer(image: Path) -> None:
-        x = model_input(load_volume(image, series_uid=args.series_uid), size, args.preset)
+        x = model_input(load_volume(image, series_uid=args.series_uid), preset.size, preset)
         with _autocast(args), torch.no_grad():
             answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
                                      max_new_tokens=args.max_new_tokens, decoding=args.decoding)
@@ -221,7 +194,7 @@ def _run_embed(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_clip(resolve_model(args.model), device=args.device)
     model.eval()
-    size = _tower_size(model.vision_model)
+    preset = model_preset(model, args.preset)
     text_emb = None
     if args.prompt:
         from LaMed.inference.checks import check_text_length, text_position_limit
@@ -232,7 +205,7 @@ def _run_embed(args: argparse.Namespace) -> int:
         with _autocast(args), torch.no_grad():
             text_emb = model.encode_text(enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)).float()
     for image in _each_input(args):
-        x = model_input(load_volume(image, series_uid=args.series_uid), size, args.preset).to(args.device)
+        x = model_input(load_volume(image, series_uid=args.series_uid), preset.size, preset).to(args.device)
         with _autocast(args), torch.no_grad():
             emb = model.encode_image(x).float()
         target = _text_out(Path(args.out), image, args.batch, ".json")
@@ -264,7 +237,7 @@ def _run_reasoning(args: argparse.Namespace) -> int:
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
     kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
               max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch,
-              series_uid=args.series_uid)
+              series_uid=args.series_uid, preset=args.preset)
 
     def answer(image: Path) -> None:
         with _autocast(args):

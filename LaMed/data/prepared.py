@@ -354,3 +354,24 @@ def validate_prepared(root: str | Path, check_values: bool = False, raise_on_err
     if raise_on_error and report.problems:
         raise PreparedError(str(report))
     return report
+
+
+def manifest_preprocessing(path: str | Path) -> Optional[dict]:
+    """The preprocessing that produced a prepared split, as a model config stores it
+    (:func:`LaMed.data.presets.preset_spec`), so a model trained on it is later fed scanner volumes the
+    same way; ``None`` when the manifest does not say (then nothing is stored).
+
+    A manifest names its ``preset``. Phantoms are drawn at their final size and mapped linearly from
+    an HU ``window`` without a crop: that is the ``m3d`` preset with that window and no foreground crop.
+    """
+    from LaMed.data.presets import preset_spec
+
+    if not path:
+        return None
+    manifest = load_manifest(path)
+    if manifest.get("preset"):
+        return preset_spec(str(manifest["preset"]))
+    window = manifest.get("window")
+    if manifest.get("dataset") == "phantom" and isinstance(window, list) and len(window) == 2:
+        return preset_spec("m3d", window=[float(w) for w in window], crop_foreground=False)
+    return None

@@ -44,7 +44,8 @@ from LaMed.data.transforms import (
 )
 from LaMed.utils.registry import Registry
 
-__all__ = ["Preset", "WINDOWS", "register_preset", "list_presets", "get_preset", "apply_preset"]
+__all__ = ["Preset", "WINDOWS", "register_preset", "list_presets", "get_preset", "apply_preset", "preset_spec",
+           "preset_from_spec"]
 
 NORMALIZATIONS = ("minmax", "percentile", "segvol", "slice_minmax", "none")
 IMAGE_MODES = ("trilinear", "nearest-exact", "nearest")
@@ -426,3 +427,48 @@ def _apply_slices(p, raw, f, mid, pre_mask, src_sp, mask_in) -> dict:
         "crop": (0, 0, 0, *raw.shape),
         "preset": p.name,
     }
+
+
+# ------------------------------------------------------------------------------------------
+# Preprocessing stored with a model
+# ------------------------------------------------------------------------------------------
+
+_SPEC_FIELDS = ("size", "spacing", "window", "normalize", "crop_foreground", "image_mode", "mask_mode", "antialias",
+                "percentiles", "slices")
+
+
+def preset_spec(name_or_preset: Union[str, Preset], **overrides) -> dict:
+    """A JSON-able record of a preset and the fields that differ from it, as a model config stores it:
+    ``{"preset": "m3d", "window": [-160.0, 240.0], "size": [32, 256, 256]}``.
+
+    Every field is written out (not only the overrides) so a model folder says exactly what it expects
+    even if the registered preset changes later; :func:`preset_from_spec` rebuilds the :class:`Preset`.
+    """
+    import dataclasses
+
+    base = name_or_preset if isinstance(name_or_preset, Preset) else get_preset(name_or_preset)
+    unknown = sorted(set(overrides) - set(_SPEC_FIELDS))
+    if unknown:
+        raise ValueError(f"preprocessing: unknown field(s) {unknown}; known: {list(_SPEC_FIELDS)}")
+    p = dataclasses.replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()})
+    spec = {"preset": base.name}
+    for k in _SPEC_FIELDS:
+        v = getattr(p, k)
+        spec[k] = list(v) if isinstance(v, tuple) else v
+    return spec
+
+
+def preset_from_spec(spec: Union[str, Mapping]) -> Preset:
+    """The :class:`Preset` a stored record (or a bare preset name) describes; errors name the field."""
+    import dataclasses
+
+    if isinstance(spec, str):
+        return get_preset(spec)
+    if not isinstance(spec, Mapping) or not spec.get("preset"):
+        raise ValueError(f"preprocessing: expected a mapping with a 'preset' name, got {spec!r}")
+    fields = {k: v for k, v in spec.items() if k != "preset"}
+    unknown = sorted(set(fields) - set(_SPEC_FIELDS))
+    if unknown:
+        raise ValueError(f"preprocessing: unknown field(s) {unknown}; known: {list(_SPEC_FIELDS)}")
+    base = get_preset(str(spec["preset"]))
+    return dataclasses.replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()})

@@ -68,16 +68,18 @@ def generate_texts(model, processor, images, questions: Sequence[str], max_new_t
         raise ValueError(f"{len(images)} volume(s) for {n} question(s)")
     kw = decoding_kwargs(decoding, max_new_tokens=max_new_tokens, **gen_kwargs)
     tok = processor.tokenizer
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype  # inputs follow the weights' dtype
     out: List[str] = []
     model.eval()
     for b, start in enumerate(range(0, n, batch_size)):
         stop = min(start + batch_size, n)
-        vols = torch.stack([torch.as_tensor(images[i]) for i in range(start, stop)]).float().to(device)
+        vols = torch.stack([torch.as_tensor(images[i]) for i in range(start, stop)]).to(device, dtype)
         batch = processor(list(questions[start:stop]), padding_side="left")
         extra = {}
         if slice_features is not None:
-            extra["slice_features"] = torch.stack([torch.as_tensor(slice_features[i]) for i in range(start, stop)]).float().to(device)
+            extra["slice_features"] = torch.stack([torch.as_tensor(slice_features[i])
+                                                   for i in range(start, stop)]).to(device, dtype)
         if kw.get("do_sample"):
             torch.manual_seed(seed * 100_003 + b)
         with torch.no_grad():

@@ -63,7 +63,8 @@ def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n
 
 def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Path, overlay: bool = False,
                  zoom_in: bool = True, overlap: float = 0.5, threshold: Optional[float] = None,
-                 fmt: str = ".nii.gz", progress: bool = False, series_uid: Optional[str] = None) -> Dict[str, Path]:
+                 fmt: str = ".nii.gz", progress: bool = False, series_uid: Optional[str] = None,
+                 preset=None) -> Dict[str, Path]:
     """Segment one volume and write the results; returns ``{"mask" | "labels", "legend", "overlay": path}``.
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label
@@ -76,7 +77,7 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
     image = Path(image)
     vol = load_volume(image, series_uid=series_uid)
     pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
-                          progress=progress)
+                          progress=progress, preset=preset)
     out = Path(out)
     as_file = out.name.lower().endswith(MASK_SUFFIXES)
     stem = _stem(image)

@@ -56,12 +56,13 @@ def answer_and_segment(model, processor, images, questions: Sequence[str], max_n
     if len(images) != n:
         raise ValueError(f"{len(images)} volume(s) for {n} question(s)")
     kw = decoding_kwargs(decoding, max_new_tokens=max_new_tokens, **gen_kwargs)
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype  # inputs follow the weights' dtype
     out: List[Answer] = []
     model.eval()
     for b, start in enumerate(range(0, n, batch_size)):
         stop = min(start + batch_size, n)
-        vols = torch.stack([torch.as_tensor(images[i]) for i in range(start, stop)]).float().to(device)
+        vols = torch.stack([torch.as_tensor(images[i]) for i in range(start, stop)]).to(device, dtype)
         batch = processor(list(questions[start:stop]), padding_side="left")
         if kw.get("do_sample"):
             torch.manual_seed(seed * 100_003 + b)
@@ -91,14 +92,18 @@ class QuestionPrediction:
 
 @torch.no_grad()
 def predict_question(model, processor, volume, question: str, zoom_in: bool = True, overlap: float = 0.5,
-                     threshold: float = 0.5, max_new_tokens: int = 64, decoding: str = "greedy") -> QuestionPrediction:
-    """Answer ``question`` about ``volume`` (a ``LaMed.data.io.Volume``) and segment every ``[SEG]`` of the answer."""
+                     threshold: float = 0.5, max_new_tokens: int = 64, decoding: str = "greedy",
+                     preset=None) -> QuestionPrediction:
+    """Answer ``question`` about ``volume`` (a ``LaMed.data.io.Volume``) and segment every ``[SEG]`` of the answer.
+
+    ``preset``: the preprocessing; default: the one the model stores."""
+    from LaMed.inference.preprocessing import model_preset
     from LaMed.inference.segment import preprocess
     from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
     from LaMed.models.segmentation.common import upsample_logits
 
     img_size = tuple(int(s) for s in model.seg_module.config.img_size)
-    pre = preprocess(volume, img_size, model.config.preprocess_preset, native=zoom_in)
+    pre = preprocess(volume, img_size, model_preset(model, preset, size=img_size), native=zoom_in)
     ans = answer_and_segment(model, processor, pre.zoom_out, [question], max_new_tokens=max_new_tokens, decoding=decoding)[0]
     crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
     k = ans.logits.shape[0]

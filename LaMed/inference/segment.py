@@ -64,11 +64,13 @@ class Preprocessed:
     crop: Tuple[int, int, int, int, int, int]
 
 
-def preprocess(volume, img_size: Sequence[int], preset_name: str, native: bool = True) -> Preprocessed:
-    """Apply the preset at network size and, with ``native``, again at the crop's own size."""
-    from LaMed.data.presets import apply_preset, get_preset
+def preprocess(volume, img_size: Sequence[int], preset, native: bool = True) -> Preprocessed:
+    """Apply the preset (a name, a stored record or a ``Preset``) at network size and, with ``native``,
+    again at the crop's own size."""
+    from LaMed.data.presets import Preset, apply_preset, preset_from_spec
 
-    preset = dataclasses.replace(get_preset(preset_name), size=tuple(int(s) for s in img_size))
+    base = preset if isinstance(preset, Preset) else preset_from_spec(preset)
+    preset = dataclasses.replace(base, size=tuple(int(s) for s in img_size))
     zo = apply_preset(preset, volume.array, volume.spacing)
     crop = tuple(int(c) for c in zo["crop"])
     nat = None
@@ -131,9 +133,10 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     from LaMed.models.segmentation.base import Prompts
     from LaMed.models.segmentation.common import upsample_logits
 
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype  # inputs follow the weights (loaded in bf16 -> computed in bf16)
     img_size = tuple(model.config.img_size)
-    x = pre.zoom_out.to(device)
+    x = pre.zoom_out.to(device, dtype)
     enc = _text_prompts(model, texts, device)
     prompts = model._prompts_from_inputs(None, enc["input_ids"], enc["attention_mask"], None, None, None)
     k = len(texts)
@@ -144,7 +147,7 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     fallback: List[str] = []
     if not zoom_in or pre.native is None:
         return logits, fallback
-    native = pre.native.to(device)
+    native = pre.native.to(device, dtype)
     thr = float(model.config.threshold)
     logit_thr = float(np.log(thr / (1.0 - thr)))
     for i, text in enumerate(texts):
@@ -186,8 +189,14 @@ class SegPrediction:
 
 
 def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
-                   sw_batch_size: int = 1, threshold: Optional[float] = None, progress: bool = False) -> SegPrediction:
-    """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``)."""
+                   sw_batch_size: int = 1, threshold: Optional[float] = None, progress: bool = False,
+                   preset=None) -> SegPrediction:
+    """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``).
+
+    ``preset``: the preprocessing (a name, a record or a ``Preset``); default: the one the model stores.
+    """
+    from LaMed.inference.preprocessing import model_preset
+
     from LaMed.inference.checks import check_overlap, check_threshold
 
     if not list(prompts):
@@ -195,7 +204,7 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
     prompts = check_seg_prompts(model, list(prompts))
     overlap = check_overlap(overlap, "overlap")
     thr = float(model.config.threshold if threshold is None else check_threshold(threshold, "threshold"))
-    pre = preprocess(volume, model.config.img_size, model.config.preprocess_preset, native=zoom_in)
+    pre = preprocess(volume, model.config.img_size, model_preset(model, preset), native=zoom_in)
     logits, fallback = zoom_out_zoom_in(model, pre, prompts, zoom_in, overlap, sw_batch_size, progress)
     probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))

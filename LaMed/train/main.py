@@ -83,6 +83,20 @@ def _save_resolved_recipe(recipe, training_args) -> None:
     atomic_write_text(out / RESOLVED_RECIPE_NAME, yaml.safe_dump(data, sort_keys=False))
 
 
+def _write_card(recipe, trainer) -> None:
+    """README.md beside the saved model: what it expects (its stored preprocessing) and returns."""
+    from LaMed.models.card import write_model_card
+
+    model = trainer.model
+    model = getattr(model, "get_base_model", lambda: model)()  # a PEFT wrapper: describe the model inside
+    if getattr(model, "config", None) is None or not hasattr(model.config, "model_type"):
+        return
+    source = recipe.path or "a recipe given in code"
+    write_model_card(model, trainer.args.output_dir, f"LaMed {recipe.task} model",
+                     ["## Training", "", f"- recipe: `{source}` (resolved values in `{RESOLVED_RECIPE_NAME}`)",
+                      f"- steps: {trainer.state.global_step}"])
+
+
 def build_trainer(recipe):
     """Build the task bundle, apply the stage switches and return a ``LaMedTrainer`` (not yet trained)."""
     from transformers import set_seed
@@ -155,6 +169,8 @@ def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), reci
         trainer.write_bad_sample_reports()
     trainer.save_model()
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        _write_card(recipe, trainer)
     for split, tracker in trainer.bad_samples.items():
         if tracker.bad:
             logger.warning("%d bad %s sample(s) skipped on process %d; see %s", len(tracker.bad), split,

@@ -95,6 +95,9 @@ class LamedClipConfig(PreTrainedConfig):
     teacher_config: Optional[Dict[str, Any]] = None
     consistency_weight: float = 0.1
     consistency_steps: int = 5000
+    # What a scanner volume goes through before the vision tower (LaMed.data.presets.preset_spec
+    # record); set by recipes and `lamed import`, used by inference by default.
+    preprocessing: Optional[Dict[str, Any]] = None
     hidden_size: Optional[int] = None  # = projection_dim; read by DeepSpeed "auto" bucket sizes
 
     def __post_init__(self, **kwargs):

@@ -50,6 +50,18 @@ RELEASE_TOKENS: Dict[str, Tuple[str, ...]] = {
     "med3dvlm": ("<im_patch>",),
 }
 
+# The preprocessing preset (LaMed.data.presets) of each release's own pipeline; `lamed import` stores
+# it in the model config, so `lamed predict` feeds the model as its authors did. M3D-CLIP / M3D-LaMed:
+# M3D-Cap volumes (32x256x256); SegVol: its foreground normalisation; Med3DVLM: 128x256x256;
+# Text3DSAM: the FLARE / BiomedSegFM pipeline it was trained with; HSENet: CT-RATE (1.5/0.75/0.75 mm,
+# [-1000, 200] HU); R1Seg-3D: M3D-Seg's SegVol-style normalisation.
+PREPROCESSING: Dict[str, str] = {
+    "m3d_clip": "m3d", "m3d_lamed": "m3d", "m3d_lamed_seg": "m3d", "segvol": "segvol",
+    "med3dvlm_siglip": "med3dvlm", "med3dvlm": "med3dvlm", "text3dsam": "flare",
+    "hsenet_clip_stage1": "hsenet", "hsenet_clip_stage2": "hsenet", "hsenet": "hsenet",
+    "r1seg_sam": "m3d_seg", "r1seg_llm": "m3d_seg",
+}
+
 # field -> {value: what the published code does}
 QUIRKS: Dict[str, Dict[Any, str]] = {
     "image_insertion": {"legacy_offset": "image features spliced by position (right after BOS), not at the <im_patch> ids"},

@@ -82,6 +82,10 @@ class LaMedConfig(PreTrainedConfig):
     vision_feature_norm: str = "none"
     loss_reduction: str = "token"
     tie_word_embeddings: bool = False
+    # What a scanner volume goes through before the tower: a record of LaMed.data.presets.preset_spec
+    # ({"preset": "m3d", "window": [...], "size": [...], ...}); set by recipes (from the prepared
+    # data's manifest) and by `lamed import`; inference uses it unless told otherwise.
+    preprocessing: Optional[Dict[str, Any]] = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

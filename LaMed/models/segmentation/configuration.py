@@ -80,6 +80,9 @@ class SegConfigBase(PretrainedConfig):
     train_prompt_types: list = field(default_factory=lambda: list(SEGVOL_PROMPT_TYPES))
     encode_once: bool = True
     preprocess_preset: str = "segvol"
+    # Full record (LaMed.data.presets.preset_spec) when a recipe or `lamed import` sets one; it wins
+    # over preprocess_preset, which names a registered preset only.
+    preprocessing: Optional[dict] = None
     threshold: float = 0.5
     hidden_size: Optional[int] = None  # = embed_dim; what DeepSpeed "auto" bucket sizes read
 

@@ -142,3 +142,17 @@ def list_tasks() -> Tuple[str, ...]:
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
     return tuple(_TASKS.names())
+
+
+def store_preprocessing(model, train_manifest: str) -> None:
+    """Record in ``model.config.preprocessing`` how the training data was prepared (when the manifest
+    says), so inference feeds scanner volumes the same way. The data a model is trained on decides:
+    a record inherited from a checkpoint it started from is replaced."""
+    from LaMed.data.prepared import manifest_preprocessing
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    record = manifest_preprocessing(train_manifest) if train_manifest else None
+    if record is not None:
+        config.preprocessing = record

@@ -21,7 +21,7 @@ from typing import Dict, Sequence
 
 from LaMed.models.checkpoint_files import MINILM, resolve_text_path  # noqa: F401  (re-exported for recipes' code)
 from LaMed.models.clip.factory import LOSSES, ClipModelArguments, create_clip  # noqa: F401  (re-exported)
-from LaMed.train.tasks import TaskBundle, register_task
+from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
 logger = logging.getLogger("LaMed.train")
 
@@ -82,6 +82,7 @@ def build_clip(model_args: ClipModelArguments, data_args: ClipDataArguments, tra
     if not data_args.train_manifest:
         raise ValueError("data.train_manifest: required (a prepared train.json)")
     model, tokenizer, bases = create_clip(model_args)
+    store_preprocessing(model, data_args.train_manifest)
     transform = None
     if data_args.augment:
         from LaMed.data.transforms import train_augmentation

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from LaMed.models.mllm.factory import MLLMModelArguments, create_mllm, create_tokenizer
-from LaMed.train.tasks import TaskBundle, register_task
+from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
 logger = logging.getLogger("LaMed.train")
 BASE_MODEL_DIR = "base_model"
@@ -112,6 +112,7 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
             base[""] = str(out)
     model.config.use_cache = False  # training
     model.config.loss_reduction = m.loss_reduction  # a training choice, also for a loaded stage-1 model
+    store_preprocessing(model, d.train_manifest if d.data_format == "prepared" else "")
     processor = LaMedProcessor(tokenizer, model.num_image_tokens, prompt_format=m.prompt_format,
                                system_prompt=m.system_prompt or None, max_length=m.max_length or None,
                                image_position=m.image_position)

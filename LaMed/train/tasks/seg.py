@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from LaMed.models.checkpoint_files import resolve_tokenizer  # noqa: F401  (re-exported)
-from LaMed.train.tasks import TaskBundle, register_task
+from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
 DATASETS = ("prepared", "refseg", "label_map", "biomedsegfm")
 
@@ -133,6 +133,12 @@ def build_seg(model_args: SegModelArguments, data_args: SegDataArguments, traini
     tokenizer = resolve_tokenizer(model_args.tokenizer)
     model.tokenizer = tokenizer
     train, val = build_datasets(data_args, model.config.img_size, model.config.preprocess_preset, training_args.seed)
+    if data_args.dataset in ("prepared", "refseg"):  # already-prepared images: their manifest says how
+        store_preprocessing(model, data_args.train_manifest)
+    else:  # the datasets applied preprocess_preset to the scans themselves
+        from LaMed.data.presets import preset_spec
+
+        model.config.preprocessing = preset_spec(model.config.preprocess_preset)
     collate = SegCollator(tokenizer, model.prompt_text, model_args.max_length)
     return TaskBundle(model=model, train_dataset=train, eval_dataset=val, data_collator=collate,
                       base_checkpoints=sources, processing_class=tokenizer)
