@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -47,8 +48,40 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (not the one of its creation)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+    def emit(self, record):
+        # `lamed train` configures the root logger (logging.basicConfig): it prints LaMed's records
+        # then, and printing them here too would show every warning twice.
+        if any(type(h) is logging.StreamHandler for h in logging.getLogger().handlers):
+            return
+        super().emit(record)
+
+
+def _show_warnings() -> None:
+    """LaMed's warnings (e.g. a --preset other than the model's own) reach the terminal as one line each."""
+    logger = logging.getLogger("LaMed")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("lamed: %(levelname)s: %(message)s"))
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _show_warnings()
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)

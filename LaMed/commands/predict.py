@@ -13,7 +13,7 @@ one prompt -> a binary mask; several -> a label map plus ``<name>_labels.json`` 
 segmentation models give masks; report / VQA models (``model_type`` ``lamed``) answer ``--question``
 (default: a findings report) into JSON; reasoning-segmentation models (``lamed_seg``) answer ``--question``
 into JSON plus one mask file per ``[SEG]`` of the answer (source geometry); CLIP models write the volume's embedding and the similarity
-of each ``--prompt`` text. ``--dtype bf16`` runs under autocast. Other model families register modes in
+of each ``--prompt`` text. ``--dtype bf16`` loads the weights in bf16. Other model families register modes in
 :data:`PREDICT_MODES` (``name -> (accepts(model_type), run(args, model, volume, out_stem))``), so
 text and question modes plug in without changing this command's interface.
 
@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from LaMed.inference.outputs import (MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
                                      predict_file, predict_folder, write_overlay)
-from LaMed.inference.preprocessing import model_input, model_preset  # noqa: F401  (model_input re-exported)
+from LaMed.inference.preprocessing import model_input  # noqa: F401  (re-exported for existing callers)
 from LaMed.inference.segment import SEG_MODEL_TYPES
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
@@ -55,7 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preprocessing preset (window / normalisation / crop), resized to the model's input; "
                              "default: the one stored with the model (a different one is used with a warning; a "
                              "prepared .npy in [0, 1] is only resized)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute precision (bf16: autocast)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                        help="dtype the weights are loaded and computed in (bf16: half the memory of fp32; fp16: GPU only)")
+    parser.add_argument("--device-map", default=None, choices=("auto",),
+                        help="report / reasoning models: spread the LLM over the visible GPUs, offloading to the CPU (accelerate)")
+    parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"),
+                        help="report / reasoning models: quantised LLM weights through bitsandbytes (optional, GPU only)")
 
 
 def _model_type(path_or_id: str) -> str:
@@ -69,6 +74,14 @@ def _model_type(path_or_id: str) -> str:
     import LaMed.models.segmentation  # noqa: F401
 
     return AutoConfig.from_pretrained(resolve_model(path_or_id)).model_type
+
+
+def _load(args: argparse.Namespace):
+    """The model of ``--model`` through the Python API (``LaMed.load``), with the dtype / device options."""
+    from LaMed.inference.api import load
+
+    return load(args.model, device=args.device, dtype=args.dtype, preset=args.preset, device_map=args.device_map,
+                load_in=args.load_in)
 
 
 def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens: int) -> None:
@@ -85,41 +98,29 @@ def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens:
 
 
 def _run_masks(args: argparse.Namespace) -> int:
-    from LaMed.inference.segment import check_seg_prompts, load_seg_model
+    from LaMed.inference.segment import check_seg_prompts
 
     if not args.prompt:
         raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
-    model = load_seg_model(args.model, device=args.device)
+    model = _load(args).model
     check_seg_prompts(model, args.prompt)
     # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
     common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold,
                   fmt=args.format, progress=True, series_uid=args.series_uid, preset=args.preset)
     if args.batch:
-        with _autocast(args):
-            results = predict_folder(model, args.image, args.prompt, args.out, **common)
+        results = predict_folder(model, args.image, args.prompt, args.out, **common)
         failed = {k: v for k, v in results.items() if isinstance(v, str)}
         for name, msg in failed.items():
             print(f"{name}: {msg}")
         print(f"{len(results) - len(failed)} of {len(results)} volumes written to {args.out}")
         return 1 if failed else 0
-    with _autocast(args):
-        written = predict_file(model, args.image, args.prompt, args.out, **common)
+    written = predict_file(model, args.image, args.prompt, args.out, **common)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
 
 
 # ---- text and embedding modes (report / VQA models, CLIP) -----------------------------------------
-
-def _autocast(args: argparse.Namespace):
-    import contextlib
-
-    import torch
-
-    if getattr(args, "dtype", "fp32") == "bf16":
-        return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
 
 def _text_out(out: Path, image: Path, batch: bool, suffix: str) -> Path:
     if not batch and out.suffix.lower() == suffix:
@@ -151,26 +152,22 @@ def _over_inputs(args: argparse.Namespace, work: Callable[[Path], None]) -> int:
 
 def _run_text(args: argparse.Namespace) -> int:
     """Report / VQA model: answers to ``--question`` (default: a report) as JSON (``--out x.json`` or a folder)."""
-    from LaMed.data.io import load_volume
     from LaMed.data.prompts import CAPTION_TEMPLATES
     from LaMed.inference.checks import text_position_limit
-    from LaMed.inference.generate import generate_texts, load_mllm
-    from LaMed.inference.hub import resolve_model
 
     import torch
 
     if args.prompt:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a report / VQA model with --question")
-    model, processor = load_mllm(resolve_model(args.model), device=args.device)
+    vlm = _load(args)
     questions = args.question or [CAPTION_TEMPLATES[0]]
-    _check_questions(processor, questions, text_position_limit(model), args.max_new_tokens)
-    preset = model_preset(model, args.preset)
+    _check_questions(vlm.processor, questions, text_position_limit(vlm.model), args.max_new_tokens)
+    vlm.preprocessing  # noqa: B018  (warns once, up front, when --preset differs from the stored one)
 
     def answer(image: Path) -> None:
-        x = model_input(load_volume(image, series_uid=args.series_uid), preset.size, preset)
-        with _autocast(args), torch.no_grad():
-            answers = generate_texts(model, processor, x.expand(len(questions), -1, -1, -1, -1), questions,
-                                     max_new_tokens=args.max_new_tokens, decoding=args.decoding)
+        with torch.no_grad():
+            answers = vlm.generate(image, questions, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
+                                   series_uid=args.series_uid)
         target = _text_out(Path(args.out), image, args.batch, ".json")
         record = {"source": str(image), "model": str(args.model),
                   "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]}
@@ -188,26 +185,17 @@ def _run_embed(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from LaMed.data.io import load_volume
-    from LaMed.inference.hub import resolve_model
-    from LaMed.inference.retrieval import load_clip
 
-    model, tokenizer = load_clip(resolve_model(args.model), device=args.device)
-    model.eval()
-    preset = model_preset(model, args.preset)
+    clip = _load(args)
+    clip.preprocessing  # noqa: B018  (warns once, up front, when --preset differs from the stored one)
     text_emb = None
     if args.prompt:
-        from LaMed.inference.checks import check_text_length, text_position_limit
-
-        check_text_length(tokenizer, args.prompt, text_position_limit(model.text_model, tokenizer), "--prompt",
-                          what="the CLIP text tower")
-        enc = tokenizer(list(args.prompt), padding=True, return_tensors="pt")
-        with _autocast(args), torch.no_grad():
-            text_emb = model.encode_text(enc["input_ids"].to(args.device), enc["attention_mask"].to(args.device)).float()
+        try:
+            text_emb = torch.from_numpy(clip.embed_text(args.prompt))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("texts:", "--prompt:", 1)) from None
     for image in _each_input(args):
-        x = model_input(load_volume(image, series_uid=args.series_uid), preset.size, preset).to(args.device)
-        with _autocast(args), torch.no_grad():
-            emb = model.encode_image(x).float()
+        emb = torch.from_numpy(clip.embed(image, series_uid=args.series_uid))[None]
         target = _text_out(Path(args.out), image, args.batch, ".json")
         npz = target.with_suffix(".npz")
         with atomic_path(npz, suffix=".npz") as tmp:
@@ -227,21 +215,21 @@ def _run_embed(args: argparse.Namespace) -> int:
 def _run_reasoning(args: argparse.Namespace) -> int:
     """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
     from LaMed.inference.checks import text_position_limit
-    from LaMed.inference.reasoning import load_reasoning_model, predict_question_file
+    from LaMed.inference.reasoning import predict_question_file
 
     if args.prompt:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")
     if not args.question:
         raise ValueError("--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'")
-    model, processor = load_reasoning_model(args.model, device=args.device)
+    loaded = _load(args)
+    model, processor = loaded.model, loaded.processor
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
     kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
               max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch,
               series_uid=args.series_uid, preset=args.preset)
 
     def answer(image: Path) -> None:
-        with _autocast(args):
-            record = predict_question_file(model, processor, image, args.question, args.out, **kw)
+        record = predict_question_file(model, processor, image, args.question, args.out, **kw)
         for a in record["answers"]:
             print(f"{image.name}: {a['question']}\n{a['answer']}\nmasks: {', '.join(a['masks']) or 'none'}\n")
         print(f"written: {record['json']}")

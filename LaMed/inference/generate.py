@@ -37,8 +37,13 @@ def decoding_kwargs(preset: str = "greedy", **overrides) -> Dict[str, Any]:
     return out
 
 
-def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu"):
-    """``(model, processor)`` from a saved LaMed folder (model + ``lamed_processor.json``)."""
+def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pretrained):
+    """``(model, processor)`` from a saved LaMed folder (model + ``lamed_processor.json``).
+
+    ``dtype``: the dtype the weights are loaded in (``from_pretrained`` builds on the meta device and
+    fills in the saved tensors, so a bf16 load never holds an fp32 copy). ``from_pretrained``: extra
+    arguments such as ``device_map="auto"`` or a ``quantization_config``; with a ``device_map`` the
+    model is not moved to ``device``."""
     import torch
 
     from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
@@ -46,7 +51,8 @@ def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu"):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (not a saved LaMed model folder)")
-    model = LaMedForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
+    model = LaMedForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **from_pretrained)
+    model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(path)
     if processor.num_image_tokens != model.num_image_tokens:
         raise ValueError(f"{path}: processor expects {processor.num_image_tokens} image tokens, the model gives "

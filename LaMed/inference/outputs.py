@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence
 
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
-__all__ = ["MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay"]
+__all__ = ["MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay",
+           "write_segmentation"]
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
@@ -71,29 +72,45 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
     map with the legend beside it); otherwise it is a folder receiving ``<case>_<prompt><fmt>``
     or ``<case>_labels<fmt>`` + ``<case>_labels.json``.
     """
-    from LaMed.data.io import load_volume, save_volume
+    from LaMed.data.io import load_volume
     from LaMed.inference.segment import predict_volume
 
     image = Path(image)
     vol = load_volume(image, series_uid=series_uid)
     pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
                           progress=progress, preset=preset)
+    return write_segmentation(pred, vol, out, fmt=fmt, overlay=overlay, source=image)
+
+
+def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", overlay: bool = False,
+                       source: Optional[Path] = None) -> Dict[str, Path]:
+    """Write a :class:`~LaMed.inference.segment.SegPrediction` of ``volume`` in its source geometry.
+
+    ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label map,
+    the legend beside it); otherwise a folder receiving ``<case>_<prompt><fmt>`` or
+    ``<case>_labels<fmt>``, plus ``<name>.json`` (source, label -> prompt, prompts whose zoom-in was
+    skipped) and, with ``overlay``, ``<name>.png``. Returns ``{"mask" | "labels", "legend", "overlay": path}``.
+    """
+    from LaMed.data.io import save_volume
+
+    source = Path(source if source is not None else (volume.path or "volume"))
     out = Path(out)
     as_file = out.name.lower().endswith(MASK_SUFFIXES)
-    stem = _stem(image)
+    stem = _stem(source)
     written: Dict[str, Path] = {}
-    if len(prompts) == 1:
-        target = out if as_file else out / f"{stem}_{_safe(prompts[0])}{fmt}"
-        written["mask"] = save_volume(pred.masks[prompts[0]].astype("uint8"), target, like=vol)
+    if len(pred.prompts) == 1:
+        target = out if as_file else out / f"{stem}_{_safe(pred.prompts[0])}{fmt}"
+        written["mask"] = save_volume(pred.masks[pred.prompts[0]].astype("uint8"), target, like=volume)
     else:
         target = out if as_file else out / f"{stem}_labels{fmt}"
-        written["labels"] = save_volume(pred.label_map, target, like=vol)
+        written["labels"] = save_volume(pred.label_map, target, like=volume)
     legend_path = target.parent / f"{_stem(target)}.json"
-    write_json_atomic(legend_path, {"source": str(image), "labels": {str(k): v for k, v in pred.legend.items()},
+    write_json_atomic(legend_path, {"source": str(source), "labels": {str(k): v for k, v in pred.legend.items()},
                                     "zoom_in_skipped": pred.fallback})
     written["legend"] = legend_path
     if overlay:
-        written["overlay"] = write_overlay(vol.array, pred.label_map, pred.legend, target.parent / f"{_stem(target)}.png")
+        written["overlay"] = write_overlay(volume.array, pred.label_map, pred.legend,
+                                           target.parent / f"{_stem(target)}.png")
     return written
 
 

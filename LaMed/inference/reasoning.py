@@ -22,14 +22,16 @@ import numpy as np
 import torch
 
 
-def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None):
-    """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id."""
+def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None, **from_pretrained):
+    """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id;
+    ``dtype`` and ``from_pretrained`` (``device_map``, ``quantization_config``) as in ``load_mllm``."""
     from LaMed.inference.hub import resolve_model
     from LaMed.models.mllm import LaMedProcessor
     from LaMed.models.reasoning import LaMedSegForCausalLM
 
     folder = resolve_model(path)
-    model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32).to(device).eval()
+    model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32, **from_pretrained)
+    model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(folder)
     if processor.num_image_tokens != model.num_image_tokens:
         raise ValueError(f"{folder}: processor expects {processor.num_image_tokens} image tokens, the model gives "

@@ -200,13 +200,14 @@ def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, fir
     return out
 
 
-def load_clip(model_dir: str | Path, device: Optional[str] = None):
-    """``(model, tokenizer)`` from a LaMed CLIP folder (``save_pretrained`` + tokenizer files)."""
+def load_clip(model_dir: str | Path, device: Optional[str] = None, dtype=None):
+    """``(model, tokenizer)`` from a LaMed CLIP folder (``save_pretrained`` + tokenizer files); ``dtype``:
+    the dtype the weights are loaded in (default float32)."""
     from transformers import AutoTokenizer
 
     from LaMed.models.clip import LamedClipModel
 
-    model = LamedClipModel.from_pretrained(str(model_dir))
+    model = LamedClipModel.from_pretrained(str(model_dir), **({"dtype": dtype} if dtype is not None else {}))
     tok_dir = Path(model_dir)
     if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         path = model.config.text_model_path
