@@ -459,3 +459,38 @@ def test_med3dvlm_matches_reference():
         "output_2": greedy_new_tokens(model, images, ids, mask, tok["eos"], tok["pad"]),
         "output_3": model.get_image_features(images),
     })
+
+
+# ---- R1Seg-3D step-1 SAM: text-only SegVol decoder, conv3d mask path, one click, its Dice + BCE ------
+
+def test_r1seg_sam_matches_reference():
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.segmentation import create_seg_model
+
+    case = fixture_case("r1seg_sam")
+    kw = case.meta["constructor_kwargs"]
+    vit, dec, e = kw["vit"], kw["decoder"], kw["embed_dim"]
+    text = {k: v for k, v in kw["text_config"].items() if k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "max_position_embeddings")}
+    text.update(model_type="clip_text_model", eos_token_id=63, bos_token_id=62, pad_token_id=63)
+    model = create_seg_model(
+        "r1seg_sam_published", img_size=tuple(kw["img_size"]), image_encoder="vit3d_test",
+        image_encoder_overrides=dict(cls_token=False, patch_size=tuple(kw["patch_size"]), **vit),
+        embed_dim=e, num_heads=dec["num_heads"], mlp_dim=dec["mlp_dim"], transformer_depth=dec["depth"],
+        iou_head_depth=dec["iou_head_depth"], iou_head_hidden_dim=dec["iou_head_hidden_dim"],
+        num_multimask_outputs=dec["num_multimask_outputs"], mask_in_chans=dec["mask_in_chans"], text_encoder_config=text,
+        refine_passes=kw["num_clicks"], loss="dice_bce_r1seg",
+    ).eval()
+    load_strict(model, convert_state_dict(case.meta["family"], case.weights), "r1seg_sam fixture")
+
+    volume, ids, mask, segs = (case[k] for k in ("input", "input_2", "input_3", "input_4"))
+    final, hidden = model.image_encoder.forward_hidden_states(volume)
+    train = model(volume, labels=segs, input_ids=ids[:, None], attention_mask=mask[:, None])
+    assert_matches(case, {
+        "output": model(volume, input_ids=ids, attention_mask=mask).logits,
+        "output_2": train.loss.reshape(1),
+        "output_3": model.encode_text(ids, mask),
+        "output_4": final,
+        "output_5": hidden[-1],
+    })
