@@ -494,3 +494,39 @@ def test_r1seg_sam_matches_reference():
         "output_4": final,
         "output_5": hidden[-1],
     })
+
+
+def test_m3d_lamed_seg_matches_reference():
+    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.convert.mllm import legacy_config_fields
+    from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
+
+    case = fixture_case("m3d_lamed_seg")
+    kw = case.meta["constructor_kwargs"]
+    published = {**kw["LamedPhi3Config"], "model_type": "lamed_phi3"}
+    tok = case.meta["tokenizer"]
+    converted = convert_state_dict("m3d_lamed_seg", case.weights)
+    fields = {**_vision_fields("m3d_lamed_seg", converted, published), **legacy_config_fields("m3d_lamed")}
+    vit, dec = kw["vit (tower and seg)"], kw["decoder"]
+    # config.json has no head count; the release's towers use 64-wide heads, this tiny one 8-wide.
+    fields["vision_overrides"]["num_heads"] = vit["num_heads"]
+    # The SegVol module's sizes (ViT-B, decoder MLP 2048 / 8 heads / IoU 256 in the release) are shrunk here.
+    fields["seg_overrides"] = {
+        **fields["seg_overrides"], "image_encoder": "vit3d_test", "embed_dim": vit["hidden_size"],
+        "image_encoder_overrides": dict(cls_token=False, patch_size=tuple(published["patch_size"]), **vit),
+        "num_heads": dec["num_heads"], "mlp_dim": dec["mlp_dim"], "transformer_depth": dec["depth"],
+        "iou_head_hidden_dim": dec["iou_head_hidden_dim"],
+    }
+    vocab = int(converted["language_model.model.embed_tokens.weight"].shape[0])
+    config = LaMedSegConfig(text_config=_text_config("m3d_lamed_seg", published, vocab), image_token_id=tok["im_patch"],
+                            seg_token_id=tok["seg"], **fields)
+    model = LaMedSegForCausalLM(config).eval()
+    load_strict(model, converted, "m3d_lamed_seg fixture")
+
+    images, ids, mask, labels, segs = (case[k] for k in ("input", "input_2", "input_3", "input_4", "input_5"))
+    seg = model(images=images, input_ids=ids, attention_mask=mask, labels=labels, seg_masks=segs, return_seg_logits=True)
+    lm = model(images=images, input_ids=ids, attention_mask=mask, labels=labels)
+    assert seg.seg_index.tolist() == [[0, 0], [1, 0]]  # one averaged prompt per row
+    assert_matches(case, {"output": seg.loss.reshape(1), "output_2": seg.seg_logits, "output_3": lm.loss.reshape(1),
+                          "output_4": lm.logits})
