@@ -530,3 +530,38 @@ def test_m3d_lamed_seg_matches_reference():
     assert seg.seg_index.tolist() == [[0, 0], [1, 0]]  # one averaged prompt per row
     assert_matches(case, {"output": seg.loss.reshape(1), "output_2": seg.seg_logits, "output_3": lm.loss.reshape(1),
                           "output_4": lm.logits})
+
+
+def test_r1seg_llm_matches_reference():
+    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.convert.mllm import legacy_config_fields
+    from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
+
+    case = fixture_case("r1seg_llm")
+    kw = case.meta["constructor_kwargs"]
+    published = {**kw["LamedPhi3Config"], "model_type": "lamed_phi3"}
+    tok, dec = case.meta["tokenizer"], kw["decoder"]
+    converted = convert_state_dict("r1seg_llm", case.weights)
+    fields = {**_vision_fields("r1seg_llm", converted, published), **legacy_config_fields("m3d_lamed")}
+    # The release's ViT has 64-wide heads (R1Seg3DSAM_Config defaults); this tiny one 8-wide.
+    fields["vision_overrides"]["num_heads"] = published["num_heads"]
+    # The decoder's sizes (MLP 2048 / 8 heads / IoU 256 in the release) are shrunk here.
+    fields["seg_overrides"] = {**fields["seg_overrides"], "embed_dim": published["mm_hidden_size"],
+                               "num_heads": dec["num_heads"], "mlp_dim": dec["mlp_dim"], "transformer_depth": dec["depth"],
+                               "iou_head_hidden_dim": dec["iou_head_hidden_dim"]}
+    vocab = int(converted["language_model.model.embed_tokens.weight"].shape[0])
+    config = LaMedSegConfig(text_config=_text_config("r1seg_llm", published, vocab), image_token_id=tok["im_patch"],
+                            seg_token_id=tok["seg"], **fields)
+    model = LaMedSegForCausalLM(config).eval()
+    load_strict(model, converted, "r1seg_llm fixture")
+
+    images, ids, mask, labels, segs = (case[k] for k in ("input", "input_2", "input_3", "input_4", "input_5"))
+    seg = model(images=images, input_ids=ids, attention_mask=mask, labels=labels, seg_masks=segs, return_seg_logits=True)
+    lm = model(images=images, input_ids=ids, attention_mask=mask, labels=labels)
+    assert_matches(case, {
+        "output": seg.loss.reshape(1), "output_2": seg.seg_logits, "output_3": lm.loss.reshape(1), "output_4": lm.logits,
+        "output_5": greedy_new_tokens(model, images, ids[:, :9], mask[:, :9], tok["eos"], tok["pad"]),
+        "output_6": model.get_image_features(images),
+        "output_7": model.vision_tower.forward_features(images),
+    })
