@@ -320,6 +320,12 @@ def test_segvol_full_matches_reference():
     text_kw = dict(input_ids=ids, attention_mask=mask)
     final, hidden = model.image_encoder.forward_hidden_states(volume)
     pooled = model.text_encoder.model(input_ids=ids, attention_mask=mask).pooler_output
+    # The image encoder alone through the ``segvol_vit`` converter (ViT3D without CLS).
+    tower = vit_from_case({"img_size": kw["img_size"], "patch_size": kw["patch_size"], "in_channels": 1, **vit},
+                          convert_state_dict("segvol_vit", case.weights))
+    load_strict(tower, convert_state_dict("segvol_vit", case.weights), "segvol_full fixture (segvol_vit)")
+    assert max_diff(tower.forward_features(volume), case["output_5"]) <= tolerance(case["output_5"])
+    assert tower.num_prefix_tokens == 0
     assert_matches(case, {
         "output": logits(boxes=boxes, **text_kw),
         "output_2": logits(**text_kw),
@@ -394,6 +400,14 @@ def test_hsenet_clip_stage2_matches_reference():
     out = model(image=images, input_ids=ids, attention_mask=mask, slice_features=slices, return_loss=True,
                 step=case.meta["global_step"])
     final, hidden = model.vision_model.forward_hidden_states(images, slice_features=slices)
+    # The 2E3 tower alone through the ``hsenet_2e3`` converter, as the VLM loads it.
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.encoders.e2e3 import E2E3Encoder
+
+    tower_sd = convert_state_dict("hsenet_2e3", case.weights, prefix="vision_encoder.")
+    tower = E2E3Encoder(**model.vision_model.config.to_dict()).eval()
+    load_strict(tower, tower_sd, "hsenet_clip_stage2 fixture (hsenet_2e3)")
+    assert max_diff(tower.forward_features(images, slice_features=slices), case["output_3"]) <= tolerance(case["output_3"])
     assert_matches(case, {
         "output": out.loss.reshape(1), "output_2": (out.logits_per_image + out.logits_per_text) / 2,
         "output_3": final, "output_4": hidden[0], "output_5": model.teacher.encode_image(images),
