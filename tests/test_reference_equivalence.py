@@ -579,3 +579,21 @@ def test_r1seg_llm_matches_reference():
         "output_6": model.get_image_features(images),
         "output_7": model.vision_tower.forward_features(images),
     })
+
+
+# ---- DCFormer, original mirthAI/DCFormer layout (gamma, BatchNorm aliases, VQ codebook) -------------
+
+def test_dcformer_original_layout_matches_reference():
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.convert.dcformer import detect_source
+
+    case = fixture_case("dcformer_original")
+    assert detect_source(case.weights) == "dcformer"
+    converted = convert_state_dict(case.meta["family"], case.weights)
+    x = case["input"]
+    enc = dcformer_from_weights(converted, "dcformer", x.shape[2:])
+    load_strict(enc, converted, "dcformer_original fixture")
+    maps = enc.forward_intermediates(x, indices=(0, 1, 2, 3, 4))  # (B, C, D, H, W)
+    names = ("output", "output_2", "output_3", "output_4", "output_5")
+    # The reference keeps its internal (B, C, H, W, D) layout.
+    assert_matches(case, {n: m.permute(0, 1, 3, 4, 2) for n, m in zip(names, maps)})
