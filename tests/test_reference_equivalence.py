@@ -72,11 +72,14 @@ def max_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return (ours.detach().double() - reference.double()).abs().max().item()
 
 
-def assert_matches(case: Case, ours: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    """Every reference output of ``case`` is in ``ours`` and within tolerance; returns the max |diff| per output."""
-    assert sorted(ours) == case.outputs(), f"{case.folder.name}: compared {sorted(ours)}, case has {case.outputs()}"
+def assert_matches(case: Case, ours: Dict[str, torch.Tensor], only=None) -> Dict[str, float]:
+    """Every reference output of ``case`` (or those named in ``only``) is in ``ours`` and within
+    tolerance; returns the max |diff| per output."""
+    if only is None:
+        assert sorted(ours) == case.outputs(), f"{case.folder.name}: compared {sorted(ours)}, case has {case.outputs()}"
+    names = list(only) if only is not None else case.outputs()
     diffs, bad = {}, []
-    for name in case.outputs():
+    for name in names:
         ref = case[name]
         if not ref.is_floating_point():  # token ids
             assert torch.equal(ours[name].to(ref.dtype), ref), f"{case.folder.name}/{name}: {ours[name].tolist()} vs {ref.tolist()}"
@@ -510,13 +513,13 @@ def test_r1seg_sam_matches_reference():
     })
 
 
-def test_m3d_lamed_seg_matches_reference():
+def _m3d_lamed_seg_model(case: Case):
+    """The M3D-LaMed + SegVol fixture built the way ``lamed import m3d_lamed_seg`` builds it."""
     from LaMed.commands.import_ckpt import _text_config, _vision_fields
     from LaMed.models.convert import convert_state_dict
     from LaMed.models.convert.mllm import legacy_config_fields
     from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
 
-    case = fixture_case("m3d_lamed_seg")
     kw = case.meta["constructor_kwargs"]
     published = {**kw["LamedPhi3Config"], "model_type": "lamed_phi3"}
     tok = case.meta["tokenizer"]
@@ -537,13 +540,18 @@ def test_m3d_lamed_seg_matches_reference():
                             seg_token_id=tok["seg"], **fields)
     model = LaMedSegForCausalLM(config).eval()
     load_strict(model, converted, "m3d_lamed_seg fixture")
+    return model
 
+
+def test_m3d_lamed_seg_matches_reference():
+    case = fixture_case("m3d_lamed_seg")
+    model = _m3d_lamed_seg_model(case)
     images, ids, mask, labels, segs = (case[k] for k in ("input", "input_2", "input_3", "input_4", "input_5"))
     seg = model(images=images, input_ids=ids, attention_mask=mask, labels=labels, seg_masks=segs, return_seg_logits=True)
     lm = model(images=images, input_ids=ids, attention_mask=mask, labels=labels)
     assert seg.seg_index.tolist() == [[0, 0], [1, 0]]  # one averaged prompt per row
     assert_matches(case, {"output": seg.loss.reshape(1), "output_2": seg.seg_logits, "output_3": lm.loss.reshape(1),
-                          "output_4": lm.logits})
+                          "output_4": lm.logits}, only=("output", "output_2", "output_3", "output_4"))
 
 
 def test_r1seg_llm_matches_reference():
@@ -597,3 +605,21 @@ def test_dcformer_original_layout_matches_reference():
     names = ("output", "output_2", "output_3", "output_4", "output_5")
     # The reference keeps its internal (B, C, H, W, D) layout.
     assert_matches(case, {n: m.permute(0, 1, 3, 4, 2) for n, m in zip(names, maps)})
+
+
+def test_m3d_lamed_seg_generation_with_masks_matches_reference():
+    """Greedy answers with [SEG]; row 1 starts with [SEG], which the published generate skips."""
+    case = fixture_case("m3d_lamed_seg")
+    model = _m3d_lamed_seg_model(case)
+    assert model.config.seg_first_new_token is False  # set by the importer's published fields
+    images, ids, mask = case["input"], case["input_2"], case["input_3"]
+    tok = case.meta["tokenizer"]
+    out = model.generate_with_masks(ids[:, :7], images, mask[:, :7], max_new_tokens=5, do_sample=False, num_beams=1,
+                                    eos_token_id=tok["eos"], pad_token_id=tok["pad"])
+    assert out.seg_index[:, 0].tolist() == [0, 1]  # one averaged prompt per row
+    assert_matches(case, {"output_5": out.sequences, "output_6": out.seg_logits}, only=("output_5", "output_6"))
+    # LaMed's own default reads the leading [SEG] too, which changes row 1's averaged prompt.
+    model.config.seg_first_new_token = True
+    again = model.generate_with_masks(ids[:, :7], images, mask[:, :7], max_new_tokens=5, do_sample=False, num_beams=1,
+                                      eos_token_id=tok["eos"], pad_token_id=tok["pad"])
+    assert max_diff(again.seg_logits[1], case["output_6"][1]) > tolerance(case["output_6"])
