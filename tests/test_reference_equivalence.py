@@ -18,6 +18,7 @@ Reference code: BAAI-DCAI/M3D, BAAI-DCAI/SegVol, mirthAI/Med3DVLM, mirthAI/Text3
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict
 
@@ -32,6 +33,13 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reference"
 
 # ---- case loading and comparison ---------------------------------------------------------------
 
+def formula_tensor(shape, salt: int, scale: float = 1.0, offset: float = 0.0) -> torch.Tensor:
+    """``offset + scale * sin(0.7 + 1.3 * salt + 2.39996 * i)`` over the flat index (float64 -> float32),
+    the rule of cases stored as a formula (see their case.json)."""
+    i = torch.arange(math.prod(shape), dtype=torch.float64)
+    return (offset + scale * torch.sin(0.7 + 1.3 * salt + 2.39996 * i)).float().reshape(shape)
+
+
 class Case:
     """One reference case: ``weights`` (reference key names), ``io`` (inputs / outputs), ``meta`` (case.json)."""
 
@@ -40,8 +48,20 @@ class Case:
 
         self.folder = folder
         self.meta = json.loads((folder / "case.json").read_text(encoding="utf-8"))
-        self.weights: Dict[str, torch.Tensor] = load_file(str(folder / "weights.safetensors"))
         self.io: Dict[str, torch.Tensor] = load_file(str(folder / "io.safetensors"))
+        formula = self.meta.get("weights_formula")
+        if formula is None:
+            self.weights: Dict[str, torch.Tensor] = load_file(str(folder / "weights.safetensors"))
+            return
+        # Too large to store: weights and inputs are the generator's closed-form tensors.
+        kinds = formula["kinds"]
+        self.weights = {}
+        for salt, (key, spec) in enumerate(formula["keys"].items()):
+            scale, offset = kinds[spec["kind"]]
+            scale = 1.0 / math.sqrt(math.prod(spec["shape"][1:])) if scale is None else scale
+            self.weights[key] = formula_tensor(spec["shape"], salt, scale, offset)
+        for name, spec in self.meta.get("inputs_formula", {}).items():
+            self.io[name] = formula_tensor(spec["shape"], spec["salt"], spec["scale"])
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.io[name]
@@ -623,3 +643,17 @@ def test_m3d_lamed_seg_generation_with_masks_matches_reference():
     again = model.generate_with_masks(ids[:, :7], images, mask[:, :7], max_new_tokens=5, do_sample=False, num_beams=1,
                                       eos_token_id=tok["eos"], pad_token_id=tok["pad"])
     assert max_diff(again.seg_logits[1], case["output_6"][1]) > tolerance(case["output_6"])
+
+
+# ---- HSENet packers (two VisualPacker_3d_phi_v3 streams; weights by formula) ---------------------------
+
+def test_hsenet_packer_matches_reference():
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.projectors import create_projector
+
+    case = fixture_case("hsenet_packer")
+    kw = case.meta["constructor_kwargs"]
+    grid = tuple(i // p for i, p in zip(kw["image_size"], kw["patch_size"]))
+    proj = create_projector("hsenet_packer", in_dim=kw["in_dim"], out_dim=kw["out_dim"], grid_size=grid).eval()
+    load_strict(proj, convert_state_dict(case.meta["family"], case.weights), "hsenet_packer fixture")
+    assert_matches(case, {"output": proj([case["input"], case["input_2"]])})
