@@ -61,7 +61,7 @@ class Case:
             scale = 1.0 / math.sqrt(math.prod(spec["shape"][1:])) if scale is None else scale
             self.weights[key] = formula_tensor(spec["shape"], salt, scale, offset)
         for name, spec in self.meta.get("inputs_formula", {}).items():
-            self.io[name] = formula_tensor(spec["shape"], spec["salt"], spec["scale"])
+            self.io[name] = formula_tensor(spec["shape"], spec["salt"], spec["scale"], spec.get("offset", 0.0))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.io[name]
@@ -657,3 +657,36 @@ def test_hsenet_packer_matches_reference():
     proj = create_projector("hsenet_packer", in_dim=kw["in_dim"], out_dim=kw["out_dim"], grid_size=grid).eval()
     load_strict(proj, convert_state_dict(case.meta["family"], case.weights), "hsenet_packer fixture")
     assert_matches(case, {"output": proj([case["input"], case["input_2"]])})
+
+
+def test_hsenet_vlm_matches_reference():
+    """HSENet: 3D ViT and 2E3 towers (768 wide, given slice features), two packers, Phi-3; formula weights."""
+    from transformers import Phi3Config
+
+    from LaMed.models.convert import convert_state_dict
+    from LaMed.models.convert.mllm import legacy_config_fields
+    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
+
+    case = fixture_case("hsenet")
+    kw = case.meta["constructor_kwargs"]
+    llm = {k: v for k, v in kw["LamedPhi3Config"].items() if k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "original_max_position_embeddings", "rope_theta",
+        "rms_norm_eps", "sliding_window", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")}
+    t = kw["towers"]
+    tower = dict(img_size=kw["LamedPhi3Config"]["image_size"], patch_size=kw["LamedPhi3Config"]["patch_size"],
+                 hidden_size=t["hidden_size"], num_layers=t["num_layers"], mlp_dim=t["mlp_dim"], num_heads=t["num_heads"])
+    tok = case.meta["tokenizer"]
+    config = LaMedConfig(text_config=Phi3Config(**llm), vision_tower=["vit3d_base", "vit3d_2e3_base"],
+                         vision_overrides=[tower, tower], projector="hsenet_packer", slice_feature_source="input",
+                         image_token_id=tok["im_patch"], **legacy_config_fields("hsenet"))
+    model = LaMedForCausalLM(config).eval()
+    load_strict(model, convert_state_dict("hsenet", case.weights), "hsenet fixture")
+    images, ids, mask, slices = case["input"], case["input_2"], case["input_3"], case["input_4"]
+    feats = model.get_image_features(images, slice_features=slices)
+    logits = model(input_ids=ids, attention_mask=mask, image_features=feats).logits
+    assert_matches(case, {
+        "output": logits[:, -8:],
+        "output_2": greedy_new_tokens(model, images, ids, mask, tok["eos"], tok["pad"], slice_features=slices),
+        "output_3": feats,
+    })
