@@ -102,7 +102,8 @@ def assert_matches(case: Case, ours: Dict[str, torch.Tensor], only=None) -> Dict
     for name in names:
         ref = case[name]
         if not ref.is_floating_point():  # token ids
-            assert torch.equal(ours[name].to(ref.dtype), ref), f"{case.folder.name}/{name}: {ours[name].tolist()} vs {ref.tolist()}"
+            got = ours[name].to(ref.dtype)
+            assert torch.equal(got, ref), f"{case.folder.name}/{name}: {got.tolist()} vs reference {ref.tolist()}"
             diffs[name] = 0.0
             continue
         diffs[name] = max_diff(ours[name], ref)
@@ -335,7 +336,8 @@ def test_segvol_full_matches_reference():
     ).eval()
     load_strict(model, convert_state_dict(case.meta["family"], case.weights), "segvol_full fixture")
 
-    volume, ids, mask, boxes, points, labels = (case[k] for k in ("input", "input_2", "input_3", "input_4", "input_5", "input_6"))
+    volume, ids, mask, boxes, points, labels = (
+        case[k] for k in ("input", "input_2", "input_3", "input_4", "input_5", "input_6"))
 
     def logits(**kw):
         return model(volume, **kw).logits
@@ -379,7 +381,8 @@ def test_m3d_clip_matches_reference():
     out = model(image=images, input_ids=ids, attention_mask=mask, return_loss=True)
     # The reference encoders return whole normalised sequences; the CLIP embedding is token 0 of each.
     image_seq = F.normalize(model.visual_projection(model.vision_model.forward_features(images)), dim=-1)
-    text_seq = F.normalize(model.text_projection(model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state), dim=-1)
+    text_hidden = model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    text_seq = F.normalize(model.text_projection(text_hidden), dim=-1)
     assert_matches(case, {"output": out.loss.reshape(1), "output_2": (out.logits_per_image + out.logits_per_text) / 2,
                           "output_3": image_seq, "output_4": text_seq})
     assert max_diff(out.image_embeds, case["output_3"][:, 0]) <= tolerance(case["output_3"])
@@ -405,7 +408,8 @@ def test_hsenet_clip_stage1_matches_reference():
     images, ids, mask = case["input"], case["input_2"], case["input_3"]
     out = model(image=images, input_ids=ids, attention_mask=mask, return_loss=True)
     image_seq = F.normalize(model.visual_projection(model.vision_model.forward_features(images)), dim=-1)
-    text_seq = F.normalize(model.text_projection(model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state), dim=-1)
+    text_hidden = model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    text_seq = F.normalize(model.text_projection(text_hidden), dim=-1)
     assert_matches(case, {"output": out.loss.reshape(1), "output_2": (out.logits_per_image + out.logits_per_text) / 2,
                           "output_3": image_seq, "output_4": text_seq})
 
