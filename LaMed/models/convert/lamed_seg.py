@@ -54,7 +54,7 @@ def m3d_lamed_seg_fields() -> Dict:
     """``LaMedSegConfig`` fields of the published M3D-LaMed segmentation head (SegVol ViT-B decoder
     on 32x256x256, published LayerNorm / axis conventions, averaged [SEG] states)."""
     return {"seg_variant": "segvol_published", "shared_encoder": False, "seg_reduce": "mean",
-            "seg_token_state": "predicting"}
+            "seg_token_state": "predicting", "seg_first_new_token": False}
 
 
 __all__ = ["convert_m3d_lamed_seg", "m3d_lamed_seg_fields", "seg_head_keys"]

@@ -73,6 +73,7 @@ QUIRKS: Dict[str, Dict[Any, str]] = {
     "upscale_norm": {"full": "mask decoder upscaling LayerNorm over the full (C, D, H, W) shape"},
     "point_convention": {"segvol": "SegVol's point / box coordinate convention (+0.5, padding point)"},
     "pe_axis_order": {"segvol": "SegVol's positional-encoding axis order"},
+    "seg_first_new_token": {False: "generate: a [SEG] as the first new token gets no mask (the prefill state is never read)"},
     "loss": {"dice_bce_r1seg": "R1Seg-3D Dice loss for further training: 1 - (2 sum(pt) + 1) / (sum(p) + sum(t) + 1)"},
 }
 

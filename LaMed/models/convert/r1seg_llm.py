@@ -54,6 +54,7 @@ def r1seg_llm_fields(num_clicks: int = 2) -> Dict:
     averaged [SEG] states."""
     return {"vision_tower": "vit3d_base_segvol", "projector": "spp", "shared_encoder": True, "seg_reduce": "mean",
             "seg_token_state": "predicting", "seg_variant": "r1seg_sam_published",
+            "seg_first_new_token": False,  # its generate never reads the prefill state
             # R1Seg-3D trains with its own Dice (smoothed numerator); used if the import is trained further
             "seg_overrides": {"refine_passes": int(num_clicks), "loss": "dice_bce_r1seg"}}
 

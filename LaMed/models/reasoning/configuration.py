@@ -19,6 +19,10 @@ segmentation head, described as data:
 * ``seg_reduce``: ``"each"`` - every ``[SEG]`` of an answer is one prompt and one mask (the k-th
   ``[SEG]`` of a row is matched with the row's k-th target mask); ``"mean"`` - the published
   behaviour: all ``[SEG]`` states of a row are averaged into one prompt, one mask per row.
+* ``seg_first_new_token``: whether a ``[SEG]`` generated as the first new token gets a mask
+  (:meth:`generate_with_masks`). ``False`` is the published M3D-LaMed / R1Seg-3D ``generate``: it
+  reads the states of the decoding steps after the prefill only, so a leading ``[SEG]`` is ignored
+  (set by ``lamed import`` for those releases); teacher-forced training reads every ``[SEG]`` either way.
 * ``seg_projector_dropout``: the published ``seg_projector`` is Linear(H, H), ReLU, Linear(H, C),
   Dropout(0.1), ``C`` = the decoder's prompt width.
 * ``lm_loss_weight`` / ``seg_loss_weight``: total loss = ``lm * CE + seg * mean over masks of
@@ -50,6 +54,7 @@ class LaMedSegConfig(LaMedConfig):
     shared_encoder: bool = False
     seg_token_state: str = "predicting"
     seg_reduce: str = "each"
+    seg_first_new_token: bool = True
     seg_projector_dropout: float = 0.1
     lm_loss_weight: float = 1.0
     seg_loss_weight: float = 1.0

@@ -387,13 +387,17 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         eos = generate_kwargs.get("eos_token_id", self.generation_config.eos_token_id)
         eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         valid = first_stop_mask(new, eos)
+        seg_valid = valid  # new tokens whose [SEG] is read
+        if not self.config.seg_first_new_token:  # published quirk: the prefill state is never read
+            seg_valid = valid.clone()
+            seg_valid[:, :1] = False
         if stepwise:
             # Call t of the decoder ends with the state that predicts new token t (call 0 = prefill:
             # its last prompt position predicts the first new token, which the published code missed).
             steps = torch.stack(rec.calls[: new.shape[1]], 1)  # (B, T, H)
             never = torch.zeros_like(valid[:, :1])  # a filler column that can never count as a [SEG]
             rows, cols, ords = seg_token_positions(torch.cat([new[:, :1], new], 1), self.seg_token_id, True,
-                                                   torch.cat([never, valid], 1))
+                                                   torch.cat([never, seg_valid], 1))
             states, rows, ords = gather_seg_states(steps, rows, cols, ords, self.config.seg_reduce)
         else:
             full_mask = torch.cat([attention_mask if attention_mask is not None else torch.ones_like(input_ids),
@@ -402,7 +406,8 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
                 super().forward(input_ids=seqs, attention_mask=full_mask, image_features=image_features, use_cache=False)
             hidden = rec2.value[:, prompt_len - (1 if self.config.seg_token_state == "predicting" else 0):]
             ids = torch.cat([seqs[:, prompt_len - 1: prompt_len], new], 1) if self.config.seg_token_state == "predicting" else new
-            v = torch.cat([torch.zeros_like(valid[:, :1]), valid], 1) if self.config.seg_token_state == "predicting" else valid
+            v = torch.cat([torch.zeros_like(valid[:, :1]), seg_valid], 1) if self.config.seg_token_state == "predicting" \
+                else seg_valid
             rows, cols, ords = seg_token_positions(ids, self.seg_token_id, self.config.seg_token_state == "predicting", v)
             states, rows, ords = gather_seg_states(hidden, rows, cols, ords, self.config.seg_reduce)
         size = tuple(images.shape[2:])
