@@ -186,7 +186,10 @@ def _vit_side(converted: Mapping, published: Mapping) -> Dict[str, Any]:
 
     img = _published_list(published, "image_size", 3) or _published_list(published, "img_size", 3) or [32, 256, 256]
     patch = _published_list(published, "patch_size", 3) or [4, 16, 16]
-    vit = _vit_overrides(converted, "vision_tower.", {"img_size": img, "patch_size": patch})
+    geometry = {"img_size": img, "patch_size": patch}
+    if "num_heads" in published:  # R1Seg-3D's config.json names it; M3D's does not (64-wide heads then)
+        geometry["num_heads"] = int(published["num_heads"])
+    vit = _vit_overrides(converted, "vision_tower.", geometry)
     width = published.get("mm_hidden_size")
     if width is not None and int(width) != vit["hidden_size"]:
         raise ValueError(f"config.json: mm_hidden_size {width} but the released ViT is {vit['hidden_size']} wide")
