@@ -410,3 +410,15 @@ def test_a_processor_keeps_only_the_release_tokens(tmp_path):
     assert len(again.tokenizer) == n + 1 and again.lamed_tokens == ["<im_patch>"]
     with pytest.raises(ValueError, match="not LaMed tokens"):
         LaMedProcessor(tok, 4, lamed_tokens=["<foo>"])
+
+
+def test_vit_head_count_comes_from_config_json_when_given():
+    # R1Seg-3D's config.json names num_heads; the shapes cannot tell heads apart (12 x 64 = 6 x 128)
+    from LaMed.commands.import_ckpt import _vit_side
+
+    width, tokens = 768, (32 // 4) * (256 // 16) * (256 // 16)
+    sd = {"vision_tower.patch_embedding.patch_embeddings.1.weight": torch.empty(width, 1024, device="meta"),
+          "vision_tower.patch_embedding.position_embeddings": torch.empty(1, tokens, width, device="meta"),
+          "vision_tower.blocks.0.mlp.linear1.weight": torch.empty(3072, width, device="meta")}
+    assert _vit_side(sd, {"num_heads": 6})["vision_overrides"]["num_heads"] == 6
+    assert _vit_side(sd, {})["vision_overrides"]["num_heads"] == 12  # M3D's 64-wide heads
