@@ -24,29 +24,11 @@ import numpy as np
 
 
 def predict_prepared(model, volume, texts: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1):
-    """Probabilities ``(K, D, H, W)`` for a prepared volume ``(1, 1, D, H, W)`` and K prompts."""
-    import torch
+    """Probabilities ``(K, D, H, W)`` for a prepared volume ``(1, 1, D, H, W)`` and K prompts
+    (:func:`LaMed.inference.segment.segment_prepared`)."""
+    from LaMed.inference.segment import segment_prepared
 
-    from LaMed.inference.sliding_window import sliding_window_inference
-    from LaMed.models.segmentation.common import upsample_logits
-
-    device = next(model.parameters()).device
-    tok = model.tokenizer
-    enc = tok([model.prompt_text(t) for t in texts], padding=True, return_tensors="pt")
-    prompts = model._prompts_from_inputs(None, enc["input_ids"].to(device), enc["attention_mask"].to(device), None, None, None)
-    index = torch.zeros(len(texts), dtype=torch.long, device=device)
-
-    def predictor(windows, origins):
-        outs = []
-        for w in windows:
-            low = model.decode(model.encode_image(w[None]), prompts, image_index=index)
-            outs.append(upsample_logits(low, w.shape[1:])[:, 0])
-        return torch.stack(outs)
-
-    with torch.no_grad():
-        logits = sliding_window_inference(volume.to(device), tuple(model.config.img_size), predictor, overlap=overlap,
-                                          sw_batch_size=sw_batch_size)
-    return torch.sigmoid(logits[0]).cpu().numpy()
+    return segment_prepared(model, volume, texts, overlap=overlap, sw_batch_size=sw_batch_size)
 
 
 def run_seg(model, manifest: str | Path, out: str | Path, classes: Optional[Sequence[str]] = None, overlap: float = 0.5,

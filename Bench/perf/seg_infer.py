@@ -52,16 +52,15 @@ def make_ct(shape):
 def bench_inference(model, vol, liver, device, repeats: int):
     import torch
 
-    from LaMed.inference.segment import _roi, preprocess, zoom_out_zoom_in
-    from LaMed.inference.sliding_window import sliding_window_inference
+    from LaMed.inference.preprocessing import model_preset
+    from LaMed.inference.segment import _roi, preprocess, zoom_in_region, zoom_out_zoom_in
     from LaMed.models.segmentation.base import Prompts
-    from LaMed.models.segmentation.common import upsample_logits
 
     img_size = tuple(model.config.img_size)
     times = {"zoom_out": [], "zoom_in": []}
     for _ in range(repeats):
         t = time.perf_counter()
-        pre = preprocess(vol, img_size, model.config.preprocess_preset, native=True)
+        pre = preprocess(vol, img_size, model_preset(model), native=True)
         with torch.no_grad():
             logits, _ = zoom_out_zoom_in(model, pre, ["liver"], zoom_in=False)
         _sync(device)
@@ -72,11 +71,7 @@ def bench_inference(model, vol, liver, device, repeats: int):
         emb = torch.zeros(1, model.config.embed_dim, device=device)
         t = time.perf_counter()
         with torch.no_grad():
-            def predictor(w, origins):
-                p = Prompts(text_embedding=emb.expand(w.shape[0], -1))
-                return upsample_logits(model.decode(model.encode_image(w), p), w.shape[2:])
-
-            sliding_window_inference(pre.native.to(device)[(slice(None), slice(None)) + roi], img_size, predictor, overlap=0.5)
+            zoom_in_region(model, pre.native.to(device), roi, Prompts(text_embedding=emb), overlap=0.5)
         _sync(device)
         times["zoom_in"].append(time.perf_counter() - t + times["zoom_out"][-1])
     return {k: float(np.median(v)) for k, v in times.items()}, roi

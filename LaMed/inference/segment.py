@@ -125,6 +125,38 @@ def _text_prompts(model, texts: Sequence[str], device) -> Dict[str, torch.Tensor
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
 
+def text_prompts(model, texts: Sequence[str]):
+    """The :class:`~LaMed.models.segmentation.base.Prompts` of ``texts`` (each through the model's own
+    template and tokenizer), encoded once on the model's device."""
+    device = next(model.parameters()).device
+    enc = _text_prompts(model, texts, device)
+    return model.encode_prompts(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+
+
+@torch.no_grad()
+def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap: float = 0.5,
+                     sw_batch_size: int = 1, progress: bool = False) -> np.ndarray:
+    """Probabilities ``(K, D, H, W)`` float32 of K text prompts on an already prepared volume
+    ``(1, 1, D, H, W)`` in [0, 1] (a prepared ``.npy``): sliding windows of the model's input size (one
+    window when the volume is that size), each window encoded once and decoded for every prompt."""
+    from LaMed.models.segmentation.common import upsample_logits
+
+    param = next(model.parameters())
+    prompts = text_prompts(model, list(texts))
+    index = torch.zeros(len(texts), dtype=torch.long, device=param.device)
+
+    def predictor(windows, origins):
+        outs = []
+        for w in windows:
+            low = model.decode(model.encode_image(w[None]), prompts, image_index=index)
+            outs.append(upsample_logits(low, w.shape[1:])[:, 0])
+        return torch.stack(outs)
+
+    logits = sliding_window_inference(volume.to(param.device, param.dtype), tuple(model.config.img_size), predictor,
+                                      overlap=overlap, sw_batch_size=sw_batch_size, progress=progress)
+    return torch.sigmoid(logits[0].float()).cpu().numpy()
+
+
 @torch.no_grad()
 def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
                      sw_batch_size: int = 1, progress: bool = False) -> Tuple[torch.Tensor, List[str]]:
@@ -138,7 +170,7 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     img_size = tuple(model.config.img_size)
     x = pre.zoom_out.to(device, dtype)
     enc = _text_prompts(model, texts, device)
-    prompts = model._prompts_from_inputs(None, enc["input_ids"], enc["attention_mask"], None, None, None)
+    prompts = model.encode_prompts(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     k = len(texts)
     features = model.encode_image(x)
     low = model.decode(features, prompts, image_index=torch.zeros(k, dtype=torch.long, device=device))
@@ -157,17 +189,27 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
             fallback.append(text)
             continue
         one = Prompts(*(None if t is None else t[i:i + 1] for t in (prompts.text_embedding, prompts.text_tokens, prompts.text_mask)))
-
-        def predictor(windows: torch.Tensor, origins) -> torch.Tensor:
-            n = windows.shape[0]
-            rep = Prompts(*(None if t is None else t.expand(n, *t.shape[1:]) for t in (one.text_embedding, one.text_tokens, one.text_mask)))
-            out = model.decode(model.encode_image(windows), rep)
-            return upsample_logits(out, windows.shape[2:])
-
-        region = native[(slice(None), slice(None)) + roi]
-        logits[i][roi] = sliding_window_inference(region, img_size, predictor, overlap=overlap,
-                                                  sw_batch_size=sw_batch_size, progress=progress)[0, 0]
+        logits[i][roi] = zoom_in_region(model, native, roi, one, overlap, sw_batch_size, progress)
     return logits, fallback
+
+
+def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
+            sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
+    """Logits ``roi``-shaped of one prompt (a one-row ``Prompts``) by sliding windows of the model's
+    input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``)."""
+    from LaMed.models.segmentation.base import Prompts
+    from LaMed.models.segmentation.common import upsample_logits
+
+    fields = (prompt.text_embedding, prompt.text_tokens, prompt.text_mask)
+
+    def predictor(windows: torch.Tensor, origins) -> torch.Tensor:
+        n = windows.shape[0]
+        rep = Prompts(*(None if t is None else t.expand(n, *t.shape[1:]) for t in fields))
+        return upsample_logits(model.decode(model.encode_image(windows), rep), windows.shape[2:])
+
+    region = native[(slice(None), slice(None)) + tuple(roi)]
+    return sliding_window_inference(region, tuple(model.config.img_size), predictor, overlap=overlap,
+                                    sw_batch_size=sw_batch_size, progress=progress)[0, 0]
 
 
 @dataclass

@@ -139,7 +139,13 @@ class PromptableSegModel(PreTrainedModel):
             low, token = self.decode_once(features, prompts, image_index, mask, token if self.config.refine_token else None)
         return low
 
-    def _prompts_from_inputs(self, text_embedding, input_ids, attention_mask, points, point_labels, boxes) -> Prompts:
+    def encode_prompts(self, text_embedding: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
+                       attention_mask: Optional[torch.Tensor] = None, points: Optional[torch.Tensor] = None,
+                       point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None) -> Prompts:
+        """Prompts of K queries for :meth:`decode`: text (``input_ids (K, L)`` + ``attention_mask``, or a
+        ready ``text_embedding (K, C)``), points ``(K, P, 3)`` (+ ``point_labels (K, P)``, default all
+        positive), boxes ``(K, 6)`` (or ``(K, 2, 3)``), in voxels of the model input. The text is encoded
+        once here, so one volume can be decoded for many prompts without re-running the text tower."""
         tokens = mask = None
         if text_embedding is None and input_ids is not None:
             if self.config.text_pooling == "mean" and hasattr(self, "cross_attention"):
@@ -171,7 +177,7 @@ class PromptableSegModel(PreTrainedModel):
         if labels is not None:
             return self._training_forward(volume, labels, label_mask, input_ids, attention_mask, points, point_labels, boxes, text_embedding)
         features = self.encode_image(volume)
-        prompts = self._prompts_from_inputs(text_embedding, input_ids, attention_mask, points, point_labels, boxes)
+        prompts = self.encode_prompts(text_embedding, input_ids, attention_mask, points, point_labels, boxes)
         low = self.decode(features, prompts)
         return SegOutput(logits=upsample_logits(low, volume.shape[2:]))
 
@@ -189,7 +195,7 @@ class PromptableSegModel(PreTrainedModel):
         def pick(x):
             return None if x is None else x[bi, ki]
 
-        prompts = self._prompts_from_inputs(pick(text_embedding), pick(input_ids), pick(attention_mask),
+        prompts = self.encode_prompts(pick(text_embedding), pick(input_ids), pick(attention_mask),
                                             pick(points), pick(point_labels), pick(boxes))
         targets = labels[bi, ki].unsqueeze(1)
         kinds = [parse_prompt_type(t) for t in self.config.train_prompt_types]
@@ -237,7 +243,7 @@ class PromptableSegModel(PreTrainedModel):
             enc = tokenizer([self.prompt_text(t) for t in texts], padding=True, return_tensors="pt")
             dev = volume.device
             ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-        prompts = self._prompts_from_inputs(text_embedding, ids, mask, points, point_labels, boxes)
+        prompts = self.encode_prompts(text_embedding, ids, mask, points, point_labels, boxes)
         n = next(x.shape[0] for x in (prompts.text_embedding, prompts.points, prompts.boxes) if x is not None)
         index = torch.zeros(n, dtype=torch.long, device=volume.device)
         low = self.decode(features, prompts, image_index=index)
