@@ -248,3 +248,62 @@ def test_the_llm_is_built_once(tmp_path, monkeypatch):
     name = "model.layers.0.mlp.down_proj.weight"
     torch.testing.assert_close(model.language_model.state_dict()[name].float(),
                                loaded.state_dict()[name].bfloat16().float())
+
+
+@pytest.mark.parametrize("family", ["seg", "clip", "mllm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_load_equals_transformers_from_pretrained(family, dtype, seg_dir, clip_dir, mllm_dir):
+    from transformers import AutoConfig, AutoModel
+
+    from LaMed.models.checkpoint_files import load_pretrained
+    from LaMed.models.clip import LamedClipModel
+    from LaMed.models.mllm import LaMedForCausalLM
+
+    folder = {"seg": seg_dir, "clip": clip_dir, "mllm": mllm_dir}[family]
+    cls = {"clip": LamedClipModel, "mllm": LaMedForCausalLM}.get(family)
+    if cls is None:
+        cls = AutoModel._model_mapping[type(AutoConfig.from_pretrained(folder))]
+    ours = load_pretrained(cls, folder, dtype).state_dict()
+    ref = cls.from_pretrained(str(folder), dtype=dtype).state_dict()
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert ours[k].dtype == ref[k].dtype and torch.equal(ours[k], ref[k]), k
+
+
+def test_streamed_load_ties_a_tied_output_head(tmp_path):
+    from transformers import CONFIG_MAPPING
+
+    from LaMed.models.checkpoint_files import load_pretrained
+    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
+
+    # Phi-4-mini ties its output head to the embedding: saved once, loaded into both names
+    text = CONFIG_MAPPING["phi3"](vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = LaMedForCausalLM(LaMedConfig(text_config=text, vision_tower="vit3d_test", projector="spp",
+                                         image_token_id=63))
+    model.save_pretrained(tmp_path)
+    again = load_pretrained(LaMedForCausalLM, tmp_path, torch.bfloat16)
+    head, emb = again.get_output_embeddings().weight, again.get_input_embeddings().weight
+    assert head.data_ptr() == emb.data_ptr()
+    torch.testing.assert_close(emb.float(), model.get_input_embeddings().weight.bfloat16().float())
+
+
+def test_damaged_or_mismatched_weights_are_refused(seg_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModel
+
+    from LaMed.models.checkpoint_files import load_pretrained
+
+    folder = tmp_path / "m"
+    shutil.copytree(seg_dir, folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    name = sorted(sd)[0]
+    del sd[name]
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cls = AutoModel._model_mapping[type(AutoConfig.from_pretrained(folder))]
+    with pytest.raises(KeyError, match=name.replace(".", r"\.")):
+        load_pretrained(cls, folder)

@@ -51,7 +51,12 @@ def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pr
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (not a saved LaMed model folder)")
-    model = LaMedForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **from_pretrained)
+    if from_pretrained:  # device maps and quantisation: transformers' loader
+        model = LaMedForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **from_pretrained)
+    else:
+        from LaMed.models.checkpoint_files import load_pretrained
+
+        model = load_pretrained(LaMedForCausalLM, path, dtype or torch.float32)
     model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(path)
     if processor.num_image_tokens != model.num_image_tokens:

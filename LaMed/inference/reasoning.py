@@ -30,7 +30,12 @@ def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None
     from LaMed.models.reasoning import LaMedSegForCausalLM
 
     folder = resolve_model(path)
-    model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32, **from_pretrained)
+    if from_pretrained:  # device maps and quantisation: transformers' loader
+        model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32, **from_pretrained)
+    else:
+        from LaMed.models.checkpoint_files import load_pretrained
+
+        model = load_pretrained(LaMedSegForCausalLM, folder, dtype or torch.float32)
     model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(folder)
     if processor.num_image_tokens != model.num_image_tokens:

@@ -207,7 +207,11 @@ def load_clip(model_dir: str | Path, device: Optional[str] = None, dtype=None):
 
     from LaMed.models.clip import LamedClipModel
 
-    model = LamedClipModel.from_pretrained(str(model_dir), **({"dtype": dtype} if dtype is not None else {}))
+    import torch
+
+    from LaMed.models.checkpoint_files import load_pretrained
+
+    model = load_pretrained(LamedClipModel, model_dir, dtype or torch.float32)
     tok_dir = Path(model_dir)
     if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
         path = model.config.text_model_path

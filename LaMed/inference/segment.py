@@ -48,7 +48,10 @@ def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", d
     if config.model_type not in SEG_MODEL_TYPES:
         raise ValueError(f"{folder}: model_type {config.model_type!r} is not a segmentation model "
                          f"(expected one of {SEG_MODEL_TYPES})")
-    model = AutoModel.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {})).to(device).eval()
+    from LaMed.models.checkpoint_files import load_pretrained
+
+    model_class = AutoModel._model_mapping[type(config)]
+    model = load_pretrained(model_class, folder, dtype or torch.float32).to(device).eval()
     has_tok = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
     model.tokenizer = AutoTokenizer.from_pretrained(folder) if has_tok else None
     return model

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["read_state_dict", "read_weights", "weight_files", "MINILM", "resolve_text_path", "resolve_tokenizer"]
+__all__ = ["read_state_dict", "read_weights", "weight_files", "load_pretrained", "stream_safetensors", "MINILM", "resolve_text_path", "resolve_tokenizer"]
 
 PathLike = Union[str, Path]
 
@@ -114,3 +114,86 @@ def resolve_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_text_path(name))
+
+
+# ---- loading a saved model in the dtype asked for --------------------------------------------------------
+
+_SAFETENSORS_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_bytes: int = 1 << 26) -> None:
+    """Fill ``model``'s parameters and persistent buffers from safetensors files, strictly, converting
+    each tensor to the dtype of its destination while reading.
+
+    The files are read with plain reads in chunks of ``chunk_bytes`` (64 MB), not memory-mapped: a
+    mapped fp32 file counts against the process's resident memory while its pages are touched, so
+    loading bf16 weights from an fp32 file would peak at three times the bf16 size. Here the peak is
+    the model's own tensors plus one chunk.
+    """
+    from LaMed.utils.model_files import safetensors_header
+
+    targets = model.state_dict(keep_vars=True)
+    loaded: set = set()
+    unexpected: List[str] = []
+    for f in files:
+        start, header = safetensors_header(f)
+        with open(f, "rb", buffering=0) as fh:
+            for name, info in header.items():
+                dst = targets.get(name)
+                if dst is None:
+                    unexpected.append(name)
+                    continue
+                if list(dst.shape) != list(info["shape"]):
+                    raise ValueError(f"{f}: tensor '{name}' has shape {info['shape']}, the model expects "
+                                     f"{list(dst.shape)}")
+                src_dtype = _SAFETENSORS_TORCH.get(info["dtype"])
+                if src_dtype is None:
+                    raise ValueError(f"{f}: tensor '{name}' has dtype {info['dtype']}, which LaMed cannot read")
+                flat = dst.data.view(-1)
+                itemsize = torch.empty((), dtype=src_dtype).element_size()
+                step = max(1, chunk_bytes // itemsize)
+                begin = start + int(info["data_offsets"][0])
+                for i in range(0, flat.numel(), step):
+                    k = min(step, flat.numel() - i)
+                    buf = bytearray(k * itemsize)
+                    fh.seek(begin + i * itemsize)
+                    if fh.readinto(buf) != len(buf):
+                        raise ValueError(f"{f}: tensor '{name}' is truncated")
+                    flat[i:i + k].copy_(torch.frombuffer(buf, dtype=src_dtype))
+                loaded.add(name)
+    # Tied weights (an output head sharing the embedding) are saved once; the other name is filled with it.
+    stored = {targets[n].data_ptr() for n in loaded}
+    missing = [n for n in targets if n not in loaded and targets[n].data_ptr() not in stored]
+    if missing or unexpected:
+        raise KeyError(f"{files[0].parent}: the saved weights do not match the model: missing {missing[:10]}"
+                       f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+                       f"{' ...' if len(unexpected) > 10 else ''}")
+
+
+def load_pretrained(model_class, folder: PathLike, dtype: torch.dtype = torch.float32, **config_overrides):
+    """A saved LaMed model (``save_pretrained`` folder) built once, in ``dtype``, and filled from its
+    safetensors files (:func:`stream_safetensors`); other weight formats go through ``from_pretrained``.
+
+    The model is constructed with ``dtype`` as the default dtype and without weight initialisation
+    (the values are overwritten anyway; buffers that are computed, such as rotary frequencies, are
+    computed as usual), so nothing is allocated twice and nothing in fp32 when bf16 is asked for.
+    """
+    from transformers.initialization import no_init_weights
+
+    folder = Path(folder)
+    files = weight_files(folder)
+    if any(f.suffix != ".safetensors" for f in files):
+        return model_class.from_pretrained(str(folder), dtype=dtype, **config_overrides)
+    config = model_class.config_class.from_pretrained(str(folder), **config_overrides)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights():
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.tie_weights()
+    stream_safetensors(model, files)
+    return model.eval()

@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Dict, Union
 
-__all__ = ["check_safetensors", "check_config_json", "check_model_folder", "SAFETENSORS_DTYPE_BYTES"]
+__all__ = ["safetensors_header", "check_safetensors", "check_config_json", "check_model_folder", "SAFETENSORS_DTYPE_BYTES"]
 
 SAFETENSORS_DTYPE_BYTES: Dict[str, float] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -25,6 +25,18 @@ SAFETENSORS_DTYPE_BYTES: Dict[str, float] = {
 }
 # A header larger than this is not a real checkpoint header (safetensors itself caps it at 100 MB).
 _MAX_HEADER = 100 * 1024 * 1024
+
+
+def safetensors_header(path: Union[str, Path]) -> tuple:
+    """``(data_start, header)`` of a checked ``.safetensors`` file: the byte offset of the tensor data and
+    the parsed JSON header (``{name: {"dtype", "shape", "data_offsets"}}``, ``__metadata__`` removed)."""
+    path = Path(path)
+    check_safetensors(path)
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n).decode("utf-8"))
+    header.pop("__metadata__", None)
+    return 8 + n, header
 
 
 def check_safetensors(path: Union[str, Path]) -> int:
