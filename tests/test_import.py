@@ -414,7 +414,7 @@ def test_a_processor_keeps_only_the_release_tokens(tmp_path):
 
 def test_vit_head_count_comes_from_config_json_when_given():
     # R1Seg-3D's config.json names num_heads; the shapes cannot tell heads apart (12 x 64 = 6 x 128)
-    from LaMed.commands.import_ckpt import _vit_side
+    from LaMed.models.convert.releases import _vit_side
 
     width, tokens = 768, (32 // 4) * (256 // 16) * (256 // 16)
     sd = {"vision_tower.patch_embedding.patch_embeddings.1.weight": torch.empty(width, 1024, device="meta"),

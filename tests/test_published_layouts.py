@@ -80,7 +80,7 @@ def tokenizer_folder(folder: Path, length: int, added, eos: str = "t1") -> str:
 
 
 def import_table(name: str, tokenizer: str = "", overrides=None):
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     table = load_table(name)
     args = argparse.Namespace(src=f"<{name} layout>", tokenizer=tokenizer, base="", lora_scaling=2.0, meta=True)
@@ -164,7 +164,7 @@ def test_derived_configs_follow_the_release_config(llm_tokenizers):
 def test_fine_tuned_release_sizes_come_from_its_config(llm_tokenizers):
     """Another token schedule in config.json is taken as given (no --config); a config that
     contradicts the released tensors is refused naming config.json."""
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     table = load_table("med3dvlm")
     sd = release_state_dict(table)
@@ -189,7 +189,7 @@ def test_fine_tuned_release_sizes_come_from_its_config(llm_tokenizers):
 
 
 def test_release_tokenizers_are_accepted_and_foreign_tokens_refused(tmp_path):
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     table = load_table("med3dvlm")
     n = table["tokenizer_length"]
@@ -208,7 +208,7 @@ def test_release_tokenizers_are_accepted_and_foreign_tokens_refused(tmp_path):
 
 def test_unconsumed_keys_are_named():
     """A key the converter does not recognise fails the import, by name (no silent drop)."""
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     for name, extra in (("m3d_clip", "vision_encoder.extra_head.weight"), ("segvol", "model.adapter.weight"),
                         ("text3dsam", "image_encoder.encoder.s1.0.extra.weight")):
@@ -223,7 +223,7 @@ def test_unconsumed_keys_are_named():
 def test_original_dcformer_layout_drops_every_batchnorm_alias():
     """mirthAI/DCFormer registers the branch BatchNorms of every DecompConv3D twice (``c{i}.1`` and
     ``norm.{i-1}``), the four stem convolutions included; ``gamma`` is the layer scale."""
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     table = load_table("med3dvlm_siglip")
     sd = {}
@@ -246,7 +246,7 @@ def test_original_dcformer_layout_drops_every_batchnorm_alias():
 def test_segvol_training_checkpoint_and_monai_extras():
     """GitHub ``SegVol_v1.pth``: ``{"model": {"module.*"}, "optimizer", "epoch", "scheduler"}``; a ViT
     re-saved by MONAI >= 1.4 carries unused cross-attention norms. Both import, the extras named."""
-    from LaMed.commands.import_ckpt import build_release
+    from LaMed.models.convert.releases import build_release
 
     table = load_table("segvol")
     model_sd = {"module." + k[len("model."):]: v for k, v in release_state_dict(table).items()}

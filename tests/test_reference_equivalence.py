@@ -289,7 +289,7 @@ def test_text3dsam_matches_reference():
 # ---- M3D-LaMed (Phi-3 + ViT tower + spp projector) ---------------------------------------------
 
 def test_m3d_lamed_matches_reference():
-    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert.releases import _text_config, _vision_fields
     from LaMed.models.convert import convert_state_dict
     from LaMed.models.convert.mllm import legacy_config_fields
     from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
@@ -468,7 +468,7 @@ def test_med3dvlm_siglip_matches_reference():
 def mllm_from_case(case: Case, family: str, published: dict, image_token_id: int, **extra_fields):
     """Convert, derive the config as the importer does (LLM from config.json, vision side from the
     shapes and config.json, the published splice), build and load strictly."""
-    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert.releases import _text_config, _vision_fields
     from LaMed.models.convert import convert_state_dict
     from LaMed.models.convert.mllm import legacy_config_fields
     from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
@@ -539,7 +539,7 @@ def test_r1seg_sam_matches_reference():
 
 def _m3d_lamed_seg_model(case: Case):
     """The M3D-LaMed + SegVol fixture built the way ``lamed import m3d_lamed_seg`` builds it."""
-    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert.releases import _text_config, _vision_fields
     from LaMed.models.convert import convert_state_dict
     from LaMed.models.convert.mllm import legacy_config_fields
     from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
@@ -579,7 +579,7 @@ def test_m3d_lamed_seg_matches_reference():
 
 
 def test_r1seg_llm_matches_reference():
-    from LaMed.commands.import_ckpt import _text_config, _vision_fields
+    from LaMed.models.convert.releases import _text_config, _vision_fields
     from LaMed.models.convert import convert_state_dict
     from LaMed.models.convert.mllm import legacy_config_fields
     from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM

@@ -74,7 +74,7 @@ def _img_size(module) -> Tuple[int, int, int]:
 def _tokenizer(dst: Path):
     from transformers import AutoTokenizer
 
-    from LaMed.commands.import_ckpt import TOKENIZER_FILES
+    from LaMed.models.convert.releases import TOKENIZER_FILES
 
     return AutoTokenizer.from_pretrained(str(dst)) if any((dst / f).is_file() for f in TOKENIZER_FILES) else None
 
@@ -132,7 +132,7 @@ def _forward_llm(model, dst: Path, max_new_tokens: int = 8) -> Tuple[str, str]:
 
 def verify_import(family: str, model, report, dst) -> VerifyResult:
     """Run the checks on an imported ``model`` (with its key ``report``) saved in ``dst``."""
-    from LaMed.commands.import_ckpt import IMPORTERS
+    from LaMed.models.convert.releases import RELEASES
     from LaMed.models.convert.published import PUBLISHED, quirks_on
 
     dst = Path(dst)
@@ -150,7 +150,7 @@ def verify_import(family: str, model, report, dst) -> VerifyResult:
                    f"{report.source_values:,} values, published {published.release}: {published.values:,}"
                    + ("" if same else " (another variant or a damaged download)"))
     model = model.eval()
-    kind = IMPORTERS[family].kind
+    kind = RELEASES[family].kind
     try:
         if kind == "clip":
             result.add("forward", "PASS", _forward_clip(model, dst))
