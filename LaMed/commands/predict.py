@@ -265,6 +265,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens: must be at least 1, got {args.max_new_tokens}")
     check_device(args.device)
+    from LaMed.inference.hub import resolve_model
+
+    resolve_model(args.model)  # the model folder / hub id first: it is what every other check depends on
     image = Path(args.image)
     if not image.exists():
         raise FileNotFoundError(f"--image {image}: no such file or folder")
