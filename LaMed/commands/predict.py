@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intensity / crop preprocessing of text and CLIP models, resized to the model's input "
                              "(default m3d; a prepared .npy in [0, 1] is only resized)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute precision (bf16: autocast)")
+    parser.add_argument("--classify", nargs="?", const="ct_rate", default=None, metavar="SET[:STYLE]",
+                        help="CLIP models: zero-shot per-finding probabilities with a prompt set (default ct_rate; "
+                             "a YAML path; styles ct_clip, ct_clip_present, merlin), written into the JSON")
 
 
 def _stem(path: Path) -> str:
@@ -346,6 +349,10 @@ def _run_embed(args: argparse.Namespace) -> int:
         with atomic_path(npz, suffix=".npz") as tmp:
             np.savez(tmp, image=emb.cpu().numpy()[0])
         record = {"source": str(image), "model": str(args.model), "embedding": str(npz)}
+        if getattr(args, "classify", None):
+            from LaMed.inference.classify import classify_from_spec
+
+            record["classification"] = classify_from_spec(model, tokenizer, x, args.classify, device=args.device)
         if text_emb is not None:
             sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
             record["prompts"] = sorted(({"prompt": p, "similarity": s} for p, s in zip(args.prompt, sims)),

@@ -377,3 +377,22 @@ def evaluate_zero_shot(test: ZeroShotResult, validation: Optional[ZeroShotResult
     rep["settings"] = {"score": score, "thresholds": source, "n_boot": n_boot, "seed": seed,
                        "cases": len(test.ids), "prompt_style": test.prompt_set.get("style")}
     return rep
+
+
+def parse_spec(spec: str) -> Tuple[str, Optional[str]]:
+    """``"ct_rate"`` / ``"ct_rate:merlin"`` / ``"my_set.yaml:ct_clip_present"`` -> ``(set, style or None)``."""
+    head, sep, tail = str(spec).rpartition(":")
+    if sep and head and tail in load_styles():
+        return head, tail
+    return str(spec), None
+
+
+def classify_from_spec(model, tokenizer, image, spec: str, device=None) -> Dict:
+    """``lamed predict --classify SPEC``: per-finding scores of one volume, with the prompt set used.
+
+    Returns ``{"prompt_set", "style", "findings": {name: {"probability", "similarity", "similarity_negative"}}}``.
+    """
+    name, style = parse_spec(spec)
+    ps = load_prompt_set(name, style=style)
+    return {"prompt_set": ps.name, "style": ps.style,
+            "findings": classify_volume(model, tokenizer, image, ps, device=device)}
