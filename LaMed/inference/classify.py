@@ -47,6 +47,7 @@ class FindingPrompts:
     positive: Tuple[str, ...]
     negative: Tuple[str, ...]
     labels: Tuple[str, ...] = ()
+    group: str = ""
 
     def is_positive(self, item_labels: Sequence[str]) -> bool:
         wanted = {l.lower() for l in (self.labels or (self.name,))}
@@ -79,7 +80,8 @@ class PromptSet:
     def to_dict(self) -> Dict:
         return {"name": self.name, "style": self.style, "source": self.source,
                 "findings": {f.name: {"positive": list(f.positive), "negative": list(f.negative),
-                                      "labels": list(f.labels or (f.name,))} for f in self.findings}}
+                                      "labels": list(f.labels or (f.name,)), "group": f.group}
+                             for f in self.findings}}
 
 
 def _read_yaml(path: Path):
@@ -127,7 +129,7 @@ def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
     templates for the findings that have no prompts of their own (default: the file's
     ``default_style``); ``findings`` keeps a subset (unknown names are refused).
 
-    YAML: ``{name, description, default_style, findings: [{name, text?, labels?, positive?, negative?}]}``.
+    YAML: ``{name, description, default_style, findings: [{name, text?, labels?, group?, positive?, negative?}]}``.
     """
     p = Path(name_or_path)
     if not p.suffix:
@@ -157,7 +159,7 @@ def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
         if name.lower() in seen:
             raise PromptSetError(f"{where}: finding {name!r} appears twice")
         seen.add(name.lower())
-        unknown_keys = set(f) - {"name", "text", "labels", "positive", "negative"}
+        unknown_keys = set(f) - {"name", "text", "labels", "positive", "negative", "group"}
         if unknown_keys:
             raise PromptSetError(f"{where} ({name}): unknown key(s) {sorted(unknown_keys)}")
         text = f.get("text", name)
@@ -168,7 +170,10 @@ def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
             else:
                 sides[side] = tuple(t.replace("{finding}", text) for t in templates[side])
         labels = _strings(f["labels"], f"{where} ({name}).labels") if "labels" in f else ()
-        out.append(FindingPrompts(name, sides["positive"], sides["negative"], labels))
+        group = f.get("group", "")
+        if not isinstance(group, str):
+            raise PromptSetError(f"{where} ({name}).group: expected a string, got {group!r}")
+        out.append(FindingPrompts(name, sides["positive"], sides["negative"], labels, group))
     ps = PromptSet(str(data.get("name") or p.stem), style, tuple(out), str(p))
     return ps.select(list(findings)) if findings is not None else ps
 
