@@ -244,3 +244,55 @@ def test_lamed_predict_classify_writes_per_finding_probabilities(tiny, tmp_path,
     assert main(["predict", "--model", str(root / "model"), "--image", str(src), "--out", str(tmp_path / "x.json"),
                  "--classify", "nope"]) != 0
     assert "prompt set 'nope' not found" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("family", ["m3d_hsenet1", "med3dvlm_siglip", "hsenet_stage2"])
+def test_every_clip_family_scores_zero_shot(tiny, family):
+    """M3D-CLIP / HSENet stage 1 (ViT, raw scale), Med3DVLM (DCFormer, SigLIP: its bias cancels in the
+    pair), HSENet stage 2 (2E3 tower with slice features): softmax over the pair with the model's scale."""
+    _, _, tok = tiny
+    torch.manual_seed(1)
+    kw = {"m3d_hsenet1": dict(vision_encoder="vit3d_test", logit_scale_mode="raw"),
+          "med3dvlm_siglip": dict(vision_encoder="dcformer_test", loss_type="siglip", vision_pooling="mean"),
+          "hsenet_stage2": dict(vision_encoder="vit3d_2e3_test", logit_scale_mode="raw")}[family]
+    model = LamedClipModel(LamedClipConfig(text_config=TINY_BERT, projection_dim=16, **kw)).eval()
+    size = tuple(model.vision_model.config.img_size)
+    image = torch.rand(1, 1, *size)
+    feats = torch.randn(8, 48) if family == "hsenet_stage2" else None
+    ps = load_prompt_set("phantom", findings=["hepatomegaly", "splenectomy"])
+    got = classify_volume(model, tok, image, ps, slice_features=feats)
+    with torch.no_grad():
+        extra = {"slice_features": feats[None]} if feats is not None else {}
+        img = model.encode_image(image, **extra)[0]
+        bias = float(getattr(model, "logit_bias", torch.tensor(0.0)))
+        for f in ps.findings:
+            sims = []
+            for prompts in (f.positive, f.negative):
+                e = tok(list(prompts), padding=True, return_tensors="pt")
+                sims.append(float((model.encode_text(e["input_ids"], e["attention_mask"]) @ img).mean()))
+            logits = torch.tensor([float(model.scale) * s + bias for s in sims])
+            assert got[f.name]["probability"] == pytest.approx(torch.softmax(logits, 0)[0].item(), abs=1e-5)
+
+
+def test_split_with_slice_features_matches_one_volume_at_a_time(tiny, tmp_path):
+    _, _, tok = tiny
+    root = tiny[0] / "data"
+    torch.manual_seed(2)
+    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_2e3_test", text_config=TINY_BERT, projection_dim=16,
+                                           logit_scale_mode="raw")).eval()
+    man = json.loads((root / "test.json").read_text())
+    rng = np.random.default_rng(0)
+    for it in man["items"]:
+        rel = f"slice_features/{it['id']}.npy"
+        (root / "slice_features").mkdir(exist_ok=True)
+        np.save(root / rel, rng.normal(size=(8, 48)).astype(np.float32))
+        it["slice_features"] = rel
+    (root / "test_sf.json").write_text(json.dumps(man))
+    ps = load_prompt_set("phantom", findings=["hepatomegaly", "lung nodule"])
+    res = classify_split(model, tok, root / "test_sf.json", ps, batch_size=2, slice_features="slice_features")
+    for i, it in enumerate(man["items"]):
+        one = classify_volume(model, tok, np.load(root / it["image"]).astype(np.float32), ps,
+                              slice_features=np.load(root / it["slice_features"]))
+        assert one["lung nodule"]["probability"] == pytest.approx(res.probability[i, 1], abs=1e-5)
+    with pytest.raises(PromptSetError, match="slice_features field 'feats' missing"):
+        classify_split(model, tok, root / "test_sf.json", ps, slice_features="feats")
