@@ -200,7 +200,7 @@ def _bench_main(module: str, argv: List[str]) -> dict:
     return importlib.import_module(f"Bench.{module}").main(argv)
 
 
-def run_group(task: str, data_key: str, manifest: str, out: Path, model: Optional[str], predictions: Optional[str],
+def run_group(task: str, manifest: str, out: Path, model: Optional[str], predictions: Optional[str],
               run_args: Sequence[str], eval_args: Sequence[str], green_model: Optional[str] = None) -> Tuple[dict, str]:
     """Run or score one (task, split); returns ``(summary, how)``."""
     t = TASKS[task]
@@ -269,7 +269,7 @@ def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (
         if not Path(manifest).is_file():
             raise BenchError(f"{sysd.name} / {e.name}: split {e.data!r} not found: {manifest}")
         folder = out / f"{e.task}_{e.data}_{len(results)}"
-        results[e.group] = run_group(e.task, e.data, manifest, folder, model, preds,
+        results[e.group] = run_group(e.task, manifest, folder, model, preds,
                                      [*e.run_args, *shlex.split(extra_run.get(e.task, ""))],
                                      [*e.eval_args, *shlex.split(extra_eval.get(e.task, ""))], green_model)
     rows = []
@@ -298,10 +298,11 @@ def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (
     return result
 
 
-def _num(v: Optional[float], unit: str) -> str:
+def _num(v: Optional[float], unit: str, sign: bool = False) -> str:
+    """Percentages with 2 decimals (as papers print them), fractions with 4."""
     if v is None:
         return "-"
-    return f"{v:+.2f}" if unit == "percent_diff" else (f"{v:.2f}" if unit == "percent" else f"{v:.4f}")
+    return format(v, ("+" if sign else "") + (".2f" if unit == "percent" else ".4f"))
 
 
 def table(result: Mapping) -> str:
@@ -310,7 +311,7 @@ def table(result: Mapping) -> str:
              "| metric | published | source | reproduced | difference | note |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         unit = r["unit"]
-        diff = "-" if r["difference"] is None else (f"{r['difference']:+.2f}" if unit == "percent" else f"{r['difference']:+.4f}")
+        diff = _num(r["difference"], unit, sign=True)
         pub = _num(r["published"], unit) + (" %" if unit == "percent" else "")
         lines.append(f"| {r['metric']} | {pub} | {r['source']} | {_num(r['reproduced'], unit)} | {diff} | {r['note']} |")
     if not result["rows"]:
