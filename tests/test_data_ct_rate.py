@@ -163,3 +163,19 @@ def test_ct_rate_limit_and_bad_options(ct_rate_raw, tmp_path):
 
     with pytest.raises(PrepareError, match="report CSV"):
         PREPARER.prepare(tmp_path / "lim" / "images", tmp_path / "bad2")
+
+
+def test_ct_rate_labels_reach_zero_shot_evaluation(prepared, tmp_path):
+    """The 18 CSV columns, through the manifest, are the ground truth of ``Bench.eval_classify`` (prompt set ct_rate)."""
+    from Bench.eval_classify import evaluate_classify
+
+    _, out, _, vec, _, _ = prepared
+    ids = [it["id"] for it in manifest(out, "train")["items"]]
+    rng = np.random.default_rng(0)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "findings": {n: {"probability": float(rng.random())} for n in LABELS}})
+                             + "\n" for i in ids))
+    summary, rows = evaluate_classify(str(preds), str(out / "train.json"), prompt_set="ct_rate", n_boot=0)
+    assert {(r["id"], r["finding"]): r["label"] for r in rows} == {(i, n): vec[i][k] for i in ids
+                                                                   for k, n in enumerate(LABELS)}
+    assert summary["per_class"]["Medical material"]["positives"] == sum(vec[i][0] for i in ids)

@@ -127,7 +127,8 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     rc, out, m = quick_demo
     assert rc == 0  # without --strict a finished demo exits 0 and reports failed checks in report.md
     assert set(m["checks"]) == {"report-to-volume R@1", "volume-to-report R@1", "report-to-volume R@5",
-                                "report findings F1", "closed VQA accuracy", "liver Dice"}
+                                "zero-shot findings AUROC (organ-level)", "report findings F1",
+                                "closed VQA accuracy", "liver Dice"}
     seg = m["seg"]
     assert m["checks"]["liver Dice"]["passed"]
     assert seg["per_class"]["liver"]["dice"] > 0.7 > seg["chance"]["liver"]["all_foreground"]
@@ -144,6 +145,10 @@ def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     assert clip["bench"]["image_to_text_R@1"] >= 4 * clip["chance"]["R@1"]
     assert mllm["report"]["findings_f1"] >= mllm["report_other_volume"]["findings_f1"] + 0.15
     assert mllm["vqa"]["closed"] >= 0.5
+    zs = clip["zero_shot"]
+    assert zs["chance"] == 0.5 and zs["mean_auroc"]["organ"] >= 0.70
+    assert {"hepatomegaly", "splenomegaly", "splenectomy", "nephrectomy", "lung nodule", "liver lesion",
+            "arterial phase"} <= set(zs["per_finding"])
 
 
 def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
@@ -152,6 +157,7 @@ def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
     _, out, m = quick_demo
     report = (out / "report.md").read_text()
     for heading in ("## Did it learn?", "## What was trained", "## Image-report retrieval (CLIP)",
+                    "## Zero-shot findings classification (CLIP)",
                     "## Report generation and VQA", "## Text-prompted segmentation"):
         assert heading in report
     assert "Generated:" in report and "Truth:" in report and "chance" in report
@@ -160,7 +166,7 @@ def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
         with Image.open(png) as im:
             assert im.size[0] > 300 and im.size[1] > 200
         assert f"figures/{name}.png" in report
-    for sub in ("clip_eval/bench", "mrg_eval", "vqa_eval", "seg_eval"):
+    for sub in ("clip_eval/bench", "zero_shot", "mrg_eval", "vqa_eval", "seg_eval"):
         assert (out / "runs" / sub / "summary.json").is_file() and (out / "runs" / sub / "per_sample.csv").is_file()
     assert m["wall_seconds"] > 0 and set(m["stages"]) and m["machine"]["threads"] == 1
 

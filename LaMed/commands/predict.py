@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report / reasoning models: spread the LLM over the visible GPUs, offloading to the CPU (accelerate)")
     parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"),
                         help="report / reasoning models: quantised LLM weights through bitsandbytes (optional, GPU only)")
+    parser.add_argument("--classify", nargs="?", const="ct_rate", default=None, metavar="SET[:STYLE]",
+                        help="CLIP models: zero-shot per-finding probabilities with a prompt set (default ct_rate; "
+                             "a YAML path; styles ct_clip, ct_clip_present, merlin), written into the JSON")
 
 
 def _model_type(path_or_id: str) -> str:
@@ -185,7 +188,6 @@ def _run_embed(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-
     clip = _load(args)
     clip.preprocessing  # noqa: B018  (warns once, up front, when --preset differs from the stored one)
     text_emb = None
@@ -201,6 +203,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         with atomic_path(npz, suffix=".npz") as tmp:
             np.savez(tmp, image=emb.cpu().numpy()[0])
         record = {"source": str(image), "model": str(args.model), "embedding": str(npz)}
+        if args.classify:
+            record["classification"] = clip.classify(image, args.classify, series_uid=args.series_uid)
         if text_emb is not None:
             sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
             record["prompts"] = sorted(({"prompt": p, "similarity": s} for p, s in zip(args.prompt, sims)),

@@ -37,6 +37,8 @@ class DemoConfig:
         threads: torch CPU threads (1 avoids oversubscription on a shared machine; tiny models
             gain little from more).
         mrg_examples: generated reports shown next to the truth in ``report.md``.
+        zero_shot_prompts / zero_shot_boot: the prompt set the CLIP is scored zero-shot with and the
+            bootstrap draws of its AUROC intervals.
         parts: which of :data:`PARTS` to run.
     """
 
@@ -60,6 +62,8 @@ class DemoConfig:
     threads: int = 1
     mrg_examples: int = 3
     mrg_max_new_tokens: int = 240  # the longest phantom reports, impression included
+    zero_shot_prompts: str = "phantom"
+    zero_shot_boot: int = 1000
     parts: List[str] = field(default_factory=lambda: list(PARTS))
 
     def replace(self, **changes) -> "DemoConfig":

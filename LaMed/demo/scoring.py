@@ -8,7 +8,9 @@ looked at the image gets on the same test split:
   shuffles, averaged), i.e. fluent text with no image information;
 * VQA: uniform guessing (1 / number of choices) and the majority training answer per question topic;
 * segmentation: an all-foreground mask, and the *atlas* prior (voxels inside the structure in at
-  least half of the training masks).
+  least half of the training masks);
+* zero-shot findings classification: AUROC 0.5 (scores that ignore the volume rank positives
+  above negatives half of the time).
 
 Report content is scored by **findings F1**: the abnormal findings a report states (hepatomegaly,
 splenomegaly, a lesion per organ, lung nodule, surgical absences), extracted by the rules of
@@ -193,3 +195,28 @@ def summarize_margin(score: Optional[float], chance: Optional[float]) -> str:
     if score is None:
         return "-"
     return f"{score:.3f}" + (f" (chance {chance:.3f})" if chance is not None else "")
+
+
+ZERO_SHOT_CHANCE = 0.5
+
+
+def zero_shot_summary(summary: Mapping) -> Dict:
+    """The demo's view of a ``Bench.eval_classify`` summary: per finding its AUROC, 95 % interval,
+    positives and group; ``mean_auroc`` per finding group (the prompt set's ``group``) and over
+    ``all`` findings whose AUROC is defined (both classes present in the test split)."""
+    groups = {name: f.get("group", "") for name, f in (summary.get("prompt_set") or {}).get("findings", {}).items()}
+    ci = summary.get("ci95", {})
+    per: Dict[str, Dict] = {}
+    for name, g in summary["per_class"].items():
+        auc = g.get("auroc")
+        auc = float(auc) if isinstance(auc, (int, float)) and np.isfinite(auc) else None
+        per[name] = {"auroc": auc, "ci95": ci.get(name, {}).get("auroc"), "positives": int(g["positives"]),
+                     "group": groups.get(name, "")}
+    means: Dict[str, float] = {}
+    for group in sorted({p["group"] for p in per.values()} | {"all"}):
+        vals = [p["auroc"] for p in per.values() if p["auroc"] is not None and group in ("all", p["group"])]
+        if vals and group:
+            means[group] = float(np.mean(vals))
+    return {"per_finding": per, "mean_auroc": means, "chance": ZERO_SHOT_CHANCE,
+            "cases": int(summary["counts"]["cases"]),
+            "settings": summary.get("settings", {})}

@@ -1,5 +1,7 @@
 """The demo's stages: phantoms -> three tiny trainings -> Bench on the held-out split -> baselines.
 
+The CLIP is also scored zero-shot on the phantom findings (:func:`run_zero_shot`).
+
 Each ``run_*`` function takes the demo config and folders and returns a plain dict (JSON-ready)
 that :mod:`LaMed.demo.report` turns into ``metrics.json`` and ``report.md``. Training goes through
 ``LaMed.train`` with the tiny twins of the published recipes (:func:`train_recipe`); scoring goes
@@ -134,7 +136,18 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     return {"recipe": cfg.clip_recipe, "steps": int(run.trainer.state.global_step), "model": str(model_dir),
             "train_seconds": float(run.output.metrics.get("train_runtime", float("nan"))), **_losses(history),
             "log": history, "pairs": n, "bench": scores, "chance": scoring.chance_recall(n),
-            "embeddings": str(out / "embeddings.npz"), "bench_dir": str(out / "bench")}
+            "embeddings": str(out / "embeddings.npz"), "bench_dir": str(out / "bench"),
+            "zero_shot": run_zero_shot(cfg, prepared, model_dir, work / "zero_shot")}
+
+
+def run_zero_shot(cfg: DemoConfig, prepared: Path, model_dir: Path, out: Path) -> Dict[str, Any]:
+    """The CLIP scored zero-shot on the phantom findings (``Bench.run_classify``, prompt set ``phantom``):
+    per-finding AUROC with its bootstrap 95 % interval, and the mean AUROC per finding group next to
+    chance (0.5, a score that ignores the volume)."""
+    summary = run_bench("run_classify", ["--model", model_dir, "--manifest", prepared / "test.json",
+                                         "--prompt-set", cfg.zero_shot_prompts, "--n-boot", cfg.zero_shot_boot,
+                                         "--seed", cfg.seed, "--out", out], out, cfg.threads)
+    return {**scoring.zero_shot_summary(summary), "bench_dir": str(out)}
 
 
 # --------------------------------------------------------------------------------------------- MLLM

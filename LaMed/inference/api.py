@@ -121,7 +121,9 @@ class LaMedModel:
 
         return model_preset(self.model, self.requested_preset)
 
-    def _input(self, volume: VolumeLike, series_uid: Optional[str] = None) -> torch.Tensor:
+    def prepare(self, volume: VolumeLike, series_uid: Optional[str] = None) -> torch.Tensor:
+        """The network input ``(1, 1, D, H, W)`` of ``volume``: the model's preprocessing at its size, on
+        its device and in its dtype."""
         from LaMed.inference.preprocessing import model_input
 
         preset = self.preprocessing
@@ -164,7 +166,7 @@ class ReportModel(LaMedModel):
         single = question is None or isinstance(question, str)
         questions = [CAPTION_TEMPLATES[0] if question is None else question] if single else list(question)
         questions = check_prompts(questions, "question")
-        x = self._input(volume, series_uid)
+        x = self.prepare(volume, series_uid)
         answers = generate_texts(self.model, self.processor, x.expand(len(questions), -1, -1, -1, -1), questions,
                                  max_new_tokens=max_new_tokens, decoding=decoding)
         return answers[0] if single else answers
@@ -196,7 +198,7 @@ class ClipModel(LaMedModel):
     @torch.no_grad()
     def embed(self, volume: VolumeLike, series_uid: Optional[str] = None) -> np.ndarray:
         """The volume's embedding ``(projection_dim,)`` float32 (not normalised)."""
-        return self.model.encode_image(self._input(volume, series_uid)).float().cpu().numpy()[0]
+        return self.model.encode_image(self.prepare(volume, series_uid)).float().cpu().numpy()[0]
 
     @torch.no_grad()
     def embed_text(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
@@ -209,6 +211,15 @@ class ClipModel(LaMedModel):
         enc = self.tokenizer(texts, padding=True, return_tensors="pt")
         emb = self.model.encode_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
         return emb.float().cpu().numpy()
+
+    @torch.no_grad()
+    def classify(self, volume: VolumeLike, prompt_set: str = "ct_rate", series_uid: Optional[str] = None) -> dict:
+        """Zero-shot per-finding probabilities with a prompt set (``"ct_rate"``, ``"phantom"``, a YAML path;
+        ``"SET:STYLE"`` picks a prompt style): see :mod:`LaMed.inference.classify`."""
+        from LaMed.inference.classify import classify_from_spec
+
+        return classify_from_spec(self.model, self.tokenizer, self.prepare(volume, series_uid), prompt_set,
+                                  device=self.device)
 
     def similarity(self, volume: VolumeLike, texts: Union[str, Sequence[str]],
                    series_uid: Optional[str] = None) -> Dict[str, float]:

@@ -4,6 +4,7 @@
 * :mod:`.text` -- corpus BLEU, ROUGE-L/-n, CIDEr-D, METEOR (jar), M3D / HSENet per-sample variants.
 * :mod:`.text_model` -- BERTScore with a local model; GREEN / RaTEScore adapters (opt-in).
 * :mod:`.vqa` -- closed accuracy from parsed answers, token F1, M3D / HSENet substring scoring.
+* :mod:`.classification` -- multi-label findings: AUROC, F1 / precision / recall / accuracy, thresholds, bootstrap CIs.
 * :mod:`.boxes` -- box parsing, 3D IoU, M3D's enclosing-box positioning score.
 * :mod:`.segmentation` -- Dice, NSD, HD95, ASSD, instance F1, M3D soft Dice.
 
@@ -14,6 +15,7 @@ need them.
 """
 
 from .base import MetricUnavailable
+from .classification import binary_scores, bootstrap_ci, multilabel_report, roc_auc, select_threshold, select_thresholds
 from .boxes import box_iou_3d, m3d_box_score, m3d_positioning_score, parse_box, parse_boxes
 from .retrieval import (
     hsenet_cumulative_label_overlap,

@@ -1,0 +1,95 @@
+"""Model-running front end of ``Bench/eval_classify.py``: zero-shot findings classification with a 3D CLIP.
+
+    # CT-RATE's 18 abnormalities, CT-CLIP's prompts, thresholds from the validation split
+    python -m Bench.run_classify --model runs/m3d_clip --manifest data/ct_rate/test.json \
+        --val-manifest data/ct_rate/validation.json --prompt-set ct_rate --style ct_clip --out results/zs
+    # a published checkpoint, converted on load (m3d_clip, hsenet_clip_stage1/2, med3dvlm_siglip)
+    python -m Bench.run_classify --published med3dvlm_siglip --model pretrained/Med3DVLM-SigLIP \
+        --manifest data/ct_rate/test.json --out results/zs_siglip --style merlin
+
+Writes ``<out>/predictions.jsonl`` (and ``val_predictions.jsonl``): one record a volume,
+``{"id", "findings": {name: {"probability", "similarity", "similarity_negative"}}}``, then
+``summary.json``, ``per_sample.csv`` and ``summary.md`` through ``Bench.eval_classify``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def write_predictions(path: Path, records: list[dict]) -> Path:
+    from LaMed.utils.atomic import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def run_classify(manifest: str | Path, out_dir: str | Path, model: str | Path, val_manifest: str | Path | None = None,
+                 prompt_set: str = "ct_rate", style: Optional[str] = None, findings: Optional[Sequence[str]] = None,
+                 published: str = "", tokenizer: str = "", score: str = "probability", criterion: str = "f1",
+                 max_items: Optional[int] = None, batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
+                 slice_features: str = "", device: Optional[str] = None, clip=None) -> dict:
+    """Classify ``manifest`` (and ``val_manifest``) zero-shot and score it; returns the summary dict.
+
+    ``clip``: an already loaded ``(model, tokenizer)`` pair (the demo passes its own).
+    """
+    from Bench.eval_classify import evaluate_classify, write_classify_outputs
+    from LaMed.inference.classify import classify_split, load_prompt_set
+
+    out = Path(out_dir)
+    ps = load_prompt_set(prompt_set, style=style, findings=findings)
+    if clip is None:
+        from Bench.run_retrieval import load_model
+
+        clip = load_model(str(model), published, tokenizer, device)
+    net, tok = clip
+    res = classify_split(net, tok, manifest, ps, max_items=max_items, batch_size=batch_size,
+                         slice_features=slice_features, device=device)
+    preds = write_predictions(out / "predictions.jsonl", [{k: v for k, v in r.items() if k != "labels"}
+                                                          for r in res.records()])
+    val_preds = ""
+    if val_manifest:
+        vres = classify_split(net, tok, val_manifest, ps, batch_size=batch_size, slice_features=slice_features,
+                              device=device)
+        val_preds = str(write_predictions(out / "val_predictions.jsonl",
+                                          [{k: v for k, v in r.items() if k != "labels"} for r in vres.records()]))
+    summary, rows = evaluate_classify(str(preds), str(manifest), val_preds, str(val_manifest or ""), score, criterion,
+                                      ps.source, n_boot, seed)
+    summary["prompt_set"] = ps.to_dict()
+    summary["encoding"] = {"model": str(model), "published_family": published or None, "cases": len(res.ids)}
+    write_classify_outputs(out, summary, rows)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description="Zero-shot multi-label findings classification with a 3D CLIP")
+    p.add_argument("--model", required=True, help="LaMed CLIP folder, or a published checkpoint with --published")
+    p.add_argument("--published", default="", help="converter family of a published checkpoint")
+    p.add_argument("--tokenizer", default="", help="tokenizer folder / hub id; default: the model's")
+    p.add_argument("--manifest", required=True, help="prepared manifest of the test split")
+    p.add_argument("--val-manifest", default="", help="prepared manifest of the validation split (thresholds)")
+    p.add_argument("--prompt-set", default="ct_rate", help="bundled prompt set (ct_rate, phantom) or a YAML file")
+    p.add_argument("--style", default=None, help="prompt style: ct_clip (default of ct_rate), ct_clip_present, merlin")
+    p.add_argument("--findings", default="", help="comma-separated subset of the prompt set's findings")
+    p.add_argument("--score", default="probability", choices=("probability", "similarity"))
+    p.add_argument("--criterion", default="f1", choices=("f1", "youden"))
+    p.add_argument("--max-items", type=int, default=0, help="first N test items (0 = all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slice-features", default="", help="item field of HSENet stage 2's slice features")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True, help="output folder")
+    a = p.parse_args(argv)
+    summary = run_classify(a.manifest, a.out, a.model, a.val_manifest or None, a.prompt_set, a.style,
+                           [f.strip() for f in a.findings.split(",") if f.strip()] or None, a.published, a.tokenizer,
+                           a.score, a.criterion, a.max_items or None, a.batch_size, a.n_boot, a.seed,
+                           a.slice_features, a.device)
+    print(Path(a.out) / "summary.md")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
