@@ -50,6 +50,15 @@ class _Call:
 
 
 def _interpret(data: bytes, where: str) -> Any:
+    try:
+        return _run(data, where)
+    except UnsafeObjectArray:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crafted stream can underflow the stack, misuse a type, ...
+        raise UnsafeObjectArray(f"{where}: malformed pickle ({type(exc).__name__}: {exc}); nothing was executed") from None
+
+
+def _run(data: bytes, where: str) -> Any:
     stack: List[Any] = []
     marks: List[int] = []
     memo: dict = {}

@@ -297,3 +297,12 @@ def test_raw_metadata_paths_outside_the_raw_folder_are_not_opened(tmp_path):
     for bad in ("../secret.npy", str(tmp_path / "secret.npy")):
         assert M3DCapPreparer._find(raw, cap, bad) is None
         assert M3DSegPreparer._resolve(raw, cap, bad) is None
+
+
+@pytest.mark.parametrize("stream", [b"\x80\x04a.", b"\x80\x04X\x01\x00\x00\x00aX\x01\x00\x00\x00ba.", b"\x80\x04("])
+def test_malformed_pickle_streams_are_refused_not_crashing(stream):
+    # APPEND on an empty stack, APPEND onto a string, a MARK never closed: refused as unsafe data
+    from Data.npz_objects import UnsafeObjectArray, _interpret
+
+    with pytest.raises(UnsafeObjectArray, match="malformed pickle|no STOP"):
+        _interpret(stream, "x.npz")
