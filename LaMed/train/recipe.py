@@ -250,6 +250,57 @@ def _has_accelerator() -> bool:
     return False
 
 
+def _registry_fields():
+    """``(field, kind, names())`` for every recipe field whose value must name a registered variant.
+
+    The registries are imported here, not at module level: parsing a recipe must not import the
+    model code of every family until it is needed, and ``--check`` stays quick.
+    """
+    from LaMed.data.presets import list_presets
+    from LaMed.models.encoders.registry import list_encoders
+    from LaMed.models.projectors.registry import list_projectors
+    from LaMed.models.segmentation.variants import list_seg_models
+
+    return (
+        ("vision_encoder", "encoder", list_encoders),
+        ("vision_tower", "encoder", list_encoders),
+        ("projector", "projector", list_projectors),
+        ("variant", "segmentation variant", list_seg_models),
+        ("seg_variant", "segmentation variant", list_seg_models),
+        ("preprocess_preset", "preprocessing preset", list_presets),
+    )
+
+
+def check_registry_names(where: str, **sections: Any) -> None:
+    """Refuse a recipe that names an encoder / projector / segmentation variant / preset that is
+    not registered, before any model is built, with the valid choices in the message.
+
+    Raises:
+        RecipeError: ``"<recipe>: model.projector: unknown projector 'sppp'; did you mean 'spp'?
+            (known: ...)"``.
+    """
+    for section, obj in sections.items():
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        overrides = values.get("config_overrides")
+        for name, kind, known in _registry_fields():
+            candidates = []
+            if isinstance(values.get(name), str) and values[name]:
+                candidates.append((f"{section}.{name}", values[name]))
+            elif isinstance(values.get(name), (list, tuple)):
+                candidates.extend((f"{section}.{name}", v) for v in values[name])
+            if isinstance(overrides, dict) and isinstance(overrides.get(name), str):
+                candidates.append((f"{section}.config_overrides.{name}", overrides[name]))
+            if not candidates:
+                continue
+            choices = known()
+            for label, value in candidates:
+                if value not in choices:
+                    close = difflib.get_close_matches(str(value), choices, n=3)
+                    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                    raise RecipeError(f"{where}: {label}: unknown {kind} {value!r}{hint} "
+                                      f"(known: {', '.join(choices)})")
+
+
 def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
                  data: Optional[Dict[str, Any]] = None) -> Recipe:
     """Parse a recipe file (or an already-loaded ``data`` mapping) plus command-line overrides.
@@ -312,5 +363,6 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
         raise RecipeError(f"{where}: {exc}") from exc
     if rest:
         raise RecipeError(f"{where}: unexpected command-line values {rest} (overrides are '--name value' pairs)")
+    check_registry_names(where, model=model_args, data=data_args)
     return Recipe(Path(path) if path is not None else None, task_name, model_args, data_args,
                   training_args, stage_args, raw=data, overrides=list(overrides))
