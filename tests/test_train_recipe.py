@@ -75,6 +75,17 @@ stage:
     assert s.lora_target_modules == ["head"] and s.lora_modules_to_save == ["stem"]
 
 
+def test_a_list_of_bases_merges_left_to_right(parse, tmp_path):
+    """``base: [A, B]``: B's values replace A's, the file's own values replace both."""
+    write(tmp_path, "training: {max_steps: 7, learning_rate: 0.25, seed: 3}\n", "_cpu.yaml")
+    child = write(tmp_path, f"base: [{TINY}, _cpu.yaml]\ntraining: {{seed: 11}}\n")
+    r = parse(child)
+    assert (r.training_args.max_steps, r.training_args.learning_rate, r.training_args.seed) == (7, 0.25, 11)
+    assert r.model_args.hidden == 16  # from the first base
+    with pytest.raises(Exception, match="'base' must be a file name or a list"):
+        parse(write(tmp_path, f"base: [{TINY}, 3]\n", "bad.yaml"))
+
+
 @pytest.mark.parametrize("text, expected", [
     ("training: {lerning_rate: 0.1}", "unknown key 'training.lerning_rate'"),
     ("training: {lerning_rate: 0.1}", "did you mean 'learning_rate'"),

@@ -3,7 +3,7 @@
 A recipe names its task and holds one section per argument dataclass::
 
     task: clip                       # a registered task (LaMed.train.tasks)
-    base: m3d_clip.yaml              # optional: start from another recipe (relative path), then override
+    base: m3d_clip.yaml              # optional: start from another recipe (relative path; a list merges in order)
     description: M3D-CLIP, 3D ViT-B + BERT, InfoNCE with all-gather
     model:    {...}                  # the task's ModelArguments
     data:     {...}                  # the task's DataArguments
@@ -85,7 +85,11 @@ def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
-    """Read a recipe file, following ``base:`` (relative to the file) with a deep merge."""
+    """Read a recipe file, following ``base:`` (relative to the file) with a deep merge.
+
+    ``base`` is one file or a list of files, merged left to right, then this file's values on top
+    (``base: [m3d_clip.yaml, _tiny_cpu.yaml]``: the full recipe, then the shared CPU block).
+    """
     import yaml
 
     path = Path(path)
@@ -109,10 +113,13 @@ def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str
         if not isinstance(data[section], dict):
             raise RecipeError(f"{path}: section '{section}' must be a mapping, got {type(data[section]).__name__}")
     base = data.pop("base", None)
-    if base:
-        parent = load_recipe_yaml(path.parent / base, _seen + (path.resolve(),))
-        data = _deep_merge(parent, data)
-    return data
+    bases = base if isinstance(base, list) else [base] if base else []
+    merged: Dict[str, Any] = {}
+    for name in bases:
+        if not isinstance(name, str) or not name:
+            raise RecipeError(f"{path}: 'base' must be a file name or a list of file names, got {base!r}")
+        merged = _deep_merge(merged, load_recipe_yaml(path.parent / name, _seen + (path.resolve(),)))
+    return _deep_merge(merged, data) if bases else data
 
 
 def _hint(name: str, candidates) -> str:
