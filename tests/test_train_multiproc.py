@@ -2,8 +2,8 @@
 
 Each test launches the toy recipe on 2 processes (gloo), checks that both processes logged the
 same losses and hold bit-identical parameters at the end, and reloads the saved model in this
-(separate) process. A rare exit-time SIGABRT of gloo is tolerated with one retry
-(environment.md section 4). The first DeepSpeed run on a fresh machine JIT-compiles an op (~30 s).
+(separate) process. A rare exit-time SIGABRT of gloo ("terminate called without an active
+exception", seen before every entry point called destroy_process_group) is tolerated with one retry. The first DeepSpeed run on a fresh machine JIT-compiles an op (~30 s).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synthetic CT-like abdominal phantoms: the embedded default dataset (DESIGN.md section 4).
+"""Synthetic CT-like abdominal phantoms: the embedded default dataset (docs/architecture.md, section 6).
 
 ``make_phantom(seed)`` draws a volume in Hounsfield units with masks, and derives every text from
 what was drawn: a findings report, VQA pairs, referring expressions (``phantom_text``).
