@@ -17,6 +17,8 @@ import torch
 
 import LaMed  # noqa: F401
 
+pytestmark = pytest.mark.slow  # trains a model for minutes (make test-fast deselects it)
+
 REPO = Path(__file__).resolve().parents[1]
 LARGE_ORGANS = ["liver", "spleen", "kidney_left", "kidney_right"]
 
