@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (python3 and make are all that is needed):
 #   make demo   create .venv, install, run the main job on the embedded synthetic data
-#   make test   create .venv, install, run the whole test-suite
+#   make test   create .venv, install, run the whole test-suite (what CI runs)
+#   make test-fast  the unit tier: everything not marked slow or multiproc (a few minutes)
+#   make lint   ruff check + ruff format --check (configured in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +10,7 @@ STAMP  := $(VENV)/.lamed-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -26,6 +28,13 @@ demo: install
 
 test: install
 	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow and not multiproc" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,6 +1,6 @@
 """Shared plumbing of the Bench evaluators: manifests, prediction files, aggregation, outputs.
 
-Ground truth is a prepared manifest (``lamed.prepared/1``, DESIGN.md section 3), read directly as
+Ground truth is a prepared manifest (``lamed.prepared/1``, docs/architecture.md, Contracts), read directly as
 JSON here so that Bench depends on nothing but the file format. Every evaluator writes, into
 ``--out``:
 

@@ -1,29 +1,64 @@
-"""Worker of ``test_clip_losses.py``'s two-process test (a module of its own so that each spawned
-process imports only torch and the loss module, not the test module's imports).
+"""Workers and process-group helpers of the multi-process tests (a module of its own so that each
+spawned process imports only torch and the modules under test, not the test module's imports).
 
-``LaMed.models.clip.losses`` is loaded from its file: importing it as a package member would run
-``LaMed/models/clip/__init__.py``, which imports transformers (seconds per process) for the Auto
-registration that this test does not need.
+``LaMed.models.clip.losses`` and ``LaMed.train.distributed`` are loaded from their files: importing
+them as package members would run ``LaMed/models/clip/__init__.py``, which imports transformers
+(seconds per process) for the Auto registration that these tests do not need.
+
+Why the store lives in the test process (``host_store``): with ``init_method="tcp://..."`` rank 0
+hosts the rendezvous store, so when rank 0 finishes first and exits, rank 1's store client loses
+its server in the middle of its own teardown, and a gloo rank could die at exit with SIGABRT
+("terminate called without an active exception"). A store hosted by the parent outlives every
+rank; binding it to port 0 also lets the OS pick a free port atomically (no race between picking a
+"free" port and binding it, no fixed port shared with a concurrent run). Each rank then leaves
+through ``LaMed.train.distributed.destroy_process_group`` (barrier, then destroy).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-_LOSSES = Path(__file__).resolve().parents[1] / "LaMed" / "models" / "clip" / "losses.py"
+_LAMED = Path(__file__).resolve().parents[1] / "LaMed"
 
 
-def load_losses():
-    spec = importlib.util.spec_from_file_location("lamed_clip_losses_standalone", _LOSSES)
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_losses():
+    return _load("lamed_clip_losses_standalone", _LAMED / "models" / "clip" / "losses.py")
+
+
+def load_distributed():
+    return _load("lamed_train_distributed_standalone", _LAMED / "train" / "distributed.py")
+
+
+def host_store():
+    """A rendezvous store served by the calling (parent) process on a free port: ``(store, port)``.
+
+    Keep the returned store referenced until the spawned ranks have joined.
+    """
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    return store, store.port
+
+
+def join_group(rank: int, world: int, port: int) -> None:
+    """Join the gloo group of ``world`` ranks whose store the parent serves on ``port``."""
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=False)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world)
+
+
+def leave_group() -> None:
+    """Barrier, then destroy this rank's group (the library's own teardown)."""
+    load_distributed().destroy_process_group()
 
 
 def features(n: int, p: int, seed: int):
@@ -34,16 +69,10 @@ def features(n: int, p: int, seed: int):
     return x, y
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def two_rank_worker(rank: int, port: int, out_dir: str, b: int, p: int, seed: int, world: int = 2) -> None:
     """Rank ``rank`` holds rows ``[rank*b, (rank+1)*b)``; saves ``{name: (loss, d loss/d img, d loss/d txt)}``."""
     losses = load_losses()
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    join_group(rank, world, port)
     try:
         x_all, y_all = features(b * world, p, seed)
         s_nce, s_sig = torch.tensor(6.0, dtype=torch.float64), torch.tensor(8.0, dtype=torch.float64)
@@ -63,4 +92,18 @@ def two_rank_worker(rank: int, port: int, out_dir: str, b: int, p: int, seed: in
             results[name] = (loss.detach(), x.grad, y.grad)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        torch.distributed.destroy_process_group()
+        leave_group()
+
+
+def gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    """``test_train_distributed``'s worker: rank r holds rows [[r, r+1], [r+10, r+11]] (B = 2, C = 2)."""
+    distributed = load_distributed()
+    join_group(rank, world, port)
+    try:
+        x = torch.tensor([[rank, rank + 1.0], [rank + 10.0, rank + 11.0]], requires_grad=True)
+        g = distributed.gather_with_grad(x)
+        w = torch.arange(g.numel(), dtype=torch.float32).reshape(g.shape)  # the same weights on every rank
+        (g * w).sum().backward()
+        torch.save({"gathered": g.detach(), "grad": x.grad}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        distributed.destroy_process_group()

@@ -123,3 +123,14 @@ def pytest_runtest_setup(item):
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     _reset_locale()
+
+
+# Fixtures that train models for minutes: a test that uses one belongs to the slow tier, whatever
+# its own body costs (``make test-fast`` deselects it; ``make test`` runs it).
+SLOW_FIXTURES = ("quick_demo",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)

@@ -213,6 +213,7 @@ def test_manifest_paths_outside_the_dataset_are_refused(tmp_path, bad):
 # --------------------------------------------------------------------------- memory and processes
 
 
+@pytest.mark.slow
 def test_resize_of_a_2x2x100000_volume_needs_no_square_matrix():
     from LaMed.data.transforms import apply_preset, resize
 

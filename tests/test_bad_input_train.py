@@ -117,6 +117,7 @@ def _one_screen_error(proc, *words):
     return err
 
 
+@pytest.mark.slow
 def test_marker_holds_the_hash_of_every_file(killed_run):
     import hashlib
 
@@ -126,6 +127,7 @@ def test_marker_holds_the_hash_of_every_file(killed_run):
         assert hashlib.sha256((killed_run / rel).read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.slow
 def test_checkpoint_changed_without_a_size_change_is_refused(killed_run, toy_phantoms):
     weights = killed_run / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -136,6 +138,7 @@ def test_checkpoint_changed_without_a_size_change_is_refused(killed_run, toy_pha
     assert not (killed_run.parent / "model.safetensors").exists()  # nothing trained, nothing saved
 
 
+@pytest.mark.slow
 def test_checkpoint_with_non_finite_weights_is_refused(killed_run, toy_phantoms):
     import torch
     from safetensors.torch import load_file, save_file
@@ -152,6 +155,7 @@ def test_checkpoint_with_non_finite_weights_is_refused(killed_run, toy_phantoms)
     _one_screen_error(proc, str(weights), name, "NaN")
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_save_is_one_message(tmp_path, toy_phantoms):
     # A sitecustomize makes every torch.save (the optimizer state of each checkpoint) fail with ENOSPC.
     hook = tmp_path / "hook"
@@ -174,6 +178,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_message(tmp_path, toy_phantom
 
 # ---- bad samples ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_too_many_bad_samples_is_a_one_screen_report(tmp_path, toy_phantoms):
     import shutil
 

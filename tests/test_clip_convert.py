@@ -1,7 +1,7 @@
 """Published 3D CLIP layouts (M3D-CLIP, HSENet stage 1 / 2, Med3DVLM DCFormer_SigLIP) load strictly.
 
-The synthetic checkpoints use the published key names from the reference notes (m3d_segvol.md 2.1
-and 2.5, hsenet_r1seg_refsam3d.md 4.1-4.2, med3dvlm_dcformer_text3dsam.md 5.1-5.2) at tiny
+The synthetic checkpoints use the published key names of the public code (BAAI-DCAI/M3D,
+YanzhaoShi/HSENet, mirthAI/Med3DVLM) at tiny
 widths; the text towers are real HF ``BertModel`` / ``DistilBertModel`` state dicts under the
 published ``language_encoder.`` prefix, as the published code wraps them.
 """
@@ -170,7 +170,7 @@ def test_med3dvlm_dec_clip_sigmoid_layout():
 
     from LaMed.models.encoders import create_encoder
 
-    # M3V DCFormer layout: every key starts with "encoder.", layer scale named "scale" (reference 5.1).
+    # M3V DCFormer layout: every key starts with "encoder.", layer scale named "scale" (mirthAI/Med3DVLM).
     enc = create_encoder("dcformer_test", stem_activation=False, input_layout="HWD")
     raw = {f"vision_encoder.{k}": v.clone() for k, v in enc.state_dict().items()}
     distil = DistilBertModel(DistilBertConfig(vocab_size=150, dim=64, n_layers=2, n_heads=2, hidden_dim=96,

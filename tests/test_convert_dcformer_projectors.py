@@ -34,7 +34,7 @@ def add_decomp(sd, p, cout, cin, k, bn=True):
 
 
 def published_dcformer(channels, blocks, kernels=(13, 11, 9, 7), t_last=False, layout="m3v"):
-    """Key layout of med3dvlm_dcformer_text3dsam.md 5.1 (M3V), 5.4 (Text3DSAM s4) and 1.10 (DCF)."""
+    """Key layouts of the public code: mirthAI/Med3DVLM (M3V), mirthAI/Text3DSAM (s4) and mirthAI/DCFormer (DCF)."""
     sd = {}
     for i in range(4):  # stem: k7 stride 4, then three k3
         add_decomp(sd, f"encoder.s0.0.{i}.", channels[0], 1 if i == 0 else channels[0], 7 if i == 0 else 3)
@@ -81,7 +81,7 @@ def test_families_registered():
 
 def test_med3dvlm_dcformer_small_from_vlm_checkpoint():
     enc = published_dcformer((64, 96, 192, 384, 768), (2, 3, 6, 2))
-    assert len(enc) == 426  # notes 5.1
+    assert len(enc) == 426  # the M3V DCFormer-small state dict (mirthAI/Med3DVLM)
     full = {f"model.vision_tower.vision_tower.{k}": v for k, v in enc.items()}
     full.update({"model.embed_tokens.weight": rand(4, 8), "lm_head.weight": rand(4, 8),
                  "model.mm_projector.low_mixer.0.ln1.weight": rand(384)})
@@ -103,7 +103,7 @@ def test_med3dvlm_dcformer_small_from_vlm_checkpoint():
 
 def test_text3dsam_encoder_with_attention_stage():
     enc = published_dcformer((48, 96, 192, 384, 768), (2, 3, 6, 2), t_last=True)
-    assert sum(k.startswith("encoder.s4.") for k in enc) == 45  # notes 5.4
+    assert sum(k.startswith("encoder.s4.") for k in enc) == 45  # Text3DSAM's transformer stage (mirthAI/Text3DSAM)
     assert enc["encoder.s0.0.0.c1.0.weight"].shape == (48, 1, 7, 1, 1)
     full = {f"image_encoder.{k}": v for k, v in enc.items()}
     full.update({"text_encoder.encoder.layer.0.attention.self.query.weight": rand(4, 4),
@@ -130,7 +130,7 @@ def test_original_dcformer_layout_is_normalised():
     cfg = infer_dcformer_config(full)
     model = DCFormer(DCFormerConfig(**cfg))
     assert cfg["num_blocks"] == (1, 2, 3, 3, 2)
-    assert sum(p.numel() for p in model.parameters()) == 14_657_472  # = dcformer_tiny (notes 1.7)
+    assert sum(p.numel() for p in model.parameters()) == 14_657_472  # = dcformer_tiny (mirthAI/DCFormer)
     assert load_converted(model, converted).ok
     assert_loaded(model, converted)
 
@@ -169,7 +169,7 @@ def test_m3d_spp_projector_from_stage1_file_and_peft_checkpoint():
     assert torch.equal(model.projector[0].weight, lin["model.mm_projector.linear.weight"])
 
 
-MIXER_TABLE = {  # notes 5.3: (n_in, n_out, d_in, d_out) per module
+MIXER_TABLE = {  # Med3DVLM's mixer projector (mirthAI/Med3DVLM): (n_in, n_out, d_in, d_out) per module
     "low_mixer.0": (256, 192, 384, 1792), "low_mixer.1": (192, 128, 1792, 3584),
     "high_mixer.0": (32, 64, 768, 1792), "high_mixer.1": (64, 128, 1792, 3584),
 }
@@ -198,7 +198,7 @@ def test_med3dvlm_mixer_published_layout():
 
 
 def test_med3dvlm_mixer_conversion_preserves_the_published_computation():
-    # Tiny mixer under the published names; reference forward written from the notes (3.1).
+    # Tiny mixer under the published names; reference forward written from mirthAI/Med3DVLM's projector.
     table = {"low_mixer.0": (32, 8, 16, 32), "low_mixer.1": (8, 4, 32, 64),
              "high_mixer.0": (4, 6, 32, 32), "high_mixer.1": (6, 4, 32, 64)}
     sd = published_mixer(table)
@@ -261,7 +261,7 @@ def test_hsenet_two_packers_from_peft_checkpoint():
 
 
 def test_hsenet_packer_conversion_preserves_the_published_computation():
-    # notes 1.6: centroid = 1x4x4 average; Wq(centroid) attends to its 16 members (/sqrt(dim), softmax),
+    # DCFormer (mirthAI/DCFormer): centroid = 1x4x4 average; Wq(centroid) attends to its 16 members (/sqrt(dim), softmax),
     # output_linear, residual to Wq(centroid), LayerNorm, proj_mpls (Linear, GELU, Linear).
     sd = published_packer("", 16, 24)
     model = create_projector("packer", in_dim=16, out_dim=24, grid_size=(2, 4, 8)).eval()

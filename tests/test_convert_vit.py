@@ -1,7 +1,7 @@
 """Converters of the published 3D-ViT layouts (m3d_vit, segvol_vit, hsenet_vit, hsenet_2e3, monai_vit).
 
-State dicts are built from the key tables of the reference notes (m3d_segvol.md 2.1-2.6,
-hsenet_r1seg_refsam3d.md 4.1-4.4) on the tiny geometry, wrapped in each published file's
+State dicts are built from the key layouts of the public code (BAAI-DCAI/M3D,
+BAAI-DCAI/SegVol, YanzhaoShi/HSENet, lihaoqin168/R1Seg-3D) on the tiny geometry, wrapped in each published file's
 prefixes / containers, converted and loaded with strict=True; values are checked to land on the
 same parameters.
 """

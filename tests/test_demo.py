@@ -5,7 +5,7 @@ twins (CLIP, then the report/VQA model from the CLIP's tower, text-prompted segm
 phantoms, scores them with Bench on the 60 held-out ones, fine-tunes on the real TotalSegmentator CT
 (when ``../shared/data`` is present), and must clear the margins the CLIP, multimodal-LLM and
 segmentation issues set (``LaMed.demo.report.CHECKS``); the numbers measured are in the report
-printed by ``pytest -s`` and in the closing note of the demo issue.
+printed by ``pytest -s`` and in the README's demo section.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def test_zero_shot_check_reads_the_mean_over_every_finding():
     assert "## Zero-shot findings classification (CLIP)" in text and "| b | focal | 1 | 0.250 [0.000, 0.500] |" in text
 
 
+@pytest.mark.slow
 def test_zero_shot_stage_on_a_tiny_clip(tmp_path):
     """The stage runs Bench.run_classify as a user would and keeps its numbers (random weights: any AUROC)."""
     import torch

@@ -22,7 +22,7 @@ def meta(name: str, **kw) -> DCFormer:
         return create_encoder(name, **kw)
 
 
-# Reference notes med3dvlm_dcformer_text3dsam.md 1.7 (measured on the published code).
+# Measured on the public code (mirthAI/DCFormer, arXiv 2502.05091).
 PUBLISHED_PARAMS = {
     "dcformer_nano": 789_216,  # 0.789 M
     "dcformer_naive": 5_851_680,  # 5.852 M
@@ -38,7 +38,7 @@ PUBLISHED_PARAMS = {
 def test_parameter_counts_match_published(name, count):
     model = meta(name)
     assert n_params(model) == count
-    # and the millions quoted in the notes, to three decimals
+    # and the millions quoted by DCFormer (arXiv 2502.05091), to three decimals
     quoted = {"dcformer_nano": 0.789, "dcformer_naive": 5.852, "dcformer_tiny": 14.657, "dcformer_small": 18.245,
               "dcformer_base": 33.869, "dcformer_large": 185.125, "dcformer_text3dsam": 22.908}[name]
     assert round(count / 1e6, 3) == quoted
@@ -63,7 +63,7 @@ def test_all_sizes_registered_and_interface():
 
 
 def test_published_stage_shapes_med3dvlm_input():
-    # Med3DVLM: (1, 1, 128, 256, 256); notes 1.8 list (C, H, W, D) = (64, 64, 64, 32) ... (768, 4, 4, 2).
+    # Med3DVLM: (1, 1, 128, 256, 256); mirthAI/DCFormer gives (C, H, W, D) = (64, 64, 64, 32) ... (768, 4, 4, 2).
     model = meta("dcformer_small_med3dvlm")
     x = torch.empty(1, 1, 128, 256, 256, device="meta")
     maps = model.forward_intermediates(x)

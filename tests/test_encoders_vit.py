@@ -33,7 +33,7 @@ def meta(name: str, **kw) -> nn.Module:
 
 
 def published_vit_layout(hidden=768, mlp=3072, layers=12, patch_dim=1024, tokens=2048, cls=True) -> dict:
-    """Key -> shape of MONAI 1.3's ViT, written from the table of m3d_segvol.md 2.1."""
+    """Key -> shape of MONAI 1.3's ViT, written from BAAI-DCAI/M3D (arXiv 2404.00578)."""
     keys = {}
     if cls:
         keys["cls_token"] = (1, 1, hidden)
@@ -56,7 +56,7 @@ def published_vit_layout(hidden=768, mlp=3072, layers=12, patch_dim=1024, tokens
 
 
 def hsenet_2e3_extra_layout(hidden=768, slice_dim=768) -> dict:
-    """The 12 tensors HSENet's stage-2 tower adds (hsenet_r1seg_refsam3d.md 4.2)."""
+    """The 12 tensors HSENet's stage-2 tower adds (YanzhaoShi/HSENet, arXiv 2506.09634)."""
     keys = {}
     for name, fan_in in (("Wq", hidden), ("Wk", slice_dim), ("Wv", slice_dim), ("output_linear", hidden)):
         keys[f"slice_guided_attention.{name}.weight"] = (hidden, fan_in)
@@ -85,7 +85,7 @@ def test_variants_registered():
 
 
 def test_vit3d_parameter_counts_match_published():
-    assert n_params(meta("vit3d_base")) == 87_389_184  # m3d_segvol.md 1.1, with CLS
+    assert n_params(meta("vit3d_base")) == 87_389_184  # BAAI-DCAI/M3D, arXiv 2404.00578, with CLS
     assert n_params(meta("vit3d_base_segvol")) == 87_388_416  # without CLS
     assert len(meta("vit3d_base").state_dict()) == 138 and len(meta("vit3d_base_segvol").state_dict()) == 137
 

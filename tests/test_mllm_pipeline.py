@@ -11,7 +11,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "configs" / "recipes"
-# This recipes: the ones whose task is ``mllm`` (other families share name prefixes).
+# The multimodal-LLM recipes: the ones whose task is ``mllm`` (other families share name prefixes).
 MLLM_RECIPES = sorted(p for p in glob.glob(str(RECIPES / "*.yaml")) if "\ntask: mllm\n" in "\n" + Path(p).read_text())
 
 

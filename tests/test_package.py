@@ -29,6 +29,7 @@ def test_registry_errors_suggest_close_names():
         reg.register("vit3d_base", lambda: None)
 
 
+@pytest.mark.slow
 def test_transformers_trainer_and_open_clip_import():
     # Both break when PyPI's CUDA torchvision meets a CPU torch unless the shim is active.
     code = "import LaMed; from transformers import Trainer; import open_clip; print(len(open_clip.list_models()))"

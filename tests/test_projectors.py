@@ -34,18 +34,18 @@ def test_registered_names():
 
 
 def test_published_parameter_counts():
-    # M3D-LaMed spp to Phi-3 (3072): 768*3072+3072 + 3072*3072+3072 (m3d_segvol.md 1.3)
+    # M3D-LaMed spp to Phi-3 (3072): 768*3072+3072 + 3072*3072+3072 (BAAI-DCAI/M3D, arXiv 2404.00578)
     assert n_params(meta("spp")) == 11_802_624
     assert n_params(meta("r1seg_pool_mlp")) == 11_802_624
     assert n_params(meta("spp", out_dim=4096)) == lin(768, 4096) + lin(4096, 4096)  # Llama-2-7B / Llama-3.1-8B
-    # Med3DVLM mixer: 47.22 M measured (med3dvlm notes 3.1); per layer LN x2 + token MLP + channel MLP
+    # Med3DVLM mixer: 47.22 M measured (mirthAI/Med3DVLM); per layer LN x2 + token MLP + channel MLP
     mixer = meta("mixer")
     expected = 0
     for (n_in, d_in), (n_out, d_out) in [((256, 384), (192, 1792)), ((192, 1792), (128, 3584)),
                                          ((32, 768), (64, 1792)), ((64, 1792), (128, 3584))]:
         expected += 4 * d_in + lin(n_in, n_out) + lin(n_out, n_out) + lin(d_in, d_out) + lin(d_out, d_out)
     assert n_params(mixer) == expected == 47_221_248
-    assert len(mixer.state_dict()) == 48  # as in the published checkpoint (notes 5.3)
+    assert len(mixer.state_dict()) == 48  # as in the published checkpoint (MagicXin/Med3DVLM-Qwen-2.5-7B)
     # HSENet packer per stream: Wq/Wk/Wv/output_linear (768x768 + bias), LayerNorm, MLP 768->3072->3072
     per_stream = 4 * lin(768, 768) + 2 * 768 + lin(768, 3072) + lin(3072, 3072)
     assert n_params(meta("packer")) == per_stream

@@ -1,7 +1,7 @@
 """Published M3D-LaMed (with seg module) and R1Seg-3D LLM key layouts load strictly through the converters.
 
-Synthetic state dicts in the published layouts (reference m3d_segvol.md 2.3, hsenet_r1seg_refsam3d.md
-4.4-4.5) are written from a tiny model's tensors by renaming them as the published code names them
+Synthetic state dicts in the published layouts of the public code (BAAI-DCAI/M3D,
+lihaoqin168/R1Seg-3D) are written from a tiny model's tensors by renaming them as the published code names them
 (the mapping below is written from the reference tables, independently of the converters); the
 converted dicts must load with ``strict=True`` and give back every tensor. Published sizes are
 checked on the meta device (no memory).

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # trains a model for minutes (make test-fast deselects it)
+
 REPO = Path(__file__).resolve().parents[1]
 ORGANS = ["liver", "spleen", "kidney_left", "kidney_right"]
 

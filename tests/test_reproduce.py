@@ -96,6 +96,7 @@ def _pub(system, name):
     return next(e.published for e in load_system(system).entries if e.name == name)
 
 
+@pytest.mark.slow
 def test_m3d_table_from_fakes(fakes, tmp_path):
     from LaMed.metrics import retrieval as R
     from LaMed.metrics import text as T

@@ -28,11 +28,11 @@ def _meta(seg, name, **kw):
         return seg.create_seg_model(name, **kw)
 
 
-# ---- published sizes (reference notes) --------------------------------------------------------------
+# ---- published sizes (public reference code) --------------------------------------------------------------
 
 def test_segvol_published_parameter_counts(seg):
     m = _meta(seg, "segvol_published")
-    # m3d_segvol.md 1.5: image encoder 87.39 M (ViT-B without CLS: 87,388,416), transformer 16.94 M,
+    # BAAI-DCAI/SegVol, arXiv 2311.13385: image encoder 87.39 M (ViT-B without CLS: 87,388,416), transformer 16.94 M,
     # output_upscaling 7.62 M of which 6.29 M is the (192, 16, 32, 32) LayerNorm, hypernets 5.02 M.
     assert _count(m.image_encoder) == 87_388_416
     assert round(_count(m.mask_decoder.transformer) / 1e6, 2) == 16.94
@@ -59,7 +59,7 @@ def test_segvol_clean_decoder_drops_the_full_shape_layernorm(seg):
 
 def test_text3dsam_published_sizes_and_key_count(seg):
     m = _meta(seg, "text3dsam_published")
-    # med3dvlm_dcformer_text3dsam.md 4.1 / 5.4 (tiny-clinicalbert geometry): 706 keys, 59.3 M.
+    # mirthAI/Text3DSAM (tiny-clinicalbert geometry): 706 keys, 59.3 M.
     assert round(_count(m.image_encoder) / 1e6, 2) == 22.91
     assert round(_count(m.text_encoder.model) / 1e6, 2) == 13.87
     assert round(_count(m.text_encoder.proj) / 1e6, 2) == 0.83
@@ -91,7 +91,7 @@ def test_shapes_of_the_published_forward_on_meta(seg):
     assert tuple(low.shape) == (1, 1, 32, 64, 64)
 
 
-# ---- published module sizes (hand-typed from the reference notes; whole layouts: test_published_layouts) ---
+# ---- published module sizes (hand-typed from the public reference code; whole layouts: test_published_layouts) ---
 
 def test_segvol_published_module_shapes(seg):
     m = _meta(seg, "segvol_published")
@@ -113,7 +113,7 @@ def test_segvol_published_module_shapes(seg):
 
 def test_r1seg_prompt_encoder_keys(seg):
     sd = _meta(seg, "r1seg_sam_published").state_dict()
-    # hsenet_r1seg_refsam3d.md 4.4: pe buffer + mask3D_downscaling {0,1,3,4,6} + no_mask_embed.
+    # lihaoqin168/R1Seg-3D: pe buffer + mask3D_downscaling {0,1,3,4,6} + no_mask_embed.
     assert sorted(k for k in sd if k.startswith("prompt_encoder.")) == sorted(
         ["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", "prompt_encoder.no_mask_embed.weight"]
         + [f"prompt_encoder.mask_downscaling.{i}.{p}" for i in (0, 1, 3, 4, 6) for p in ("weight", "bias")])

@@ -1,7 +1,7 @@
 """End to end: the tiny recipe learns on phantoms, ``lamed predict`` writes masks in the source
 geometry, Bench's front end scores a split, a tiny model fine-tuned on real CT finds the liver.
 
-These are the slow tests of the segmentation issue (a few CPU minutes in all): one training on
+These are the slow segmentation tests (a few CPU minutes in all): one training on
 phantoms is shared by every test of the module.
 """
 
@@ -16,6 +16,8 @@ import pytest
 import torch
 
 import LaMed  # noqa: F401
+
+pytestmark = pytest.mark.slow  # trains a model for minutes (make test-fast deselects it)
 
 REPO = Path(__file__).resolve().parents[1]
 LARGE_ORGANS = ["liver", "spleen", "kidney_left", "kidney_right"]

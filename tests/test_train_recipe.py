@@ -75,6 +75,17 @@ stage:
     assert s.lora_target_modules == ["head"] and s.lora_modules_to_save == ["stem"]
 
 
+def test_a_list_of_bases_merges_left_to_right(parse, tmp_path):
+    """``base: [A, B]``: B's values replace A's, the file's own values replace both."""
+    write(tmp_path, "training: {max_steps: 7, learning_rate: 0.25, seed: 3}\n", "_cpu.yaml")
+    child = write(tmp_path, f"base: [{TINY}, _cpu.yaml]\ntraining: {{seed: 11}}\n")
+    r = parse(child)
+    assert (r.training_args.max_steps, r.training_args.learning_rate, r.training_args.seed) == (7, 0.25, 11)
+    assert r.model_args.hidden == 16  # from the first base
+    with pytest.raises(Exception, match="'base' must be a file name or a list"):
+        parse(write(tmp_path, f"base: [{TINY}, 3]\n", "bad.yaml"))
+
+
 @pytest.mark.parametrize("text, expected", [
     ("training: {lerning_rate: 0.1}", "unknown key 'training.lerning_rate'"),
     ("training: {lerning_rate: 0.1}", "did you mean 'learning_rate'"),
@@ -157,7 +168,32 @@ def test_lamed_train_check_prints_resolved_recipe(capsys):
     assert "unknown override '--lerning_rate'" in capsys.readouterr().err
 
 
-RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml")) + sorted((TESTS / "recipes").glob("*.yaml"))
+# files named _*.yaml are shared bases (``base: _tiny_cpu.yaml``), not recipes of their own
+RECIPES = sorted(p for p in (REPO / "configs" / "recipes").glob("*.yaml") if not p.name.startswith("_")) + sorted(
+    (TESTS / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe, override, field, valid", [
+    ("tiny_m3d_lamed_phi3_stage1.yaml", ["--vision_tower", "vit3d_bse"], "model.vision_tower: unknown encoder 'vit3d_bse'",
+     "vit3d_base"),
+    ("tiny_m3d_lamed_phi3_stage1.yaml", ["--projector", "sppp"], "model.projector: unknown projector 'sppp'", "spp"),
+    ("tiny_m3d_clip.yaml", ["--vision_encoder", "dcformer_tinny"], "model.vision_encoder: unknown encoder", "dcformer_tiny"),
+    ("tiny_segvol.yaml", ["--variant", "segvl"], "model.variant: unknown segmentation variant 'segvl'", "segvol_tiny"),
+    ("tiny_r1seg3d.yaml", ["--seg_variant", "sgvol"], "model.seg_variant: unknown segmentation variant", "segvol"),
+    ("tiny_r1seg3d.yaml", ["--preprocess_preset", "m3x"], "model.preprocess_preset: unknown preprocessing preset",
+     "m3d"),
+])
+def test_unknown_registry_names_fail_at_check_naming_the_choices(capsys, recipe, override, field, valid):
+    """``lamed train RECIPE --check`` refuses names no registry knows (before any model is built), and
+    the message names the recipe, the field and the valid choices; the valid name itself parses."""
+    from LaMed.cli import main
+
+    path = str(REPO / "configs" / "recipes" / recipe)
+    assert main(["train", path, "--check", *override]) == 1
+    err = capsys.readouterr().err
+    assert recipe in err and field in err and f"'{valid}'" in err and "(known: " in err, err
+    assert main(["train", path, "--check", override[0], valid]) == 0
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])

@@ -62,6 +62,7 @@ def assert_bitwise_equal(a, b):
         assert torch.equal(a[k], b[k]), f"{k}: max diff {(a[k] - b[k]).abs().max().item()}"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(tmp_path, phantoms, reference):
     from LaMed.train.checkpoint import last_complete_checkpoint
 
@@ -75,6 +76,7 @@ def test_sigkill_mid_training_then_resume(tmp_path, phantoms, reference):
     assert_bitwise_equal(weights(tmp_path), reference)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_then_resume(tmp_path, phantoms, reference):
     from LaMed.train.checkpoint import COMPLETE_MARKER, is_complete, last_complete_checkpoint
 

@@ -54,6 +54,7 @@ def test_tiny_recipe_trains_two_steps_with_loss_parts_and_eval(tmp_path, phantom
     assert "max_steps: 2" in resolved and "task: train_toy_task:toy_organs" in resolved
 
 
+@pytest.mark.slow
 def test_training_learns_the_toy_labels(tmp_path, phantoms):
     run = train(tmp_path / "run", phantoms, "--max_steps", "30", "--save_strategy", "no", "--logging_steps", "5")
     losses = [h["loss"] for h in run.trainer.state.log_history if "loss" in h]

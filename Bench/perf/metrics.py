@@ -1,6 +1,6 @@
 """Speed / memory benchmark of the metric library; prints its figures (no pass/fail).
 
-Targets (from the metrics issue): Recall@K on 10^5 x 10^5 pairs under 60 s and 4 GB on a 2-core
+Targets: Recall@K on 10^5 x 10^5 pairs under 60 s and 4 GB on a 2-core
 CPU; NSD on a 512x512x300 mask pair under 5 s. Each figure is printed with a baseline measured in
 the same run (a reference library or the naive computation) and the ratio.
 

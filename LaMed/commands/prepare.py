@@ -1,4 +1,4 @@
-"""``lamed prepare``: write data in the prepared format of DESIGN.md section 3.
+"""``lamed prepare``: write data in the prepared format of docs/architecture.md (Contracts).
 
 Built in: ``phantoms`` (the embedded synthetic default) and ``volumes`` (any folder of NIfTI /
 DICOM / NRRD / MHA / npy volumes through a named preset). Public datasets are added by the

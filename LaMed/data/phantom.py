@@ -1,4 +1,4 @@
-"""Synthetic CT-like abdominal phantoms: the embedded default dataset (DESIGN.md section 4).
+"""Synthetic CT-like abdominal phantoms: the embedded default dataset (docs/architecture.md, section 6).
 
 ``make_phantom(seed)`` draws a volume in Hounsfield units with masks, and derives every text from
 what was drawn: a findings report, VQA pairs, referring expressions (``phantom_text``).
@@ -454,29 +454,8 @@ def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, in
 # --------------------------------------------------------------------------- entry point
 
 
-def make_phantom(
-    seed: int,
-    shape: Sequence[int] = (32, 256, 256),
-    spacing: Optional[Sequence[float]] = None,
-    lesions: bool = True,
-    contrast: Optional[str | bool] = None,
-    ribs: Optional[bool] = None,
-    noise_hu: Optional[float] = None,
-    deform: float = 0.1,
-) -> Phantom:
-    """Draw one synthetic abdominal CT with masks and texts.
-
-    Args:
-        seed: any non-negative int; the same seed always gives the same arrays and texts.
-        shape: (D, H, W) voxels. spacing: (D, H, W) mm; default covers ``DEFAULT_FOV_MM``.
-        lesions: draw focal lesions (liver, spleen, kidneys, lung nodules) at random.
-        contrast: a phase of ``PHASES``, True (a random contrast phase), False ("non-contrast"),
-            or None (random phase, non-contrast 40 %).
-        ribs: draw rib arcs (None: 70 % of cases). noise_hu: noise standard deviation in HU
-            (None: uniform 8-18 HU). deform: amplitude of the organ warp (normalised units).
-    Returns:
-        a ``Phantom`` (image int16 HU (D, H, W), masks, spacing, report, vqa, refer, boxes, findings).
-    """
+def _check_geometry(shape: Sequence[int], spacing: Optional[Sequence[float]]) -> Tuple[tuple, tuple]:
+    """``(shape, spacing)`` as int / float triples; the default spacing covers ``DEFAULT_FOV_MM``."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
         raise ValueError(f"make_phantom: shape must be 3 sizes >= 4 (D, H, W), got {shape}")
@@ -485,26 +464,27 @@ def make_phantom(
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"make_phantom: spacing must be 3 positive mm values, got {spacing}")
-    geo, noise_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
+    return shape, spacing
 
+
+def _choose_phase(geo: np.random.Generator, contrast: Optional[str | bool]) -> str:
+    """The contrast phase ``contrast`` asks for (None: random, non-contrast 40 %; True: a random
+    contrast phase; False: non-contrast; or a name of ``PHASES``)."""
     if contrast is None:
-        phase = str(geo.choice(PHASES, p=[0.4, 0.3, 0.3]))
-    elif contrast is True:
-        phase = str(geo.choice(PHASES[1:]))
-    elif contrast is False:
-        phase = PHASES[0]
-    elif contrast in PHASES:
-        phase = contrast
-    else:
-        raise ValueError(f"make_phantom: contrast must be one of {PHASES}, True, False or None, got {contrast!r}")
-    phase_i = PHASES.index(phase)
-    draw_ribs = bool(geo.random() < 0.7) if ribs is None else bool(ribs)
+        return str(geo.choice(PHASES, p=[0.4, 0.3, 0.3]))
+    if contrast is True:
+        return str(geo.choice(PHASES[1:]))
+    if contrast is False:
+        return PHASES[0]
+    if contrast in PHASES:
+        return contrast
+    raise ValueError(f"make_phantom: contrast must be one of {PHASES}, True, False or None, got {contrast!r}")
 
-    grid = _Grid(shape, spacing)
-    canvas = _Canvas(grid)
-    body = _body(canvas, geo)
-    sx, sy = body["semi_lr_mm"] / 165.0, body["semi_ap_mm"] / 115.0
 
+def _draw_organs(canvas: _Canvas, geo: np.random.Generator, phase_i: int, sx: float, sy: float,
+                 deform: float) -> Dict[str, dict]:
+    """Paint every organ of ``ORGANS`` (or record why it is absent); returns its findings by name."""
+    grid = canvas.grid
     organs: Dict[str, dict] = {}
     removed_kidney = None
     for spec in ORGANS:
@@ -536,18 +516,12 @@ def make_phantom(
         info.update(enlarged=bool(enlarged), scale=round(float(scale), 3), hu=round(float(hu), 1),
                     center_mm=center, semi_mm=semi)
         organs[spec.name] = info
+    return organs
 
-    aorta = _aorta(canvas, geo, phase_i, sx, sy)
-    _spine(canvas, geo, sy)
-    if draw_ribs:
-        _ribs(canvas, geo, body)
 
-    lesion_list: List[dict] = []
-    if lesions:
-        for spec in ORGANS:
-            lesion_list += _add_lesions(canvas, geo, spec, organs[spec.name])
-
-    # ---- image: HU lookup, partial-volume blur, correlated noise
+def _render_image(canvas: _Canvas, spacing: tuple, noise_rng: np.random.Generator,
+                  noise_hu: Optional[float]) -> np.ndarray:
+    """Label map -> int16 HU image (D, H, W): HU lookup, partial-volume blur, correlated noise."""
     from scipy import ndimage
 
     lut = np.zeros(256, np.float32)
@@ -558,13 +532,18 @@ def make_phantom(
     image = ndimage.gaussian_filter(image, sigma=(0.0, sigma_mm / spacing[1], sigma_mm / spacing[2]), truncate=3.0)
     noise_sd = float(noise_rng.uniform(8, 18)) if noise_hu is None else float(noise_hu)
     if noise_sd > 0:
-        noise = noise_rng.standard_normal(shape, dtype=np.float32)
+        noise = noise_rng.standard_normal(canvas.label.shape, dtype=np.float32)
         noise = ndimage.gaussian_filter(noise, sigma=(0.0, 0.6, 0.6), truncate=3.0)
         noise *= noise_sd / max(float(noise.std()), 1e-6)
         image += noise
-    image = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
-    # ---- masks, boxes, measured organ sizes
+
+def _structure_masks(canvas: _Canvas, organs: Dict[str, dict], aorta: dict,
+                     lesion_list: List[dict]) -> Dict[str, np.ndarray]:
+    """Bool (D, H, W) masks of the body, every visible structure (its lesions included), each
+    lesion and all lesions together; an organ covered entirely by later structures is marked
+    not visible in ``organs``."""
     masks: Dict[str, np.ndarray] = {"body": canvas.label != _AIR}
     for name in [o.name for o in ORGANS] + ["aorta", "vertebrae", "ribs"]:
         if name not in canvas.groups:
@@ -581,8 +560,12 @@ def make_phantom(
         masks[les["name"]] = canvas.mask(les["name"])
     if lesion_list:
         masks["lesions"] = np.isin(canvas.label, [i for les in lesion_list for i in canvas.groups[les["name"]]])
-    boxes = {name: mask_box(m) for name, m in masks.items()}
+    return masks
 
+
+def _measure_organs(organs: Dict[str, dict], masks: Dict[str, np.ndarray], lesion_list: List[dict],
+                    spacing: tuple, depth: int) -> None:
+    """Add the measured extent, volume and lesions to each present organ's findings (in place)."""
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     for name, info in organs.items():
         if not info["present"]:
@@ -591,11 +574,61 @@ def make_phantom(
         zs = np.flatnonzero(m.any(axis=(1, 2)))
         info["craniocaudal_mm"] = round(float((zs[-1] - zs[0] + 1) * spacing[0]), 1)
         # Cut by the first or last slice: the visible extent is not the organ's size.
-        info["clipped"] = bool(zs[0] == 0 or zs[-1] == shape[0] - 1)
+        info["clipped"] = bool(zs[0] == 0 or zs[-1] == depth - 1)
         info["volume_ml"] = round(float(m.sum() * voxel_ml), 1)
         info["center_mm"] = [round(float(c), 1) for c in info["center_mm"]]
         info["semi_mm"] = [round(float(c), 1) for c in info["semi_mm"]]
         info["lesions"] = [les["name"] for les in lesion_list if les["organ"] == name]
+
+
+def make_phantom(
+    seed: int,
+    shape: Sequence[int] = (32, 256, 256),
+    spacing: Optional[Sequence[float]] = None,
+    lesions: bool = True,
+    contrast: Optional[str | bool] = None,
+    ribs: Optional[bool] = None,
+    noise_hu: Optional[float] = None,
+    deform: float = 0.1,
+) -> Phantom:
+    """Draw one synthetic abdominal CT with masks and texts.
+
+    Args:
+        seed: any non-negative int; the same seed always gives the same arrays and texts.
+        shape: (D, H, W) voxels. spacing: (D, H, W) mm; default covers ``DEFAULT_FOV_MM``.
+        lesions: draw focal lesions (liver, spleen, kidneys, lung nodules) at random.
+        contrast: a phase of ``PHASES``, True (a random contrast phase), False ("non-contrast"),
+            or None (random phase, non-contrast 40 %).
+        ribs: draw rib arcs (None: 70 % of cases). noise_hu: noise standard deviation in HU
+            (None: uniform 8-18 HU). deform: amplitude of the organ warp (normalised units).
+    Returns:
+        a ``Phantom`` (image int16 HU (D, H, W), masks, spacing, report, vqa, refer, boxes, findings).
+    """
+    shape, spacing = _check_geometry(shape, spacing)
+    # Three independent streams: geometry, noise, texts (so a text change never moves an organ).
+    geo, noise_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3))
+    # The order of the draws from ``geo`` below is part of the seed -> phantom mapping: keep it.
+    phase = _choose_phase(geo, contrast)
+    phase_i = PHASES.index(phase)
+    draw_ribs = bool(geo.random() < 0.7) if ribs is None else bool(ribs)
+
+    canvas = _Canvas(_Grid(shape, spacing))
+    body = _body(canvas, geo)
+    sx, sy = body["semi_lr_mm"] / 165.0, body["semi_ap_mm"] / 115.0
+    organs = _draw_organs(canvas, geo, phase_i, sx, sy, deform)
+    aorta = _aorta(canvas, geo, phase_i, sx, sy)
+    _spine(canvas, geo, sy)
+    if draw_ribs:
+        _ribs(canvas, geo, body)
+    lesion_list: List[dict] = []
+    if lesions:
+        for spec in ORGANS:
+            lesion_list += _add_lesions(canvas, geo, spec, organs[spec.name])
+
+    image = _render_image(canvas, spacing, noise_rng, noise_hu)
+    masks = _structure_masks(canvas, organs, aorta, lesion_list)
+    boxes = {name: mask_box(m) for name, m in masks.items()}
+    _measure_organs(organs, masks, lesion_list, spacing, shape[0])
     findings = {
         "seed": int(seed),
         "phase": phase,

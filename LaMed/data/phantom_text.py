@@ -102,80 +102,84 @@ def _lesion_sentence(w: _Writer, les: dict) -> str:
     ))
 
 
-def _report(w: _Writer, f: dict) -> str:
-    organs, lesions = f["organs"], f["lesions"]
+def _lesions_by_organ(f: dict) -> Dict[str, List[dict]]:
     by_organ: Dict[str, List[dict]] = {}
-    for les in lesions:
+    for les in f["lesions"]:
         by_organ.setdefault(les["organ"], []).append(les)
-    out: List[str] = []
+    return by_organ
 
-    phase = f["phase"]
+
+def _technique(w: _Writer, phase: str) -> List[str]:
     if phase == "non-contrast":
-        out.append(w.pick(("Non-contrast CT of the abdomen.", "CT of the abdomen without intravenous contrast.",
-                           "Unenhanced axial CT images of the abdomen.")))
-    else:
-        out.append(w.pick((f"Contrast-enhanced CT of the abdomen in the {phase} phase.",
-                           f"CT of the abdomen after intravenous contrast, {phase} phase.",
-                           f"{_cap(phase)}-phase contrast-enhanced CT of the abdomen.")))
+        return [w.pick(("Non-contrast CT of the abdomen.", "CT of the abdomen without intravenous contrast.",
+                        "Unenhanced axial CT images of the abdomen."))]
+    return [w.pick((f"Contrast-enhanced CT of the abdomen in the {phase} phase.",
+                    f"CT of the abdomen after intravenous contrast, {phase} phase.",
+                    f"{_cap(phase)}-phase contrast-enhanced CT of the abdomen."))]
 
-    # Lung bases
+
+def _lung_bases(w: _Writer, organs: dict, by_organ: Dict[str, List[dict]]) -> List[str]:
+    out: List[str] = []
     lungs_seen = [n for n in ("lung_right", "lung_left") if organs[n]["present"]]
     nodules = by_organ.get("lung_right", []) + by_organ.get("lung_left", [])
     if lungs_seen and not nodules:
         out.append(w.pick(("The lung bases are clear.", "No focal abnormality at the visualized lung bases.",
                            "The imaged lung bases are clear.")))
-    out += [_lesion_sentence(w, les) for les in nodules]
+    return out + [_lesion_sentence(w, les) for les in nodules]
 
-    # Liver
-    liver = organs["liver"]
-    if liver["present"]:
-        cc = _cm(liver["craniocaudal_mm"])
-        if liver["clipped"]:  # no size figure for an organ cut by the field of view
-            out.append(w.pick(("The liver is enlarged, consistent with hepatomegaly.", "Hepatomegaly.")
-                              if liver["enlarged"] else ("The liver is not enlarged.", "Normal liver size.")))
-        elif liver["enlarged"]:
-            out.append(w.pick((f"The liver is enlarged, spanning about {cc} cm craniocaudally, consistent with hepatomegaly.",
-                               f"Hepatomegaly: the liver measures about {cc} cm in craniocaudal extent.",
-                               f"The liver is enlarged (about {cc} cm craniocaudally), in keeping with hepatomegaly.")))
-        else:
-            out.append(w.pick((f"The liver is normal in size, spanning about {cc} cm craniocaudally.",
-                               f"Normal liver size (craniocaudal extent about {cc} cm).",
-                               f"The liver is not enlarged (about {cc} cm craniocaudally).")))
-        out += _organ_lesion_sentences(w, "liver", by_organ.get("liver", []),
-                                       ("No focal liver lesion.", "No focal hepatic lesion is seen.",
-                                        "No focal lesion in the liver."))
 
-    # Gallbladder
-    gb = organs["gallbladder"]
+def _liver(w: _Writer, liver: dict, lesions: List[dict]) -> List[str]:
+    if not liver["present"]:
+        return []
+    cc = _cm(liver["craniocaudal_mm"])
+    if liver["clipped"]:  # no size figure for an organ cut by the field of view
+        out = [w.pick(("The liver is enlarged, consistent with hepatomegaly.", "Hepatomegaly.")
+                      if liver["enlarged"] else ("The liver is not enlarged.", "Normal liver size."))]
+    elif liver["enlarged"]:
+        out = [w.pick((f"The liver is enlarged, spanning about {cc} cm craniocaudally, consistent with hepatomegaly.",
+                       f"Hepatomegaly: the liver measures about {cc} cm in craniocaudal extent.",
+                       f"The liver is enlarged (about {cc} cm craniocaudally), in keeping with hepatomegaly."))]
+    else:
+        out = [w.pick((f"The liver is normal in size, spanning about {cc} cm craniocaudally.",
+                       f"Normal liver size (craniocaudal extent about {cc} cm).",
+                       f"The liver is not enlarged (about {cc} cm craniocaudally)."))]
+    return out + _organ_lesion_sentences(w, "liver", lesions,
+                                         ("No focal liver lesion.", "No focal hepatic lesion is seen.",
+                                          "No focal lesion in the liver."))
+
+
+def _gallbladder(w: _Writer, gb: dict) -> List[str]:
     if gb["present"]:
-        out.append(w.pick(("The gallbladder is unremarkable.", "Normal gallbladder.",
-                           "The gallbladder is present and unremarkable.")))
-    elif gb.get("reason") == "surgically absent":
-        out.append(_absent_sentence(w, "gallbladder"))
+        return [w.pick(("The gallbladder is unremarkable.", "Normal gallbladder.",
+                        "The gallbladder is present and unremarkable."))]
+    if gb.get("reason") == "surgically absent":
+        return [_absent_sentence(w, "gallbladder")]
+    return []
 
-    # Spleen
-    sp = organs["spleen"]
-    if sp["present"]:
-        cc = _cm(sp["craniocaudal_mm"])
-        if sp["clipped"]:
-            out.append(w.pick(("The spleen is enlarged, consistent with splenomegaly.",
-                               "Splenomegaly: the spleen is enlarged.")
-                              if sp["enlarged"] else ("The spleen is not enlarged.", "Normal-sized spleen.")))
-        elif sp["enlarged"]:
-            out.append(w.pick((f"The spleen is enlarged, measuring about {cc} cm craniocaudally (splenomegaly).",
-                               f"Splenomegaly: the spleen spans about {cc} cm craniocaudally.",
-                               f"The spleen is enlarged at about {cc} cm, consistent with splenomegaly.")))
-        else:
-            out.append(w.pick((f"The spleen is normal in size (about {cc} cm craniocaudally).",
-                               f"Normal-sized spleen, about {cc} cm craniocaudally.",
-                               "The spleen is not enlarged.")))
-        out += _organ_lesion_sentences(w, "spleen", by_organ.get("spleen", []),
-                                       ("No focal splenic lesion.", "No focal lesion in the spleen.",
-                                        "The spleen is homogeneous without focal lesion."))
-    elif sp.get("reason") == "surgically absent":
-        out.append(_absent_sentence(w, "spleen"))
 
-    # Kidneys
+def _spleen(w: _Writer, sp: dict, lesions: List[dict]) -> List[str]:
+    if not sp["present"]:
+        return [_absent_sentence(w, "spleen")] if sp.get("reason") == "surgically absent" else []
+    cc = _cm(sp["craniocaudal_mm"])
+    if sp["clipped"]:
+        out = [w.pick(("The spleen is enlarged, consistent with splenomegaly.",
+                       "Splenomegaly: the spleen is enlarged.")
+                      if sp["enlarged"] else ("The spleen is not enlarged.", "Normal-sized spleen."))]
+    elif sp["enlarged"]:
+        out = [w.pick((f"The spleen is enlarged, measuring about {cc} cm craniocaudally (splenomegaly).",
+                       f"Splenomegaly: the spleen spans about {cc} cm craniocaudally.",
+                       f"The spleen is enlarged at about {cc} cm, consistent with splenomegaly."))]
+    else:
+        out = [w.pick((f"The spleen is normal in size (about {cc} cm craniocaudally).",
+                       f"Normal-sized spleen, about {cc} cm craniocaudally.",
+                       "The spleen is not enlarged."))]
+    return out + _organ_lesion_sentences(w, "spleen", lesions,
+                                         ("No focal splenic lesion.", "No focal lesion in the spleen.",
+                                          "The spleen is homogeneous without focal lesion."))
+
+
+def _kidneys(w: _Writer, organs: dict, by_organ: Dict[str, List[dict]]) -> List[str]:
+    out: List[str] = []
     kid = {s: organs[f"kidney_{s}"] for s in ("right", "left")}
     clean = [s for s in kid if kid[s]["present"] and not by_organ.get(f"kidney_{s}")]
     if len(clean) == 2:
@@ -192,15 +196,30 @@ def _report(w: _Writer, f: dict) -> str:
             else:
                 out.append(w.pick((f"The {s} kidney is unremarkable.", f"Normal {s} kidney.",
                                    f"The {s} kidney is normal in size without focal lesion.")))
+    return out
 
-    # Aorta and bones
-    d = f["aorta"]["diameter_mm"]
-    out.append("" if not f["aorta"]["present"] else w.pick((f"The abdominal aorta is normal in caliber (about {d:.0f} mm).",
-                       f"Normal-caliber abdominal aorta, about {d:.0f} mm in diameter.",
-                       f"No abdominal aortic aneurysm; the aorta measures about {d:.0f} mm.")))
+
+def _aorta_and_bones(w: _Writer, aorta: dict) -> List[str]:
+    out: List[str] = []
+    if aorta["present"]:
+        d = aorta["diameter_mm"]
+        out.append(w.pick((f"The abdominal aorta is normal in caliber (about {d:.0f} mm).",
+                           f"Normal-caliber abdominal aorta, about {d:.0f} mm in diameter.",
+                           f"No abdominal aortic aneurysm; the aorta measures about {d:.0f} mm.")))
     out.append(w.pick(("No aggressive osseous lesion.", "The visualized bones are unremarkable.",
                        "No destructive bone lesion is seen.")))
+    return out
 
+
+def _report(w: _Writer, f: dict) -> str:
+    """The findings paragraph, organ by organ (each step draws its phrasings from ``w`` in this
+    order, which is part of the seed -> text mapping), then the impression."""
+    organs = f["organs"]
+    by_organ = _lesions_by_organ(f)
+    out = (_technique(w, f["phase"]) + _lung_bases(w, organs, by_organ)
+           + _liver(w, organs["liver"], by_organ.get("liver", [])) + _gallbladder(w, organs["gallbladder"])
+           + _spleen(w, organs["spleen"], by_organ.get("spleen", [])) + _kidneys(w, organs, by_organ)
+           + _aorta_and_bones(w, f["aorta"]))
     out = [sentence for sentence in out if sentence]
     impression = _impression(w, f, by_organ)
     heading = w.pick(("Impression:", "IMPRESSION:", "Conclusion:"))

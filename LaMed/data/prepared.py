@@ -1,4 +1,4 @@
-"""The prepared data format (DESIGN.md section 3): what every preparer writes and every dataset reads.
+"""The prepared data format (docs/architecture.md, Contracts): what every preparer writes and every dataset reads.
 
 Layout of an output folder::
 

@@ -19,7 +19,7 @@ the training batch of ``LaMed.models.segmentation`` (``volume``, ``labels``, ``l
 * :class:`BiomedSegFMDataset` - CVPR-BiomedSegFM ``.npz`` (``imgs``, ``gts``) with the per-dataset
   prompt JSON (``{dataset: {"<class id>": [variants], "instance_label": 0|1}}``).
 
-Prompt sampling (SegVol, reference m3d_segvol.md 1.6): :func:`sample_points` draws 1 positive
+Prompt sampling (SegVol, BAAI-DCAI/SegVol, arXiv 2311.13385): :func:`sample_points` draws 1 positive
 point, ``U[0, 10]`` more positives and ``U[0, 10]`` negatives, padded with ignored points to 21;
 :func:`mask_to_box` gives the tight box ``(d0, h0, w0, d1, h1, w1)`` with inclusive maxima.
 Coordinates are voxel indices of the item's volume.

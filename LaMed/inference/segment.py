@@ -1,7 +1,7 @@
 """Text-prompted segmentation of one volume: preprocessing, zoom-out-zoom-in, masks on the source grid.
 
-``predict_volume(model, volume, ["liver", "spleen"])`` runs SegVol's scheme (reference
-m3d_segvol.md 1.7) for any model of ``LaMed.models.segmentation``:
+``predict_volume(model, volume, ["liver", "spleen"])`` runs SegVol's scheme (code
+BAAI-DCAI/SegVol, arXiv 2311.13385) for any model of ``LaMed.models.segmentation``:
 
 1. **zoom-out**: the model's preprocessing preset (``config.preprocess_preset`` with its size
    replaced by ``config.img_size``: intensity normalisation, foreground crop, resize) gives one

@@ -1,4 +1,4 @@
-"""A dataset over the prepared format (DESIGN.md section 3) that later tasks subclass.
+"""A dataset over the prepared format (docs/architecture.md, Contracts) that later tasks subclass.
 
 One JSON manifest a split (``{"format": "lamed.prepared/1", "items": [...]}``) with paths relative
 to the manifest's folder; one ``(1, D, H, W)`` float16 ``.npy`` a volume in [0, 1], read

@@ -33,11 +33,25 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
 
 
-def destroy_process_group() -> None:
-    """Tear down the default process group if one exists (avoids exit-time aborts under gloo)."""
-    if is_distributed():
-        try:
+def destroy_process_group(timeout_s: float = 120.0) -> None:
+    """Tear down the default process group, if one exists, in step with the other processes.
+
+    Why a barrier first: a process that destroys its group (or exits) while a peer still has a
+    collective or a store request in flight closes the sockets under the peer's gloo / store
+    threads, and the peer can die at exit with SIGABRT ("terminate called without an active
+    exception"). After the barrier every process has finished its collectives, so each tears down
+    only its own idle group. Under gloo a ``monitored_barrier`` with a timeout is used so that a
+    peer that already died cannot hang the survivors for the default 30 minutes.
+    """
+    if not is_distributed():
+        return
+    import datetime
+
+    try:
+        if torch.distributed.get_backend() == "gloo":
+            torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
             torch.distributed.barrier()
-        except Exception:  # noqa: BLE001 - a peer may already be gone; still destroy ours
-            pass
-        torch.distributed.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a peer may already be gone; still destroy ours
+        pass
+    torch.distributed.destroy_process_group()

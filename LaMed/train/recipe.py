@@ -3,7 +3,7 @@
 A recipe names its task and holds one section per argument dataclass::
 
     task: clip                       # a registered task (LaMed.train.tasks)
-    base: m3d_clip.yaml              # optional: start from another recipe (relative path), then override
+    base: m3d_clip.yaml              # optional: start from another recipe (relative path; a list merges in order)
     description: M3D-CLIP, 3D ViT-B + BERT, InfoNCE with all-gather
     model:    {...}                  # the task's ModelArguments
     data:     {...}                  # the task's DataArguments
@@ -85,7 +85,11 @@ def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
-    """Read a recipe file, following ``base:`` (relative to the file) with a deep merge."""
+    """Read a recipe file, following ``base:`` (relative to the file) with a deep merge.
+
+    ``base`` is one file or a list of files, merged left to right, then this file's values on top
+    (``base: [m3d_clip.yaml, _tiny_cpu.yaml]``: the full recipe, then the shared CPU block).
+    """
     import yaml
 
     path = Path(path)
@@ -109,10 +113,13 @@ def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str
         if not isinstance(data[section], dict):
             raise RecipeError(f"{path}: section '{section}' must be a mapping, got {type(data[section]).__name__}")
     base = data.pop("base", None)
-    if base:
-        parent = load_recipe_yaml(path.parent / base, _seen + (path.resolve(),))
-        data = _deep_merge(parent, data)
-    return data
+    bases = base if isinstance(base, list) else [base] if base else []
+    merged: Dict[str, Any] = {}
+    for name in bases:
+        if not isinstance(name, str) or not name:
+            raise RecipeError(f"{path}: 'base' must be a file name or a list of file names, got {base!r}")
+        merged = _deep_merge(merged, load_recipe_yaml(path.parent / name, _seen + (path.resolve(),)))
+    return _deep_merge(merged, data) if bases else data
 
 
 def _hint(name: str, candidates) -> str:
@@ -250,6 +257,57 @@ def _has_accelerator() -> bool:
     return False
 
 
+def _registry_fields():
+    """``(field, kind, names())`` for every recipe field whose value must name a registered variant.
+
+    The registries are imported here, not at module level: parsing a recipe must not import the
+    model code of every family until it is needed, and ``--check`` stays quick.
+    """
+    from LaMed.data.presets import list_presets
+    from LaMed.models.encoders.registry import list_encoders
+    from LaMed.models.projectors.registry import list_projectors
+    from LaMed.models.segmentation.variants import list_seg_models
+
+    return (
+        ("vision_encoder", "encoder", list_encoders),
+        ("vision_tower", "encoder", list_encoders),
+        ("projector", "projector", list_projectors),
+        ("variant", "segmentation variant", list_seg_models),
+        ("seg_variant", "segmentation variant", list_seg_models),
+        ("preprocess_preset", "preprocessing preset", list_presets),
+    )
+
+
+def check_registry_names(where: str, **sections: Any) -> None:
+    """Refuse a recipe that names an encoder / projector / segmentation variant / preset that is
+    not registered, before any model is built, with the valid choices in the message.
+
+    Raises:
+        RecipeError: ``"<recipe>: model.projector: unknown projector 'sppp'; did you mean 'spp'?
+            (known: ...)"``.
+    """
+    for section, obj in sections.items():
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        overrides = values.get("config_overrides")
+        for name, kind, known in _registry_fields():
+            candidates = []
+            if isinstance(values.get(name), str) and values[name]:
+                candidates.append((f"{section}.{name}", values[name]))
+            elif isinstance(values.get(name), (list, tuple)):
+                candidates.extend((f"{section}.{name}", v) for v in values[name])
+            if isinstance(overrides, dict) and isinstance(overrides.get(name), str):
+                candidates.append((f"{section}.config_overrides.{name}", overrides[name]))
+            if not candidates:
+                continue
+            choices = known()
+            for label, value in candidates:
+                if value not in choices:
+                    close = difflib.get_close_matches(str(value), choices, n=3)
+                    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                    raise RecipeError(f"{where}: {label}: unknown {kind} {value!r}{hint} "
+                                      f"(known: {', '.join(choices)})")
+
+
 def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
                  data: Optional[Dict[str, Any]] = None) -> Recipe:
     """Parse a recipe file (or an already-loaded ``data`` mapping) plus command-line overrides.
@@ -312,5 +370,6 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
         raise RecipeError(f"{where}: {exc}") from exc
     if rest:
         raise RecipeError(f"{where}: unexpected command-line values {rest} (overrides are '--name value' pairs)")
+    check_registry_names(where, model=model_args, data=data_args)
     return Recipe(Path(path) if path is not None else None, task_name, model_args, data_args,
                   training_args, stage_args, raw=data, overrides=list(overrides))

@@ -1,6 +1,6 @@
 """Published M3D-LaMed *with its segmentation module* -> :class:`~LaMed.models.reasoning.LaMedSegForCausalLM` keys.
 
-Layout (reference m3d_segvol.md 2.3; ``base_model.model.`` PEFT prefixes and unmerged LoRA pairs
+Layout (BAAI-DCAI/M3D, arXiv 2404.00578; ``base_model.model.`` PEFT prefixes and unmerged LoRA pairs
 are handled as in ``m3d_lamed``):
 
 | published                                           | LaMed                                   |

@@ -1,6 +1,6 @@
 """Published R1Seg-3D LLM (``LamedPhi3ForCausalLMCrossA`` / Llama-3 twin) -> ``LaMedSegForCausalLM`` keys.
 
-Layout (reference hsenet_r1seg_refsam3d.md 4.5): the LLM (``model.{embed_tokens,layers,norm}``,
+Layout (lihaoqin168/R1Seg-3D): the LLM (``model.{embed_tokens,layers,norm}``,
 ``lm_head``), ``model.mm_projector.projector.{0,2}``, ``model.seg_projector.{0,2}`` and
 ``model.vision_module.{image_encoder,prompt_encoder,mask_decoder}`` (the step-1 SAM, no text encoder)
 plus the never-used ``model.vision_module.{mm_vision_proj,mm_language_proj,logit_scale}`` (dropped).

@@ -1,6 +1,6 @@
 """R1Seg-3D's step-1 SAM (``r1seg_3dsam.bin``) -> ``SegVolModel`` of variant ``r1seg_sam_published``.
 
-Layout (reference hsenet_r1seg_refsam3d.md 4.4): ``image_encoder.*`` (137, no CLS),
+Layout (lihaoqin168/R1Seg-3D): ``image_encoder.*`` (137, no CLS),
 ``prompt_encoder.{pe_layer, mask3D_downscaling.{0,1,3,4,6}, no_mask_embed}`` (no point / box
 embeddings), ``mask_decoder.*`` (SegVol's, full-shape LayerNorm), ``text_encoder.clip_text_model.*``
 and ``text_encoder.dim_align.*``. Renamed as SegVol's plus ``mask3D_downscaling`` ->

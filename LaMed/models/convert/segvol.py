@@ -1,6 +1,6 @@
 """Published SegVol checkpoints -> :class:`~LaMed.models.segmentation.SegVolModel` keys.
 
-Accepted layouts (reference m3d_segvol.md 2.3, 2.6):
+Accepted layouts (BAAI-DCAI/SegVol, and the seg module inside BAAI-DCAI/M3D's LaMed):
 
 * GitHub / Drive ``SegVol_v1.pth``: ``{"model": {...}, "optimizer", "epoch", "scheduler"}`` with
   keys ``module.{image_encoder,prompt_encoder,mask_decoder}.*``,

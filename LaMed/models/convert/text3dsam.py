@@ -1,6 +1,6 @@
 """Published Text3DSAM (``MagicXin/Text3DSAM``) -> :class:`~LaMed.models.segmentation.Text3DSAMModel` keys.
 
-Layout (reference med3dvlm_dcformer_text3dsam.md 5.4, 706 keys with the tiny BERT):
+Layout (mirthAI/Text3DSAM; 706 keys with the tiny BERT):
 ``image_encoder.encoder.s0..s4`` (DCFormer; normalised by the ``dcformer`` converter),
 ``text_encoder.*`` (BertModel) -> ``text_encoder.model.*``, ``text_projector.{0,1,3}`` ->
 ``text_encoder.proj.{0,1,3}``, ``seg_decoder.prompt_encoder.*`` -> ``prompt_encoder.*``,

@@ -1,4 +1,4 @@
-"""The interface every 3D vision encoder implements (DESIGN.md section 3)."""
+"""The interface every 3D vision encoder implements (docs/architecture.md, Contracts)."""
 
 from __future__ import annotations
 

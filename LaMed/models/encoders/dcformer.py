@@ -247,7 +247,7 @@ def _variant(name: str, doc: str, **fixed):
     return factory
 
 
-# Published sizes (mirthAI/DCFormer, mirthAI/Med3DVLM); parameter counts in the reference notes 1.7.
+# Published sizes (mirthAI/DCFormer, mirthAI/Med3DVLM); parameter counts measured on that public code.
 _SIZES = {
     "nano": dict(num_blocks=(1, 1, 1, 1, 1), channels=(32, 32, 64, 128, 256)),
     "naive": dict(num_blocks=(1, 2, 2, 2, 2), channels=(32, 64, 128, 256, 512)),

@@ -1,6 +1,6 @@
 """HSENet's 2E3 ("2D-enhanced 3D") encoder: a ViT3D whose patch tokens are scored by 2D slices.
 
-Published mechanism (hsenet_r1seg_refsam3d.md 1.4, ``ViT_stage2``):
+Published mechanism (YanzhaoShi/HSENet, arXiv 2506.09634, ``ViT_stage2``):
 
 1. patch-embed the volume: ``(B, N, C)`` tokens with position embedding (N = 2048, C = 768);
 2. ``slice_guided_attention``: single-head attention, query = patch tokens, key = value = the

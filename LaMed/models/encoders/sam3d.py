@@ -1,6 +1,6 @@
 """RefSAM3D image encoder: a SAM-style ViT with 3D patch embedding and 3D bottleneck adapters.
 
-What the paper states (hsenet_r1seg_refsam3d.md section 3, arXiv 2412.05605; no code released):
+What the paper states (RefSAM3D, arXiv 2412.05605; no code released):
 SAM's ViT image encoder made volumetric with a *convolution-based 3D patch embedding* followed by a
 positional embedding (both trained from scratch); *adapters* inside the ViT blocks, built from
 "multi-head attention, depth-wise 3D convolution and up/down projection", with the bottleneck

@@ -1,6 +1,6 @@
 """ViT3D: the plain 3D Vision Transformer of M3D-CLIP / M3D-LaMed, SegVol and R1Seg-3D.
 
-Published geometry (m3d_segvol.md 1.1): volume ``(B, 1, 32, 256, 256)``, patch ``(4, 16, 16)``,
+Published geometry (BAAI-DCAI/M3D, arXiv 2404.00578): volume ``(B, 1, 32, 256, 256)``, patch ``(4, 16, 16)``,
 grid ``8 x 16 x 16 = 2048`` tokens, width 768, 12 pre-norm blocks of 12 heads, MLP 3072 (exact GELU),
 no qkv bias, linear ("perceptron") patch embedding, learned position embedding, optional CLS token
 concatenated *after* the position embedding (so it has none), final LayerNorm (eps 1e-5).

@@ -8,7 +8,7 @@ A family implements three methods::
         -> (low-res logits (N, 1, d', h', w'), mask-token output (N, 1, C) | None)
     (optional) build text encoder in __init__ as ``self.text_encoder``
 
-and inherits :meth:`forward` (the DESIGN.md contract ``forward(volume, text_embedding=None,
+and inherits :meth:`forward` (the contract of docs/architecture.md ``forward(volume, text_embedding=None,
 points=None, boxes=None) -> logits (B, 1, D, H, W)``, plus the training batch), :meth:`decode`
 (rough pass + refinements), :meth:`encode_text` and :meth:`segment` (texts in, probabilities out).
 """

@@ -21,7 +21,7 @@ __all__ = ["LayerNorm3d", "MLP", "PositionEmbeddingRandom3D", "PE_AXIS_ORDERS"]
 
 # Order in which the three normalised grid coordinates of a dense position encoding are fed to the
 # Fourier matrix. "segvol": (dim1, dim0, dim2), SAM's (x, y) convention carried into 3D by SegVol
-# (reference m3d_segvol.md 1.5); "dhw": (dim0, dim1, dim2), the consistent order for new models.
+# (BAAI-DCAI/SegVol, arXiv 2311.13385); "dhw": (dim0, dim1, dim2), the consistent order for new models.
 PE_AXIS_ORDERS = {"segvol": (1, 0, 2), "dhw": (0, 1, 2)}
 
 
@@ -86,7 +86,7 @@ class PositionEmbeddingRandom3D(nn.Module):
 
         ``convention="segvol"`` reproduces SegVol's normalisation ``(c0 / S1, c1 / S0, c2 / S2)``
         (S = ``image_size``), which is not the axis order of its own dense grid (kept for weight
-        compatibility, reference m3d_segvol.md 1.5 / 7.7); ``"dhw"`` normalises each coordinate by
+        compatibility; BAAI-DCAI/SegVol, arXiv 2311.13385); ``"dhw"`` normalises each coordinate by
         its own axis and then orders them like the dense grid, so a point and the grid voxel it
         sits on get the same encoding.
         """

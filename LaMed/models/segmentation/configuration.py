@@ -110,7 +110,7 @@ class SegConfigBase(PretrainedConfig):
 
 
 class SegVolConfig(SegConfigBase):
-    """SegVol (BAAI/SegVol; reference m3d_segvol.md 1.5-1.7). Defaults: the published model, except
+    """SegVol (weights BAAI/SegVol; code BAAI-DCAI/SegVol, arXiv 2311.13385). Defaults: the published model, except
     ``upscale_norm`` / ``point_convention`` / ``pe_axis_order`` (clean; the converter sets the published ones)."""
 
     model_type = "lamed_segvol"
@@ -123,7 +123,7 @@ class SegVolConfig(SegConfigBase):
 
 
 class Text3DSAMConfig(SegConfigBase):
-    """Text3DSAM (MagicXin/Text3DSAM; reference med3dvlm_dcformer_text3dsam.md 4)."""
+    """Text3DSAM (weights MagicXin/Text3DSAM; code mirthAI/Text3DSAM)."""
 
     model_type = "lamed_text3dsam"
 

@@ -109,7 +109,7 @@ class MaskDecoder3D(nn.Module):
 
 
 class HighResMaskDecoder3D(nn.Module):
-    """Text3DSAM's SAM2-style decoder with high-resolution skips (reference notes 4.2).
+    """Text3DSAM's SAM2-style decoder with high-resolution skips (mirthAI/Text3DSAM).
 
     Upscaling: interpolate to the grid of ``high_res[1]`` -> 1x1 conv C -> C/4 -> add
     ``feat_conv1(high_res[1])`` -> LayerNorm3d -> GELU; interpolate to the grid of ``high_res[0]``

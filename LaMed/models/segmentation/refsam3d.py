@@ -1,6 +1,6 @@
 """RefSAM3D: SAM with 3D adapters and cross-modal reference prompts (arXiv 2412.05605).
 
-No code was released; this follows the paper's description (reference hsenet_r1seg_refsam3d.md 3)
+No code was released; this follows the paper's description (RefSAM3D, arXiv 2412.05605)
 and states what is inferred.
 
 From the paper:

@@ -6,7 +6,7 @@ low-resolution logits ``(B, 1, 32, 64, 64)`` -> trilinear to the input size. The
 ``"A computerized tomography of a {name}."`` goes through a frozen CLIP text model, its
 ``pooler_output`` and ``dim_align`` (here ``text_encoder.proj``).
 
-Published numbers (reference m3d_segvol.md 1.5): image encoder 87.39 M parameters, mask decoder
+Published numbers (BAAI-DCAI/SegVol, arXiv 2311.13385): image encoder 87.39 M parameters, mask decoder
 29.92 M with the full-shape LayerNorm (23.63 M with the channel LayerNorm used for new models),
 prompt encoder 18 K; with the CLIP text model and ``dim_align`` 181.0 M.
 

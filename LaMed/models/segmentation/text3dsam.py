@@ -1,5 +1,5 @@
 """Text3DSAM: DCFormer encoder + text prompt + SAM2-style decoder with high-resolution skips and
-iterative refinement (MagicXin/Text3DSAM; reference med3dvlm_dcformer_text3dsam.md 4).
+iterative refinement (weights MagicXin/Text3DSAM, code mirthAI/Text3DSAM).
 
 Flow on 128x256x256: DCFormer (channels 48..768, attention last stage) gives five maps; s4
 ``(768, 2, 4, 4)`` is the image embedding, s0 ``(48, 32, 64, 64)`` and s2 ``(192, 8, 16, 16)`` the
@@ -10,7 +10,7 @@ decomposed-conv ``mask_downscaling`` as the dense prompt and the previous mask-t
 second sparse token. Logits come out at 1/4 resolution and are upsampled trilinearly.
 Loss: MONAI DiceFocal (dice + focal, gamma 2).
 
-Published sizes (measured in the reference notes): 59.3 M in all, image encoder 22.91 M, text
+Published sizes (measured on the public code, mirthAI/Text3DSAM): 59.3 M in all, image encoder 22.91 M, text
 encoder 13.87 M (tiny-clinicalbert geometry), text projector 0.83 M, decoder 21.69 M (mask
 decoder 18.08 M of which the two-way transformer 16.94 M, prompt encoder 3.61 M).
 

@@ -103,7 +103,7 @@ class TextPromptEncoder(nn.Module):
 TEXT_CONFIGS = {
     # SegVol / R1Seg-3D / RefSAM3D: CLIPTextConfig() defaults (openai/clip-vit-base-patch32 text tower).
     "clip_text": {"model_type": "clip_text_model"},
-    # Text3DSAM: nlpie/tiny-clinicalbert as measured in the reference notes (312 wide, 4 layers).
+    # Text3DSAM: nlpie/tiny-clinicalbert as its public code builds it (mirthAI/Text3DSAM; 312 wide, 4 layers).
     "tiny_clinicalbert": {"model_type": "bert", "hidden_size": 312, "num_hidden_layers": 4, "num_attention_heads": 12,
                           "intermediate_size": 1200, "vocab_size": 28996},
     # Tiny twins sharing the offline MiniLM WordPiece vocabulary (30522 ids; [SEP] = 102 is the CLIP EOS).
