@@ -11,6 +11,9 @@ m3d_segvol.md 1.7) for any model of ``LaMed.models.segmentation``:
    (half the shortfall on each side, clamped), is cut from the native-resolution crop and run with
    :func:`~LaMed.inference.sliding_window.sliding_window_inference` (window = ``img_size``,
    overlap 0.5), the same prompt in every window; its logits replace the zoom-out logits there.
+   All prompts of a call go in one pass (:func:`zoom_in_regions`): each distinct window position is
+   encoded once and every prompt visiting it is decoded in one batch, so K prompts cost about one
+   encoding pass, not K (``Bench/perf/multi_prompt.py``).
    When the zoom-out finds nothing the zoom-in is skipped and the zoom-out result kept
    (SegVol's "Fail to detect foreground"); ``SegPrediction.fallback`` lists those prompts;
 3. the crop is pasted back into the full canonical grid, so the masks map to the source file with
@@ -185,15 +188,105 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     native = pre.native.to(device, dtype)
     thr = float(model.config.threshold)
     logit_thr = float(np.log(thr / (1.0 - thr)))
+    rois: List[Optional[Tuple[slice, ...]]] = []
     for i, text in enumerate(texts):
-        roi = _roi(logits[i] > logit_thr, img_size)
-        if roi is None:
+        rois.append(_roi(logits[i] > logit_thr, img_size))
+        if rois[-1] is None:
             logger.info("zoom-in skipped for %r: the zoom-out prediction is empty", text)
             fallback.append(text)
-            continue
-        one = Prompts(*(None if t is None else t[i:i + 1] for t in (prompts.text_embedding, prompts.text_tokens, prompts.text_mask)))
-        logits[i][roi] = zoom_in_region(model, native, roi, one, overlap, sw_batch_size, progress)
+    todo = [i for i, r in enumerate(rois) if r is not None]
+    if todo:
+        sub = _index_prompts(prompts, todo)
+        regions = zoom_in_regions(model, native, [rois[i] for i in todo], sub, overlap, sw_batch_size, progress)
+        for i, region in zip(todo, regions):
+            logits[i][rois[i]] = region
     return logits, fallback
+
+
+def _index_prompts(prompts, rows: Sequence[int]):
+    """The ``Prompts`` of the given rows (every field that is set)."""
+    from LaMed.models.segmentation.base import Prompts
+
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    return Prompts(**{f.name: (None if getattr(prompts, f.name) is None
+                               else getattr(prompts, f.name)[idx.to(getattr(prompts, f.name).device)])
+                      for f in dataclasses.fields(Prompts)})
+
+
+def _windows_of(roi: Tuple[slice, ...], window: Sequence[int], overlap: float) -> List[Tuple[int, int, int]]:
+    """Window starts, in native-crop voxels, that sliding-window inference over ``native[roi]`` visits
+    (the placement rule of :func:`~LaMed.inference.sliding_window.sliding_window_inference`)."""
+    from LaMed.inference.sliding_window import dense_windows
+
+    size = [s.stop - s.start for s in roi]
+    pad = [max(w - n, 0) // 2 for w, n in zip(window, size)]
+    padded = [max(w, n) for w, n in zip(window, size)]
+    return [tuple(s.start + w.start - p for s, w, p in zip(roi, win, pad))
+            for win in dense_windows(padded, list(window), overlap)]
+
+
+@torch.no_grad()
+def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...]], prompts, overlap: float = 0.5,
+                    sw_batch_size: int = 1, progress: bool = False) -> List[torch.Tensor]:
+    """Zoom-in logits of K prompts at once: entry k is ``roi_k``-shaped, the result of sliding windows
+    over ``native[..., roi_k]`` with prompt k (``prompts``: K rows, ``native``: ``(1, 1, *crop)``).
+
+    Every window position that any prompt's sliding window visits is cut and encoded once, and all
+    prompts whose region visits it are decoded in one batch; each prompt's windows are then blended
+    exactly as :func:`zoom_in_region` would blend them, so the result equals K calls of it (within
+    float round-off of a batched decode) at the cost of one encoding per distinct window.
+    A region narrower than the window on some axis spans the whole crop on it (the rule of
+    :func:`_roi`), so its padded windows are the same for every prompt.
+    """
+    from LaMed.models.segmentation.common import upsample_logits
+
+    window = tuple(int(w) for w in model.config.img_size)
+    crop = native.shape[2:]
+    for roi in rois:
+        for s, w, n in zip(roi, window, crop):
+            if s.stop - s.start < w and (s.start, s.stop) != (0, n):
+                raise ValueError(f"zoom_in_regions: region {roi} is narrower than the window {window} "
+                                 "without spanning the crop (use _roi)")
+    users: Dict[Tuple[int, int, int], List[int]] = {}
+    for k, roi in enumerate(rois):
+        for origin in _windows_of(roi, window, overlap):
+            users.setdefault(origin, []).append(k)
+    pad_before = [max(w - n, 0) // 2 for w, n in zip(window, crop)]
+    pads = []
+    for w, n, p in zip(reversed(window), reversed(list(crop)), reversed(pad_before)):
+        pads += [p, max(w - n, 0) - p]
+    padded = torch.nn.functional.pad(native, pads) if any(pads) else native
+    cache: Dict[Tuple[Tuple[int, int, int], int], torch.Tensor] = {}
+    origins = list(users)
+    step = max(int(sw_batch_size), 1)
+    iterator = range(0, len(origins), step)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="windows", leave=False)
+    for start in iterator:
+        chunk = origins[start:start + step]
+        batch = torch.cat([padded[(slice(None), slice(None)) + tuple(slice(o + p, o + p + w) for o, p, w
+                                                                     in zip(origin, pad_before, window))]
+                           for origin in chunk])
+        features = model.encode_image(batch)
+        rows = [(j, k) for j, origin in enumerate(chunk) for k in users[origin]]
+        index = torch.as_tensor([j for j, _ in rows], dtype=torch.long, device=batch.device)
+        low = model.decode(features, _index_prompts(prompts, [k for _, k in rows]), image_index=index)
+        up = upsample_logits(low, window).float()
+        for (j, k), row in zip(rows, up):
+            cache[(chunk[j], k)] = row
+    out = []
+    for k, roi in enumerate(rois):
+        start = tuple(s.start for s in roi)
+
+        def predictor(windows, rel, k=k, start=start):
+            return torch.stack([cache.pop((tuple(a + o for a, o in zip(start, r)), k)) for r in rel])
+
+        region = native[(slice(None), slice(None)) + tuple(roi)]
+        out.append(sliding_window_inference(region, window, predictor, overlap=overlap,
+                                            sw_batch_size=len(_windows_of(roi, window, overlap)))[0, 0])
+    return out
 
 
 def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
