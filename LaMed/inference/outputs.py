@@ -88,8 +88,8 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label map,
     the legend beside it); otherwise a folder receiving ``<case>_<prompt><fmt>`` or
-    ``<case>_labels<fmt>``, plus ``<name>.json`` (source, label -> prompt, prompts whose zoom-in was
-    skipped) and, with ``overlay``, ``<name>.png``. Returns ``{"mask" | "labels", "legend", "overlay": path}``.
+    ``<case>_labels<fmt>``, plus ``<name>.json`` (source, label -> prompt, per structure ``present``
+    and ``presence_probability`` -- an absent one has an empty mask --, prompts whose zoom-in was skipped) and, with ``overlay``, ``<name>.png``. Returns ``{"mask" | "labels", "legend", "overlay": path}``.
     """
     from LaMed.data.io import save_volume
 
@@ -105,8 +105,10 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
         target = out if as_file else out / f"{stem}_labels{fmt}"
         written["labels"] = save_volume(pred.label_map, target, like=volume)
     legend_path = target.parent / f"{_stem(target)}.json"
+    structures = [{"label": k, "prompt": v, "present": bool(pred.present.get(v, True)),
+                   "presence_probability": pred.presence.get(v)} for k, v in pred.legend.items()]
     write_json_atomic(legend_path, {"source": str(source), "labels": {str(k): v for k, v in pred.legend.items()},
-                                    "zoom_in_skipped": pred.fallback})
+                                    "structures": structures, "zoom_in_skipped": pred.fallback})
     written["legend"] = legend_path
     if overlay:
         written["overlay"] = write_overlay(volume.array, pred.label_map, pred.legend,

@@ -314,8 +314,10 @@ class SegPrediction:
 
     ``probabilities`` ``(K, D, H, W)`` float16; ``masks`` name -> bool ``(D, H, W)``;
     ``label_map`` ``(D, H, W)`` uint8/uint16 (0 background, k = ``prompts[k - 1]``, the most probable
-    prompt above the threshold); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in
-    was skipped.
+    prompt above the threshold, among the prompts reported present: where prompts overlap the
+    highest probability wins); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in was
+    skipped; ``presence`` prompt -> presence probability and ``present`` prompt -> bool
+    (:mod:`LaMed.inference.presence`): a prompt reported absent has an empty mask.
     """
 
     prompts: List[str]
@@ -324,6 +326,8 @@ class SegPrediction:
     label_map: np.ndarray
     legend: Dict[int, str]
     fallback: List[str] = field(default_factory=list)
+    presence: Dict[str, float] = field(default_factory=dict)
+    present: Dict[str, bool] = field(default_factory=dict)
 
 
 def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
@@ -347,7 +351,14 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
     probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
     probs[(slice(None),) + box] = torch.sigmoid(logits).cpu().numpy().astype(np.float16)
-    best = probs.argmax(0)
-    label_map = np.where(probs.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
-    masks = {p: probs[i] > thr for i, p in enumerate(prompts)}
-    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback)
+    from LaMed.inference.presence import decide, presence_scores
+
+    presence, present = decide(model.config, presence_scores(logits), thr)
+    # absent prompts take no part in the label map: their probabilities are kept, their masks are empty
+    voting = np.where(present[:, None, None, None], probs, np.float16(0))
+    best = voting.argmax(0)
+    label_map = np.where(voting.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
+    masks = {p: (voting[i] > thr) for i, p in enumerate(prompts)}
+    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback,
+                         {p: float(presence[i]) for i, p in enumerate(prompts)},
+                         {p: bool(present[i]) for i, p in enumerate(prompts)})
