@@ -141,10 +141,11 @@ def text_prompts(model, texts: Sequence[str]):
 
 @torch.no_grad()
 def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap: float = 0.5,
-                     sw_batch_size: int = 1, progress: bool = False) -> np.ndarray:
+                     sw_batch_size: int = 1, progress: bool = False, return_logits: bool = False) -> np.ndarray:
     """Probabilities ``(K, D, H, W)`` float32 of K text prompts on an already prepared volume
     ``(1, 1, D, H, W)`` in [0, 1] (a prepared ``.npy``): sliding windows of the model's input size (one
-    window when the volume is that size), each window encoded once and decoded for every prompt."""
+    window when the volume is that size), each window encoded once and decoded for every prompt.
+    ``return_logits=True``: the logits instead (what the presence score reads)."""
     from LaMed.models.segmentation.common import upsample_logits
 
     param = next(model.parameters())
@@ -160,7 +161,7 @@ def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap:
 
     logits = sliding_window_inference(volume.to(param.device, param.dtype), tuple(model.config.img_size), predictor,
                                       overlap=overlap, sw_batch_size=sw_batch_size, progress=progress)
-    return torch.sigmoid(logits[0].float()).cpu().numpy()
+    return (logits[0].float() if return_logits else torch.sigmoid(logits[0].float())).cpu().numpy()
 
 
 @torch.no_grad()
