@@ -51,3 +51,23 @@ def test_seg_dataset_refuses_bad_absent_options(phantoms):
         PreparedSegDataset(phantoms / "train.json", absent="missing")
     with pytest.raises(ValueError, match="referring expressions"):
         PreparedSegDataset(phantoms / "train.json", refer=True, absent="listed")
+
+
+def test_reasoning_negatives_ask_about_absent_organs_without_seg(phantoms):
+    from LaMed.data.prepared import load_manifest
+    from LaMed.data.reasoning_dataset import SEG, ReasonSegDataset
+
+    classes = ["liver", "pancreas"]  # no phantom has a pancreas: one negative question per item
+    n = len(load_manifest(phantoms / "train.json")["items"])
+    ds = ReasonSegDataset(phantoms / "train.json", None, task="seg", train=False, classes=classes, negatives=True)
+    neg = [i for i, s in enumerate(ds.samples) if s.kind == "negative"]
+    assert len(neg) == n
+    for i in neg:
+        rec = ds.record(i)
+        assert rec["targets"] == [] and SEG not in rec["answer"] and "pancreas" in rec["question"]
+    rep = ReasonSegDataset(phantoms / "train.json", None, task="seg", train=True, classes=classes, negatives=True,
+                           negative_repeat=3)
+    assert sum(s.kind == "negative" for s in rep.samples) == 3 * n
+    assert sum(s.kind != "negative" for s in rep.samples) == len(ds.samples) - n
+    with pytest.raises(ValueError, match="negative_repeat"):
+        ReasonSegDataset(phantoms / "train.json", None, task="seg", negatives=True, negative_repeat=0)
