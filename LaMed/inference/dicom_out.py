@@ -133,6 +133,14 @@ def frames_for_source(mask: np.ndarray, volume, datasets: Sequence) -> np.ndarra
     return np.stack(out).astype(bool)
 
 
+def _highdicom():
+    try:
+        import highdicom
+    except ImportError:
+        raise ValueError("--format dicom-seg needs the highdicom package (pip install -r requirements.txt)") from None
+    return highdicom
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -144,7 +152,7 @@ def _version() -> str:
 
 def write_dicom_seg(pred, volume, datasets: Sequence, path: str | Path, model_name: str = "LaMed") -> Path:
     """One DICOM Segmentation (BINARY) of a ``SegPrediction`` of ``volume`` (read from ``datasets``)."""
-    import highdicom as hd
+    hd = _highdicom()
     from pydicom.sr.codedict import codes
 
     if not datasets:
@@ -178,7 +186,7 @@ def write_dicom_sr(answers: Sequence[Tuple[str, str]], datasets: Sequence, path:
                    model_name: str = "LaMed") -> Path:
     """A Comprehensive SR text document: one (question, answer) pair after another under an
     "Imaging report" container; the source series is its evidence (references the study)."""
-    import highdicom as hd
+    hd = _highdicom()
     from highdicom.sr import CodedConcept, ContainerContentItem, RelationshipTypeValues, TextContentItem
     from pydicom.sequence import Sequence as DicomSequence
 
