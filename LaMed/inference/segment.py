@@ -291,22 +291,11 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
 
 
 def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
-            sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
+                   sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
     """Logits ``roi``-shaped of one prompt (a one-row ``Prompts``) by sliding windows of the model's
-    input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``)."""
-    from LaMed.models.segmentation.base import Prompts
-    from LaMed.models.segmentation.common import upsample_logits
-
-    fields = (prompt.text_embedding, prompt.text_tokens, prompt.text_mask)
-
-    def predictor(windows: torch.Tensor, origins) -> torch.Tensor:
-        n = windows.shape[0]
-        rep = Prompts(*(None if t is None else t.expand(n, *t.shape[1:]) for t in fields))
-        return upsample_logits(model.decode(model.encode_image(windows), rep), windows.shape[2:])
-
-    region = native[(slice(None), slice(None)) + tuple(roi)]
-    return sliding_window_inference(region, tuple(model.config.img_size), predictor, overlap=overlap,
-                                    sw_batch_size=sw_batch_size, progress=progress)[0, 0]
+    input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``);
+    :func:`zoom_in_regions` with one region."""
+    return zoom_in_regions(model, native, [roi], prompt, overlap, sw_batch_size, progress)[0]
 
 
 @dataclass
