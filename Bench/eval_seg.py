@@ -10,7 +10,12 @@ Predictions (``--predictions`` is a folder), one of, per item:
 * ``<id>.npz`` with ``segs`` (BiomedSegFM style label map): label ``k`` is the k-th structure of
   the item's ``masks`` (1-based, manifest order).
 
-A structure with no prediction counts as an empty prediction (``missing`` = 1). Per sample:
+A structure with no prediction counts as an empty prediction (``missing`` = 1). An item may list
+structures absent from its volume (``"absent": ["spleen"]``, e.g. after a splenectomy): they were
+prompted too, their ground truth is empty, and an empty prediction is the right answer.
+Detection over all (item, structure) prompts -- precision, recall, F1, and Dice on the true
+positives (``LaMed.metrics.segmentation.detection_scores``, the BiomedSegFM definitions) -- is in
+the summary's ``detection``; per row ``gt_present`` / ``pred_present``. Per sample:
 ``dice``, ``nsd`` (tolerance ``--tolerance-mm``), ``hd95`` (mm; inf when one mask is empty),
 ``soft_dice_m3d`` (M3D's soft Dice, probability/logit predictions only) and, for structures listed
 in ``--instance-classes``, lesion-level ``instance_f1``. Spacing is the item's ``spacing``.
@@ -68,15 +73,29 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
     rows = []
     for item in man["items"]:
         masks = item.get("masks") or {}
-        labels = list(masks)
+        labels = list(masks) + list(item.get("absent") or [])  # npz label k = k-th of these
         spacing = item.get("spacing")
         if masks and (not isinstance(spacing, list) or len(spacing) != 3):
             raise BenchError(f"{man['_path']}: item {item['id']!r} needs 'spacing' [d, h, w] in mm")
-        for structure, rel in masks.items():
-            gt_path = man["_root"] / rel
-            if not gt_path.is_file():
-                raise BenchError(f"{man['_path']}: mask {rel!r} of item {item['id']!r} not found at {gt_path}")
-            gt = _squeeze(np.load(gt_path, mmap_mode="r")) != 0
+        absent = item.get("absent") or []
+        if not isinstance(absent, list) or not all(isinstance(a, str) for a in absent):
+            raise BenchError(f"{man['_path']}: item {item['id']!r}: 'absent' must be a list of structure names")
+        if absent and not masks:
+            raise BenchError(f"{man['_path']}: item {item['id']!r} lists 'absent' structures but no 'masks' "
+                             "(one is needed for the volume's shape)")
+        clash = sorted(set(absent) & set(masks))
+        if clash:
+            raise BenchError(f"{man['_path']}: item {item['id']!r}: {clash} both in 'masks' and 'absent'")
+        shape = None
+        for structure, rel in list(masks.items()) + [(a, None) for a in absent]:
+            if rel is None:
+                gt = np.zeros(shape, bool)
+            else:
+                gt_path = man["_root"] / rel
+                if not gt_path.is_file():
+                    raise BenchError(f"{man['_path']}: mask {rel!r} of item {item['id']!r} not found at {gt_path}")
+                gt = _squeeze(np.load(gt_path, mmap_mode="r")) != 0
+                shape = gt.shape
             pred, src = _find_prediction(folder, item["id"], structure, labels)
             row = {"id": item["id"], "dataset": item_dataset(man, item), "class": structure,
                    "prediction_file": str(src) if src else ""}
@@ -86,7 +105,7 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
                 row["missing"] = 0.0
             if pred.shape != gt.shape:
                 raise BenchError(f"{src}: prediction shape {pred.shape} differs from the ground truth {gt.shape} "
-                                 f"({gt_path})")
+                                 f"(item {item['id']!r}, {structure!r})")
             if np.issubdtype(pred.dtype, np.floating) and src is not None:
                 row["soft_dice_m3d"] = S.m3d_soft_dice(pred, gt, from_logits=logits)
                 prob = 0.5 * (1.0 + np.tanh(0.5 * pred)) if logits else pred  # overflow-free sigmoid
@@ -98,10 +117,13 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
             row["hd95"] = S.hd95(binary, gt, spacing)
             if structure in instance_classes:
                 row["instance_f1"] = S.instance_f1(binary, gt)["f1"]
+            row["gt_present"], row["pred_present"] = float(gt.any()), float(binary.any())
             rows.append(row)
     if not rows:
         raise BenchError(f"{man['_path']}: no item has 'masks' to evaluate")
     summary = aggregate(rows, METRICS, class_field="class")
+    summary["detection"] = S.detection_scores([r["pred_present"] > 0 for r in rows], [r["gt_present"] > 0 for r in rows],
+                                              [r["dice"] for r in rows])
     summary.update({"task": "segmentation", "manifest": str(man["_path"]), "predictions": str(folder),
                     "counts": {"evaluated": len(rows), "missing_predictions": int(sum(r["missing"] for r in rows))},
                     "unavailable": {},

@@ -26,7 +26,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from LaMed.inference.outputs import (MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
+from LaMed.inference.outputs import (DICOM_SEG, MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
                                      predict_file, predict_folder, write_overlay)
 from LaMed.inference.preprocessing import model_input  # noqa: F401  (re-exported for existing callers)
 from LaMed.inference.segment import SEG_MODEL_TYPES
@@ -45,7 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of the zoom-in (default 0.5)")
     parser.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--format", default=".nii.gz", choices=MASK_SUFFIXES, help="mask file type in folder outputs")
+    parser.add_argument("--format", default=".nii.gz", choices=MASK_SUFFIXES + (DICOM_SEG,),
+                        help="mask file type in folder outputs; dicom-seg (DICOM series input): one DICOM Segmentation "
+                             "of all prompts referencing the series, and for report / VQA models the answers as a "
+                             "DICOM SR document beside the JSON")
     # Text models (report / VQA) and CLIP models; see the "text and embedding modes" section below.
     parser.add_argument("--question", action="append", default=[],
                         help="question for a report / VQA model; repeat for several (default: describe the findings)")
@@ -174,6 +177,12 @@ def _run_text(args: argparse.Namespace) -> int:
         target = _text_out(Path(args.out), image, args.batch, ".json")
         record = {"source": str(image), "model": str(args.model),
                   "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]}
+        if args.format == DICOM_SEG:
+            from LaMed.inference.dicom_out import read_series_datasets, write_dicom_sr
+
+            sr = write_dicom_sr(list(zip(questions, answers)), read_series_datasets(image, args.series_uid),
+                                target.with_suffix(".dcm"), model_name=Path(str(args.model)).name)
+            record["dicom_sr"] = str(sr)
         write_json_atomic(target, record)
         for q, a in zip(questions, answers):
             print(f"{image.name}: {q}\n{a}\n")
@@ -225,6 +234,9 @@ def _run_reasoning(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")
     if not args.question:
         raise ValueError("--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'")
+    if args.format == DICOM_SEG:
+        raise ValueError(f"--format {DICOM_SEG}: not available for reasoning-segmentation models yet "
+                         "(their masks are written as NIfTI)")
     loaded = _load(args)
     model, processor = loaded.model, loaded.processor
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
@@ -253,7 +265,7 @@ PREDICT_MODES: Dict[str, Tuple[Callable[[str], bool], Callable[[argparse.Namespa
 def _out_folder(args: argparse.Namespace) -> Path:
     """The folder that will receive the outputs (``--out`` itself, or its parent for a file name)."""
     out = Path(args.out)
-    is_file = not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json",))
+    is_file = not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json", ".dcm"))
     return out.parent if is_file else out
 
 
@@ -277,6 +289,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--image {image}: no such file or folder")
     if args.batch and not image.is_dir():
         raise ValueError(f"--image {image}: --batch needs a folder of volumes")
+    if args.format == DICOM_SEG and not image.is_dir():
+        raise ValueError(f"--format {DICOM_SEG}: --image {image} is not a DICOM series folder (DICOM out references "
+                         "the source series; use a NIfTI --format for other inputs)")
     out = Path(args.out)
     if out.is_dir() and not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json",)):
         raise ValueError(f"--out {out}: is a folder, but its name reads as a file")

@@ -93,6 +93,9 @@ class ReasonSegDataset:
             ``False``: the first template (deterministic evaluation).
         classes: structures to use (default: all masks); also the negatives' vocabulary.
         negatives: add questions about absent structures, answered without ``[SEG]``.
+        negative_repeat: each such question this many times per epoch (absent organs are rare -- a
+            few % of the phantoms -- and a model that always answers ``[SEG]`` would otherwise
+            never be told otherwise often enough to learn it).
         multi_target: share of ``seg`` samples that ask for two structures (two ``[SEG]``).
         answer_style: ``"auto"`` (name the target when the question does not), ``"short"`` or ``"named"``
             (always name it right before ``[SEG]``, for ``seg`` samples too: the state that predicts
@@ -102,8 +105,11 @@ class ReasonSegDataset:
 
     def __init__(self, manifest: Union[str, Path], processor=None, task: str = "refer", train: bool = True, seed: int = 0,
                  classes: Optional[Sequence[str]] = None, negatives: bool = False, multi_target: float = 0.0,
-                 answer_style: str = "auto", augment: bool = False, load_images: bool = True):
+                 answer_style: str = "auto", augment: bool = False, load_images: bool = True, negative_repeat: int = 1):
         from LaMed.data.prepared import load_manifest
+
+        if int(negative_repeat) < 1:
+            raise ValueError(f"ReasonSegDataset: negative_repeat must be at least 1, got {negative_repeat}")
 
         if task not in TASKS:
             raise ValueError(f"ReasonSegDataset: task must be one of {TASKS}, got {task!r}")
@@ -137,7 +143,8 @@ class ReasonSegDataset:
                     else:
                         self.samples.append(ReasonSample(i, "seg", [n]))
             if negatives:
-                self.samples += [ReasonSample(i, "negative", [], n) for n in vocab if n not in masks]
+                self.samples += [ReasonSample(i, "negative", [], n) for n in vocab if n not in masks
+                                 for _ in range(int(negative_repeat) if train else 1)]
         if not self.samples:
             raise ValueError(f"{self.manifest_path}: no sample for task '{task}' (items lack "
                              f"{'refer entries with a target mask' if task == 'refer' else 'masks'} for classes "

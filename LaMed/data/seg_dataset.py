@@ -145,12 +145,26 @@ class PreparedSegDataset(_SegDatasetBase):
         refer: use the items' ``refer`` expressions (text -> target mask) instead of class names.
         templates: optional prompt templates with ``{}``; one is drawn per class and sample
             (M3D's templated questions); default: the bare name (the model adds its own template).
+        absent: prompts for structures absent from the volume, with an empty target, so the model
+            learns to return nothing for them (and the presence calibration sees such cases):
+            ``"none"`` (default: only structures with a mask), ``"listed"`` (the item's own
+            ``"absent": [names]``), or ``"missing"`` (every asked-for class without a mask is absent:
+            only for fully labelled data such as the phantoms, where an unlabelled organ is a
+            removed one -- on partially labelled data it would teach false negatives). Needs
+            ``classes`` for ``"missing"``; not with ``refer``.
     """
 
     def __init__(self, manifest: str | Path, classes: Optional[Sequence[str]] = None, entries: str = "image",
                  max_classes: int = 4, refer: bool = False, templates: Sequence[str] = (), seed: int = 0,
-                 augment: bool = False, num_points: int = NUM_POINTS):
+                 augment: bool = False, num_points: int = NUM_POINTS, absent: str = "none"):
         from LaMed.data.prepared import load_manifest
+
+        if absent not in ("none", "listed", "missing"):
+            raise ValueError(f"{manifest}: absent must be 'none', 'listed' or 'missing', got {absent!r}")
+        if absent != "none" and refer:
+            raise ValueError(f"{manifest}: absent prompts are for class names, not referring expressions")
+        if absent == "missing" and not classes:
+            raise ValueError(f"{manifest}: absent='missing' needs the list of classes every item is labelled for")
 
         super().__init__(seed, augment, num_points)
         if entries not in ("image", "class"):
@@ -168,6 +182,11 @@ class PreparedSegDataset(_SegDatasetBase):
                          and (wanted is None or r["target"] in wanted)]
             else:
                 pairs = [(name, name) for name in (wanted or list(masks)) if name in masks]
+                if absent == "listed":
+                    pairs += [(name, None) for name in item.get("absent", []) if name not in masks
+                              and (wanted is None or name in wanted)]
+                elif absent == "missing":
+                    pairs += [(name, None) for name in wanted if name not in masks]
             if not pairs:
                 continue
             step = 1 if entries == "class" else max(int(max_classes), 1)
@@ -190,13 +209,17 @@ class PreparedSegDataset(_SegDatasetBase):
         image = np.asarray(load_image(self.manifest_path, item), np.float32)
         require_unit_interval(image, self.sample_path(index))
         targets = [t for _, t in pairs]
-        masks = load_masks(self.manifest_path, item, sorted(set(targets)))
+        masks = load_masks(self.manifest_path, item, sorted({t for t in targets if t is not None}))
+        empty = np.zeros(image.shape[-3:], np.uint8)  # the target of an absent structure
         prompts = []
-        for text, name in pairs:
+        for text, target in pairs:
+            name = text if target is None else target
             if not self.refer and self.templates:
                 text = self.templates[int(rng.integers(len(self.templates)))].format(name.replace("_", " "))
             prompts.append(text)
-        return build_item(item["id"], image, [masks[t][0] for t in targets], targets, prompts, rng, self.augment, self.num_points)
+        names = [text if t is None else t for text, t in pairs]
+        return build_item(item["id"], image, [empty if t is None else masks[t][0] for t in targets], names, prompts, rng,
+                          self.augment, self.num_points)
 
 
 class LabelMapSegDataset(_SegDatasetBase):

@@ -15,17 +15,18 @@ from typing import Dict, List, Optional, Sequence
 
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
-__all__ = ["MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay",
+__all__ = ["DICOM_SEG", "MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay",
            "write_segmentation"]
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
+DICOM_SEG = "dicom-seg"  # --format: one DICOM Segmentation (+ SR for text models) for a DICOM series input
 
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suf in VOLUME_SUFFIXES:
+    for suf in VOLUME_SUFFIXES + (".dcm",):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -77,19 +78,29 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
 
     image = Path(image)
     vol = load_volume(image, series_uid=series_uid)
+    datasets = None
+    if fmt == DICOM_SEG:  # the source instances first: a non-DICOM input is refused before the prediction
+        from LaMed.inference.dicom_out import read_series_datasets
+
+        datasets = read_series_datasets(image, series_uid)
     pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
                           progress=progress, preset=preset)
-    return write_segmentation(pred, vol, out, fmt=fmt, overlay=overlay, source=image)
+    return write_segmentation(pred, vol, out, fmt=fmt, overlay=overlay, source=image, datasets=datasets,
+                              model_name=getattr(model.config, "_name_or_path", "") or model.config.model_type)
 
 
 def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", overlay: bool = False,
-                       source: Optional[Path] = None) -> Dict[str, Path]:
+                       source: Optional[Path] = None, datasets=None, model_name: str = "LaMed") -> Dict[str, Path]:
     """Write a :class:`~LaMed.inference.segment.SegPrediction` of ``volume`` in its source geometry.
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label map,
     the legend beside it); otherwise a folder receiving ``<case>_<prompt><fmt>`` or
-    ``<case>_labels<fmt>``, plus ``<name>.json`` (source, label -> prompt, prompts whose zoom-in was
+    ``<case>_labels<fmt>``, plus ``<name>.json`` (source, label -> prompt, per structure ``present``
+    and ``presence_probability`` -- an absent one has an empty mask --, prompts whose zoom-in was
     skipped) and, with ``overlay``, ``<name>.png``. Returns ``{"mask" | "labels", "legend", "overlay": path}``.
+    ``fmt="dicom-seg"``: one DICOM Segmentation of all prompts (``"seg"``: ``out`` itself when it ends
+    in ``.dcm``, else ``<case>_seg.dcm``) referencing ``datasets``, the source series' instances
+    (:mod:`LaMed.inference.dicom_out`), and the JSON beside it.
     """
     from LaMed.data.io import save_volume
 
@@ -98,15 +109,24 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
     as_file = out.name.lower().endswith(MASK_SUFFIXES)
     stem = _stem(source)
     written: Dict[str, Path] = {}
-    if len(pred.prompts) == 1:
+    if fmt == DICOM_SEG:
+        from LaMed.inference.dicom_out import write_dicom_seg
+
+        if not datasets:
+            raise ValueError(f"--format {DICOM_SEG}: {source} is not a DICOM series (DICOM out needs a DICOM input)")
+        target = out if out.name.lower().endswith(".dcm") else out / f"{stem}_seg.dcm"
+        written["seg"] = write_dicom_seg(pred, volume, datasets, target, model_name=model_name)
+    elif len(pred.prompts) == 1:
         target = out if as_file else out / f"{stem}_{_safe(pred.prompts[0])}{fmt}"
         written["mask"] = save_volume(pred.masks[pred.prompts[0]].astype("uint8"), target, like=volume)
     else:
         target = out if as_file else out / f"{stem}_labels{fmt}"
         written["labels"] = save_volume(pred.label_map, target, like=volume)
     legend_path = target.parent / f"{_stem(target)}.json"
+    structures = [{"label": k, "prompt": v, "present": bool(pred.present.get(v, True)),
+                   "presence_probability": pred.presence.get(v)} for k, v in pred.legend.items()]
     write_json_atomic(legend_path, {"source": str(source), "labels": {str(k): v for k, v in pred.legend.items()},
-                                    "zoom_in_skipped": pred.fallback})
+                                    "structures": structures, "zoom_in_skipped": pred.fallback})
     written["legend"] = legend_path
     if overlay:
         written["overlay"] = write_overlay(volume.array, pred.label_map, pred.legend,

@@ -11,6 +11,9 @@ BAAI-DCAI/SegVol, arXiv 2311.13385) for any model of ``LaMed.models.segmentation
    (half the shortfall on each side, clamped), is cut from the native-resolution crop and run with
    :func:`~LaMed.inference.sliding_window.sliding_window_inference` (window = ``img_size``,
    overlap 0.5), the same prompt in every window; its logits replace the zoom-out logits there.
+   All prompts of a call go in one pass (:func:`zoom_in_regions`): each distinct window position is
+   encoded once and every prompt visiting it is decoded in one batch, so K prompts cost about one
+   encoding pass, not K (``Bench/perf/multi_prompt.py``).
    When the zoom-out finds nothing the zoom-in is skipped and the zoom-out result kept
    (SegVol's "Fail to detect foreground"); ``SegPrediction.fallback`` lists those prompts;
 3. the crop is pasted back into the full canonical grid, so the masks map to the source file with
@@ -138,10 +141,11 @@ def text_prompts(model, texts: Sequence[str]):
 
 @torch.no_grad()
 def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap: float = 0.5,
-                     sw_batch_size: int = 1, progress: bool = False) -> np.ndarray:
+                     sw_batch_size: int = 1, progress: bool = False, return_logits: bool = False) -> np.ndarray:
     """Probabilities ``(K, D, H, W)`` float32 of K text prompts on an already prepared volume
     ``(1, 1, D, H, W)`` in [0, 1] (a prepared ``.npy``): sliding windows of the model's input size (one
-    window when the volume is that size), each window encoded once and decoded for every prompt."""
+    window when the volume is that size), each window encoded once and decoded for every prompt.
+    ``return_logits=True``: the logits instead (what the presence score reads)."""
     from LaMed.models.segmentation.common import upsample_logits
 
     param = next(model.parameters())
@@ -157,7 +161,7 @@ def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap:
 
     logits = sliding_window_inference(volume.to(param.device, param.dtype), tuple(model.config.img_size), predictor,
                                       overlap=overlap, sw_batch_size=sw_batch_size, progress=progress)
-    return torch.sigmoid(logits[0].float()).cpu().numpy()
+    return (logits[0].float() if return_logits else torch.sigmoid(logits[0].float())).cpu().numpy()
 
 
 @torch.no_grad()
@@ -185,34 +189,113 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     native = pre.native.to(device, dtype)
     thr = float(model.config.threshold)
     logit_thr = float(np.log(thr / (1.0 - thr)))
+    rois: List[Optional[Tuple[slice, ...]]] = []
     for i, text in enumerate(texts):
-        roi = _roi(logits[i] > logit_thr, img_size)
-        if roi is None:
+        rois.append(_roi(logits[i] > logit_thr, img_size))
+        if rois[-1] is None:
             logger.info("zoom-in skipped for %r: the zoom-out prediction is empty", text)
             fallback.append(text)
-            continue
-        one = Prompts(*(None if t is None else t[i:i + 1] for t in (prompts.text_embedding, prompts.text_tokens, prompts.text_mask)))
-        logits[i][roi] = zoom_in_region(model, native, roi, one, overlap, sw_batch_size, progress)
+    todo = [i for i, r in enumerate(rois) if r is not None]
+    if todo:
+        sub = _index_prompts(prompts, todo)
+        regions = zoom_in_regions(model, native, [rois[i] for i in todo], sub, overlap, sw_batch_size, progress)
+        for i, region in zip(todo, regions):
+            logits[i][rois[i]] = region
     return logits, fallback
 
 
-def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
-            sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
-    """Logits ``roi``-shaped of one prompt (a one-row ``Prompts``) by sliding windows of the model's
-    input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``)."""
+def _index_prompts(prompts, rows: Sequence[int]):
+    """The ``Prompts`` of the given rows (every field that is set)."""
     from LaMed.models.segmentation.base import Prompts
+
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    return Prompts(**{f.name: (None if getattr(prompts, f.name) is None
+                               else getattr(prompts, f.name)[idx.to(getattr(prompts, f.name).device)])
+                      for f in dataclasses.fields(Prompts)})
+
+
+def _windows_of(roi: Tuple[slice, ...], window: Sequence[int], overlap: float) -> List[Tuple[int, int, int]]:
+    """Window starts, in native-crop voxels, that sliding-window inference over ``native[roi]`` visits
+    (the placement rule of :func:`~LaMed.inference.sliding_window.sliding_window_inference`)."""
+    from LaMed.inference.sliding_window import dense_windows
+
+    size = [s.stop - s.start for s in roi]
+    pad = [max(w - n, 0) // 2 for w, n in zip(window, size)]
+    padded = [max(w, n) for w, n in zip(window, size)]
+    return [tuple(s.start + w.start - p for s, w, p in zip(roi, win, pad))
+            for win in dense_windows(padded, list(window), overlap)]
+
+
+@torch.no_grad()
+def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...]], prompts, overlap: float = 0.5,
+                    sw_batch_size: int = 1, progress: bool = False) -> List[torch.Tensor]:
+    """Zoom-in logits of K prompts at once: entry k is ``roi_k``-shaped, the result of sliding windows
+    over ``native[..., roi_k]`` with prompt k (``prompts``: K rows, ``native``: ``(1, 1, *crop)``).
+
+    Every window position that any prompt's sliding window visits is cut and encoded once, and all
+    prompts whose region visits it are decoded in one batch; each prompt's windows are then blended
+    exactly as :func:`zoom_in_region` would blend them, so the result equals K calls of it (within
+    float round-off of a batched decode) at the cost of one encoding per distinct window.
+    A region narrower than the window on some axis spans the whole crop on it (the rule of
+    :func:`_roi`), so its padded windows are the same for every prompt.
+    """
     from LaMed.models.segmentation.common import upsample_logits
 
-    fields = (prompt.text_embedding, prompt.text_tokens, prompt.text_mask)
+    window = tuple(int(w) for w in model.config.img_size)
+    crop = native.shape[2:]
+    for roi in rois:
+        for s, w, n in zip(roi, window, crop):
+            if s.stop - s.start < w and (s.start, s.stop) != (0, n):
+                raise ValueError(f"zoom_in_regions: region {roi} is narrower than the window {window} "
+                                 "without spanning the crop (use _roi)")
+    users: Dict[Tuple[int, int, int], List[int]] = {}
+    for k, roi in enumerate(rois):
+        for origin in _windows_of(roi, window, overlap):
+            users.setdefault(origin, []).append(k)
+    pad_before = [max(w - n, 0) // 2 for w, n in zip(window, crop)]
+    pads = []
+    for w, n, p in zip(reversed(window), reversed(list(crop)), reversed(pad_before)):
+        pads += [p, max(w - n, 0) - p]
+    padded = torch.nn.functional.pad(native, pads) if any(pads) else native
+    cache: Dict[Tuple[Tuple[int, int, int], int], torch.Tensor] = {}
+    origins = list(users)
+    step = max(int(sw_batch_size), 1)
+    iterator = range(0, len(origins), step)
+    if progress:
+        from tqdm.auto import tqdm
 
-    def predictor(windows: torch.Tensor, origins) -> torch.Tensor:
-        n = windows.shape[0]
-        rep = Prompts(*(None if t is None else t.expand(n, *t.shape[1:]) for t in fields))
-        return upsample_logits(model.decode(model.encode_image(windows), rep), windows.shape[2:])
+        iterator = tqdm(iterator, desc="windows", leave=False)
+    for start in iterator:
+        chunk = origins[start:start + step]
+        batch = torch.cat([padded[(slice(None), slice(None)) + tuple(slice(o + p, o + p + w) for o, p, w
+                                                                     in zip(origin, pad_before, window))]
+                           for origin in chunk])
+        features = model.encode_image(batch)
+        rows = [(j, k) for j, origin in enumerate(chunk) for k in users[origin]]
+        index = torch.as_tensor([j for j, _ in rows], dtype=torch.long, device=batch.device)
+        low = model.decode(features, _index_prompts(prompts, [k for _, k in rows]), image_index=index)
+        up = upsample_logits(low, window).float()
+        for (j, k), row in zip(rows, up):
+            cache[(chunk[j], k)] = row
+    out = []
+    for k, roi in enumerate(rois):
+        start = tuple(s.start for s in roi)
 
-    region = native[(slice(None), slice(None)) + tuple(roi)]
-    return sliding_window_inference(region, tuple(model.config.img_size), predictor, overlap=overlap,
-                                    sw_batch_size=sw_batch_size, progress=progress)[0, 0]
+        def predictor(windows, rel, k=k, start=start):
+            return torch.stack([cache.pop((tuple(a + o for a, o in zip(start, r)), k)) for r in rel])
+
+        region = native[(slice(None), slice(None)) + tuple(roi)]
+        out.append(sliding_window_inference(region, window, predictor, overlap=overlap,
+                                            sw_batch_size=len(_windows_of(roi, window, overlap)))[0, 0])
+    return out
+
+
+def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
+                   sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
+    """Logits ``roi``-shaped of one prompt (a one-row ``Prompts``) by sliding windows of the model's
+    input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``);
+    :func:`zoom_in_regions` with one region."""
+    return zoom_in_regions(model, native, [roi], prompt, overlap, sw_batch_size, progress)[0]
 
 
 @dataclass
@@ -221,8 +304,10 @@ class SegPrediction:
 
     ``probabilities`` ``(K, D, H, W)`` float16; ``masks`` name -> bool ``(D, H, W)``;
     ``label_map`` ``(D, H, W)`` uint8/uint16 (0 background, k = ``prompts[k - 1]``, the most probable
-    prompt above the threshold); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in
-    was skipped.
+    prompt above the threshold, among the prompts reported present: where prompts overlap the
+    highest probability wins); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in was
+    skipped; ``presence`` prompt -> presence probability and ``present`` prompt -> bool
+    (:mod:`LaMed.inference.presence`): a prompt reported absent has an empty mask.
     """
 
     prompts: List[str]
@@ -231,6 +316,8 @@ class SegPrediction:
     label_map: np.ndarray
     legend: Dict[int, str]
     fallback: List[str] = field(default_factory=list)
+    presence: Dict[str, float] = field(default_factory=dict)
+    present: Dict[str, bool] = field(default_factory=dict)
 
 
 def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
@@ -254,7 +341,14 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
     probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
     probs[(slice(None),) + box] = torch.sigmoid(logits).cpu().numpy().astype(np.float16)
-    best = probs.argmax(0)
-    label_map = np.where(probs.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
-    masks = {p: probs[i] > thr for i, p in enumerate(prompts)}
-    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback)
+    from LaMed.inference.presence import decide, presence_scores
+
+    presence, present = decide(model.config, presence_scores(logits), thr)
+    # absent prompts take no part in the label map: their probabilities are kept, their masks are empty
+    voting = np.where(present[:, None, None, None], probs, np.float16(0))
+    best = voting.argmax(0)
+    label_map = np.where(voting.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
+    masks = {p: (voting[i] > thr) for i, p in enumerate(prompts)}
+    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback,
+                         {p: float(presence[i]) for i, p in enumerate(prompts)},
+                         {p: bool(present[i]) for i, p in enumerate(prompts)})

@@ -38,6 +38,7 @@ __all__ = [
     "hausdorff_distance",
     "assd",
     "instance_f1",
+    "detection_scores",
 ]
 
 
@@ -326,3 +327,33 @@ def instance_f1(pred, gt, iou_threshold: float = 0.5, connectivity: int = 3,
         f1 = 2 * tp / (n_p + n_g)
     return {"f1": f1, "precision": prec, "recall": rec, "tp": tp, "fp": fp, "fn": fn,
             "num_pred": n_p, "num_gt": n_g}
+
+
+def detection_scores(pred_present: Sequence[bool], gt_present: Sequence[bool],
+                     dices: Sequence[float] | None = None) -> dict:
+    """Detection over prompts, as the CVPR 2025 BiomedSegFM text-guided task scores it beside Dice.
+
+    One entry per (volume, prompt): ``gt_present`` = the structure is in the volume (its ground-truth
+    mask is non-empty), ``pred_present`` = the model reported it (a non-empty mask / ``present``).
+    TP = both, FP = reported but absent, FN = present but not reported, TN = neither.
+    ``precision = TP / (TP + FP)``, ``recall = TP / (TP + FN)``, ``f1 = 2 P R / (P + R)``; a ratio whose
+    denominator is 0 is 1.0 (nothing claimed: no FP; nothing to find: no FN), and F1 is 0 when
+    P + R = 0. ``dice_tp``: mean of ``dices`` over the TP
+    entries (NaN when there is none), so a correct "absent" neither inflates nor dilutes the Dice.
+    """
+    p = np.asarray(list(pred_present), bool)
+    g = np.asarray(list(gt_present), bool)
+    if p.shape != g.shape or p.ndim != 1:
+        raise ValueError(f"pred_present and gt_present must be 1-D of the same length, got {p.shape} and {g.shape}")
+    tp, fp = int(np.sum(p & g)), int(np.sum(p & ~g))
+    fn, tn = int(np.sum(~p & g)), int(np.sum(~p & ~g))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    out = {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision, "recall": recall, "f1": f1}
+    if dices is not None:
+        d = np.asarray(list(dices), float)
+        if d.shape != p.shape:
+            raise ValueError(f"dices must have one value per entry ({p.shape[0]}), got {d.shape}")
+        out["dice_tp"] = float(d[p & g].mean()) if tp else float("nan")
+    return out

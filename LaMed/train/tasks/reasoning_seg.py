@@ -59,6 +59,7 @@ class ReasonSegDataArguments:
     eval_tasks: List[str] = field(default_factory=list, metadata={"help": "default: the reasoning tasks of tasks"})
     classes: List[str] = field(default_factory=list, metadata={"help": "structures to segment (default: all masks)"})
     negatives: bool = field(default=True, metadata={"help": "questions about absent structures, answered without [SEG]"})
+    negative_repeat: int = field(default=1, metadata={"help": "times each absent-structure question is seen per epoch"})
     multi_target: float = field(default=0.0, metadata={"help": "share of seg samples asking for two structures"})
     answer_style: str = field(default="auto", metadata={"help": "'auto', 'short' or 'named' (name the target before [SEG])"})
     augment: bool = False
@@ -114,7 +115,8 @@ def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: L
     for t in tasks:
         if t in REASON_TASKS:
             parts.append(ReasonSegDataset(manifest, processor, task=t, train=train, seed=seed, classes=d.classes or None,
-                                          negatives=d.negatives, multi_target=d.multi_target if train else 0.0,
+                                          negatives=d.negatives, negative_repeat=d.negative_repeat,
+                                          multi_target=d.multi_target if train else 0.0,
                                           answer_style=d.answer_style, augment=d.augment and train))
         elif t in MLLM_TASKS:
             parts.append(MLLMDataset(manifest, processor, task=t, train=train, seed=seed, augment=d.augment and train,

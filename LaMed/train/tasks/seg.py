@@ -53,6 +53,9 @@ class SegDataArguments:
     repeat: int = field(default=1, metadata={"help": "entries per label-map case and epoch"})
     npz_files: List[str] = field(default_factory=list, metadata={"help": "globs of BiomedSegFM .npz files"})
     prompt_json: str = field(default="", metadata={"help": "BiomedSegFM prompt JSON"})
+    absent: str = field(default="none", metadata={
+        "help": "prompts for absent structures with an empty target (prepared): none | listed (the items' "
+                "'absent') | missing (fully labelled data, e.g. phantoms: an asked-for class without a mask)"})
 
 
 def _label_names(spec: str) -> Dict[str, str]:
@@ -74,6 +77,8 @@ def build_datasets(data: SegDataArguments, img_size, preset: str, seed: int):
             raise ValueError("data.train_manifest: required for dataset 'prepared' / 'refseg'")
         kw = dict(classes=data.classes or None, entries=data.entries, max_classes=data.max_classes,
                   refer=data.dataset == "refseg", templates=data.templates, seed=seed)
+        if data.dataset == "prepared":
+            kw["absent"] = data.absent
         train = sd.PreparedSegDataset(data.train_manifest, augment=data.augment, **kw)
         val = sd.PreparedSegDataset(data.eval_manifest, **kw) if data.eval_manifest else None
         return train, val
