@@ -80,15 +80,31 @@ def test_layers_import_downwards_only():
 
 
 def _module_graph() -> Dict[str, Set[str]]:
+    """Edges of the module-level imports between LaMed's modules (what runs at import time)."""
     modules = {_module_name(p): p for p in _library_files()}
     graph: Dict[str, Set[str]] = {m: set() for m in modules}
+
+    def deepest(name: str) -> str:  # the module an imported dotted name lives in
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
     for module, path in modules.items():
-        for _, target in _imports(path, top_level_only=True):
-            # the deepest LaMed module the import names (a "from pkg import name" may name a function)
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != module and not _within(module, target):
-                graph[module].add(target)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [deepest(a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - (node.level - 1)] + ([node.module] if node.module else []))
+                # "from pkg import sub" imports the submodule (fine while pkg is still initialising);
+                # "from pkg import name" needs pkg itself, so a submodule doing it to its own package
+                # while pkg's __init__ imports that submodule is a cycle
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else deepest(base) for a in node.names]
+            graph[module].update(t for t in targets if t and t != module)
     return graph
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from LaMed.demo import run_demo
+from LaMed.demo.config import FULL, QUICK
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
@@ -37,7 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~LaMed.demo.config.DemoConfig` that the command line asks for."""
-    from LaMed.demo.config import FULL, QUICK
 
     cfg = QUICK if args.quick else FULL
     changes = {}
@@ -60,7 +62,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from LaMed.demo import run_demo
 
     cfg = config_from_args(args)
     metrics = run_demo(cfg, args.out, real_data=args.real_data, quick=args.quick)

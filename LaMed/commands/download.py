@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from LaMed.data.download import DATASETS, DownloadError, download_dataset
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from LaMed.data.download import DATASETS
 
     lines = []
     for d in DATASETS.values():
@@ -36,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from LaMed.data.download import DownloadError, download_dataset
 
     try:
         summary = download_dataset(

@@ -35,8 +35,18 @@ import json
 from pathlib import Path
 from typing import List, Mapping
 
-from LaMed.models.convert.releases import (RELEASES, TOKENIZER_FILES, _load_tokenizer, _overrides, build_release,
-                                           read_published)
+from LaMed.models.card import write_model_card
+from LaMed.models.convert.published import RELEASE_TOKENS, quirks_on
+from LaMed.models.convert.releases import (
+    RELEASES,
+    TOKENIZER_FILES,
+    _load_tokenizer,
+    _overrides,
+    build_release,
+    read_published,
+)
+from LaMed.utils.atomic import write_json_atomic
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("family", help=f"published checkpoint family: {', '.join(RELEASES)}")
@@ -80,9 +90,6 @@ def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str
     ``dst`` receives the model, its tokenizer / processor, ``lamed_import.json`` (the full key report)
     and ``README.md`` (a model card listing the dropped keys and the published quirks switched on).
     """
-    from LaMed.models.convert.published import RELEASE_TOKENS, quirks_on
-    from LaMed.models.card import write_model_card
-    from LaMed.utils.atomic import write_json_atomic
 
     if family not in RELEASES:
         raise KeyError(f"unknown family {family!r}; known: {', '.join(RELEASES)}")

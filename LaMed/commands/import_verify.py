@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
+from LaMed.data.phantom import make_phantom
+from LaMed.inference.generate import generate_texts
+from LaMed.models.convert.published import PUBLISHED, quirks_on
+from LaMed.models.convert.releases import RELEASES, TOKENIZER_FILES
+from LaMed.models.mllm import LaMedProcessor
+
 PROMPT = "Describe the findings of the medical image you see."
 
 
@@ -46,7 +52,6 @@ def phantom_volume(size: Sequence[int], seed: int = 0):
     """``(1, 1, D, H, W)`` float32 in [0, 1]: a synthetic abdominal CT, HU window [-1000, 1000]."""
     import torch
 
-    from LaMed.data.phantom import make_phantom
 
     hu = torch.from_numpy(make_phantom(seed, shape=tuple(int(s) for s in size)).image.astype("float32"))
     return ((hu.clamp(-1000, 1000) + 1000) / 2000)[None, None]
@@ -74,7 +79,6 @@ def _img_size(module) -> Tuple[int, int, int]:
 def _tokenizer(dst: Path):
     from transformers import AutoTokenizer
 
-    from LaMed.models.convert.releases import TOKENIZER_FILES
 
     return AutoTokenizer.from_pretrained(str(dst)) if any((dst / f).is_file() for f in TOKENIZER_FILES) else None
 
@@ -117,8 +121,6 @@ def _forward_seg(model, dst: Path) -> str:
 def _forward_llm(model, dst: Path, max_new_tokens: int = 8) -> Tuple[str, str]:
     import torch
 
-    from LaMed.inference.generate import generate_texts
-    from LaMed.models.mllm import LaMedProcessor
 
     processor = LaMedProcessor.from_pretrained(dst)
     volume = phantom_volume(_img_size(model.towers[0]))
@@ -132,8 +134,6 @@ def _forward_llm(model, dst: Path, max_new_tokens: int = 8) -> Tuple[str, str]:
 
 def verify_import(family: str, model, report, dst) -> VerifyResult:
     """Run the checks on an imported ``model`` (with its key ``report``) saved in ``dst``."""
-    from LaMed.models.convert.releases import RELEASES
-    from LaMed.models.convert.published import PUBLISHED, quirks_on
 
     dst = Path(dst)
     result = VerifyResult(family)

@@ -16,6 +16,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from LaMed.models.mllm import LaMedProcessor
+from LaMed.train.args import StageArguments
+from LaMed.train.checkpoint import TRAINABLE_MANIFEST, load_trainable
+from LaMed.train.stages import apply_lora
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="LoRA run folder with trainable.safetensors and trainable_manifest.json")
@@ -28,10 +33,6 @@ def merge_lora(checkpoint: str | Path, out: str | Path, base: Optional[str | Pat
     from transformers import AutoModelForCausalLM
 
     import LaMed.models.reasoning  # noqa: F401  (registers lamed_seg, so a [SEG] model merges with its head)
-    from LaMed.models.mllm import LaMedProcessor
-    from LaMed.train.args import StageArguments
-    from LaMed.train.checkpoint import TRAINABLE_MANIFEST, load_trainable
-    from LaMed.train.stages import apply_lora
 
     checkpoint, out = Path(checkpoint), Path(out)
     manifest_path = checkpoint / TRAINABLE_MANIFEST

@@ -26,11 +26,25 @@ import argparse
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from LaMed.inference.outputs import (DICOM_SEG, MASK_SUFFIXES, VOLUME_SUFFIXES, _stem, find_inputs,  # noqa: F401
-                                     predict_file, predict_folder, write_overlay)
+from LaMed.data.prompts import CAPTION_TEMPLATES
+from LaMed.inference.api import load
+from LaMed.inference.checks import check_device, check_overlap, check_prompts, check_threshold, text_position_limit
+from LaMed.inference.hub import resolve_model
+from LaMed.inference.outputs import (  # noqa: F401
+    DICOM_SEG,
+    MASK_SUFFIXES,
+    VOLUME_SUFFIXES,
+    _stem,
+    find_inputs,
+    predict_file,
+    predict_folder,
+    write_overlay,
+)
 from LaMed.inference.preprocessing import model_input  # noqa: F401  (re-exported for existing callers)
-from LaMed.inference.segment import SEG_MODEL_TYPES
-from LaMed.utils.atomic import atomic_path, write_json_atomic
+from LaMed.inference.reasoning import predict_question_file
+from LaMed.inference.segment import SEG_MODEL_TYPES, check_seg_prompts
+from LaMed.utils.atomic import atomic_path, check_writable_dir, write_json_atomic
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hugging Face hub id")
@@ -72,8 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model_type(path_or_id: str) -> str:
     from transformers import AutoConfig
 
-    from LaMed.inference.hub import resolve_model
-
     import LaMed.models.clip  # noqa: F401  (each import registers its model_type with AutoConfig)
     import LaMed.models.mllm  # noqa: F401
     import LaMed.models.reasoning  # noqa: F401
@@ -84,7 +96,6 @@ def _model_type(path_or_id: str) -> str:
 
 def _load(args: argparse.Namespace):
     """The model of ``--model`` through the Python API (``LaMed.load``), with the dtype / device options."""
-    from LaMed.inference.api import load
 
     return load(args.model, device=args.device, dtype=args.dtype, preset=args.preset, device_map=args.device_map,
                 load_in=args.load_in)
@@ -104,7 +115,6 @@ def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens:
 
 
 def _run_masks(args: argparse.Namespace) -> int:
-    from LaMed.inference.segment import check_seg_prompts
 
     if not args.prompt:
         raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
@@ -158,8 +168,6 @@ def _over_inputs(args: argparse.Namespace, work: Callable[[Path], None]) -> int:
 
 def _run_text(args: argparse.Namespace) -> int:
     """Report / VQA model: answers to ``--question`` (default: a report) as JSON (``--out x.json`` or a folder)."""
-    from LaMed.data.prompts import CAPTION_TEMPLATES
-    from LaMed.inference.checks import text_position_limit
 
     import torch
 
@@ -227,8 +235,6 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 def _run_reasoning(args: argparse.Namespace) -> int:
     """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
-    from LaMed.inference.checks import text_position_limit
-    from LaMed.inference.reasoning import predict_question_file
 
     if args.prompt:
         raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")
@@ -271,8 +277,6 @@ def _out_folder(args: argparse.Namespace) -> Path:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad options before a model is loaded or a volume read (each message names the option)."""
-    from LaMed.inference.checks import check_device, check_overlap, check_prompts, check_threshold
-    from LaMed.utils.atomic import check_writable_dir
 
     args.prompt = check_prompts(args.prompt, "--prompt")
     args.question = check_prompts(args.question, "--question")
@@ -281,7 +285,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens: must be at least 1, got {args.max_new_tokens}")
     check_device(args.device)
-    from LaMed.inference.hub import resolve_model
 
     resolve_model(args.model)  # the model folder / hub id first: it is what every other check depends on
     image = Path(args.image)

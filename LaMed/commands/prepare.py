@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import entry_points
 
+from LaMed.data.prepare import prepare_phantoms, prepare_volumes
+
 
 def _dataset_preparers():
     return {ep.name: ep for ep in entry_points(group="lamed.preparers")}
@@ -65,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_phantoms(args) -> int:
-    from LaMed.data.prepare import prepare_phantoms
 
     summary = prepare_phantoms(
         args.out, n=args.n, shape=tuple(args.shape), seed=args.seed,
@@ -77,7 +78,6 @@ def _run_phantoms(args) -> int:
 
 
 def _run_volumes(args) -> int:
-    from LaMed.data.prepare import prepare_volumes
 
     summary = prepare_volumes(
         args.src, args.out, preset=args.preset, workers=args.workers, split=args.split,

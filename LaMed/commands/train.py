@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from LaMed.train.distributed import destroy_process_group
+from LaMed.train.main import failure_message, run_training
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
@@ -30,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
         recipe = parse_recipe(args.recipe, overrides)
         print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
         return 0
-    from LaMed.train.distributed import destroy_process_group
-    from LaMed.train.main import failure_message, run_training
 
     try:
         run = run_training(args.recipe, overrides)

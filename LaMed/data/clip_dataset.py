@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from LaMed.data.checks import require_unit_interval
+from LaMed.data.prepared import load_image, load_manifest
 
 TRUNCATIONS = ("random", "deterministic")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -102,7 +103,6 @@ class ImageReportDataset:
     def __init__(self, manifest: str | Path, tokenizer, max_length: int = 512, truncation: str = "random",
                  transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None, slice_features: str = "",
                  num_slices: int = 32, limit: Optional[int] = None, seed: int = 0):
-        from LaMed.data.prepared import load_manifest
 
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation: expected one of {TRUNCATIONS}, got {truncation!r}")
@@ -167,7 +167,6 @@ class ImageReportDataset:
     def load_image(self, index: int):
         import torch
 
-        from LaMed.data.prepared import load_image
 
         path = self.sample_path(index)
         arr = np.asarray(load_image(self.manifest_path, self.items[index]), dtype=np.float32)

@@ -137,8 +137,8 @@ def hub_snapshot(repo_id: str, repo_type: str = "dataset", allow_patterns: Optio
                  token: Optional[str] = None, max_workers: int = 8) -> Path:
     """The local snapshot folder of a Hub repository, downloading the files matching
     ``allow_patterns`` first unless offline. Raises :class:`DownloadError` with a readable message."""
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
 
     off = _offline(offline)
     cache = _cache_dir(cache_dir)

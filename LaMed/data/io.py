@@ -373,7 +373,8 @@ def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None =
         VolumeError: missing/empty/corrupt file, not an image, 2D, multi-channel 4D, non-finite
             voxels, several DICOM series without ``series_uid``, no DICOM series, ...
     """
-    from LaMed.data.io_guard import check_regular, max_voxels as voxel_limit
+    from LaMed.data.io_guard import check_regular
+    from LaMed.data.io_guard import max_voxels as voxel_limit
 
     p = Path(path)
     if not p.exists():

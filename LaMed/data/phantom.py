@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from LaMed.data import phantom_text
+
 __all__ = ["Phantom", "OrganSpec", "ORGANS", "PHASES", "make_phantom", "mask_box", "DEFAULT_FOV_MM"]
 
 DEFAULT_FOV_MM = (280.0, 400.0, 400.0)  # (craniocaudal, AP, left-right) extent when spacing is None
@@ -641,7 +643,6 @@ def make_phantom(
         "spacing_mm": list(spacing),
     }
 
-    from LaMed.data import phantom_text
 
     texts = phantom_text.describe(findings, text_rng, available_masks=set(masks))
     return Phantom(

@@ -28,9 +28,16 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from LaMed.data.io_guard import VOLUME_SUFFIXES as _VOLUME_SUFFIXES
+from LaMed.data.io_guard import find_volumes as _find
 from LaMed.data.prepared import (
-    SPLITS, atomic_write_bytes, write_image, write_json_atomic, write_manifest, write_mask,
+    SPLITS,
+    atomic_write_bytes,
+    write_image,
+    write_json_atomic,
+    write_manifest,
+    write_mask,
 )
+from LaMed.data.transforms import get_preset
 
 __all__ = ["PrepareSummary", "prepare_phantoms", "prepare_volumes", "find_volumes", "split_assignment",
            "PHANTOM_WINDOW"]
@@ -291,8 +298,8 @@ def _phantom_task(t: dict) -> dict:
         np.clip(img, 0.0, 1.0, out=img)
         files = 0
         if t.get("preset"):
-            from LaMed.data.transforms import apply_preset
             from LaMed.data.phantom import mask_box
+            from LaMed.data.transforms import apply_preset
 
             res = apply_preset(t["preset"], ph.image, ph.spacing, {k: v for k, v in ph.masks.items() if k != "body"})
             img, spacing = res["image"], tuple(res["spacing"])
@@ -380,7 +387,6 @@ def prepare_phantoms(
 def find_volumes(src: str | Path) -> List[Path]:
     """Volumes under ``src`` (recursively, sorted): see :func:`LaMed.data.io_guard.find_volumes`, the
     one discovery rule shared with ``lamed predict --batch``."""
-    from LaMed.data.io_guard import find_volumes as _find
 
     return _find(src, recursive=True)
 
@@ -478,7 +484,6 @@ def prepare_volumes(
     volume. Refused per item (in the error report): a constant volume, or one whose prepared image
     comes out constant (:func:`check_prepared_contrast`).
     """
-    from LaMed.data.transforms import get_preset
 
     get_preset(preset)  # unknown name -> KeyError listing the known presets, before any work
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", split):

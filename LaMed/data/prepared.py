@@ -29,6 +29,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from LaMed.data.presets import preset_spec
+
 from ..utils.atomic import atomic_write_bytes, save_npy_atomic, write_json_atomic
 
 __all__ = [
@@ -364,7 +366,6 @@ def manifest_preprocessing(path: str | Path) -> Optional[dict]:
     A manifest names its ``preset``. Phantoms are drawn at their final size and mapped linearly from
     an HU ``window`` without a crop: that is the ``m3d`` preset with that window and no foreground crop.
     """
-    from LaMed.data.presets import preset_spec
 
     if not path:
         return None

@@ -30,15 +30,15 @@ import torch
 from LaMed.data.transforms import (
     Box,
     IntensityMap,
-    foreground_box,
     antialias_op,
+    foreground_box,
     linear_op,
     nearest_index,
-    selection_op,
+    percentile_map,
     render,
     resampled_shape,
     segvol_foreground_stats,
-    percentile_map,
+    selection_op,
     slice_min_max,
     window_map,
 )

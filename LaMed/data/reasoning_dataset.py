@@ -34,6 +34,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from LaMed.data.prepared import load_image, load_manifest, load_masks
+from LaMed.models.mllm.processing import MLLMCollator
+
 SEG = "[SEG]"
 TASKS = ("refer", "seg")
 
@@ -106,7 +109,6 @@ class ReasonSegDataset:
     def __init__(self, manifest: Union[str, Path], processor=None, task: str = "refer", train: bool = True, seed: int = 0,
                  classes: Optional[Sequence[str]] = None, negatives: bool = False, multi_target: float = 0.0,
                  answer_style: str = "auto", augment: bool = False, load_images: bool = True, negative_repeat: int = 1):
-        from LaMed.data.prepared import load_manifest
 
         if int(negative_repeat) < 1:
             raise ValueError(f"ReasonSegDataset: negative_repeat must be at least 1, got {negative_repeat}")
@@ -199,7 +201,6 @@ class ReasonSegDataset:
         """``(1, D, H, W)`` float32 tensor in [0, 1] (intensity-augmented when training with ``augment``)."""
         import torch
 
-        from LaMed.data.prepared import load_image
 
         img = torch.from_numpy(np.asarray(load_image(self.manifest_path, self.items[self.samples[index].item]), np.float32))
         if self.train and self.augment:
@@ -214,7 +215,6 @@ class ReasonSegDataset:
         """``(K, D, H, W)`` uint8 masks of the sample's targets, in ``[SEG]`` order."""
         import torch
 
-        from LaMed.data.prepared import load_masks
 
         s = self.samples[index]
         it = self.items[s.item]
@@ -248,7 +248,6 @@ class ReasonSegCollator:
     same segmentation path."""
 
     def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: Optional[int] = None):
-        from LaMed.models.mllm.processing import MLLMCollator
 
         self.base = MLLMCollator(pad_token_id, padding_side, pad_to_multiple_of)
 

@@ -34,6 +34,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from LaMed.data.checks import require_unit_interval
+from LaMed.data.io import load_mask, load_volume
+from LaMed.data.prepared import load_image, load_manifest, load_masks
+from LaMed.data.presets import apply_preset, get_preset
 
 NUM_POINTS = 21  # SegVol: 1 + up to 10 positive + up to 10 negative
 
@@ -157,7 +160,6 @@ class PreparedSegDataset(_SegDatasetBase):
     def __init__(self, manifest: str | Path, classes: Optional[Sequence[str]] = None, entries: str = "image",
                  max_classes: int = 4, refer: bool = False, templates: Sequence[str] = (), seed: int = 0,
                  augment: bool = False, num_points: int = NUM_POINTS, absent: str = "none"):
-        from LaMed.data.prepared import load_manifest
 
         if absent not in ("none", "listed", "missing"):
             raise ValueError(f"{manifest}: absent must be 'none', 'listed' or 'missing', got {absent!r}")
@@ -201,7 +203,6 @@ class PreparedSegDataset(_SegDatasetBase):
         return str(self.manifest_path.parent / item["image"])
 
     def __getitem__(self, index: int) -> dict:
-        from LaMed.data.prepared import load_image, load_masks
 
         i, pairs = self.entries[index]
         item = self.manifest["items"][i]
@@ -239,8 +240,6 @@ class LabelMapSegDataset(_SegDatasetBase):
                  seed: int = 0, augment: bool = False, num_points: int = NUM_POINTS):
         import dataclasses
 
-        from LaMed.data.io import load_mask, load_volume
-        from LaMed.data.presets import apply_preset, get_preset
 
         super().__init__(seed, augment, num_points)
         names = {int(k): str(v) for k, v in label_names.items()}

@@ -8,9 +8,13 @@ visible on top of each other and of the image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+
+from LaMed.data.prepared import load_image, load_manifest, load_masks
+from LaMed.demo.scoring import dice
+from LaMed.utils.atomic import atomic_path
 
 # Colour per structure (tab10 order), fixed so that every figure uses the same legend.
 COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:orange", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
@@ -26,7 +30,6 @@ def _plt():
 
 
 def _save(fig, path: Path, dpi: int = 110) -> Path:
-    from LaMed.utils.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=path.suffix) as tmp:
@@ -147,8 +150,6 @@ def seg_cases(prepared: Path, predictions: Path, classes: Sequence[str], n: int 
               threshold: float = 0.5) -> List[Dict]:
     """The first ``n`` test items as :func:`mask_panels` cases, from Bench ``run_seg``'s saved
     probabilities (``<id>_<structure>.npy`` on the prepared grid)."""
-    from LaMed.data.prepared import load_image, load_manifest, load_masks
-    from LaMed.demo.scoring import dice
 
     manifest = Path(prepared) / "test.json"
     out = []

@@ -27,6 +27,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import numpy as np
 
+from LaMed.metrics.segmentation import dice as _dice
+from LaMed.metrics.text import rouge_l_scores
+
 # Findings tags, named as in the phantom manifests' ``labels``.
 FINDINGS = ("hepatomegaly", "splenomegaly", "liver lesion", "spleen lesion", "kidney lesion", "lung nodule",
             "cholecystectomy", "splenectomy", "nephrectomy")
@@ -90,7 +93,6 @@ def random_report_baseline(train_reports: Sequence[str], test_reports: Sequence[
                            seed: int = 0) -> Dict[str, float]:
     """Scores of giving each test case a random training report (means over ``repeats`` draws):
     findings F1 / exact and ROUGE-L (``LaMed.metrics.text``, the scorer Bench uses)."""
-    from LaMed.metrics.text import rouge_l_scores
 
     if not train_reports or not test_reports:
         raise ValueError("random_report_baseline: needs training and test reports")
@@ -164,7 +166,6 @@ def atlas_masks(train_masks: Mapping[str, Sequence[np.ndarray]]) -> Dict[str, np
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two binary masks (``LaMed.metrics.segmentation.dice``; 1 when both are empty)."""
-    from LaMed.metrics.segmentation import dice as _dice
 
     return float(_dice(np.asarray(pred, bool), np.asarray(truth, bool)))
 

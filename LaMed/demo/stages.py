@@ -14,13 +14,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from LaMed.data.io import load_mask, load_volume
+from LaMed.data.prepare import prepare_phantoms
+from LaMed.data.prepared import load_manifest, load_masks
+from LaMed.demo import scoring
 from LaMed.demo.bench import run_bench
 from LaMed.demo.config import DemoConfig
-from LaMed.demo import scoring
+from LaMed.inference.outputs import predict_file
+from LaMed.inference.retrieval import evaluate_clip
+from LaMed.inference.segment import load_seg_model
+from LaMed.train.main import run_training
+from LaMed.train.tasks.clip import train_clip
 from LaMed.utils.atomic import atomic_write_text, write_json_atomic
 
 logger = logging.getLogger("LaMed.demo")
@@ -51,7 +59,6 @@ def train_recipe(recipe: str | Path, out_dir: Path, steps: int, overrides: Seque
     nested fields the command line cannot set. Returns ``{"recipe", "steps", "seconds", "log"}``
     with the Trainer's log history.
     """
-    from LaMed.train.main import run_training
 
     path = recipe_path(str(recipe))
     out_dir = Path(out_dir)
@@ -78,8 +85,6 @@ def _losses(log: List[Dict]) -> Dict[str, float]:
 
 def prepare(cfg: DemoConfig, out: Path) -> Dict[str, Any]:
     """Write the phantom set (prepared format) and return its split sizes."""
-    from LaMed.data.prepare import prepare_phantoms
-    from LaMed.data.prepared import load_manifest
 
     prepare_phantoms(out, n=cfg.n_phantoms, shape=cfg.shape, seed=cfg.seed, val_fraction=cfg.val_fraction,
                      test_fraction=cfg.test_fraction, progress=True)
@@ -91,7 +96,6 @@ def prepare(cfg: DemoConfig, out: Path) -> Dict[str, Any]:
 
 
 def _items(prepared: Path, split: str) -> List[Dict]:
-    from LaMed.data.prepared import load_manifest
 
     return load_manifest(prepared / f"{split}.json")["items"]
 
@@ -109,8 +113,6 @@ def _tower_overrides(cfg: DemoConfig) -> str:
 
 def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
-    from LaMed.inference.retrieval import evaluate_clip
-    from LaMed.train.tasks.clip import train_clip
 
     vision = _tower_overrides(cfg)
     model_dir = work / "clip_model"
@@ -200,7 +202,6 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> D
 # ---------------------------------------------------------------------------------------- segmentation
 
 def _masks(prepared: Path, split: str, classes: Sequence[str]) -> Dict[str, List[np.ndarray]]:
-    from LaMed.data.prepared import load_masks
 
     out: Dict[str, List[np.ndarray]] = {c: [] for c in classes}
     manifest = prepared / f"{split}.json"
@@ -272,9 +273,6 @@ def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict
     """
     import torch
 
-    from LaMed.inference.outputs import predict_file
-    from LaMed.data.io import load_mask, load_volume
-    from LaMed.inference.segment import load_seg_model
 
     found = find_labelled_ct(folder, cfg.real_structure)
     vol = load_volume(found["image"])

@@ -26,6 +26,17 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from LaMed.data.io import Volume, load_volume
+from LaMed.data.prompts import CAPTION_TEMPLATES
+from LaMed.inference.checks import check_device, check_prompts, check_text_length, text_position_limit
+from LaMed.inference.classify import classify_from_spec
+from LaMed.inference.generate import generate_texts
+from LaMed.inference.hub import resolve_model
+from LaMed.inference.outputs import write_segmentation
+from LaMed.inference.preprocessing import model_input, model_preset
+from LaMed.inference.reasoning import load_reasoning_model, predict_question
+from LaMed.inference.segment import predict_volume
+
 __all__ = ["load", "DTYPES", "LaMedModel", "SegmentationModel", "ReportModel", "ReasoningModel", "ClipModel",
            "Segmentation", "resolve_dtype"]
 
@@ -49,7 +60,6 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: str = "cpu", opt
 
 
 def _volume(volume: VolumeLike, series_uid: Optional[str] = None):
-    from LaMed.data.io import Volume, load_volume
 
     if isinstance(volume, Volume):
         return volume
@@ -89,7 +99,6 @@ class Segmentation:
     def save(self, out: Union[str, Path], fmt: str = ".nii.gz", overlay: bool = False) -> Dict[str, Path]:
         """Write the mask (one prompt) or label map + legend in the source geometry (see
         :func:`LaMed.inference.outputs.write_segmentation`); returns the written paths."""
-        from LaMed.inference.outputs import write_segmentation
 
         return write_segmentation(self.prediction, self.volume, out, fmt=fmt, overlay=overlay)
 
@@ -117,14 +126,12 @@ class LaMedModel:
     @property
     def preprocessing(self):
         """The :class:`~LaMed.data.presets.Preset` this model applies to a scan."""
-        from LaMed.inference.preprocessing import model_preset
 
         return model_preset(self.model, self.requested_preset)
 
     def prepare(self, volume: VolumeLike, series_uid: Optional[str] = None) -> torch.Tensor:
         """The network input ``(1, 1, D, H, W)`` of ``volume``: the model's preprocessing at its size, on
         its device and in its dtype."""
-        from LaMed.inference.preprocessing import model_input
 
         preset = self.preprocessing
         return model_input(_volume(volume, series_uid), preset.size, preset).to(self.device, self.dtype)
@@ -142,7 +149,6 @@ class SegmentationModel(LaMedModel):
                 overlap: float = 0.5, threshold: Optional[float] = None, progress: bool = False,
                 series_uid: Optional[str] = None) -> Segmentation:
         """Masks of ``prompts`` (structure names or sentences) on ``volume``'s source grid."""
-        from LaMed.inference.segment import predict_volume
 
         vol = _volume(volume, series_uid)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -159,9 +165,6 @@ class ReportModel(LaMedModel):
     def generate(self, volume: VolumeLike, question: Union[str, Sequence[str], None] = None,
                  max_new_tokens: int = 256, decoding: str = "greedy", series_uid: Optional[str] = None):
         """The answer to ``question`` (a string), or to each of several (a list); no question: a report."""
-        from LaMed.data.prompts import CAPTION_TEMPLATES
-        from LaMed.inference.checks import check_prompts
-        from LaMed.inference.generate import generate_texts
 
         single = question is None or isinstance(question, str)
         questions = [CAPTION_TEMPLATES[0] if question is None else question] if single else list(question)
@@ -180,8 +183,6 @@ class ReasoningModel(LaMedModel):
     def ask(self, volume: VolumeLike, question: str, zoom_in: bool = True, overlap: float = 0.5,
             threshold: float = 0.5, max_new_tokens: int = 64, series_uid: Optional[str] = None):
         """``(answer text, [bool mask (D, H, W) per [SEG] of the answer])`` on the source grid."""
-        from LaMed.inference.checks import check_prompts
-        from LaMed.inference.reasoning import predict_question
 
         question = check_prompts([question], "question")[0]
         pred = predict_question(self.model, self.processor, _volume(volume, series_uid), question, zoom_in=zoom_in,
@@ -203,7 +204,6 @@ class ClipModel(LaMedModel):
     @torch.no_grad()
     def embed_text(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
         """Text embeddings ``(N, projection_dim)`` float32; a text longer than the tower takes is refused."""
-        from LaMed.inference.checks import check_prompts, check_text_length, text_position_limit
 
         texts = check_prompts([texts] if isinstance(texts, str) else list(texts), "texts")
         check_text_length(self.tokenizer, texts, text_position_limit(self.model.text_model, self.tokenizer), "texts",
@@ -216,7 +216,6 @@ class ClipModel(LaMedModel):
     def classify(self, volume: VolumeLike, prompt_set: str = "ct_rate", series_uid: Optional[str] = None) -> dict:
         """Zero-shot per-finding probabilities with a prompt set (``"ct_rate"``, ``"phantom"``, a YAML path;
         ``"SET:STYLE"`` picks a prompt style): see :mod:`LaMed.inference.classify`."""
-        from LaMed.inference.classify import classify_from_spec
 
         return classify_from_spec(self.model, self.tokenizer, self.prepare(volume, series_uid), prompt_set,
                                   device=self.device)
@@ -271,8 +270,6 @@ def load(path_or_id: Union[str, Path], device: str = "cpu", dtype: Union[str, to
     import LaMed.models.mllm  # noqa: F401
     import LaMed.models.reasoning  # noqa: F401
     import LaMed.models.segmentation  # noqa: F401
-    from LaMed.inference.checks import check_device
-    from LaMed.inference.hub import resolve_model
 
     folder = resolve_model(path_or_id)
     check_device(device, "device")
@@ -301,7 +298,6 @@ def load(path_or_id: Union[str, Path], device: str = "cpu", dtype: Union[str, to
 
         model, processor = load_mllm(folder, dtype=torch_dtype, device=device, **extra)
         return ReportModel(model, folder, preset, processor=processor)
-    from LaMed.inference.reasoning import load_reasoning_model
 
     model, processor = load_reasoning_model(folder, device=device, dtype=torch_dtype, **extra)
     return ReasoningModel(model, folder, preset, processor=processor)

@@ -29,6 +29,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from LaMed.data.prepared import load_image, load_manifest, manifest_dir
+from LaMed.inference.checks import check_text_length, text_position_limit
+from LaMed.metrics.classification import bootstrap_ci, multilabel_report, select_thresholds
+
 logger = logging.getLogger("LaMed.inference")
 
 PROMPT_SETS_DIR = Path(__file__).resolve().parents[1] / "data" / "prompt_sets"
@@ -186,7 +190,6 @@ def encode_prompts(model, tokenizer, prompt_set: PromptSet, max_length: Optional
     prompt embeddings of each side (not renormalised, so a dot product is the mean cosine)."""
     import torch
 
-    from LaMed.inference.checks import check_text_length, text_position_limit
 
     texts = [t for f in prompt_set.findings for t in (*f.positive, *f.negative)]
     check_text_length(tokenizer, texts, max_length or text_position_limit(model.text_model, tokenizer),
@@ -323,7 +326,6 @@ def classify_split(model, tokenizer, manifest: str | Path, prompt_set: PromptSet
     """
     import torch
 
-    from LaMed.data.prepared import load_image, load_manifest, manifest_dir
 
     manifest = Path(manifest)
     man = load_manifest(manifest)
@@ -361,7 +363,6 @@ def evaluate_zero_shot(test: ZeroShotResult, validation: Optional[ZeroShotResult
     """Metrics of a labelled split: thresholds from ``validation`` (else 0.5 on probabilities, as
     CT-CLIP / DCFormer round at 0.5; a similarity score needs a validation split), then
     :func:`~LaMed.metrics.classification.multilabel_report` and bootstrap CIs."""
-    from LaMed.metrics.classification import bootstrap_ci, multilabel_report, select_thresholds
 
     if test.labels is None:
         raise PromptSetError("evaluate_zero_shot: the test split has no labels")

@@ -15,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
+from LaMed.utils.atomic import atomic_write_text
+
 DECODING: Dict[str, Dict[str, Any]] = {
     "greedy": {"do_sample": False},
     "m3d_demo": {"do_sample": True, "temperature": 1.0, "top_p": 0.9},
@@ -46,7 +49,6 @@ def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pr
     model is not moved to ``device``."""
     import torch
 
-    from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -158,7 +160,6 @@ def write_jsonl(path: Union[str, Path], rows: Sequence[Dict[str, Any]], keys: Se
     """Write ``rows`` (only ``keys``) as JSON lines; returns the path."""
     import json
 
-    from LaMed.utils.atomic import atomic_write_text
 
     text = "".join(json.dumps({k: r[k] for k in keys if k in r}) + "\n" for r in rows)
     return atomic_write_text(path, text)

@@ -13,6 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from LaMed.data.io import load_volume, save_volume
+from LaMed.data.io_guard import find_volumes
+from LaMed.inference.segment import predict_volume
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
 __all__ = ["DICOM_SEG", "MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay",
@@ -73,8 +76,6 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
     map with the legend beside it); otherwise it is a folder receiving ``<case>_<prompt><fmt>``
     or ``<case>_labels<fmt>`` + ``<case>_labels.json``.
     """
-    from LaMed.data.io import load_volume
-    from LaMed.inference.segment import predict_volume
 
     image = Path(image)
     vol = load_volume(image, series_uid=series_uid)
@@ -102,7 +103,6 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
     in ``.dcm``, else ``<case>_seg.dcm``) referencing ``datasets``, the source series' instances
     (:mod:`LaMed.inference.dicom_out`), and the JSON beside it.
     """
-    from LaMed.data.io import save_volume
 
     source = Path(source if source is not None else (volume.path or "volume"))
     out = Path(out)
@@ -136,7 +136,6 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
 
 def find_inputs(folder: str | Path) -> List[Path]:
     """Volume files and DICOM series folders directly inside ``folder`` (sorted)."""
-    from LaMed.data.io_guard import find_volumes
 
     folder = Path(folder)
     if not folder.is_dir():

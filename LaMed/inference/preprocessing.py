@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from typing import Optional, Sequence, Union
 
-from LaMed.data.presets import Preset, get_preset, preset_from_spec, preset_spec
+from LaMed.data.presets import Preset, apply_preset, get_preset, preset_from_spec, preset_spec
 
 logger = logging.getLogger("LaMed.inference")
 
@@ -90,7 +90,6 @@ def model_input(volume, size: Sequence[int], preset="m3d"):
     import numpy as np
     import torch
 
-    from LaMed.data.presets import Preset, apply_preset, preset_from_spec
 
     arr = np.asarray(volume.array, np.float32)
     size = tuple(int(s) for s in size)

@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from LaMed.inference.preprocessing import model_preset
+
 __all__ = ["presence_scores", "presence_probability", "fit_platt", "calibrate_presence", "decide"]
 
 
@@ -80,8 +82,9 @@ def calibrate_presence(model, cases: Sequence[tuple], zoom_in: bool = True, l2: 
     ``cases``: ``(volume, {prompt: present?})`` pairs (``volume`` a ``LaMed.data.io.Volume``). Each
     volume is segmented once with all its prompts; returns ``{"a", "b", "n", "n_present"}``.
     """
-    from LaMed.inference.preprocessing import model_preset
+    # segment.py decides presence with this module's functions: imported here to keep the layer acyclic
     from LaMed.inference.segment import preprocess, zoom_out_zoom_in
+
 
     scores, labels = [], []
     for volume, truth in cases:

@@ -21,13 +21,21 @@ from typing import List, Sequence, Union
 import numpy as np
 import torch
 
+from LaMed.data.io import load_volume, save_volume
+from LaMed.inference.generate import decoding_kwargs
+from LaMed.inference.hub import resolve_model
+from LaMed.inference.preprocessing import model_preset
+from LaMed.inference.segment import preprocess
+from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
+from LaMed.models.mllm import LaMedProcessor
+from LaMed.models.reasoning import LaMedSegForCausalLM
+from LaMed.models.segmentation.common import upsample_logits
+from LaMed.utils.atomic import write_json_atomic
+
 
 def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None, **from_pretrained):
     """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id;
     ``dtype`` and ``from_pretrained`` (``device_map``, ``quantization_config``) as in ``load_mllm``."""
-    from LaMed.inference.hub import resolve_model
-    from LaMed.models.mllm import LaMedProcessor
-    from LaMed.models.reasoning import LaMedSegForCausalLM
 
     folder = resolve_model(path)
     if from_pretrained:  # device maps and quantisation: transformers' loader
@@ -57,7 +65,6 @@ class Answer:
 def answer_and_segment(model, processor, images, questions: Sequence[str], max_new_tokens: int = 64,
                        decoding: str = "greedy", seed: int = 0, batch_size: int = 4, **gen_kwargs) -> List[Answer]:
     """Answers with masks for ``images[i]`` (``(N, 1, D, H, W)`` at the model's input size) + ``questions[i]``."""
-    from LaMed.inference.generate import decoding_kwargs
 
     n = len(questions)
     if len(images) != n:
@@ -104,10 +111,6 @@ def predict_question(model, processor, volume, question: str, zoom_in: bool = Tr
     """Answer ``question`` about ``volume`` (a ``LaMed.data.io.Volume``) and segment every ``[SEG]`` of the answer.
 
     ``preset``: the preprocessing; default: the one the model stores."""
-    from LaMed.inference.preprocessing import model_preset
-    from LaMed.inference.segment import preprocess
-    from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
-    from LaMed.models.segmentation.common import upsample_logits
 
     img_size = tuple(int(s) for s in model.seg_module.config.img_size)
     pre = preprocess(volume, img_size, model_preset(model, preset, size=img_size), native=zoom_in)
@@ -157,8 +160,6 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
     Masks are binary, in the source file's own geometry (``save_volume(..., like=volume)``).
     ``kwargs`` go to :func:`predict_question`. Returns the JSON record.
     """
-    from LaMed.data.io import load_volume, save_volume
-    from LaMed.utils.atomic import write_json_atomic
 
     image, out = Path(image), Path(out)
     if not questions:

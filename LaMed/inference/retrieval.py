@@ -24,6 +24,12 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
+from LaMed.metrics.retrieval import label_overlap_at_k, labels_to_multihot, recall_at_k_from_embeddings
+from LaMed.models.checkpoint_files import load_pretrained
+from LaMed.models.clip import LamedClipModel
+from LaMed.utils.atomic import atomic_write_bytes, write_json_atomic
+
 logger = logging.getLogger("LaMed.inference")
 
 CACHE_VERSION = 1
@@ -55,7 +61,6 @@ class SplitEmbeddings:
 
 def _save_npz(path: Path, **arrays) -> None:
     # The one atomic writer: an interrupted run never leaves a truncated cache.
-    from LaMed.utils.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
 
@@ -113,7 +118,6 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
     """
     import torch
 
-    from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
 
     manifest = Path(manifest)
     if max_length is None:
@@ -172,7 +176,6 @@ def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, fir
     for the K <= N, and (``all`` only) ``v2v_jaccard@K``. Label overlap needs the full
     ``N x N`` similarity matrix, so it is skipped above ``max_label_pairs`` volumes.
     """
-    from LaMed.metrics.retrieval import label_overlap_at_k, labels_to_multihot, recall_at_k_from_embeddings
 
     out: Dict[str, Dict[str, float]] = {}
     groups = [("all", len(emb))] + [(f"first_{n}", int(n)) for n in first_n if 0 < int(n) <= len(emb)]
@@ -203,13 +206,9 @@ def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, fir
 def load_clip(model_dir: str | Path, device: Optional[str] = None, dtype=None):
     """``(model, tokenizer)`` from a LaMed CLIP folder (``save_pretrained`` + tokenizer files); ``dtype``:
     the dtype the weights are loaded in (default float32)."""
+    import torch
     from transformers import AutoTokenizer
 
-    from LaMed.models.clip import LamedClipModel
-
-    import torch
-
-    from LaMed.models.checkpoint_files import load_pretrained
 
     model = load_pretrained(LamedClipModel, model_dir, dtype or torch.float32)
     tok_dir = Path(model_dir)
@@ -244,7 +243,6 @@ def evaluate_clip(model_dir: str | Path, prepared: str | Path, out_dir: str | Pa
                        device=device)
     emb.save_predictions(out / "embeddings.npz")
     scores = score_embeddings(emb, ks=ks, first_n=first_n)
-    from LaMed.utils.atomic import write_json_atomic
 
     write_json_atomic(out / "retrieval.json", {"model": str(model_dir), "manifest": str(manifest), "scores": scores})
     return scores

@@ -31,7 +31,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from LaMed.inference.sliding_window import sliding_window_inference
+from LaMed.data.presets import Preset, apply_preset, preset_from_spec
+from LaMed.inference.checks import check_overlap, check_prompts, check_text_length, check_threshold, text_position_limit
+from LaMed.inference.hub import resolve_model
+from LaMed.inference.preprocessing import model_preset
+from LaMed.inference.presence import decide, presence_scores
+from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
+from LaMed.models.checkpoint_files import load_pretrained
+from LaMed.models.segmentation.base import Prompts
+from LaMed.models.segmentation.common import upsample_logits
 
 logger = logging.getLogger("LaMed.inference")
 
@@ -41,17 +49,16 @@ SEG_MODEL_TYPES = ("lamed_segvol", "lamed_text3dsam", "lamed_refsam3d")
 def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
     """Load a segmentation model (folder or hub id) in eval mode; its tokenizer, when saved beside
     it, is attached as ``model.tokenizer``."""
-    from LaMed.inference.hub import resolve_model
 
     folder = resolve_model(path_or_id)
-    import LaMed.models.segmentation  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    import LaMed.models.segmentation  # noqa: F401  (registers the Auto classes)
 
     config = AutoConfig.from_pretrained(folder)
     if config.model_type not in SEG_MODEL_TYPES:
         raise ValueError(f"{folder}: model_type {config.model_type!r} is not a segmentation model "
                          f"(expected one of {SEG_MODEL_TYPES})")
-    from LaMed.models.checkpoint_files import load_pretrained
 
     model_class = AutoModel._model_mapping[type(config)]
     model = load_pretrained(model_class, folder, dtype or torch.float32).to(device).eval()
@@ -73,7 +80,6 @@ class Preprocessed:
 def preprocess(volume, img_size: Sequence[int], preset, native: bool = True) -> Preprocessed:
     """Apply the preset (a name, a stored record or a ``Preset``) at network size and, with ``native``,
     again at the crop's own size."""
-    from LaMed.data.presets import Preset, apply_preset, preset_from_spec
 
     base = preset if isinstance(preset, Preset) else preset_from_spec(preset)
     preset = dataclasses.replace(base, size=tuple(int(s) for s in img_size))
@@ -111,7 +117,6 @@ def _roi(mask: torch.Tensor, window: Sequence[int]) -> Optional[Tuple[slice, ...
 def check_seg_prompts(model, prompts: Sequence[str]) -> List[str]:
     """The prompts, stripped; an empty one, or one longer than the model's text tower takes, is refused
     (the tower would otherwise fail deep inside, or the mask would be labelled "")."""
-    from LaMed.inference.checks import check_prompts, check_text_length, text_position_limit
 
     prompts = check_prompts(prompts, "--prompt")
     encoder = getattr(model, "text_encoder", None)
@@ -146,7 +151,6 @@ def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap:
     ``(1, 1, D, H, W)`` in [0, 1] (a prepared ``.npy``): sliding windows of the model's input size (one
     window when the volume is that size), each window encoded once and decoded for every prompt.
     ``return_logits=True``: the logits instead (what the presence score reads)."""
-    from LaMed.models.segmentation.common import upsample_logits
 
     param = next(model.parameters())
     prompts = text_prompts(model, list(texts))
@@ -169,8 +173,6 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
                      sw_batch_size: int = 1, progress: bool = False) -> Tuple[torch.Tensor, List[str]]:
     """Logits ``(K, *crop_shape)`` for K text prompts (see module docstring); second value: the
     prompts whose zoom-in was skipped because the zoom-out found nothing."""
-    from LaMed.models.segmentation.base import Prompts
-    from LaMed.models.segmentation.common import upsample_logits
 
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # inputs follow the weights (loaded in bf16 -> computed in bf16)
@@ -206,7 +208,6 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
 
 def _index_prompts(prompts, rows: Sequence[int]):
     """The ``Prompts`` of the given rows (every field that is set)."""
-    from LaMed.models.segmentation.base import Prompts
 
     idx = torch.as_tensor(list(rows), dtype=torch.long)
     return Prompts(**{f.name: (None if getattr(prompts, f.name) is None
@@ -217,7 +218,6 @@ def _index_prompts(prompts, rows: Sequence[int]):
 def _windows_of(roi: Tuple[slice, ...], window: Sequence[int], overlap: float) -> List[Tuple[int, int, int]]:
     """Window starts, in native-crop voxels, that sliding-window inference over ``native[roi]`` visits
     (the placement rule of :func:`~LaMed.inference.sliding_window.sliding_window_inference`)."""
-    from LaMed.inference.sliding_window import dense_windows
 
     size = [s.stop - s.start for s in roi]
     pad = [max(w - n, 0) // 2 for w, n in zip(window, size)]
@@ -239,7 +239,6 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
     A region narrower than the window on some axis spans the whole crop on it (the rule of
     :func:`_roi`), so its padded windows are the same for every prompt.
     """
-    from LaMed.models.segmentation.common import upsample_logits
 
     window = tuple(int(w) for w in model.config.img_size)
     crop = native.shape[2:]
@@ -327,9 +326,7 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
 
     ``preset``: the preprocessing (a name, a record or a ``Preset``); default: the one the model stores.
     """
-    from LaMed.inference.preprocessing import model_preset
 
-    from LaMed.inference.checks import check_overlap, check_threshold
 
     if not list(prompts):
         raise ValueError("predict_volume: give at least one prompt")
@@ -341,7 +338,6 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
     probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
     probs[(slice(None),) + box] = torch.sigmoid(logits).cpu().numpy().astype(np.float16)
-    from LaMed.inference.presence import decide, presence_scores
 
     presence, present = decide(model.config, presence_scores(logits), thr)
     # absent prompts take no part in the label map: their probabilities are kept, their masks are empty

@@ -15,8 +15,8 @@ need them.
 """
 
 from .base import MetricUnavailable
-from .classification import binary_scores, bootstrap_ci, multilabel_report, roc_auc, select_threshold, select_thresholds
 from .boxes import box_iou_3d, m3d_box_score, m3d_positioning_score, parse_box, parse_boxes
+from .classification import binary_scores, bootstrap_ci, multilabel_report, roc_auc, select_threshold, select_thresholds
 from .retrieval import (
     hsenet_cumulative_label_overlap,
     label_overlap_at_k,

@@ -26,7 +26,7 @@ import math
 import re
 import shutil
 from collections import Counter
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 from .base import MetricUnavailable, check_same_length, mean_or_nan
 

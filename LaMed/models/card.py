@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import List
 
+from LaMed.utils.atomic import atomic_write_text
+
 __all__ = ["io_section", "write_model_card"]
 
 _RETURNS = {
@@ -59,7 +61,6 @@ def write_model_card(model, folder, title: str, extra: List[str] = ()) -> None:
     """Write ``folder/README.md``: a title, the input / output section and ``extra`` lines."""
     from pathlib import Path
 
-    from LaMed.utils.atomic import atomic_write_text
 
     lines = [f"# {title}", "", *io_section(model)]
     if extra:

@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from LaMed.utils.model_files import safetensors_header
+
 __all__ = ["read_state_dict", "read_weights", "weight_files", "load_pretrained", "stream_safetensors", "MINILM", "resolve_text_path", "resolve_tokenizer"]
 
 PathLike = Union[str, Path]
@@ -132,7 +134,6 @@ def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_byte
     loading bf16 weights from an fp32 file would peak at three times the bf16 size. Here the peak is
     the model's own tensors plus one chunk.
     """
-    from LaMed.utils.model_files import safetensors_header
 
     targets = model.state_dict(keep_vars=True)
     loaded: set = set()

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from LaMed.utils.atomic import write_json_atomic
+
 logger = logging.getLogger("LaMed.train")
 
 BAD_KEY = "_lamed_bad_samples"
@@ -156,7 +158,6 @@ class BadSampleTracker:
         """Write ``{"dataset": ..., "bad": [{index, path, error}, ...]}`` (only when something was bad)."""
         if not self.bad:
             return
-        from LaMed.utils.atomic import write_json_atomic
 
         write_json_atomic(path, {
             "dataset": self.name, "rank": self.rank, "dataset_size": self.dataset_size,

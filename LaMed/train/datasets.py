@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from LaMed.data.prepared import check_item_paths
 from LaMed.train.data import SampleError
 
 MANIFEST_FORMAT = "lamed.prepared/1"
@@ -46,7 +47,6 @@ def read_manifest(path: str | Path) -> Dict[str, Any]:
     items = manifest.get("items")
     if not isinstance(items, list):
         raise ValueError(f"{path}: field 'items' must be a list of items")
-    from LaMed.data.prepared import check_item_paths
 
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item:

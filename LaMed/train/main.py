@@ -19,6 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from LaMed.models.card import write_model_card
+from LaMed.train import checkpoint as ckpt
+from LaMed.train.callbacks import FaultInjectionCallback, ThroughputCallback
+from LaMed.train.checkpoint import FAULT_ENV, CheckpointError
+from LaMed.train.data import SkipBadCollator, SkipBadSamples, TooManyBadSamples
+from LaMed.train.distributed import destroy_process_group
+from LaMed.train.recipe import RecipeError, parse_recipe
+from LaMed.train.stages import apply_stage
+from LaMed.train.tasks import TaskBundle, get_task
+from LaMed.train.trainer import LaMedTrainer
+from LaMed.utils.atomic import OutputError, atomic_write_text
+
 logger = logging.getLogger("LaMed.train")
 
 RESOLVED_RECIPE_NAME = "lamed_recipe.yaml"
@@ -36,7 +48,6 @@ class TrainRun:
 
 def resolve_resume(training_args) -> Optional[str]:
     """The checkpoint to continue from, per ``training.resume`` (``auto`` / ``never`` / a path)."""
-    from LaMed.train import checkpoint as ckpt
 
     value = training_args.resume
     if value == "never":
@@ -74,7 +85,6 @@ def _setup_logging(training_args) -> None:
 def _save_resolved_recipe(recipe, training_args) -> None:
     import yaml
 
-    from LaMed.utils.atomic import atomic_write_text
 
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +95,6 @@ def _save_resolved_recipe(recipe, training_args) -> None:
 
 def _write_card(recipe, trainer) -> None:
     """README.md beside the saved model: what it expects (its stored preprocessing) and returns."""
-    from LaMed.models.card import write_model_card
 
     model = trainer.model
     model = getattr(model, "get_base_model", lambda: model)()  # a PEFT wrapper: describe the model inside
@@ -102,12 +111,6 @@ def build_trainer(recipe):
     from transformers import set_seed
     from transformers.trainer_utils import enable_full_determinism
 
-    from LaMed.train.callbacks import FaultInjectionCallback, ThroughputCallback
-    from LaMed.train.checkpoint import FAULT_ENV
-    from LaMed.train.data import SkipBadCollator, SkipBadSamples
-    from LaMed.train.stages import apply_stage
-    from LaMed.train.tasks import TaskBundle, get_task
-    from LaMed.train.trainer import LaMedTrainer
 
     targs = recipe.training_args
     # Seed before building: the initial weights must depend on training.seed only.
@@ -140,8 +143,6 @@ def build_trainer(recipe):
 
 def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), recipe=None) -> TrainRun:
     """Parse the recipe, train (resuming per ``training.resume``), save the final model and state."""
-    from LaMed.train import checkpoint as ckpt
-    from LaMed.train.recipe import parse_recipe
 
     recipe = recipe if recipe is not None else parse_recipe(recipe_path, overrides)
     targs = recipe.training_args
@@ -193,10 +194,6 @@ def _disk_full(exc: BaseException) -> bool:
 def failure_message(exc: BaseException) -> Optional[str]:
     """One screen for a training run that stopped for a known reason (bad recipe, bad data, bad
     checkpoint, full disk); ``None`` for anything else (a bug: let its traceback show)."""
-    from LaMed.train.checkpoint import CheckpointError
-    from LaMed.train.data import TooManyBadSamples
-    from LaMed.train.recipe import RecipeError
-    from LaMed.utils.atomic import OutputError
 
     if isinstance(exc, (RecipeError, CheckpointError, TooManyBadSamples, OutputError, FileNotFoundError)):
         return str(exc)
@@ -205,7 +202,6 @@ def failure_message(exc: BaseException) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m LaMed.train RECIPE.yaml [--key value ...]`` (what launchers run on every process)."""
-    from LaMed.train.distributed import destroy_process_group
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

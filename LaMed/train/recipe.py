@@ -30,6 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from LaMed.data.presets import list_presets
+from LaMed.models.encoders.registry import list_encoders
+from LaMed.models.projectors.registry import list_projectors
+from LaMed.models.segmentation.variants import list_seg_models
+from LaMed.train.args import LaMedTrainingArguments, StageArguments
+from LaMed.train.tasks import get_task
+from LaMed.utils.mapping import parse_mapping
+
 SECTIONS = ("model", "data", "training", "stage")
 TOP_LEVEL_KEYS = ("task", "base", "description") + SECTIONS
 
@@ -209,7 +217,6 @@ def _is_mapping(hint) -> bool:
 
 def _mapping_override(where: str, name: str):
     """argparse ``type`` of a dict field: the command-line value is read as YAML (JSON is YAML too)."""
-    from LaMed.utils.mapping import parse_mapping
 
     def parse(text: str) -> Dict[str, Any]:
         try:
@@ -263,10 +270,6 @@ def _registry_fields():
     The registries are imported here, not at module level: parsing a recipe must not import the
     model code of every family until it is needed, and ``--check`` stays quick.
     """
-    from LaMed.data.presets import list_presets
-    from LaMed.models.encoders.registry import list_encoders
-    from LaMed.models.projectors.registry import list_projectors
-    from LaMed.models.segmentation.variants import list_seg_models
 
     return (
         ("vision_encoder", "encoder", list_encoders),
@@ -321,8 +324,6 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
     """
     from transformers import HfArgumentParser
 
-    from LaMed.train.args import LaMedTrainingArguments, StageArguments
-    from LaMed.train.tasks import get_task
 
     where = str(path) if path is not None else "<recipe>"
     if data is None:

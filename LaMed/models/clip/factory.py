@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Union
 
 from LaMed.models.checkpoint_files import resolve_text_path
+from LaMed.models.clip import LamedClipConfig, LamedClipModel
+from LaMed.models.convert.base import load_converted
+from LaMed.utils.mapping import parse_mapping
 
 logger = logging.getLogger("LaMed.models")
 
@@ -24,7 +27,6 @@ LOSSES = ("infonce", "siglip", "hsenet_consistency")
 
 def _as_dict(value: Union[dict, str, None], name: str) -> Dict[str, Any]:
     """A dict from a recipe mapping or a YAML / JSON string given on the command line."""
-    from LaMed.utils.mapping import parse_mapping
 
     if value is None or isinstance(value, dict):
         return dict(value or {})
@@ -64,7 +66,6 @@ class ClipModelArguments:
 
 def _load_clip(path: str, family: str = ""):
     """A CLIP from a LaMed folder (``from_pretrained``) or, with ``family``, a published checkpoint."""
-    from LaMed.models.clip import LamedClipModel
 
     if family:
         from LaMed.models.convert.clip import load_published_clip
@@ -77,8 +78,6 @@ def create_clip(args: ClipModelArguments):
     """``(model, tokenizer, base_checkpoints)`` for the model section of a recipe."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from LaMed.models.clip import LamedClipConfig, LamedClipModel
-    from LaMed.models.convert.base import load_converted
 
     if args.loss not in LOSSES:
         raise ValueError(f"model.loss: expected one of {LOSSES}, got {args.loss!r}")

@@ -30,6 +30,8 @@ from transformers.utils import ModelOutput
 
 from LaMed.models.clip.configuration import LamedClipConfig
 from LaMed.models.clip.losses import consistency_loss, consistency_weight, contrastive_loss, effective_scale
+from LaMed.models.convert.base import load_converted
+from LaMed.models.encoders import create_encoder
 
 
 @dataclass
@@ -83,7 +85,6 @@ class LamedClipModel(PreTrainedModel):
 
     def __init__(self, config: LamedClipConfig):
         super().__init__(config)
-        from LaMed.models.encoders import create_encoder
 
         self.vision_model = create_encoder(config.vision_encoder, **dict(config.vision_overrides or {}))
         if config.vision_pooling == "cls" and not getattr(self.vision_model, "num_prefix_tokens", 0):
@@ -138,7 +139,6 @@ class LamedClipModel(PreTrainedModel):
         must equal ``config.text_config`` in shape; the pooler, if any, is left out).
         ``vision_state_dict``: encoder weights in LaMed's layout (see ``LaMed.models.convert``).
         """
-        from LaMed.models.convert.base import load_converted
 
         model = cls(config)
         if text_model_path:

@@ -35,7 +35,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from LaMed.models.convert.base import note_derived, note_dropped, register_converter
+from LaMed.models.checkpoint_files import read_state_dict
+from LaMed.models.clip import LamedClipConfig, LamedClipModel
+from LaMed.models.convert.base import load_converted, note_derived, note_dropped, register_converter
+from LaMed.models.convert.dcformer import convert_dcformer
+from LaMed.models.convert.vit import extract_vit
 
 FAMILIES = ("m3d_clip", "hsenet_clip_stage1", "hsenet_clip_stage2", "med3dvlm_siglip")
 _RENAMES = (
@@ -66,8 +70,6 @@ def _convert_one(sd: Mapping, family: str) -> Dict[str, Any]:
     """One CLIP (no teacher): rename towers, heads and scalars; convert the vision tower's keys."""
     import torch
 
-    from LaMed.models.convert.dcformer import convert_dcformer
-    from LaMed.models.convert.vit import extract_vit
 
     vision = {k[len("vision_encoder."):]: v for k, v in sd.items() if k.startswith("vision_encoder.")}
     if family == "med3dvlm_siglip":
@@ -177,7 +179,6 @@ def published_clip_config(family: str, state_dict: Mapping, published_config: Op
         published_config: the checkpoint's ``config.json`` as a dict (input geometry, head count).
         text_config: an HF text config dict to use instead of the one read from shapes.
     """
-    from LaMed.models.clip import LamedClipConfig
 
     published = dict(published_config or {})
     sd = state_dict if any(k.startswith("vision_model.") for k in state_dict) else convert_clip(
@@ -235,7 +236,6 @@ def read_checkpoint(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     config = read_config_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    from LaMed.models.checkpoint_files import read_state_dict
 
     return read_state_dict(path), config
 
@@ -246,8 +246,6 @@ def load_published_clip(family: str, checkpoint, published_config: Optional[Mapp
 
     Returns ``(model, KeyReport)``; raises ``KeyError`` with the full report on any mismatch.
     """
-    from LaMed.models.clip import LamedClipModel
-    from LaMed.models.convert.base import load_converted
 
     if isinstance(checkpoint, Mapping):
         raw, folder_config = checkpoint, {}

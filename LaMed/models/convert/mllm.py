@@ -22,7 +22,7 @@ The published models splice image features by position; the converted model must
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 from LaMed.models.convert.base import convert_state_dict, load_converted, note_derived, note_dropped, register_converter
 

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from LaMed.models.clip import LamedClipModel
+from LaMed.models.convert import account, conversion_log, convert_state_dict, load_converted, note_derived
+from LaMed.models.convert.clip import _vit_overrides, convert_clip, published_clip_config, read_checkpoint
+from LaMed.models.convert.mllm import legacy_config_fields
+from LaMed.models.convert.published import RELEASE_TOKENS
+from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, prepare_tokenizer
+from LaMed.models.projectors.base import grid_tokens
+from LaMed.models.segmentation import create_seg_model
+from LaMed.utils.mapping import parse_mapping
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json")
 
@@ -30,7 +40,6 @@ class Importer:
 
 def read_published(src: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(state_dict, config.json)`` of a published folder or weights file (safetensors / .bin / .pth)."""
-    from LaMed.models.convert.clip import read_checkpoint
 
     src = Path(src)
     if not src.exists():
@@ -40,7 +49,6 @@ def read_published(src: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
 
 def _overrides(text: str) -> Dict[str, Any]:
-    from LaMed.utils.mapping import parse_mapping
 
     return parse_mapping(text, "--config")
 
@@ -60,9 +68,6 @@ def _construct(factory: Callable[[], Any], args) -> Any:
 
 def _build_clip(family: str):
     def build(sd, published, overrides, args):
-        from LaMed.models.clip import LamedClipModel
-        from LaMed.models.convert import load_converted
-        from LaMed.models.convert.clip import convert_clip, published_clip_config
 
         converted = convert_clip(sd, family, drop_teacher=family != "hsenet_clip_stage2")
         config = published_clip_config(family, converted, published)
@@ -80,8 +85,6 @@ def _build_clip(family: str):
 
 def _build_seg(family: str):
     def build(sd, published, overrides, args):
-        from LaMed.models.convert import convert_state_dict, load_converted
-        from LaMed.models.segmentation import create_seg_model
 
         converted = convert_state_dict(family, sd)
         fields = dict(overrides)
@@ -143,7 +146,6 @@ def _published_list(published: Mapping, key: str, length: int) -> Optional[list]
 def _vit_side(converted: Mapping, published: Mapping) -> Dict[str, Any]:
     """ViT tower (widths / depth from the shapes, input geometry from config.json) and the ``spp``
     pooling window (``proj_pooling_size``) of the M3D-style releases."""
-    from LaMed.models.convert.clip import _vit_overrides
 
     img = _published_list(published, "image_size", 3) or _published_list(published, "img_size", 3) or [32, 256, 256]
     patch = _published_list(published, "patch_size", 3) or [4, 16, 16]
@@ -200,7 +202,6 @@ def _vision_fields(family: str, converted: Mapping, published: Mapping) -> Dict[
 
 def _check_mixer_inputs(model, published: Mapping) -> None:
     """Med3DVLM's config.json states each mixer stream's input (tokens, width); the tower must give it."""
-    from LaMed.models.projectors.base import grid_tokens
 
     cfg = getattr(model.mm_projector, "config", None)
     for s, name in enumerate(("low_input_size", "high_input_size")):
@@ -219,8 +220,6 @@ def _check_mixer_inputs(model, published: Mapping) -> None:
 
 def _tokenizer_ids(tokenizer, family: str):
     """Add the tokens the release's training script added (and no others); their ids."""
-    from LaMed.models.convert.published import RELEASE_TOKENS
-    from LaMed.models.mllm import prepare_tokenizer
 
     return prepare_tokenizer(tokenizer, RELEASE_TOKENS[family])
 
@@ -239,7 +238,6 @@ def _check_vocabulary(tokenizer, ids: Mapping[str, Any], rows: int, family: str,
 def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> Dict[str, Any]:
     """Fold the unmerged LoRA pairs of a partial release (``<module>.lora_A`` / ``.lora_B``, as the
     HSENet VLM ships them) into the base model's ``<module>.weight``: ``W + scaling * B @ A``."""
-    from LaMed.models.convert import note_derived
 
     out = {k: v for k, v in converted.items() if ".lora_" not in k}
     pairs: Dict[str, Dict[str, Any]] = {}
@@ -266,7 +264,6 @@ def _model_classes(family: str):
         from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
 
         return LaMedSegConfig, LaMedSegForCausalLM
-    from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
 
     return LaMedConfig, LaMedForCausalLM
 
@@ -277,8 +274,6 @@ def _build_mllm(family: str):
     def build(sd, published, overrides, args):
         import torch
 
-        from LaMed.models.convert import convert_state_dict, load_converted
-        from LaMed.models.convert.mllm import legacy_config_fields
 
         config_class, model_class = _model_classes(family)
         tokenizer = _load_tokenizer(args)
@@ -357,7 +352,6 @@ def build_release(family: str, state_dict: Mapping, published: Mapping, override
     drop on purpose (aliases, buffers, never-used heads, training state); those are named in the
     report (``report.dropped``), any other is an error listing it.
     """
-    from LaMed.models.convert import account, conversion_log
 
     with conversion_log() as log:
         model, report, converted = RELEASES[family].build(state_dict, published, dict(overrides), args)

@@ -14,7 +14,7 @@ Parameter names equal MONAI 1.3's ViT (138 tensors with CLS, 137 without), so th
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import List, Sequence, Tuple
 
 import torch

@@ -19,6 +19,10 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from LaMed.models.checkpoint_files import read_state_dict
+from LaMed.models.convert import convert_state_dict, load_converted
+from LaMed.models.mllm.configuration import LaMedConfig
+from LaMed.models.mllm.modeling import LaMedForCausalLM
+from LaMed.models.mllm.processing import prepare_tokenizer
 
 logger = logging.getLogger("LaMed.models")
 
@@ -103,10 +107,6 @@ def create_mllm(m: MLLMModelArguments, tokenizer, dtype: Optional[torch.dtype] =
     """
     from transformers import AutoModelForCausalLM
 
-    from LaMed.models.convert import convert_state_dict, load_converted
-    from LaMed.models.mllm.configuration import LaMedConfig
-    from LaMed.models.mllm.modeling import LaMedForCausalLM
-    from LaMed.models.mllm.processing import prepare_tokenizer
 
     ids = prepare_tokenizer(tokenizer)
     text_config = _text_config(m, tokenizer)

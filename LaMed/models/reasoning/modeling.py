@@ -39,6 +39,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from LaMed.models.encoders.layers import tokens_to_grid
 from LaMed.models.mllm.modeling import LaMedForCausalLM
 from LaMed.models.reasoning.configuration import LaMedSegConfig
+from LaMed.models.segmentation import create_seg_model
+from LaMed.models.segmentation.base import ImageFeatures, Prompts
+from LaMed.models.segmentation.common import upsample_logits
 
 
 # ---- [SEG] selection (pure functions: the hand-checkable core) -----------------------------------------
@@ -166,7 +169,6 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
 
     def _attach_seg(self, config: LaMedSegConfig) -> None:
         """Build ``seg_module`` and ``seg_projector`` on top of the MLLM parts already present."""
-        from LaMed.models.segmentation import create_seg_model
 
         seg = create_seg_model(config.seg_variant, **config.seg_config_fields())
         seg_img, tower_img = tuple(seg.config.img_size), self._tower_img_size()
@@ -240,7 +242,6 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
     def seg_image_features(self, images: torch.Tensor, dense: Optional[torch.Tensor] = None):
         """Decoder image features of ``images`` (M3D: the seg module's own encoder; shared: ``dense``
         from :meth:`encode_shared`, computed here if not given)."""
-        from LaMed.models.segmentation.base import ImageFeatures
 
         if self.config.shared_encoder:
             if dense is None:
@@ -251,8 +252,6 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
 
     def decode_prompts(self, features, prompts: torch.Tensor, image_index: torch.Tensor, size) -> torch.Tensor:
         """Projected prompts ``(N, C)`` on ``features`` (volume ``image_index[n]``) -> logits ``(N, 1, *size)``."""
-        from LaMed.models.segmentation.base import Prompts
-        from LaMed.models.segmentation.common import upsample_logits
 
         low = self.seg_module.decode(features, Prompts(text_embedding=prompts.to(features.embeddings.dtype)),
                                      image_index=image_index)

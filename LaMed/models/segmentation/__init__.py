@@ -11,14 +11,14 @@ tiny test twins) are data in :data:`SEG_VARIANTS`, built with :func:`create_seg_
 
 from __future__ import annotations
 
-from LaMed.models.segmentation.base import ImageFeatures, Prompts, PromptableSegModel, SegOutput
+from LaMed.models.segmentation.base import ImageFeatures, PromptableSegModel, Prompts, SegOutput
 from LaMed.models.segmentation.configuration import (
     RefSAM3DConfig,
     SegVolConfig,
     Text3DSAMConfig,
     parse_prompt_type,
 )
-from LaMed.models.segmentation.losses import SegLoss, binary_dice_loss, bce_loss, dice_loss_monai, focal_loss_monai
+from LaMed.models.segmentation.losses import SegLoss, bce_loss, binary_dice_loss, dice_loss_monai, focal_loss_monai
 from LaMed.models.segmentation.mask_decoder import HighResMaskDecoder3D, MaskDecoder3D
 from LaMed.models.segmentation.prompt_encoder import PromptEncoder3D
 from LaMed.models.segmentation.refsam3d import RefSAM3DModel

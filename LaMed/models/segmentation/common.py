@@ -16,7 +16,6 @@ from torch import nn
 
 from LaMed.models.encoders.layers import LayerNorm3d
 
-
 __all__ = ["LayerNorm3d", "MLP", "PositionEmbeddingRandom3D", "PE_AXIS_ORDERS"]
 
 # Order in which the three normalised grid coordinates of a dense position encoding are fed to the

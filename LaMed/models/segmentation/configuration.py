@@ -22,7 +22,7 @@ Shared fields (:class:`SegConfigBase`):
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Optional, Union
 
 from transformers import PretrainedConfig
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from LaMed.models.segmentation.base import ImageFeatures, Prompts, PromptableSegModel
+from LaMed.models.segmentation.base import ImageFeatures, PromptableSegModel, Prompts
 from LaMed.models.segmentation.common import LayerNorm3d
 from LaMed.models.segmentation.configuration import RefSAM3DConfig
 from LaMed.models.segmentation.mask_decoder import MaskDecoder3D, select_images

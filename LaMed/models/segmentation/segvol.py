@@ -22,7 +22,7 @@ import torch
 
 from LaMed.models.encoders import create_encoder
 from LaMed.models.encoders.layers import tokens_to_grid
-from LaMed.models.segmentation.base import ImageFeatures, Prompts, PromptableSegModel
+from LaMed.models.segmentation.base import ImageFeatures, PromptableSegModel, Prompts
 from LaMed.models.segmentation.configuration import SegVolConfig
 from LaMed.models.segmentation.mask_decoder import MaskDecoder3D
 from LaMed.models.segmentation.prompt_encoder import PromptEncoder3D

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from LaMed.models.segmentation.base import ImageFeatures, Prompts, PromptableSegModel
+from LaMed.models.segmentation.base import ImageFeatures, PromptableSegModel, Prompts
 from LaMed.models.segmentation.configuration import Text3DSAMConfig
 from LaMed.models.segmentation.mask_decoder import HighResMaskDecoder3D
 from LaMed.models.segmentation.prompt_encoder import PromptEncoder3D

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from LaMed.models.convert.base import load_converted
+
 POOLINGS = ("pooler", "cls", "mean")
 PROJECTIONS = ("linear", "mlp", "identity")
 
@@ -76,7 +78,6 @@ class TextPromptEncoder(nn.Module):
         """Load pretrained backbone weights from a local folder (or cached hub id) of the same architecture."""
         from transformers import AutoModel
 
-        from LaMed.models.convert.base import load_converted
 
         pretrained = AutoModel.from_pretrained(path)
         load_converted(self.model, pretrained.state_dict(), strict=False, source=str(path))

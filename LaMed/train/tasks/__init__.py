@@ -31,6 +31,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from LaMed.data.prepared import manifest_preprocessing
 from LaMed.utils.registry import Registry
 
 
@@ -148,7 +149,6 @@ def store_preprocessing(model, train_manifest: str) -> None:
     """Record in ``model.config.preprocessing`` how the training data was prepared (when the manifest
     says), so inference feeds scanner volumes the same way. The data a model is trained on decides:
     a record inherited from a checkpoint it started from is replaced."""
-    from LaMed.data.prepared import manifest_preprocessing
 
     config = getattr(model, "config", None)
     if config is None:

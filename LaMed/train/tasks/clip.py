@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Sequence
 
+from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
+from LaMed.metrics.retrieval import recall_at_k_from_embeddings
 from LaMed.models.checkpoint_files import MINILM, resolve_text_path  # noqa: F401  (re-exported for recipes' code)
+from LaMed.models.clip import LamedClipModel
 from LaMed.models.clip.factory import LOSSES, ClipModelArguments, create_clip  # noqa: F401  (re-exported)
+from LaMed.train.main import run_training
 from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
 logger = logging.getLogger("LaMed.train")
@@ -44,7 +48,6 @@ class ClipDataArguments:
 
 def retrieval_metrics(eval_pred) -> Dict[str, float]:
     """Recall@1/5/10 of both directions over the whole evaluation split (from the gathered embeddings)."""
-    from LaMed.metrics.retrieval import recall_at_k_from_embeddings
 
     image, text = eval_pred.predictions[:2]
     n = image.shape[0]
@@ -60,7 +63,6 @@ def retrieval_metrics(eval_pred) -> Dict[str, float]:
 def _step_callback():
     from transformers import TrainerCallback
 
-    from LaMed.models.clip import LamedClipModel
 
     class ConsistencyStep(TrainerCallback):
         """Keep ``LamedClipModel.training_step`` equal to the optimizer step (HSENet's decaying weight)."""
@@ -77,7 +79,6 @@ def _step_callback():
 @register_task("clip", model_args=ClipModelArguments, data_args=ClipDataArguments)
 def build_clip(model_args: ClipModelArguments, data_args: ClipDataArguments, training_args) -> TaskBundle:
     """3D CLIP pretraining (InfoNCE / SigLIP / HSENet consistency) on prepared image-report pairs."""
-    from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
 
     if not data_args.train_manifest:
         raise ValueError("data.train_manifest: required (a prepared train.json)")
@@ -114,7 +115,6 @@ def train_clip(recipe: str | Path, prepared_dir: str | Path, output_dir: str | P
 
         train_clip("tiny_m3d_clip", "phantoms/", "runs/tiny_clip")
     """
-    from LaMed.train.main import run_training
 
     path = Path(recipe)
     if not path.is_file():

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
+from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset, flare_items, radgenome_items
+from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor, MLLMCollator
 from LaMed.models.mllm.factory import MLLMModelArguments, create_mllm, create_tokenizer
 from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
@@ -59,7 +61,6 @@ def assemble_model(m: MLLMModelArguments, tokenizer):
 
 
 def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], train: bool, seed: int):
-    from LaMed.data.mllm_dataset import MLLMDataset, flare_items, radgenome_items
 
     kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer,
               conversation_turns=d.conversation_turns if train else 1)
@@ -80,7 +81,6 @@ def mix_tasks(parts, task_weights, tasks, seed: int):
 
     No weights: proportional to the sizes, i.e. a plain concatenation in expectation (as published).
     """
-    from LaMed.data.mllm_dataset import MixtureDataset
 
     if len(parts) == 1 and not task_weights:
         return parts[0]
@@ -93,7 +93,6 @@ def mix_tasks(parts, task_weights, tasks, seed: int):
 @register_task("mllm", model_args=MLLMModelArguments, data_args=MLLMDataArguments)
 def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> TaskBundle:
     """Multimodal LLM (M3D-LaMed, Med3DVLM, HSENet, tiny twins): report generation, VQA, positioning."""
-    from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor, MLLMCollator
 
     tokenizer = build_tokenizer(m, d)
     base: Dict[str, str] = {}

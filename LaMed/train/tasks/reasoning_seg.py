@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from LaMed.data.mllm_dataset import MLLMDataset
+from LaMed.data.reasoning_dataset import ReasonSegCollator, ReasonSegDataset
+from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
+from LaMed.models.reasoning import LaMedSegForCausalLM
+from LaMed.models.reasoning.build import load_seg_weights
 from LaMed.train.tasks import TaskBundle, register_task
-from LaMed.train.tasks.mllm import BASE_MODEL_DIR, MLLMModelArguments
+from LaMed.train.tasks.mllm import BASE_MODEL_DIR, MLLMModelArguments, assemble_model, build_tokenizer, mix_tasks
 
 logger = logging.getLogger("LaMed.train")
 REASON_TASKS = ("refer", "seg")
@@ -78,10 +83,6 @@ def build_model(m: ReasonSegModelArguments, tokenizer):
     """``(model, sources)``: the reasoning model as the recipe describes (see the module docstring)."""
     from transformers import AutoConfig
 
-    from LaMed.models.mllm import LaMedForCausalLM
-    from LaMed.models.reasoning import LaMedSegForCausalLM
-    from LaMed.models.reasoning.build import load_seg_weights
-    from LaMed.train.tasks.mllm import assemble_model
 
     sources: Dict[str, str] = {}
     if m.pretrained_model:
@@ -108,8 +109,6 @@ def build_model(m: ReasonSegModelArguments, tokenizer):
 
 def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: List[str], train: bool, seed: int):
     """One dataset per task (reasoning or MLLM), mixed by ``task_weights`` (default: proportional to sizes)."""
-    from LaMed.data.mllm_dataset import MLLMDataset
-    from LaMed.data.reasoning_dataset import ReasonSegDataset
 
     parts = []
     for t in tasks:
@@ -123,7 +122,6 @@ def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: L
                                      closed_answer=d.closed_answer))
         else:
             raise ValueError(f"data.tasks: unknown task {t!r}; known: {REASON_TASKS + MLLM_TASKS}")
-    from LaMed.train.tasks.mllm import mix_tasks
 
     return mix_tasks(parts, d.task_weights, tasks, seed)
 
@@ -131,9 +129,6 @@ def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: L
 @register_task("reasoning_seg", model_args=ReasonSegModelArguments, data_args=ReasonSegDataArguments)
 def build_reasoning_seg(m: ReasonSegModelArguments, d: ReasonSegDataArguments, training_args) -> TaskBundle:
     """Reasoning segmentation (M3D-LaMed seg, R1Seg-3D): LLM answers with [SEG], a 3D decoder draws the masks."""
-    from LaMed.data.reasoning_dataset import ReasonSegCollator
-    from LaMed.models.mllm import LaMedProcessor
-    from LaMed.train.tasks.mllm import build_tokenizer
 
     if not d.train_manifest:
         raise ValueError("data.train_manifest: required (a prepared manifest with masks / refer entries)")

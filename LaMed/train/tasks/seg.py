@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from LaMed.data import seg_dataset as sd
+from LaMed.data.seg_dataset import SegCollator
 from LaMed.models.checkpoint_files import resolve_tokenizer  # noqa: F401  (re-exported)
+from LaMed.models.segmentation import create_seg_model
 from LaMed.train.tasks import TaskBundle, register_task, store_preprocessing
 
 DATASETS = ("prepared", "refseg", "label_map", "biomedsegfm")
@@ -68,7 +71,6 @@ def _label_names(spec: str) -> Dict[str, str]:
 
 def build_datasets(data: SegDataArguments, img_size, preset: str, seed: int):
     """``(train, eval)`` datasets of ``data.dataset``."""
-    from LaMed.data import seg_dataset as sd
 
     if data.dataset not in DATASETS:
         raise ValueError(f"data.dataset: expected one of {DATASETS}, got {data.dataset!r}")
@@ -100,7 +102,6 @@ def build_datasets(data: SegDataArguments, img_size, preset: str, seed: int):
 
 def build_model(args: SegModelArguments):
     """The model of ``args.variant`` (+ overrides), initialised as ``init_from`` / ``text_pretrained`` say."""
-    from LaMed.models.segmentation import create_seg_model
 
     model = create_seg_model(args.variant, **args.config_overrides)
     sources = {"": f"random init ({args.variant})"}
@@ -113,9 +114,8 @@ def build_model(args: SegModelArguments):
         model.text_encoder.load_backbone(path)
         sources["text_encoder.model"] = path
     if args.init_from:
-        from LaMed.models.convert import convert_state_dict, load_converted
-
         from LaMed.models.checkpoint_files import read_state_dict
+        from LaMed.models.convert import convert_state_dict, load_converted
 
         src = Path(args.init_from)
         if src.is_dir():
@@ -132,7 +132,6 @@ def build_model(args: SegModelArguments):
 @register_task("seg", model_args=SegModelArguments, data_args=SegDataArguments)
 def build_seg(model_args: SegModelArguments, data_args: SegDataArguments, training_args) -> TaskBundle:
     """Text-prompted 3D segmentation (SegVol / Text3DSAM / RefSAM3D) with one encoding per volume."""
-    from LaMed.data.seg_dataset import SegCollator
 
     model, sources = build_model(model_args)
     tokenizer = resolve_tokenizer(model_args.tokenizer)
