@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml _lamed_tvshim.py
 demo: install
 	$(OFFLINE) $(VENV)/bin/lamed demo --out demo_out
 
-test: install
+test: install lint
 	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -15,6 +15,7 @@ torch it does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import sys
 
@@ -49,7 +50,7 @@ def define_ops() -> bool:
     if torch.version.cuda is not None or _LIBRARY:
         return False
     try:
-        torch.ops.torchvision.nms  # already provided by a working torchvision build
+        _ = torch.ops.torchvision.nms  # already provided by a working torchvision build
         return False
     except (AttributeError, RuntimeError):
         pass
@@ -69,10 +70,8 @@ class _BeforeTorchvision(importlib.abc.MetaPathFinder):
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        try:
+        with contextlib.suppress(Exception):  # never let the shim itself break an import
             define_ops()
-        except Exception:  # never let the shim itself break an import
-            pass
         return None  # let the normal finders locate torchvision
 
 

@@ -19,8 +19,9 @@ import argparse
 import csv
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 MANIFEST_FORMAT = "lamed.prepared/"
 
@@ -39,8 +40,11 @@ def load_manifest(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise BenchError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not str(data.get("format", "")).startswith(MANIFEST_FORMAT):
-        raise BenchError(f"{path}: field 'format' must start with {MANIFEST_FORMAT!r}, got {data.get('format')!r}"
-                         if isinstance(data, dict) else f"{path}: a manifest must be a JSON object")
+        raise BenchError(
+            f"{path}: field 'format' must start with {MANIFEST_FORMAT!r}, got {data.get('format')!r}"
+            if isinstance(data, dict)
+            else f"{path}: a manifest must be a JSON object"
+        )
     items = data.get("items")
     if not isinstance(items, list):
         raise BenchError(f"{path}: field 'items' must be a list")
@@ -113,10 +117,13 @@ def group_rows(rows: Sequence[Mapping], field: str) -> dict[str, list]:
 
 def aggregate(rows: Sequence[Mapping], metrics: Sequence[str], class_field: str | None = "class") -> dict:
     """``{"overall": .., "per_dataset": {name: ..}, "per_class": {name: ..}}`` of :func:`summarize`."""
-    out = {"overall": summarize(rows, metrics),
-           "per_dataset": {k: summarize(v, metrics) for k, v in group_rows(rows, "dataset").items()}}
-    out["per_class"] = ({k: summarize(v, metrics) for k, v in group_rows(rows, class_field).items()}
-                        if class_field else {})
+    out = {
+        "overall": summarize(rows, metrics),
+        "per_dataset": {k: summarize(v, metrics) for k, v in group_rows(rows, "dataset").items()},
+    }
+    out["per_class"] = (
+        {k: summarize(v, metrics) for k, v in group_rows(rows, class_field).items()} if class_field else {}
+    )
     return out
 
 
@@ -130,8 +137,7 @@ def _fmt(v: Any) -> str:
 
 def markdown_table(summary: Mapping, metrics: Sequence[str], title: str) -> str:
     """Rows: overall, each dataset, each class; columns: count and ``metrics``."""
-    lines = [f"# {title}", "", "| group | count | " + " | ".join(metrics) + " |",
-             "|---|---|" + "---|" * len(metrics)]
+    lines = [f"# {title}", "", "| group | count | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
 
     def row(name, group):
         return f"| {name} | {group.get('count', '-')} | " + " | ".join(_fmt(group.get(m)) for m in metrics) + " |"
@@ -148,8 +154,14 @@ def markdown_table(summary: Mapping, metrics: Sequence[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out_dir: str | Path, summary: dict, rows: Sequence[Mapping], columns: Sequence[str],
-                  table_metrics: Sequence[str], title: str) -> dict[str, Path]:
+def write_outputs(
+    out_dir: str | Path,
+    summary: dict,
+    rows: Sequence[Mapping],
+    columns: Sequence[str],
+    table_metrics: Sequence[str],
+    title: str,
+) -> dict[str, Path]:
     """Write ``summary.json``, ``per_sample.csv`` and ``summary.md`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,5 +202,6 @@ def match_ids(manifest: Mapping, pred_ids: Iterable[str], pred_path: str | Path)
     known = {it["id"] for it in manifest["items"]}
     unknown = sorted(set(pred_ids) - known)
     if unknown:
-        raise BenchError(f"{pred_path}: {len(unknown)} prediction id(s) not in manifest {manifest['_path']}: "
-                         f"{unknown[:5]}")
+        raise BenchError(
+            f"{pred_path}: {len(unknown)} prediction id(s) not in manifest {manifest['_path']}: {unknown[:5]}"
+        )

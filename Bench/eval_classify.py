@@ -17,8 +17,8 @@ the same seed gives the same intervals). ``per_sample.csv`` has one row per (cas
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ METRICS = ["auroc", "f1", "precision", "recall", "accuracy"]
 SCORES = ("probability", "similarity")
 
 
-def _matrix(pred_path: str, manifest: str, names: Optional[Sequence[str]], score: str, prompt_set: str):
+def _matrix(pred_path: str, manifest: str, names: Sequence[str] | None, score: str, prompt_set: str):
     """``(ids, names, scores (N, K), labels (N, K), manifest, items)`` of one split."""
     from LaMed.inference.classify import PromptSetError, load_prompt_set, manifest_labels
 
@@ -44,8 +44,10 @@ def _matrix(pred_path: str, manifest: str, names: Optional[Sequence[str]], score
     for n, r in enumerate(recs):
         f = r["findings"]
         if not isinstance(f, dict) or set(f) != set(names):
-            raise BenchError(f"{pred_path}: record {n + 1} ({r['id']}) has findings {sorted(f) if isinstance(f, dict) else f!r}, "
-                             f"expected {sorted(names)}")
+            raise BenchError(
+                f"{pred_path}: record {n + 1} ({r['id']}) has findings {sorted(f) if isinstance(f, dict) else f!r}, "
+                f"expected {sorted(names)}"
+            )
         for name in names:
             v = f[name].get(score) if isinstance(f[name], dict) else None
             if not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -63,9 +65,17 @@ def _matrix(pred_path: str, manifest: str, names: Optional[Sequence[str]], score
     return ids, names, s, labels, man, items
 
 
-def evaluate_classify(predictions: str, manifest: str, val_predictions: str = "", val_manifest: str = "",
-                      score: str = "probability", criterion: str = "f1", prompt_set: str = "ct_rate",
-                      n_boot: int = 1000, seed: int = 0) -> tuple[dict, list[dict]]:
+def evaluate_classify(
+    predictions: str,
+    manifest: str,
+    val_predictions: str = "",
+    val_manifest: str = "",
+    score: str = "probability",
+    criterion: str = "f1",
+    prompt_set: str = "ct_rate",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, list[dict]]:
     """Score classification predictions; returns ``(summary, per_sample_rows)``."""
     from LaMed.metrics.classification import bootstrap_ci, multilabel_report, select_thresholds
 
@@ -84,17 +94,40 @@ def evaluate_classify(predictions: str, manifest: str, val_predictions: str = ""
     rep = multilabel_report(y, s, thr, names)
     ci = bootstrap_ci(y, s, thr, names, n_boot=n_boot, seed=seed) if n_boot > 0 else {}
     per_class = {n: {**rep["per_finding"][n], "count": rep["per_finding"][n]["positives"]} for n in names}
-    summary = {"task": "classification", "manifest": str(man["_path"]), "predictions": str(predictions),
-               "counts": {"cases": len(ids), "findings": len(names)},
-               "overall": {**rep["macro"], "count": len(ids)}, "weighted": rep["weighted"], "per_dataset": {},
-               "per_class": per_class, "ci95": ci, "unavailable": {},
-               "settings": {"score": score, "thresholds": source, "criterion": criterion, "prompt_set": prompt_set,
-                            "n_boot": n_boot, "seed": seed, "chance_auroc": 0.5}}
+    summary = {
+        "task": "classification",
+        "manifest": str(man["_path"]),
+        "predictions": str(predictions),
+        "counts": {"cases": len(ids), "findings": len(names)},
+        "overall": {**rep["macro"], "count": len(ids)},
+        "weighted": rep["weighted"],
+        "per_dataset": {},
+        "per_class": per_class,
+        "ci95": ci,
+        "unavailable": {},
+        "settings": {
+            "score": score,
+            "thresholds": source,
+            "criterion": criterion,
+            "prompt_set": prompt_set,
+            "n_boot": n_boot,
+            "seed": seed,
+            "chance_auroc": 0.5,
+        },
+    }
     rows = []
     for i, item_id in enumerate(ids):
         for k, n in enumerate(names):
-            rows.append({"id": item_id, "dataset": item_dataset(man, items[i]), "finding": n, "score": float(s[i, k]),
-                         "label": int(y[i, k]), "predicted": int(s[i, k] >= thr[k])})
+            rows.append(
+                {
+                    "id": item_id,
+                    "dataset": item_dataset(man, items[i]),
+                    "finding": n,
+                    "score": float(s[i, k]),
+                    "label": int(y[i, k]),
+                    "predicted": int(s[i, k] >= thr[k]),
+                }
+            )
     return summary, rows
 
 
@@ -105,9 +138,14 @@ def _fmt(v) -> str:
 def summary_markdown(summary: dict) -> str:
     """``summary.md``: one row a finding, then macro and weighted, each with its 95 % interval."""
     ci = summary.get("ci95", {})
-    lines = [f"# Findings classification ({summary['settings']['score']}, thresholds {summary['settings']['thresholds']})",
-             "", f"{summary['counts']['cases']} cases; chance AUROC 0.5; [95 % bootstrap interval].", "",
-             "| finding | positives | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        f"# Findings classification ({summary['settings']['score']}, thresholds {summary['settings']['thresholds']})",
+        "",
+        f"{summary['counts']['cases']} cases; chance AUROC 0.5; [95 % bootstrap interval].",
+        "",
+        "| finding | positives | " + " | ".join(METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
 
     def cell(group, key, m):
         v = _fmt(group.get(m))
@@ -124,12 +162,18 @@ def summary_markdown(summary: dict) -> str:
 def write_classify_outputs(out: str | Path, summary: dict, rows: list[dict]) -> None:
     from LaMed.utils.atomic import atomic_write_text
 
-    write_outputs(out, summary, rows, ["id", "dataset", "finding", "score", "label", "predicted"], METRICS,
-                  "Findings classification")
+    write_outputs(
+        out,
+        summary,
+        rows,
+        ["id", "dataset", "finding", "score", "label", "predicted"],
+        METRICS,
+        "Findings classification",
+    )
     atomic_write_text(Path(out) / "summary.md", summary_markdown(summary))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser("Multi-label findings classification (AUROC, F1, precision, recall, accuracy, bootstrap CIs)")
     p.add_argument("--val-predictions", default="", help="predictions on the validation split (thresholds)")
     p.add_argument("--val-manifest", default="", help="manifest of the validation split")
@@ -139,8 +183,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws (0: no intervals)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     a = p.parse_args(argv)
-    summary, rows = evaluate_classify(a.predictions, a.manifest, a.val_predictions, a.val_manifest, a.score,
-                                      a.criterion, a.prompt_set, a.n_boot, a.seed)
+    summary, rows = evaluate_classify(
+        a.predictions,
+        a.manifest,
+        a.val_predictions,
+        a.val_manifest,
+        a.score,
+        a.criterion,
+        a.prompt_set,
+        a.n_boot,
+        a.seed,
+    )
     write_classify_outputs(a.out, summary, rows)
     return summary
 

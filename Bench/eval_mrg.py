@@ -15,13 +15,31 @@ Usage: ``python -m Bench.eval_mrg --predictions preds.jsonl --manifest data/test
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from Bench.common import (BenchError, aggregate, base_parser, group_rows, item_dataset, load_manifest, match_ids,
-                          read_jsonl, write_outputs)
+from Bench.common import (
+    BenchError,
+    aggregate,
+    base_parser,
+    group_rows,
+    item_dataset,
+    load_manifest,
+    match_ids,
+    read_jsonl,
+    write_outputs,
+)
 
-PER_SAMPLE = ["rouge_l", "rouge1", "m3d_bleu1", "hsenet_bleu1", "hsenet_bleu2", "hsenet_bleu3", "hsenet_bleu4",
-              "cider", "bert_f1"]
+PER_SAMPLE = [
+    "rouge_l",
+    "rouge1",
+    "m3d_bleu1",
+    "hsenet_bleu1",
+    "hsenet_bleu2",
+    "hsenet_bleu3",
+    "hsenet_bleu4",
+    "cider",
+    "bert_f1",
+]
 CORPUS = ["bleu1", "bleu2", "bleu3", "bleu4", "cider", "meteor"]
 
 
@@ -40,8 +58,9 @@ def _corpus(preds: list[str], refs: list[str], meteor: bool, unavailable: dict) 
     return out
 
 
-def evaluate_mrg(predictions: str, manifest: str, meteor: bool = False, bert_model: Optional[str] = None,
-                 strict: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_mrg(
+    predictions: str, manifest: str, meteor: bool = False, bert_model: str | None = None, strict: bool = False
+) -> tuple[dict, list[dict]]:
     """Score a report-generation prediction file; returns ``(summary, per_sample_rows)``."""
     from LaMed.metrics import text as T
     from LaMed.metrics.base import MetricUnavailable
@@ -57,8 +76,14 @@ def evaluate_mrg(predictions: str, manifest: str, meteor: bool = False, bert_mod
             raise BenchError(f"{man['_path']}: item {r['id']!r} has no 'text' report to compare with")
         if not isinstance(r["prediction"], str):
             raise BenchError(f"{predictions}: prediction of {r['id']!r} must be a string")
-        rows.append({"id": r["id"], "dataset": item_dataset(man, item), "prediction": r["prediction"],
-                     "reference": item["text"]})
+        rows.append(
+            {
+                "id": r["id"],
+                "dataset": item_dataset(man, item),
+                "prediction": r["prediction"],
+                "reference": item["text"],
+            }
+        )
     with_text = [it for it in man["items"] if isinstance(it.get("text"), str)]
     missing = len({it["id"] for it in with_text} - {r["id"] for r in rows})
     if strict and missing:
@@ -67,8 +92,12 @@ def evaluate_mrg(predictions: str, manifest: str, meteor: bool = False, bert_mod
         raise BenchError(f"{predictions}: no predictions to evaluate")
 
     preds, refs = [r["prediction"] for r in rows], [r["reference"] for r in rows]
-    for name, vals in (("rouge_l", T.rouge_l_scores(preds, refs)), ("rouge1", T.rouge_n_scores(preds, refs, 1)),
-                       ("m3d_bleu1", T.m3d_bleu1_scores(preds, refs)), ("cider", T.cider_scores(preds, refs))):
+    for name, vals in (
+        ("rouge_l", T.rouge_l_scores(preds, refs)),
+        ("rouge1", T.rouge_n_scores(preds, refs, 1)),
+        ("m3d_bleu1", T.m3d_bleu1_scores(preds, refs)),
+        ("cider", T.cider_scores(preds, refs)),
+    ):
         for row, v in zip(rows, vals):
             row[name] = v
     for row, ps in zip(rows, T.hsenet_ngram_precision_scores(preds, refs)):
@@ -90,17 +119,27 @@ def evaluate_mrg(predictions: str, manifest: str, meteor: bool = False, bert_mod
     summary["overall"].update(_corpus(preds, refs, meteor, unavailable))
     for name, group in group_rows(rows, "dataset").items():
         summary["per_dataset"][name].update(
-            _corpus([r["prediction"] for r in group], [r["reference"] for r in group], meteor, unavailable))
-    summary.update({"task": "report_generation", "manifest": str(man["_path"]), "predictions": str(predictions),
-                    "counts": {"evaluated": len(rows), "missing_predictions": missing},
-                    "unavailable": unavailable,
-                    "settings": {"tokenize": "basic (corpus BLEU/CIDEr/ROUGE); 13a for m3d_bleu1/hsenet_bleu*",
-                                 "cider_idf": "references of each reported group", "meteor": meteor,
-                                 "bert_model": bert_model}})
+            _corpus([r["prediction"] for r in group], [r["reference"] for r in group], meteor, unavailable)
+        )
+    summary.update(
+        {
+            "task": "report_generation",
+            "manifest": str(man["_path"]),
+            "predictions": str(predictions),
+            "counts": {"evaluated": len(rows), "missing_predictions": missing},
+            "unavailable": unavailable,
+            "settings": {
+                "tokenize": "basic (corpus BLEU/CIDEr/ROUGE); 13a for m3d_bleu1/hsenet_bleu*",
+                "cider_idf": "references of each reported group",
+                "meteor": meteor,
+                "bert_model": bert_model,
+            },
+        }
+    )
     return summary, rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser("Report generation metrics (BLEU, ROUGE, CIDEr, METEOR, BERTScore, paper variants)")
     p.add_argument("--meteor", action="store_true", help="also run the METEOR 1.5 jar (needs Java, ~10 s)")
     p.add_argument("--bert-model", default=None, help="local model folder for BERTScore (opt-in)")
@@ -108,8 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     a = p.parse_args(argv)
     summary, rows = evaluate_mrg(a.predictions, a.manifest, meteor=a.meteor, bert_model=a.bert_model, strict=a.strict)
     table = ["bleu1", "bleu4", "rouge_l", "cider", "meteor", "m3d_bleu1", "hsenet_bleu4", "bert_f1"]
-    write_outputs(a.out, summary, rows, ["id", "dataset"] + PER_SAMPLE + ["prediction", "reference"], table,
-                  "Report generation")
+    write_outputs(
+        a.out, summary, rows, ["id", "dataset"] + PER_SAMPLE + ["prediction", "reference"], table, "Report generation"
+    )
     return summary
 
 

@@ -11,10 +11,18 @@ no box, as M3D averages it). Groups: per class = target structure, per dataset, 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from Bench.common import (BenchError, aggregate, base_parser, item_dataset, load_manifest, match_ids, read_jsonl,
-                          write_outputs)
+from Bench.common import (
+    BenchError,
+    aggregate,
+    base_parser,
+    item_dataset,
+    load_manifest,
+    match_ids,
+    read_jsonl,
+    write_outputs,
+)
 
 METRICS = ["iou", "parsed", "m3d_score", "iou_at_0.5"]
 
@@ -46,24 +54,47 @@ def evaluate_pos(predictions: str, manifest: str) -> tuple[dict, list[dict]]:
             m3d = B.m3d_box_score(m3d_box, gt) if m3d_box is not None else -1.0
         else:
             m3d = B.m3d_box_score(box, gt)
-        rows.append({"id": r["id"], "dataset": item_dataset(man, item), "class": r["target"], "iou": iou,
-                     "parsed": float(box is not None), "m3d_score": m3d, "iou_at_0.5": float(iou >= 0.5),
-                     "prediction": text if text is not None else str(box), "target_box": str(gt)})
+        rows.append(
+            {
+                "id": r["id"],
+                "dataset": item_dataset(man, item),
+                "class": r["target"],
+                "iou": iou,
+                "parsed": float(box is not None),
+                "m3d_score": m3d,
+                "iou_at_0.5": float(iou >= 0.5),
+                "prediction": text if text is not None else str(box),
+                "target_box": str(gt),
+            }
+        )
     if not rows:
         raise BenchError(f"{predictions}: no predictions to evaluate")
     summary = aggregate(rows, METRICS, class_field="class")
-    summary.update({"task": "positioning", "manifest": str(man["_path"]), "predictions": str(predictions),
-                    "counts": {"evaluated": len(rows), "unparsed": sum(r["parsed"] == 0 for r in rows)},
-                    "unavailable": {}, "settings": {"box_format": "[d0, h0, w0, d1, h1, w1], normalised"}})
+    summary.update(
+        {
+            "task": "positioning",
+            "manifest": str(man["_path"]),
+            "predictions": str(predictions),
+            "counts": {"evaluated": len(rows), "unparsed": sum(r["parsed"] == 0 for r in rows)},
+            "unavailable": {},
+            "settings": {"box_format": "[d0, h0, w0, d1, h1, w1], normalised"},
+        }
+    )
     return summary, rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser("Positioning metrics (3D box IoU, M3D enclosing-box score)")
     a = p.parse_args(argv)
     summary, rows = evaluate_pos(a.predictions, a.manifest)
-    write_outputs(a.out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction", "target_box"], METRICS,
-                  "Positioning")
+    write_outputs(
+        a.out,
+        summary,
+        rows,
+        ["id", "dataset", "class"] + METRICS + ["prediction", "target_box"],
+        METRICS,
+        "Positioning",
+    )
     return summary
 
 

@@ -23,12 +23,12 @@ in ``--instance-classes``, lesion-level ``instance_f1``. Spacing is the item's `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-from Bench.common import (BenchError, aggregate, base_parser, item_dataset, load_manifest, write_outputs)
+from Bench.common import BenchError, aggregate, base_parser, item_dataset, load_manifest, write_outputs
 
 METRICS = ["dice", "nsd", "hd95", "soft_dice_m3d", "instance_f1", "missing"]
 
@@ -61,8 +61,14 @@ def _find_prediction(folder: Path, item_id: str, structure: str, labels: list[st
     return None, None
 
 
-def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, threshold: float = 0.5,
-                 logits: bool = False, instance_classes: Sequence[str] = ()) -> tuple[dict, list[dict]]:
+def evaluate_seg(
+    predictions: str,
+    manifest: str,
+    tolerance_mm: float = 2.0,
+    threshold: float = 0.5,
+    logits: bool = False,
+    instance_classes: Sequence[str] = (),
+) -> tuple[dict, list[dict]]:
     """Score a folder of predicted masks; returns ``(summary, per_sample_rows)``."""
     from LaMed.metrics import segmentation as S
 
@@ -81,8 +87,10 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
         if not isinstance(absent, list) or not all(isinstance(a, str) for a in absent):
             raise BenchError(f"{man['_path']}: item {item['id']!r}: 'absent' must be a list of structure names")
         if absent and not masks:
-            raise BenchError(f"{man['_path']}: item {item['id']!r} lists 'absent' structures but no 'masks' "
-                             "(one is needed for the volume's shape)")
+            raise BenchError(
+                f"{man['_path']}: item {item['id']!r} lists 'absent' structures but no 'masks' "
+                "(one is needed for the volume's shape)"
+            )
         clash = sorted(set(absent) & set(masks))
         if clash:
             raise BenchError(f"{man['_path']}: item {item['id']!r}: {clash} both in 'masks' and 'absent'")
@@ -97,15 +105,21 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
                 gt = _squeeze(np.load(gt_path, mmap_mode="r")) != 0
                 shape = gt.shape
             pred, src = _find_prediction(folder, item["id"], structure, labels)
-            row = {"id": item["id"], "dataset": item_dataset(man, item), "class": structure,
-                   "prediction_file": str(src) if src else ""}
+            row = {
+                "id": item["id"],
+                "dataset": item_dataset(man, item),
+                "class": structure,
+                "prediction_file": str(src) if src else "",
+            }
             if pred is None:
                 pred, row["missing"] = np.zeros(gt.shape, bool), 1.0
             else:
                 row["missing"] = 0.0
             if pred.shape != gt.shape:
-                raise BenchError(f"{src}: prediction shape {pred.shape} differs from the ground truth {gt.shape} "
-                                 f"(item {item['id']!r}, {structure!r})")
+                raise BenchError(
+                    f"{src}: prediction shape {pred.shape} differs from the ground truth {gt.shape} "
+                    f"(item {item['id']!r}, {structure!r})"
+                )
             if np.issubdtype(pred.dtype, np.floating) and src is not None:
                 row["soft_dice_m3d"] = S.m3d_soft_dice(pred, gt, from_logits=logits)
                 prob = 0.5 * (1.0 + np.tanh(0.5 * pred)) if logits else pred  # overflow-free sigmoid
@@ -122,18 +136,29 @@ def evaluate_seg(predictions: str, manifest: str, tolerance_mm: float = 2.0, thr
     if not rows:
         raise BenchError(f"{man['_path']}: no item has 'masks' to evaluate")
     summary = aggregate(rows, METRICS, class_field="class")
-    summary["detection"] = S.detection_scores([r["pred_present"] > 0 for r in rows], [r["gt_present"] > 0 for r in rows],
-                                              [r["dice"] for r in rows])
-    summary.update({"task": "segmentation", "manifest": str(man["_path"]), "predictions": str(folder),
-                    "counts": {"evaluated": len(rows), "missing_predictions": int(sum(r["missing"] for r in rows))},
-                    "unavailable": {},
-                    "settings": {"tolerance_mm": tolerance_mm, "threshold": threshold, "logits": logits,
-                                 "empty": "both empty: dice = nsd = 1, hd95 = 0; one empty: dice = nsd = 0, hd95 = inf",
-                                 "instance_classes": list(instance_classes)}})
+    summary["detection"] = S.detection_scores(
+        [r["pred_present"] > 0 for r in rows], [r["gt_present"] > 0 for r in rows], [r["dice"] for r in rows]
+    )
+    summary.update(
+        {
+            "task": "segmentation",
+            "manifest": str(man["_path"]),
+            "predictions": str(folder),
+            "counts": {"evaluated": len(rows), "missing_predictions": int(sum(r["missing"] for r in rows))},
+            "unavailable": {},
+            "settings": {
+                "tolerance_mm": tolerance_mm,
+                "threshold": threshold,
+                "logits": logits,
+                "empty": "both empty: dice = nsd = 1, hd95 = 0; one empty: dice = nsd = 0, hd95 = inf",
+                "instance_classes": list(instance_classes),
+            },
+        }
+    )
     return summary, rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser("Segmentation metrics (Dice, NSD, HD95, instance F1, M3D soft Dice)")
     p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for float predictions")
@@ -142,8 +167,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     a = p.parse_args(argv)
     classes = [c for c in a.instance_classes.split(",") if c]
     summary, rows = evaluate_seg(a.predictions, a.manifest, a.tolerance_mm, a.threshold, a.logits, classes)
-    write_outputs(a.out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5],
-                  "Segmentation")
+    write_outputs(
+        a.out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5], "Segmentation"
+    )
     return summary
 
 

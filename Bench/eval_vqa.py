@@ -16,10 +16,18 @@ overall. Accuracy is the group mean of ``correct``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from Bench.common import (BenchError, aggregate, base_parser, item_dataset, load_manifest, match_ids, read_jsonl,
-                          write_outputs)
+from Bench.common import (
+    BenchError,
+    aggregate,
+    base_parser,
+    item_dataset,
+    load_manifest,
+    match_ids,
+    read_jsonl,
+    write_outputs,
+)
 
 METRICS = ["correct", "m3d_substring", "exact_match", "token_f1", "hsenet_class", "rouge_l", "rouge1", "m3d_bleu1"]
 
@@ -58,9 +66,16 @@ def evaluate_vqa(predictions: str, manifest: str) -> tuple[dict, list[dict]]:
             raise BenchError(f"{predictions}: question {qi} of {r['id']!r} is predicted twice")
         seen.add((r["id"], qi))
         pred, answer, qtype = str(r["prediction"]), str(q.get("answer", "")), q.get("type", "open")
-        row = {"id": r["id"], "question_index": qi, "dataset": item_dataset(man, item),
-               "class": q.get("question_type", qtype), "type": qtype, "question": q.get("question", ""),
-               "answer": answer, "prediction": pred}
+        row = {
+            "id": r["id"],
+            "question_index": qi,
+            "dataset": item_dataset(man, item),
+            "class": q.get("question_type", qtype),
+            "type": qtype,
+            "question": q.get("question", ""),
+            "answer": answer,
+            "prediction": pred,
+        }
         if qtype == "closed":
             letter = q.get("answer_choice")
             if not isinstance(letter, str):
@@ -76,23 +91,35 @@ def evaluate_vqa(predictions: str, manifest: str) -> tuple[dict, list[dict]]:
     if not rows:
         raise BenchError(f"{predictions}: no predictions to evaluate")
     preds, answers = [r["prediction"] for r in rows], [r["answer"] for r in rows]
-    for name, vals in (("rouge_l", T.rouge_l_scores(preds, answers)), ("rouge1", T.rouge_n_scores(preds, answers, 1)),
-                       ("m3d_bleu1", T.m3d_bleu1_scores(preds, answers))):
+    for name, vals in (
+        ("rouge_l", T.rouge_l_scores(preds, answers)),
+        ("rouge1", T.rouge_n_scores(preds, answers, 1)),
+        ("m3d_bleu1", T.m3d_bleu1_scores(preds, answers)),
+    ):
         for row, v in zip(rows, vals):
             row[name] = v
     total = sum(len(it.get("vqa") or []) for it in man["items"])
     summary = aggregate(rows, METRICS, class_field="class")
-    summary.update({"task": "vqa", "manifest": str(man["_path"]), "predictions": str(predictions),
-                    "counts": {"evaluated": len(rows), "missing_predictions": total - len(rows),
-                               "closed": sum(r["type"] == "closed" for r in rows),
-                               "yes_no": sum(r["type"] == "yes_no" for r in rows),
-                               "open": sum(r["type"] not in ("closed", "yes_no") for r in rows)},
-                    "unavailable": {},
-                    "settings": {"correct": "parsed choice letter / yes-no", "m3d_substring": "'<letter>.' in output"}})
+    summary.update(
+        {
+            "task": "vqa",
+            "manifest": str(man["_path"]),
+            "predictions": str(predictions),
+            "counts": {
+                "evaluated": len(rows),
+                "missing_predictions": total - len(rows),
+                "closed": sum(r["type"] == "closed" for r in rows),
+                "yes_no": sum(r["type"] == "yes_no" for r in rows),
+                "open": sum(r["type"] not in ("closed", "yes_no") for r in rows),
+            },
+            "unavailable": {},
+            "settings": {"correct": "parsed choice letter / yes-no", "m3d_substring": "'<letter>.' in output"},
+        }
+    )
     return summary, rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = base_parser("VQA metrics (closed accuracy, M3D substring accuracy, open-ended text scores)")
     a = p.parse_args(argv)
     summary, rows = evaluate_vqa(a.predictions, a.manifest)

@@ -25,13 +25,12 @@ It fails loudly on an unknown system, task or metric name, a missing split, and 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from Bench.common import BenchError
 
@@ -63,13 +62,17 @@ class Task:
     names: str  # for error messages
 
 
-TASKS: Dict[str, Task] = {
+TASKS: dict[str, Task] = {
     "retrieval": Task("run_retrieval", "eval_retrieval", _retrieval_metric, "image_to_text_R@K, text_to_image_R@K"),
-    "mrg": Task("run_mrg", "eval_mrg", _known("eval_mrg", ("PER_SAMPLE", "CORPUS")), "Bench.eval_mrg PER_SAMPLE + CORPUS"),
+    "mrg": Task(
+        "run_mrg", "eval_mrg", _known("eval_mrg", ("PER_SAMPLE", "CORPUS")), "Bench.eval_mrg PER_SAMPLE + CORPUS"
+    ),
     "vqa": Task("run_vqa", "eval_vqa", _known("eval_vqa", ("METRICS",)), "Bench.eval_vqa METRICS"),
     "pos": Task("run_pos", "eval_pos", _known("eval_pos", ("METRICS",)), "Bench.eval_pos METRICS"),
     "seg": Task("run_seg", "eval_seg", _known("eval_seg", ("METRICS",)), "Bench.eval_seg METRICS"),
-    "classify": Task("run_classify", "eval_classify", _known("eval_classify", ("METRICS",)), "Bench.eval_classify METRICS"),
+    "classify": Task(
+        "run_classify", "eval_classify", _known("eval_classify", ("METRICS",)), "Bench.eval_classify METRICS"
+    ),
     # GREEN on generated reports (LaMed.metrics.green, a local judge model): run_mrg, then the judge.
     "green": Task("run_mrg", "green", lambda n: n == "green", "green"),
 }
@@ -87,12 +90,12 @@ class Entry:
     metric: str = ""
     data: str = ""
     protocol: str = ""
-    run_args: Tuple[str, ...] = ()
-    eval_args: Tuple[str, ...] = ()
+    run_args: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] = ()
     not_reproducible: str = ""
 
     @property
-    def group(self) -> Tuple[str, str, Tuple[str, ...], Tuple[str, ...]]:
+    def group(self) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
         return (self.task, self.data, self.run_args, self.eval_args)
 
 
@@ -100,12 +103,12 @@ class Entry:
 class System:
     name: str
     paper: str
-    entries: List[Entry]
-    not_found: List[str] = field(default_factory=list)
+    entries: list[Entry]
+    not_found: list[str] = field(default_factory=list)
     path: str = ""
 
 
-def list_systems() -> List[str]:
+def list_systems() -> list[str]:
     return sorted(p.stem for p in PUBLISHED_DIR.glob("*.yaml"))
 
 
@@ -130,8 +133,19 @@ def load_system(name_or_path: str | Path) -> System:
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise BenchError(f"{p}: field {key!r} must be a non-empty string")
     entries, names = [], set()
-    allowed = {"name", "published", "unit", "source", "task", "metric", "data", "protocol", "run_args", "eval_args",
-               "not_reproducible"}
+    allowed = {
+        "name",
+        "published",
+        "unit",
+        "source",
+        "task",
+        "metric",
+        "data",
+        "protocol",
+        "run_args",
+        "eval_args",
+        "not_reproducible",
+    }
     for i, m in enumerate(data["metrics"]):
         where = f"{p}: metrics[{i}]"
         if not isinstance(m, dict):
@@ -150,15 +164,22 @@ def load_system(name_or_path: str | Path) -> System:
         unit = m.get("unit", "fraction")
         if unit not in UNITS:
             raise BenchError(f"{where} ({name}): unit {unit!r} is not one of {sorted(UNITS)}")
-        e = Entry(name, float(m["published"]), unit, m["source"], protocol=str(m.get("protocol", "")),
-                  not_reproducible=str(m.get("not_reproducible", "")))
+        e = Entry(
+            name,
+            float(m["published"]),
+            unit,
+            m["source"],
+            protocol=str(m.get("protocol", "")),
+            not_reproducible=str(m.get("not_reproducible", "")),
+        )
         if not e.not_reproducible:
             task, metric = m.get("task"), m.get("metric")
             if task not in TASKS:
                 raise BenchError(f"{where} ({name}): unknown task {task!r}; known: {sorted(TASKS)}")
             if not isinstance(metric, str) or not TASKS[task].known(metric):
-                raise BenchError(f"{where} ({name}): unknown metric {metric!r} for task {task!r} "
-                                 f"(known: {TASKS[task].names})")
+                raise BenchError(
+                    f"{where} ({name}): unknown metric {metric!r} for task {task!r} (known: {TASKS[task].names})"
+                )
             for key in ("run_args", "eval_args"):
                 v = m.get(key, [])
                 if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
@@ -172,7 +193,8 @@ def load_system(name_or_path: str | Path) -> System:
 
 # ------------------------------------------------------------------------------------------- running
 
-def _green(predictions: Path, manifest: str, out: Path, green_model: Optional[str]) -> dict:
+
+def _green(predictions: Path, manifest: str, out: Path, green_model: str | None) -> dict:
     """GREEN of a report prediction file against the manifest's ``text`` (``LaMed.metrics.green``)."""
     from Bench.common import load_manifest, match_ids, read_jsonl
     from LaMed.metrics.base import MetricUnavailable
@@ -183,8 +205,13 @@ def _green(predictions: Path, manifest: str, out: Path, green_model: Optional[st
     recs = read_jsonl(predictions, ("id", "prediction"))
     match_ids(man, [r["id"] for r in recs], predictions)
     by_id = {it["id"]: it for it in man["items"]}
-    summary = {"task": "green", "manifest": str(manifest), "predictions": str(predictions), "overall": {},
-               "unavailable": {}}
+    summary = {
+        "task": "green",
+        "manifest": str(manifest),
+        "predictions": str(predictions),
+        "overall": {},
+        "unavailable": {},
+    }
     try:
         res = green([r["prediction"] for r in recs], [by_id[r["id"]]["text"] for r in recs], model_path=green_model)
         summary["overall"] = {"green": res["mean"], "count": len(recs)}
@@ -194,14 +221,22 @@ def _green(predictions: Path, manifest: str, out: Path, green_model: Optional[st
     return summary
 
 
-def _bench_main(module: str, argv: List[str]) -> dict:
+def _bench_main(module: str, argv: list[str]) -> dict:
     import importlib
 
     return importlib.import_module(f"Bench.{module}").main(argv)
 
 
-def run_group(task: str, manifest: str, out: Path, model: Optional[str], predictions: Optional[str],
-              run_args: Sequence[str], eval_args: Sequence[str], green_model: Optional[str] = None) -> Tuple[dict, str]:
+def run_group(
+    task: str,
+    manifest: str,
+    out: Path,
+    model: str | None,
+    predictions: str | None,
+    run_args: Sequence[str],
+    eval_args: Sequence[str],
+    green_model: str | None = None,
+) -> tuple[dict, str]:
     """Run or score one (task, split); returns ``(summary, how)``."""
     t = TASKS[task]
     out.mkdir(parents=True, exist_ok=True)
@@ -217,8 +252,8 @@ def run_group(task: str, manifest: str, out: Path, model: Optional[str], predict
     return summary, f"Bench.{t.run} with {model}"
 
 
-def _pairs(items: Sequence[str], option: str) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
     for chunk in items:
         for part in str(chunk).split(","):
             if not part.strip():
@@ -230,9 +265,17 @@ def _pairs(items: Sequence[str], option: str) -> Dict[str, str]:
     return out
 
 
-def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (), predictions: Mapping[str, str] = (),
-              data: Mapping[str, str] = (), only: Sequence[str] = (), extra_run: Mapping[str, str] = (),
-              extra_eval: Mapping[str, str] = (), green_model: Optional[str] = None) -> dict:
+def reproduce(
+    system: str | Path,
+    out: str | Path,
+    models: Mapping[str, str] = (),
+    predictions: Mapping[str, str] = (),
+    data: Mapping[str, str] = (),
+    only: Sequence[str] = (),
+    extra_run: Mapping[str, str] = (),
+    extra_eval: Mapping[str, str] = (),
+    green_model: str | None = None,
+) -> dict:
     """Run the published protocol of ``system``; returns ``{"system", "paper", "rows", "not_found"}``."""
     from LaMed.utils.atomic import atomic_write_text, write_json_atomic
 
@@ -248,14 +291,21 @@ def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (
         entries = [e for e in entries if e.name in only]
     tasks = {e.task for e in entries if e.task}
     keys = {e.data for e in entries if e.task}
-    for option, given, valid in (("--models", models, tasks), ("--predictions", predictions, keys), ("--data", data, keys),
-                                 ("--run-args", extra_run, tasks), ("--eval-args", extra_eval, tasks)):
+    for option, given, valid in (
+        ("--models", models, tasks),
+        ("--predictions", predictions, keys),
+        ("--data", data, keys),
+        ("--run-args", extra_run, tasks),
+        ("--eval-args", extra_eval, tasks),
+    ):
         bad = sorted(set(given) - valid)
         if bad:
-            raise BenchError(f"{option}: {sysd.name} has no {'task' if valid is tasks else 'split'} {bad}; "
-                             f"its {'tasks' if valid is tasks else 'splits'}: {sorted(valid)}")
+            raise BenchError(
+                f"{option}: {sysd.name} has no {'task' if valid is tasks else 'split'} {bad}; "
+                f"its {'tasks' if valid is tasks else 'splits'}: {sorted(valid)}"
+            )
     out = Path(out)
-    results: Dict[tuple, Tuple[Optional[dict], str]] = {}
+    results: dict[tuple, tuple[dict | None, str]] = {}
     for e in entries:
         if not e.task or e.group in results:
             continue
@@ -269,13 +319,27 @@ def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (
         if not Path(manifest).is_file():
             raise BenchError(f"{sysd.name} / {e.name}: split {e.data!r} not found: {manifest}")
         folder = out / f"{e.task}_{e.data}_{len(results)}"
-        results[e.group] = run_group(e.task, manifest, folder, model, preds,
-                                     [*e.run_args, *shlex.split(extra_run.get(e.task, ""))],
-                                     [*e.eval_args, *shlex.split(extra_eval.get(e.task, ""))], green_model)
+        results[e.group] = run_group(
+            e.task,
+            manifest,
+            folder,
+            model,
+            preds,
+            [*e.run_args, *shlex.split(extra_run.get(e.task, ""))],
+            [*e.eval_args, *shlex.split(extra_eval.get(e.task, ""))],
+            green_model,
+        )
     rows = []
     for e in entries:
-        row = {"metric": e.name, "published": e.published, "unit": e.unit, "source": e.source, "reproduced": None,
-               "difference": None, "note": e.not_reproducible or e.protocol}
+        row = {
+            "metric": e.name,
+            "published": e.published,
+            "unit": e.unit,
+            "source": e.source,
+            "reproduced": None,
+            "difference": None,
+            "note": e.not_reproducible or e.protocol,
+        }
         if e.task:
             row["task"], row["key"] = e.task, e.metric
             summary, how = results[e.group]
@@ -291,14 +355,19 @@ def reproduce(system: str | Path, out: str | Path, models: Mapping[str, str] = (
                     why = (summary.get("unavailable") or {}).get(e.metric) or "not in the evaluator's summary"
                     row["note"] = f"not computed: {why}"
         rows.append(row)
-    result = {"system": sysd.name, "paper": sysd.paper, "published_file": sysd.path, "rows": rows,
-              "not_found": sysd.not_found}
+    result = {
+        "system": sysd.name,
+        "paper": sysd.paper,
+        "published_file": sysd.path,
+        "rows": rows,
+        "not_found": sysd.not_found,
+    }
     write_json_atomic(out / "reproduce.json", result)
     atomic_write_text(out / "reproduce.md", table(result))
     return result
 
 
-def _num(v: Optional[float], unit: str, sign: bool = False) -> str:
+def _num(v: float | None, unit: str, sign: bool = False) -> str:
     """Percentages with 2 decimals (as papers print them), fractions with 4."""
     if v is None:
         return "-"
@@ -307,13 +376,21 @@ def _num(v: Optional[float], unit: str, sign: bool = False) -> str:
 
 def table(result: Mapping) -> str:
     """The markdown table: metric, published (source), reproduced, difference, note."""
-    lines = [f"# {result['system']}: published vs reproduced", "", f"Paper: {result['paper']}", "",
-             "| metric | published | source | reproduced | difference | note |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {result['system']}: published vs reproduced",
+        "",
+        f"Paper: {result['paper']}",
+        "",
+        "| metric | published | source | reproduced | difference | note |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         unit = r["unit"]
         diff = _num(r["difference"], unit, sign=True)
         pub = _num(r["published"], unit) + (" %" if unit == "percent" else "")
-        lines.append(f"| {r['metric']} | {pub} | {r['source']} | {_num(r['reproduced'], unit)} | {diff} | {r['note']} |")
+        lines.append(
+            f"| {r['metric']} | {pub} | {r['source']} | {_num(r['reproduced'], unit)} | {diff} | {r['note']} |"
+        )
     if not result["rows"]:
         lines.append("| (no published number could be cited) | - | - | - | - | - |")
     if result.get("not_found"):
@@ -321,18 +398,24 @@ def table(result: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description="Run a released system's published evaluation protocol and compare "
-                                            "with its published numbers")
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description="Run a released system's published evaluation protocol and compare with its published numbers"
+    )
     p.add_argument("system", nargs="?", help=f"one of {list_systems()} or a published-values YAML")
-    p.add_argument("--models", action="append", default=[], help="TASK=MODEL_DIR[,TASK=...] (tasks: "
-                                                                  f"{', '.join(sorted(TASKS))})")
+    p.add_argument(
+        "--models", action="append", default=[], help=f"TASK=MODEL_DIR[,TASK=...] (tasks: {', '.join(sorted(TASKS))})"
+    )
     p.add_argument("--predictions", action="append", default=[], help="SPLIT=FILE: score existing predictions")
     p.add_argument("--data", action="append", default=[], help="SPLIT=MANIFEST: the prepared split of each entry")
-    p.add_argument("--only", action="append", default=[], help="a metric name of the system's table; repeat for several")
+    p.add_argument(
+        "--only", action="append", default=[], help="a metric name of the system's table; repeat for several"
+    )
     p.add_argument("--run-args", action="append", default=[], help="TASK='extra args' for Bench.run_<task>")
     p.add_argument("--eval-args", action="append", default=[], help="TASK='extra args' for Bench.eval_<task>")
-    p.add_argument("--green-model", default=None, help="local folder of the GREEN judge (StanfordAIMI/GREEN-radllama2-7b)")
+    p.add_argument(
+        "--green-model", default=None, help="local folder of the GREEN judge (StanfordAIMI/GREEN-radllama2-7b)"
+    )
     p.add_argument("--out", default="results/reproduce", help="output folder")
     p.add_argument("--list", action="store_true", help="list the systems and their published metrics")
     a = p.parse_args(argv)
@@ -353,9 +436,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             out[k.strip()] = v
         return out
 
-    result = reproduce(a.system, a.out, _pairs(a.models, "--models"), _pairs(a.predictions, "--predictions"),
-                       _pairs(a.data, "--data"), [n.strip() for n in a.only if n.strip()],
-                       kv(a.run_args, "--run-args"), kv(a.eval_args, "--eval-args"), a.green_model)
+    result = reproduce(
+        a.system,
+        a.out,
+        _pairs(a.models, "--models"),
+        _pairs(a.predictions, "--predictions"),
+        _pairs(a.data, "--data"),
+        [n.strip() for n in a.only if n.strip()],
+        kv(a.run_args, "--run-args"),
+        kv(a.eval_args, "--eval-args"),
+        a.green_model,
+    )
     print(table(result))
     return result
 

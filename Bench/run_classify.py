@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 
 def write_predictions(path: Path, records: list[dict]) -> Path:
@@ -26,11 +26,26 @@ def write_predictions(path: Path, records: list[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def run_classify(manifest: str | Path, out_dir: str | Path, model: str | Path, val_manifest: str | Path | None = None,
-                 prompt_set: str = "ct_rate", style: Optional[str] = None, findings: Optional[Sequence[str]] = None,
-                 published: str = "", tokenizer: str = "", score: str = "probability", criterion: str = "f1",
-                 max_items: Optional[int] = None, batch_size: int = 8, n_boot: int = 1000, seed: int = 0,
-                 slice_features: str = "", device: Optional[str] = None, clip=None) -> dict:
+def run_classify(
+    manifest: str | Path,
+    out_dir: str | Path,
+    model: str | Path,
+    val_manifest: str | Path | None = None,
+    prompt_set: str = "ct_rate",
+    style: str | None = None,
+    findings: Sequence[str] | None = None,
+    published: str = "",
+    tokenizer: str = "",
+    score: str = "probability",
+    criterion: str = "f1",
+    max_items: int | None = None,
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    seed: int = 0,
+    slice_features: str = "",
+    device: str | None = None,
+    clip=None,
+) -> dict:
     """Classify ``manifest`` (and ``val_manifest``) zero-shot and score it; returns the summary dict.
 
     ``clip``: an already loaded ``(model, tokenizer)`` pair (the demo passes its own).
@@ -45,25 +60,32 @@ def run_classify(manifest: str | Path, out_dir: str | Path, model: str | Path, v
 
         clip = load_model(str(model), published, tokenizer, device)
     net, tok = clip
-    res = classify_split(net, tok, manifest, ps, max_items=max_items, batch_size=batch_size,
-                         slice_features=slice_features, device=device)
-    preds = write_predictions(out / "predictions.jsonl", [{k: v for k, v in r.items() if k != "labels"}
-                                                          for r in res.records()])
+    res = classify_split(
+        net, tok, manifest, ps, max_items=max_items, batch_size=batch_size, slice_features=slice_features, device=device
+    )
+    preds = write_predictions(
+        out / "predictions.jsonl", [{k: v for k, v in r.items() if k != "labels"} for r in res.records()]
+    )
     val_preds = ""
     if val_manifest:
-        vres = classify_split(net, tok, val_manifest, ps, batch_size=batch_size, slice_features=slice_features,
-                              device=device)
-        val_preds = str(write_predictions(out / "val_predictions.jsonl",
-                                          [{k: v for k, v in r.items() if k != "labels"} for r in vres.records()]))
-    summary, rows = evaluate_classify(str(preds), str(manifest), val_preds, str(val_manifest or ""), score, criterion,
-                                      ps.source, n_boot, seed)
+        vres = classify_split(
+            net, tok, val_manifest, ps, batch_size=batch_size, slice_features=slice_features, device=device
+        )
+        val_preds = str(
+            write_predictions(
+                out / "val_predictions.jsonl", [{k: v for k, v in r.items() if k != "labels"} for r in vres.records()]
+            )
+        )
+    summary, rows = evaluate_classify(
+        str(preds), str(manifest), val_preds, str(val_manifest or ""), score, criterion, ps.source, n_boot, seed
+    )
     summary["prompt_set"] = ps.to_dict()
     summary["encoding"] = {"model": str(model), "published_family": published or None, "cases": len(res.ids)}
     write_classify_outputs(out, summary, rows)
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Zero-shot multi-label findings classification with a 3D CLIP")
     p.add_argument("--model", required=True, help="LaMed CLIP folder, or a published checkpoint with --published")
     p.add_argument("--published", default="", help="converter family of a published checkpoint")
@@ -83,10 +105,25 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
-    summary = run_classify(a.manifest, a.out, a.model, a.val_manifest or None, a.prompt_set, a.style,
-                           [f.strip() for f in a.findings.split(",") if f.strip()] or None, a.published, a.tokenizer,
-                           a.score, a.criterion, a.max_items or None, a.batch_size, a.n_boot, a.seed,
-                           a.slice_features, a.device)
+    summary = run_classify(
+        a.manifest,
+        a.out,
+        a.model,
+        a.val_manifest or None,
+        a.prompt_set,
+        a.style,
+        [f.strip() for f in a.findings.split(",") if f.strip()] or None,
+        a.published,
+        a.tokenizer,
+        a.score,
+        a.criterion,
+        a.max_items or None,
+        a.batch_size,
+        a.n_boot,
+        a.seed,
+        a.slice_features,
+        a.device,
+    )
     print(Path(a.out) / "summary.md")
     return summary
 

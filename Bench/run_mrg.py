@@ -11,12 +11,22 @@ Decoding: greedy by default (M3D Bench); ``--decoding med3dvlm --seed 42`` is Me
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 
-def run_mrg(model, manifest: str, out: str, max_new_tokens: int = 256, decoding: str = "greedy", seed: int = 0,
-            batch_size: int = 8, limit: Optional[int] = None, meteor: bool = False, processor=None) -> dict:
+def run_mrg(
+    model,
+    manifest: str,
+    out: str,
+    max_new_tokens: int = 256,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 8,
+    limit: int | None = None,
+    meteor: bool = False,
+    processor=None,
+) -> dict:
     """Generate a report for every item of ``manifest`` that has one, write predictions, score them.
 
     ``model`` is a saved LaMed folder or an already loaded model (then pass ``processor``).
@@ -29,14 +39,24 @@ def run_mrg(model, manifest: str, out: str, max_new_tokens: int = 256, decoding:
     if processor is None:
         model, processor = load_mllm(model)
     ds = MLLMDataset(manifest, None, task="caption", train=False)
-    rows = predict_dataset(model, processor, ds, max_new_tokens=max_new_tokens, decoding=decoding, seed=seed,
-                           batch_size=batch_size, limit=limit)
+    rows = predict_dataset(
+        model,
+        processor,
+        ds,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        seed=seed,
+        batch_size=batch_size,
+        limit=limit,
+    )
     preds = write_jsonl(Path(out) / "predictions.jsonl", rows, ("id", "prediction", "question"))
-    argv = ["--predictions", str(preds), "--manifest", str(manifest), "--out", str(out)] + (["--meteor"] if meteor else [])
+    argv = ["--predictions", str(preds), "--manifest", str(manifest), "--out", str(out)] + (
+        ["--meteor"] if meteor else []
+    )
     return eval_mrg.main(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="saved LaMed model folder")
     p.add_argument("--manifest", required=True, help="prepared test manifest")

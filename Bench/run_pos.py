@@ -8,12 +8,21 @@ One question per (item, structure with a box); predictions ``{"id", "target", "p
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 
-def run_pos(model, manifest: str, out: str, max_new_tokens: int = 48, decoding: str = "greedy", seed: int = 0,
-            batch_size: int = 16, limit: Optional[int] = None, processor=None) -> dict:
+def run_pos(
+    model,
+    manifest: str,
+    out: str,
+    max_new_tokens: int = 48,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 16,
+    limit: int | None = None,
+    processor=None,
+) -> dict:
     """Ask for the box of every structure in ``manifest``; returns the scorer's summary."""
     from Bench import eval_pos
     from LaMed.data.mllm_dataset import MLLMDataset
@@ -22,13 +31,21 @@ def run_pos(model, manifest: str, out: str, max_new_tokens: int = 48, decoding: 
     if processor is None:
         model, processor = load_mllm(model)
     ds = MLLMDataset(manifest, None, task="rec", train=False)
-    rows = predict_dataset(model, processor, ds, max_new_tokens=max_new_tokens, decoding=decoding, seed=seed,
-                           batch_size=batch_size, limit=limit)
+    rows = predict_dataset(
+        model,
+        processor,
+        ds,
+        max_new_tokens=max_new_tokens,
+        decoding=decoding,
+        seed=seed,
+        batch_size=batch_size,
+        limit=limit,
+    )
     preds = write_jsonl(Path(out) / "predictions.jsonl", rows, ("id", "target", "prediction"))
     return eval_pos.main(["--predictions", str(preds), "--manifest", str(manifest), "--out", str(out)])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--manifest", required=True)

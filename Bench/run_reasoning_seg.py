@@ -22,26 +22,38 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 
 
-def answer_prepared(model, processor, volumes, questions: Sequence[str], overlap: float = 0.5, batch_size: int = 4,
-                    max_new_tokens: int = 48) -> List:
+def answer_prepared(
+    model,
+    processor,
+    volumes,
+    questions: Sequence[str],
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    max_new_tokens: int = 48,
+) -> list:
     """``Answer`` s (text, logits ``(K, D, H, W)`` on each volume's own grid) for prepared volumes ``(1, D, H, W)``."""
     import torch
     import torch.nn.functional as F
 
-    from LaMed.inference.sliding_window import sliding_window_inference
     from LaMed.inference.reasoning import Answer, answer_and_segment
+    from LaMed.inference.sliding_window import sliding_window_inference
 
     size = tuple(int(s) for s in model.seg_module.config.img_size)
-    small = [F.interpolate(v[None].float(), size=size, mode="trilinear", align_corners=False)[0]
-             if tuple(v.shape[1:]) != size else v.float() for v in volumes]
-    answers = answer_and_segment(model, processor, torch.stack(small), questions, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size)
+    small = [
+        F.interpolate(v[None].float(), size=size, mode="trilinear", align_corners=False)[0]
+        if tuple(v.shape[1:]) != size
+        else v.float()
+        for v in volumes
+    ]
+    answers = answer_and_segment(
+        model, processor, torch.stack(small), questions, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     out = []
     for v, a in zip(volumes, answers):
         if tuple(v.shape[1:]) == size or a.logits.shape[0] == 0:
@@ -57,9 +69,19 @@ def answer_prepared(model, processor, volumes, questions: Sequence[str], overlap
     return out
 
 
-def run_reasoning_seg(model, manifest: str | Path, out: str | Path, tasks: Sequence[str] = ("refer",),
-                      classes: Optional[Sequence[str]] = None, negatives: bool = False, device: str = "cpu",
-                      tolerance_mm: float = 2.0, batch_size: int = 4, max_new_tokens: int = 48, progress: bool = True) -> dict:
+def run_reasoning_seg(
+    model,
+    manifest: str | Path,
+    out: str | Path,
+    tasks: Sequence[str] = ("refer",),
+    classes: Sequence[str] | None = None,
+    negatives: bool = False,
+    device: str = "cpu",
+    tolerance_mm: float = 2.0,
+    batch_size: int = 4,
+    max_new_tokens: int = 48,
+    progress: bool = True,
+) -> dict:
     """Answer and segment every question of ``manifest`` with ``model`` (a model or its folder) and score it."""
     import torch
     from tqdm.auto import tqdm
@@ -86,14 +108,26 @@ def run_reasoning_seg(model, manifest: str | Path, out: str | Path, tasks: Seque
         ds = ReasonSegDataset(manifest, None, task=task, train=False, classes=classes, negatives=negatives)
         order = list(range(len(ds)))
         for start in tqdm(range(0, len(order), batch_size), desc=f"answer {task}", disable=not progress):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             recs = [ds.record(i) for i in idx]
             vols = [ds.load_image(i) for i in idx]
-            answers = answer_prepared(model, processor, vols, [r["question"] for r in recs], batch_size=batch_size,
-                                      max_new_tokens=max_new_tokens)
+            answers = answer_prepared(
+                model,
+                processor,
+                vols,
+                [r["question"] for r in recs],
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+            )
             for i, r, a in zip(idx, recs, answers):
-                row = {"id": r["id"], "task": task, "question": r["question"], "answer": a.text, "targets": r["targets"],
-                       "num_seg": int(a.logits.shape[0])}
+                row = {
+                    "id": r["id"],
+                    "task": task,
+                    "question": r["question"],
+                    "answer": a.text,
+                    "targets": r["targets"],
+                    "num_seg": int(a.logits.shape[0]),
+                }
                 records.append(row)
                 if not r["targets"]:
                     continue
@@ -104,13 +138,22 @@ def run_reasoning_seg(model, manifest: str | Path, out: str | Path, tasks: Seque
                     prob = torch.sigmoid(a.logits[0].float()).numpy().astype(np.float16)
                     np.save(pred_dir / f"{sample_id}_{target}.npy", prob)
                 item = by_id[r["id"]]
-                scored_items.append({"id": sample_id, "dataset": item.get("dataset", man.get("dataset", "")),
-                                     "spacing": item["spacing"],
-                                     "masks": {target: str((manifest.parent / item["masks"][target]).resolve())}})
+                scored_items.append(
+                    {
+                        "id": sample_id,
+                        "dataset": item.get("dataset", man.get("dataset", "")),
+                        "spacing": item["spacing"],
+                        "masks": {target: str((manifest.parent / item["masks"][target]).resolve())},
+                    }
+                )
     if not scored_items:
-        raise ValueError(f"{manifest}: no question with a target mask for tasks {list(tasks)} and classes {classes or 'any'}")
+        raise ValueError(
+            f"{manifest}: no question with a target mask for tasks {list(tasks)} and classes {classes or 'any'}"
+        )
     scored_path = out / "manifest_scored.json"
-    scored_path.write_text(json.dumps({**{k: v for k, v in man.items() if k != "items"}, "items": scored_items}, indent=1))
+    scored_path.write_text(
+        json.dumps({**{k: v for k, v in man.items() if k != "items"}, "items": scored_items}, indent=1)
+    )
     summary, rows = evaluate_seg(str(pred_dir), str(scored_path), tolerance_mm=tolerance_mm)
     pos = [r for r in records if r["targets"]]
     neg = [r for r in records if not r["targets"]]
@@ -125,14 +168,22 @@ def run_reasoning_seg(model, manifest: str | Path, out: str | Path, tasks: Seque
     with (out / "answers.jsonl").open("w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r) + "\n")
-    write_outputs(out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5],
-                  "Reasoning segmentation")
+    write_outputs(
+        out,
+        summary,
+        rows,
+        ["id", "dataset", "class"] + METRICS + ["prediction_file"],
+        METRICS[:5],
+        "Reasoning segmentation",
+    )
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description="Answer and segment a prepared split with a reasoning-segmentation model, "
-                                            "scored by Bench/eval_seg.py")
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description="Answer and segment a prepared split with a reasoning-segmentation model, "
+        "scored by Bench/eval_seg.py"
+    )
     p.add_argument("--model", required=True, help="reasoning model folder or hub id")
     p.add_argument("--manifest", required=True, help="prepared split manifest (test.json)")
     p.add_argument("--out", required=True, help="output folder")
@@ -145,8 +196,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     classes = [c for c in a.classes.split(",") if c] or None
-    summary = run_reasoning_seg(a.model, a.manifest, a.out, [t for t in a.tasks.split(",") if t], classes, a.negatives,
-                                a.device, a.tolerance_mm, a.batch_size, a.max_new_tokens)
+    summary = run_reasoning_seg(
+        a.model,
+        a.manifest,
+        a.out,
+        [t for t in a.tasks.split(",") if t],
+        classes,
+        a.negatives,
+        a.device,
+        a.tolerance_mm,
+        a.batch_size,
+        a.max_new_tokens,
+    )
     print(json.dumps({"overall": summary.get("overall", {}), "reasoning": summary["reasoning"]}, indent=1))
     return summary
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -31,14 +31,22 @@ def predict_prepared(model, volume, texts: Sequence[str], overlap: float = 0.5, 
     return segment_prepared(model, volume, texts, overlap=overlap, sw_batch_size=sw_batch_size)
 
 
-def run_seg(model, manifest: str | Path, out: str | Path, classes: Optional[Sequence[str]] = None, overlap: float = 0.5,
-            device: str = "cpu", tolerance_mm: float = 2.0, progress: bool = True) -> dict:
+def run_seg(
+    model,
+    manifest: str | Path,
+    out: str | Path,
+    classes: Sequence[str] | None = None,
+    overlap: float = 0.5,
+    device: str = "cpu",
+    tolerance_mm: float = 2.0,
+    progress: bool = True,
+) -> dict:
     """Predict every (item, structure) of ``manifest`` with ``model`` (a model or its folder / hub id) and score it."""
     import torch
     from tqdm.auto import tqdm
 
-    from Bench.eval_seg import METRICS, evaluate_seg
     from Bench.common import write_outputs
+    from Bench.eval_seg import METRICS, evaluate_seg
     from LaMed.data.prepared import load_image, load_manifest
 
     if isinstance(model, (str, Path)):
@@ -74,12 +82,16 @@ def run_seg(model, manifest: str | Path, out: str | Path, classes: Optional[Sequ
     scored_path.write_text(json.dumps(scored, indent=1), encoding="utf-8")
     summary, rows = evaluate_seg(str(pred_dir), str(scored_path), tolerance_mm=tolerance_mm)
     summary["model"] = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    write_outputs(out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5], "Segmentation")
+    write_outputs(
+        out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5], "Segmentation"
+    )
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description="Run a segmentation model over a prepared split and score it (Bench/eval_seg.py)")
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(
+        description="Run a segmentation model over a prepared split and score it (Bench/eval_seg.py)"
+    )
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--manifest", required=True, help="prepared split manifest (test.json)")
     p.add_argument("--out", required=True, help="output folder")

@@ -10,14 +10,24 @@ Closed questions are asked in the M3D format (``"Q Choices: A. .. D. .."``); pre
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 TASK_OF_TYPE = {"closed": "vqa_closed", "open": "vqa_open", "yes_no": "vqa_yes_no"}
 
 
-def run_vqa(model, manifest: str, out: str, types: Sequence[str] = ("closed", "yes_no", "open"), max_new_tokens: int = 64,
-            decoding: str = "greedy", seed: int = 0, batch_size: int = 16, limit: Optional[int] = None, processor=None) -> dict:
+def run_vqa(
+    model,
+    manifest: str,
+    out: str,
+    types: Sequence[str] = ("closed", "yes_no", "open"),
+    max_new_tokens: int = 64,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 16,
+    limit: int | None = None,
+    processor=None,
+) -> dict:
     """Answer every VQA pair of the given ``types`` in ``manifest``; returns the scorer's summary."""
     from Bench import eval_vqa
     from LaMed.data.mllm_dataset import MLLMDataset
@@ -34,15 +44,23 @@ def run_vqa(model, manifest: str, out: str, types: Sequence[str] = ("closed", "y
             ds = MLLMDataset(manifest, None, task=TASK_OF_TYPE[t], train=False)
         except ValueError:
             continue  # this split has no question of type t
-        rows += predict_dataset(model, processor, ds, max_new_tokens=max_new_tokens, decoding=decoding, seed=seed,
-                                batch_size=batch_size, limit=limit)
+        rows += predict_dataset(
+            model,
+            processor,
+            ds,
+            max_new_tokens=max_new_tokens,
+            decoding=decoding,
+            seed=seed,
+            batch_size=batch_size,
+            limit=limit,
+        )
     for r in rows:
         r["question_index"] = r["vqa_index"]
     preds = write_jsonl(Path(out) / "predictions.jsonl", rows, ("id", "question_index", "prediction"))
     return eval_vqa.main(["--predictions", str(preds), "--manifest", str(manifest), "--out", str(out)])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--manifest", required=True)

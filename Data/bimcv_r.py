@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
-from typing import List, Tuple
 
 from Data.common import Case, PrepareError, clean_text, find_files, hash_split, read_csv, volume_stem
 from Data.ct_rate import ChestCTPreparer
@@ -39,7 +38,7 @@ _SUB = re.compile(r"sub-([A-Za-z0-9]+)")
 _SES = re.compile(r"ses-([A-Za-z0-9]+)")
 
 
-def parse_labels(cell: str) -> List[str]:
+def parse_labels(cell: str) -> list[str]:
     """``"['', ' pleural effusion', 'normal']"`` -> ``['pleural effusion']`` (sorted, unique)."""
     try:
         vals = ast.literal_eval(str(cell)) if str(cell).strip() else []
@@ -61,11 +60,14 @@ class BIMCVRPreparer(ChestCTPreparer):
 
     def add_dataset_arguments(self, parser) -> None:
         parser.add_argument("--csv", default=None, help="the report CSV (default: BIMCV-R.csv found under --in)")
-        parser.add_argument("--keep-mismatched", action="store_true",
-                            help="keep rows whose PatientID/ReportID disagree with the volume file name")
+        parser.add_argument(
+            "--keep-mismatched",
+            action="store_true",
+            help="keep rows whose PatientID/ReportID disagree with the volume file name",
+        )
         self.add_slice_arguments(parser)
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         vols = find_files(src, (".nii.gz", ".nii"))
         csv_path = Path(args.csv) if args.csv else next(iter(sorted(src.rglob("BIMCV-R.csv"))), None)
         if csv_path is None or not csv_path.is_file():
@@ -81,13 +83,22 @@ class BIMCVRPreparer(ChestCTPreparer):
                 continue
             pid, rid = str(row["PatientID"]).strip(), str(row["ReportID"]).strip()
             sub, ses = _SUB.search(fname), _SES.search(fname)
-            if not args.keep_mismatched and ((sub and f"sub-{sub.group(1)}" != pid) or (ses and f"ses-{ses.group(1)}" != rid)):
-                errors.append({"file": str(paths[0]), "error": f"{where}: report of {pid}/{rid} does not belong to this "
-                                                              f"volume (file name says {sub and sub.group(0)}/{ses and ses.group(0)})"})
+            if not args.keep_mismatched and (
+                (sub and f"sub-{sub.group(1)}" != pid) or (ses and f"ses-{ses.group(1)}" != rid)
+            ):
+                errors.append(
+                    {
+                        "file": str(paths[0]),
+                        "error": f"{where}: report of {pid}/{rid} does not belong to this "
+                        f"volume (file name says {sub and sub.group(0)}/{ses and ses.group(0)})",
+                    }
+                )
                 continue
             cid = re.sub(r"[^A-Za-z0-9._-]+", "_", volume_stem(fname))
             if cid in used:
-                errors.append({"file": str(paths[0]), "error": f"{where}: a second report row for this volume (ignored)"})
+                errors.append(
+                    {"file": str(paths[0]), "error": f"{where}: a second report row for this volume (ignored)"}
+                )
                 continue
             used.add(cid)
             item = {}

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, hash_split, safe_name
+from Data.common import Case, Loaded, PrepareError, Preparer, clean_text, hash_split, safe_name
 from Data.npz_objects import UnsafeObjectArray, read_object_array
 
 __all__ = ["BiomedSegFMPreparer", "PREPARER"]
@@ -43,17 +42,23 @@ def _register_presets() -> None:
     from LaMed.data.presets import Preset, list_presets, register_preset
 
     if "biomedsegfm" not in list_presets():
-        register_preset(Preset(
-            "biomedsegfm", (128, 256, 256), window=None, normalize="minmax", crop_foreground=False,
-            description="Text3DSAM on CVPR-BiomedSegFM: min-max -> whole-volume trilinear resize to 128x256x256 "
-                        "(no crop); masks nearest.",
-        ))
+        register_preset(
+            Preset(
+                "biomedsegfm",
+                (128, 256, 256),
+                window=None,
+                normalize="minmax",
+                crop_foreground=False,
+                description="Text3DSAM on CVPR-BiomedSegFM: min-max -> whole-volume trilinear resize to 128x256x256 "
+                "(no crop); masks nearest.",
+            )
+        )
 
 
 _register_presets()
 
 
-def _prompts(v) -> List[str]:
+def _prompts(v) -> list[str]:
     if isinstance(v, str):
         return [clean_text(v)] if clean_text(v) else []
     if isinstance(v, (list, tuple)):
@@ -64,19 +69,25 @@ def _prompts(v) -> List[str]:
 class BiomedSegFMPreparer(Preparer):
     name = "biomedsegfm"
     title = "CVPR-BiomedSegFM"
-    raw_layout = "3D_train_npz_all/<modality>/<dataset>/*.npz + CVPR25_TextSegFMData_with_class.json [+ 3D_val_npz, 3D_val_gt]"
+    raw_layout = (
+        "3D_train_npz_all/<modality>/<dataset>/*.npz + CVPR25_TextSegFMData_with_class.json [+ 3D_val_npz, 3D_val_gt]"
+    )
     default_preset = "biomedsegfm"
     has_splits = True
 
     def add_dataset_arguments(self, parser) -> None:
-        parser.add_argument("--val-fraction", type=float, default=0.0,
-                            help="fraction of training cases held out as validation (default 0)")
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.0,
+            help="fraction of training cases held out as validation (default 0)",
+        )
         parser.add_argument("--modalities", nargs="+", default=None, help="only these modality folders (e.g. CT MRI)")
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         cases, errors = [], []
         pj = next(iter(sorted(src.rglob("CVPR25_TextSegFMData_with_class.json"))), None)
-        prompts: Dict[str, dict] = {}
+        prompts: dict[str, dict] = {}
         if pj is not None:
             try:
                 prompts = json.loads(pj.read_text(encoding="utf-8"))
@@ -88,7 +99,9 @@ class BiomedSegFMPreparer(Preparer):
                 raise PrepareError(f"{src}: training npz files but no CVPR25_TextSegFMData_with_class.json prompt file")
             for f in sorted(train_root.rglob("*.npz")):
                 rel = f.relative_to(train_root).parts
-                modality, dataset = (rel[0], rel[1]) if len(rel) >= 3 else ("unknown", rel[0] if len(rel) == 2 else "unknown")
+                modality, dataset = (
+                    (rel[0], rel[1]) if len(rel) >= 3 else ("unknown", rel[0] if len(rel) == 2 else "unknown")
+                )
                 if args.modalities and modality not in args.modalities:
                     continue
                 spec = prompts.get(dataset)
@@ -96,8 +109,14 @@ class BiomedSegFMPreparer(Preparer):
                     errors.append({"file": str(f), "error": f"dataset {dataset!r} has no entry in {pj.name}"})
                     continue
                 classes = {k: _prompts(v) for k, v in spec.items() if k != "instance_label"}
-                split = hash_split(f"{dataset}/{f.stem}", args.seed, args.val_fraction, 0.0) if args.val_fraction > 0 else "train"
-                cases.append(self._case(f, None, split, classes, int(spec.get("instance_label", 0) or 0), modality, dataset))
+                split = (
+                    hash_split(f"{dataset}/{f.stem}", args.seed, args.val_fraction, 0.0)
+                    if args.val_fraction > 0
+                    else "train"
+                )
+                cases.append(
+                    self._case(f, None, split, classes, int(spec.get("instance_label", 0) or 0), modality, dataset)
+                )
         val_root = next(iter(sorted(src.rglob("3D_val_npz"))), None)
         if val_root is not None:
             gt_dir = next(iter(sorted(src.rglob("3D_val_gt_text"))), None)
@@ -121,7 +140,9 @@ class BiomedSegFMPreparer(Preparer):
                     errors.append({"file": str(f), "error": "no 'text_prompts' dict in the npz"})
                     continue
                 classes = {str(k): _prompts(v) for k, v in tp.items() if k != "instance_label"}
-                cases.append(self._case(f, gt, "validation", classes, int(tp.get("instance_label", 0) or 0), "val", "val"))
+                cases.append(
+                    self._case(f, gt, "validation", classes, int(tp.get("instance_label", 0) or 0), "val", "val")
+                )
         if not cases and not errors:
             raise PrepareError(f"{src}: no 3D_train_npz_all/ or 3D_val_npz/ folder with .npz files found")
         return cases, errors

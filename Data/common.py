@@ -40,24 +40,41 @@ import os
 import re
 import shutil
 import sys
-import time
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "Case", "Loaded", "Preparer", "PrepareError", "hash_split", "safe_name", "read_csv", "find_files",
-    "normalize_split", "clean_text", "volume_stem", "metadata_path_ok",
+    "Case",
+    "Loaded",
+    "Preparer",
+    "PrepareError",
+    "hash_split",
+    "safe_name",
+    "read_csv",
+    "find_files",
+    "normalize_split",
+    "clean_text",
+    "volume_stem",
+    "metadata_path_ok",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train", "tr": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
-    "test": "test", "testing": "test", "ts": "test",
+    "train": "train",
+    "training": "train",
+    "tr": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
 }
 
 
@@ -83,10 +100,10 @@ class Case:
     id: str
     split: str
     source: str
-    inputs: List[str]
-    load: Dict[str, Any]
-    item: Dict[str, Any] = field(default_factory=dict)
-    preset: Optional[str] = None
+    inputs: list[str]
+    load: dict[str, Any]
+    item: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
 
 
 @dataclass
@@ -95,9 +112,9 @@ class Loaded:
     ``{name: (D, H, W) 0/1 array}`` on the same grid; ``item`` adds manifest fields found on loading."""
 
     image: np.ndarray
-    spacing: Tuple[float, float, float]
-    masks: Dict[str, np.ndarray] = field(default_factory=dict)
-    item: Dict[str, Any] = field(default_factory=dict)
+    spacing: tuple[float, float, float]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    item: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -115,13 +132,13 @@ def hash_split(key: str, seed: int = 0, val_fraction: float = 0.1, test_fraction
             raise ValueError(f"{name} must be in [0, 1), got {f}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
-    h = int(hashlib.sha256(f"{seed}:{key}".encode("utf-8")).hexdigest()[:13], 16) / float(16 ** 13)
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:13], 16) / float(16**13)
     if h < test_fraction:
         return "test"
     return "validation" if h < test_fraction + val_fraction else "train"
 
 
-def normalize_split(name: str) -> Optional[str]:
+def normalize_split(name: str) -> str | None:
     """``"valid"`` / ``"val"`` -> ``"validation"``, ``"Tr"`` -> ``"train"``, ...; None when unknown."""
     return _SPLIT_ALIASES.get(str(name).strip().lower())
 
@@ -160,7 +177,7 @@ def volume_stem(name: str) -> str:
     return base
 
 
-def read_csv(path: str | Path, required: Sequence[str] = ()) -> List[Dict[str, str]]:
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts (UTF-8, BOM tolerated); PrepareError naming the file and the
     missing columns when ``required`` columns are absent."""
     import csv
@@ -177,15 +194,17 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> List[Dict[str, s
         raise PrepareError(f"{path}: not a readable CSV file ({exc})") from None
     missing = [c for c in required if c not in header]
     if missing:
-        raise PrepareError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-                           f"columns present: {', '.join(header) or 'none'}")
+        raise PrepareError(
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"columns present: {', '.join(header) or 'none'}"
+        )
     return rows
 
 
-def find_files(root: Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> Dict[str, List[Path]]:
+def find_files(root: Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> dict[str, list[Path]]:
     """Index of the files under ``root`` with one of ``suffixes`` (lower-case match), by base name.
     Hidden files and folders are skipped; one walk of the tree."""
-    index: Dict[str, List[Path]] = {}
+    index: dict[str, list[Path]] = {}
     for dirpath, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(files):
@@ -194,7 +213,7 @@ def find_files(root: Path, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> Dict[st
     return index
 
 
-def _fingerprint(paths: Iterable[str]) -> List[List[int]]:
+def _fingerprint(paths: Iterable[str]) -> list[list[int]]:
     fp = []
     for p in paths:
         try:
@@ -219,7 +238,7 @@ def _preset_params(preset) -> dict:
 # --------------------------------------------------------------------------- item assembly
 
 
-def merge_item(computed: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]:
+def merge_item(computed: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The manifest item: computed fields (image, masks, boxes, ...) plus the metadata fields.
 
     Referring expressions whose target has no mask (absent or emptied by downsampling) are dropped,
@@ -255,7 +274,7 @@ def _case_task(t: dict) -> dict:
         res = apply_preset(t["preset"], image, loaded.spacing, masks_in or None)
         check_prepared_contrast(image, res["image"], loaded.spacing, t["preset"].name)
         cid = case["id"]
-        computed: Dict[str, Any] = {"id": cid, "image": write_image(out, cid, res["image"])}
+        computed: dict[str, Any] = {"id": cid, "image": write_image(out, cid, res["image"])}
         files = 1
         computed["spacing"] = [round(float(s), 6) for s in res["spacing"]]
         computed["shape"] = list(res["image"].shape)
@@ -278,8 +297,13 @@ def _case_task(t: dict) -> dict:
                 computed["masks_lost"] = lost
         computed.update(loaded.item)
         files += prep.after_image(case, loaded, res, out, computed)
-        rec = {"split": t["split"], "params": t["params"], "computed_keys": sorted(computed),
-               "meta": case.get("item", {}), "item": merge_item(computed, case.get("item", {}))}
+        rec = {
+            "split": t["split"],
+            "params": t["params"],
+            "computed_keys": sorted(computed),
+            "meta": case.get("item", {}),
+            "item": merge_item(computed, case.get("item", {})),
+        }
         write_json_atomic(record_path(out, cid), rec)
         return {"status": "written", "id": cid, "files": files + 1}
     except Exception as exc:
@@ -290,7 +314,7 @@ def _case_task(t: dict) -> dict:
         return {"status": "failed", "id": case.get("id"), "file": src, "error": f"{type(exc).__name__}: {msg}"}
 
 
-def resolve_preparer(ref: str) -> "Preparer":
+def resolve_preparer(ref: str) -> Preparer:
     """``"Data.ct_rate:PREPARER"`` -> the object."""
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr or "PREPARER")
@@ -320,7 +344,7 @@ class Preparer:
     def add_dataset_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Dataset-specific options."""
 
-    def scan(self, src: Path, args: argparse.Namespace) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args: argparse.Namespace) -> tuple[list[Case], list[dict]]:
         """Cases of the raw copy in ``src`` and the problems found (``[{"file", "error"}]``)."""
         raise NotImplementedError
 
@@ -333,18 +357,18 @@ class Preparer:
         returns the number of files written. Runs in the worker after the image is written."""
         return 0
 
-    def finish(self, out: Path, args: argparse.Namespace, cases: List[Case], summary) -> None:
+    def finish(self, out: Path, args: argparse.Namespace, cases: list[Case], summary) -> None:
         """Work done once after all cases (e.g. slice features with one model); may add errors."""
 
-    def check_item(self, root: Path, item: dict) -> List[str]:
+    def check_item(self, root: Path, item: dict) -> list[str]:
         """Extra validation of one manifest item's own files; returns the problems."""
         return []
 
-    def manifest_extra(self, args: argparse.Namespace) -> Dict[str, Any]:
+    def manifest_extra(self, args: argparse.Namespace) -> dict[str, Any]:
         """Fields written at the top of every manifest (e.g. ``label_names``)."""
         return {}
 
-    def dataset_params(self, args: argparse.Namespace) -> Dict[str, Any]:
+    def dataset_params(self, args: argparse.Namespace) -> dict[str, Any]:
         """Options that change every case's output (part of the resume key besides the preset)."""
         return {}
 
@@ -354,20 +378,36 @@ class Preparer:
         parser.add_argument("raw", nargs="?", default=None, help="the raw dataset folder (same as --in)")
         parser.add_argument("--in", dest="src", default=None, help="the raw dataset folder (as downloaded)")
         parser.add_argument("--out", required=True, help="output folder")
-        parser.add_argument("--preset", default=None,
-                            help=f"preprocessing preset (default {self.default_preset!r}; see "
-                                 "LaMed.data.transforms.list_presets())")
-        parser.add_argument("--size", type=int, nargs=3, default=None, metavar=("D", "H", "W"),
-                            help="override the preset's output size, e.g. 128 256 256 for Med3DVLM")
+        parser.add_argument(
+            "--preset",
+            default=None,
+            help=f"preprocessing preset (default {self.default_preset!r}; see LaMed.data.transforms.list_presets())",
+        )
+        parser.add_argument(
+            "--size",
+            type=int,
+            nargs=3,
+            default=None,
+            metavar=("D", "H", "W"),
+            help="override the preset's output size, e.g. 128 256 256 for Med3DVLM",
+        )
         parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
         parser.add_argument("--limit", type=int, default=None, help="at most N cases of each split (quick trials)")
         parser.add_argument("--overwrite", action="store_true", help="redo cases that are already complete")
         parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic splits and templates")
         if not self.has_splits:
-            parser.add_argument("--val-fraction", type=float, default=self.default_val_fraction,
-                                help=f"fraction of patients for validation (default {self.default_val_fraction})")
-            parser.add_argument("--test-fraction", type=float, default=self.default_test_fraction,
-                                help=f"fraction of patients for test (default {self.default_test_fraction})")
+            parser.add_argument(
+                "--val-fraction",
+                type=float,
+                default=self.default_val_fraction,
+                help=f"fraction of patients for validation (default {self.default_val_fraction})",
+            )
+            parser.add_argument(
+                "--test-fraction",
+                type=float,
+                default=self.default_test_fraction,
+                help=f"fraction of patients for test (default {self.default_test_fraction})",
+            )
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         self.add_dataset_arguments(parser)
 
@@ -395,7 +435,7 @@ class Preparer:
         return self.prepare_from_args(parser.parse_args(argv))
 
     # -- the run
-    def resolve_preset(self, args: argparse.Namespace, name: Optional[str]):
+    def resolve_preset(self, args: argparse.Namespace, name: str | None):
         from LaMed.data.transforms import get_preset
 
         p = get_preset(args.preset or name or self.default_preset)
@@ -428,13 +468,13 @@ class Preparer:
         cases = [c for c in cases if out not in Path(c.source).parents]
         if not cases and not scan_errors:
             raise PrepareError(f"{src}: no {self.title} case found; expected layout: {self.raw_layout or 'see --help'}")
-        seen: Dict[str, Case] = {}
+        seen: dict[str, Case] = {}
         for c in cases:
             if c.id in seen:
                 raise PrepareError(f"two cases share the id {c.id!r}: {seen[c.id].source} and {c.source}")
             seen[c.id] = c
         if args.limit is not None:
-            by_split: Dict[str, List[Case]] = {}
+            by_split: dict[str, list[Case]] = {}
             for c in sorted(cases, key=lambda c: c.id):
                 by_split.setdefault(c.split, []).append(c)
             cases = [c for v in by_split.values() for c in v[: int(args.limit)]]
@@ -444,10 +484,23 @@ class Preparer:
         tasks = []
         for c in sorted(cases, key=lambda c: c.id):
             preset = self.resolve_preset(args, c.preset)
-            params = {"preset": _preset_params(preset), "load": _jsonable(c.load),
-                      "fingerprint": _fingerprint(c.inputs), "dataset": dparams}
-            tasks.append({"id": c.id, "out": str(out), "split": c.split, "params": params, "preset": preset,
-                          "preparer": ref, "case": _jsonable(dataclasses.asdict(c))})
+            params = {
+                "preset": _preset_params(preset),
+                "load": _jsonable(c.load),
+                "fingerprint": _fingerprint(c.inputs),
+                "dataset": dparams,
+            }
+            tasks.append(
+                {
+                    "id": c.id,
+                    "out": str(out),
+                    "split": c.split,
+                    "params": params,
+                    "preset": preset,
+                    "preparer": ref,
+                    "case": _jsonable(dataclasses.asdict(c)),
+                }
+            )
         if not args.overwrite:
             self._refresh_records(out, tasks)
         if args.limit is None:
@@ -457,8 +510,18 @@ class Preparer:
         summary.failed += len(scan_errors)
         preset_name = self.resolve_preset(args, None).name
         manifest_args = dict(dataset=self.name, preset=preset_name, extra=self.manifest_extra(args), splits=None)
-        run_tasks(out, tasks, _case_task, args.workers, self.name, None if not args.no_progress else False,
-                 args.overwrite, lambda a, b: a == b, summary, manifest_args)
+        run_tasks(
+            out,
+            tasks,
+            _case_task,
+            args.workers,
+            self.name,
+            None if not args.no_progress else False,
+            args.overwrite,
+            lambda a, b: a == b,
+            summary,
+            manifest_args,
+        )
         n_err = len(summary.errors)
         self.finish(out, args, cases, summary)
         if len(summary.errors) != n_err:  # the finishing pass failed some cases: report them too
@@ -469,10 +532,18 @@ class Preparer:
             write_error_report(out, summary.errors)
         summary.counts, summary.manifests = write_manifests(out, **manifest_args)
         summary.validation = self.validate(out)
-        info = {"dataset": self.name, "title": self.title, "source": str(src), "preset": preset_name,
-                "counts": summary.counts, "failed": summary.failed, "options": _jsonable(
-                    {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("src", "raw", "out")}),
-                "validation_ok": summary.validation.ok}
+        info = {
+            "dataset": self.name,
+            "title": self.title,
+            "source": str(src),
+            "preset": preset_name,
+            "counts": summary.counts,
+            "failed": summary.failed,
+            "options": _jsonable(
+                {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("src", "raw", "out")}
+            ),
+            "validation_ok": summary.validation.ok,
+        }
         # Not beside the manifests: every *.json there is read as a split manifest.
         write_json_atomic(out / "meta" / "dataset.json", info)
         return summary
@@ -484,7 +555,7 @@ class Preparer:
                 return k
         raise RuntimeError(f"{type(self).__name__} instance is not a module attribute; workers cannot find it")
 
-    def _refresh_records(self, out: Path, tasks: List[dict]) -> None:
+    def _refresh_records(self, out: Path, tasks: list[dict]) -> None:
         """Records whose volume is up to date but whose metadata or split changed are rewritten
         (no volume is reprocessed for a corrected report or a new split seed)."""
         from LaMed.data.prepare import read_record, record_path
@@ -512,7 +583,7 @@ class Preparer:
                 for sub in self.extra_folders:
                     (out / sub / f"{p.stem}.npy").unlink(missing_ok=True)
 
-    extra_folders: Tuple[str, ...] = ()
+    extra_folders: tuple[str, ...] = ()
 
     def validate(self, out: Path):
         """``validate_prepared`` plus the preparer's own per-item checks; never raises."""
@@ -539,7 +610,7 @@ class Preparer:
         return report
 
 
-def check_npy(root: Path, rel: str, shape_prefix: Sequence[Optional[int]], dtype=None) -> Optional[str]:
+def check_npy(root: Path, rel: str, shape_prefix: Sequence[int | None], dtype=None) -> str | None:
     """None when ``root/rel`` loads as an array whose leading dimensions match ``shape_prefix``
     (``None`` = any size) and ``dtype``; else the problem."""
     path = root / rel

@@ -34,20 +34,43 @@ from __future__ import annotations
 import argparse
 import ast
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, check_npy, clean_text, find_files, hash_split, read_csv, volume_stem
+from Data.common import (
+    Case,
+    Loaded,
+    PrepareError,
+    Preparer,
+    check_npy,
+    clean_text,
+    find_files,
+    hash_split,
+    read_csv,
+    volume_stem,
+)
 
 __all__ = ["ChestCTPreparer", "CTRatePreparer", "PREPARER", "CT_RATE_LABELS"]
 
 # The 18 abnormality columns of CT-RATE's multi_abnormality_labels CSVs, in file order.
 CT_RATE_LABELS = (
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-    "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
     "Interlobular septal thickening",
 )
 _PLAUSIBLE_MM = (0.05, 20.0)
@@ -79,19 +102,25 @@ class ChestCTPreparer(Preparer):
     extra_folders = ("slices", "slice_features")
 
     def add_slice_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--no-slices", action="store_true",
-                            help="skip the 2D slice branch (32 slices for HSENet's 2E3 encoder)")
-        parser.add_argument("--slice-size", type=int, default=224, help="in-plane size of the stored slices (default 224)")
-        parser.add_argument("--slice-model", default=None,
-                            help="open_clip model for the slice features: 'hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-"
-                                 "vit_base_patch16_224' (HSENet), a local open_clip folder, or a config name "
-                                 "(random weights). Default: slices only")
+        parser.add_argument(
+            "--no-slices", action="store_true", help="skip the 2D slice branch (32 slices for HSENet's 2E3 encoder)"
+        )
+        parser.add_argument(
+            "--slice-size", type=int, default=224, help="in-plane size of the stored slices (default 224)"
+        )
+        parser.add_argument(
+            "--slice-model",
+            default=None,
+            help="open_clip model for the slice features: 'hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-"
+            "vit_base_patch16_224' (HSENet), a local open_clip folder, or a config name "
+            "(random weights). Default: slices only",
+        )
 
     def dataset_params(self, args) -> dict:
         return {"slices": None if args.no_slices else int(args.slice_size)}
 
     @staticmethod
-    def load_hu(load: dict) -> Tuple[np.ndarray, Tuple[float, float, float]]:
+    def load_hu(load: dict) -> tuple[np.ndarray, tuple[float, float, float]]:
         """Read the volume and bring it to HU with the metadata rescale when asked (see module doc)."""
         from LaMed.data.io import VolumeError, load_volume
 
@@ -100,8 +129,11 @@ class ChestCTPreparer(Preparer):
         if load.get("rescale"):
             slope, inter = load["rescale"]
             if vol.meta.get("slope", 1.0) != 1.0 or vol.meta.get("inter", 0.0) != 0.0:
-                raise VolumeError(vol.path, "the header already has a slope/intercept; refusing to apply the "
-                                            "metadata rescale on top (use --hu-source header)")
+                raise VolumeError(
+                    vol.path,
+                    "the header already has a slope/intercept; refusing to apply the "
+                    "metadata rescale on top (use --hu-source header)",
+                )
             if slope == 1.0 and float(inter).is_integer():
                 wide = arr.astype(np.int32) + int(inter)
                 arr = wide.astype(np.int16) if wide.min() >= -32768 and wide.max() <= 32767 else wide
@@ -110,8 +142,9 @@ class ChestCTPreparer(Preparer):
         if load.get("spacing"):
             spacing = tuple(float(s) for s in load["spacing"])
         if not all(_PLAUSIBLE_MM[0] <= s <= _PLAUSIBLE_MM[1] for s in spacing):
-            raise VolumeError(vol.path, f"implausible voxel spacing {spacing} mm (D, H, W); the header or the "
-                                        f"metadata is corrupt")
+            raise VolumeError(
+                vol.path, f"implausible voxel spacing {spacing} mm (D, H, W); the header or the metadata is corrupt"
+            )
         return arr, spacing
 
     def load(self, case: dict) -> Loaded:
@@ -122,8 +155,8 @@ class ChestCTPreparer(Preparer):
         size = case["load"].get("slice_size")
         if not size:
             return 0
-        from LaMed.data.prepared import save_npy_atomic
         from Data.slice_features import slice_stack
+        from LaMed.data.prepared import save_npy_atomic
 
         stack = slice_stack(loaded.image, loaded.spacing, int(size))
         rel = f"slices/{case['id']}.npy"
@@ -131,14 +164,14 @@ class ChestCTPreparer(Preparer):
         item["slices"] = rel
         return 1
 
-    def finish(self, out: Path, args, cases: List[Case], summary) -> None:
+    def finish(self, out: Path, args, cases: list[Case], summary) -> None:
         if not getattr(args, "slice_model", None) or args.no_slices:
             return
         import json
 
+        from Data.slice_features import load_slice_encoder
         from LaMed.data.prepare import record_path
         from LaMed.data.prepared import save_npy_atomic, write_json_atomic
-        from Data.slice_features import load_slice_encoder
 
         encoder = load_slice_encoder(args.slice_model)
         if encoder.random_weights:
@@ -167,7 +200,9 @@ class ChestCTPreparer(Preparer):
                 rel = f"slice_features/{item['id']}.npy"
                 save_npy_atomic(out / rel, feats)
             except Exception as exc:
-                summary.errors.append({"file": str(out / item["slices"]), "error": f"slice features: {type(exc).__name__}: {exc}"})
+                summary.errors.append(
+                    {"file": str(out / item["slices"]), "error": f"slice features: {type(exc).__name__}: {exc}"}
+                )
                 continue
             for key, val in (("slice_features", rel), ("slice_model", encoder.name)):
                 item[key] = val
@@ -180,13 +215,17 @@ class ChestCTPreparer(Preparer):
         if getattr(self, "_label_names", None):
             extra["label_names"] = list(self._label_names)
         if not args.no_slices:
-            extra["slices"] = {"count": 32, "size": int(args.slice_size), "window_hu": [-1000, 1000],
-                               "spacing_mm": [1.5, 0.75, 0.75]}
+            extra["slices"] = {
+                "count": 32,
+                "size": int(args.slice_size),
+                "window_hu": [-1000, 1000],
+                "spacing_mm": [1.5, 0.75, 0.75],
+            }
         if getattr(args, "slice_model", None):
             extra["slice_model"] = args.slice_model
         return extra
 
-    def check_item(self, root: Path, item: dict) -> List[str]:
+    def check_item(self, root: Path, item: dict) -> list[str]:
         problems = []
         if "slices" in item:
             p = check_npy(root, item["slices"], (32, None, None), np.uint8)
@@ -196,57 +235,84 @@ class ChestCTPreparer(Preparer):
             p = check_npy(root, item["slice_features"], (32, None), np.float32)
             if p:
                 problems.append(p)
-        if "label_vector" in item and getattr(self, "_label_names", None):
-            if len(item["label_vector"]) != len(self._label_names):
-                problems.append(f"label_vector has {len(item['label_vector'])} entries, expected {len(self._label_names)}")
+        if (
+            "label_vector" in item
+            and getattr(self, "_label_names", None)
+            and len(item["label_vector"]) != len(self._label_names)
+        ):
+            problems.append(f"label_vector has {len(item['label_vector'])} entries, expected {len(self._label_names)}")
         return problems
 
 
 class CTRatePreparer(ChestCTPreparer):
     name = "ct_rate"
     title = "CT-RATE"
-    raw_layout = ("dataset/{train,valid}[_fixed]/**/<VolumeName>.nii.gz + dataset/radiology_text_reports/*.csv + "
-                  "dataset/multi_abnormality_labels/*.csv + dataset/metadata/*.csv")
+    raw_layout = (
+        "dataset/{train,valid}[_fixed]/**/<VolumeName>.nii.gz + dataset/radiology_text_reports/*.csv + "
+        "dataset/multi_abnormality_labels/*.csv + dataset/metadata/*.csv"
+    )
     has_splits = True
 
     def add_dataset_arguments(self, parser) -> None:
-        parser.add_argument("--text", choices=("findings", "findings_impressions"), default="findings",
-                            help="report text: Findings_EN (HSENet, default) or findings + impression (DCFormer)")
-        parser.add_argument("--valid-as", choices=("test", "validation"), default="test",
-                            help="split name of CT-RATE's 'valid' set (default test)")
-        parser.add_argument("--val-fraction", type=float, default=0.05,
-                            help="fraction of training patients held out as 'validation' (default 0.05; 0 = none)")
-        parser.add_argument("--hu-source", choices=("auto", "metadata", "header"), default="auto",
-                            help="how to get HU: metadata CSV rescale + spacing (original volumes), the NIfTI "
-                                 "header (the *_fixed volumes), or auto (header for *_fixed, else metadata)")
+        parser.add_argument(
+            "--text",
+            choices=("findings", "findings_impressions"),
+            default="findings",
+            help="report text: Findings_EN (HSENet, default) or findings + impression (DCFormer)",
+        )
+        parser.add_argument(
+            "--valid-as",
+            choices=("test", "validation"),
+            default="test",
+            help="split name of CT-RATE's 'valid' set (default test)",
+        )
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.05,
+            help="fraction of training patients held out as 'validation' (default 0.05; 0 = none)",
+        )
+        parser.add_argument(
+            "--hu-source",
+            choices=("auto", "metadata", "header"),
+            default="auto",
+            help="how to get HU: metadata CSV rescale + spacing (original volumes), the NIfTI "
+            "header (the *_fixed volumes), or auto (header for *_fixed, else metadata)",
+        )
         self.add_slice_arguments(parser)
 
     def dataset_params(self, args) -> dict:
         return {**super().dataset_params(args), "hu_source": args.hu_source}
 
     @staticmethod
-    def _pick(csvs: Dict[str, List[Path]], names) -> Optional[Path]:
+    def _pick(csvs: dict[str, list[Path]], names) -> Path | None:
         for n in names:
             if n in csvs:
                 return sorted(csvs[n], key=lambda p: len(p.parts))[0]
         return None
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         vols = find_files(src, (".nii.gz", ".nii"))
         csvs = find_files(src, (".csv",))
         split_files = {
-            "train": (("train_reports.csv",), ("train_predicted_labels.csv",
-                                               "dataset_multi_abnormality_labels_train_predicted_labels.csv"),
-                      ("train_metadata.csv",)),
-            "valid": (("validation_reports.csv", "valid_reports.csv"),
-                      ("valid_predicted_labels.csv", "dataset_multi_abnormality_labels_valid_predicted_labels.csv"),
-                      ("validation_metadata.csv", "valid_metadata.csv")),
+            "train": (
+                ("train_reports.csv",),
+                ("train_predicted_labels.csv", "dataset_multi_abnormality_labels_train_predicted_labels.csv"),
+                ("train_metadata.csv",),
+            ),
+            "valid": (
+                ("validation_reports.csv", "valid_reports.csv"),
+                ("valid_predicted_labels.csv", "dataset_multi_abnormality_labels_valid_predicted_labels.csv"),
+                ("validation_metadata.csv", "valid_metadata.csv"),
+            ),
         }
         if not any(self._pick(csvs, names[0]) for names in split_files.values()):
-            raise PrepareError(f"{src}: no CT-RATE report CSV found (expected dataset/radiology_text_reports/"
-                               f"train_reports.csv and/or validation_reports.csv)")
-        cases: List[Case] = []
-        errors: List[dict] = []
+            raise PrepareError(
+                f"{src}: no CT-RATE report CSV found (expected dataset/radiology_text_reports/"
+                f"train_reports.csv and/or validation_reports.csv)"
+            )
+        cases: list[Case] = []
+        errors: list[dict] = []
         self._label_names = None
         for ct_split, (rep_names, lab_names, meta_names) in split_files.items():
             rep_path = self._pick(csvs, rep_names)
@@ -258,8 +324,10 @@ class CTRatePreparer(ChestCTPreparer):
             meta = {r["VolumeName"]: r for r in read_csv(meta_path, ["VolumeName"])} if meta_path else {}
             present = {n for n in vols if n.startswith(f"{ct_split}_")}
             if not present:
-                print(f"note: no {ct_split} volume found under {src}; the {rep_path.name} rows are skipped "
-                      f"(not downloaded?)")
+                print(
+                    f"note: no {ct_split} volume found under {src}; the {rep_path.name} rows are skipped "
+                    f"(not downloaded?)"
+                )
                 continue
             seen = set()
             for i, row in enumerate(reports):
@@ -278,12 +346,18 @@ class CTRatePreparer(ChestCTPreparer):
                 path = sorted(paths, key=lambda p: (not any(part.endswith("_fixed") for part in p.parts), str(p)))[0]
                 load = {"path": str(path), "slice_size": None if args.no_slices else int(args.slice_size)}
                 use_meta = args.hu_source == "metadata" or (
-                    args.hu_source == "auto" and not any(part.endswith("_fixed") for part in path.parts))
+                    args.hu_source == "auto" and not any(part.endswith("_fixed") for part in path.parts)
+                )
                 if use_meta:
                     m = meta.get(vname) or meta.get(volume_stem(vname) + ".nii.gz")
                     if m is None:
-                        errors.append({"file": str(path), "error": f"no row for {vname} in the metadata CSV "
-                                                                  f"({meta_path or 'not found'}), needed for HU and spacing"})
+                        errors.append(
+                            {
+                                "file": str(path),
+                                "error": f"no row for {vname} in the metadata CSV "
+                                f"({meta_path or 'not found'}), needed for HU and spacing",
+                            }
+                        )
                         continue
                     try:
                         mw = f"{meta_path}: {vname}"
@@ -316,7 +390,7 @@ class CTRatePreparer(ChestCTPreparer):
                 errors.append({"file": str(vols[fname][0]), "error": f"no report row in {rep_path.name}"})
         return cases, errors
 
-    def _read_labels(self, path: Optional[Path]) -> Optional[Dict[str, List[int]]]:
+    def _read_labels(self, path: Path | None) -> dict[str, list[int]] | None:
         if path is None:
             return None
         rows = read_csv(path, ["VolumeName"])
@@ -328,14 +402,17 @@ class CTRatePreparer(ChestCTPreparer):
         if self._label_names is None:
             self._label_names = names
         elif names != list(self._label_names):
-            raise PrepareError(f"{path}: label columns differ from the other labels CSV ({names} vs {self._label_names})")
+            raise PrepareError(
+                f"{path}: label columns differ from the other labels CSV ({names} vs {self._label_names})"
+            )
         out = {}
         for i, r in enumerate(rows):
             try:
                 out[r["VolumeName"].strip()] = [int(float(r[n])) for n in names]
             except (TypeError, ValueError):
-                raise PrepareError(f"{path}: row {i + 2}: label values must be 0/1, got "
-                                   f"{[r.get(n) for n in names]}") from None
+                raise PrepareError(
+                    f"{path}: row {i + 2}: label values must be 0/1, got {[r.get(n) for n in names]}"
+                ) from None
         return out
 
 

@@ -28,9 +28,19 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any
 
-from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, find_files, hash_split, normalize_split, volume_stem
+from Data.common import (
+    Case,
+    Loaded,
+    PrepareError,
+    Preparer,
+    clean_text,
+    find_files,
+    hash_split,
+    normalize_split,
+    volume_stem,
+)
 
 __all__ = ["Flare25Preparer", "PREPARER", "flare_vqa"]
 
@@ -43,10 +53,17 @@ def _register_presets() -> None:
     from LaMed.data.presets import get_preset, list_presets, register_preset
 
     if "flare_mr" not in list_presets():
-        register_preset(dataclasses.replace(
-            get_preset("m3d_refseg"), name="flare_mr", size=(128, 256, 256), crop_foreground=False, antialias=True,
-            description="FLARE25 MR cases: 0.5-99.5 percentile scaling instead of a CT window, anti-aliased resize "
-                        "to 128x256x256, no crop."))
+        register_preset(
+            dataclasses.replace(
+                get_preset("m3d_refseg"),
+                name="flare_mr",
+                size=(128, 256, 256),
+                crop_foreground=False,
+                antialias=True,
+                description="FLARE25 MR cases: 0.5-99.5 percentile scaling instead of a CT window, anti-aliased resize "
+                "to 128x256x256, no crop.",
+            )
+        )
 
 
 _register_presets()
@@ -79,7 +96,7 @@ def _one(q: dict, topic: str) -> dict:
     return out
 
 
-def flare_vqa(case: dict) -> List[dict]:
+def flare_vqa(case: dict) -> list[dict]:
     """The case's global and local questions as prepared-format VQA entries."""
     vqa = [_one(q, "global") for q in case.get("global_vqa") or [] if isinstance(q, dict)]
     local = [q for q in case.get("local_vqa") or [] if isinstance(q, dict)]
@@ -102,10 +119,14 @@ class Flare25Preparer(Preparer):
     has_splits = True
 
     def add_dataset_arguments(self, parser) -> None:
-        parser.add_argument("--val-fraction", type=float, default=0.0,
-                            help="fraction of training cases held out as validation (default 0)")
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.0,
+            help="fraction of training cases held out as validation (default 0)",
+        )
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         vols = find_files(src)
         specs = sorted(p for p in src.rglob("*.json") if not p.name.startswith(".") and p.name != "dataset.json")
         cases, errors = [], []
@@ -133,7 +154,9 @@ class Flare25Preparer(Preparer):
                 near = [p for p in cand if spec_path.parent in p.parents]
                 path = (near or cand or [None])[0]
                 if path is None:
-                    errors.append({"file": cid, "error": f"{spec_path.name} case {k}: volume {cid} not found under {src}"})
+                    errors.append(
+                        {"file": cid, "error": f"{spec_path.name} case {k}: volume {cid} not found under {src}"}
+                    )
                     continue
                 findings = case.get("findings") or {}
                 item: dict = {}

@@ -31,12 +31,20 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import (Case, Loaded, Preparer, PrepareError, clean_text, hash_split, metadata_path_ok, normalize_split,
-                         safe_name)
+from Data.common import (
+    Case,
+    Loaded,
+    PrepareError,
+    Preparer,
+    clean_text,
+    hash_split,
+    metadata_path_ok,
+    normalize_split,
+    safe_name,
+)
 
 __all__ = ["M3DCapPreparer", "PREPARER", "extract_findings", "read_slice_series"]
 
@@ -47,11 +55,18 @@ def _register_presets() -> None:
     from LaMed.data.presets import Preset, list_presets, register_preset
 
     if "m3d_cap" not in list_presets():
-        register_preset(Preset(
-            "m3d_cap", (32, 256, 256), window=None, normalize="minmax",
-            description=("M3D-Cap: display-windowed 2D slices /255 -> min-max -> CropForeground (>0) -> "
-                         "trilinear resize 32x256x256 (no HU window)."),
-        ))
+        register_preset(
+            Preset(
+                "m3d_cap",
+                (32, 256, 256),
+                window=None,
+                normalize="minmax",
+                description=(
+                    "M3D-Cap: display-windowed 2D slices /255 -> min-max -> CropForeground (>0) -> "
+                    "trilinear resize 32x256x256 (no HU window)."
+                ),
+            )
+        )
 
 
 _register_presets()
@@ -64,17 +79,17 @@ def extract_findings(text: str) -> str:
     i = low.find("study_findings:")
     if i < 0:
         return clean_text(text)
-    out = clean_text(text[i + len("study_findings:"):])
+    out = clean_text(text[i + len("study_findings:") :])
     if len(out) < 5:
         j = low.find("discussion:")
         if j < 0:
             return clean_text(text)
         end = low.find("study_findings:", j)  # the discussion section ends where the findings start
-        out = clean_text(text[j + len("discussion:"):end if end > j else None])
+        out = clean_text(text[j + len("discussion:") : end if end > j else None])
     return out
 
 
-def _slice_key(p: Path) -> Tuple[int, str]:
+def _slice_key(p: Path) -> tuple[int, str]:
     m = re.search(r"\d+", p.stem)
     return (int(m.group()) if m else 1 << 30, p.name)
 
@@ -107,32 +122,38 @@ class M3DCapPreparer(Preparer):
     default_val_fraction = 0.05
     default_test_fraction = 0.05
 
-    def _root(self, src: Path) -> Tuple[Path, Path]:
+    def _root(self, src: Path) -> tuple[Path, Path]:
         """(data root the JSON paths are relative to, folder holding the case folders' parents)."""
         if (src / "M3D_Cap").is_dir():
             return src, src / "M3D_Cap"
         return src.parent, src
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         data_root, cap = self._root(src)
-        json_path = next((p for p in (src / "M3D_Cap.json", cap / "M3D_Cap.json", src / "M3D_Cap_npy" / "M3D_Cap.json")
-                          if p.is_file()), None)
+        json_path = next(
+            (
+                p
+                for p in (src / "M3D_Cap.json", cap / "M3D_Cap.json", src / "M3D_Cap_npy" / "M3D_Cap.json")
+                if p.is_file()
+            ),
+            None,
+        )
         if json_path is not None:
             return self._scan_json(json_path, data_root, cap, args)
         return self._scan_folders(cap, args)
 
-    def _text_of(self, case_dir: Path, txt: Optional[Path]) -> str:
+    def _text_of(self, case_dir: Path, txt: Path | None) -> str:
         files = [txt] if txt is not None and txt.is_file() else sorted(case_dir.glob("*.txt"))
         return " ".join(extract_findings(f.read_text(encoding="utf-8", errors="replace")) for f in files).strip()
 
-    def _case(self, split: str, series: Path, npy: Optional[Path], text: str, rel_id: str) -> Case:
+    def _case(self, split: str, series: Path, npy: Path | None, text: str, rel_id: str) -> Case:
         source = npy if npy is not None else series
         inputs = [str(npy)] if npy is not None else sorted(str(f) for f in series.iterdir())
         load = {"npy": str(npy)} if npy is not None else {"series": str(series)}
         item = {"text": text} if text else {}
         return Case(safe_name(rel_id, 120), split, str(source), inputs, load, item)
 
-    def _scan_folders(self, cap: Path, args) -> Tuple[List[Case], List[dict]]:
+    def _scan_folders(self, cap: Path, args) -> tuple[list[Case], list[dict]]:
         cases, errors = [], []
         for group in sorted(p for p in cap.iterdir() if p.is_dir()):
             for case_dir in sorted(p for p in group.iterdir() if p.is_dir()):
@@ -147,7 +168,7 @@ class M3DCapPreparer(Preparer):
             raise PrepareError(f"{cap}: no M3D-Cap series found (expected <group>/<case_id>/<series>/<n>.png)")
         return cases, errors
 
-    def _scan_json(self, json_path: Path, data_root: Path, cap: Path, args) -> Tuple[List[Case], List[dict]]:
+    def _scan_json(self, json_path: Path, data_root: Path, cap: Path, args) -> tuple[list[Case], list[dict]]:
         try:
             spec = json.loads(json_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -183,7 +204,7 @@ class M3DCapPreparer(Preparer):
         return cases, errors
 
     @staticmethod
-    def _find(data_root: Path, cap: Path, rel: str, suffix: str = "") -> Optional[Path]:
+    def _find(data_root: Path, cap: Path, rel: str, suffix: str = "") -> Path | None:
         if not metadata_path_ok(rel):
             return None
         for base in (data_root, cap, cap.parent):
@@ -193,7 +214,7 @@ class M3DCapPreparer(Preparer):
         return None
 
     @staticmethod
-    def _find_series(data_root: Path, cap: Path, rel: str) -> Optional[Path]:
+    def _find_series(data_root: Path, cap: Path, rel: str) -> Path | None:
         if not metadata_path_ok(rel):
             return None
         stem = re.sub(r"\.npy$", "", rel)

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, clean_text, find_files, hash_split, read_csv
+from Data.common import Case, Loaded, PrepareError, Preparer, clean_text, find_files, hash_split, read_csv
 
 __all__ = ["M3DRefSegPreparer", "PREPARER"]
 
@@ -42,15 +41,15 @@ class M3DRefSegPreparer(Preparer):
     default_val_fraction = 0.0
     default_test_fraction = 0.2
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         cts = sorted(p for p in src.rglob("ct.nii.gz") if (p.parent / "mask.nii.gz").is_file())
         if not cts:
             raise PrepareError(f"{src}: no M3D-RefSeg case found (expected <case>/ct.nii.gz + mask.nii.gz)")
         by_case = {p.parent.name: p.parent for p in cts}
         csvs = find_files(src, (".csv",))
-        errors: List[dict] = []
-        split_of: Dict[str, str] = {}
-        questions: Dict[str, List[dict]] = {}
+        errors: list[dict] = []
+        split_of: dict[str, str] = {}
+        questions: dict[str, list[dict]] = {}
         for name, paths in sorted(csvs.items()):
             if not name.startswith("M3D_RefSeg"):
                 continue
@@ -59,19 +58,24 @@ class M3DRefSegPreparer(Preparer):
             for i, row in enumerate(read_csv(path, ["Image", "Mask_ID", "Question", "Answer"])):
                 case = Path(str(row["Image"]).strip()).parent.name
                 if case not in by_case:
-                    errors.append({"file": str(path), "error": f"row {i + 2}: case {case!r} of {row['Image']!r} not found"})
+                    errors.append(
+                        {"file": str(path), "error": f"row {i + 2}: case {case!r} of {row['Image']!r} not found"}
+                    )
                     continue
                 try:
                     mid = int(float(row["Mask_ID"]))
                 except ValueError:
-                    errors.append({"file": str(path), "error": f"row {i + 2}: Mask_ID {row['Mask_ID']!r} is not an integer"})
+                    errors.append(
+                        {"file": str(path), "error": f"row {i + 2}: Mask_ID {row['Mask_ID']!r} is not an integer"}
+                    )
                     continue
                 split_of.setdefault(case, split)
                 qt = str(row.get("Question_Type", "")).strip()
                 kind = {"0": "description", "1": "reasoning"}.get(qt.split(".")[0], "question")
                 answer = clean_text(row["Answer"]).replace("<SEG>", "[SEG]")
-                questions.setdefault(case, []).append({"text": clean_text(row["Question"]), "target": f"region_{mid}",
-                                                       "answer": answer, "type": kind})
+                questions.setdefault(case, []).append(
+                    {"text": clean_text(row["Question"]), "target": f"region_{mid}", "answer": answer, "type": kind}
+                )
         cases = []
         for case, folder in sorted(by_case.items()):
             split = split_of.get(case) or hash_split(case, args.seed, args.val_fraction, args.test_fraction)
@@ -85,17 +89,27 @@ class M3DRefSegPreparer(Preparer):
                     continue
                 if isinstance(texts, list):
                     texts = {str(i + 1): t for i, t in enumerate(texts)}
-                for k, t in (texts.items() if isinstance(texts, dict) else []):
+                for k, t in texts.items() if isinstance(texts, dict) else []:
                     try:
                         refer.append({"text": clean_text(t), "target": f"region_{int(k)}", "type": "description"})
                     except ValueError:
                         errors.append({"file": str(tj), "error": f"key {k!r} is not a region id"})
             refer += questions.get(case, [])
             files = [str(folder / "ct.nii.gz"), str(folder / "mask.nii.gz")]
-            cases.append(Case(case, split, str(folder / "ct.nii.gz"), files,
-                              {"ct": str(folder / "ct.nii.gz"), "mask": str(folder / "mask.nii.gz"),
-                               "wanted": sorted({r["target"] for r in refer})},
-                              {"refer": refer} if refer else {}))
+            cases.append(
+                Case(
+                    case,
+                    split,
+                    str(folder / "ct.nii.gz"),
+                    files,
+                    {
+                        "ct": str(folder / "ct.nii.gz"),
+                        "mask": str(folder / "mask.nii.gz"),
+                        "wanted": sorted({r["target"] for r in refer}),
+                    },
+                    {"refer": refer} if refer else {},
+                )
+            )
         return cases, errors
 
     def load(self, case: dict) -> Loaded:
@@ -108,8 +122,11 @@ class M3DRefSegPreparer(Preparer):
         masks = {f"region_{i}": (mask == i).astype(np.uint8) for i in ids}
         missing = [w for w in ld.get("wanted", []) if w not in masks]
         if missing:
-            raise VolumeError(ld["mask"], f"region id(s) {', '.join(m.split('_')[1] for m in missing)} referred to by "
-                                          f"the texts are absent from the mask (ids present: {ids})")
+            raise VolumeError(
+                ld["mask"],
+                f"region id(s) {', '.join(m.split('_')[1] for m in missing)} referred to by "
+                f"the texts are absent from the mask (ids present: {ids})",
+            )
         return Loaded(ct.array, tuple(ct.spacing), masks, {"labels": sorted(masks)})
 
 

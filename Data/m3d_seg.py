@@ -26,11 +26,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import Case, Loaded, Preparer, PrepareError, hash_split, metadata_path_ok, safe_name
+from Data.common import Case, Loaded, PrepareError, Preparer, hash_split, metadata_path_ok, safe_name
 
 __all__ = ["M3DSegPreparer", "PREPARER", "load_sparse_mask"]
 
@@ -41,11 +40,18 @@ def _register_presets() -> None:
     from LaMed.data.presets import Preset, list_presets, register_preset
 
     if "m3d_seg_npy" not in list_presets():
-        register_preset(Preset(
-            "m3d_seg_npy", (32, 256, 256), window=None, normalize="minmax",
-            description=("M3D-Seg from SegVol's z-scored arrays: min-max -> CropForeground (>0) -> resize "
-                         "32x256x256 (trilinear image, nearest masks)."),
-        ))
+        register_preset(
+            Preset(
+                "m3d_seg_npy",
+                (32, 256, 256),
+                window=None,
+                normalize="minmax",
+                description=(
+                    "M3D-Seg from SegVol's z-scored arrays: min-max -> CropForeground (>0) -> resize "
+                    "32x256x256 (trilinear image, nearest masks)."
+                ),
+            )
+        )
 
 
 _register_presets()
@@ -78,10 +84,14 @@ class M3DSegPreparer(Preparer):
 
     def add_dataset_arguments(self, parser) -> None:
         parser.add_argument("--codes", nargs="+", default=None, help="only these dataset codes (e.g. 0000 0011)")
-        parser.add_argument("--val-fraction", type=float, default=0.0,
-                            help="fraction of each dataset's training cases held out as validation (default 0)")
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.0,
+            help="fraction of each dataset's training cases held out as validation (default 0)",
+        )
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         specs = sorted(p for p in src.glob("*/*.json") if p.stem == p.parent.name)
         if args.codes:
             specs = [p for p in specs if p.stem in set(args.codes)]
@@ -101,20 +111,33 @@ class M3DSegPreparer(Preparer):
                     img = self._resolve(src, spec_path.parent, e.get("image") if isinstance(e, dict) else None)
                     lab = self._resolve(src, spec_path.parent, e.get("label") if isinstance(e, dict) else None)
                     if img is None or lab is None:
-                        errors.append({"file": str(spec_path), "error": f"{key}[{k}]: image or label file not found "
-                                                                        f"({e})"})
+                        errors.append(
+                            {"file": str(spec_path), "error": f"{key}[{k}]: image or label file not found ({e})"}
+                        )
                         continue
                     case_name = img.parent.name
                     split = "test" if key == "test" else ("validation" if key == "validation" else "train")
                     if split == "train" and args.val_fraction > 0:
                         split = hash_split(f"{code}/{case_name}", args.seed, args.val_fraction, 0.0)
-                    cases.append(Case(f"{code}_{safe_name(case_name)}", split, str(img), [str(img), str(lab)],
-                                      {"image": str(img), "label": str(lab), "labels": {str(i): n for i, n in labels.items()},
-                                       "code": code}, {"dataset_code": code}))
+                    cases.append(
+                        Case(
+                            f"{code}_{safe_name(case_name)}",
+                            split,
+                            str(img),
+                            [str(img), str(lab)],
+                            {
+                                "image": str(img),
+                                "label": str(lab),
+                                "labels": {str(i): n for i, n in labels.items()},
+                                "code": code,
+                            },
+                            {"dataset_code": code},
+                        )
+                    )
         return cases, errors
 
     @staticmethod
-    def _resolve(src: Path, code_dir: Path, rel) -> Optional[Path]:
+    def _resolve(src: Path, code_dir: Path, rel) -> Path | None:
         if not rel or not metadata_path_ok(rel):
             return None
         for base in (src, code_dir, code_dir.parent, src.parent):
@@ -137,7 +160,9 @@ class M3DSegPreparer(Preparer):
         named = [i for i in sorted(labels) if i != 0 and labels[i].lower() != "background"]
         offset = 0 if mask.shape[0] == len(labels) and 0 in labels else 1
         if offset == 1 and mask.shape[0] > len(named):
-            raise ValueError(f"{ld['label']}: {mask.shape[0]} mask channels but only {len(named)} class names in the JSON")
+            raise ValueError(
+                f"{ld['label']}: {mask.shape[0]} mask channels but only {len(named)} class names in the JSON"
+            )
         image = np.swapaxes(img, -1, -3).astype(np.float32)  # (X, Y, Z) -> (Z, Y, X), as M3D
         masks, names = {}, {}
         for c in range(mask.shape[0]):
@@ -149,8 +174,12 @@ class M3DSegPreparer(Preparer):
                 key = safe_name(labels[label])
                 masks[key] = m.astype(np.uint8)
                 names[key] = labels[label]
-        return Loaded(image, (1.0, 1.0, 1.0), masks, {"labels": [names[k] for k in masks],
-                                                      "refer": [{"text": names[k], "target": k} for k in masks]})
+        return Loaded(
+            image,
+            (1.0, 1.0, 1.0),
+            masks,
+            {"labels": [names[k] for k in masks], "refer": [{"text": names[k], "target": k} for k in masks]},
+        )
 
 
 PREPARER = M3DSegPreparer()

@@ -26,13 +26,23 @@ only the first 2048).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from Data.common import (Case, Loaded, Preparer, PrepareError, clean_text, find_files, metadata_path_ok, normalize_split,
-                         read_csv, safe_name)
+from Data.common import (
+    Case,
+    Loaded,
+    PrepareError,
+    Preparer,
+    clean_text,
+    find_files,
+    metadata_path_ok,
+    normalize_split,
+    read_csv,
+    safe_name,
+)
 from Data.m3d_cap import M3DCapPreparer, read_slice_series
 
 __all__ = ["M3DVQAPreparer", "PREPARER", "QUESTION_TYPES"]
@@ -45,16 +55,22 @@ def _register_presets() -> None:
     from LaMed.data.presets import Preset, list_presets, register_preset
 
     if "m3d_cap_npy" not in list_presets():
-        register_preset(Preset(
-            "m3d_cap_npy", (32, 256, 256), window=None, normalize="minmax", crop_foreground=False,
-            description="Released M3D_Cap_npy arrays (already cropped, 32x256x256, [0, 1]): min-max and resize only.",
-        ))
+        register_preset(
+            Preset(
+                "m3d_cap_npy",
+                (32, 256, 256),
+                window=None,
+                normalize="minmax",
+                crop_foreground=False,
+                description="Released M3D_Cap_npy arrays (already cropped, 32x256x256, [0, 1]): min-max and resize only.",
+            )
+        )
 
 
 _register_presets()
 
 
-def _qtype(value: str) -> Tuple[Optional[int], str]:
+def _qtype(value: str) -> tuple[int | None, str]:
     try:
         k = int(float(value))
         return k, QUESTION_TYPES.get(k, str(k))
@@ -71,31 +87,43 @@ class M3DVQAPreparer(Preparer):
 
     def add_dataset_arguments(self, parser) -> None:
         parser.add_argument("--images", default=None, help="data root of the 'Image Path' column (default --in)")
-        parser.add_argument("--checked-only", action="store_true",
-                            help="test split: keep only questions whose 'crt' check is 1")
+        parser.add_argument(
+            "--checked-only", action="store_true", help="test split: keep only questions whose 'crt' check is 1"
+        )
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         csvs = {n: p for n, ps in find_files(src, (".csv",)).items() for p in ps[:1] if n.startswith("M3D_VQA")}
         if not csvs:
             raise PrepareError(f"{src}: no M3D_VQA_*.csv file found")
         img_root = Path(args.images).resolve() if args.images else src
-        items: Dict[Tuple[str, str], dict] = {}
-        errors: List[dict] = []
+        items: dict[tuple[str, str], dict] = {}
+        errors: list[dict] = []
         for name in sorted(csvs):
             path = csvs[name]
             stem = Path(name).stem  # M3D_VQA_train / M3D_VQA_yn_train
             yes_no = "_yn_" in stem or stem.endswith("_yn")
             split = normalize_split(stem.rsplit("_", 1)[-1])
             if split is None:
-                errors.append({"file": str(path), "error": "cannot tell the split from the file name "
-                                                          "(expected ..._train/_val/_test.csv)"})
+                errors.append(
+                    {
+                        "file": str(path),
+                        "error": "cannot tell the split from the file name (expected ..._train/_val/_test.csv)",
+                    }
+                )
                 continue
-            rows = read_csv(path, _COLUMNS if yes_no else _COLUMNS + ("Choice A", "Choice B", "Choice C",
-                                                                      "Choice D", "Answer Choice"))
+            rows = read_csv(
+                path,
+                _COLUMNS if yes_no else _COLUMNS + ("Choice A", "Choice B", "Choice C", "Choice D", "Answer Choice"),
+            )
             for i, row in enumerate(rows):
                 where = f"row {i + 2}"
                 rel = (row.get("Image Path") or "").strip()
-                if args.checked_only and split == "test" and "crt" in row and str(row["crt"]).strip() not in ("1", "1.0"):
+                if (
+                    args.checked_only
+                    and split == "test"
+                    and "crt" in row
+                    and str(row["crt"]).strip() not in ("1", "1.0")
+                ):
                     continue
                 qs, err = self._questions(row, yes_no)
                 if err:
@@ -125,8 +153,9 @@ class M3DVQAPreparer(Preparer):
             item = {"vqa": it["vqa"]}
             if it["text"]:
                 item["text"] = it["text"]
-            cases.append(Case(cid, split, str(p), inputs, {kind: str(p)}, item,
-                              preset="m3d_cap_npy" if kind == "npy" else None))
+            cases.append(
+                Case(cid, split, str(p), inputs, {kind: str(p)}, item, preset="m3d_cap_npy" if kind == "npy" else None)
+            )
         return cases, errors
 
     @staticmethod
@@ -141,7 +170,7 @@ class M3DVQAPreparer(Preparer):
         return ("series", series) if series is not None else None
 
     @staticmethod
-    def _questions(row: dict, yes_no: bool) -> Tuple[List[dict], Optional[str]]:
+    def _questions(row: dict, yes_no: bool) -> tuple[list[dict], str | None]:
         q = clean_text(row.get("Question"))
         ans = clean_text(row.get("Answer"))
         if not q or not ans:
@@ -151,18 +180,22 @@ class M3DVQAPreparer(Preparer):
         if k is not None:
             base["question_type"] = k
         if "crt" in row and str(row["crt"]).strip():
-            try:
+            with contextlib.suppress(ValueError):
                 base["crt"] = int(float(row["crt"]))
-            except ValueError:
-                pass
         if yes_no:
             return [{"question": q, "answer": ans, "type": "yes_no", **base}], None
         choices = {c: clean_text(row.get(f"Choice {c}")) for c in "ABCD"}
         letter = clean_text(row.get("Answer Choice")).upper().rstrip(".")
         if letter not in choices or not choices[letter]:
             return [], f"Answer Choice {row.get('Answer Choice')!r} does not name one of the choices A-D"
-        closed = {"question": q, "answer": choices[letter], "type": "closed", "choices": choices,
-                  "answer_choice": letter, **base}
+        closed = {
+            "question": q,
+            "answer": choices[letter],
+            "type": "closed",
+            "choices": choices,
+            "answer_choice": letter,
+            **base,
+        }
         return [closed, {"question": q, "answer": ans, "type": "open", **base}], None
 
     def load(self, case: dict) -> Loaded:

@@ -15,19 +15,30 @@ import io
 import pickletools
 import zipfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 
 __all__ = ["UnsafeObjectArray", "read_object_array"]
 
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 _PUSH_ARG = {
-    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "BININT", "BININT1", "BININT2", "LONG1",
-    "BINFLOAT", "SHORT_BINBYTES", "BINBYTES",
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "BININT",
+    "BININT1",
+    "BININT2",
+    "LONG1",
+    "BINFLOAT",
+    "SHORT_BINBYTES",
+    "BINBYTES",
 }
 
 
@@ -55,12 +66,14 @@ def _interpret(data: bytes, where: str) -> Any:
     except UnsafeObjectArray:
         raise
     except Exception as exc:  # noqa: BLE001 - a crafted stream can underflow the stack, misuse a type, ...
-        raise UnsafeObjectArray(f"{where}: malformed pickle ({type(exc).__name__}: {exc}); nothing was executed") from None
+        raise UnsafeObjectArray(
+            f"{where}: malformed pickle ({type(exc).__name__}: {exc}); nothing was executed"
+        ) from None
 
 
 def _run(data: bytes, where: str) -> Any:
-    stack: List[Any] = []
-    marks: List[int] = []
+    stack: list[Any] = []
+    marks: list[int] = []
     memo: dict = {}
 
     def pop_mark() -> list:
@@ -121,8 +134,10 @@ def _run(data: bytes, where: str) -> Any:
             else:
                 qual, module = stack.pop(), stack.pop()
             if (module, qual) not in _ALLOWED_GLOBALS:
-                raise UnsafeObjectArray(f"{where}: the pickled data refers to {module}.{qual}; only plain data "
-                                        "(text, numbers, lists, dicts) is accepted, nothing was executed")
+                raise UnsafeObjectArray(
+                    f"{where}: the pickled data refers to {module}.{qual}; only plain data "
+                    "(text, numbers, lists, dicts) is accepted, nothing was executed"
+                )
             stack.append(_Ref(module, qual))
         elif name == "REDUCE":
             args, func = stack.pop(), stack.pop()

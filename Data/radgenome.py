@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 from Data.common import Case, PrepareError, clean_text, find_files, hash_split, read_csv, volume_stem
 from Data.ct_rate import ChestCTPreparer, _float, parse_xy_spacing
@@ -37,12 +36,20 @@ from Data.ct_rate import ChestCTPreparer, _float, parse_xy_spacing
 __all__ = ["RadGenomePreparer", "PREPARER", "TASKS"]
 
 TASKS = ("location", "abnormality", "presence", "size")
-_FILES = {"report": "region_report", "location": "vqa_location", "abnormality": "vqa_abnormality",
-          "presence": "vqa_presence", "size": "vqa_size"}
-_COLUMNS = {"report": ("Volumename", "Anatomy", "Sentence"), "location": ("Volumename", "Anatomy", "Abnormality"),
-            "abnormality": ("Volumename", "Anatomy", "Abnormality"),
-            "presence": ("Volumename", "Anatomy", "Finding", "Presence"),
-            "size": ("Volumename", "Anatomy", "Abnormality", "Size")}
+_FILES = {
+    "report": "region_report",
+    "location": "vqa_location",
+    "abnormality": "vqa_abnormality",
+    "presence": "vqa_presence",
+    "size": "vqa_size",
+}
+_COLUMNS = {
+    "report": ("Volumename", "Anatomy", "Sentence"),
+    "location": ("Volumename", "Anatomy", "Abnormality"),
+    "abnormality": ("Volumename", "Anatomy", "Abnormality"),
+    "presence": ("Volumename", "Anatomy", "Finding", "Presence"),
+    "size": ("Volumename", "Anatomy", "Abnormality", "Size"),
+}
 
 
 def _anatomy(row: dict) -> str:
@@ -55,19 +62,39 @@ def _qa(task: str, row: dict, rng: random.Random) -> dict:
     anat = _anatomy(row)
     if task == "location":
         ab = clean_text(row["Abnormality"])
-        return {"question": pick(RADGENOME_TEMPLATES, rng).format(abnormality=ab), "answer": anat, "type": "open",
-                "topic": "location", "abnormality": ab}
+        return {
+            "question": pick(RADGENOME_TEMPLATES, rng).format(abnormality=ab),
+            "answer": anat,
+            "type": "open",
+            "topic": "location",
+            "abnormality": ab,
+        }
     if task == "abnormality":
-        return {"question": f"What abnormality is seen in the {anat}?", "answer": clean_text(row["Abnormality"]),
-                "type": "open", "topic": "abnormality", "anatomy": anat}
+        return {
+            "question": f"What abnormality is seen in the {anat}?",
+            "answer": clean_text(row["Abnormality"]),
+            "type": "open",
+            "topic": "abnormality",
+            "anatomy": anat,
+        }
     if task == "presence":
         ans = clean_text(row["Presence"]).lower()
         ans = {"true": "yes", "1": "yes", "false": "no", "0": "no"}.get(ans, ans)
-        return {"question": f"Is there {clean_text(row['Finding'])} in the {anat}?", "answer": ans,
-                "type": "yes_no" if ans in ("yes", "no") else "open", "topic": "presence", "anatomy": anat}
+        return {
+            "question": f"Is there {clean_text(row['Finding'])} in the {anat}?",
+            "answer": ans,
+            "type": "yes_no" if ans in ("yes", "no") else "open",
+            "topic": "presence",
+            "anatomy": anat,
+        }
     ab = clean_text(row["Abnormality"])
-    return {"question": f"What is the size of the {ab} in the {anat}?", "answer": clean_text(row["Size"]),
-            "type": "open", "topic": "size", "anatomy": anat}
+    return {
+        "question": f"What is the size of the {ab} in the {anat}?",
+        "answer": clean_text(row["Size"]),
+        "type": "open",
+        "topic": "size",
+        "anatomy": anat,
+    }
 
 
 class RadGenomePreparer(ChestCTPreparer):
@@ -78,21 +105,37 @@ class RadGenomePreparer(ChestCTPreparer):
 
     def add_dataset_arguments(self, parser) -> None:
         parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="VQA kinds to write")
-        parser.add_argument("--valid-as", choices=("test", "validation"), default="test",
-                            help="split name of RadGenome's validation set (default test)")
-        parser.add_argument("--val-fraction", type=float, default=0.05,
-                            help="fraction of training patients held out as 'validation' (default 0.05)")
-        parser.add_argument("--metadata", nargs="*", default=None,
-                            help="CT-RATE metadata CSVs: apply their rescale/spacing (volumes without HU headers)")
+        parser.add_argument(
+            "--valid-as",
+            choices=("test", "validation"),
+            default="test",
+            help="split name of RadGenome's validation set (default test)",
+        )
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.05,
+            help="fraction of training patients held out as 'validation' (default 0.05)",
+        )
+        parser.add_argument(
+            "--metadata",
+            nargs="*",
+            default=None,
+            help="CT-RATE metadata CSVs: apply their rescale/spacing (volumes without HU headers)",
+        )
         self.add_slice_arguments(parser)
 
-    def scan(self, src: Path, args) -> Tuple[List[Case], List[dict]]:
+    def scan(self, src: Path, args) -> tuple[list[Case], list[dict]]:
         vols = find_files(src, (".nii.gz", ".nii"))
         csvs = find_files(src, (".csv",))
-        meta: Dict[str, dict] = {}
+        meta: dict[str, dict] = {}
         for m in args.metadata or []:
-            meta.update({r["VolumeName"]: r for r in read_csv(m, ["VolumeName", "RescaleSlope", "RescaleIntercept",
-                                                                   "XYSpacing", "ZSpacing"])})
+            meta.update(
+                {
+                    r["VolumeName"]: r
+                    for r in read_csv(m, ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"])
+                }
+            )
         cases, errors = [], []
         found = False
         for rg_split, prefix, vol_prefix in (("train", "train", "train_"), ("validation", "validation", "valid_")):
@@ -104,8 +147,8 @@ class RadGenomePreparer(ChestCTPreparer):
             if not tables:
                 continue
             found = True
-            per_vol: Dict[str, dict] = {}
-            for kind, (path, rows) in tables.items():
+            per_vol: dict[str, dict] = {}
+            for kind, (_path, rows) in tables.items():
                 if kind != "report" and kind not in args.tasks:
                     continue
                 for row in rows:
@@ -118,12 +161,14 @@ class RadGenomePreparer(ChestCTPreparer):
             for v in sorted(per_vol):
                 paths = vols.get(v + ".nii.gz") or vols.get(v + ".nii")
                 if not paths:
-                    errors.append({"file": v + ".nii.gz", "error": f"RadGenome {rg_split} volume not found under {src}"})
+                    errors.append(
+                        {"file": v + ".nii.gz", "error": f"RadGenome {rg_split} volume not found under {src}"}
+                    )
                     continue
                 rng = random.Random(f"{args.seed}:{v}")
                 rows = per_vol[v]
                 item: dict = {}
-                findings: Dict[str, List[str]] = {}
+                findings: dict[str, list[str]] = {}
                 for r in rows.get("report", []):
                     s = clean_text(r.get("Sentence"))
                     if s:
@@ -155,8 +200,10 @@ class RadGenomePreparer(ChestCTPreparer):
                     split = hash_split(patient, args.seed, args.val_fraction, 0.0) if args.val_fraction > 0 else "train"
                 cases.append(Case(v, split, str(paths[0]), [str(paths[0])], load, item))
         if not found:
-            raise PrepareError(f"{src}: no RadGenome CSV found (expected dataset/radgenome_files/"
-                               f"train_region_report.csv, train_vqa_location.csv, ...)")
+            raise PrepareError(
+                f"{src}: no RadGenome CSV found (expected dataset/radgenome_files/"
+                f"train_region_report.csv, train_vqa_location.csv, ...)"
+            )
         return cases, errors
 
 

@@ -24,8 +24,8 @@ the training JSON. Here:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -36,7 +36,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin")
 
 
-def slice_stack(image: np.ndarray, spacing: Sequence[float], size: int = 224, preset: str = "hsenet_slices") -> np.ndarray:
+def slice_stack(
+    image: np.ndarray, spacing: Sequence[float], size: int = 224, preset: str = "hsenet_slices"
+) -> np.ndarray:
     """``(32, size, size)`` uint8 slices of a canonical ``(D, H, W)`` HU volume (HSENet 2D branch)."""
     import torch
 
@@ -45,8 +47,9 @@ def slice_stack(image: np.ndarray, spacing: Sequence[float], size: int = 224, pr
     res = apply_preset(preset, image, spacing)
     stack = torch.from_numpy(np.ascontiguousarray(res["image"][0], dtype=np.float32))[:, None]
     if tuple(stack.shape[-2:]) != (size, size):
-        stack = torch.nn.functional.interpolate(stack, size=(size, size), mode="bilinear", align_corners=False,
-                                                antialias=True)
+        stack = torch.nn.functional.interpolate(
+            stack, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
     return np.rint(stack[:, 0].clamp_(0.0, 1.0).numpy() * 255.0).astype(np.uint8)
 
 
@@ -64,7 +67,7 @@ class SliceEncoder:
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.random_weights = random_weights
-        self.dim: Optional[int] = None
+        self.dim: int | None = None
 
     def __call__(self, slices: np.ndarray, batch: int = 32) -> np.ndarray:
         import torch
@@ -74,8 +77,9 @@ class SliceEncoder:
             raise ValueError(f"slice stack must be (S, H, W), got shape {arr.shape}")
         x = torch.from_numpy(arr.astype(np.float32) / 255.0)[:, None]
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = torch.nn.functional.interpolate(x, size=(self.image_size,) * 2, mode="bicubic",
-                                                align_corners=False, antialias=True).clamp_(0.0, 1.0)
+            x = torch.nn.functional.interpolate(
+                x, size=(self.image_size,) * 2, mode="bicubic", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
         x = x.expand(-1, 3, -1, -1)  # grey slices as RGB, as the published JPEG export does
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
@@ -83,7 +87,7 @@ class SliceEncoder:
         feats = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], batch):
-                feats.append(self._forward(x[i:i + batch]))
+                feats.append(self._forward(x[i : i + batch]))
         out = torch.cat(feats).float().numpy()
         self.dim = int(out.shape[1])
         return out
@@ -104,8 +108,9 @@ def _build_visual(model_cfg: dict):
     import open_clip.model as ocm
 
     vision_cfg = dict(model_cfg["vision_cfg"])
-    return ocm._build_vision_tower(int(model_cfg["embed_dim"]), vision_cfg,
-                                   quick_gelu=bool(model_cfg.get("quick_gelu", False)))
+    return ocm._build_vision_tower(
+        int(model_cfg["embed_dim"]), vision_cfg, quick_gelu=bool(model_cfg.get("quick_gelu", False))
+    )
 
 
 def _load_state(folder: Path) -> dict:
@@ -129,28 +134,34 @@ def _from_folder(folder: Path, name: str) -> SliceEncoder:
         raise ValueError(f"{cfg_path}: expected {{'model_cfg': {{...}}, 'preprocess_cfg': {{...}}}} ({exc})") from None
     visual = _build_visual(model_cfg)
     sd = _load_state(folder)
-    vis = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    vis = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
     if not vis:
         raise ValueError(f"{folder}: the weights hold no 'visual.*' keys")
     missing, unexpected = visual.load_state_dict(vis, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder}: image tower weights do not match its config: missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}")
+        raise ValueError(
+            f"{folder}: image tower weights do not match its config: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
     pre = cfg.get("preprocess_cfg", {})
     size = model_cfg["vision_cfg"].get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
     return SliceEncoder(visual, name, size, pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD))
 
 
-def load_slice_encoder(spec: str, cache_dir: Optional[str] = None) -> SliceEncoder:
+def load_slice_encoder(spec: str, cache_dir: str | None = None) -> SliceEncoder:
     """Load the slice encoder named by ``spec``: ``hf-hub:org/name``, a local folder, or an
     open_clip built-in config name (random weights; for tests and dry runs only)."""
     spec = str(spec)
     if spec.startswith("hf-hub:"):
         from LaMed.data.download import hub_snapshot
 
-        folder = hub_snapshot(spec[len("hf-hub:"):], repo_type="model", cache_dir=cache_dir,
-                              allow_patterns=["open_clip_config.json", *_WEIGHT_FILES])
+        folder = hub_snapshot(
+            spec[len("hf-hub:") :],
+            repo_type="model",
+            cache_dir=cache_dir,
+            allow_patterns=["open_clip_config.json", *_WEIGHT_FILES],
+        )
         return _from_folder(Path(folder), spec)
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -159,8 +170,9 @@ def load_slice_encoder(spec: str, cache_dir: Optional[str] = None) -> SliceEncod
 
     cfg = open_clip.get_model_config(spec)
     if cfg is None:
-        raise ValueError(f"slice model {spec!r} is neither 'hf-hub:org/name', an existing folder, nor an "
-                         f"open_clip model config name")
+        raise ValueError(
+            f"slice model {spec!r} is neither 'hf-hub:org/name', an existing folder, nor an open_clip model config name"
+        )
     size = cfg["vision_cfg"].get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
     return SliceEncoder(_build_visual(cfg), f"{spec} (random weights)", size, random_weights=True)

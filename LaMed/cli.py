@@ -13,10 +13,9 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Dict, List, Optional, Tuple
 
 # name -> (module, one-line help)
-COMMANDS: Dict[str, Tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("LaMed.commands.prepare", "write data in the prepared format (phantoms, volumes, public datasets)"),
     "demo": ("LaMed.commands.demo", "run the end-to-end demo on synthetic phantoms"),
     "train": ("LaMed.commands.train", "train a model from a recipe YAML"),
@@ -36,7 +35,7 @@ def _add_command(sub, name: str, module: str, help_text: str, load: bool):
     return parser
 
 
-def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; only the module of ``command`` (if given) is imported."""
     from LaMed import __version__
 
@@ -79,7 +78,7 @@ def _show_warnings() -> None:
         logger.setLevel(logging.WARNING)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _show_warnings()
     command = next((a for a in argv if not a.startswith("-")), None)

@@ -85,8 +85,8 @@ def two_rank_worker(rank: int, port: int, out_dir: str, b: int, p: int, seed: in
         }
         results = {}
         for name, fn in cases.items():
-            x = x_all[rank * b:(rank + 1) * b].clone().requires_grad_()
-            y = y_all[rank * b:(rank + 1) * b].clone().requires_grad_()
+            x = x_all[rank * b : (rank + 1) * b].clone().requires_grad_()
+            y = y_all[rank * b : (rank + 1) * b].clone().requires_grad_()
             loss = fn(x, y)
             loss.backward()
             results[name] = (loss.detach(), x.grad, y.grad)

@@ -20,7 +20,6 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 
-
 class _CurrentStderrHandler(logging.StreamHandler):
     """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
 

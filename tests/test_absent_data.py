@@ -65,8 +65,9 @@ def test_reasoning_negatives_ask_about_absent_organs_without_seg(phantoms):
     for i in neg:
         rec = ds.record(i)
         assert rec["targets"] == [] and SEG not in rec["answer"] and "pancreas" in rec["question"]
-    rep = ReasonSegDataset(phantoms / "train.json", None, task="seg", train=True, classes=classes, negatives=True,
-                           negative_repeat=3)
+    rep = ReasonSegDataset(
+        phantoms / "train.json", None, task="seg", train=True, classes=classes, negatives=True, negative_repeat=3
+    )
     assert sum(s.kind == "negative" for s in rep.samples) == 3 * n
     assert sum(s.kind != "negative" for s in rep.samples) == len(ds.samples) - n
     with pytest.raises(ValueError, match="negative_repeat"):

@@ -7,8 +7,14 @@ import stat
 import numpy as np
 import pytest
 
-from LaMed.utils.atomic import (OutputError, atomic_path, atomic_write_bytes, check_writable_dir, save_npy_atomic,
-                                write_json_atomic)
+from LaMed.utils.atomic import (
+    OutputError,
+    atomic_path,
+    atomic_write_bytes,
+    check_writable_dir,
+    save_npy_atomic,
+    write_json_atomic,
+)
 
 
 def test_failed_write_leaves_existing_file_and_no_temporary(tmp_path):
@@ -43,6 +49,7 @@ def test_json_round_trip_and_parent_creation(tmp_path):
     path = write_json_atomic(tmp_path / "deep" / "x.json", {"a": [1, 2], "é": "ü"})
     assert path.read_text(encoding="utf-8").startswith("{")
     import json
+
     assert json.loads(path.read_text(encoding="utf-8")) == {"a": [1, 2], "é": "ü"}
 
 

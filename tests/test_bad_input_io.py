@@ -38,9 +38,16 @@ def _write_series(folder, n=6, spacing=2.0, uid=UID, prefix="s"):
     files = []
     for k in range(n):
         sl = sitk.GetImageFromArray((np.arange(20).reshape(5, 4) + 100 * k).astype(np.int16)[None])[:, :, 0]
-        tags = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{uid}.{k + 1}",
-                "0020|000d": "1.2.826.0.1.3680043.2.1125.77", "0020|000e": uid, "0020|0013": str(k + 1),
-                "0020|0032": f"0\\0\\{k * spacing:.6f}", "0020|0037": "1\\0\\0\\0\\1\\0"}
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.77",
+            "0020|000e": uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{k * spacing:.6f}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+        }
         for tag, value in tags.items():
             sl.SetMetaData(tag, value)
         path = folder / f"{prefix}{k:03d}.dcm"
@@ -136,8 +143,8 @@ def test_series_uid_on_a_non_dicom_file_is_refused(tmp_path):
 # --------------------------------------------------------------------------- NIfTI header and values
 
 
-def _nifti_bytes(shape, dtype=np.int16, slope=None, affine=np.eye(4), data=True) -> bytes:
-    img = nib.Nifti1Image(np.zeros((2, 2, 2), dtype), affine)
+def _nifti_bytes(shape, dtype=np.int16, slope=None, affine=None, data=True) -> bytes:
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), dtype), np.eye(4) if affine is None else affine)
     hdr = img.header
     hdr.set_data_shape(shape)
     hdr["vox_offset"] = 352
@@ -157,8 +164,9 @@ def test_tiny_gz_claiming_2048_cubed_is_refused_without_allocating(tmp_path):
     try:
         _refused(path, r"declares 2048x2048x2048 = 8,589,934,592 voxels, above the limit")
         # with the limit lifted the header is checked against the stream, which ends at once
-        _refused(path, r"truncated: the header declares 17,179,869,536 bytes .* the gzip stream holds 352",
-                 max_voxels=2 ** 34)
+        _refused(
+            path, r"truncated: the header declares 17,179,869,536 bytes .* the gzip stream holds 352", max_voxels=2**34
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -204,8 +212,11 @@ def test_scl_slope_1e38_is_refused_not_a_traceback(tmp_path):
     # ones * 1e38 fits float64 but not the float32 the loader produces (max 3.4e38 for 1, so use 7s)
     data = np.full(64, 7, np.int16).tobytes()
     path.write_bytes(path.read_bytes()[:352] + data)
-    _refused(path, r"scale slope 1e\+38 / intercept 0 map the stored values to \[7e\+38, 7e\+38\], beyond the "
-                   r"float32 range")
+    _refused(
+        path,
+        r"scale slope 1e\+38 / intercept 0 map the stored values to \[7e\+38, 7e\+38\], beyond the "
+        r"float32 range",
+    )
 
 
 def test_nan_in_the_affine_is_refused(tmp_path):
@@ -270,7 +281,10 @@ def test_named_pipe_is_refused_not_blocking(tmp_path):
         with open(fifo, "wb"):
             pass
         pytest.fail("load_volume blocked on a named pipe")
-    assert result["msg"] == f"{fifo}: is a named pipe (FIFO), not a regular file; refusing to read it (it could block forever)"
+    assert (
+        result["msg"]
+        == f"{fifo}: is a named pipe (FIFO), not a regular file; refusing to read it (it could block forever)"
+    )
 
 
 def test_named_pipe_inside_a_dicom_folder_is_refused(tmp_path):

@@ -14,9 +14,9 @@ import shutil
 import struct
 
 import pytest
+from test_predict_families import SHAPE, clip_dir, inputs, mllm_dir, phantom, seg_dir  # noqa: F401  (fixtures)
 
 from LaMed.cli import main
-from test_predict_families import SHAPE, clip_dir, inputs, mllm_dir, phantom, seg_dir  # noqa: F401  (fixtures)
 
 
 def _predict(model, image, out, *extra):
@@ -33,6 +33,7 @@ def _refused(capsys, *words):
 
 
 # ---- options -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prompt", ["", "   "])
 def test_blank_prompt_is_refused(seg_dir, inputs, tmp_path, capsys, prompt):
@@ -105,9 +106,14 @@ def test_clip_prompt_longer_than_the_text_tower_is_refused(clip_dir, inputs, tmp
     assert not out.exists()
 
 
-@pytest.mark.parametrize("device,words", [("gpu0", ["--device", "not a torch device"]),
-                                          ("cuda", ["--device", "CUDA is not available"]),
-                                          ("meta", ["--device", "not supported"])])
+@pytest.mark.parametrize(
+    "device,words",
+    [
+        ("gpu0", ["--device", "not a torch device"]),
+        ("cuda", ["--device", "CUDA is not available"]),
+        ("meta", ["--device", "not supported"]),
+    ],
+)
 def test_unusable_device_is_refused(seg_dir, inputs, tmp_path, capsys, device, words):
     import torch
 
@@ -118,6 +124,7 @@ def test_unusable_device_is_refused(seg_dir, inputs, tmp_path, capsys, device, w
 
 
 # ---- output places -----------------------------------------------------------------------------------
+
 
 def test_out_under_a_regular_file_is_refused_before_any_prediction(seg_dir, inputs, tmp_path, capsys, monkeypatch):
     import LaMed.inference.segment as segment
@@ -154,6 +161,7 @@ def test_disk_full_keeps_the_existing_output_and_says_so(seg_dir, inputs, tmp_pa
 
 # ---- damaged model folders ---------------------------------------------------------------------------
 
+
 def _copy(src, tmp_path):
     dst = tmp_path / "model"
     shutil.copytree(src, dst)
@@ -174,19 +182,21 @@ def test_header_edited_weights_are_refused_naming_the_tensor(seg_dir, inputs, tm
     weights = model / "model.safetensors"
     data = weights.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     name = next(k for k, v in header.items() if k != "__metadata__" and math.prod(v["shape"]) > 1)
     header[name]["shape"] = [math.prod(header[name]["shape"]) * 2]  # claims twice the data it has
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (n - len(raw)) if len(raw) <= n else b""
     assert len(raw) == n  # same header size: only the claim differs
-    weights.write_bytes(data[:8] + raw + data[8 + n:])
+    weights.write_bytes(data[:8] + raw + data[8 + n :])
     assert _predict(model, inputs["nifti"], tmp_path / "m.nii.gz", "--prompt", "liver") == 1
     _refused(capsys, str(weights), name)
 
 
-@pytest.mark.parametrize("text,words", [("{not json", ["not valid JSON"]), ("[1, 2]", ["JSON object"]),
-                                        ('{"hidden_size": 3}', ["model_type"])])
+@pytest.mark.parametrize(
+    "text,words",
+    [("{not json", ["not valid JSON"]), ("[1, 2]", ["JSON object"]), ('{"hidden_size": 3}', ["model_type"])],
+)
 def test_invalid_config_json_is_refused_naming_the_file(seg_dir, inputs, tmp_path, capsys, text, words):
     model = _copy(seg_dir, tmp_path)
     (model / "config.json").write_text(text)

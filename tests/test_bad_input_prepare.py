@@ -8,6 +8,7 @@ never builds a matrix that grows with the square of an axis, and workers die wit
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -128,7 +129,8 @@ def test_prepared_files_are_0644_under_umask_022(tmp_path):
     gts[1:4, 3:9, 2:8] = 1
     np.savez_compressed(d / "c1.npz", imgs=_ct(1, (6, 16, 16)), gts=gts, spacing=np.ones(3))
     (tmp_path / "raw" / "CVPR25_TextSegFMData_with_class.json").write_text(
-        json.dumps({"Organs": {"1": ["liver"], "instance_label": 0}}))
+        json.dumps({"Organs": {"1": ["liver"], "instance_label": 0}})
+    )
     old = os.umask(0o022)
     try:
         prepare_phantoms(tmp_path / "out" / "ph", n=2, shape=(8, 32, 32), progress=False)
@@ -172,8 +174,12 @@ def test_biomedsegfm_text_prompts_are_read_without_unpickling(tmp_path):
     evil[()] = {"1": "liver", "instance_label": 0, "x": _Payload(marker)}
     np.savez_compressed(v / "evil.npz", imgs=imgs, spacing=np.ones(3), text_prompts=evil)
     np.savez_compressed(g / "evil.npz", gts=gts)
-    np.savez_compressed(v / "good.npz", imgs=imgs, spacing=np.ones(3),
-                        text_prompts=np.array({"1": ["Liver", "the liver"], "instance_label": 0}, dtype=object))
+    np.savez_compressed(
+        v / "good.npz",
+        imgs=imgs,
+        spacing=np.ones(3),
+        text_prompts=np.array({"1": ["Liver", "the liver"], "instance_label": 0}, dtype=object),
+    )
     np.savez_compressed(g / "good.npz", gts=gts)
     assert read_object_array(v / "good.npz", "text_prompts") == {"1": ["Liver", "the liver"], "instance_label": 0}
     with pytest.raises(UnsafeObjectArray, match=r"refers to posix\.system"):
@@ -232,14 +238,16 @@ def test_resize_of_a_2x2x100000_volume_needs_no_square_matrix():
     import torch
 
     x = rng.random((300, 3, 5)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], size=(7, 4, 6), mode="trilinear",
-                                          align_corners=False)[0, 0]
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x)[None, None], size=(7, 4, 6), mode="trilinear", align_corners=False
+    )[0, 0]
     np.testing.assert_allclose(resize(x, (7, 4, 6)).numpy(), ref.numpy(), atol=1e-5)
 
 
 def test_killing_prepare_kills_its_workers(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
         from LaMed.data.prepare import _run_tasks
@@ -252,7 +260,8 @@ def test_killing_prepare_kills_its_workers(tmp_path):
         if __name__ == "__main__":
             for _ in _run_tasks(slow, [{{"id": "a"}}, {{"id": "b"}}], 2, "test", False):
                 pass
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "LAMED_PREPARE_START_METHOD": "fork"})
     pids = []
     try:
@@ -277,10 +286,8 @@ def test_killing_prepare_kills_its_workers(tmp_path):
         assert not any(alive(p) for p in pids), "orphaned workers are still running"
     finally:
         for pid in pids:  # the workers this test started, if the fix failed
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         if proc.poll() is None:
             proc.kill()
 

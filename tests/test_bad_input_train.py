@@ -38,9 +38,27 @@ def _train(recipe: Path, out: Path, manifest: Path, fault: str | None = None, *e
     if fault:
         env["LAMED_FAULT_INJECT"] = fault
     # 4 items, batch 2: 2 steps an epoch; a checkpoint at step 3 is in the middle of epoch 1.
-    cmd = [sys.executable, "-m", "LaMed.train", str(recipe), "--train_manifest", str(manifest),
-           "--output_dir", str(out), "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3",
-           "--save_total_limit", "1", "--per_device_train_batch_size", "2", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "LaMed.train",
+        str(recipe),
+        "--train_manifest",
+        str(manifest),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "3",
+        "--save_total_limit",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -94,8 +112,24 @@ def _toy(out: Path, phantoms: Path, *extra: str, fault: str | None = None):
     env.pop("LAMED_FAULT_INJECT", None)
     if fault:
         env["LAMED_FAULT_INJECT"] = fault
-    cmd = [sys.executable, "-m", "LaMed.cli", "train", str(TOY), "--train_manifest", str(phantoms / "train.json"),
-           "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--save_total_limit", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "LaMed.cli",
+        "train",
+        str(TOY),
+        "--train_manifest",
+        str(phantoms / "train.json"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "1",
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -110,7 +144,7 @@ def killed_run(tmp_path, toy_phantoms) -> Path:
 def _one_screen_error(proc, *words):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    err = proc.stderr[proc.stderr.index("lamed train: error:"):]
+    err = proc.stderr[proc.stderr.index("lamed train: error:") :]
     assert len(err.splitlines()) <= 24, err
     for w in words:
         assert w in err, (w, err)
@@ -164,11 +198,25 @@ def test_disk_full_during_a_checkpoint_save_is_one_message(tmp_path, toy_phantom
         "import errno, torch\n"
         "def _full(*a, **k):\n"
         "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "torch.save = _full\n")
+        "torch.save = _full\n"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(hook), str(REPO), str(TESTS)]))
     env.pop("LAMED_FAULT_INJECT", None)
-    cmd = [sys.executable, "-m", "LaMed.cli", "train", str(TOY), "--train_manifest", str(toy_phantoms / "train.json"),
-           "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--save_steps", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "LaMed.cli",
+        "train",
+        str(TOY),
+        "--train_manifest",
+        str(toy_phantoms / "train.json"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     _one_screen_error(proc, "no space left", str(tmp_path / "out"))
     from LaMed.train.checkpoint import last_complete_checkpoint
@@ -177,6 +225,7 @@ def test_disk_full_during_a_checkpoint_save_is_one_message(tmp_path, toy_phantom
 
 
 # ---- bad samples ------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_too_many_bad_samples_is_a_one_screen_report(tmp_path, toy_phantoms):
@@ -200,14 +249,19 @@ def _seg_manifest(root: Path, image) -> Path:
     mask = np.zeros_like(image, dtype=np.uint8)
     mask[0, 2:4, 2:4, 2:4] = 1
     np.save(root / "masks" / "c" / "liver.npy", mask)
-    manifest = {"format": "lamed.prepared/1", "dataset": "t", "split": "train",
-                "items": [{"id": "c", "image": "images/c.npy", "masks": {"liver": "masks/c/liver.npy"}}]}
+    manifest = {
+        "format": "lamed.prepared/1",
+        "dataset": "t",
+        "split": "train",
+        "items": [{"id": "c", "image": "images/c.npy", "masks": {"liver": "masks/c/liver.npy"}}],
+    }
     (root / "train.json").write_text(json.dumps(manifest))
     return root / "train.json"
 
 
-@pytest.mark.parametrize("fill,words", [(1000.0, ["[0, 1]", "1000"]), (float("nan"), ["NaN"]),
-                                        (-0.5, ["[0, 1]", "-0.5"])])
+@pytest.mark.parametrize(
+    "fill,words", [(1000.0, ["[0, 1]", "1000"]), (float("nan"), ["NaN"]), (-0.5, ["[0, 1]", "-0.5"])]
+)
 def test_segmentation_refuses_images_outside_the_unit_interval(tmp_path, fill, words):
     import numpy as np
 

@@ -33,19 +33,28 @@ def published_vit(prefix: str, cls: bool = True, slices: int = 0) -> dict:
         f"{prefix}patch_embedding.position_embeddings": rand(1, n, W),
         f"{prefix}patch_embedding.patch_embeddings.1.weight": rand(W, math.prod(PATCH)),
         f"{prefix}patch_embedding.patch_embeddings.1.bias": rand(W),
-        f"{prefix}norm.weight": rand(W), f"{prefix}norm.bias": rand(W),
+        f"{prefix}norm.weight": rand(W),
+        f"{prefix}norm.bias": rand(W),
     }
     if cls:
         sd[f"{prefix}cls_token"] = rand(1, 1, W)
     for i in range(LAYERS):
         b = f"{prefix}blocks.{i}."
-        sd.update({
-            b + "norm1.weight": rand(W), b + "norm1.bias": rand(W), b + "norm2.weight": rand(W), b + "norm2.bias": rand(W),
-            b + "attn.qkv.weight": rand(3 * W, W),
-            b + "attn.out_proj.weight": rand(W, W), b + "attn.out_proj.bias": rand(W),
-            b + "mlp.linear1.weight": rand(MLP, W), b + "mlp.linear1.bias": rand(MLP),
-            b + "mlp.linear2.weight": rand(W, MLP), b + "mlp.linear2.bias": rand(W),
-        })
+        sd.update(
+            {
+                b + "norm1.weight": rand(W),
+                b + "norm1.bias": rand(W),
+                b + "norm2.weight": rand(W),
+                b + "norm2.bias": rand(W),
+                b + "attn.qkv.weight": rand(3 * W, W),
+                b + "attn.out_proj.weight": rand(W, W),
+                b + "attn.out_proj.bias": rand(W),
+                b + "mlp.linear1.weight": rand(MLP, W),
+                b + "mlp.linear1.bias": rand(MLP),
+                b + "mlp.linear2.weight": rand(W, MLP),
+                b + "mlp.linear2.bias": rand(W),
+            }
+        )
     if slices:
         for name in ("Wq", "output_linear"):
             sd[f"{prefix}slice_guided_attention.{name}.weight"] = rand(W, W)
@@ -63,8 +72,16 @@ def published_vit(prefix: str, cls: bool = True, slices: int = 0) -> dict:
 def published_bert(prefix: str, width: int = 64, with_position_ids: bool = True) -> dict:
     from transformers import BertConfig, BertModel
 
-    bert = BertModel(BertConfig(vocab_size=120, hidden_size=width, num_hidden_layers=2, num_attention_heads=width // 64 or 1,
-                                intermediate_size=96, max_position_embeddings=40))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=120,
+            hidden_size=width,
+            num_hidden_layers=2,
+            num_attention_heads=width // 64 or 1,
+            intermediate_size=96,
+            max_position_embeddings=40,
+        )
+    )
     sd = {prefix + k: v.clone() for k, v in bert.state_dict().items()}
     assert prefix + "pooler.dense.weight" in sd  # the published M3D-CLIP file carries the unused pooler
     if with_position_ids:  # transformers < 4.31 saved this buffer
@@ -75,15 +92,27 @@ def published_bert(prefix: str, width: int = 64, with_position_ids: bool = True)
 def published_m3d_clip(prefix: str = "", scale: float = 3.1) -> dict:
     sd = published_vit(prefix + "vision_encoder.")
     sd.update(published_bert(prefix + "language_encoder."))
-    sd.update({prefix + "mm_vision_proj.weight": rand(24, W), prefix + "mm_vision_proj.bias": rand(24),
-               prefix + "mm_language_proj.weight": rand(24, 64), prefix + "mm_language_proj.bias": rand(24),
-               prefix + "logit_scale": torch.tensor(scale)})
+    sd.update(
+        {
+            prefix + "mm_vision_proj.weight": rand(24, W),
+            prefix + "mm_vision_proj.bias": rand(24),
+            prefix + "mm_language_proj.weight": rand(24, 64),
+            prefix + "mm_language_proj.bias": rand(24),
+            prefix + "logit_scale": torch.tensor(scale),
+        }
+    )
     return sd
 
 
-PUBLISHED_CONFIG = {"img_size": list(IMG), "patch_size": list(PATCH), "num_heads": 4, "num_slices": 8,
-                    "language_model_name_or_path": "/home/someone/bert-base-uncased", "gather_loss": True,
-                    "local_loss": False}
+PUBLISHED_CONFIG = {
+    "img_size": list(IMG),
+    "patch_size": list(PATCH),
+    "num_heads": 4,
+    "num_slices": 8,
+    "language_model_name_or_path": "/home/someone/bert-base-uncased",
+    "gather_loss": True,
+    "local_loss": False,
+}
 
 
 def test_clip_families_are_registered():
@@ -105,8 +134,10 @@ def test_m3d_and_hsenet_stage1_load_strictly_with_values_in_place(family):
     assert "/home/someone" not in c.to_json_string()  # no absolute paths carried over
     sd = model.state_dict()
     assert torch.equal(sd["visual_projection.weight"], raw["mm_vision_proj.weight"])
-    assert torch.equal(sd["text_model.encoder.layer.1.output.dense.weight"],
-                       raw["language_encoder.encoder.layer.1.output.dense.weight"])
+    assert torch.equal(
+        sd["text_model.encoder.layer.1.output.dense.weight"],
+        raw["language_encoder.encoder.layer.1.output.dense.weight"],
+    )
     assert torch.equal(sd["vision_model.blocks.1.attn.qkv.weight"], raw["vision_encoder.blocks.1.attn.qkv.weight"])
     assert torch.equal(sd["vision_model.cls_token"], raw["vision_encoder.cls_token"])
     # Every published tensor but the documented drops is used.
@@ -137,9 +168,15 @@ def test_m3d_clip_embedding_matches_a_direct_computation_on_the_published_weight
 def test_hsenet_stage2_loads_with_its_frozen_stage1_teacher():
     raw = published_vit("vision_encoder.", slices=12)
     raw.update(published_bert("language_encoder."))
-    raw.update({"mm_vision_proj.weight": rand(24, W), "mm_vision_proj.bias": rand(24),
-                "mm_language_proj.weight": rand(24, 64), "mm_language_proj.bias": rand(24),
-                "logit_scale": torch.tensor(2.0)})
+    raw.update(
+        {
+            "mm_vision_proj.weight": rand(24, W),
+            "mm_vision_proj.bias": rand(24),
+            "mm_language_proj.weight": rand(24, 64),
+            "mm_language_proj.bias": rand(24),
+            "logit_scale": torch.tensor(2.0),
+        }
+    )
     raw.update(published_m3d_clip("stage1_pretrained_CLIP.", scale=4.0))
     assert_published_names([k for k in raw if not k.endswith("position_ids")], "hsenet_clip_stage2")
     model, report = load_published_clip("hsenet_clip_stage2", raw, published_config=PUBLISHED_CONFIG)
@@ -152,16 +189,21 @@ def test_hsenet_stage2_loads_with_its_frozen_stage1_teacher():
     assert model.teacher.logit_scale.item() == 4.0 and model.logit_scale.item() == 2.0
     # Forward with the 2D slice features (B, S, C_2d) and the consistency term against the teacher.
     model.train()
-    out = model(image=torch.rand(2, 1, *IMG), input_ids=torch.randint(0, 120, (2, 6)),
-                slice_features=torch.randn(2, 8, 12), step=0)
+    out = model(
+        image=torch.rand(2, 1, *IMG),
+        input_ids=torch.randint(0, 120, (2, 6)),
+        slice_features=torch.randn(2, 8, 12),
+        step=0,
+    )
     assert torch.isfinite(out.loss) and out.loss_consistency is not None
     assert out.loss.item() == pytest.approx(out.loss_itc.item() + 0.1 * out.loss_consistency.item(), rel=1e-5)
     # Without the teacher keys the conversion asks for an explicit choice.
     no_teacher = {k: v for k, v in raw.items() if not k.startswith("stage1_pretrained_CLIP.")}
     with pytest.raises(KeyError, match="stage1_pretrained_CLIP"):
         convert_state_dict("hsenet_clip_stage2", no_teacher)
-    model2, report2 = load_published_clip("hsenet_clip_stage2", no_teacher, published_config=PUBLISHED_CONFIG,
-                                          drop_teacher=True)
+    model2, report2 = load_published_clip(
+        "hsenet_clip_stage2", no_teacher, published_config=PUBLISHED_CONFIG, drop_teacher=True
+    )
     assert report2.ok and not hasattr(model2, "teacher")
 
 
@@ -173,13 +215,21 @@ def test_med3dvlm_dec_clip_sigmoid_layout():
     # M3V DCFormer layout: every key starts with "encoder.", layer scale named "scale" (mirthAI/Med3DVLM).
     enc = create_encoder("dcformer_test", stem_activation=False, input_layout="HWD")
     raw = {f"vision_encoder.{k}": v.clone() for k, v in enc.state_dict().items()}
-    distil = DistilBertModel(DistilBertConfig(vocab_size=150, dim=64, n_layers=2, n_heads=2, hidden_dim=96,
-                                              max_position_embeddings=48))
+    distil = DistilBertModel(
+        DistilBertConfig(vocab_size=150, dim=64, n_layers=2, n_heads=2, hidden_dim=96, max_position_embeddings=48)
+    )
     raw.update({f"language_encoder.{k}": v.clone() for k, v in distil.state_dict().items()})
-    raw.update({"mm_vision_proj.weight": rand(20, 32), "mm_vision_proj.bias": rand(20),
-                "mm_language_proj.weight": rand(20, 64), "mm_language_proj.bias": rand(20),
-                # t_prime is created from a numpy float64 in the published code.
-                "t_prime": torch.tensor(math.log(1 / 0.07), dtype=torch.float64), "bias": torch.tensor(-1.5)})
+    raw.update(
+        {
+            "mm_vision_proj.weight": rand(20, 32),
+            "mm_vision_proj.bias": rand(20),
+            "mm_language_proj.weight": rand(20, 64),
+            "mm_language_proj.bias": rand(20),
+            # t_prime is created from a numpy float64 in the published code.
+            "t_prime": torch.tensor(math.log(1 / 0.07), dtype=torch.float64),
+            "bias": torch.tensor(-1.5),
+        }
+    )
     model, report = load_published_clip("med3dvlm_siglip", raw, published_config={"input_size": [64, 64, 32]})
     assert report.ok
     c = model.config
@@ -195,8 +245,9 @@ def test_med3dvlm_dec_clip_sigmoid_layout():
         out = model(image=x, input_ids=torch.randint(0, 150, (2, 5)))
         # Published image embedding: mean of the s4 tokens, projection, L2 normalisation.
         s4 = model.vision_model.forward_features(x).mean(1)
-        ref = torch.nn.functional.normalize(torch.nn.functional.linear(s4, raw["mm_vision_proj.weight"],
-                                                                       raw["mm_vision_proj.bias"]), dim=-1)
+        ref = torch.nn.functional.normalize(
+            torch.nn.functional.linear(s4, raw["mm_vision_proj.weight"], raw["mm_vision_proj.bias"]), dim=-1
+        )
     torch.testing.assert_close(out.image_embeds, ref)
 
 

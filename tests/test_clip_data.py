@@ -16,8 +16,10 @@ from LaMed.data.clip_dataset import (
     truncate_report,
 )
 
-REPORT = ("Findings: CT of the abdomen, arterial phase. The liver spans 13.1 cm. No focal liver lesion. "
-          "Status post splenectomy. Both kidneys are unremarkable. Impression: splenectomy.")
+REPORT = (
+    "Findings: CT of the abdomen, arterial phase. The liver spans 13.1 cm. No focal liver lesion. "
+    "Status post splenectomy. Both kidneys are unremarkable. Impression: splenectomy."
+)
 
 
 def words(text: str) -> int:
@@ -26,8 +28,13 @@ def words(text: str) -> int:
 
 def test_sentences_split_at_sentence_ends_not_decimals():
     assert split_sentences(REPORT) == [
-        "Findings: CT of the abdomen, arterial phase.", "The liver spans 13.1 cm.", "No focal liver lesion.",
-        "Status post splenectomy.", "Both kidneys are unremarkable.", "Impression: splenectomy."]
+        "Findings: CT of the abdomen, arterial phase.",
+        "The liver spans 13.1 cm.",
+        "No focal liver lesion.",
+        "Status post splenectomy.",
+        "Both kidneys are unremarkable.",
+        "Impression: splenectomy.",
+    ]
 
 
 def test_a_report_that_fits_is_unchanged():
@@ -89,11 +96,14 @@ def test_dataset_items_and_token_budget(prepared, tokenizer):
     assert item["id"] == manifest["items"][1]["id"]
     torch.testing.assert_close(item["image"], torch.from_numpy(raw.astype(np.float32)))
     n = len(item["input_ids"])
-    assert n <= 40 and item["input_ids"][0] == tokenizer.cls_token_id and item["input_ids"][-1] == tokenizer.sep_token_id
+    assert (
+        n <= 40 and item["input_ids"][0] == tokenizer.cls_token_id and item["input_ids"][-1] == tokenizer.sep_token_id
+    )
     # The truncated report is the one that the ids decode to, and it starts with the report's first sentence.
     text = ds.report(1)
     assert tokenizer.decode(item["input_ids"], skip_special_tokens=True) == tokenizer.decode(
-        tokenizer(text)["input_ids"], skip_special_tokens=True)
+        tokenizer(text)["input_ids"], skip_special_tokens=True
+    )
     assert text.startswith(split_sentences(manifest["items"][1]["text"])[0])
     # Deterministic truncation gives the same text every time; random truncation varies.
     assert ds.report(1) == ds.report(1)
@@ -125,8 +135,12 @@ def test_pooled_slice_features_are_slab_means():
 
 def test_bad_inputs_are_refused_with_the_file_named(prepared, tokenizer, tmp_path):
     manifest = json.loads((prepared / "train.json").read_text())
-    no_text = dict(manifest, items=[{k: v for k, v in it.items() if k != "text"} if i == 2 else it
-                                    for i, it in enumerate(manifest["items"])])
+    no_text = dict(
+        manifest,
+        items=[
+            {k: v for k, v in it.items() if k != "text"} if i == 2 else it for i, it in enumerate(manifest["items"])
+        ],
+    )
     path = prepared / "no_text.json"
     path.write_text(json.dumps(no_text))
     with pytest.raises(ValueError, match=r"no_text.json: field 'text'.*phantom_00002"):

@@ -42,8 +42,9 @@ def test_tiny_clip_learns_report_to_volume_retrieval(phantom_pairs, tmp_path, on
     n_test = len(json.loads((phantom_pairs / "test.json").read_text())["items"])
     assert n_test >= 50
     # One loader process beside the training one: reading + tokenising 32 pairs is about half a step.
-    run = train_clip("tiny_m3d_clip", phantom_pairs, tmp_path / "run",
-                     ["--resume", "never", "--dataloader_num_workers", "1"])
+    run = train_clip(
+        "tiny_m3d_clip", phantom_pairs, tmp_path / "run", ["--resume", "never", "--dataloader_num_workers", "1"]
+    )
     assert run.output.global_step == 500
     scores = evaluate_clip(tmp_path / "run", phantom_pairs, tmp_path / "eval", ks=(1, 5, 10))["all"]
     print({k: round(v, 3) for k, v in scores.items()})

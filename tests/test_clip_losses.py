@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,9 @@ def test_infonce_equals_direct_computation():
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_siglip_equals_direct_computation(symmetric):
     x, y = features(seed=1)
-    loss, lpi, _ = siglip_loss(x, y, torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64),
-                               symmetric=symmetric)
+    loss, lpi, _ = siglip_loss(
+        x, y, torch.tensor(10.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64), symmetric=symmetric
+    )
     assert loss.item() == pytest.approx(direct_siglip(x, y, 10.0, -3.0, symmetric), rel=1e-9)
     if symmetric:
         torch.testing.assert_close(lpi, lpi.T)
@@ -89,10 +91,22 @@ def test_an_unclamped_siglip_model_scales_by_exp_t():
 
     from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
-    text = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=1, intermediate_size=32,
-                      max_position_embeddings=16).to_dict()
-    common = dict(vision_encoder="vit3d_test", text_config=text, projection_dim=8, loss_type="siglip",
-                  logit_scale_mode="exp", logit_scale_init=math.log(150.0))
+    text = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    ).to_dict()
+    common = dict(
+        vision_encoder="vit3d_test",
+        text_config=text,
+        projection_dim=8,
+        loss_type="siglip",
+        logit_scale_mode="exp",
+        logit_scale_init=math.log(150.0),
+    )
     clamped = LamedClipModel(LamedClipConfig(**common))
     free = LamedClipModel(LamedClipConfig(**common, logit_scale_max=None))
     assert clamped.scale.item() == pytest.approx(100.0) and free.scale.item() == pytest.approx(150.0, rel=1e-5)
@@ -136,7 +150,6 @@ def test_gathered_loss_on_two_ranks_equals_single_process_loss(tmp_path):
     single-process loss, and each rank's feature gradient divided by the world size equals the
     single-process gradient of its rows."""
     import torch.multiprocessing as mp
-
     from clip_dist_worker import host_store, two_rank_worker
 
     store, port = host_store()  # outlives both ranks (see clip_dist_worker)
@@ -146,13 +159,19 @@ def test_gathered_loss_on_two_ranks_equals_single_process_loss(tmp_path):
     x_all, y_all = features(B * WORLD, P, seed=5)
     singles = {
         "infonce": lambda x, y: infonce_loss(x, y, torch.tensor(6.0, dtype=torch.float64))[0],
-        "siglip_global": lambda x, y: siglip_loss(x, y, torch.tensor(8.0, dtype=torch.float64),
-                                                  torch.tensor(-2.0, dtype=torch.float64), symmetric=True)[0],
-        "siglip_local": lambda x, y: siglip_loss(x, y, torch.tensor(8.0, dtype=torch.float64),
-                                                 torch.tensor(-2.0, dtype=torch.float64))[0],
+        "siglip_global": lambda x, y: siglip_loss(
+            x, y, torch.tensor(8.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64), symmetric=True
+        )[0],
+        "siglip_local": lambda x, y: siglip_loss(
+            x, y, torch.tensor(8.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64)
+        )[0],
     }
-    for name, single_name in (("infonce_global", "infonce"), ("infonce_local", "infonce"),
-                              ("siglip_global", "siglip_global"), ("siglip_local", "siglip_local")):
+    for name, single_name in (
+        ("infonce_global", "infonce"),
+        ("infonce_local", "infonce"),
+        ("siglip_global", "siglip_global"),
+        ("siglip_local", "siglip_local"),
+    ):
         x = x_all.clone().requires_grad_()
         y = y_all.clone().requires_grad_()
         ref = singles[single_name](x, y)

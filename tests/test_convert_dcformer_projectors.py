@@ -22,8 +22,15 @@ def rand(*shape):
 
 
 def add_bn(sd, p, c):
-    sd.update({p + "weight": rand(c), p + "bias": rand(c), p + "running_mean": rand(c),
-               p + "running_var": torch.rand(c, generator=G) + 0.5, p + "num_batches_tracked": torch.tensor(7)})
+    sd.update(
+        {
+            p + "weight": rand(c),
+            p + "bias": rand(c),
+            p + "running_mean": rand(c),
+            p + "running_var": torch.rand(c, generator=G) + 0.5,
+            p + "num_batches_tracked": torch.tensor(7),
+        }
+    )
 
 
 def add_decomp(sd, p, cout, cin, k, bn=True):
@@ -63,8 +70,14 @@ def published_dcformer(channels, blocks, kernels=(13, 11, 9, 7), t_last=False, l
             sd[mlp + "0.weight"], sd[mlp + "0.bias"] = rand(4 * c, c), rand(4 * c)
             sd[mlp + "3.weight"], sd[mlp + "3.bias"] = rand(c, 4 * c), rand(c)
     if layout == "dcf":
-        sd.update({"vq._codebook.embed": rand(1, 16, channels[-1]), "vq._codebook.initted": torch.tensor([1.0]),
-                   "vq._codebook.cluster_size": rand(1, 16), "vq._codebook.embed_avg": rand(1, 16, channels[-1])})
+        sd.update(
+            {
+                "vq._codebook.embed": rand(1, 16, channels[-1]),
+                "vq._codebook.initted": torch.tensor([1.0]),
+                "vq._codebook.cluster_size": rand(1, 16),
+                "vq._codebook.embed_avg": rand(1, 16, channels[-1]),
+            }
+        )
     return sd
 
 
@@ -83,8 +96,13 @@ def test_med3dvlm_dcformer_small_from_vlm_checkpoint():
     enc = published_dcformer((64, 96, 192, 384, 768), (2, 3, 6, 2))
     assert len(enc) == 426  # the M3V DCFormer-small state dict (mirthAI/Med3DVLM)
     full = {f"model.vision_tower.vision_tower.{k}": v for k, v in enc.items()}
-    full.update({"model.embed_tokens.weight": rand(4, 8), "lm_head.weight": rand(4, 8),
-                 "model.mm_projector.low_mixer.0.ln1.weight": rand(384)})
+    full.update(
+        {
+            "model.embed_tokens.weight": rand(4, 8),
+            "lm_head.weight": rand(4, 8),
+            "model.mm_projector.low_mixer.0.ln1.weight": rand(384),
+        }
+    )
     converted = convert_state_dict("dcformer", full)
     assert set(converted) == set(enc)
     model = create_encoder("dcformer_small_med3dvlm")
@@ -96,9 +114,17 @@ def test_med3dvlm_dcformer_small_from_vlm_checkpoint():
     clip = {f"vision_encoder.{k}": v for k, v in enc.items()} | {"mm_vision_proj.weight": rand(768, 768)}
     assert set(convert_state_dict("dcformer", clip)) == set(enc)
     cfg = infer_dcformer_config(full)
-    assert cfg == dict(num_blocks=(1, 2, 3, 6, 2), channels=(64, 96, 192, 384, 768), kernel_sizes=(13, 11, 9, 7),
-                       block_types=("C",) * 4, in_channels=1, stem_kernel_size=7, stem_depth=4,
-                       stem_activation=False, input_layout="HWD")
+    assert cfg == dict(
+        num_blocks=(1, 2, 3, 6, 2),
+        channels=(64, 96, 192, 384, 768),
+        kernel_sizes=(13, 11, 9, 7),
+        block_types=("C",) * 4,
+        in_channels=1,
+        stem_kernel_size=7,
+        stem_depth=4,
+        stem_activation=False,
+        input_layout="HWD",
+    )
 
 
 def test_text3dsam_encoder_with_attention_stage():
@@ -106,9 +132,13 @@ def test_text3dsam_encoder_with_attention_stage():
     assert sum(k.startswith("encoder.s4.") for k in enc) == 45  # Text3DSAM's transformer stage (mirthAI/Text3DSAM)
     assert enc["encoder.s0.0.0.c1.0.weight"].shape == (48, 1, 7, 1, 1)
     full = {f"image_encoder.{k}": v for k, v in enc.items()}
-    full.update({"text_encoder.encoder.layer.0.attention.self.query.weight": rand(4, 4),
-                 "seg_decoder.prompt_encoder.mask_downscaling.0.c1.0.weight": rand(96, 1, 7, 1, 1),
-                 "text_projector.0.weight": rand(768, 312)})
+    full.update(
+        {
+            "text_encoder.encoder.layer.0.attention.self.query.weight": rand(4, 4),
+            "seg_decoder.prompt_encoder.mask_downscaling.0.c1.0.weight": rand(96, 1, 7, 1, 1),
+            "text_projector.0.weight": rand(768, 312),
+        }
+    )
     assert detect_source(full) == "text3dsam"
     converted = convert_state_dict("dcformer", full)
     model = create_encoder("dcformer_text3dsam")
@@ -152,11 +182,17 @@ def test_dcformer_errors_are_readable():
 
 
 def test_m3d_spp_projector_from_stage1_file_and_peft_checkpoint():
-    proj_sd = {"projector.0.weight": rand(3072, 768), "projector.0.bias": rand(3072),
-               "projector.2.weight": rand(3072, 3072), "projector.2.bias": rand(3072)}
+    proj_sd = {
+        "projector.0.weight": rand(3072, 768),
+        "projector.0.bias": rand(3072),
+        "projector.2.weight": rand(3072, 3072),
+        "projector.2.bias": rand(3072),
+    }
     stage1 = {f"model.mm_projector.{k}": v for k, v in proj_sd.items()} | {"model.embed_tokens.weight": rand(32015, 8)}
     peft = {f"base_model.model.model.mm_projector.{k}": v for k, v in proj_sd.items()}
-    r1seg = {f"model.mm_projector.{k}": v for k, v in proj_sd.items()} | {"model.seg_projector.0.weight": rand(3072, 3072)}
+    r1seg = {f"model.mm_projector.{k}": v for k, v in proj_sd.items()} | {
+        "model.seg_projector.0.weight": rand(3072, 3072)
+    }
     for name, sd in (("spp", stage1), ("spp", peft), ("r1seg_pool_mlp", r1seg)):
         converted = convert_state_dict("m3d_projector", sd)
         model = create_projector(name)
@@ -170,8 +206,10 @@ def test_m3d_spp_projector_from_stage1_file_and_peft_checkpoint():
 
 
 MIXER_TABLE = {  # Med3DVLM's mixer projector (mirthAI/Med3DVLM): (n_in, n_out, d_in, d_out) per module
-    "low_mixer.0": (256, 192, 384, 1792), "low_mixer.1": (192, 128, 1792, 3584),
-    "high_mixer.0": (32, 64, 768, 1792), "high_mixer.1": (64, 128, 1792, 3584),
+    "low_mixer.0": (256, 192, 384, 1792),
+    "low_mixer.1": (192, 128, 1792, 3584),
+    "high_mixer.0": (32, 64, 768, 1792),
+    "high_mixer.1": (64, 128, 1792, 3584),
 }
 
 
@@ -199,13 +237,20 @@ def test_med3dvlm_mixer_published_layout():
 
 def test_med3dvlm_mixer_conversion_preserves_the_published_computation():
     # Tiny mixer under the published names; reference forward written from mirthAI/Med3DVLM's projector.
-    table = {"low_mixer.0": (32, 8, 16, 32), "low_mixer.1": (8, 4, 32, 64),
-             "high_mixer.0": (4, 6, 32, 32), "high_mixer.1": (6, 4, 32, 64)}
+    table = {
+        "low_mixer.0": (32, 8, 16, 32),
+        "low_mixer.1": (8, 4, 32, 64),
+        "high_mixer.0": (4, 6, 32, 32),
+        "high_mixer.1": (6, 4, 32, 64),
+    }
     sd = published_mixer(table)
 
     def mlp(x, p):
-        return F.linear(F.gelu(F.linear(x, sd[p + ".mm_projector.0.weight"], sd[p + ".mm_projector.0.bias"])),
-                        sd[p + ".mm_projector.1.1.weight"], sd[p + ".mm_projector.1.1.bias"])
+        return F.linear(
+            F.gelu(F.linear(x, sd[p + ".mm_projector.0.weight"], sd[p + ".mm_projector.0.bias"])),
+            sd[p + ".mm_projector.1.1.weight"],
+            sd[p + ".mm_projector.1.1.bias"],
+        )
 
     def layer(x, p):
         d = x.shape[-1]
@@ -215,33 +260,52 @@ def test_med3dvlm_mixer_conversion_preserves_the_published_computation():
         return mlp(x, p + ".mlp2")
 
     low, high = rand(2, 32, 16), rand(2, 4, 32)
-    want = torch.cat([layer(layer(low, "low_mixer.0"), "low_mixer.1"), layer(layer(high, "high_mixer.0"), "high_mixer.1")], 1)
+    want = torch.cat(
+        [layer(layer(low, "low_mixer.0"), "low_mixer.1"), layer(layer(high, "high_mixer.0"), "high_mixer.1")], 1
+    )
     model = create_projector("mixer_test")
     load_converted(model, convert_state_dict("med3dvlm_projector", sd))
     torch.testing.assert_close(model([low, high]), want, rtol=1e-4, atol=1e-4)
 
 
 def test_med3dvlm_mlp_and_linear_types():
-    mlp = {"model.mm_projector.mm_projector.0.weight": rand(64, 768), "model.mm_projector.mm_projector.0.bias": rand(64),
-           "model.mm_projector.mm_projector.1.1.weight": rand(64, 64), "model.mm_projector.mm_projector.1.1.bias": rand(64)}
+    mlp = {
+        "model.mm_projector.mm_projector.0.weight": rand(64, 768),
+        "model.mm_projector.mm_projector.0.bias": rand(64),
+        "model.mm_projector.mm_projector.1.1.weight": rand(64, 64),
+        "model.mm_projector.mm_projector.1.1.bias": rand(64),
+    }
     model = create_projector("mlp", out_dim=64, grid_size=(2, 4, 4))
     assert load_converted(model, convert_state_dict("med3dvlm_projector", mlp)).ok
     assert torch.equal(model.projector[2].weight, mlp["model.mm_projector.mm_projector.1.1.weight"])
     # the stage-1 loader strips the first two components, leaving the projector's own names
-    bare = {k[len("model.mm_projector."):]: v for k, v in mlp.items()}
-    assert set(bare) == {"mm_projector.0.weight", "mm_projector.0.bias", "mm_projector.1.1.weight", "mm_projector.1.1.bias"}
+    bare = {k[len("model.mm_projector.") :]: v for k, v in mlp.items()}
+    assert set(bare) == {
+        "mm_projector.0.weight",
+        "mm_projector.0.bias",
+        "mm_projector.1.1.weight",
+        "mm_projector.1.1.bias",
+    }
     assert load_converted(model, convert_state_dict("med3dvlm_projector", bare)).ok
     lin = {"model.mm_projector.weight": rand(64, 768), "model.mm_projector.bias": rand(64)}
     model = create_projector("linear", out_dim=64, grid_size=(2, 4, 4))
     assert load_converted(model, convert_state_dict("med3dvlm_projector", lin)).ok
-    assert load_converted(model, convert_state_dict("med3dvlm_projector", {"weight": rand(64, 768), "bias": rand(64)})).ok
+    assert load_converted(
+        model, convert_state_dict("med3dvlm_projector", {"weight": rand(64, 768), "bias": rand(64)})
+    ).ok
 
 
 def published_packer(prefix, dim, out):
     sd = {}
     for name in ("Wq", "Wk", "Wv", "output_linear"):
-        sd[f"{prefix}resolution_attention.{name}.weight"], sd[f"{prefix}resolution_attention.{name}.bias"] = rand(dim, dim), rand(dim)
-    sd[f"{prefix}resolution_attention.norm.weight"], sd[f"{prefix}resolution_attention.norm.bias"] = rand(dim), rand(dim)
+        sd[f"{prefix}resolution_attention.{name}.weight"], sd[f"{prefix}resolution_attention.{name}.bias"] = (
+            rand(dim, dim),
+            rand(dim),
+        )
+    sd[f"{prefix}resolution_attention.norm.weight"], sd[f"{prefix}resolution_attention.norm.bias"] = (
+        rand(dim),
+        rand(dim),
+    )
     sd[f"{prefix}proj_mpls.0.weight"], sd[f"{prefix}proj_mpls.0.bias"] = rand(out, dim), rand(out)
     sd[f"{prefix}proj_mpls.2.weight"], sd[f"{prefix}proj_mpls.2.bias"] = rand(out, out), rand(out)
     return sd
@@ -254,10 +318,14 @@ def test_hsenet_two_packers_from_peft_checkpoint():
     converted = convert_state_dict("hsenet_packer", ckpt)
     model = create_projector("hsenet_packer")
     assert load_converted(model, converted).ok
-    assert torch.equal(model.streams[1].attn.out.weight, ckpt[pre + "mm_projector2.resolution_attention.output_linear.weight"])
+    assert torch.equal(
+        model.streams[1].attn.out.weight, ckpt[pre + "mm_projector2.resolution_attention.output_linear.weight"]
+    )
     assert torch.equal(model.streams[0].projector[2].bias, ckpt[pre + "mm_projector.proj_mpls.2.bias"])
     # a single bare packer loads into the one-stream variant
-    assert load_converted(create_projector("packer"), convert_state_dict("hsenet_packer", published_packer("", 768, 3072))).ok
+    assert load_converted(
+        create_projector("packer"), convert_state_dict("hsenet_packer", published_packer("", 768, 3072))
+    ).ok
 
 
 def test_hsenet_packer_conversion_preserves_the_published_computation():
@@ -275,11 +343,19 @@ def test_hsenet_packer_conversion_preserves_the_published_computation():
     rows = []
     for d in range(2):
         for wb in range(2):  # the single h-block of 4 rows, two w-blocks of 4 columns
-            members = grid[d, :, 4 * wb:4 * wb + 4].reshape(16, 16)
+            members = grid[d, :, 4 * wb : 4 * wb + 4].reshape(16, 16)
             q = lin(members.mean(0), "Wq")
             w = torch.softmax(lin(members, "Wk") @ q / math.sqrt(16), 0)
-            y = F.layer_norm(q + lin(w @ lin(members, "Wv"), "output_linear"), (16,),
-                             sd["resolution_attention.norm.weight"], sd["resolution_attention.norm.bias"])
-            y = F.linear(F.gelu(F.linear(y, sd["proj_mpls.0.weight"], sd["proj_mpls.0.bias"])), sd["proj_mpls.2.weight"], sd["proj_mpls.2.bias"])
+            y = F.layer_norm(
+                q + lin(w @ lin(members, "Wv"), "output_linear"),
+                (16,),
+                sd["resolution_attention.norm.weight"],
+                sd["resolution_attention.norm.bias"],
+            )
+            y = F.linear(
+                F.gelu(F.linear(y, sd["proj_mpls.0.weight"], sd["proj_mpls.0.bias"])),
+                sd["proj_mpls.2.weight"],
+                sd["proj_mpls.2.bias"],
+            )
             rows.append(y)
     torch.testing.assert_close(model(x)[0], torch.stack(rows), rtol=1e-4, atol=1e-4)

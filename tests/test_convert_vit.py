@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_encoders_vit import hsenet_2e3_extra_layout, published_vit_layout, random_sd
 
 from LaMed.models.convert import convert_state_dict, list_converters, load_converted
 from LaMed.models.encoders import create_encoder
-from test_encoders_vit import hsenet_2e3_extra_layout, published_vit_layout, random_sd
 
 TINY = dict(hidden=96, mlp=192, layers=2, patch_dim=1024, tokens=64)
 
@@ -42,7 +42,11 @@ def test_families_registered():
     "wrap",
     [
         lambda sd: sd,  # pretrained_ViT.bin
-        lambda sd: {**prefixed(sd, "vision_encoder."), "mm_vision_proj.weight": torch.zeros(96, 96), "logit_scale": torch.tensor(2.66)},  # M3D-CLIP
+        lambda sd: {
+            **prefixed(sd, "vision_encoder."),
+            "mm_vision_proj.weight": torch.zeros(96, 96),
+            "logit_scale": torch.tensor(2.66),
+        },  # M3D-CLIP
         lambda sd: {  # M3D-LaMed: two ViTs (tower with CLS, SegVol encoder without)
             **prefixed(sd, "model.vision_tower.vision_tower."),
             **prefixed(vit_sd(cls=False, seed=1), "model.seg_module.image_encoder."),
@@ -64,7 +68,10 @@ def test_m3d_vit(wrap):
     [
         lambda sd: {"state_dict": prefixed(sd, "model.encoder."), "epoch": 2000},  # ViT_pretrain.ckpt
         lambda sd: {"model": prefixed(sd, "module.image_encoder."), "optimizer": {}, "epoch": 1},  # SegVol_v1.pth
-        lambda sd: {**prefixed(sd, "model.image_encoder."), "model.mask_decoder.iou_token.weight": torch.zeros(1, 96)},  # HF BAAI/SegVol
+        lambda sd: {
+            **prefixed(sd, "model.image_encoder."),
+            "model.mask_decoder.iou_token.weight": torch.zeros(1, 96),
+        },  # HF BAAI/SegVol
         lambda sd: {**prefixed(sd, "image_encoder."), "logit_scale": torch.tensor(1.0)},  # r1seg_3dsam.bin
         lambda sd: prefixed(sd, "model.vision_module.image_encoder."),  # R1Seg-3D LLM
         lambda sd: {  # M3D-LaMed full checkpoint: the seg encoder, not the tower
@@ -83,9 +90,16 @@ def test_segvol_vit(wrap):
 
 def test_hsenet_towers():
     stage1, stage2 = vit_sd(seed=2), {**vit_sd(seed=3), **random_sd(hsenet_2e3_extra_layout(96, 48), seed=4)}
-    clip2 = {**prefixed(stage2, "vision_encoder."), **prefixed(stage1, "stage1_pretrained_CLIP.vision_encoder."),
-             "language_encoder.pooler.dense.weight": torch.zeros(4, 4), "logit_scale": torch.tensor(2.66)}
-    vlm = {**prefixed(stage1, "model.vision_tower.vision_tower_stage1."), **prefixed(stage2, "model.vision_tower.vision_tower_stage2.")}
+    clip2 = {
+        **prefixed(stage2, "vision_encoder."),
+        **prefixed(stage1, "stage1_pretrained_CLIP.vision_encoder."),
+        "language_encoder.pooler.dense.weight": torch.zeros(4, 4),
+        "logit_scale": torch.tensor(2.66),
+    }
+    vlm = {
+        **prefixed(stage1, "model.vision_tower.vision_tower_stage1."),
+        **prefixed(stage2, "model.vision_tower.vision_tower_stage2."),
+    }
     for ckpt in (clip2, vlm):
         assert_loads("vit3d_2e3_test", convert_state_dict("hsenet_2e3", ckpt), stage2)
         assert_loads("vit3d_test", convert_state_dict("hsenet_vit", ckpt), stage1)
@@ -98,8 +112,17 @@ def test_monai_newer_version_keys_are_dropped():
     from monai.networks.nets import ViT as MonaiViT
 
     torch.manual_seed(0)
-    ref = MonaiViT(in_channels=1, img_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=96, mlp_dim=192,
-                   num_layers=2, num_heads=4, proj_type="perceptron", classification=False).eval()
+    ref = MonaiViT(
+        in_channels=1,
+        img_size=(16, 64, 64),
+        patch_size=(4, 16, 16),
+        hidden_size=96,
+        mlp_dim=192,
+        num_layers=2,
+        num_heads=4,
+        proj_type="perceptron",
+        classification=False,
+    ).eval()
     sd = ref.state_dict()
     assert any(".norm_cross_attn." in k for k in sd)
     sd["blocks.0.cross_attn.to_q.weight"] = torch.zeros(96, 96)  # MONAI 1.4/1.5 adds these too

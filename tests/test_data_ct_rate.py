@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_data_fakes import (
+    SIZE,
+    chest_hu,
+    corrupt_gz,
+    errors,
+    expected_image,
+    items_by_id,
+    manifest,
+    tiny_open_clip_folder,
+    write_csv,
+    write_nifti,
+)
 
-from test_data_fakes import (SIZE, chest_hu, corrupt_gz, errors, expected_image, items_by_id, manifest,
-                             tiny_open_clip_folder, write_csv, write_nifti)
-
-LABELS = ("Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-          "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema", "Atelectasis",
-          "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-          "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
-          "Interlobular septal thickening")
+LABELS = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
 META_SPACING = (2.5, 0.8, 0.8)  # what the metadata CSV says (the original headers are wrong)
 
 
@@ -42,20 +65,38 @@ def ct_rate_raw(tmp_path_factory):
     names = ["train_1_a_1", "train_1_a_2", "train_2_a_1", "train_3_a_1", "train_4_b_1", "train_9_a_1"]
     d = root / "dataset"
     report_cols = ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"]
-    write_csv(d / "radiology_text_reports" / "train_reports.csv", report_cols,
-              [[f"{n}.nii.gz", "Cough.", "Non-contrast.", f"Findings of {n}.\nNo effusion.", "Normal study."] for n in names])
-    write_csv(d / "radiology_text_reports" / "validation_reports.csv", report_cols,
-              [["valid_1_a_1.nii.gz", "", "", "Emphysema in both lungs.", "Emphysema."]])
+    write_csv(
+        d / "radiology_text_reports" / "train_reports.csv",
+        report_cols,
+        [[f"{n}.nii.gz", "Cough.", "Non-contrast.", f"Findings of {n}.\nNo effusion.", "Normal study."] for n in names],
+    )
+    write_csv(
+        d / "radiology_text_reports" / "validation_reports.csv",
+        report_cols,
+        [["valid_1_a_1.nii.gz", "", "", "Emphysema in both lungs.", "Emphysema."]],
+    )
     vec = {n: [int((i + j) % 5 == 0) for j in range(18)] for i, n in enumerate(names + ["valid_1_a_1"])}
-    write_csv(d / "multi_abnormality_labels" / "train_predicted_labels.csv", ["VolumeName", *LABELS],
-              [[f"{n}.nii.gz", *vec[n]] for n in names])
-    write_csv(d / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *LABELS],
-              [["valid_1_a_1.nii.gz", *vec["valid_1_a_1"]]])
+    write_csv(
+        d / "multi_abnormality_labels" / "train_predicted_labels.csv",
+        ["VolumeName", *LABELS],
+        [[f"{n}.nii.gz", *vec[n]] for n in names],
+    )
+    write_csv(
+        d / "multi_abnormality_labels" / "valid_predicted_labels.csv",
+        ["VolumeName", *LABELS],
+        [["valid_1_a_1.nii.gz", *vec["valid_1_a_1"]]],
+    )
     meta_cols = ["VolumeName", "Manufacturer", "RescaleIntercept", "RescaleSlope", "XYSpacing", "ZSpacing"]
-    write_csv(d / "metadata" / "train_metadata.csv", meta_cols,
-              [[f"{n}.nii.gz", "X", "-1024", "1", "[0.8, 0.8]", "2.5"] for n in names])
-    write_csv(d / "metadata" / "validation_metadata.csv", meta_cols,
-              [["valid_1_a_1.nii.gz", "X", "-1024", "1", "[0.8, 0.8]", "2.5"]])
+    write_csv(
+        d / "metadata" / "train_metadata.csv",
+        meta_cols,
+        [[f"{n}.nii.gz", "X", "-1024", "1", "[0.8, 0.8]", "2.5"] for n in names],
+    )
+    write_csv(
+        d / "metadata" / "validation_metadata.csv",
+        meta_cols,
+        [["valid_1_a_1.nii.gz", "X", "-1024", "1", "[0.8, 0.8]", "2.5"]],
+    )
     return root, hu, vec
 
 
@@ -66,8 +107,21 @@ def prepared(ct_rate_raw, tmp_path_factory):
     root, hu, vec = ct_rate_raw
     out = tmp_path_factory.mktemp("ct_rate_out")
     model = tiny_open_clip_folder(tmp_path_factory.mktemp("clip"), image_size=48)
-    rc = main(["prepare", "ct_rate", str(root), "--out", str(out), *SIZE, "--no-progress",
-               "--slice-size", "48", "--slice-model", str(model)])
+    rc = main(
+        [
+            "prepare",
+            "ct_rate",
+            str(root),
+            "--out",
+            str(out),
+            *SIZE,
+            "--no-progress",
+            "--slice-size",
+            "48",
+            "--slice-model",
+            str(model),
+        ]
+    )
     return root, out, hu, vec, model, rc
 
 
@@ -173,9 +227,14 @@ def test_ct_rate_labels_reach_zero_shot_evaluation(prepared, tmp_path):
     ids = [it["id"] for it in manifest(out, "train")["items"]]
     rng = np.random.default_rng(0)
     preds = tmp_path / "p.jsonl"
-    preds.write_text("".join(json.dumps({"id": i, "findings": {n: {"probability": float(rng.random())} for n in LABELS}})
-                             + "\n" for i in ids))
+    preds.write_text(
+        "".join(
+            json.dumps({"id": i, "findings": {n: {"probability": float(rng.random())} for n in LABELS}}) + "\n"
+            for i in ids
+        )
+    )
     summary, rows = evaluate_classify(str(preds), str(out / "train.json"), prompt_set="ct_rate", n_boot=0)
-    assert {(r["id"], r["finding"]): r["label"] for r in rows} == {(i, n): vec[i][k] for i in ids
-                                                                   for k, n in enumerate(LABELS)}
+    assert {(r["id"], r["finding"]): r["label"] for r in rows} == {
+        (i, n): vec[i][k] for i in ids for k, n in enumerate(LABELS)
+    }
     assert summary["per_class"]["Medical material"]["positives"] == sum(vec[i][0] for i in ids)

@@ -34,19 +34,26 @@ def offline_cache(tmp_path, monkeypatch):
 def test_download_offline_from_cache_links_the_layout(offline_cache, tmp_path, capsys):
     from LaMed.cli import main
 
-    _fake_cache(offline_cache, "ibrahimhamamci/CT-RATE", {
-        "dataset/radiology_text_reports/train_reports.csv": b"VolumeName,Findings_EN\n",
-        "dataset/metadata/train_metadata.csv": b"VolumeName\n",
-        "dataset/valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz": b"vol",
-        "dataset/train_fixed/train_1/train_1_a/train_1_a_1.nii.gz": b"big",
-        "README.md": b"readme",
-    })
+    _fake_cache(
+        offline_cache,
+        "ibrahimhamamci/CT-RATE",
+        {
+            "dataset/radiology_text_reports/train_reports.csv": b"VolumeName,Findings_EN\n",
+            "dataset/metadata/train_metadata.csv": b"VolumeName\n",
+            "dataset/valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz": b"vol",
+            "dataset/train_fixed/train_1/train_1_a/train_1_a_1.nii.gz": b"big",
+            "README.md": b"readme",
+        },
+    )
     out = tmp_path / "raw"
     assert main(["download", "ct_rate", "--out", str(out)]) == 0
     got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     # default parts: metadata + valid; the train volumes and the README are not selected
-    assert got == ["dataset/metadata/train_metadata.csv", "dataset/radiology_text_reports/train_reports.csv",
-                   "dataset/valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz"]
+    assert got == [
+        "dataset/metadata/train_metadata.csv",
+        "dataset/radiology_text_reports/train_reports.csv",
+        "dataset/valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz",
+    ]
     assert (out / "dataset/valid_fixed/valid_1/valid_1_a/valid_1_a_1.nii.gz").read_bytes() == b"vol"
     assert os.path.islink(out / "dataset/metadata/train_metadata.csv")  # no second copy of the data
     assert "next: lamed prepare ct_rate" in capsys.readouterr().out
@@ -69,9 +76,9 @@ def test_download_offline_not_cached_is_a_clear_message(offline_cache, tmp_path,
 
 
 def test_download_extract_and_bad_part(offline_cache, tmp_path):
-    from LaMed.data.download import download_dataset
-
     import io
+
+    from LaMed.data.download import download_dataset
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -81,7 +88,9 @@ def test_download_extract_and_bad_part(offline_cache, tmp_path):
     out = tmp_path / "seg"
     s = download_dataset("m3d_seg", out, include=["0000*"], parts=["metadata"], extract=True)
     assert s.extracted == 1 and (out / "0000" / "0000" / "0000.json").read_text(encoding="utf-8") == '{"labels": {}}'
-    assert download_dataset("m3d_seg", out, include=["0000*"], parts=["metadata"], extract=True).extracted == 0  # resumable
+    assert (
+        download_dataset("m3d_seg", out, include=["0000*"], parts=["metadata"], extract=True).extracted == 0
+    )  # resumable
     with pytest.raises(ValueError, match="unknown part"):
         download_dataset("m3d_seg", out, parts=["volumes"])
     from LaMed.data.download import DownloadError

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -46,9 +46,9 @@ def chest_hu(seed: int, shape=(8, 24, 24)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     d, h, w = shape
     hu = np.full(shape, -1000, np.int16)
-    hu[1:d - 1, 3:h - 3, 3:w - 3] = 40
-    hu[1:d - 1, 6:h - 6, 5:w // 2 - 1] = -850
-    hu[1:d - 1, 6:h - 6, w // 2 + 1:w - 5] = -850
+    hu[1 : d - 1, 3 : h - 3, 3 : w - 3] = 40
+    hu[1 : d - 1, 6 : h - 6, 5 : w // 2 - 1] = -850
+    hu[1 : d - 1, 6 : h - 6, w // 2 + 1 : w - 5] = -850
     hu[d // 2, h // 2, w // 2] = 700 + 10 * seed
     return (hu + rng.integers(-20, 20, size=shape)).astype(np.int16)
 
@@ -96,13 +96,17 @@ def tiny_open_clip_folder(folder: Path, image_size: int = 16) -> Path:
     import open_clip
     import torch
 
-    model_cfg = {"embed_dim": 24,
-                 "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-                 "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}}
+    model_cfg = {
+        "embed_dim": 24,
+        "vision_cfg": {"image_size": image_size, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
+    }
     torch.manual_seed(0)
     model = open_clip.CLIP(**model_cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}), encoding="utf-8")
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}),
+        encoding="utf-8",
+    )
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from test_data_fakes import chest_hu, errors, expected_image, items_by_id, write_csv, write_json, write_nifti
 
 OPTS = dict(size=[8, 32, 32], no_progress=True)
@@ -35,18 +34,28 @@ def test_m3d_cap_slices_text_splits_and_errors(tmp_path):
         _png(series / f"{n + 1}.png", rng.integers(0, 256, size=(12, 20)))  # odd shape: dropped
         stacks[case] = np.stack(sl).astype(np.float32) / 255.0
         (raw / "M3D_Cap" / "ct_quizze" / case / "text.txt").write_text(
-            f"title: x\nstudy_findings: Liver lesion in case {case}.\nNo ascites.", encoding="utf-8")
+            f"title: x\nstudy_findings: Liver lesion in case {case}.\nNo ascites.", encoding="utf-8"
+        )
     bad = raw / "M3D_Cap" / "ct_case" / "000003" / "Axial"
     _png(bad / "1.png", rng.integers(0, 256, size=(20, 20)))
     (bad / "2.png").write_bytes(b"not a png")
     (bad.parent / "text.txt").write_text("study_findings: Broken series.", encoding="utf-8")
-    write_json(raw / "M3D_Cap.json", {
-        "train": [{"image": "ct_quizze/000001/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000001/text.txt"},
-                  {"image": "ct_case/000003/Axial.npy", "text": "ct_case/000003/text.txt"}],
-        "validation": [], "test": [{"image": "ct_quizze/000002/Axial_C__portal_venous_phase.npy",
-                                    "text": "ct_quizze/000002/text.txt"}],
-        "test1k": [{"image": "ct_quizze/000002/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000002/text.txt"}],
-    })
+    write_json(
+        raw / "M3D_Cap.json",
+        {
+            "train": [
+                {"image": "ct_quizze/000001/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000001/text.txt"},
+                {"image": "ct_case/000003/Axial.npy", "text": "ct_case/000003/text.txt"},
+            ],
+            "validation": [],
+            "test": [
+                {"image": "ct_quizze/000002/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000002/text.txt"}
+            ],
+            "test1k": [
+                {"image": "ct_quizze/000002/Axial_C__portal_venous_phase.npy", "text": "ct_quizze/000002/text.txt"}
+            ],
+        },
+    )
     out = tmp_path / "out"
     summary = PREPARER.prepare(raw, out, **OPTS)
     items = items_by_id(out)
@@ -57,7 +66,10 @@ def test_m3d_cap_slices_text_splits_and_errors(tmp_path):
     assert {it["_split"] for it in items.values()} == {"train", "test", "test1k"}
     errs = errors(out)
     assert len(errs) == 1 and "2.png" in errs[0]["error"] and summary.failed == 1
-    assert extract_findings("study_findings: ok\ndiscussion: Long discussion text.") == "ok discussion: Long discussion text."
+    assert (
+        extract_findings("study_findings: ok\ndiscussion: Long discussion text.")
+        == "ok discussion: Long discussion text."
+    )
     assert extract_findings("discussion: Discussed here.\nstudy_findings: n/a") == "Discussed here."
     assert extract_findings("Plain report.\nLine two.") == "Plain report. Line two."
 
@@ -77,34 +89,105 @@ def test_m3d_vqa_closed_open_yes_no(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         np.save(p, a)
         arrs[rel] = a
-    cols = ["Image Path", "Text", "Question Type", "Question", "Choice A", "Choice B", "Choice C", "Choice D",
-            "Answer", "Answer Choice"]
-    write_csv(raw / "M3D_VQA" / "M3D_VQA_train.csv", cols, [
-        ["ct_quizze/000001/Axial.npy", "Report one.", "1", "Which plane?", "Axial", "Sagittal", "Coronal", "Oblique",
-         "Axial", "A"],
-        ["ct_quizze/000001/Axial.npy", "Report one.", "3", "Which organ?", "Liver", "Spleen", "Kidney", "Lung",
-         "Spleen", "B"],
-        ["ct_quizze/000001/Axial.npy", "Report one.", "4", "Bad row?", "a", "b", "c", "d", "a", "E"],
-        ["ct_quizze/000009/Axial.npy", "Missing.", "1", "Which plane?", "Axial", "b", "c", "d", "Axial", "A"],
-    ])
-    write_csv(raw / "M3D_VQA" / "M3D_VQA_test.csv", cols + ["crt"], [
-        ["ct_quizze/000002/Axial.npy", "Report two.", "2", "Which phase?", "Arterial", "Portal", "Delayed", "None",
-         "Portal", "B", "1"],
-        ["ct_quizze/000002/Axial.npy", "Report two.", "5", "Where?", "Left", "Right", "Up", "Down", "Left", "A", "0"],
-    ])
-    write_csv(raw / "M3D_VQA" / "M3D_VQA_yn_train.csv", ["Image Path", "Text", "Question Type", "Question", "Answer"],
-              [["ct_quizze/000001/Axial.npy", "Report one.", "4", "Is there a lesion?", "Yes"]])
+    cols = [
+        "Image Path",
+        "Text",
+        "Question Type",
+        "Question",
+        "Choice A",
+        "Choice B",
+        "Choice C",
+        "Choice D",
+        "Answer",
+        "Answer Choice",
+    ]
+    write_csv(
+        raw / "M3D_VQA" / "M3D_VQA_train.csv",
+        cols,
+        [
+            [
+                "ct_quizze/000001/Axial.npy",
+                "Report one.",
+                "1",
+                "Which plane?",
+                "Axial",
+                "Sagittal",
+                "Coronal",
+                "Oblique",
+                "Axial",
+                "A",
+            ],
+            [
+                "ct_quizze/000001/Axial.npy",
+                "Report one.",
+                "3",
+                "Which organ?",
+                "Liver",
+                "Spleen",
+                "Kidney",
+                "Lung",
+                "Spleen",
+                "B",
+            ],
+            ["ct_quizze/000001/Axial.npy", "Report one.", "4", "Bad row?", "a", "b", "c", "d", "a", "E"],
+            ["ct_quizze/000009/Axial.npy", "Missing.", "1", "Which plane?", "Axial", "b", "c", "d", "Axial", "A"],
+        ],
+    )
+    write_csv(
+        raw / "M3D_VQA" / "M3D_VQA_test.csv",
+        cols + ["crt"],
+        [
+            [
+                "ct_quizze/000002/Axial.npy",
+                "Report two.",
+                "2",
+                "Which phase?",
+                "Arterial",
+                "Portal",
+                "Delayed",
+                "None",
+                "Portal",
+                "B",
+                "1",
+            ],
+            [
+                "ct_quizze/000002/Axial.npy",
+                "Report two.",
+                "5",
+                "Where?",
+                "Left",
+                "Right",
+                "Up",
+                "Down",
+                "Left",
+                "A",
+                "0",
+            ],
+        ],
+    )
+    write_csv(
+        raw / "M3D_VQA" / "M3D_VQA_yn_train.csv",
+        ["Image Path", "Text", "Question Type", "Question", "Answer"],
+        [["ct_quizze/000001/Axial.npy", "Report one.", "4", "Is there a lesion?", "Yes"]],
+    )
     out = tmp_path / "out"
     summary = PREPARER.prepare(raw, out, **OPTS)
     items = items_by_id(out)
     tr = items["ct_quizze_000001_axial"]
     kinds = [(q["type"], q["answer"]) for q in tr["vqa"]]
-    assert kinds == [("closed", "Axial"), ("open", "Axial"), ("closed", "Spleen"), ("open", "Spleen"), ("yes_no", "Yes")]
+    assert kinds == [
+        ("closed", "Axial"),
+        ("open", "Axial"),
+        ("closed", "Spleen"),
+        ("open", "Spleen"),
+        ("yes_no", "Yes"),
+    ]
     assert tr["vqa"][2]["answer_choice"] == "B" and tr["vqa"][2]["topic"] == "Organ"
     assert tr["text"] == "Report one." and tr["_split"] == "train"
     # Released arrays pass through unchanged (min-max of an already [0, 1] array, same size).
-    np.testing.assert_allclose(np.load(out / tr["image"])[0].astype(np.float32),
-                               arrs["ct_quizze/000001/Axial.npy"][0], atol=1e-3)
+    np.testing.assert_allclose(
+        np.load(out / tr["image"])[0].astype(np.float32), arrs["ct_quizze/000001/Axial.npy"][0], atol=1e-3
+    )
     te = items["ct_quizze_000002_axial"]
     assert te["_split"] == "test" and [q.get("crt") for q in te["vqa"]] == [1, 1, 0, 0]
     msgs = " | ".join(e["error"] for e in errors(out))
@@ -125,7 +208,7 @@ def _seg_case(root: Path, code: str, case: str, seed: int, channels: int, presen
     img = rng.normal(0, 1, size=(1, X, Y, Z)).astype(np.float32)
     onehot = np.zeros((channels, X, Y, Z), bool)
     for c in present:
-        onehot[c, 3 + c:12 + c, 4:14, 2:8] = True
+        onehot[c, 3 + c : 12 + c, 4:14, 2:8] = True
     d = root / code / case
     d.mkdir(parents=True, exist_ok=True)
     np.save(d / "image.npy", img)
@@ -142,11 +225,19 @@ def test_m3d_seg_sparse_masks_classes_and_splits(tmp_path):
     _, _, m2 = _seg_case(raw, "0000", "case_b", 1, 3, [0, 1, 2])
     _, _, m3 = _seg_case(raw, "0000", "case_c", 2, 3, [2])
     m3.rename(m3.with_name("mask_(3, 20, 18, 11).npz"))  # the file-name shape disagrees with the matrix
-    write_json(raw / "0000" / "0000.json", {
-        "name": "toy", "labels": labels, "numTraining": 2,
-        "train": [{"image": "0000/case_a/image.npy", "label": f"0000/case_a/{m1.name}"},
-                  {"image": "0000/case_c/image.npy", "label": "0000/case_c/mask_(3, 20, 18, 11).npz"}],
-        "test": [{"image": "0000/case_b/image.npy", "label": f"0000/case_b/{m2.name}"}]})
+    write_json(
+        raw / "0000" / "0000.json",
+        {
+            "name": "toy",
+            "labels": labels,
+            "numTraining": 2,
+            "train": [
+                {"image": "0000/case_a/image.npy", "label": f"0000/case_a/{m1.name}"},
+                {"image": "0000/case_c/image.npy", "label": "0000/case_c/mask_(3, 20, 18, 11).npz"},
+            ],
+            "test": [{"image": "0000/case_b/image.npy", "label": f"0000/case_b/{m2.name}"}],
+        },
+    )
     out = tmp_path / "out"
     summary = PREPARER.prepare(raw, out, **OPTS)
     items = items_by_id(out)
@@ -187,13 +278,33 @@ def test_m3d_refseg_regions_questions_and_grid_check(tmp_path):
     write_nifti(raw / "s0001" / "mask.nii.gz", mask[:, :20], dtype=np.uint8)  # another grid: reported
     write_json(raw / "s0001" / "text.json", {"1": "Lesion."})
     cols = ["Image", "Mask", "Mask_ID", "Question_Type", "Question", "Answer"]
-    write_csv(raw.parent / "M3D_RefSeg_train.csv", cols, [
-        ["M3D_RefSeg/s0000/ct.nii.gz", "M3D_RefSeg/s0000/mask.nii.gz", "1", "0", "Where is the liver lesion?",
-         "It is <SEG>."],
-        ["M3D_RefSeg/s0000/ct.nii.gz", "M3D_RefSeg/s0000/mask.nii.gz", "2", "1", "What could cause flank pain?",
-         "A renal cyst, [SEG]."]])
-    write_csv(raw.parent / "M3D_RefSeg_test.csv", cols, [
-        ["M3D_RefSeg/s0001/ct.nii.gz", "M3D_RefSeg/s0001/mask.nii.gz", "1", "0", "Segment the lesion.", "[SEG]"]])
+    write_csv(
+        raw.parent / "M3D_RefSeg_train.csv",
+        cols,
+        [
+            [
+                "M3D_RefSeg/s0000/ct.nii.gz",
+                "M3D_RefSeg/s0000/mask.nii.gz",
+                "1",
+                "0",
+                "Where is the liver lesion?",
+                "It is <SEG>.",
+            ],
+            [
+                "M3D_RefSeg/s0000/ct.nii.gz",
+                "M3D_RefSeg/s0000/mask.nii.gz",
+                "2",
+                "1",
+                "What could cause flank pain?",
+                "A renal cyst, [SEG].",
+            ],
+        ],
+    )
+    write_csv(
+        raw.parent / "M3D_RefSeg_test.csv",
+        cols,
+        [["M3D_RefSeg/s0001/ct.nii.gz", "M3D_RefSeg/s0001/mask.nii.gz", "1", "0", "Segment the lesion.", "[SEG]"]],
+    )
     out = tmp_path / "out"
     summary = PREPARER.prepare(raw.parent, out, **OPTS)
     it = items_by_id(out)["s0000"]

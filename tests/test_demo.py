@@ -10,15 +10,13 @@ printed by ``pytest -s`` and in the README's demo section.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from LaMed.demo import scoring
 
-
 # ---- scoring rules -----------------------------------------------------------------------------------
+
 
 def test_findings_rules_recover_the_phantom_labels():
     """On ground-truth phantom reports the rules find exactly the findings the generator recorded."""
@@ -35,11 +33,16 @@ def test_findings_rules_recover_the_phantom_labels():
 def test_findings_negations_and_micro_f1_by_hand():
     assert scoring.report_findings("No focal hepatic lesion. The spleen is homogeneous without focal lesion.") == set()
     assert scoring.report_findings("No hepatomegaly. A 12 mm cyst in the right lobe of the liver.") == {"liver lesion"}
-    assert scoring.report_findings("The left kidney is surgically absent. Nodule in the left lower lobe (9 mm).") == \
-        {"nephrectomy", "lung nodule"}
+    assert scoring.report_findings("The left kidney is surgically absent. Nodule in the left lower lobe (9 mm).") == {
+        "nephrectomy",
+        "lung nodule",
+    }
     preds = ["Impression: Hepatomegaly. Cyst in the liver (20 mm).", "Impression: Splenomegaly.", "No abnormality."]
-    refs = ["Impression: Hepatomegaly.", "Impression: Splenomegaly. Nodule in the right lower lobe (5 mm).",
-            "Unremarkable CT of the abdomen."]
+    refs = [
+        "Impression: Hepatomegaly.",
+        "Impression: Splenomegaly. Nodule in the right lower lobe (5 mm).",
+        "Unremarkable CT of the abdomen.",
+    ]
     # tp = 2 (hepatomegaly, splenomegaly), fp = 1 (liver lesion), fn = 1 (lung nodule)
     s = scoring.findings_f1(preds, refs)
     assert s["findings_precision"] == pytest.approx(2 / 3) and s["findings_recall"] == pytest.approx(2 / 3)
@@ -50,11 +53,21 @@ def test_findings_negations_and_micro_f1_by_hand():
 
 def test_chance_levels_by_hand():
     assert scoring.chance_recall(12, (1, 5, 20)) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@20": 1.0}
-    closed = lambda ans, topic: {"type": "closed", "topic": topic, "answer_choice": ans,  # noqa: E731
-                                 "choices": {"A": "a", "B": "b", "C": "c", "D": "d"}}
+
+    def closed(ans, topic):
+        return {
+            "type": "closed",
+            "topic": topic,
+            "answer_choice": ans,  # noqa: E731
+            "choices": {"A": "a", "B": "b", "C": "c", "D": "d"},
+        }
+
     yn = lambda ans, topic: {"type": "yes_no", "topic": topic, "answer": ans}  # noqa: E731
-    train = [{"vqa": [closed("B", "phase"), yn("Yes", "contrast")]}, {"vqa": [closed("B", "phase"), yn("Yes", "contrast")]},
-             {"vqa": [closed("C", "phase"), yn("No", "contrast"), yn("No", "cyst")]}]
+    train = [
+        {"vqa": [closed("B", "phase"), yn("Yes", "contrast")]},
+        {"vqa": [closed("B", "phase"), yn("Yes", "contrast")]},
+        {"vqa": [closed("C", "phase"), yn("No", "contrast"), yn("No", "cyst")]},
+    ]
     test = [{"vqa": [closed("B", "phase"), yn("No", "contrast")]}, {"vqa": [closed("A", "organ"), yn("No", "cyst")]}]
     b = scoring.vqa_baselines(train, test)
     # closed: "phase" -> B (right), unseen topic "organ" -> overall majority B (wrong); yes/no: contrast -> yes
@@ -84,13 +97,19 @@ def test_other_volume_baseline_by_hand():
 def test_checks_compare_scores_with_their_margins():
     from LaMed.demo.report import evaluate_checks
 
-    metrics = {"clip": {"bench": {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.2, "text_to_image_R@5": 0.9},
-                        "chance": {"R@1": 0.1, "R@5": 0.5}},
-               "seg": {"per_class": {"liver": {"dice": 0.69}}, "chance": {"liver": {"all_foreground": 0.1}}}}
+    metrics = {
+        "clip": {
+            "bench": {"text_to_image_R@1": 0.5, "image_to_text_R@1": 0.2, "text_to_image_R@5": 0.9},
+            "chance": {"R@1": 0.1, "R@5": 0.5},
+        },
+        "seg": {"per_class": {"liver": {"dice": 0.69}}, "chance": {"liver": {"all_foreground": 0.1}}},
+    }
     checks = evaluate_checks(metrics)
     assert checks["report-to-volume R@1"]["needed"] == pytest.approx(0.4) and checks["report-to-volume R@1"]["passed"]
     assert not checks["volume-to-report R@1"]["passed"]
-    assert checks["report-to-volume R@5"]["needed"] == pytest.approx(1.5) and not checks["report-to-volume R@5"]["passed"]
+    assert (
+        checks["report-to-volume R@5"]["needed"] == pytest.approx(1.5) and not checks["report-to-volume R@5"]["passed"]
+    )
     assert checks["liver Dice"]["needed"] == 0.7 and not checks["liver Dice"]["passed"]
     assert "closed VQA accuracy" not in checks  # a part that did not run is not judged
 
@@ -123,12 +142,19 @@ def test_command_line_config():
 
 # ---- the quick demo end to end -------------------------------------------------------------------------
 
+
 def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     rc, out, m = quick_demo
     assert rc == 0  # without --strict a finished demo exits 0 and reports failed checks in report.md
-    assert set(m["checks"]) == {"report-to-volume R@1", "volume-to-report R@1", "report-to-volume R@5",
-                                "zero-shot findings AUROC", "report findings F1",
-                                "closed VQA accuracy", "liver Dice"}
+    assert set(m["checks"]) == {
+        "report-to-volume R@1",
+        "volume-to-report R@1",
+        "report-to-volume R@5",
+        "zero-shot findings AUROC",
+        "report findings F1",
+        "closed VQA accuracy",
+        "liver Dice",
+    }
     seg = m["seg"]
     assert m["checks"]["liver Dice"]["passed"]
     assert seg["per_class"]["liver"]["dice"] > 0.7 > seg["chance"]["liver"]["all_foreground"]
@@ -150,8 +176,15 @@ def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     assert mllm["vqa"]["closed"] >= 0.5
     zs = clip["zero_shot"]
     assert zs["chance"] == 0.5 and zs["mean_auroc"]["organ"] >= 0.70 and zs["mean_auroc"]["all"] > 0.55
-    assert {"hepatomegaly", "splenomegaly", "splenectomy", "nephrectomy", "lung nodule", "liver lesion",
-            "arterial phase"} <= set(zs["per_finding"])
+    assert {
+        "hepatomegaly",
+        "splenomegaly",
+        "splenectomy",
+        "nephrectomy",
+        "lung nodule",
+        "liver lesion",
+        "arterial phase",
+    } <= set(zs["per_finding"])
 
 
 def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
@@ -159,9 +192,14 @@ def test_quick_demo_writes_the_report_figures_and_bench_outputs(quick_demo):
 
     _, out, m = quick_demo
     report = (out / "report.md").read_text()
-    for heading in ("## Did it learn?", "## What was trained", "## Image-report retrieval (CLIP)",
-                    "## Zero-shot findings classification (CLIP)",
-                    "## Report generation and VQA", "## Text-prompted segmentation"):
+    for heading in (
+        "## Did it learn?",
+        "## What was trained",
+        "## Image-report retrieval (CLIP)",
+        "## Zero-shot findings classification (CLIP)",
+        "## Report generation and VQA",
+        "## Text-prompted segmentation",
+    ):
         assert heading in report
     assert "Generated:" in report and "Truth:" in report and "chance" in report
     for name in ("training_curves", "retrieval_matrix", "segmentation"):

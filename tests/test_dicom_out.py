@@ -86,8 +86,16 @@ def _prediction(labels, names, prompts, absent=()):
     for i, p in enumerate(prompts):
         label_map[masks[p]] = i + 1
     probs = np.stack([m.astype(np.float16) for m in masks.values()])
-    return SegPrediction(list(prompts), probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, [],
-                         {p: float(p not in absent) for p in prompts}, {p: p not in absent for p in prompts})
+    return SegPrediction(
+        list(prompts),
+        probs,
+        masks,
+        label_map,
+        {i + 1: p for i, p in enumerate(prompts)},
+        [],
+        {p: float(p not in absent) for p in prompts},
+        {p: p not in absent for p in prompts},
+    )
 
 
 def test_dicom_seg_frames_land_on_source_slices(case, tmp_path):
@@ -148,8 +156,12 @@ def test_dicom_sr_references_the_study(case, tmp_path):
     assert sr.StudyInstanceUID == datasets[0].StudyInstanceUID and sr.Modality == "SR"
     texts = [item.TextValue for item in sr.ContentSequence]
     assert texts == ["Is there a liver lesion?", "No focal liver lesion."]
-    refs = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-            for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    refs = {
+        r.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
     assert refs == {ds.SOPInstanceUID for ds in datasets}
 
 
@@ -160,8 +172,10 @@ def test_dciodvfy_accepts_seg_and_sr(case, tmp_path):
     folder, vol, labels, names = case
     datasets = read_series_datasets(folder)
     pred = _prediction(labels, names, ["liver", "kidney_right"])
-    for path in (write_dicom_seg(pred, vol, datasets, tmp_path / "seg.dcm"),
-                 write_dicom_sr([("Describe the findings.", "Normal liver.")], datasets, tmp_path / "sr.dcm")):
+    for path in (
+        write_dicom_seg(pred, vol, datasets, tmp_path / "seg.dcm"),
+        write_dicom_sr([("Describe the findings.", "Normal liver.")], datasets, tmp_path / "sr.dcm"),
+    ):
         run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         errors = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, "\n".join(errors)
@@ -192,8 +206,24 @@ def test_lamed_predict_format_dicom_seg(case, tmp_path, capsys):
     model.save_pretrained(model_dir)
     resolve_tokenizer("minilm").save_pretrained(model_dir)
     out = tmp_path / "pred"
-    rc = main(["predict", "--model", str(model_dir), "--image", str(folder), "--out", str(out), "--prompt", "liver",
-               "--prompt", "spleen", "--no-zoom-in", "--format", "dicom-seg"])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(folder),
+            "--out",
+            str(out),
+            "--prompt",
+            "liver",
+            "--prompt",
+            "spleen",
+            "--no-zoom-in",
+            "--format",
+            "dicom-seg",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     seg = pydicom.dcmread(out / "series_seg.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen"]
@@ -201,6 +231,22 @@ def test_lamed_predict_format_dicom_seg(case, tmp_path, capsys):
     assert [s["prompt"] for s in record["structures"]] == ["liver", "spleen"]
     assert all(isinstance(s["present"], bool) for s in record["structures"])
     # a NIfTI input cannot be given back as DICOM: refused before the model runs
-    assert main(["predict", "--model", str(model_dir), "--image", str(SHARED / "ct_abdomen.nii.gz"), "--out", str(tmp_path / "x"),
-                 "--prompt", "liver", "--format", "dicom-seg"]) != 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                "--image",
+                str(SHARED / "ct_abdomen.nii.gz"),
+                "--out",
+                str(tmp_path / "x"),
+                "--prompt",
+                "liver",
+                "--format",
+                "dicom-seg",
+            ]
+        )
+        != 0
+    )
     assert "not a DICOM series folder" in capsys.readouterr().err

@@ -39,8 +39,15 @@ def test_parameter_counts_match_published(name, count):
     model = meta(name)
     assert n_params(model) == count
     # and the millions quoted by DCFormer (arXiv 2502.05091), to three decimals
-    quoted = {"dcformer_nano": 0.789, "dcformer_naive": 5.852, "dcformer_tiny": 14.657, "dcformer_small": 18.245,
-              "dcformer_base": 33.869, "dcformer_large": 185.125, "dcformer_text3dsam": 22.908}[name]
+    quoted = {
+        "dcformer_nano": 0.789,
+        "dcformer_naive": 5.852,
+        "dcformer_tiny": 14.657,
+        "dcformer_small": 18.245,
+        "dcformer_base": 33.869,
+        "dcformer_large": 185.125,
+        "dcformer_text3dsam": 22.908,
+    }[name]
     assert round(count / 1e6, 3) == quoted
 
 
@@ -68,7 +75,11 @@ def test_published_stage_shapes_med3dvlm_input():
     x = torch.empty(1, 1, 128, 256, 256, device="meta")
     maps = model.forward_intermediates(x)
     assert [tuple(m.shape) for m in maps] == [
-        (1, 64, 32, 64, 64), (1, 96, 16, 32, 32), (1, 192, 8, 16, 16), (1, 384, 4, 8, 8), (1, 768, 2, 4, 4)
+        (1, 64, 32, 64, 64),
+        (1, 96, 16, 32, 32),
+        (1, 192, 8, 16, 16),
+        (1, 384, 4, 8, 8),
+        (1, 768, 2, 4, 4),
     ]
     low, high = model.forward_tokens(x)  # what the mixer projector consumes
     assert tuple(low.shape) == (1, 256, 384) and tuple(high.shape) == (1, 32, 768)
@@ -80,7 +91,11 @@ def test_text3dsam_and_ct_rate_shapes():
     t3s = meta("dcformer_text3dsam")
     maps = t3s.forward_intermediates(torch.empty(1, 1, 128, 256, 256, device="meta"))
     assert [tuple(m.shape[1:]) for m in maps] == [
-        (48, 32, 64, 64), (96, 16, 32, 32), (192, 8, 16, 16), (384, 4, 8, 8), (768, 2, 4, 4)
+        (48, 32, 64, 64),
+        (96, 16, 32, 32),
+        (192, 8, 16, 16),
+        (384, 4, 8, 8),
+        (768, 2, 4, 4),
     ]
     # DCFormer on CT-RATE: D, H, W = 256, 512, 512 -> last stage 4 x 8 x 8 = 256 tokens of 768.
     tiny = meta("dcformer_tiny", img_size=(256, 512, 512))
@@ -117,7 +132,9 @@ def ref_decomp_conv(x, mod, kernel, stride=1, groups=1, act=False):
         conv, bn = getattr(mod, name)[0], getattr(mod, name)[1]
         y = F.conv3d(x, conv.weight, conv.bias, stride=stride, padding=pad, groups=groups)
         if isinstance(bn, torch.nn.BatchNorm3d):
-            y = (y - bn.running_mean[None, :, None, None, None]) / torch.sqrt(bn.running_var + bn.eps)[None, :, None, None, None]
+            y = (y - bn.running_mean[None, :, None, None, None]) / torch.sqrt(bn.running_var + bn.eps)[
+                None, :, None, None, None
+            ]
             y = y * bn.weight[None, :, None, None, None] + bn.bias[None, :, None, None, None]
         out = out + y
     return F.gelu(out) if act else out

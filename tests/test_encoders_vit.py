@@ -42,14 +42,21 @@ def published_vit_layout(hidden=768, mlp=3072, layers=12, patch_dim=1024, tokens
     keys["patch_embedding.patch_embeddings.1.bias"] = (hidden,)
     for i in range(layers):
         b = f"blocks.{i}."
-        keys.update({
-            b + "norm1.weight": (hidden,), b + "norm1.bias": (hidden,),
-            b + "attn.qkv.weight": (3 * hidden, hidden),
-            b + "attn.out_proj.weight": (hidden, hidden), b + "attn.out_proj.bias": (hidden,),
-            b + "norm2.weight": (hidden,), b + "norm2.bias": (hidden,),
-            b + "mlp.linear1.weight": (mlp, hidden), b + "mlp.linear1.bias": (mlp,),
-            b + "mlp.linear2.weight": (hidden, mlp), b + "mlp.linear2.bias": (hidden,),
-        })
+        keys.update(
+            {
+                b + "norm1.weight": (hidden,),
+                b + "norm1.bias": (hidden,),
+                b + "attn.qkv.weight": (3 * hidden, hidden),
+                b + "attn.out_proj.weight": (hidden, hidden),
+                b + "attn.out_proj.bias": (hidden,),
+                b + "norm2.weight": (hidden,),
+                b + "norm2.bias": (hidden,),
+                b + "mlp.linear1.weight": (mlp, hidden),
+                b + "mlp.linear1.bias": (mlp,),
+                b + "mlp.linear2.weight": (hidden, mlp),
+                b + "mlp.linear2.bias": (hidden,),
+            }
+        )
     keys["norm.weight"] = (hidden,)
     keys["norm.bias"] = (hidden,)
     return keys
@@ -78,8 +85,15 @@ def random_sd(layout: dict, device="cpu", seed=0) -> dict:
 # ---- registry, parameter counts, shapes on the published input size -------------------------------
 def test_variants_registered():
     names = set(list_encoders())
-    assert {"vit3d_base", "vit3d_base_segvol", "vit3d_test", "vit3d_2e3_base", "vit3d_2e3_test",
-            "sam3d_adapter_base", "sam3d_adapter_test"} <= names
+    assert {
+        "vit3d_base",
+        "vit3d_base_segvol",
+        "vit3d_test",
+        "vit3d_2e3_base",
+        "vit3d_2e3_test",
+        "sam3d_adapter_base",
+        "sam3d_adapter_test",
+    } <= names
     for n in ("vit3d_test", "vit3d_2e3_test", "sam3d_adapter_test"):
         assert isinstance(create_encoder(n), VisionEncoder)
 
@@ -345,7 +359,9 @@ def test_sam3d_adapters_start_as_identity_and_freeze():
     (neck.mean() + sum(s.mean() for s in stages)).backward()
     assert m.blocks[2].adapter.up.weight.grad.abs().sum() > 0
     assert all(p.grad is None for k, p in m.named_parameters() if ".adapter." not in k)
-    assert m.freeze_backbone(also_train=("patch_embedding",)) == n + sum(p.numel() for p in m.patch_embedding.parameters())
+    assert m.freeze_backbone(also_train=("patch_embedding",)) == n + sum(
+        p.numel() for p in m.patch_embedding.parameters()
+    )
     for a, b in zip(m.forward_intermediates(x), stages):
         torch.testing.assert_close(a, b)
 

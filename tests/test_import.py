@@ -47,7 +47,7 @@ def _rename(sd, pairs, prefix=""):
     for k, v in sd.items():
         for old, new in pairs:
             if k.startswith(old):
-                k = new + k[len(old):]
+                k = new + k[len(old) :]
                 break
         out[prefix + k] = v.clone()
     return out
@@ -68,18 +68,42 @@ def test_m3d_clip_release_imports_and_reproduces_embeddings(tmp_path, capsys):
     from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
     torch.manual_seed(0)
-    text = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-                      intermediate_size=96, max_position_embeddings=64).to_dict()
-    ours = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", vision_overrides={"num_heads": 1}, text_config=text,
-                                          projection_dim=24, logit_scale_mode="raw")).eval()
-    published = _rename(ours.state_dict(), [("vision_model.", "vision_encoder."), ("text_model.", "language_encoder."),
-                                            ("visual_projection.", "mm_vision_proj."), ("text_projection.", "mm_language_proj.")])
+    text = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    ).to_dict()
+    ours = LamedClipModel(
+        LamedClipConfig(
+            vision_encoder="vit3d_test",
+            vision_overrides={"num_heads": 1},
+            text_config=text,
+            projection_dim=24,
+            logit_scale_mode="raw",
+        )
+    ).eval()
+    published = _rename(
+        ours.state_dict(),
+        [
+            ("vision_model.", "vision_encoder."),
+            ("text_model.", "language_encoder."),
+            ("visual_projection.", "mm_vision_proj."),
+            ("text_projection.", "mm_language_proj."),
+        ],
+    )
     # BertModel's pooler is in the release; M3D never uses it (the CLS of last_hidden_state is the embedding)
     published["language_encoder.pooler.dense.weight"] = torch.zeros(64, 64)
     published["language_encoder.pooler.dense.bias"] = torch.zeros(64)
     assert_published_names(published, "m3d_clip")
-    src = _release(tmp_path / "M3D-CLIP", published, {"architectures": ["M3DCLIP"], "img_size": [16, 64, 64],
-                                                      "patch_size": [4, 16, 16], "num_heads": 1}, _minilm_tokenizer())
+    src = _release(
+        tmp_path / "M3D-CLIP",
+        published,
+        {"architectures": ["M3DCLIP"], "img_size": [16, 64, 64], "patch_size": [4, 16, 16], "num_heads": 1},
+        _minilm_tokenizer(),
+    )
     dst = tmp_path / "imported"
     assert main(["import", "m3d_clip", str(src), str(dst)]) == 0
     assert "all keys matched" in capsys.readouterr().out
@@ -89,12 +113,16 @@ def test_m3d_clip_release_imports_and_reproduces_embeddings(tmp_path, capsys):
     ids = torch.tensor([[101, 2023, 102], [101, 2054, 102]])
     with torch.no_grad():
         torch.testing.assert_close(again.encode_image(image), ours.encode_image(image))
-        torch.testing.assert_close(again.encode_text(ids, torch.ones_like(ids)), ours.encode_text(ids, torch.ones_like(ids)))
+        torch.testing.assert_close(
+            again.encode_text(ids, torch.ones_like(ids)), ours.encode_text(ids, torch.ones_like(ids))
+        )
     assert (dst / "tokenizer.json").is_file() or (dst / "vocab.txt").is_file()
     report = json.loads((dst / "lamed_import.json").read_text())
     assert report["family"] == "m3d_clip" and report["key_report"] == "all keys matched"
-    assert sorted(d["key"] for d in report["dropped_keys"]) == ["language_encoder.pooler.dense.bias",
-                                                                 "language_encoder.pooler.dense.weight"]
+    assert sorted(d["key"] for d in report["dropped_keys"]) == [
+        "language_encoder.pooler.dense.bias",
+        "language_encoder.pooler.dense.weight",
+    ]
     card = (dst / "README.md").read_text()
     assert "`logit_scale_mode='raw'`" in card and "`language_encoder.pooler.dense.weight`" in card
 
@@ -110,8 +138,14 @@ def test_segvol_release_imports_and_segments_like_the_original(tmp_path):
     torch.manual_seed(0)
     ours = create_seg_model("segvol_published", **tiny).eval()
     # transformers 4.x (which saved SegVol) nests the CLIP text tower under ``text_model.``
-    published = _rename(ours.state_dict(), [("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
-                                            ("text_encoder.proj.", "text_encoder.dim_align.")], prefix="model.")
+    published = _rename(
+        ours.state_dict(),
+        [
+            ("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
+            ("text_encoder.proj.", "text_encoder.dim_align."),
+        ],
+        prefix="model.",
+    )
     published["model.text_encoder.clip_text_model.text_model.embeddings.position_ids"] = torch.arange(16)[None]
     assert_published_names(published, "segvol")
     src = _release(tmp_path / "SegVol", published, {"architectures": ["SegVolModel"]}, _minilm_tokenizer())
@@ -135,13 +169,27 @@ def _tiny_lamed(tok):
 
     from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, prepare_tokenizer
 
-    text = CONFIG_MAPPING["phi3"](vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
-                                  max_position_embeddings=256)
+    text = CONFIG_MAPPING["phi3"](
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
-    return LaMedForCausalLM(LaMedConfig(text_config=text, vision_tower="vit3d_test", projector="spp",
-                                        image_insertion="legacy_offset", legacy_image_offset=1,
-                                        **prepare_tokenizer(tok))).eval()
+    return LaMedForCausalLM(
+        LaMedConfig(
+            text_config=text,
+            vision_tower="vit3d_test",
+            projector="spp",
+            image_insertion="legacy_offset",
+            legacy_image_offset=1,
+            **prepare_tokenizer(tok),
+        )
+    ).eval()
 
 
 def test_m3d_lamed_release_imports_with_the_legacy_splice_and_answers(tmp_path, capsys):
@@ -149,30 +197,54 @@ def test_m3d_lamed_release_imports_with_the_legacy_splice_and_answers(tmp_path, 
     from LaMed.inference.generate import load_mllm
     from LaMed.models.mllm import LaMedProcessor, MLLMCollator, prepare_tokenizer
 
-    tok = train_tokenizer(["The liver is enlarged.", "No focal lesion in the spleen.", "Describe the findings."] * 20,
-                          vocab_size=220)
+    tok = train_tokenizer(
+        ["The liver is enlarged.", "No focal lesion in the spleen.", "Describe the findings."] * 20, vocab_size=220
+    )
     prepare_tokenizer(tok)
     ours = _tiny_lamed(tok)
     sd = ours.state_dict()
-    published = {k[len("language_model."):]: v.clone() for k, v in sd.items() if k.startswith("language_model.")}
-    published.update({f"model.vision_tower.vision_tower.{k[len('vision_tower.'):]}": v.clone()
-                      for k, v in sd.items() if k.startswith("vision_tower.")})
+    published = {k[len("language_model.") :]: v.clone() for k, v in sd.items() if k.startswith("language_model.")}
+    published.update(
+        {
+            f"model.vision_tower.vision_tower.{k[len('vision_tower.') :]}": v.clone()
+            for k, v in sd.items()
+            if k.startswith("vision_tower.")
+        }
+    )
     published.update({f"model.{k}": v.clone() for k, v in sd.items() if k.startswith("mm_projector.")})
     assert_published_names(published, "m3d_lamed")
     config = {k: v for k, v in ours.config.text_config.to_dict().items() if k not in ("architectures", "model_type")}
-    config.update({"model_type": "lamed_phi3", "architectures": ["LamedPhi3ForCausalLM"], "vision_tower": "vit3d",
-                   "image_size": [16, 64, 64], "patch_size": [4, 16, 16], "mm_projector_type": "spp"})
+    config.update(
+        {
+            "model_type": "lamed_phi3",
+            "architectures": ["LamedPhi3ForCausalLM"],
+            "vision_tower": "vit3d",
+            "image_size": [16, 64, 64],
+            "patch_size": [4, 16, 16],
+            "mm_projector_type": "spp",
+        }
+    )
     src = _release(tmp_path / "M3D-LaMed-Phi-3-4B", published, config, tok)
     dst = tmp_path / "lamed"
     # ViT heads are not visible in the shapes (the release's are 64 wide); the tiny tower's are given.
-    assert main(["import", "m3d_lamed", str(src), str(dst), "--config",
-                 json.dumps({"vision_overrides": {"num_heads": 4}})]) == 0
+    assert (
+        main(
+            ["import", "m3d_lamed", str(src), str(dst), "--config", json.dumps({"vision_overrides": {"num_heads": 4}})]
+        )
+        == 0
+    )
     assert "all keys matched" in capsys.readouterr().out
     model, processor = load_mllm(dst)
     assert model.config.image_insertion == "legacy_offset" and model.config.text_config.model_type == "phi3"
     proc = LaMedProcessor(tok, ours.num_image_tokens)
-    batch = MLLMCollator(proc.pad_token_id)([{**proc.encode_example("Describe the findings.", "The liver is enlarged."),
-                                              "images": torch.rand(1, 16, 64, 64, generator=torch.Generator().manual_seed(3))}])
+    batch = MLLMCollator(proc.pad_token_id)(
+        [
+            {
+                **proc.encode_example("Describe the findings.", "The liver is enlarged."),
+                "images": torch.rand(1, 16, 64, 64, generator=torch.Generator().manual_seed(3)),
+            }
+        ]
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, ours(**batch).logits)
     assert processor.num_image_tokens == ours.num_image_tokens
@@ -200,6 +272,7 @@ def test_errors_name_the_problem(tmp_path, capsys):
 
 
 # ---- reasoning segmentation: M3D-LaMed with its seg module, R1Seg-3D LLM ---------------------------
+
 
 def _reasoning_tokenizer():
     from LaMed.data.tokenizer import train_tokenizer
@@ -242,15 +315,30 @@ def test_m3d_lamed_seg_release_imports_with_its_seg_module(tmp_path, capsys):
     tok = _reasoning_tokenizer()
     seg = dict(upscale_norm="full", point_convention="segvol", pe_axis_order="segvol")
     ours = build(tok, shared=False, seg_overrides=seg)
-    src = _reasoning_release(tmp_path / "M3D-LaMed-Phi-3-4B", ours, published_m3d,
-                             {"model_type": "lamed_phi3", "architectures": ["LamedPhi3ForCausalLM"], "vision_tower": "vit3d",
-                              "image_size": [16, 64, 64], "patch_size": [4, 16, 16], "mm_projector_type": "spp",
-                              "segmentation_module": "segvol"}, tok, "m3d_lamed_seg")
+    src = _reasoning_release(
+        tmp_path / "M3D-LaMed-Phi-3-4B",
+        ours,
+        published_m3d,
+        {
+            "model_type": "lamed_phi3",
+            "architectures": ["LamedPhi3ForCausalLM"],
+            "vision_tower": "vit3d",
+            "image_size": [16, 64, 64],
+            "patch_size": [4, 16, 16],
+            "mm_projector_type": "spp",
+            "segmentation_module": "segvol",
+        },
+        tok,
+        "m3d_lamed_seg",
+    )
     dst = tmp_path / "m3d_lamed_seg"
     # ViT heads, the pooling grid and the (tiny) seg module are not visible in the shapes: given here.
-    tiny = {"vision_overrides": {"num_heads": 4},
-            "projector_overrides": {"pool_size": [2, 2, 2]}, "seg_variant": "segvol_tiny",
-            "seg_overrides": {"img_size": [16, 64, 64], **seg}}
+    tiny = {
+        "vision_overrides": {"num_heads": 4},
+        "projector_overrides": {"pool_size": [2, 2, 2]},
+        "seg_variant": "segvol_tiny",
+        "seg_overrides": {"img_size": [16, 64, 64], **seg},
+    }
     assert main(["import", "m3d_lamed_seg", str(src), str(dst), "--config", json.dumps(tiny)]) == 0
     assert "all keys matched" in capsys.readouterr().out
     again = LaMedSegForCausalLM.from_pretrained(str(dst)).eval()
@@ -269,10 +357,22 @@ def test_r1seg_llm_release_imports_with_the_shared_encoder(tmp_path, capsys):
     seg = dict(point_prompts=False, mask_downscaling="conv3d", upscale_norm="full", pe_axis_order="segvol")
     ours = build(tok, shared=True, seg_overrides={**seg, "refine_passes": 2})
     # the merge script writes architectures as one string; the geometry is read from config.json
-    src = _reasoning_release(tmp_path / "R1Seg-3D-Phi-3-4B", ours, published_r1seg,
-                             {"model_type": "lamed_phi3_cross", "architectures": "LamedPhi3ForCausalLMCrossA",
-                              "img_size": [16, 64, 64], "patch_size": [4, 16, 16], "proj_pooling_size": 2,
-                              "mm_hidden_size": 96, "num_clicks": 2}, tok, "r1seg_llm")
+    src = _reasoning_release(
+        tmp_path / "R1Seg-3D-Phi-3-4B",
+        ours,
+        published_r1seg,
+        {
+            "model_type": "lamed_phi3_cross",
+            "architectures": "LamedPhi3ForCausalLMCrossA",
+            "img_size": [16, 64, 64],
+            "patch_size": [4, 16, 16],
+            "proj_pooling_size": 2,
+            "mm_hidden_size": 96,
+            "num_clicks": 2,
+        },
+        tok,
+        "r1seg_llm",
+    )
     dst = tmp_path / "r1seg3d"
     # Not visible in the shapes or config.json: the tiny ViT's heads and the tiny seg decoder.
     tiny = {"vision_overrides": {"num_heads": 4}, "seg_variant": "segvol_tiny", "seg_overrides": seg}
@@ -286,6 +386,7 @@ def test_r1seg_llm_release_imports_with_the_shared_encoder(tmp_path, capsys):
 
 # ---- damaged files, --verify, HSENet over --base ------------------------------------------------------
 
+
 def _tiny_segvol_release(folder: Path):
     from LaMed.models.segmentation import create_seg_model
     from LaMed.models.segmentation.variants import SEG_VARIANTS
@@ -293,8 +394,14 @@ def _tiny_segvol_release(folder: Path):
     tiny = dict(SEG_VARIANTS["segvol_tiny"][1])
     torch.manual_seed(0)
     ours = create_seg_model("segvol_published", **tiny).eval()
-    published = _rename(ours.state_dict(), [("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
-                                            ("text_encoder.proj.", "text_encoder.dim_align.")], prefix="model.")
+    published = _rename(
+        ours.state_dict(),
+        [
+            ("text_encoder.model.", "text_encoder.clip_text_model.text_model."),
+            ("text_encoder.proj.", "text_encoder.dim_align."),
+        ],
+        prefix="model.",
+    )
     return _release(folder, published, {"architectures": ["SegVolModel"]}, _minilm_tokenizer()), tiny
 
 
@@ -310,9 +417,10 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path, capsys):
     cases = {
         "truncated": good[: len(good) // 2],
         # the header's first tensor claims more bytes than the file holds
-        "header-edited": good[:8] + good[8:8 + header_len].replace(b'"data_offsets":[0,', b'"data_offsets":[9,', 1)
-        + good[8 + header_len:],
-        "header length": (10 ** 12).to_bytes(8, "little") + good[8:],
+        "header-edited": good[:8]
+        + good[8 : 8 + header_len].replace(b'"data_offsets":[0,', b'"data_offsets":[9,', 1)
+        + good[8 + header_len :],
+        "header length": (10**12).to_bytes(8, "little") + good[8:],
     }
     for i, (what, data) in enumerate(cases.items()):
         assert data != good, what
@@ -346,27 +454,44 @@ def test_hsenet_release_over_base_merges_its_lora_and_verifies(tmp_path, capsys)
     """The HSENet VLM release holds the two packers (``model.mm_projector`` for the 3D ViT,
     ``model.mm_projector2`` for the 2E3 ViT) and unmerged LoRA pairs under PEFT's ``base_model.model.``
     prefix; loaded over a ``--base`` model, LoRA merges as W + (alpha / r) B A."""
+    from transformers import CONFIG_MAPPING
+
     from LaMed.data.tokenizer import train_tokenizer
     from LaMed.inference.generate import load_mllm
     from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM, prepare_tokenizer
-    from transformers import CONFIG_MAPPING
 
     tok = train_tokenizer(["The liver is enlarged.", "No focal lesion.", "Describe the findings."] * 20, vocab_size=200)
     prepare_tokenizer(tok)
-    text = CONFIG_MAPPING["phi3"](vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=4, pad_token_id=tok.pad_token_id,
-                                  max_position_embeddings=512)
+    text = CONFIG_MAPPING["phi3"](
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(0)
-    base = LaMedForCausalLM(LaMedConfig(text_config=text, vision_tower=["vit3d_test", "vit3d_test"], projector="packer",
-                                        projector_overrides={"window": [1, 2, 2]}, image_insertion="legacy_offset",
-                                        **prepare_tokenizer(tok))).eval()
+    base = LaMedForCausalLM(
+        LaMedConfig(
+            text_config=text,
+            vision_tower=["vit3d_test", "vit3d_test"],
+            projector="packer",
+            projector_overrides={"window": [1, 2, 2]},
+            image_insertion="legacy_offset",
+            **prepare_tokenizer(tok),
+        )
+    ).eval()
     base.save_pretrained(tmp_path / "base")
     width, hidden = 96, 64  # vit3d_test width, LLM width
     g = torch.Generator().manual_seed(1)
     release = {}
     for root in ("model.mm_projector", "model.mm_projector2"):
         for name in ("Wq", "Wk", "Wv", "output_linear"):
-            release[f"base_model.model.{root}.resolution_attention.{name}.weight"] = torch.randn(width, width, generator=g)
+            release[f"base_model.model.{root}.resolution_attention.{name}.weight"] = torch.randn(
+                width, width, generator=g
+            )
             release[f"base_model.model.{root}.resolution_attention.{name}.bias"] = torch.randn(width, generator=g)
         release[f"base_model.model.{root}.resolution_attention.norm.weight"] = torch.randn(width, generator=g)
         release[f"base_model.model.{root}.resolution_attention.norm.bias"] = torch.randn(width, generator=g)
@@ -386,13 +511,18 @@ def test_hsenet_release_over_base_merges_its_lora_and_verifies(tmp_path, capsys)
     sd, before = model.state_dict(), base.state_dict()
     merged = before["language_model.model.layers.1.self_attn.qkv_proj.weight"] + 2.0 * (b @ a)
     torch.testing.assert_close(sd["language_model.model.layers.1.self_attn.qkv_proj.weight"], merged)
-    torch.testing.assert_close(sd["language_model.model.layers.0.self_attn.qkv_proj.weight"],
-                               before["language_model.model.layers.0.self_attn.qkv_proj.weight"])
+    torch.testing.assert_close(
+        sd["language_model.model.layers.0.self_attn.qkv_proj.weight"],
+        before["language_model.model.layers.0.self_attn.qkv_proj.weight"],
+    )
     # the 2E3 packer (mm_projector2) is the second stream
-    torch.testing.assert_close(sd["mm_projector.streams.1.attn.q.weight"],
-                               release["base_model.model.model.mm_projector2.resolution_attention.Wq.weight"])
-    torch.testing.assert_close(sd["mm_projector.streams.0.projector.2.bias"],
-                               release["base_model.model.model.mm_projector.proj_mpls.2.bias"])
+    torch.testing.assert_close(
+        sd["mm_projector.streams.1.attn.q.weight"],
+        release["base_model.model.model.mm_projector2.resolution_attention.Wq.weight"],
+    )
+    torch.testing.assert_close(
+        sd["mm_projector.streams.0.projector.2.bias"], release["base_model.model.model.mm_projector.proj_mpls.2.bias"]
+    )
 
 
 def test_a_processor_keeps_only_the_release_tokens(tmp_path):
@@ -417,8 +547,10 @@ def test_vit_head_count_comes_from_config_json_when_given():
     from LaMed.models.convert.releases import _vit_side
 
     width, tokens = 768, (32 // 4) * (256 // 16) * (256 // 16)
-    sd = {"vision_tower.patch_embedding.patch_embeddings.1.weight": torch.empty(width, 1024, device="meta"),
-          "vision_tower.patch_embedding.position_embeddings": torch.empty(1, tokens, width, device="meta"),
-          "vision_tower.blocks.0.mlp.linear1.weight": torch.empty(3072, width, device="meta")}
+    sd = {
+        "vision_tower.patch_embedding.patch_embeddings.1.weight": torch.empty(width, 1024, device="meta"),
+        "vision_tower.patch_embedding.position_embeddings": torch.empty(1, tokens, width, device="meta"),
+        "vision_tower.blocks.0.mlp.linear1.weight": torch.empty(3072, width, device="meta"),
+    }
     assert _vit_side(sd, {"num_heads": 6})["vision_overrides"]["num_heads"] == 6
     assert _vit_side(sd, {})["vision_overrides"]["num_heads"] == 12  # M3D's 64-wide heads

@@ -14,19 +14,32 @@ of ``commands`` or ``demo``; the library imports nothing from ``Data/``, ``Bench
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 # (importing packages, packages they must not import)
-FORBIDDEN: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
-    (("LaMed.utils",), ("LaMed.data", "LaMed.models", "LaMed.metrics", "LaMed.inference", "LaMed.train",
-                        "LaMed.commands", "LaMed.demo", "LaMed.cli")),
-    (("LaMed.data", "LaMed.models", "LaMed.metrics"),
-     ("LaMed.train", "LaMed.inference", "LaMed.commands", "LaMed.demo", "LaMed.cli")),
+FORBIDDEN: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+    (
+        ("LaMed.utils",),
+        (
+            "LaMed.data",
+            "LaMed.models",
+            "LaMed.metrics",
+            "LaMed.inference",
+            "LaMed.train",
+            "LaMed.commands",
+            "LaMed.demo",
+            "LaMed.cli",
+        ),
+    ),
+    (
+        ("LaMed.data", "LaMed.models", "LaMed.metrics"),
+        ("LaMed.train", "LaMed.inference", "LaMed.commands", "LaMed.demo", "LaMed.cli"),
+    ),
     (("LaMed.inference",), ("LaMed.train", "LaMed.commands", "LaMed.demo", "LaMed.cli")),
     (("LaMed.train",), ("LaMed.commands", "LaMed.demo", "LaMed.cli")),
     (("LaMed",), ("Data", "Bench", "scripts")),
@@ -42,7 +55,7 @@ def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def _imports(path: Path, top_level_only: bool = False) -> Iterator[Tuple[int, str]]:
+def _imports(path: Path, top_level_only: bool = False) -> Iterator[tuple[int, str]]:
     """``(line, imported module)`` of every import statement in ``path``."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -55,7 +68,7 @@ def _imports(path: Path, top_level_only: bool = False) -> Iterator[Tuple[int, st
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -64,7 +77,7 @@ def _imports(path: Path, top_level_only: bool = False) -> Iterator[Tuple[int, st
                 yield node.lineno, f"{target}.{alias.name}"
 
 
-def _library_files() -> List[Path]:
+def _library_files() -> list[Path]:
     return sorted((REPO / "LaMed").rglob("*.py"))
 
 
@@ -79,10 +92,10 @@ def test_layers_import_downwards_only():
     assert not bad, "upward imports:\n" + "\n".join(sorted(set(bad)))
 
 
-def _module_graph() -> Dict[str, Set[str]]:
+def _module_graph() -> dict[str, set[str]]:
     """Edges of the module-level imports between LaMed's modules (what runs at import time)."""
     modules = {_module_name(p): p for p in _library_files()}
-    graph: Dict[str, Set[str]] = {m: set() for m in modules}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
 
     def deepest(name: str) -> str:  # the module an imported dotted name lives in
         while name and name not in modules:
@@ -99,7 +112,7 @@ def _module_graph() -> Dict[str, Set[str]]:
                 base = node.module or ""
                 if node.level:
                     parts = package.split(".")
-                    base = ".".join(parts[:len(parts) - (node.level - 1)] + ([node.module] if node.module else []))
+                    base = ".".join(parts[: len(parts) - (node.level - 1)] + ([node.module] if node.module else []))
                 # "from pkg import sub" imports the submodule (fine while pkg is still initialising);
                 # "from pkg import name" needs pkg itself, so a submodule doing it to its own package
                 # while pkg's __init__ imports that submodule is a cycle
@@ -110,15 +123,15 @@ def _module_graph() -> Dict[str, Set[str]]:
 
 def test_no_import_cycles():
     graph = _module_graph()
-    state: Dict[str, int] = {}
-    cycles: List[List[str]] = []
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
 
-    def visit(node: str, stack: List[str]) -> None:
+    def visit(node: str, stack: list[str]) -> None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack)
         stack.pop()

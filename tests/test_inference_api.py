@@ -14,13 +14,13 @@ import logging
 import numpy as np
 import pytest
 import torch
+from test_predict_families import SHAPE, clip_dir, inputs, mllm_dir, phantom, seg_dir  # noqa: F401  (fixtures)
 
 import LaMed
 from LaMed.cli import main
-from test_predict_families import SHAPE, clip_dir, inputs, mllm_dir, phantom, seg_dir  # noqa: F401  (fixtures)
-
 
 # ---- segmentation --------------------------------------------------------------------------------------
+
 
 def test_segment_equals_the_direct_computation_and_saves_like_predict(seg_dir, inputs, tmp_path):
     from LaMed.data.io import load_mask, load_volume
@@ -34,8 +34,25 @@ def test_segment_equals_the_direct_computation_and_saves_like_predict(seg_dir, i
     np.testing.assert_array_equal(result.probabilities, direct.probabilities)
     assert result.masks["liver"].shape == vol.shape
     written = result.save(tmp_path / "api")
-    assert main(["predict", "--model", str(seg_dir), "--image", str(inputs["nifti"]), "--prompt", "liver",
-                 "--prompt", "spleen", "--out", str(tmp_path / "cli"), "--no-zoom-in"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(seg_dir),
+                "--image",
+                str(inputs["nifti"]),
+                "--prompt",
+                "liver",
+                "--prompt",
+                "spleen",
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-zoom-in",
+            ]
+        )
+        == 0
+    )
     cli = tmp_path / "cli" / written["labels"].name
     np.testing.assert_array_equal(load_mask(written["labels"], like=vol).array, load_mask(cli, like=vol).array)
 
@@ -76,10 +93,17 @@ def _dicom_series(volume, folder):
     uid = "1.2.826.0.1.3680043.2.1125.99"
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
-        for tag, value in {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000e": uid,
-                           "0008|0018": f"{uid}.{k + 1}", "0020|000d": f"{uid}.0", "0020|0013": str(k + 1),
-                           "0020|0032": "\\".join(f"{v:.4f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
-                           "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": f"{sd:.4f}"}.items():
+        for tag, value in {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0020|000e": uid,
+            "0008|0018": f"{uid}.{k + 1}",
+            "0020|000d": f"{uid}.0",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": f"{sd:.4f}",
+        }.items():
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
         writer.Execute(sl)
@@ -87,6 +111,7 @@ def _dicom_series(volume, folder):
 
 
 # ---- preprocessing stored with the model ----------------------------------------------------------------
+
 
 def test_stored_preprocessing_is_used_and_another_preset_warns(seg_dir, inputs, tmp_path, caplog):
     import shutil
@@ -131,8 +156,12 @@ def test_clip_predict_uses_the_stored_preprocessing(clip_dir, inputs, tmp_path, 
     config["preprocessing"] = preset_spec("hsenet_bimcv")  # [-1000, 200] HU window, not m3d's
     (folder / "config.json").write_text(json.dumps(config))
     out = tmp_path / "c.json"
-    assert main(["predict", "--model", str(folder), "--image", str(inputs["nifti"]), "--prompt", "liver",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["predict", "--model", str(folder), "--image", str(inputs["nifti"]), "--prompt", "liver", "--out", str(out)]
+        )
+        == 0
+    )
     emb = np.load(out.with_suffix(".npz"))["image"]
     model = LamedClipModel.from_pretrained(str(folder)).eval()
     size = tuple(model.vision_model.config.img_size)
@@ -143,8 +172,24 @@ def test_clip_predict_uses_the_stored_preprocessing(clip_dir, inputs, tmp_path, 
     np.testing.assert_allclose(emb, want[0].numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(emb, m3d[0].numpy(), atol=1e-4)
     capsys.readouterr()
-    assert main(["predict", "--model", str(folder), "--image", str(inputs["nifti"]), "--prompt", "liver",
-                 "--out", str(out), "--preset", "m3d"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(folder),
+                "--image",
+                str(inputs["nifti"]),
+                "--prompt",
+                "liver",
+                "--out",
+                str(out),
+                "--preset",
+                "m3d",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "--preset m3d differs" in err and "hsenet_bimcv" in err
 
@@ -154,18 +199,28 @@ def test_training_stores_the_preprocessing_of_its_data(tmp_path):
     from LaMed.data.prepared import manifest_preprocessing
     from LaMed.data.presets import preset_from_spec
 
-    prepare_phantoms(tmp_path / "p", n=2, shape=(16, 32, 32), seed=0, val_fraction=0.0, test_fraction=0.0,
-                     progress=False)
+    prepare_phantoms(
+        tmp_path / "p", n=2, shape=(16, 32, 32), seed=0, val_fraction=0.0, test_fraction=0.0, progress=False
+    )
     record = manifest_preprocessing(tmp_path / "p" / "train.json")
     p = preset_from_spec(record)
     # phantoms: HU mapped linearly from [-160, 240] at their final size, no crop (see prepare_phantoms)
     assert (p.name, p.window, p.crop_foreground, p.normalize) == ("m3d", (-160.0, 240.0), False, "minmax")
-    prepare_phantoms(tmp_path / "q", n=2, shape=(32, 64, 64), seed=0, val_fraction=0.0, test_fraction=0.0,
-                     progress=False, preset="m3d_seg")
+    prepare_phantoms(
+        tmp_path / "q",
+        n=2,
+        shape=(32, 64, 64),
+        seed=0,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        progress=False,
+        preset="m3d_seg",
+    )
     assert manifest_preprocessing(tmp_path / "q" / "train.json")["preset"] == "m3d_seg"
 
 
 # ---- text and CLIP ---------------------------------------------------------------------------------
+
 
 def test_generate_equals_generate_texts(mllm_dir, inputs):
     from LaMed.data.io import load_volume
@@ -178,8 +233,13 @@ def test_generate_equals_generate_texts(mllm_dir, inputs):
     model, processor = load_mllm(mllm_dir)
     x = model_input(load_volume(inputs["nifti"]), SHAPE, "m3d")  # nothing stored: the m3d default
     assert get_preset("m3d").window == (-160.0, 240.0)
-    want = generate_texts(model, processor, x.expand(2, -1, -1, -1, -1),
-                          ["Is there a liver lesion?", "Describe the findings."], max_new_tokens=5)
+    want = generate_texts(
+        model,
+        processor,
+        x.expand(2, -1, -1, -1, -1),
+        ["Is there a liver lesion?", "Describe the findings."],
+        max_new_tokens=5,
+    )
     assert got == want
     assert isinstance(vlm.generate(inputs["nifti"], max_new_tokens=3), str)
 
@@ -194,6 +254,7 @@ def test_similarity_is_the_cosine_of_the_embeddings(clip_dir, inputs):
 
 
 # ---- dtype, device map, quantisation ------------------------------------------------------------------
+
 
 def test_bf16_loads_bf16_weights_and_fp16_is_refused_on_cpu(seg_dir, clip_dir, mllm_dir, inputs):
     for folder in (seg_dir, clip_dir, mllm_dir):
@@ -226,15 +287,23 @@ def test_quantised_loading_needs_bitsandbytes(mllm_dir):
 
 
 def test_the_llm_is_built_once(tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
     from LaMed.data.tokenizer import train_tokenizer
     from LaMed.models.mllm.factory import MLLMModelArguments, create_mllm
 
     tok = train_tokenizer(["The liver is enlarged.", "No lesion."] * 20, vocab_size=120)
-    text = CONFIG_MAPPING["phi3"](vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
-                                  eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    text = CONFIG_MAPPING["phi3"](
+        vocab_size=len(tok) + 8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(text).save_pretrained(tmp_path / "llm")
     built = []
@@ -246,8 +315,9 @@ def test_the_llm_is_built_once(tmp_path, monkeypatch):
     assert model.language_model.dtype == torch.bfloat16
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "llm")
     name = "model.layers.0.mlp.down_proj.weight"
-    torch.testing.assert_close(model.language_model.state_dict()[name].float(),
-                               loaded.state_dict()[name].bfloat16().float())
+    torch.testing.assert_close(
+        model.language_model.state_dict()[name].float(), loaded.state_dict()[name].bfloat16().float()
+    )
 
 
 @pytest.mark.parametrize("family", ["seg", "clip", "mllm"])
@@ -277,12 +347,22 @@ def test_streamed_load_ties_a_tied_output_head(tmp_path):
     from LaMed.models.mllm import LaMedConfig, LaMedForCausalLM
 
     # Phi-4-mini ties its output head to the embedding: saved once, loaded into both names
-    text = CONFIG_MAPPING["phi3"](vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    text = CONFIG_MAPPING["phi3"](
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
-    model = LaMedForCausalLM(LaMedConfig(text_config=text, vision_tower="vit3d_test", projector="spp",
-                                         image_token_id=63))
+    model = LaMedForCausalLM(
+        LaMedConfig(text_config=text, vision_tower="vit3d_test", projector="spp", image_token_id=63)
+    )
     model.save_pretrained(tmp_path)
     again = load_pretrained(LaMedForCausalLM, tmp_path, torch.bfloat16)
     head, emb = again.get_output_embeddings().weight, again.get_input_embeddings().weight

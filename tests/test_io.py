@@ -234,7 +234,9 @@ def test_dicom_folder_with_two_series_lists_them_and_series_uid_selects(tmp_path
     write_dicom_series(folder, known_kji, (0.7, 0.9, 2.5), (-10.0, 20.0, 30.0), CORONAL, UID_A, instance=1)
     identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     write_dicom_series(folder, known_kji[:3] + 5, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), identity, UID_B, instance=2)
-    with pytest.raises(VolumeError, match=r"holds 2 DICOM series; choose one with --series-uid UID \(series_uid=UID") as err:
+    with pytest.raises(
+        VolumeError, match=r"holds 2 DICOM series; choose one with --series-uid UID \(series_uid=UID"
+    ) as err:
         load_volume(folder)
     msg = str(err.value)
     assert msg.startswith(str(folder))
@@ -409,12 +411,15 @@ def test_to_source_and_to_canonical_are_inverse(totalseg_dir):
     np.testing.assert_array_equal(vol.to_canonical(src), vol.array)
 
 
-@pytest.mark.parametrize("raw,slope,inter,expected,dtype", [
-    (np.array([0, 4095], np.uint16), 1, -1024, [-1024, 3071], np.int16),  # CT stored unsigned + intercept
-    (np.array([0, 65535], np.uint16), 1, -1024, [-1024, 64511], np.int32),  # needs a wider type
-    (np.array([0, 3], np.uint8), -2, 10, [10, 4], np.int16),  # negative slope: intermediates are signed
-    (np.array([1, 2], np.int16), 0.5, 0, [0.5, 1.0], np.float32),  # inexact scaling -> float32
-])
+@pytest.mark.parametrize(
+    "raw,slope,inter,expected,dtype",
+    [
+        (np.array([0, 4095], np.uint16), 1, -1024, [-1024, 3071], np.int16),  # CT stored unsigned + intercept
+        (np.array([0, 65535], np.uint16), 1, -1024, [-1024, 64511], np.int32),  # needs a wider type
+        (np.array([0, 3], np.uint8), -2, 10, [10, 4], np.int16),  # negative slope: intermediates are signed
+        (np.array([1, 2], np.int16), 0.5, 0, [0.5, 1.0], np.float32),  # inexact scaling -> float32
+    ],
+)
 def test_integer_rescaling_is_exact_and_compact(raw, slope, inter, expected, dtype):
     from LaMed.data.io import finalize_array
 

@@ -80,13 +80,17 @@ def test_2d_image(tmp_path):
 
 
 def test_single_slice_image_is_2d(tmp_path):
-    _raises(_nifti(tmp_path / "one.nii.gz", np.zeros((8, 9, 1), np.int16)),
-            r"is a 2D image \(shape \(8, 9, 1\) has a single slice\)")
+    _raises(
+        _nifti(tmp_path / "one.nii.gz", np.zeros((8, 9, 1), np.int16)),
+        r"is a 2D image \(shape \(8, 9, 1\) has a single slice\)",
+    )
 
 
 def test_4d_with_several_channels_names_axis_and_size(tmp_path):
-    _raises(_nifti(tmp_path / "4d.nii.gz", np.zeros((8, 9, 10, 3), np.int16)),
-            r"4D image of shape \(8, 9, 10, 3\) with 3 channels/time points along axis 3 \(size 3\)")
+    _raises(
+        _nifti(tmp_path / "4d.nii.gz", np.zeros((8, 9, 10, 3), np.int16)),
+        r"4D image of shape \(8, 9, 10, 3\) with 3 channels/time points along axis 3 \(size 3\)",
+    )
 
 
 def test_4d_with_singleton_channel_is_fine(tmp_path, small):

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LaMed.metrics.classification import (binary_scores, bootstrap_ci, multilabel_report, roc_auc, select_threshold,
-                                          select_thresholds)
+from LaMed.metrics.classification import (
+    binary_scores,
+    bootstrap_ci,
+    multilabel_report,
+    roc_auc,
+    select_threshold,
+    select_thresholds,
+)
 
 sk = pytest.importorskip("sklearn.metrics")
 

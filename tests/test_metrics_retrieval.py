@@ -20,9 +20,13 @@ def brute_ranks(sim, targets=None):
 
 
 def test_hand_example_with_ties():
-    s = np.array([[0.5, 0.5, 0.1],   # tie with another candidate at the top: still rank 0
-                  [0.9, 0.2, 0.2],   # one strictly higher, one tie: rank 1
-                  [0.3, 0.3, 0.3]])  # all equal: rank 0
+    s = np.array(
+        [
+            [0.5, 0.5, 0.1],  # tie with another candidate at the top: still rank 0
+            [0.9, 0.2, 0.2],  # one strictly higher, one tie: rank 1
+            [0.3, 0.3, 0.3],
+        ]
+    )  # all equal: rank 0
     assert retrieval_ranks(s).tolist() == [0, 1, 0]
     assert recall_at_k(s, ks=(1, 2)) == {1: pytest.approx(2 / 3), 2: 1.0}
 
@@ -51,7 +55,7 @@ def test_embeddings_equal_matrix_version_including_duplicates():
     rng = np.random.default_rng(1)
     q = rng.standard_normal((53, 16)).astype(np.float32)
     c = rng.standard_normal((61, 16)).astype(np.float32)
-    c[3] = c[0]      # exact duplicate of query 0's match: a tie that must not push query 0 down
+    c[3] = c[0]  # exact duplicate of query 0's match: a tie that must not push query 0 down
     c[10] = c[7]
     c[20] = 2 * c[20]
     sim = q @ c.T
@@ -62,8 +66,7 @@ def test_embeddings_equal_matrix_version_including_duplicates():
     # normalize=True is cosine similarity
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     cn = c / np.linalg.norm(c, axis=1, keepdims=True)
-    assert np.array_equal(retrieval_ranks_from_embeddings(q, c, normalize=True),
-                          brute_ranks(qn @ cn.T))
+    assert np.array_equal(retrieval_ranks_from_embeddings(q, c, normalize=True), brute_ranks(qn @ cn.T))
 
 
 def test_embedding_shape_errors():
@@ -79,10 +82,7 @@ LABELS = [{"nodule", "effusion"}, {"nodule"}, {"effusion", "emphysema"}, {"nodul
 def test_label_overlap_hand_example():
     lab, vocab = labels_to_multihot(LABELS)
     assert vocab == ["effusion", "emphysema", "nodule"]
-    s = np.array([[1.0, 0.9, 0.1, 0.8],
-                  [0.7, 1.0, 0.2, 0.6],
-                  [0.3, 0.1, 1.0, 0.2],
-                  [0.9, 0.4, 0.3, 1.0]])
+    s = np.array([[1.0, 0.9, 0.1, 0.8], [0.7, 1.0, 0.2, 0.6], [0.3, 0.1, 1.0, 0.2], [0.9, 0.4, 0.3, 1.0]])
     # exclude self: q0 retrieves 1 (J=1/2) then 3 (J=1); q1 -> 0 (1/2), 3 (1/2); q2 -> 0 (1/3), 3 (1/3);
     # q3 -> 0 (1), 1 (1/2)
     out = label_overlap_at_k(s, lab, lab, ks=(1, 2), measure="jaccard", exclude_self=True)

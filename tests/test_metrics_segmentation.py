@@ -11,13 +11,19 @@ from LaMed.metrics import segmentation as S
 
 def ellipsoid(shape, centre, radii):
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2 <= 1
+    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
+        (x - centre[2]) / radii[2]
+    ) ** 2 <= 1
 
 
 def monai_all(p, g, spacing, tol):
     torch = pytest.importorskip("torch")
-    from monai.metrics import (DiceMetric, compute_average_surface_distance, compute_hausdorff_distance,
-                               compute_surface_dice)
+    from monai.metrics import (
+        DiceMetric,
+        compute_average_surface_distance,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
 
     P = torch.from_numpy(p.astype(np.float32))[None, None]
     G = torch.from_numpy(g.astype(np.float32))[None, None]
@@ -27,8 +33,12 @@ def monai_all(p, g, spacing, tol):
         return {
             "dice": float(dm(P, G)[0, 0]),
             "nsd": float(compute_surface_dice(P, G, [tol], include_background=True, spacing=spacing)[0, 0]),
-            "hd95": float(compute_hausdorff_distance(P, G, include_background=True, percentile=95, spacing=spacing)[0, 0]),
-            "assd": float(compute_average_surface_distance(P, G, include_background=True, symmetric=True, spacing=spacing)[0, 0]),
+            "hd95": float(
+                compute_hausdorff_distance(P, G, include_background=True, percentile=95, spacing=spacing)[0, 0]
+            ),
+            "assd": float(
+                compute_average_surface_distance(P, G, include_background=True, symmetric=True, spacing=spacing)[0, 0]
+            ),
         }
 
 
@@ -62,7 +72,7 @@ def test_real_liver_mask_against_monai(totalseg_dir):
     liver = seg == 5  # labels.json "total": 5 = liver
     assert liver.sum() > 1000
     pred = np.roll(liver, 2, axis=0)  # a 6 mm shift along x
-    pred[:, :, 10:12] = False          # and two missing slices
+    pred[:, :, 10:12] = False  # and two missing slices
     ref = monai_all(pred, liver, (3.0, 3.0, 3.0), tol=3.0)
     assert S.dice(pred, liver) == pytest.approx(ref["dice"], abs=1e-6)
     assert S.nsd(pred, liver, (3.0, 3.0, 3.0), 3.0) == pytest.approx(ref["nsd"], abs=1e-6)
@@ -71,9 +81,9 @@ def test_real_liver_mask_against_monai(totalseg_dir):
 
 def test_hand_worked_values():
     g = np.zeros((5, 5), bool)
-    g[1:4, 1:4] = True                       # 3x3 square: 8 surface pixels, the centre is inner
+    g[1:4, 1:4] = True  # 3x3 square: 8 surface pixels, the centre is inner
     p = np.zeros_like(g)
-    p[1:4, 1:3] = True                       # 3x2 rectangle: all 6 pixels are surface
+    p[1:4, 1:3] = True  # 3x2 rectangle: all 6 pixels are surface
     assert S.dice(p, g) == pytest.approx(2 * 6 / (6 + 9))
     assert S.iou(p, g) == pytest.approx(6 / 9)
     # tolerance 0: pred pixel (2, 2) is gt's inner centre (1 px from gt's surface); gt's right column
@@ -112,8 +122,8 @@ def test_inputs_tensors_channels_and_errors():
 
 
 def test_m3d_soft_dice_hand_example():
-    logits = np.zeros((1, 2, 2))           # sigmoid(0) = 0.5 everywhere
-    gt = np.array([[[1, 1], [0, -1]]])     # -1 counts as 0
+    logits = np.zeros((1, 2, 2))  # sigmoid(0) = 0.5 everywhere
+    gt = np.array([[[1, 1], [0, -1]]])  # -1 counts as 0
     # 2 * (0.5 + 0.5) / (4 * 0.5 + 2 + 1) = 2 / 5
     assert S.m3d_soft_dice(logits, gt) == pytest.approx(0.4)
     assert S.m3d_soft_dice(np.full((2, 2), 0.5), [[1, 1], [0, 0]], from_logits=False) == pytest.approx(0.4)
@@ -126,14 +136,14 @@ def test_m3d_soft_dice_hand_example():
 def test_instance_f1_hand_example():
     gt = np.zeros((10, 10, 10), np.uint8)
     pred = np.zeros_like(gt)
-    gt[0:2, 0:2, 0:2] = 1        # lesion 1: found exactly
+    gt[0:2, 0:2, 0:2] = 1  # lesion 1: found exactly
     pred[0:2, 0:2, 0:2] = 1
-    gt[5:7, 5:7, 5:7] = 1        # lesion 2: predicted with IoU 4/12 < 0.5 -> missed, and an FP
+    gt[5:7, 5:7, 5:7] = 1  # lesion 2: predicted with IoU 4/12 < 0.5 -> missed, and an FP
     pred[5:7, 5:7, 6:8] = 1
-    pred[5:6, 5:6, 5:6] = 0      # (keep the prediction one component)
-    gt[8:10, 0:3, 8:10] = 1      # lesion 3: found with IoU 8/12 >= 0.5
+    pred[5:6, 5:6, 5:6] = 0  # (keep the prediction one component)
+    gt[8:10, 0:3, 8:10] = 1  # lesion 3: found with IoU 8/12 >= 0.5
     pred[8:10, 0:2, 8:10] = 1
-    pred[0, 9, 9] = 1            # isolated false positive
+    pred[0, 9, 9] = 1  # isolated false positive
     out = S.instance_f1(pred, gt)
     assert (out["tp"], out["fp"], out["fn"], out["num_pred"], out["num_gt"]) == (2, 2, 1, 4, 3)
     assert out["f1"] == pytest.approx(2 * 2 / (4 + 3))

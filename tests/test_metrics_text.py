@@ -15,7 +15,7 @@ from LaMed.metrics.base import MetricUnavailable
 def reports(shared_data):
     """Real Radiopaedia findings as references, perturbed copies (drops, insertions, swaps) as predictions."""
     lines = (shared_data / "reports" / "radiopaedia_captions.jsonl").read_text(encoding="utf-8").splitlines()
-    refs = [json.loads(l)["report"] for l in lines if l.strip()]
+    refs = [json.loads(line)["report"] for line in lines if line.strip()]
     rng = random.Random(0)
     preds = []
     for r in refs:
@@ -39,7 +39,7 @@ def coco_inputs(preds, refs):
 def random_corpus(seed, n=30, multi=False):
     """Small-vocabulary sentences; predictions are edited copies of a reference, so n-grams overlap."""
     rng = random.Random(seed)
-    vocab = "liver spleen kidney lesion mass cyst no normal the left right enlarged".split()
+    vocab = ["liver", "spleen", "kidney", "lesion", "mass", "cyst", "no", "normal", "the", "left", "right", "enlarged"]
     sent = lambda: [rng.choice(vocab) for _ in range(rng.randint(3, 15))]  # noqa: E731
     preds, refs = [], []
     for _ in range(n):
@@ -55,7 +55,7 @@ def test_tokenizers_match_reference_libraries(reports):
     from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 
     t13 = Tokenizer13a()
-    texts = reports[1] + ["a-b 3-4 1,000.5 x.y (<tag>) &amp; don't \"q\" {x}|~^_`", "Line one-\nnext\nthird"]
+    texts = reports[1] + ['a-b 3-4 1,000.5 x.y (<tag>) &amp; don\'t "q" {x}|~^_`', "Line one-\nnext\nthird"]
     for t in texts:
         assert T.tokenize_13a(t) == t13(t).split()
         assert T.tokenize_basic(t) == rs_tok.tokenize(t, None)
@@ -108,12 +108,14 @@ def test_bleu_edge_cases():
     assert T.bleu(["the liver"], [""], n=1) == 0.0
     # no 4-gram match: exactly 0, while pycocoevalcap's epsilons give a tiny positive number
     from pycocoevalcap.bleu.bleu import Bleu
+
     gts, res = coco_inputs(["a b c d e"], ["a b c x e"])
     coco, _ = Bleu(4).compute_score(gts, res, verbose=0)
     assert T.bleu(["a b c d e"], ["a b c x e"], n=4) == 0.0 and 0 < coco[3] < 1e-3
     # hand value: 3 of 4 unigrams match, closest reference length 6 -> BP exp(1 - 6/4)
-    assert T.bleu(["the liver is enlarged"], [["the liver is normal in size", "x"]], n=1) == \
-        pytest.approx(0.75 * math.exp(1 - 6 / 4))
+    assert T.bleu(["the liver is enlarged"], [["the liver is normal in size", "x"]], n=1) == pytest.approx(
+        0.75 * math.exp(1 - 6 / 4)
+    )
     with pytest.raises(ValueError, match="predictions has 2 items but references has 1"):
         T.bleu(["a", "b"], ["a"])
     with pytest.raises(TypeError, match=r"predictions\[1\]"):
@@ -131,9 +133,15 @@ def test_rouge_matches_rouge_score(reports, use_stemmer):
     refs = refs + ["the liver", "", "liver"]
     scorer = rouge_scorer.RougeScorer(["rougeL", "rouge1", "rouge2"], use_stemmer=use_stemmer)
     ref = [scorer.score(r, p) for p, r in zip(preds, refs)]
-    np.testing.assert_allclose(T.rouge_l_scores(preds, refs, use_stemmer), [s["rougeL"].fmeasure for s in ref], atol=1e-12)
-    np.testing.assert_allclose(T.rouge_n_scores(preds, refs, 1, use_stemmer), [s["rouge1"].fmeasure for s in ref], atol=1e-12)
-    np.testing.assert_allclose(T.rouge_n_scores(preds, refs, 2, use_stemmer), [s["rouge2"].fmeasure for s in ref], atol=1e-12)
+    np.testing.assert_allclose(
+        T.rouge_l_scores(preds, refs, use_stemmer), [s["rougeL"].fmeasure for s in ref], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        T.rouge_n_scores(preds, refs, 1, use_stemmer), [s["rouge1"].fmeasure for s in ref], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        T.rouge_n_scores(preds, refs, 2, use_stemmer), [s["rouge2"].fmeasure for s in ref], atol=1e-12
+    )
     assert T.rouge_l(preds, refs, use_stemmer) == pytest.approx(np.mean([s["rougeL"].fmeasure for s in ref]))
 
 
@@ -174,7 +182,6 @@ def test_m3d_bleu1_hand_example_and_sacrebleu():
     assert T.bleu(["a b c d e"], [["a b c", "a b c d e f"]], n=1, tokenize="13a") == pytest.approx(math.exp(1 - 6 / 5))
     # single reference: equals sacrebleu's unsmoothed sentence BLEU with max order 1
     scorer = sacrebleu.metrics.BLEU(max_ngram_order=1, smooth_method="none", effective_order=False)
-    rng = random.Random(7)
     preds, refs = random_corpus(7, n=15)
     for p, r in zip(preds, refs):
         assert T.m3d_bleu1([p], [r]) == pytest.approx(scorer.sentence_score(p, [r]).score / 100, rel=1e-9)

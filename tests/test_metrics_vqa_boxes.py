@@ -6,27 +6,46 @@ from LaMed.metrics import boxes as B
 from LaMed.metrics import vqa as V
 
 
-@pytest.mark.parametrize("text,letter", [
-    ("B", "B"), ("B.", "B"), ("(B) liver", "B"), ("b) liver", "B"), ("B: the liver", "B"),
-    ("The answer is B", "B"), ("answer: (c)", "C"), ("Option D.", "D"), ("The Answer is: A", "A"),
-    ("I think D is right", "D"), ("the (d) one", "D"),
-    ("A mass in the liver", None), ("The answer is a mass", None), ("CT shows nothing", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "text,letter",
+    [
+        ("B", "B"),
+        ("B.", "B"),
+        ("(B) liver", "B"),
+        ("b) liver", "B"),
+        ("B: the liver", "B"),
+        ("The answer is B", "B"),
+        ("answer: (c)", "C"),
+        ("Option D.", "D"),
+        ("The Answer is: A", "A"),
+        ("I think D is right", "D"),
+        ("the (d) one", "D"),
+        ("A mass in the liver", None),
+        ("The answer is a mass", None),
+        ("CT shows nothing", None),
+        ("", None),
+    ],
+)
 def test_parse_choice(text, letter):
     assert V.parse_choice(text) == letter
 
 
 def test_parse_choice_by_option_text_and_allowed_letters():
     choices = {"A": "liver", "B": "left kidney", "C": "left kidney cyst", "D": "spleen"}
-    assert V.parse_choice("It is a left kidney cyst.", choices) == "C"   # longest nested option wins
+    assert V.parse_choice("It is a left kidney cyst.", choices) == "C"  # longest nested option wins
     assert V.parse_choice("probably the spleen", choices) == "D"
-    assert V.parse_choice("E", {"A": "x", "B": "y"}) is None             # E is not an option
+    assert V.parse_choice("E", {"A": "x", "B": "y"}) is None  # E is not an option
     assert V.parse_choice("E") is None and V.parse_choice("E", letters="ABCDE") == "E"
 
 
 def test_yes_no_and_closed_accuracy():
-    assert [V.parse_yes_no(t) for t in ("No, there is none", "Yes.", "There is no lesion", "maybe", "")] == \
-        ["no", "yes", "no", None, None]
+    assert [V.parse_yes_no(t) for t in ("No, there is none", "Yes.", "There is no lesion", "maybe", "")] == [
+        "no",
+        "yes",
+        "no",
+        None,
+        None,
+    ]
     preds = ["(B) liver", "The answer is C", "yes it is", "No.", "garbage"]
     answers = ["B", "D", "Yes", "no", "A"]
     assert V.closed_correct(preds, answers) == [True, False, True, True, False]
@@ -68,11 +87,11 @@ def test_box_parsing():
 
 def test_box_iou_and_m3d_score_hand_example():
     a, b = [0, 0, 0, 2, 2, 2], [1, 1, 1, 3, 3, 3]
-    assert B.box_iou_3d(a, b) == pytest.approx(1 / 15)          # 1 / (8 + 8 - 1)
-    assert B.m3d_box_score(a, b) == pytest.approx(1 / 27)       # 1 / enclosing 3^3
+    assert B.box_iou_3d(a, b) == pytest.approx(1 / 15)  # 1 / (8 + 8 - 1)
+    assert B.m3d_box_score(a, b) == pytest.approx(1 / 27)  # 1 / enclosing 3^3
     assert B.box_iou_3d(a, a) == 1.0 and B.m3d_box_score(a, a) == pytest.approx(1.0, abs=1e-6)
     assert B.box_iou_3d(a, [5, 5, 5, 6, 6, 6]) == 0.0
-    assert B.box_iou_3d([1, 1, 1, 0, 0, 0], a) == 0.0            # inverted box has no volume
+    assert B.box_iou_3d([1, 1, 1, 0, 0, 0], a) == 0.0  # inverted box has no volume
     assert B.box_iou_3d([1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]) == 1.0
     assert B.m3d_positioning_score("at [0, 0, 0, 2, 2, 2]", "[1, 1, 1, 3, 3, 3]") == pytest.approx(1 / 27)
     assert B.m3d_positioning_score("I cannot tell", "[1, 1, 1, 3, 3, 3]") == -1.0

@@ -24,29 +24,49 @@ def tok():
 def tiny(tok, model_type="phi3", **cfg):
     from transformers import CONFIG_MAPPING
 
-    text = CONFIG_MAPPING[model_type](vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)
+    text = CONFIG_MAPPING[model_type](
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     return LaMedForCausalLM(LaMedConfig(text_config=text, **prepare_tokenizer(tok), **cfg)).eval()
 
 
 def logits(model, tok, volume):
     proc = LaMedProcessor(tok, model.num_image_tokens)
-    b = MLLMCollator(proc.pad_token_id)([{**proc.encode_example("Describe.", "The liver is enlarged."), "images": torch.rand(volume, generator=torch.Generator().manual_seed(1))}])
+    b = MLLMCollator(proc.pad_token_id)(
+        [
+            {
+                **proc.encode_example("Describe.", "The liver is enlarged."),
+                "images": torch.rand(volume, generator=torch.Generator().manual_seed(1)),
+            }
+        ]
+    )
     with torch.no_grad():
         return model(**b).logits
 
 
 def llm_published(sd):
     """Our LLM keys -> the published wrapper's (``model.*`` / ``lm_head``)."""
-    return {k[len("language_model."):]: v for k, v in sd.items() if k.startswith("language_model.")}
+    return {k[len("language_model.") :]: v for k, v in sd.items() if k.startswith("language_model.")}
 
 
 def test_m3d_lamed_full_and_peft_checkpoints(tok):
     model = tiny(tok, vision_tower="vit3d_test", projector="spp")
     sd = model.state_dict()
     pub = llm_published(sd)
-    pub.update({f"model.vision_tower.vision_tower.{k[len('vision_tower.'):]}": v for k, v in sd.items() if k.startswith("vision_tower.")})
+    pub.update(
+        {
+            f"model.vision_tower.vision_tower.{k[len('vision_tower.') :]}": v
+            for k, v in sd.items()
+            if k.startswith("vision_tower.")
+        }
+    )
     pub.update({f"model.{k}": v for k, v in sd.items() if k.startswith("mm_projector.")})
     pub["model.seg_projector.0.weight"] = torch.zeros(2, 2)  # the seg module is not part of this model
     assert_published_names(pub, "m3d_lamed")  # the release's names (reference-code table), not ours renamed
@@ -85,8 +105,15 @@ def _m3v_projector_name(key: str) -> str:
     """Ours ``mm_projector.streams.{s}.{i}.{token_mlp|channel_mlp}.{0|2}.x`` -> Med3DVLM's mixer names."""
     m = re.match(r"mm_projector\.streams\.(\d)\.(\d+)\.(.+)$", key)
     stream, layer, rest = m.groups()
-    rest = re.sub(r"^(token_mlp|channel_mlp)\.(\d+)\.", lambda g: {"token_mlp": "mlp1", "channel_mlp": "mlp2"}[g.group(1)]
-                  + ".mm_projector." + ("0." if g.group(2) == "0" else f"{int(g.group(2)) // 2}.1."), rest)
+    rest = re.sub(
+        r"^(token_mlp|channel_mlp)\.(\d+)\.",
+        lambda g: (
+            {"token_mlp": "mlp1", "channel_mlp": "mlp2"}[g.group(1)]
+            + ".mm_projector."
+            + ("0." if g.group(2) == "0" else f"{int(g.group(2)) // 2}.1.")
+        ),
+        rest,
+    )
     return f"model.mm_projector.{'low' if stream == '0' else 'high'}_mixer.{layer}.{rest}"
 
 
@@ -109,7 +136,9 @@ def test_med3dvlm_checkpoint(tok):
 
 
 def test_hsenet_partial_release_and_stage1_file(tok):
-    model = tiny(tok, vision_tower=["vit3d_test", "vit3d_test"], projector="packer", projector_overrides={"window": [1, 2, 2]})
+    model = tiny(
+        tok, vision_tower=["vit3d_test", "vit3d_test"], projector="packer", projector_overrides={"window": [1, 2, 2]}
+    )
     sd = model.state_dict()
     names = {"q": "Wq", "k": "Wk", "v": "Wv", "out": "output_linear", "norm": "norm"}
     release = {}
@@ -131,9 +160,13 @@ def test_hsenet_partial_release_and_stage1_file(tok):
     assert "language_model.model.layers.0.self_attn.qkv_proj.lora_A" in conv
 
     # A stage-1 file (projector + full embed_tokens) loads both parts, strictly.
-    fresh = tiny(tok, vision_tower=["vit3d_test", "vit3d_test"], projector="packer", projector_overrides={"window": [1, 2, 2]})
+    fresh = tiny(
+        tok, vision_tower=["vit3d_test", "vit3d_test"], projector="packer", projector_overrides={"window": [1, 2, 2]}
+    )
     stage1 = {k.replace("base_model.model.", ""): v for k, v in release.items() if "lora" not in k}
     stage1["model.embed_tokens.weight"] = torch.full_like(sd["language_model.model.embed_tokens.weight"], 0.5)
     info = load_stage1_projector(fresh, stage1, family="hsenet")
-    assert info["embed_tokens"] and torch.equal(fresh.get_input_embeddings().weight, stage1["model.embed_tokens.weight"])
+    assert info["embed_tokens"] and torch.equal(
+        fresh.get_input_embeddings().weight, stage1["model.embed_tokens.weight"]
+    )
     assert all(torch.equal(fresh.state_dict()[k], sd[k]) for k in proj)

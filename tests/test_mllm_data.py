@@ -32,24 +32,26 @@ def test_raw_format_label_masking(kind, tokenizers):
     assert len(ids) == len(labels) == len(ex["attention_mask"])
     assert (ids[0] == tok.bos_token_id) == (kind == "bos") and proc.add_bos == (kind == "bos")
     first_image = 1 if kind == "bos" else 0
-    assert ids[first_image:first_image + 5] == [proc.image_token_id] * 5
-    supervised = [i for i, l in enumerate(labels) if l != IGNORE_INDEX]
+    assert ids[first_image : first_image + 5] == [proc.image_token_id] * 5
+    supervised = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
     # The supervised part is exactly the answer tokens and the final EOS, contiguous at the end.
     assert supervised == list(range(supervised[0], len(ids)))
     assert labels[-1] == ids[-1] == tok.eos_token_id
-    assert tok.decode(labels[supervised[0]:-1]).strip() == "The liver is enlarged."
+    assert tok.decode(labels[supervised[0] : -1]).strip() == "The liver is enlarged."
     prompt_ids = proc.encode_prompt("Describe the findings.")
-    assert ids[:len(prompt_ids)] == prompt_ids and supervised[0] == len(prompt_ids)
+    assert ids[: len(prompt_ids)] == prompt_ids and supervised[0] == len(prompt_ids)
 
 
 def test_chat_format_uses_the_template_and_masks_it(tokenizers):
     tok = tokenizers["chat"]
     proc = LaMedProcessor(tok, 3, prompt_format="chat", system_prompt="You are a radiologist.")
     text = proc.prompt_text("Which imaging phase is shown?")
-    assert text.startswith("<|im_start|>system\nYou are a radiologist.<|im_end|>\n<|im_start|>user\n" + "<im_patch>" * 3)
+    assert text.startswith(
+        "<|im_start|>system\nYou are a radiologist.<|im_end|>\n<|im_start|>user\n" + "<im_patch>" * 3
+    )
     assert text.endswith("<|im_start|>assistant\n")
     ex = proc.encode_example("Which imaging phase is shown?", "arterial")
-    sup = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX]
+    sup = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
     assert sup[-1] == tok.convert_tokens_to_ids("<|im_end|>") and tok.decode(sup[:-1]) == "arterial"
 
 
@@ -96,7 +98,9 @@ def test_dataset_records_and_samples(manifest, tokenizers):
     assert len(closed) == n_closed
     r = closed.record(0)
     qa = items[0]["vqa"][r["vqa_index"]]
-    assert r["question"] == qa["question"] + " Choices: " + " ".join(f"{k}. {v}" for k, v in sorted(qa["choices"].items()))
+    assert r["question"] == qa["question"] + " Choices: " + " ".join(
+        f"{k}. {v}" for k, v in sorted(qa["choices"].items())
+    )
     assert r["answer"] == f"{qa['answer_choice']}. {qa['answer']}"
     text_style = MLLMDataset(manifest, proc, task="vqa_closed", closed_answer="text")
     assert text_style.record(0)["answer"] == qa["answer"]
@@ -110,8 +114,11 @@ def test_dataset_records_and_samples(manifest, tokenizers):
 def test_conversation_masks_every_answer_and_starts_like_one_question(kind, tokenizers):
     tok = tokenizers[kind]
     proc = LaMedProcessor(tok, 3, prompt_format="chat" if kind == "chat" else "raw")
-    turns = [("Which imaging phase is shown?", "arterial"), ("Is the liver enlarged?", "No"),
-             ("Is there a focal lesion in the spleen?", "Yes")]
+    turns = [
+        ("Which imaging phase is shown?", "arterial"),
+        ("Is the liver enlarged?", "No"),
+        ("Is there a focal lesion in the spleen?", "Yes"),
+    ]
     conv = proc.encode_conversation(turns)
     ids, labels = conv["input_ids"], conv["labels"]
     assert ids.count(proc.image_token_id) == 3  # the volume once
@@ -122,9 +129,9 @@ def test_conversation_masks_every_answer_and_starts_like_one_question(kind, toke
     # ... and the supervised tokens are the three answers, each closed by the end token, nothing else.
     end = tok.eos_token_id if kind != "chat" else tok.convert_tokens_to_ids("<|im_end|>")
     groups, cur = [], []
-    for t, l in zip(ids, labels):
-        if l != IGNORE_INDEX:
-            assert l == t
+    for t, lab in zip(ids, labels):
+        if lab != IGNORE_INDEX:
+            assert lab == t
             cur.append(t)
             if t == end:
                 groups.append(cur)
@@ -151,7 +158,7 @@ def test_conversation_dataset_groups_an_items_questions(manifest, tokenizers):
         qa = items[0]["vqa"][j]
         assert qa["type"] == "yes_no" and q == qa["question"] and a == str(qa["answer"])
     s = conv[0]
-    assert sum(1 for l in s["labels"] if l == proc.tokenizer.eos_token_id) == len(r["turns"])
+    assert sum(1 for lab in s["labels"] if lab == proc.tokenizer.eos_token_id) == len(r["turns"])
     assert s["images"].shape == (1, 8, 32, 32)
     assert len(MLLMDataset(manifest, proc, task="caption", conversation_turns=3)) == 3  # captions: unaffected
 
@@ -171,17 +178,38 @@ def test_mixture_follows_weights_and_seed():
 
 
 def test_flare_and_radgenome_readers(tmp_path):
-    flare = [{"case_id": "amos_0001.nii.gz", "findings": {"liver": "Normal.", "spleen": "Enlarged."},
-              "global_vqa": [{"question": "Which organs are abnormal?", "answer": ["spleen", "kidney"]}],
-              "local_vqa": [{"id": 1, "question": "Is the spleen enlarged?", "answer": "yes", "choices": ["yes", "no"], "follow_up": -1}]}]
+    flare = [
+        {
+            "case_id": "amos_0001.nii.gz",
+            "findings": {"liver": "Normal.", "spleen": "Enlarged."},
+            "global_vqa": [{"question": "Which organs are abnormal?", "answer": ["spleen", "kidney"]}],
+            "local_vqa": [
+                {
+                    "id": 1,
+                    "question": "Is the spleen enlarged?",
+                    "answer": "yes",
+                    "choices": ["yes", "no"],
+                    "follow_up": -1,
+                }
+            ],
+        }
+    ]
     (tmp_path / "f.json").write_text(json.dumps(flare))
     it = flare_items(tmp_path / "f.json", "npy")[0]
     assert it["id"] == "amos_0001" and it["image"] == "npy/amos_0001.npy"
     assert it["text"] == "liver: Normal.\nspleen: Enlarged."
     assert it["vqa"][0]["answer"] == "spleen, kidney" and it["vqa"][1]["question"].endswith("Choices: ['yes', 'no']")
-    rg = {"train": [{"image": "a/vol.npy", "biomedclip_features": "a/f.npy", "anatomy": "lung/left", "abnormality": "nodule"}]}
+    rg = {
+        "train": [
+            {"image": "a/vol.npy", "biomedclip_features": "a/f.npy", "anatomy": "lung/left", "abnormality": "nodule"}
+        ]
+    }
     (tmp_path / "r.json").write_text(json.dumps(rg))
     it = radgenome_items(tmp_path / "r.json")[0]
-    assert "nodule" in it["vqa"][0]["question"] and it["vqa"][0]["answer"] == "lung/left" and it["slice_features"] == "a/f.npy"
+    assert (
+        "nodule" in it["vqa"][0]["question"]
+        and it["vqa"][0]["answer"] == "lung/left"
+        and it["slice_features"] == "a/f.npy"
+    )
     with pytest.raises(ValueError, match="no split 'validation'"):
         radgenome_items(tmp_path / "r.json", split="validation")

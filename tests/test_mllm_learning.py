@@ -31,10 +31,20 @@ from pathlib import Path
 
 import pytest
 
-_ORGANS = {"liver": "liver", "spleen": "spleen", "right kidney": "kidney_right", "left kidney": "kidney_left",
-           "right lower lobe": "lung_right", "left lower lobe": "lung_left"}
-_ABSENT = {"cholecystectomy": "gallbladder", "splenectomy": "spleen", "right nephrectomy": "kidney_right",
-           "left nephrectomy": "kidney_left"}
+_ORGANS = {
+    "liver": "liver",
+    "spleen": "spleen",
+    "right kidney": "kidney_right",
+    "left kidney": "kidney_left",
+    "right lower lobe": "lung_right",
+    "left lower lobe": "lung_left",
+}
+_ABSENT = {
+    "cholecystectomy": "gallbladder",
+    "splenectomy": "spleen",
+    "right nephrectomy": "kidney_right",
+    "left nephrectomy": "kidney_left",
+}
 
 
 def findings(report: str) -> set:
@@ -56,8 +66,10 @@ def micro_f1(preds, refs) -> float:
 
 
 def test_findings_extraction_on_known_reports():
-    rep = ("Findings: ... \nImpression: Hepatomegaly. Two lesions in the liver, the largest 39 mm. "
-           "Cyst in the right kidney (18 mm). Status post left nephrectomy.")
+    rep = (
+        "Findings: ... \nImpression: Hepatomegaly. Two lesions in the liver, the largest 39 mm. "
+        "Cyst in the right kidney (18 mm). Status post left nephrectomy."
+    )
     assert findings(rep) == {"hepatomegaly", "lesion:liver", "lesion:kidney_right", "absent:kidney_left"}
     assert findings("Findings: normal.\nConclusion: No acute abnormality.") == set()
     assert micro_f1([{"a", "b"}], [{"a"}]) == pytest.approx(2 / 3)
@@ -68,8 +80,11 @@ def test_reports_name_the_drawn_findings_above_chance(quick_demo):
     mllm = m["mllm"]
     test = Path(m["data"]["folder"]) / "test.json"
     refs = {it["id"]: it["text"] for it in json.loads(test.read_text(encoding="utf-8"))["items"]}
-    rows = [json.loads(x) for x in (Path(mllm["bench_dirs"]["mrg"]) / "predictions.jsonl").read_text(
-        encoding="utf-8").splitlines() if x.strip()]
+    rows = [
+        json.loads(x)
+        for x in (Path(mllm["bench_dirs"]["mrg"]) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+        if x.strip()
+    ]
     assert len(rows) == len(refs) == m["data"]["splits"]["test"] >= 50
     pred = [findings(r["prediction"]) for r in rows]
     ref = [findings(refs[r["id"]]) for r in rows]

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from LaMed.data.tokenizer import train_tokenizer
-from LaMed.models.mllm import ImageTokenMismatch, LaMedConfig, LaMedForCausalLM, LaMedProcessor, MLLMCollator, prepare_tokenizer
+from LaMed.models.mllm import (
+    ImageTokenMismatch,
+    LaMedConfig,
+    LaMedForCausalLM,
+    LaMedProcessor,
+    MLLMCollator,
+    prepare_tokenizer,
+)
 
 CORPUS = [
     "Findings: the liver is enlarged, measuring 18 cm. No focal lesion in the spleen.",
@@ -19,7 +26,10 @@ CORPUS = [
 # Tiny twins of the published LLMs: architecture and tokenizer conventions, nothing else.
 LLMS = {
     "phi3": (dict(model_type="phi3"), dict(style="sentencepiece", bos=True)),
-    "phi4_mini": (dict(model_type="phi3", partial_rotary_factor=0.75, tie_word_embeddings=True), dict(style="byte_level", bos=False)),
+    "phi4_mini": (
+        dict(model_type="phi3", partial_rotary_factor=0.75, tie_word_embeddings=True),
+        dict(style="byte_level", bos=False),
+    ),
     "llama2": (dict(model_type="llama", num_key_value_heads=4), dict(style="sentencepiece", bos=True)),
     "llama3": (dict(model_type="llama", rope_theta=500000.0), dict(style="byte_level", bos=True)),
     "qwen2_5": (dict(model_type="qwen2"), dict(style="byte_level", bos=False)),
@@ -42,10 +52,19 @@ def build(name: str, tok, seed: int = 0, **cfg) -> LaMedForCausalLM:
 
     arch = dict(LLMS[name][0])
     mt = arch.pop("model_type")
-    text = CONFIG_MAPPING[mt](vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=arch.pop("num_key_value_heads", 2),
-                              max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, **arch)
+    text = CONFIG_MAPPING[mt](
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=arch.pop("num_key_value_heads", 2),
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **arch,
+    )
     text._attn_implementation = "eager"
     torch.manual_seed(seed)
     cfg = {"vision_tower": "vit3d_test", "projector": "spp", **cfg}
@@ -193,7 +212,7 @@ def test_left_padded_batch_equals_one_by_one(name, tokenizers):
     assert (b["attention_mask"][0] == 0).any()  # the shorter prompt is left-padded
     batched = model.generate(**b, **kw)[:, -10:]
     for i in range(2):
-        single = model.generate(**proc([qs[i]], images=imgs[i:i + 1]), **kw)[:, -10:]
+        single = model.generate(**proc([qs[i]], images=imgs[i : i + 1]), **kw)[:, -10:]
         assert torch.equal(batched[i], single[0]), f"row {i}"
 
 
@@ -225,8 +244,12 @@ def test_lora_merge_roundtrip_identical_logits(tokenizers, tmp_path):
     model = build("llama3", tok)
     proc = LaMedProcessor(tok, model.num_image_tokens)
     b = batch_of(proc, PAIRS)
-    stage = StageArguments(lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                           lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    stage = StageArguments(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
     peft_model = apply_lora(model, stage)
     with torch.no_grad():  # non-zero adapters, or merging would be a no-op
         for n, p in peft_model.named_parameters():
@@ -280,16 +303,28 @@ def test_token_hidden_states_hook():
 def test_multi_tower_and_multi_stage_geometries_come_from_the_parts(tokenizers):
     tok = tokenizers["phi4_mini"]
     # HSENet layout: 3D ViT + 2E3 ViT (pooled slice features), two-stream packer -> 2 x 16 tokens.
-    hsenet = build("phi4_mini", tok, vision_tower=["vit3d_test", "vit3d_2e3_test"],
-                   vision_overrides=[{}, {"slice_dim": 64}], projector="packer", projector_overrides={"window": [1, 2, 2]},
-                   slice_feature_source="pooled")
+    hsenet = build(
+        "phi4_mini",
+        tok,
+        vision_tower=["vit3d_test", "vit3d_2e3_test"],
+        vision_overrides=[{}, {"slice_dim": 64}],
+        projector="packer",
+        projector_overrides={"window": [1, 2, 2]},
+        slice_feature_source="pooled",
+    )
     assert hsenet.num_image_tokens == 2 * 16 and len(hsenet.towers) == 2
     proc = LaMedProcessor(tok, hsenet.num_image_tokens)
     out = hsenet(**batch_of(proc, PAIRS))
     assert torch.isfinite(out.loss)
     # Med3DVLM layout: DCFormer stages 3 and 4 -> two-stream mixer (4 + 4 tokens).
-    m3v = build("qwen2_5", tokenizers["qwen2_5"], vision_tower="dcformer_test", vision_feature_stages=[3, 4],
-                projector="mixer", projector_overrides={"out_tokens": [[6, 4], [4, 4]]})
+    m3v = build(
+        "qwen2_5",
+        tokenizers["qwen2_5"],
+        vision_tower="dcformer_test",
+        vision_feature_stages=[3, 4],
+        projector="mixer",
+        projector_overrides={"out_tokens": [[6, 4], [4, 4]]},
+    )
     assert m3v.num_image_tokens == 8
     proc = LaMedProcessor(tokenizers["qwen2_5"], 8)
     items = [{**proc.encode_example(q, a), "images": torch.rand(1, 32, 64, 64)} for q, a in PAIRS]

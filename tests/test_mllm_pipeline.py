@@ -55,8 +55,10 @@ def chain(phantoms, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     common = ["--train_manifest", str(phantoms / "train.json"), "--max_steps", "2", "--logging_steps", "1"]
     s1 = run_training(str(RECIPES / "tiny_m3d_lamed_phi3_stage1.yaml"), common + ["--output_dir", str(runs / "s1")])
-    s2 = run_training(str(RECIPES / "tiny_m3d_lamed_phi3_stage2.yaml"),
-                      common + ["--output_dir", str(runs / "s2"), "--pretrained_model", str(runs / "s1")])
+    s2 = run_training(
+        str(RECIPES / "tiny_m3d_lamed_phi3_stage2.yaml"),
+        common + ["--output_dir", str(runs / "s2"), "--pretrained_model", str(runs / "s1")],
+    )
     return runs, s1, s2
 
 
@@ -70,7 +72,9 @@ def test_stage1_trains_projector_and_embeddings_only_and_stage2_starts_from_them
     changed = {k for k in t if not torch.equal(b[k], t[k])}
     assert any(k.startswith("mm_projector.") for k in changed)
     assert "language_model.model.embed_tokens.weight" in changed
-    assert all(k.startswith("mm_projector.") or k == "language_model.model.embed_tokens.weight" for k in changed), changed
+    assert all(k.startswith("mm_projector.") or k == "language_model.model.embed_tokens.weight" for k in changed), (
+        changed
+    )
     # Stage 2 was built from the stage-1 folder: its base checkpoint, embeddings included.
     manifest = json.loads((runs / "s2" / "trainable_manifest.json").read_text())
     assert manifest["base_checkpoints"] == {"": str(runs / "s1")}
@@ -98,15 +102,17 @@ def test_merge_lora_gives_a_plain_checkpoint_with_the_same_logits(chain, phantom
     load_trainable(peft_model, runs / "s2")
     peft_model.eval()
     proc = LaMedProcessor.from_pretrained(runs / "merged")
-    batch = MLLMCollator(proc.pad_token_id)([{**proc.encode_example("Describe.", "The liver is enlarged."),
-                                             "images": torch.rand(1, 16, 64, 64)}])
+    batch = MLLMCollator(proc.pad_token_id)(
+        [{**proc.encode_example("Describe.", "The liver is enlarged."), "images": torch.rand(1, 16, 64, 64)}]
+    )
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, peft_model(**batch).logits, atol=1e-4, rtol=1e-4)
     from LaMed.commands.merge_lora import merge_lora
 
     (runs / "fake").mkdir(exist_ok=True)
-    (runs / "fake" / "trainable_manifest.json").write_text(json.dumps(
-        {"base_checkpoints": {"": str(runs / "s1")}, "stage": {"lora_r": 0}}))
+    (runs / "fake" / "trainable_manifest.json").write_text(
+        json.dumps({"base_checkpoints": {"": str(runs / "s1")}, "stage": {"lora_r": 0}})
+    )
     with pytest.raises(ValueError, match="has no LoRA"):
         merge_lora(runs / "fake", runs / "x")
     assert main(["merge-lora", str(runs / "missing"), str(runs / "x")]) == 1  # clear error, no traceback
@@ -125,7 +131,9 @@ def test_bench_front_ends_round_trip_through_the_scorers(chain, phantoms, tmp_pa
     lines = [json.loads(x) for x in (tmp_path / "mrg" / "predictions.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [it["id"] for it in test]
     assert (tmp_path / "mrg" / "summary.json").is_file() and (tmp_path / "mrg" / "per_sample.csv").is_file()
-    vqa = run_vqa(model, str(phantoms / "test.json"), str(tmp_path / "vqa"), types=["closed", "yes_no"], max_new_tokens=4)
+    vqa = run_vqa(
+        model, str(phantoms / "test.json"), str(tmp_path / "vqa"), types=["closed", "yes_no"], max_new_tokens=4
+    )
     n_q = sum(1 for it in test for q in it["vqa"] if q["type"] in ("closed", "yes_no"))
     assert vqa["overall"]["count"] == n_q
     pos = run_pos(model, str(phantoms / "test.json"), str(tmp_path / "pos"), max_new_tokens=6, limit=3)

@@ -88,10 +88,22 @@ def test_organ_hu_at_full_size(phase):
     assert f["phase"] == phase
     med = {k: float(np.median(img[_interior(m)])) for k, m in p.masks.items() if _interior(m).any()}
     ranges = {  # published typical CT numbers; the phantom draws each organ near its table value
-        "non-contrast": {"liver": (45, 75), "spleen": (35, 65), "kidney_right": (20, 50), "kidney_left": (20, 50),
-                         "aorta": (25, 60), "gallbladder": (-5, 25)},
-        "arterial": {"liver": (55, 90), "spleen": (80, 115), "kidney_right": (120, 180), "kidney_left": (120, 180),
-                     "aorta": (190, 260), "gallbladder": (-5, 25)},
+        "non-contrast": {
+            "liver": (45, 75),
+            "spleen": (35, 65),
+            "kidney_right": (20, 50),
+            "kidney_left": (20, 50),
+            "aorta": (25, 60),
+            "gallbladder": (-5, 25),
+        },
+        "arterial": {
+            "liver": (55, 90),
+            "spleen": (80, 115),
+            "kidney_right": (120, 180),
+            "kidney_left": (120, 180),
+            "aorta": (190, 260),
+            "gallbladder": (-5, 25),
+        },
     }[phase]
     for name, (lo, hi) in ranges.items():
         if name in med:
@@ -102,7 +114,9 @@ def test_organ_hu_at_full_size(phase):
     assert -140 < np.median(img[fat_ring]) < -60
     assert np.median(img[~p.masks["body"]]) < -950
     # Noise is realistic: a few to a few tens of HU inside a homogeneous organ.
-    liver_core = _interior(p.masks["liver"], 4) & ~ndimage.binary_dilation(p.masks.get("lesions", np.zeros_like(img, bool)), iterations=3)
+    liver_core = _interior(p.masks["liver"], 4) & ~ndimage.binary_dilation(
+        p.masks.get("lesions", np.zeros_like(img, bool)), iterations=3
+    )
     assert 4 < img[liver_core].std() < 25
     # Lesions keep their drawn attenuation relative to the organ.
     for les in f["lesions"]:
@@ -115,8 +129,11 @@ def test_organ_hu_at_full_size(phase):
 
 def test_enlarged_organs_measure_larger_than_normal_ones(small_phantoms):
     for organ in ("liver", "spleen"):
-        infos = [p.findings["organs"][organ] for p in small_phantoms
-                 if p.findings["organs"][organ]["present"] and not p.findings["organs"][organ]["clipped"]]
+        infos = [
+            p.findings["organs"][organ]
+            for p in small_phantoms
+            if p.findings["organs"][organ]["present"] and not p.findings["organs"][organ]["clipped"]
+        ]
         big = [i["craniocaudal_mm"] for i in infos if i["enlarged"]]
         normal = [i["craniocaudal_mm"] for i in infos if not i["enlarged"]]
         assert big and normal
@@ -252,14 +269,29 @@ def test_vqa_answers_follow_from_the_findings_and_the_masks(small_phantoms):
             assert q["answer"] == _expected_answer(topic, f), (p.seed, q)
             if topic == "lesion_count:liver":  # the drawing agrees with the text
                 assert int(q["answer"]) == sum(1 for k in p.masks if k.startswith("liver_lesion_"))
-    assert topics >= {"phase", "contrast", "enlarged", "which_enlarged", "present", "which_absent",
-                      "lesion_organ", "lesion_count", "kidney_lesion_side", "has_lesion", "lesion_size",
-                      "lesion_attenuation"}
+    assert topics >= {
+        "phase",
+        "contrast",
+        "enlarged",
+        "which_enlarged",
+        "present",
+        "which_absent",
+        "lesion_organ",
+        "lesion_count",
+        "kidney_lesion_side",
+        "has_lesion",
+        "lesion_size",
+        "lesion_attenuation",
+    }
 
 
 def test_referring_expressions_point_at_existing_masks(small_phantoms):
-    fixed = {"the organ that stores bile": "gallbladder", "the largest solid organ in the abdomen": "liver",
-             "the largest artery in the body": "aorta", "the remaining kidney": None}
+    fixed = {
+        "the organ that stores bile": "gallbladder",
+        "the largest solid organ in the abdomen": "liver",
+        "the largest artery in the body": "aorta",
+        "the remaining kidney": None,
+    }
     hits = set()
     for p in small_phantoms:
         for r in p.refer:

@@ -12,7 +12,13 @@ import pytest
 from LaMed.data.phantom import make_phantom
 from LaMed.data.prepare import find_volumes, prepare_phantoms, prepare_volumes, split_assignment
 from LaMed.data.prepared import (
-    FORMAT, PreparedError, load_image, load_manifest, load_masks, save_npy_atomic, validate_prepared,
+    FORMAT,
+    PreparedError,
+    load_image,
+    load_manifest,
+    load_masks,
+    save_npy_atomic,
+    validate_prepared,
     write_manifest,
 )
 
@@ -34,8 +40,11 @@ def test_prepare_phantoms_writes_a_valid_set(phantom_set):
     assert report.ok and report.counts == summary.counts
     text = str(summary)
     assert str(out) in text and "train 2" in text and "written 4" in text
-    assert summary.files_written == sum(1 + len(it["masks"]) + 1 for s in ("train", "validation", "test")
-                                        for it in load_manifest(out / f"{s}.json")["items"])
+    assert summary.files_written == sum(
+        1 + len(it["masks"]) + 1
+        for s in ("train", "validation", "test")
+        for it in load_manifest(out / f"{s}.json")["items"]
+    )
 
 
 def test_phantom_items_hold_the_windowed_image_masks_and_texts(phantom_set):
@@ -100,18 +109,35 @@ def _item(**kw):
     return base
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"vqa": [{"question": "q", "answer": "x", "type": "closed", "choices": {"A": "x", "B": "y", "C": "z", "D": "w"},
-               "answer_choice": "E"}]}, "items[0].vqa[0].answer_choice"),
-    ({"vqa": [{"question": "q", "answer": "x", "type": "multiple"}]}, "items[0].vqa[0].type"),
-    ({"refer": [{"text": "the spleen", "target": "spleen"}]}, "items[0].refer[0].target"),
-    ({"boxes": {"liver": [0.5, 0, 0, 0.2, 1, 1]}}, "items[0].boxes.liver"),
-    ({"spacing": [1, 1]}, "items[0].spacing"),
-    ({"image": ""}, "items[0].image"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (
+            {
+                "vqa": [
+                    {
+                        "question": "q",
+                        "answer": "x",
+                        "type": "closed",
+                        "choices": {"A": "x", "B": "y", "C": "z", "D": "w"},
+                        "answer_choice": "E",
+                    }
+                ]
+            },
+            "items[0].vqa[0].answer_choice",
+        ),
+        ({"vqa": [{"question": "q", "answer": "x", "type": "multiple"}]}, "items[0].vqa[0].type"),
+        ({"refer": [{"text": "the spleen", "target": "spleen"}]}, "items[0].refer[0].target"),
+        ({"boxes": {"liver": [0.5, 0, 0, 0.2, 1, 1]}}, "items[0].boxes.liver"),
+        ({"spacing": [1, 1]}, "items[0].spacing"),
+        ({"image": ""}, "items[0].image"),
+    ],
+)
 def test_manifest_errors_name_the_file_and_the_field(tmp_path, bad, field):
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"format": FORMAT, "dataset": "d", "split": "train", "items": [_item(**bad)]}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"format": FORMAT, "dataset": "d", "split": "train", "items": [_item(**bad)]}), encoding="utf-8"
+    )
     with pytest.raises(PreparedError) as exc:
         load_manifest(path)
     assert str(path) in str(exc.value) and field in str(exc.value)
@@ -126,8 +152,12 @@ def test_validate_reports_missing_and_misshapen_files(tmp_path):
     save_npy_atomic(tmp_path / "images" / "a.npy", np.zeros((1, 2, 3, 4), np.float16))
     save_npy_atomic(tmp_path / "masks" / "a" / "liver.npy", np.zeros((1, 2, 3, 5), np.uint8))
     save_npy_atomic(tmp_path / "images" / "b.npy", np.zeros((2, 3, 4), np.float32))
-    write_manifest(tmp_path, "train", [_item(), _item(id="b", image="images/b.npy", masks={}),
-                                       _item(id="c", image="images/c.npy", masks={})], dataset="d")
+    write_manifest(
+        tmp_path,
+        "train",
+        [_item(), _item(id="b", image="images/b.npy", masks={}), _item(id="c", image="images/c.npy", masks={})],
+        dataset="d",
+    )
     report = validate_prepared(tmp_path, raise_on_error=False)
     assert report.counts == {"train": 3} and len(report.problems) == 3
     text = "\n".join(report.problems)
@@ -160,7 +190,8 @@ def _write_nifti(path: Path, hu: np.ndarray, spacing):
     data = np.ascontiguousarray(hu.transpose(2, 1, 0)[::-1, ::-1, :])
     sd, sh, sw = spacing
     affine = np.diag([-sw, -sh, sd, 1.0]) @ np.array(
-        [[-1, 0, 0, data.shape[0] - 1], [0, -1, 0, data.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+        [[-1, 0, 0, data.shape[0] - 1], [0, -1, 0, data.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], float
+    )
     nib.save(nib.Nifti1Image(data, affine), str(path))
 
 
@@ -176,10 +207,17 @@ def _write_dicom_series(folder: Path, hu: np.ndarray, spacing):
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
         pos = "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
-        for tag, val in (("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".1"),
-                         ("0008|0018", f"{uid}.2.{k}"), ("0020|0013", str(k + 1)), ("0020|0032", pos),
-                         ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{spacing[1]}\\{spacing[2]}"),
-                         ("0018|0050", str(spacing[0]))):
+        for tag, val in (
+            ("0008|0060", "CT"),
+            ("0020|000e", uid),
+            ("0020|000d", uid + ".1"),
+            ("0008|0018", f"{uid}.2.{k}"),
+            ("0020|0013", str(k + 1)),
+            ("0020|0032", pos),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0028|0030", f"{spacing[1]}\\{spacing[2]}"),
+            ("0018|0050", str(spacing[0])),
+        ):
             sl.SetMetaData(tag, val)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(sl)
@@ -247,7 +285,9 @@ def test_prepare_volumes_writes_reports_errors_and_resumes(volume_folder, tmp_pa
     assert part.counts == {"all": 4} and part.failed == 1
     # overwrite redoes the work.
     redo = prepare_volumes(src, out, preset="m3d", limit=2, overwrite=True, progress=False)
-    assert redo.written == 1 and (out / "images" / "case0.npy").stat().st_mtime_ns != mtimes[out / "images" / "case0.npy"]
+    assert (
+        redo.written == 1 and (out / "images" / "case0.npy").stat().st_mtime_ns != mtimes[out / "images" / "case0.npy"]
+    )
 
 
 def test_prepare_volumes_resumes_after_a_lost_output(volume_folder, tmp_path):

@@ -41,8 +41,12 @@ def test_published_parameter_counts():
     # Med3DVLM mixer: 47.22 M measured (mirthAI/Med3DVLM); per layer LN x2 + token MLP + channel MLP
     mixer = meta("mixer")
     expected = 0
-    for (n_in, d_in), (n_out, d_out) in [((256, 384), (192, 1792)), ((192, 1792), (128, 3584)),
-                                         ((32, 768), (64, 1792)), ((64, 1792), (128, 3584))]:
+    for (n_in, d_in), (n_out, d_out) in [
+        ((256, 384), (192, 1792)),
+        ((192, 1792), (128, 3584)),
+        ((32, 768), (64, 1792)),
+        ((64, 1792), (128, 3584)),
+    ]:
         expected += 4 * d_in + lin(n_in, n_out) + lin(n_out, n_out) + lin(d_in, d_out) + lin(d_out, d_out)
     assert n_params(mixer) == expected == 47_221_248
     assert len(mixer.state_dict()) == 48  # as in the published checkpoint (MagicXin/Med3DVLM-Qwen-2.5-7B)
@@ -120,7 +124,8 @@ def test_spatial_pool_matches_hand_computation():
     tokens = grid.flatten(2).transpose(1, 2)  # depth-major, as the encoders emit them
     g = grid.numpy()
     want = np.stack(
-        [g[:, :, 0:2, 2 * j:2 * j + 2, 2 * k:2 * k + 2].mean(axis=(2, 3, 4)) for j in range(2) for k in range(2)], axis=1
+        [g[:, :, 0:2, 2 * j : 2 * j + 2, 2 * k : 2 * k + 2].mean(axis=(2, 3, 4)) for j in range(2) for k in range(2)],
+        axis=1,
     )
     np.testing.assert_allclose(proj.pool(tokens).numpy(), want, rtol=1e-5, atol=1e-6)
     l0, l2 = proj.projector[0], proj.projector[2]
@@ -138,7 +143,11 @@ def test_spatial_pool_matches_hand_computation():
 
 def test_mlp_layouts():
     three = create_projector("mlp", in_dim=8, out_dim=16, num_layers=3, grid_size=(1, 1, 2))
-    assert [k for k in three.state_dict() if k.endswith("weight")] == ["projector.0.weight", "projector.2.weight", "projector.4.weight"]
+    assert [k for k in three.state_dict() if k.endswith("weight")] == [
+        "projector.0.weight",
+        "projector.2.weight",
+        "projector.4.weight",
+    ]
     plain = create_projector("mlp", in_dim=8, out_dim=16, num_layers=2, act="none", grid_size=(1, 1, 2))
     x = torch.randn(1, 2, 8)
     l0, l1 = plain.projector[0], plain.projector[1]
@@ -166,7 +175,9 @@ def test_mixer_matches_hand_computation():
         y = F.layer_norm(y, (d,), sd[p + "ln2.weight"], sd[p + "ln2.bias"])
         return mlp(y, p + "channel_mlp.")
 
-    want = torch.cat([layer(layer(low, "streams.0.0."), "streams.0.1."), layer(layer(high, "streams.1.0."), "streams.1.1.")], 1)
+    want = torch.cat(
+        [layer(layer(low, "streams.0.0."), "streams.0.1."), layer(layer(high, "streams.1.0."), "streams.1.1.")], 1
+    )
     out = proj([low, high])
     assert out.shape == (2, 8, 64)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
@@ -185,12 +196,12 @@ def test_packer_matches_hand_computation():
         for d in range(2):
             for hb in range(2):
                 for wb in range(2):
-                    members = grid[d, 2 * hb:2 * hb + 2, 2 * wb:2 * wb + 2].reshape(4, 32)
+                    members = grid[d, 2 * hb : 2 * hb + 2, 2 * wb : 2 * wb + 2].reshape(4, 32)
                     q = st.attn.q(members.mean(0))
                     w = torch.softmax(st.attn.k(members) @ q / math.sqrt(32), dim=0)
                     y = st.attn.norm(q + st.attn.out(w @ st.attn.v(members)))
                     rows.append(st.projector(y))
-        torch.testing.assert_close(out[0, 8 * s:8 * (s + 1)], torch.stack(rows), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[0, 8 * s : 8 * (s + 1)], torch.stack(rows), rtol=1e-5, atol=1e-5)
     # dropout (0.1 on the attention and the output) is active in training only
     proj.train()
     torch.manual_seed(1)

@@ -29,8 +29,12 @@ pytestmark = pytest.mark.skipif(len(TABLES) < 11, reason=f"{LAYOUTS}: the eleven
 M3D_TOKENS = ["<im_patch>", "<bx_start>", "<bx_end>", "[SEG]"]
 # What each release's training script added to its base tokenizer (M3D train.py; Med3DVLM adds
 # <im_patch> only; R1Seg-3D copies M3D's four).
-RELEASE_TOKENS = {"m3d_lamed": M3D_TOKENS, "m3d_lamed_seg": M3D_TOKENS, "r1seg_llm": M3D_TOKENS,
-                  "med3dvlm": ["<im_patch>"]}
+RELEASE_TOKENS = {
+    "m3d_lamed": M3D_TOKENS,
+    "m3d_lamed_seg": M3D_TOKENS,
+    "r1seg_llm": M3D_TOKENS,
+    "med3dvlm": ["<im_patch>"],
+}
 SPECIAL = {"<im_patch>", "<bx_start>", "<bx_end>"}
 
 # Keys the reference code never reads: the BERT pooler (the CLIPs take token 0 of last_hidden_state),
@@ -57,8 +61,10 @@ def load_table(name: str) -> dict:
 
 def release_state_dict(table: dict) -> dict:
     """Meta tensors of the table's shapes; scalars (logit scale, bias) as real zeros."""
-    return {k: torch.zeros(shape) if math.prod(shape) <= 16 else torch.empty(shape, device="meta")
-            for k, (shape, _dtype) in table["keys"].items()}
+    return {
+        k: torch.zeros(shape) if math.prod(shape) <= 16 else torch.empty(shape, device="meta")
+        for k, (shape, _dtype) in table["keys"].items()
+    }
 
 
 def tokenizer_folder(folder: Path, length: int, added, eos: str = "t1") -> str:
@@ -111,9 +117,22 @@ def test_every_table_is_present_and_consistent():
         assert PUBLISHED[name].tokenizer_length == table.get("tokenizer_length")
 
 
-@pytest.mark.parametrize("name", ["m3d_clip", "hsenet_clip_stage1", "hsenet_clip_stage2", "med3dvlm_siglip",
-                                  "segvol", "text3dsam", "r1seg_sam", "m3d_lamed", "m3d_lamed_seg", "med3dvlm",
-                                  "r1seg_llm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "m3d_clip",
+        "hsenet_clip_stage1",
+        "hsenet_clip_stage2",
+        "med3dvlm_siglip",
+        "segvol",
+        "text3dsam",
+        "r1seg_sam",
+        "m3d_lamed",
+        "m3d_lamed_seg",
+        "med3dvlm",
+        "r1seg_llm",
+    ],
+)
 def test_release_imports_strictly(name, llm_tokenizers):
     table, (model, report) = import_table(name, llm_tokenizers.get(name, ""))
     # strict: every model key is in the converted checkpoint with the same shape, nothing extra
@@ -135,7 +154,10 @@ def test_derived_configs_follow_the_release_config(llm_tokenizers):
     """The config is read from the release (config.json + shapes), not from LaMed's defaults."""
     table, (clip, _) = import_table("m3d_clip")
     vit = clip.config.vision_overrides
-    assert list(vit["img_size"]) == table["config"]["img_size"] and list(vit["patch_size"]) == table["config"]["patch_size"]
+    assert (
+        list(vit["img_size"]) == table["config"]["img_size"]
+        and list(vit["patch_size"]) == table["config"]["patch_size"]
+    )
     assert vit["hidden_size"] == table["config"]["hidden_size"] and vit["num_layers"] == table["config"]["num_layers"]
     assert clip.config.logit_scale_mode == "raw"  # M3D multiplies by the raw parameter
 
@@ -149,7 +171,11 @@ def test_derived_configs_follow_the_release_config(llm_tokenizers):
     cfg = table["config"]
     text = vlm.config.text_config
     assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads, text.vocab_size) == (
-        cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_key_value_heads"], table["tokenizer_length"])
+        cfg["hidden_size"],
+        cfg["num_hidden_layers"],
+        cfg["num_key_value_heads"],
+        table["tokenizer_length"],
+    )
     assert [list(t) for t in vlm.mm_projector.config.out_tokens] == [cfg["low_output_size"], cfg["high_output_size"]]
     assert vlm.num_image_tokens == cfg["proj_out_num"]
     assert vlm.config.image_insertion == "legacy_offset"
@@ -180,7 +206,9 @@ def test_fine_tuned_release_sizes_come_from_its_config(llm_tokenizers):
             n_out = sched[int(layer)]
             shape = ((n_out, n_in) if lin == "0" else (n_out, n_out)) if kind == "weight" else (n_out,)
             sd[key] = torch.empty(shape, device="meta")
-    args = argparse.Namespace(src="<fine-tune>", tokenizer=llm_tokenizers["med3dvlm"], base="", lora_scaling=2.0, meta=True)
+    args = argparse.Namespace(
+        src="<fine-tune>", tokenizer=llm_tokenizers["med3dvlm"], base="", lora_scaling=2.0, meta=True
+    )
     model, report = build_release("med3dvlm", sd, cfg, {}, args)
     assert report.ok and model.num_image_tokens == 96 + 96
     bad = dict(table["config"], low_input_size=[512, 384])
@@ -210,8 +238,11 @@ def test_unconsumed_keys_are_named():
     """A key the converter does not recognise fails the import, by name (no silent drop)."""
     from LaMed.models.convert.releases import build_release
 
-    for name, extra in (("m3d_clip", "vision_encoder.extra_head.weight"), ("segvol", "model.adapter.weight"),
-                        ("text3dsam", "image_encoder.encoder.s1.0.extra.weight")):
+    for name, extra in (
+        ("m3d_clip", "vision_encoder.extra_head.weight"),
+        ("segvol", "model.adapter.weight"),
+        ("text3dsam", "image_encoder.encoder.s1.0.extra.weight"),
+    ):
         table = load_table(name)
         sd = release_state_dict(table)
         sd[extra] = torch.zeros(3)
@@ -249,16 +280,23 @@ def test_segvol_training_checkpoint_and_monai_extras():
     from LaMed.models.convert.releases import build_release
 
     table = load_table("segvol")
-    model_sd = {"module." + k[len("model."):]: v for k, v in release_state_dict(table).items()}
+    model_sd = {"module." + k[len("model.") :]: v for k, v in release_state_dict(table).items()}
     model_sd["module.image_encoder.blocks.0.norm_cross_attn.weight"] = torch.zeros(768)
-    ckpt = {"model": model_sd, "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}}, "epoch": 3,
-            "scheduler": {"last_epoch": 3}}
+    ckpt = {
+        "model": model_sd,
+        "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}},
+        "epoch": 3,
+        "scheduler": {"last_epoch": 3},
+    }
     args = argparse.Namespace(src="<SegVol_v1.pth>", tokenizer="", base="", lora_scaling=2.0, meta=True)
     model, report = build_release("segvol", ckpt, table["config"], {}, args)
     assert report.ok
     reasons = dict(report.dropped)
-    assert set(reasons) == {"model.module.text_encoder.clip_text_model.text_model.embeddings.position_ids",
-                            "model.module.image_encoder.blocks.0.norm_cross_attn.weight", "optimizer.state.0.exp_avg"}
+    assert set(reasons) == {
+        "model.module.text_encoder.clip_text_model.text_model.embeddings.position_ids",
+        "model.module.image_encoder.blocks.0.norm_cross_attn.weight",
+        "optimizer.state.0.exp_avg",
+    }
     assert "training state" in reasons["optimizer.state.0.exp_avg"]
     assert "cross-attention" in reasons["model.module.image_encoder.blocks.0.norm_cross_attn.weight"]
 

@@ -18,9 +18,9 @@ from tests.test_reasoning_model import build
 
 @pytest.fixture(scope="module")
 def tok():
-    from tests.test_reasoning_model import TEXTS
     from LaMed.data.tokenizer import train_tokenizer
     from LaMed.models.mllm import prepare_tokenizer
+    from tests.test_reasoning_model import TEXTS
 
     t = train_tokenizer(TEXTS, vocab_size=300)
     prepare_tokenizer(t)
@@ -30,7 +30,7 @@ def tok():
 def _published_llm_key(k):
     """The release name of an LLM key (``language_model.model.*`` -> ``model.*``, ``lm_head``), else None."""
     if k.startswith("language_model.model."):
-        return "model." + k[len("language_model.model."):]
+        return "model." + k[len("language_model.model.") :]
     return "lm_head.weight" if k == "language_model.lm_head.weight" else None
 
 
@@ -42,7 +42,7 @@ def published_m3d(sd):
         if _published_llm_key(k):
             out[_published_llm_key(k)] = v
         elif k.startswith("vision_tower."):
-            out["model.vision_tower.vision_tower." + k[len("vision_tower."):]] = v
+            out["model.vision_tower.vision_tower." + k[len("vision_tower.") :]] = v
         elif k.startswith(("mm_projector.", "seg_projector.", "seg_module.")):
             out["model." + k] = v
         else:
@@ -58,9 +58,9 @@ def published_r1seg(sd):
         if _published_llm_key(k):
             out[_published_llm_key(k)] = v
         elif k.startswith("vision_tower."):
-            out["model.vision_module.image_encoder." + k[len("vision_tower."):]] = v
+            out["model.vision_module.image_encoder." + k[len("vision_tower.") :]] = v
         elif k.startswith("seg_module."):
-            out["model.vision_module." + k[len("seg_module."):].replace("mask_downscaling", "mask3D_downscaling")] = v
+            out["model.vision_module." + k[len("seg_module.") :].replace("mask_downscaling", "mask3D_downscaling")] = v
         elif k.startswith(("mm_projector.", "seg_projector.")):
             out["model." + k] = v
         else:
@@ -104,7 +104,9 @@ def _check_roundtrip(model, converted):
 def test_m3d_lamed_seg_full_and_peft_load_strictly(tok):
     from LaMed.models.convert import convert_state_dict
 
-    model = build(tok, shared=False, seg_overrides=dict(upscale_norm="full", point_convention="segvol", pe_axis_order="segvol"))
+    model = build(
+        tok, shared=False, seg_overrides=dict(upscale_norm="full", point_convention="segvol", pe_axis_order="segvol")
+    )
     pub = published_m3d(model.state_dict())
     assert_published_names(pub, "m3d_lamed_seg")  # the release's names (reference-code table), not ours renamed
     assert sum(k.startswith("model.seg_projector.") for k in pub) == 4
@@ -120,8 +122,13 @@ def test_m3d_lamed_seg_full_and_peft_load_strictly(tok):
 def test_r1seg_llm_loads_strictly_with_the_shared_encoder(tok):
     from LaMed.models.convert import convert_state_dict
 
-    model = build(tok, shared=True, seg_overrides=dict(point_prompts=False, mask_downscaling="conv3d", refine_passes=2,
-                                                       upscale_norm="full", pe_axis_order="segvol"))
+    model = build(
+        tok,
+        shared=True,
+        seg_overrides=dict(
+            point_prompts=False, mask_downscaling="conv3d", refine_passes=2, upscale_norm="full", pe_axis_order="segvol"
+        ),
+    )
     pub = published_r1seg(model.state_dict())
     assert_published_names(pub, "r1seg_llm")
     assert not any(k.startswith("model.vision_tower") for k in pub)
@@ -139,11 +146,18 @@ def test_published_head_sizes_on_meta_device():
     from LaMed.models.convert.r1seg_llm import r1seg_llm_fields
     from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
 
-    phi3 = CONFIG_MAPPING["phi3"](hidden_size=3072, intermediate_size=8192, num_hidden_layers=1, num_attention_heads=32,
-                                  num_key_value_heads=32, vocab_size=32015)
+    phi3 = CONFIG_MAPPING["phi3"](
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=1,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32015,
+    )
     with torch.device("meta"):
-        m3d = LaMedSegForCausalLM(LaMedSegConfig(text_config=phi3, vision_tower="vit3d_base", projector="spp",
-                                                 **m3d_lamed_seg_fields()))
+        m3d = LaMedSegForCausalLM(
+            LaMedSegConfig(text_config=phi3, vision_tower="vit3d_base", projector="spp", **m3d_lamed_seg_fields())
+        )
         r1 = LaMedSegForCausalLM(LaMedSegConfig(text_config=phi3, **r1seg_llm_fields()))
     sd = m3d.state_dict()
     seg = [k for k in sd if k.startswith("seg_module.")]
@@ -165,10 +179,16 @@ def test_seg_init_from_a_saved_segmentation_model_fills_the_shared_tower(tok, tm
     from LaMed.models.reasoning.build import load_seg_weights
     from LaMed.models.segmentation import create_seg_model
 
-    seg = create_seg_model("segvol_tiny", img_size=(16, 64, 64), image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16)))
+    seg = create_seg_model(
+        "segvol_tiny", img_size=(16, 64, 64), image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16))
+    )
     seg.save_pretrained(tmp_path / "seg")
     for shared in (True, False):
-        fields = {} if shared else dict(seg_overrides=dict(image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16))))
+        fields = (
+            {}
+            if shared
+            else dict(seg_overrides=dict(image_encoder_overrides=dict(cls_token=False, patch_size=(4, 16, 16))))
+        )
         model = build(tok, shared, **fields)
         reports = load_seg_weights(model, str(tmp_path / "seg"))
         assert all(r.ok for r in reports.values())

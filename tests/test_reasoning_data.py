@@ -59,7 +59,9 @@ def test_refer_samples_follow_the_manifest(phantoms, processor):
     sample = ds[0]
     item = next(it for it in items if it["id"] == ds.record(0)["id"])
     gt = load_masks(phantoms, item, [ds.record(0)["targets"][0]])[ds.record(0)["targets"][0]][0]
-    assert sample["seg_masks"].shape == (1, 32, 64, 64) and torch.equal(sample["seg_masks"][0], torch.from_numpy(np.array(gt)))
+    assert sample["seg_masks"].shape == (1, 32, 64, 64) and torch.equal(
+        sample["seg_masks"][0], torch.from_numpy(np.array(gt))
+    )
     assert sample["input_ids"].count(processor.token_ids["seg_token_id"]) == 1
     # the answer (with [SEG]) is supervised, the question is not
     labels = np.array(sample["labels"])
@@ -70,8 +72,16 @@ def test_refer_samples_follow_the_manifest(phantoms, processor):
 def test_seg_task_multi_targets_and_negatives(phantoms, processor):
     from LaMed.data.reasoning_dataset import ReasonSegCollator, ReasonSegDataset
 
-    ds = ReasonSegDataset(phantoms, processor, task="seg", train=True, classes=["liver", "spleen", "gallbladder", "kidney_left"],
-                          negatives=True, multi_target=1.0, answer_style="named")
+    ds = ReasonSegDataset(
+        phantoms,
+        processor,
+        task="seg",
+        train=True,
+        classes=["liver", "spleen", "gallbladder", "kidney_left"],
+        negatives=True,
+        multi_target=1.0,
+        answer_style="named",
+    )
     kinds = {s.kind for s in ds.samples}
     assert "multi" in kinds and "seg" not in kinds  # every item with >= 2 classes asks for two
     multi = next(i for i, s in enumerate(ds.samples) if s.kind == "multi")
@@ -111,8 +121,16 @@ def test_errors_name_the_problem(phantoms, processor):
         ds[0]
 
 
-RECIPES = ["m3d_lamed_seg_phi3", "r1seg3d_step1_sam", "r1seg3d_phi3_step2", "r1seg3d_phi3_step3", "r1seg3d_phi3_step4",
-           "r1seg3d_llama3_step2", "r1seg3d_llama3_step3", "r1seg3d_llama3_step4"]
+RECIPES = [
+    "m3d_lamed_seg_phi3",
+    "r1seg3d_step1_sam",
+    "r1seg3d_phi3_step2",
+    "r1seg3d_phi3_step3",
+    "r1seg3d_phi3_step4",
+    "r1seg3d_llama3_step2",
+    "r1seg3d_llama3_step3",
+    "r1seg3d_llama3_step4",
+]
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -37,13 +37,16 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("reason_learning")
     data = root / "phantoms"
-    prepare_phantoms(data, n=64, shape=(32, 64, 64), seed=1000, val_fraction=0.0, test_fraction=0.125, workers=2,
-                     progress=False)
+    prepare_phantoms(
+        data, n=64, shape=(32, 64, 64), seed=1000, val_fraction=0.0, test_fraction=0.125, workers=2, progress=False
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model runs faster on one thread than on two busy ones
     try:
-        run = run_training(str(REPO / "configs" / "recipes" / "tiny_r1seg3d.yaml"),
-                           ["--train_manifest", str(data / "train.json"), "--output_dir", str(root / "run")])
+        run = run_training(
+            str(REPO / "configs" / "recipes" / "tiny_r1seg3d.yaml"),
+            ["--train_manifest", str(data / "train.json"), "--output_dir", str(root / "run")],
+        )
     finally:
         torch.set_num_threads(threads)
     return run, root / "run", data / "test.json"
@@ -63,7 +66,9 @@ def test_learns_to_answer_with_seg_and_masks_beat_empty_and_whole_body(trained, 
     run, model_dir, test = trained
     logs = [h for h in run.trainer.state.log_history if "loss_dice" in h]
     assert logs[-1]["loss_dice"] < logs[0]["loss_dice"] - 0.2 and logs[-1]["loss_lm"] < 0.5 * logs[0]["loss_lm"]
-    summary = run_reasoning_seg(str(model_dir), test, tmp_path / "bench", tasks=["refer"], classes=ORGANS, progress=False)
+    summary = run_reasoning_seg(
+        str(model_dir), test, tmp_path / "bench", tasks=["refer"], classes=ORGANS, progress=False
+    )
     reasoning = summary["reasoning"]
     rows = [json.loads(x) for x in (tmp_path / "bench" / "answers.jsonl").read_text().splitlines()]
     # whole-body baseline on the very same questions
@@ -75,8 +80,10 @@ def test_learns_to_answer_with_seg_and_masks_beat_empty_and_whole_body(trained, 
         gt = load_masks(test, item, r["targets"])[r["targets"][0]][0] != 0
         body.append(dice(_body(np.asarray(load_image(test, item), np.float32)[0]), gt))
     ours = summary["overall"]["dice"]
-    print(f"[SEG] rate {reasoning['seg_token_rate']:.2f}, named {reasoning['target_named_rate']:.2f}, Dice {ours:.3f} "
-          f"(per class {({k: round(v['dice'], 3) for k, v in summary['per_class'].items()})}), whole body {np.mean(body):.3f}")
+    print(
+        f"[SEG] rate {reasoning['seg_token_rate']:.2f}, named {reasoning['target_named_rate']:.2f}, Dice {ours:.3f} "
+        f"(per class { ({k: round(v['dice'], 3) for k, v in summary['per_class'].items()}) }), whole body {np.mean(body):.3f}"
+    )
     assert reasoning["questions"] == len(rows) >= 30
     assert reasoning["seg_token_rate"] >= 0.9
     assert reasoning["target_named_rate"] >= 0.7  # implicit references resolved to the right organ
@@ -93,9 +100,21 @@ def test_lamed_predict_question_writes_one_mask_per_seg_on_the_source_grid(train
 
     _, model_dir, _ = trained
     src = totalseg_dir / "ct_abdomen.nii.gz"
-    rc = main(["predict", "--model", str(model_dir), "--image", str(src), "--question",
-               "Can you segment the liver and the spleen in this image?", "--question", "Where is the liver?",
-               "--out", str(tmp_path / "answer.json")])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--image",
+            str(src),
+            "--question",
+            "Can you segment the liver and the spleen in this image?",
+            "--question",
+            "Where is the liver?",
+            "--out",
+            str(tmp_path / "answer.json"),
+        ]
+    )
     assert rc == 0
     record = json.loads((tmp_path / "answer.json").read_text())
     first = record["answers"][0]

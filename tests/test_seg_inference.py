@@ -11,11 +11,14 @@ import LaMed  # noqa: F401
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-@pytest.mark.parametrize("shape,roi,overlap,mode", [
-    ((1, 1, 20, 37, 41), (8, 16, 16), 0.5, "constant"),
-    ((2, 1, 20, 37, 41), (8, 16, 16), 0.25, "gaussian"),
-    ((1, 1, 5, 40, 10), (8, 16, 16), 0.5, "gaussian"),  # smaller than the window on two axes: padded
-])
+@pytest.mark.parametrize(
+    "shape,roi,overlap,mode",
+    [
+        ((1, 1, 20, 37, 41), (8, 16, 16), 0.5, "constant"),
+        ((2, 1, 20, 37, 41), (8, 16, 16), 0.25, "gaussian"),
+        ((1, 1, 5, 40, 10), (8, 16, 16), 0.5, "gaussian"),  # smaller than the window on two axes: padded
+    ],
+)
 def test_sliding_window_matches_monai(shape, roi, overlap, mode):
     from monai.inferers import sliding_window_inference as monai_swi
 
@@ -56,8 +59,8 @@ def test_window_origins_and_importance_map():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from LaMed.models.segmentation import create_seg_model
     from LaMed.models.checkpoint_files import resolve_tokenizer
+    from LaMed.models.segmentation import create_seg_model
 
     torch.manual_seed(0)
     m = create_seg_model("segvol_tiny").eval()
@@ -154,7 +157,7 @@ def test_zoom_in_refines_inside_the_roi(tiny_model):
 def test_hub_resolution_offline(tmp_path, monkeypatch):
     from LaMed.inference.hub import resolve_model
 
-    (tmp_path / "config.json").write_text("{\"model_type\": \"lamed_segvol\"}", encoding="utf-8")
+    (tmp_path / "config.json").write_text('{"model_type": "lamed_segvol"}', encoding="utf-8")
     assert resolve_model(tmp_path) == tmp_path
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(tmp_path.parent)
@@ -167,7 +170,7 @@ def test_hub_resolution_offline(tmp_path, monkeypatch):
     # a cached snapshot resolves offline
     snap = tmp_path / "cache" / "models--someone--cached" / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
-    (snap / "config.json").write_text("{\"model_type\": \"lamed_segvol\"}", encoding="utf-8")
+    (snap / "config.json").write_text('{"model_type": "lamed_segvol"}', encoding="utf-8")
     (tmp_path / "cache" / "models--someone--cached" / "refs").mkdir()
     (tmp_path / "cache" / "models--someone--cached" / "refs" / "main").write_text("a" * 40, encoding="utf-8")
     assert resolve_model("someone/cached", cache_dir=str(tmp_path / "cache")) == snap

@@ -30,6 +30,7 @@ def _meta(seg, name, **kw):
 
 # ---- published sizes (public reference code) --------------------------------------------------------------
 
+
 def test_segvol_published_parameter_counts(seg):
     m = _meta(seg, "segvol_published")
     # BAAI-DCAI/SegVol, arXiv 2311.13385: image encoder 87.39 M (ViT-B without CLS: 87,388,416), transformer 16.94 M,
@@ -93,6 +94,7 @@ def test_shapes_of_the_published_forward_on_meta(seg):
 
 # ---- published module sizes (hand-typed from the public reference code; whole layouts: test_published_layouts) ---
 
+
 def test_segvol_published_module_shapes(seg):
     m = _meta(seg, "segvol_published")
     sd = m.state_dict()
@@ -100,13 +102,17 @@ def test_segvol_published_module_shapes(seg):
     md = [k for k in sd if k.startswith("mask_decoder.")]
     assert (len(pe), len(md), len([k for k in sd if k.startswith("image_encoder.")])) == (17, 122, 137)
     for key, shape in {
-        "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2), "prompt_encoder.mask_downscaling.6.weight": (768, 16, 1, 1),
-        "mask_decoder.output_upscaling.0.weight": (768, 192, 2, 2, 2), "mask_decoder.output_upscaling.1.weight": (192, 16, 32, 32),
-        "mask_decoder.output_upscaling.3.weight": (192, 96, 2, 2, 2), "mask_decoder.txt_align_upscaled_embedding.weight": (96, 768),
+        "prompt_encoder.mask_downscaling.0.weight": (4, 1, 2, 2),
+        "prompt_encoder.mask_downscaling.6.weight": (768, 16, 1, 1),
+        "mask_decoder.output_upscaling.0.weight": (768, 192, 2, 2, 2),
+        "mask_decoder.output_upscaling.1.weight": (192, 16, 32, 32),
+        "mask_decoder.output_upscaling.3.weight": (192, 96, 2, 2, 2),
+        "mask_decoder.txt_align_upscaled_embedding.weight": (96, 768),
         "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight": (384, 768),
         "mask_decoder.transformer.layers.1.cross_attn_image_to_token.out_proj.weight": (768, 384),
         "mask_decoder.transformer.layers.0.self_attn.q_proj.weight": (768, 768),
-        "mask_decoder.iou_prediction_head.layers.2.weight": (4, 256), "mask_decoder.mask_tokens.weight": (4, 768),
+        "mask_decoder.iou_prediction_head.layers.2.weight": (4, 256),
+        "mask_decoder.mask_tokens.weight": (4, 768),
     }.items():
         assert tuple(sd[key].shape) == shape, key
 
@@ -116,10 +122,12 @@ def test_r1seg_prompt_encoder_keys(seg):
     # lihaoqin168/R1Seg-3D: pe buffer + mask3D_downscaling {0,1,3,4,6} + no_mask_embed.
     assert sorted(k for k in sd if k.startswith("prompt_encoder.")) == sorted(
         ["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", "prompt_encoder.no_mask_embed.weight"]
-        + [f"prompt_encoder.mask_downscaling.{i}.{p}" for i in (0, 1, 3, 4, 6) for p in ("weight", "bias")])
+        + [f"prompt_encoder.mask_downscaling.{i}.{p}" for i in (0, 1, 3, 4, 6) for p in ("weight", "bias")]
+    )
 
 
 # ---- conventions ----------------------------------------------------------------------------------------
+
 
 def test_point_conventions_against_hand_computation():
     from LaMed.models.segmentation.common import PositionEmbeddingRandom3D
@@ -132,7 +140,9 @@ def test_point_conventions_against_hand_computation():
     # SegVol: (c0 / S1, c1 / S0, c2 / S2), then [sin, cos](2 pi (2u - 1) G)
     u = torch.tensor([3.0 / 256, 100.0 / 32, 7.0 / 128])
     proj = 2 * math.pi * ((2 * u - 1) @ g)
-    assert torch.allclose(pe.forward_with_coords(c, size, "segvol")[0, 0], torch.cat([proj.sin(), proj.cos()]), atol=1e-6)
+    assert torch.allclose(
+        pe.forward_with_coords(c, size, "segvol")[0, 0], torch.cat([proj.sin(), proj.cos()]), atol=1e-6
+    )
     # consistent convention: a point at the centre of a grid cell gets the dense encoding of that cell
     for order in ("segvol", "dhw"):
         p = PositionEmbeddingRandom3D(4, axis_order=order)
@@ -142,7 +152,9 @@ def test_point_conventions_against_hand_computation():
         assert torch.allclose(enc, dense[:, 2, 5, 1], atol=1e-5)
     # ... which SegVol's convention does not give (it is only kept for the published weights)
     p = PositionEmbeddingRandom3D(4, axis_order="segvol")
-    assert not torch.allclose(p.forward_with_coords(centre, (32, 64, 64), "segvol")[0, 0], p((4, 8, 8))[:, 2, 5, 1], atol=1e-3)
+    assert not torch.allclose(
+        p.forward_with_coords(centre, (32, 64, 64), "segvol")[0, 0], p((4, 8, 8))[:, 2, 5, 1], atol=1e-3
+    )
 
 
 def test_text_similarity_branch_is_added_to_every_mask():
@@ -155,8 +167,13 @@ def test_text_similarity_branch_is_added_to_every_mask():
     with torch.no_grad():
         with_t = d(emb, pe, sparse, dense, t, multimask_output=True)[0]
         without = d(emb, pe, sparse, dense, None, multimask_output=True)[0]
-        hs, src = d.transformer(emb + dense, pe, torch.cat([d.iou_token.weight, d.mask_tokens.weight])[None].expand(1, -1, -1).clone()
-                                if False else torch.cat([torch.cat([d.iou_token.weight, d.mask_tokens.weight])[None], sparse], 1))
+        hs, src = d.transformer(
+            emb + dense,
+            pe,
+            torch.cat([d.iou_token.weight, d.mask_tokens.weight])[None].expand(1, -1, -1).clone()
+            if False
+            else torch.cat([torch.cat([d.iou_token.weight, d.mask_tokens.weight])[None], sparse], 1),
+        )
         up = d.output_upscaling(src.transpose(1, 2).reshape(1, 32, 2, 2, 2))
         sim = (d.txt_align_upscaled_embedding(t) @ up.flatten(2)).view(1, 1, 8, 8, 8)
     assert with_t.shape == (1, 3, 8, 8, 8)
@@ -164,6 +181,7 @@ def test_text_similarity_branch_is_added_to_every_mask():
 
 
 # ---- losses ----------------------------------------------------------------------------------------------
+
 
 def test_losses_against_hand_computation_and_monai():
     from monai.losses import DiceFocalLoss
@@ -178,8 +196,8 @@ def test_losses_against_hand_computation_and_monai():
     assert torch.allclose(binary_dice_loss(logits, target), expect[None])
     # By hand: p = sigmoid(0, 2, -1, 3) = (0.5, 0.8807971, 0.2689414, 0.9525741), t = (0, 1, 1, 0):
     # sum(pt) = 1.1497385, sum(p) + sum(t) + 1 = 5.6023126.
-    m3d = 1 - 2 * 1.1497385 / 5.6023126           # M3D / SegVol: smoothing in the denominator only
-    r1seg = 1 - (2 * 1.1497385 + 1) / 5.6023126   # R1Seg-3D: in the numerator too
+    m3d = 1 - 2 * 1.1497385 / 5.6023126  # M3D / SegVol: smoothing in the denominator only
+    r1seg = 1 - (2 * 1.1497385 + 1) / 5.6023126  # R1Seg-3D: in the numerator too
     assert binary_dice_loss(logits, target).item() == pytest.approx(m3d, abs=1e-6)
     assert binary_dice_loss(logits, target, smooth_numerator=True).item() == pytest.approx(r1seg, abs=1e-6)
     assert SegLoss("dice_bce")(logits, target)["dice"].item() == pytest.approx(m3d, abs=1e-6)
@@ -195,11 +213,14 @@ def test_losses_against_hand_computation_and_monai():
     torch.manual_seed(0)
     x, y = torch.randn(3, 1, 4, 6, 5), (torch.rand(3, 1, 4, 6, 5) > 0.6).float()
     ours = SegLoss("dice_focal")(x, y)["loss"].mean()
-    ref = DiceFocalLoss(sigmoid=True, include_background=True, to_onehot_y=False, lambda_dice=1.0, lambda_focal=1.0)(x, y)
+    ref = DiceFocalLoss(sigmoid=True, include_background=True, to_onehot_y=False, lambda_dice=1.0, lambda_focal=1.0)(
+        x, y
+    )
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
 # ---- training forward: one encoding per volume ------------------------------------------------------
+
 
 def _batch(k=3, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -209,8 +230,16 @@ def _batch(k=3, b=2, seed=0):
     pts = torch.randint(0, 32, (b, k, 4, 3), generator=g).float()
     pl = torch.randint(-1, 2, (b, k, 4), generator=g)
     boxes = torch.tensor([1.0, 2.0, 3.0, 20.0, 40.0, 50.0]).expand(b, k, 6)
-    return dict(volume=torch.rand(b, 1, 32, 64, 64, generator=g), labels=labels, label_mask=label_mask, input_ids=ids,
-                attention_mask=torch.ones_like(ids), points=pts, point_labels=pl, boxes=boxes)
+    return dict(
+        volume=torch.rand(b, 1, 32, 64, 64, generator=g),
+        labels=labels,
+        label_mask=label_mask,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        points=pts,
+        point_labels=pl,
+        boxes=boxes,
+    )
 
 
 def test_encode_once_equals_reencoding_per_class(seg):

@@ -47,10 +47,26 @@ def trained(phantom_set, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("seg_learn_run")
     recipe = work / "recipe.yaml"
-    recipe.write_text(f"base: {REPO / 'configs/recipes/tiny_segvol.yaml'}\n"
-                      "model:\n  config_overrides:\n    train_prompt_types: [text]\n", encoding="utf-8")
-    run = run_training(str(recipe), ["--train_manifest", str(phantom_set / "train.json"), "--output_dir", str(work / "model"),
-                                     "--max_steps", "200", "--learning_rate", "3e-3", "--logging_steps", "20"])
+    recipe.write_text(
+        f"base: {REPO / 'configs/recipes/tiny_segvol.yaml'}\n"
+        "model:\n  config_overrides:\n    train_prompt_types: [text]\n",
+        encoding="utf-8",
+    )
+    run = run_training(
+        str(recipe),
+        [
+            "--train_manifest",
+            str(phantom_set / "train.json"),
+            "--output_dir",
+            str(work / "model"),
+            "--max_steps",
+            "200",
+            "--learning_rate",
+            "3e-3",
+            "--logging_steps",
+            "20",
+        ],
+    )
     return run, work / "model"
 
 
@@ -84,7 +100,9 @@ def test_bench_front_end_scores_the_validation_split(trained, phantom_set, tmp_p
     from Bench.run_seg import run_seg
 
     _, folder = trained
-    summary = run_seg(folder, phantom_set / "validation.json", tmp_path / "bench", classes=["liver", "spleen"], progress=False)
+    summary = run_seg(
+        folder, phantom_set / "validation.json", tmp_path / "bench", classes=["liver", "spleen"], progress=False
+    )
     assert (tmp_path / "bench" / "summary.json").is_file() and (tmp_path / "bench" / "per_sample.csv").is_file()
     rows = (tmp_path / "bench" / "per_sample.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) - 1 == summary["counts"]["evaluated"] and summary["counts"]["missing_predictions"] == 0
@@ -112,8 +130,26 @@ def test_lamed_predict_writes_masks_on_the_source_grid(trained, totalseg_dir, tm
     assert set(np.unique(data)) <= {0, 1}
     # several prompts: one label map + legend + overlay, again on the source grid
     out_dir = tmp_path / "multi"
-    assert main(["predict", "--model", str(folder), "--image", str(src), "--prompt", "liver", "--prompt", "spleen",
-                 "--out", str(out_dir), "--overlay", "--no-zoom-in"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(folder),
+                "--image",
+                str(src),
+                "--prompt",
+                "liver",
+                "--prompt",
+                "spleen",
+                "--out",
+                str(out_dir),
+                "--overlay",
+                "--no-zoom-in",
+            ]
+        )
+        == 0
+    )
     lab = nib.load(str(out_dir / f"{name}_labels.nii.gz"))
     assert lab.shape == ref.shape and np.allclose(lab.affine, ref.affine, atol=1e-6)
     legend = json.loads((out_dir / f"{name}_labels.json").read_text(encoding="utf-8"))
@@ -136,7 +172,10 @@ def test_predict_batch_mode_and_errors(trained, totalseg_dir, tmp_path, capsys):
     res = predict_folder(model, inputs, ["liver"], tmp_path / "out", progress=False, zoom_in=False)
     assert isinstance(res["a.nii.gz"], dict) and res["a.nii.gz"]["mask"].is_file()
     assert res["broken.nii.gz"].startswith("error:") and "broken.nii.gz" in res["broken.nii.gz"]
-    assert main(["predict", "--model", str(tmp_path / "nope"), "--image", "x.nii.gz", "--prompt", "liver", "--out", "o"]) == 1
+    assert (
+        main(["predict", "--model", str(tmp_path / "nope"), "--image", "x.nii.gz", "--prompt", "liver", "--out", "o"])
+        == 1
+    )
     assert "not a hub id" in capsys.readouterr().err
 
 
@@ -157,9 +196,12 @@ def test_finetune_on_real_ct_finds_the_liver(trained, totalseg_dir, tmp_path):
         "data:\n  dataset: label_map\n"
         f"  label_map_pairs: ['{ct}:{seg}']\n"
         f"  label_table: '{totalseg_dir / 'labels.json'}#total'\n"
-        "  classes: [liver]\n  repeat: 8\n  augment: true\n"
-    , encoding="utf-8")
-    run = run_training(str(recipe), ["--output_dir", str(tmp_path / "ft"), "--max_steps", "60", "--learning_rate", "1e-3"])
+        "  classes: [liver]\n  repeat: 8\n  augment: true\n",
+        encoding="utf-8",
+    )
+    run = run_training(
+        str(recipe), ["--output_dir", str(tmp_path / "ft"), "--max_steps", "60", "--learning_rate", "1e-3"]
+    )
     model = run.trainer.model.eval()
     vol = load_volume(ct)
     gt = load_mask(seg, like=vol).array == 5

@@ -60,8 +60,12 @@ def test_rotation_keeps_newest_complete_and_best(tmp_path):
     rotate_checkpoints(tmp_path, 2, keep=[tmp_path / "checkpoint-1"])
     # the two newest complete ones, the protected best one; the incomplete 5 is newer than
     # the newest complete checkpoint, so it is left for remove_incomplete / the next save.
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-3", "checkpoint-4",
-                                                             "checkpoint-5"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint-1",
+        "checkpoint-3",
+        "checkpoint-4",
+        "checkpoint-5",
+    ]
     assert rotate_checkpoints(tmp_path, None) == []
 
 
@@ -77,11 +81,11 @@ def test_atomic_write_text_replaces_whole_file(tmp_path):
 
 def test_save_and_load_trainable_only(tmp_path):
     import torch
+    from train_toy_task import ToyOrgansConfig, ToyOrgansModel
 
     from LaMed.train.args import StageArguments
     from LaMed.train.checkpoint import TRAINABLE_MANIFEST, load_trainable, save_trainable
     from LaMed.train.stages import apply_stage
-    from train_toy_task import ToyOrgansConfig, ToyOrgansModel
 
     torch.manual_seed(0)
     cfg = ToyOrgansConfig()

@@ -101,8 +101,16 @@ def test_sample_errors_name_the_file(tmp_path, phantoms):
 def test_skip_collate_and_tracker_units():
     import torch
 
-    from LaMed.train.data import (BAD_KEY, COUNT_KEY, BadSample, BadSampleTracker, SampleError, SkipBadCollator,
-                                  SkipBadSamples, TooManyBadSamples)
+    from LaMed.train.data import (
+        BAD_KEY,
+        COUNT_KEY,
+        BadSample,
+        BadSampleTracker,
+        SampleError,
+        SkipBadCollator,
+        SkipBadSamples,
+        TooManyBadSamples,
+    )
 
     class DS:
         def __len__(self):
@@ -135,15 +143,35 @@ def test_skip_collate_and_tracker_units():
 def run_toy(out: Path, manifest: Path, *extra: str):
     from LaMed.train.main import run_training
 
-    return run_training(str(TINY), ["--train_manifest", str(manifest), "--output_dir", str(out),
-                                    "--max_steps", "5", "--save_strategy", "no", *extra])
+    return run_training(
+        str(TINY),
+        [
+            "--train_manifest",
+            str(manifest),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "5",
+            "--save_strategy",
+            "no",
+            *extra,
+        ],
+    )
 
 
 def test_training_skips_and_reports_bad_samples(tmp_path, phantoms, caplog):
     broken = make_bad_copy(phantoms, tmp_path / "d", n_missing=1, n_corrupt=1, n_wrong=1)
     # 10 items, 3 bad: allowed at fraction 0.3; 5 steps x 2 = every item seen once.
-    run = run_toy(tmp_path / "run", tmp_path / "d" / "train.json", "--max_bad_sample_fraction", "0.3",
-                  "--per_device_train_batch_size", "2", "--max_steps", "5")
+    run = run_toy(
+        tmp_path / "run",
+        tmp_path / "d" / "train.json",
+        "--max_bad_sample_fraction",
+        "0.3",
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "5",
+    )
     tracker = run.trainer.bad_samples["train"]
     assert sorted(b.path for b in tracker.bad.values()) == sorted(broken)
     assert tracker.seen == 10

@@ -18,7 +18,6 @@ def test_gather_with_grad_is_identity_in_one_process():
 def test_gather_with_grad_two_processes(tmp_path):
     import torch
     import torch.multiprocessing as mp
-
     from clip_dist_worker import gather_worker, host_store
 
     store, port = host_store()  # served by this process, on a port the OS picked (see clip_dist_worker)
@@ -30,4 +29,4 @@ def test_gather_with_grad_two_processes(tmp_path):
         res = torch.load(tmp_path / f"rank{r}.pt")
         assert torch.equal(res["gathered"], expected)
         # d/dx_r of sum over both ranks' losses: each rank's loss contributes w[rows of r]
-        assert torch.equal(res["grad"], 2 * w[2 * r:2 * r + 2])
+        assert torch.equal(res["grad"], 2 * w[2 * r : 2 * r + 2])

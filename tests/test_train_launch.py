@@ -24,7 +24,8 @@ def dry_run(gpus: int, *args: str, **env) -> str:
 
 def test_cpu_machine_uses_torchrun_with_use_cpu():
     assert dry_run(0, TINY, "2", "--max_steps", "2") == (
-        f"torchrun --nproc_per_node 2 --master_port 29555 -m LaMed.train {TINY} --use_cpu true --max_steps 2")
+        f"torchrun --nproc_per_node 2 --master_port 29555 -m LaMed.train {TINY} --use_cpu true --max_steps 2"
+    )
     # no count given: one process on CPU
     assert dry_run(0, TINY).startswith("torchrun --nproc_per_node 1 ")
 
@@ -32,7 +33,8 @@ def test_cpu_machine_uses_torchrun_with_use_cpu():
 def test_gpu_machine_uses_accelerate_with_default_config():
     assert dry_run(8, TINY, "--learning_rate", "1e-4") == (
         f"accelerate launch --config_file {REPO}/default_config.yaml --num_processes 8 --main_process_port 29555 "
-        f"-m LaMed.train {TINY} --learning_rate 1e-4")
+        f"-m LaMed.train {TINY} --learning_rate 1e-4"
+    )
     out = dry_run(8, TINY, "4", ACCELERATE_CONFIG="configs/accelerate/deepspeed_zero3.yaml")
     assert "--config_file configs/accelerate/deepspeed_zero3.yaml --num_processes 4" in out
 
@@ -52,11 +54,34 @@ def test_launcher_trains_tiny_recipe_on_cpu(tmp_path):
     from train_toy_task import make_phantom_data
 
     data = make_phantom_data(tmp_path / "data")
-    env = dict(os.environ, PYTHONPATH=str(TESTS), LAMED_GPUS="0", MASTER_PORT="29557",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(["bash", str(LAUNCH), TINY, "1", "--train_manifest", str(data / "train.json"),
-                           "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--save_strategy", "no"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(TESTS),
+        LAMED_GPUS="0",
+        MASTER_PORT="29557",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    proc = subprocess.run(
+        [
+            "bash",
+            str(LAUNCH),
+            TINY,
+            "1",
+            "--train_manifest",
+            str(data / "train.json"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "no",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lamed] torchrun, 1 process(es), CPU" in proc.stderr
     assert (tmp_path / "run" / "model.safetensors").is_file()

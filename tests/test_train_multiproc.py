@@ -45,10 +45,23 @@ def free_port() -> int:
 def launch(launcher: list, out: Path, phantoms: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(TESTS), OMP_NUM_THREADS="1")
     env.pop("LAMED_FAULT_INJECT", None)
-    args = [str(TINY), "--train_manifest", str(phantoms / "train.json"), "--output_dir", str(out),
-            "--max_steps", "3", "--save_steps", "3", "--dump_rank_summary", "true", *extra]
-    proc = subprocess.run([*launcher, "-m", "LaMed.train", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=540)
+    args = [
+        str(TINY),
+        "--train_manifest",
+        str(phantoms / "train.json"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--dump_rank_summary",
+        "true",
+        *extra,
+    ]
+    proc = subprocess.run(
+        [*launcher, "-m", "LaMed.train", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=540
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -43,9 +43,28 @@ def test_tiny_recipe_values_and_types(parse):
 
 
 def test_overrides_win_in_every_spelling(parse):
-    r = parse(TINY, ["--learning_rate", "5e-4", "--training.max_steps=3", "--lora.r", "8", "--stage.lora.alpha=24",
-                     "--lora-target-modules", "head", "stem", "--freeze", "stem", "--channels", "2",
-                     "--data.structure_names", "spleen", "--disable_tqdm", "false"])
+    r = parse(
+        TINY,
+        [
+            "--learning_rate",
+            "5e-4",
+            "--training.max_steps=3",
+            "--lora.r",
+            "8",
+            "--stage.lora.alpha=24",
+            "--lora-target-modules",
+            "head",
+            "stem",
+            "--freeze",
+            "stem",
+            "--channels",
+            "2",
+            "--data.structure_names",
+            "spleen",
+            "--disable_tqdm",
+            "false",
+        ],
+    )
     assert r.training_args.learning_rate == pytest.approx(5e-4)
     assert r.training_args.max_steps == 3
     assert (r.stage_args.lora_r, r.stage_args.lora_alpha) == (8, 24)
@@ -58,14 +77,17 @@ def test_overrides_win_in_every_spelling(parse):
 
 
 def test_nested_lora_section_and_base_inheritance(parse, tmp_path):
-    child = write(tmp_path, f"""
+    child = write(
+        tmp_path,
+        f"""
 base: {TINY}
 description: child
 training: {{max_steps: 2, learning_rate: 0.5}}
 stage:
   freeze: ["*"]
   lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: [head], modules_to_save: [stem]}}
-""")
+""",
+    )
     r = parse(child)
     assert r.training_args.max_steps == 2 and r.training_args.learning_rate == 0.5
     assert r.training_args.save_steps == 2  # inherited
@@ -86,18 +108,21 @@ def test_a_list_of_bases_merges_left_to_right(parse, tmp_path):
         parse(write(tmp_path, f"base: [{TINY}, 3]\n", "bad.yaml"))
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("training: {lerning_rate: 0.1}", "unknown key 'training.lerning_rate'"),
-    ("training: {lerning_rate: 0.1}", "did you mean 'learning_rate'"),
-    ("model: {learning_rate: 0.1}", "'learning_rate' belongs to the 'training' section"),
-    ("stage: {lora: {r: 4, rank: 2}}", "lora_rank"),
-    ("optimizer: {lr: 1}", "unknown top-level key 'optimizer'"),
-    ("training: {max_steps: [1, 2]}", "'training.max_steps' expects int, got list"),
-    ("training: {max_steps: 1.5}", "'training.max_steps' expects int"),
-    ("training: {learning_rate: fast}", "invalid float value: 'fast'"),
-    ("training: [1, 2]", "section 'training' must be a mapping"),
-    ("training: {resume: ''}", "training.resume"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("training: {lerning_rate: 0.1}", "unknown key 'training.lerning_rate'"),
+        ("training: {lerning_rate: 0.1}", "did you mean 'learning_rate'"),
+        ("model: {learning_rate: 0.1}", "'learning_rate' belongs to the 'training' section"),
+        ("stage: {lora: {r: 4, rank: 2}}", "lora_rank"),
+        ("optimizer: {lr: 1}", "unknown top-level key 'optimizer'"),
+        ("training: {max_steps: [1, 2]}", "'training.max_steps' expects int, got list"),
+        ("training: {max_steps: 1.5}", "'training.max_steps' expects int"),
+        ("training: {learning_rate: fast}", "invalid float value: 'fast'"),
+        ("training: [1, 2]", "section 'training' must be a mapping"),
+        ("training: {resume: ''}", "training.resume"),
+    ],
+)
 def test_bad_recipe_errors_name_file_and_key(parse, tmp_path, text, expected):
     from LaMed.train.recipe import RecipeError
 
@@ -170,19 +195,46 @@ def test_lamed_train_check_prints_resolved_recipe(capsys):
 
 # files named _*.yaml are shared bases (``base: _tiny_cpu.yaml``), not recipes of their own
 RECIPES = sorted(p for p in (REPO / "configs" / "recipes").glob("*.yaml") if not p.name.startswith("_")) + sorted(
-    (TESTS / "recipes").glob("*.yaml"))
+    (TESTS / "recipes").glob("*.yaml")
+)
 
 
-@pytest.mark.parametrize("recipe, override, field, valid", [
-    ("tiny_m3d_lamed_phi3_stage1.yaml", ["--vision_tower", "vit3d_bse"], "model.vision_tower: unknown encoder 'vit3d_bse'",
-     "vit3d_base"),
-    ("tiny_m3d_lamed_phi3_stage1.yaml", ["--projector", "sppp"], "model.projector: unknown projector 'sppp'", "spp"),
-    ("tiny_m3d_clip.yaml", ["--vision_encoder", "dcformer_tinny"], "model.vision_encoder: unknown encoder", "dcformer_tiny"),
-    ("tiny_segvol.yaml", ["--variant", "segvl"], "model.variant: unknown segmentation variant 'segvl'", "segvol_tiny"),
-    ("tiny_r1seg3d.yaml", ["--seg_variant", "sgvol"], "model.seg_variant: unknown segmentation variant", "segvol"),
-    ("tiny_r1seg3d.yaml", ["--preprocess_preset", "m3x"], "model.preprocess_preset: unknown preprocessing preset",
-     "m3d"),
-])
+@pytest.mark.parametrize(
+    "recipe, override, field, valid",
+    [
+        (
+            "tiny_m3d_lamed_phi3_stage1.yaml",
+            ["--vision_tower", "vit3d_bse"],
+            "model.vision_tower: unknown encoder 'vit3d_bse'",
+            "vit3d_base",
+        ),
+        (
+            "tiny_m3d_lamed_phi3_stage1.yaml",
+            ["--projector", "sppp"],
+            "model.projector: unknown projector 'sppp'",
+            "spp",
+        ),
+        (
+            "tiny_m3d_clip.yaml",
+            ["--vision_encoder", "dcformer_tinny"],
+            "model.vision_encoder: unknown encoder",
+            "dcformer_tiny",
+        ),
+        (
+            "tiny_segvol.yaml",
+            ["--variant", "segvl"],
+            "model.variant: unknown segmentation variant 'segvl'",
+            "segvol_tiny",
+        ),
+        ("tiny_r1seg3d.yaml", ["--seg_variant", "sgvol"], "model.seg_variant: unknown segmentation variant", "segvol"),
+        (
+            "tiny_r1seg3d.yaml",
+            ["--preprocess_preset", "m3x"],
+            "model.preprocess_preset: unknown preprocessing preset",
+            "m3d",
+        ),
+    ],
+)
 def test_unknown_registry_names_fail_at_check_naming_the_choices(capsys, recipe, override, field, valid):
     """``lamed train RECIPE --check`` refuses names no registry knows (before any model is built), and
     the message names the recipe, the field and the valid choices; the valid name itself parses."""
@@ -205,7 +257,9 @@ def test_every_recipe_parses(parse, path):
 def test_bf16_recipe_parses_on_a_machine_without_gpu(parse, tmp_path):
     from LaMed.train.recipe import RecipeError, _has_accelerator
 
-    text = TINY.read_text(encoding="utf-8").replace("  use_cpu: true\n", "  bf16: true\n")  # a full recipe: bf16, no use_cpu
+    text = TINY.read_text(encoding="utf-8").replace(
+        "  use_cpu: true\n", "  bf16: true\n"
+    )  # a full recipe: bf16, no use_cpu
     full = write(tmp_path, text, "full.yaml")
     r = parse(full)
     assert r.training_args.bf16 is True

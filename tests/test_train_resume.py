@@ -35,8 +35,22 @@ def run_train(out: Path, phantoms: Path, fault: str | None = None) -> subprocess
         env["LAMED_FAULT_INJECT"] = fault
     # 10 train items, batch 2: 5 steps an epoch. Checkpoints every 3 steps, so resuming from
     # step 3 or 6 starts in the middle of an epoch (data order and RNG must be restored).
-    cmd = [sys.executable, "-m", "LaMed.train", str(TINY), "--train_manifest", str(phantoms / "train.json"),
-           "--output_dir", str(out), "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "LaMed.train",
+        str(TINY),
+        "--train_manifest",
+        str(phantoms / "train.json"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "3",
+        "--save_total_limit",
+        "1",
+    ]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

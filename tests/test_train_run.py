@@ -23,18 +23,29 @@ def phantoms(tmp_path_factory) -> Path:
 def train(out: Path, phantoms: Path, *extra: str):
     from LaMed.train.main import run_training
 
-    return run_training(str(TINY), ["--train_manifest", str(phantoms / "train.json"), "--output_dir", str(out),
-                                    *extra])
+    return run_training(str(TINY), ["--train_manifest", str(phantoms / "train.json"), "--output_dir", str(out), *extra])
 
 
 def test_tiny_recipe_trains_two_steps_with_loss_parts_and_eval(tmp_path, phantoms):
     import torch
-
-    from LaMed.train.checkpoint import is_complete
     from train_toy_task import ToyOrgansModel
 
-    run = train(tmp_path / "run", phantoms, "--max_steps", "2", "--save_steps", "1",
-                "--eval_manifest", str(phantoms / "validation.json"), "--eval_strategy", "steps", "--eval_steps", "2")
+    from LaMed.train.checkpoint import is_complete
+
+    run = train(
+        tmp_path / "run",
+        phantoms,
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--eval_manifest",
+        str(phantoms / "validation.json"),
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+    )
     hist = run.trainer.state.log_history
     steps = [h for h in hist if "loss" in h]
     assert [h["step"] for h in steps] == [1, 2]
@@ -64,13 +75,25 @@ def test_training_learns_the_toy_labels(tmp_path, phantoms):
 
 def test_save_trainable_only_with_frozen_base(tmp_path, phantoms):
     import torch
-
-    from LaMed.train.checkpoint import TRAINABLE_MANIFEST, TRAINABLE_WEIGHTS, load_trainable
     from train_toy_task import ToyOrgansConfig, ToyOrgansModel
 
+    from LaMed.train.checkpoint import TRAINABLE_MANIFEST, TRAINABLE_WEIGHTS, load_trainable
+
     out = tmp_path / "run"
-    run = train(out, phantoms, "--max_steps", "2", "--save_steps", "2", "--save_trainable_only", "true",
-                "--freeze", "*", "--trainable", "head")
+    run = train(
+        out,
+        phantoms,
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--save_trainable_only",
+        "true",
+        "--freeze",
+        "*",
+        "--trainable",
+        "head",
+    )
     for folder in (out, out / "checkpoint-2"):
         assert (folder / TRAINABLE_WEIGHTS).is_file() and not (folder / "model.safetensors").exists()
     manifest = json.loads((out / TRAINABLE_MANIFEST).read_text(encoding="utf-8"))
@@ -87,8 +110,20 @@ def test_save_trainable_only_with_frozen_base(tmp_path, phantoms):
 def test_lora_recipe_trains_adapters_only(tmp_path, phantoms):
     import torch
 
-    run = train(tmp_path / "run", phantoms, "--max_steps", "2", "--save_strategy", "no",
-                "--lora.r", "2", "--lora.target_modules", "head", "--lora.dropout", "0")
+    run = train(
+        tmp_path / "run",
+        phantoms,
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        "--lora.r",
+        "2",
+        "--lora.target_modules",
+        "head",
+        "--lora.dropout",
+        "0",
+    )
     model = run.trainer.model
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == ["base_model.model.head.lora_A.default.weight", "base_model.model.head.lora_B.default.weight"]
@@ -100,8 +135,20 @@ def test_lora_recipe_trains_adapters_only(tmp_path, phantoms):
 def test_lamed_train_command_end_to_end(tmp_path, phantoms, capsys):
     from LaMed.cli import main
 
-    rc = main(["train", str(TINY), "--train_manifest", str(phantoms / "train.json"), "--output_dir",
-               str(tmp_path / "run"), "--max_steps", "1", "--save_strategy", "no"])
+    rc = main(
+        [
+            "train",
+            str(TINY),
+            "--train_manifest",
+            str(phantoms / "train.json"),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "1",
+            "--save_strategy",
+            "no",
+        ]
+    )
     assert rc == 0
     assert "trained 1 steps" in capsys.readouterr().out
     assert (tmp_path / "run" / "model.safetensors").is_file()
@@ -109,10 +156,21 @@ def test_lamed_train_command_end_to_end(tmp_path, phantoms, capsys):
 
 def test_lr_multipliers_scale_one_module_through_the_schedule(tmp_path, phantoms):
     """``lr_multipliers`` (YAML mapping on the command line): the head trains at 10x the base rate at every step."""
-    import torch
 
-    run = train(tmp_path / "run", phantoms, "--max_steps", "3", "--save_strategy", "no", "--learning_rate", "1e-3",
-                "--lr_scheduler_type", "linear", "--lr_multipliers", "{head: 10}")
+    run = train(
+        tmp_path / "run",
+        phantoms,
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler_type",
+        "linear",
+        "--lr_multipliers",
+        "{head: 10}",
+    )
     opt = run.trainer.optimizer
     names = {id(p): n for n, p in run.trainer.model.named_parameters()}
     head = [g for g in opt.param_groups if any(names[id(p)].startswith("head.") for p in g["params"])]

@@ -12,7 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def toy_model():
     import torch
-
     from train_toy_task import ToyOrgansConfig, ToyOrgansModel
 
     torch.manual_seed(0)
@@ -51,8 +50,12 @@ def test_lora_adapters_and_modules_to_save():
 
     base = toy_model()
     stem_before = base.stem.weight.detach().clone()
-    m = apply_stage(base, StageArguments(lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["head"],
-                                         lora_modules_to_save=["stem"]))
+    m = apply_stage(
+        base,
+        StageArguments(
+            lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["head"], lora_modules_to_save=["stem"]
+        ),
+    )
     names = trainable(m)
     lora = [n for n in names if "lora_" in n]
     assert lora == ["base_model.model.head.lora_A.default.weight", "base_model.model.head.lora_B.default.weight"]

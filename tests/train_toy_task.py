@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback  # noqa: E402
 
 from LaMed.train.datasets import PreparedDataset  # LaMed first: it installs the torchvision CPU shim
 from LaMed.train.tasks import TaskBundle, register_task
-from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback  # noqa: E402
 
 # Structures whose presence varies between phantoms (organs removed by surgery, ribs cropped).
 TOY_LABELS = ("spleen", "gallbladder", "kidney_left", "kidney_right")
@@ -29,8 +28,15 @@ TOY_LABELS = ("spleen", "gallbladder", "kidney_left", "kidney_right")
 class ToyOrgansConfig(PretrainedConfig):
     model_type = "lamed_toy_organs"
 
-    def __init__(self, channels: int = 4, hidden: int = 16, num_labels_out: int = 4, reg_weight: float = 1e-3,
-                 label_names: List[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        channels: int = 4,
+        hidden: int = 16,
+        num_labels_out: int = 4,
+        reg_weight: float = 1e-3,
+        label_names: list[str] | None = None,
+        **kwargs,
+    ):
         self.channels = channels
         self.hidden = hidden
         self.num_labels_out = num_labels_out
@@ -106,9 +112,12 @@ def parameter_fingerprint(model) -> dict:
 
 class RankSummary(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        summary = {"rank": args.process_index, "world_size": args.world_size,
-                   "losses": [h["loss"] for h in state.log_history if "loss" in h],
-                   "params": parameter_fingerprint(model)}
+        summary = {
+            "rank": args.process_index,
+            "world_size": args.world_size,
+            "losses": [h["loss"] for h in state.log_history if "loss" in h],
+            "params": parameter_fingerprint(model),
+        }
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"rank{args.process_index}_summary.json").write_text(json.dumps(summary), encoding="utf-8")
@@ -118,7 +127,7 @@ class RankSummary(TrainerCallback):
 class ToyDataArguments:
     train_manifest: str = field(default="", metadata={"help": "prepared train.json"})
     eval_manifest: str = field(default="", metadata={"help": "prepared validation.json (optional)"})
-    structure_names: List[str] = field(default_factory=lambda: list(TOY_LABELS))
+    structure_names: list[str] = field(default_factory=lambda: list(TOY_LABELS))
 
 
 class ToyOrgansDataset(PreparedDataset):
@@ -149,14 +158,25 @@ def build_toy(model_args: ToyModelArguments, data_args: ToyDataArguments, traini
     if not data_args.train_manifest:
         raise ValueError("data.train_manifest: required")
     labels = list(data_args.structure_names)
-    config = ToyOrgansConfig(channels=model_args.channels, hidden=model_args.hidden, num_labels_out=len(labels),
-                             reg_weight=model_args.reg_weight, label_names=labels)
+    config = ToyOrgansConfig(
+        channels=model_args.channels,
+        hidden=model_args.hidden,
+        num_labels_out=len(labels),
+        reg_weight=model_args.reg_weight,
+        label_names=labels,
+    )
     model = ToyOrgansModel(config)
     train = ToyOrgansDataset(data_args.train_manifest, labels)
     val = ToyOrgansDataset(data_args.eval_manifest, labels) if data_args.eval_manifest else None
-    return TaskBundle(model=model, train_dataset=train, eval_dataset=val, data_collator=collate,
-                      compute_metrics=accuracy, base_checkpoints={"": "random init (toy)"},
-                      callbacks=[RankSummary()] if model_args.dump_rank_summary else ())
+    return TaskBundle(
+        model=model,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collate,
+        compute_metrics=accuracy,
+        base_checkpoints={"": "random init (toy)"},
+        callbacks=[RankSummary()] if model_args.dump_rank_summary else (),
+    )
 
 
 def make_phantom_data(out: Path, n: int = 12, shape=(16, 32, 32)) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List
 
 import numpy as np
 
@@ -30,12 +29,20 @@ def build_model(img_size=(32, 256, 256), vision="vit3d_base"):
 
     text = BertConfig().to_dict()  # bert-base-uncased geometry: 12 x 768, vocab 30522
     text["model_type"] = "bert"
-    return LamedClipModel(LamedClipConfig(vision_encoder=vision, vision_overrides={"img_size": list(img_size)},
-                                          text_config=text, projection_dim=768, logit_scale_mode="raw"))
+    return LamedClipModel(
+        LamedClipConfig(
+            vision_encoder=vision,
+            vision_overrides={"img_size": list(img_size)},
+            text_config=text,
+            projection_dim=768,
+            logit_scale_mode="raw",
+        )
+    )
 
 
-def step_throughput(batch: int, steps: int, dtype: str, device: str, img_size, tokens: int,
-                    checkpointing: bool = False) -> Dict[str, float]:
+def step_throughput(
+    batch: int, steps: int, dtype: str, device: str, img_size, tokens: int, checkpointing: bool = False
+) -> dict[str, float]:
     """Samples/s of forward + backward + optimizer step (one warm-up step not timed)."""
     import torch
 
@@ -75,11 +82,11 @@ def step_throughput(batch: int, steps: int, dtype: str, device: str, img_size, t
     out = {"seconds_per_step": seconds, "samples_per_s": batch / seconds}
     if device.startswith("cuda"):
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del model, opt
+    one = None  # drop the closure's references so the model and optimizer state are freed before the next size
     return out
 
 
-def retrieval_time(n: int, dim: int = 768, naive_limit: int = 20000) -> Dict[str, float]:
+def retrieval_time(n: int, dim: int = 768, naive_limit: int = 20000) -> dict[str, float]:
     """Seconds for Recall@K both ways on n random pairs: chunked (LaMed) and naive argsort baseline."""
     from LaMed.metrics.retrieval import recall_at_k_from_embeddings
 
@@ -120,9 +127,11 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     img_size = tuple(int(v) for v in a.img_size.split(","))
-    print(f"device: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print(
+        f"device: {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'})"
+    )
     if not a.skip_step:
-        rows: List[tuple] = []
+        rows: list[tuple] = []
         for dtype in a.dtypes.split(","):
             rows.append((dtype, False, step_throughput(a.batch, a.steps, dtype, device, img_size, a.tokens)))
             if a.activation_checkpointing:
@@ -132,15 +141,20 @@ def main(argv=None) -> None:
         print("| dtype | act. ckpt | s/step | samples/s | vs first row |" + (" peak GiB |" if device == "cuda" else ""))
         for dtype, ck, r in rows:
             mem = f" {r['peak_gib']:.1f} |" if "peak_gib" in r else ""
-            print(f"| {dtype} | {ck} | {r['seconds_per_step']:.2f} | {r['samples_per_s']:.3f} | "
-                  f"{r['samples_per_s'] / base:.2f}x |{mem}")
+            print(
+                f"| {dtype} | {ck} | {r['seconds_per_step']:.2f} | {r['samples_per_s']:.3f} | "
+                f"{r['samples_per_s'] / base:.2f}x |{mem}"
+            )
     print("\nRetrieval evaluation (Recall@1/5/10/50/100 both directions, 768-d, encoding excluded)")
     print("| pairs | chunked s | naive argsort s | speed-up |")
     for n in (int(v) for v in a.pairs.split(",") if v):
         r = retrieval_time(n)
         naive = r.get("naive_s")
-        print(f"| {n} | {r['chunked_s']:.2f} | {naive:.2f} | {naive / r['chunked_s']:.1f}x |" if naive is not None
-              else f"| {n} | {r['chunked_s']:.2f} | (does not fit: {n}x{n} float32 = {n * n * 4 / 2**30:.0f} GiB) | - |")
+        print(
+            f"| {n} | {r['chunked_s']:.2f} | {naive:.2f} | {naive / r['chunked_s']:.1f}x |"
+            if naive is not None
+            else f"| {n} | {r['chunked_s']:.2f} | (does not fit: {n}x{n} float32 = {n * n * 4 / 2**30:.0f} GiB) | - |"
+        )
 
 
 if __name__ == "__main__":

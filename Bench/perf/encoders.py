@@ -53,7 +53,6 @@ def vit_train_flops(cfg) -> float:
 
 def counted_train_flops(model, x) -> float:
     """FLOPs of forward + backward counted by torch's FLOP counter (convolutions and matmuls)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -136,9 +135,16 @@ def build(name: str, device):
 
     cfg = ours.config
     ref = ViT(
-        in_channels=cfg.in_channels, img_size=cfg.img_size, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
-        mlp_dim=cfg.mlp_dim, num_layers=cfg.num_layers, num_heads=cfg.num_heads, proj_type="perceptron",
-        classification=False, qkv_bias=cfg.qkv_bias,
+        in_channels=cfg.in_channels,
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        hidden_size=cfg.hidden_size,
+        mlp_dim=cfg.mlp_dim,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        proj_type="perceptron",
+        classification=False,
+        qkv_bias=cfg.qkv_bias,
     )
     missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected and all("norm_cross_attn" in k for k in missing), (missing, unexpected)
@@ -179,9 +185,18 @@ def worker(name: str, dtype_name: str, reps: int, device_name: str, matmul_size:
     times = [train_step(model, x, dtype_name, device) for _ in range(reps + 1)][1:]
     best = min(times)
     return {
-        "model": name, "dtype": dtype_name, "device": device_name, "threads": torch.get_num_threads(),
-        "step_s": best, "steps_s": times, "peak_gb": _peak_memory_gb(device), "base_gb": base, "train_flops": flops,
-        "achieved_flops": flops / best, "matmul_flops": rate, "fraction_of_matmul": flops / best / rate,
+        "model": name,
+        "dtype": dtype_name,
+        "device": device_name,
+        "threads": torch.get_num_threads(),
+        "step_s": best,
+        "steps_s": times,
+        "peak_gb": _peak_memory_gb(device),
+        "base_gb": base,
+        "train_flops": flops,
+        "achieved_flops": flops / best,
+        "matmul_flops": rate,
+        "fraction_of_matmul": flops / best / rate,
     }
 
 
@@ -204,7 +219,12 @@ def paired(dtypes: list, reps: int, device_name: str) -> dict:
         for _ in range(reps):
             t_ours.append(train_step(ours, x, dtype_name, device))
             t_ref.append(train_step(ref, x, dtype_name, device))
-        result[dtype_name] = {"vit3d_s": min(t_ours), "monai_s": min(t_ref), "vit3d_steps": t_ours, "monai_steps": t_ref}
+        result[dtype_name] = {
+            "vit3d_s": min(t_ours),
+            "monai_s": min(t_ref),
+            "vit3d_steps": t_ours,
+            "monai_steps": t_ref,
+        }
     return result
 
 
@@ -219,7 +239,9 @@ def run_subprocess(args: list) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["vit3d", "monai", "dcformer"], choices=["vit3d", "monai", "dcformer"])
+    p.add_argument(
+        "--models", nargs="+", default=["vit3d", "monai", "dcformer"], choices=["vit3d", "monai", "dcformer"]
+    )
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--reps", type=int, default=2, help="timed steps after one warm-up step")
     p.add_argument("--device", default="cpu")
@@ -247,35 +269,58 @@ def main(argv=None) -> int:
     print(f"separate processes (peak memory, fraction of the matmul rate); batch 1, {a.device}")
     for dtype in a.dtypes:
         for name in models:
-            r = run_subprocess(["--worker", name, "--dtypes", dtype, "--reps", str(a.reps), "--device", a.device,
-                                "--matmul-size", str(a.matmul_size)])
+            r = run_subprocess(
+                [
+                    "--worker",
+                    name,
+                    "--dtypes",
+                    dtype,
+                    "--reps",
+                    str(a.reps),
+                    "--device",
+                    a.device,
+                    "--matmul-size",
+                    str(a.matmul_size),
+                ]
+            )
             results[name, dtype] = r
-            print(f"  {name:9s} {dtype}: step {r['step_s']:.2f} s  peak {r['peak_gb']:.2f} GiB (before step "
-                  f"{r['base_gb']:.2f})  {r['achieved_flops'] / 1e9:.0f} GFLOP/s = {r['fraction_of_matmul']:.2f} of "
-                  f"matmul ({r['matmul_flops'] / 1e9:.0f} GFLOP/s, {r['threads']} threads)", flush=True)
+            print(
+                f"  {name:9s} {dtype}: step {r['step_s']:.2f} s  peak {r['peak_gb']:.2f} GiB (before step "
+                f"{r['base_gb']:.2f})  {r['achieved_flops'] / 1e9:.0f} GFLOP/s = {r['fraction_of_matmul']:.2f} of "
+                f"matmul ({r['matmul_flops'] / 1e9:.0f} GFLOP/s, {r['threads']} threads)",
+                flush=True,
+            )
     pair = None
     if not a.no_paired and {"vit3d", "monai"} <= set(models):
         pair = run_subprocess(["--paired", "--dtypes", *a.dtypes, "--reps", str(a.reps), "--device", a.device])
         ok = "ok" if pair["max_abs_diff"] <= 1e-4 else "MISSED"
-        print(f"one process, steps interleaved: ViT3D vs MONAI output max |diff| (fp32) {pair['max_abs_diff']:.2e} "
-              f"[target <= 1e-4: {ok}]")
+        print(
+            f"one process, steps interleaved: ViT3D vs MONAI output max |diff| (fp32) {pair['max_abs_diff']:.2e} "
+            f"[target <= 1e-4: {ok}]"
+        )
         for dtype in a.dtypes:
             t = pair[dtype]
             print(f"  {dtype}: ViT3D {t['vit3d_s']:.2f} s, MONAI {t['monai_s']:.2f} s per step")
 
-    print("\nsummary (targets: >= 1.5x faster than MONAI, <= 0.70 of its peak memory, fp32 >= 0.85 / bf16 >= 0.70 of matmul)")
+    print(
+        "\nsummary (targets: >= 1.5x faster than MONAI, <= 0.70 of its peak memory, fp32 >= 0.85 / bf16 >= 0.70 of matmul)"
+    )
     for dtype in a.dtypes:
         ours, ref = results.get(("vit3d", dtype)), results.get(("monai", dtype))
         if ours and ref:
             sep = ref["step_s"] / ours["step_s"]
             inter = f", interleaved {pair[dtype]['monai_s'] / pair[dtype]['vit3d_s']:.2f}x" if pair else ""
-            print(f"  ViT3D-B {dtype}: {sep:.2f}x faster than MONAI (separate processes{inter}), "
-                  f"{ours['peak_gb'] / ref['peak_gb']:.2f} of its peak memory, "
-                  f"{ours['fraction_of_matmul']:.2f} of the matmul rate (MONAI {ref['fraction_of_matmul']:.2f})")
+            print(
+                f"  ViT3D-B {dtype}: {sep:.2f}x faster than MONAI (separate processes{inter}), "
+                f"{ours['peak_gb'] / ref['peak_gb']:.2f} of its peak memory, "
+                f"{ours['fraction_of_matmul']:.2f} of the matmul rate (MONAI {ref['fraction_of_matmul']:.2f})"
+            )
         if ("dcformer", dtype) in results:
             d = results["dcformer", dtype]
-            print(f"  DCFormer-small {dtype} at {DCFORMER_INPUT}: {d['step_s']:.2f} s/step, {d['peak_gb']:.2f} GiB, "
-                  f"{d['fraction_of_matmul']:.2f} of the matmul rate")
+            print(
+                f"  DCFormer-small {dtype} at {DCFORMER_INPUT}: {d['step_s']:.2f} s/step, {d['peak_gb']:.2f} GiB, "
+                f"{d['fraction_of_matmul']:.2f} of the matmul rate"
+            )
     return 0
 
 

@@ -14,23 +14,48 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
-CONFIGS: Dict[str, Dict] = {
+CONFIGS: dict[str, dict] = {
     # tiny: what the tests and the phantom demo train (configs/recipes/tiny_lamed.yaml: 2 x 128 Phi-3-style LLM,
     # ViT3D test tower on 32x64x64 with 8x16x16 patches, per-token MLP projector, 64 image tokens).
-    "tiny": dict(text=dict(model_type="phi3", vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2),
-                 vision="vit3d_test", vision_overrides={"img_size": (32, 64, 64), "patch_size": (8, 16, 16)},
-                 projector="mlp", projector_overrides={}, volume=(1, 32, 64, 64)),
+    "tiny": dict(
+        text=dict(
+            model_type="phi3",
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        vision="vit3d_test",
+        vision_overrides={"img_size": (32, 64, 64), "patch_size": (8, 16, 16)},
+        projector="mlp",
+        projector_overrides={},
+        volume=(1, 32, 64, 64),
+    ),
     # phi3: Phi-3-mini-4k geometry (3072 x 32 layers, vocab 32015) + M3D ViT-B + spp (256 tokens): 3.9 B params.
-    "phi3": dict(text=dict(model_type="phi3", vocab_size=32015, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=32),
-                 vision="vit3d_base", vision_overrides={}, projector="spp", projector_overrides={}, volume=(1, 32, 256, 256)),
+    "phi3": dict(
+        text=dict(
+            model_type="phi3",
+            vocab_size=32015,
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+        vision="vit3d_base",
+        vision_overrides={},
+        projector="spp",
+        projector_overrides={},
+        volume=(1, 32, 256, 256),
+    ),
 }
 
 
-def build(name: str, dtype=None, layers: Optional[int] = None):
+def build(name: str, dtype=None, layers: int | None = None):
     import torch
     from transformers import CONFIG_MAPPING
 
@@ -43,10 +68,15 @@ def build(name: str, dtype=None, layers: Optional[int] = None):
     mt = text.pop("model_type")
     tc = CONFIG_MAPPING[mt](**text, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     tc._attn_implementation = "sdpa"
-    cfg = LaMedConfig(text_config=tc, vision_tower=spec["vision"], vision_overrides=spec["vision_overrides"],
-                      vision_feature_stages=spec.get("stages"),
-                      projector=spec["projector"], projector_overrides=spec["projector_overrides"],
-                      image_token_id=text["vocab_size"] - 1)
+    cfg = LaMedConfig(
+        text_config=tc,
+        vision_tower=spec["vision"],
+        vision_overrides=spec["vision_overrides"],
+        vision_feature_stages=spec.get("stages"),
+        projector=spec["projector"],
+        projector_overrides=spec["projector_overrides"],
+        image_token_id=text["vocab_size"] - 1,
+    )
     with torch.device("cpu"):
         model = LaMedForCausalLM(cfg).eval()
     if dtype is not None:
@@ -61,10 +91,16 @@ def time_generate(model, spec, new_tokens: int, use_cache: bool, prompt_text_tok
 
     t = model.num_image_tokens
     vocab = model.config.text_config.vocab_size
-    ids = torch.cat([torch.tensor([[1]]), torch.full((1, t), model.config.image_token_id),
-                     torch.randint(2, vocab - 2, (1, prompt_text_tokens))], dim=1)
+    ids = torch.cat(
+        [
+            torch.tensor([[1]]),
+            torch.full((1, t), model.config.image_token_id),
+            torch.randint(2, vocab - 2, (1, prompt_text_tokens)),
+        ],
+        dim=1,
+    )
     vol = torch.rand(1, *spec["volume"], dtype=next(model.parameters()).dtype)
-    stamps: List[float] = []
+    stamps: list[float] = []
 
     class Stamp(StoppingCriteria):
         def __call__(self, input_ids, scores, **kw):
@@ -73,11 +109,20 @@ def time_generate(model, spec, new_tokens: int, use_cache: bool, prompt_text_tok
 
     start = time.perf_counter()
     with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), images=vol, max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, pad_token_id=0, eos_token_id=None,
-                       # random weights may pick <im_patch>; fed back uncached, it would count as a placeholder
-                       suppress_tokens=[model.config.image_token_id],
-                       stopping_criteria=StoppingCriteriaList([Stamp()]))
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            images=vol,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=0,
+            eos_token_id=None,
+            # random weights may pick <im_patch>; fed back uncached, it would count as a placeholder
+            suppress_tokens=[model.config.image_token_id],
+            stopping_criteria=StoppingCriteriaList([Stamp()]),
+        )
     total = stamps[-1] - start
     rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
     return stamps[0] - start, rate, total
@@ -92,7 +137,7 @@ def train_step_rate(steps: int = 5, batch: int = 8, seq: int = 220) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t = model.num_image_tokens
     ids = torch.randint(2, 990, (batch, seq))
-    ids[:, 1:1 + t] = model.config.image_token_id
+    ids[:, 1 : 1 + t] = model.config.image_token_id
     labels = ids.clone()
     labels[:, : 1 + t + 10] = -100
     vol = torch.rand(batch, *spec["volume"])
@@ -108,7 +153,7 @@ def train_step_rate(steps: int = 5, batch: int = 8, seq: int = 220) -> float:
     return batch / (sum(times) / len(times))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict:
+def main(argv: Sequence[str] | None = None) -> dict:
     import torch
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,19 +164,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     a = p.parse_args(argv)
     results = {}
     for name in a.configs:
-        model, spec = build(name, torch.bfloat16 if (a.bf16 and name != "tiny") else None,
-                            a.phi3_layers if name == "phi3" else None)
+        model, spec = build(
+            name, torch.bfloat16 if (a.bf16 and name != "tiny") else None, a.phi3_layers if name == "phi3" else None
+        )
         n_params = sum(x.numel() for x in model.parameters())
         time_generate(model, spec, 4, True)  # warm-up
         ttft_c, rate_c, tot_c = time_generate(model, spec, a.new_tokens, True)
         ttft_u, rate_u, tot_u = time_generate(model, spec, a.new_tokens, False)
-        results[name] = dict(params=n_params, image_tokens=model.num_image_tokens, ttft_cached_s=ttft_c,
-                             tokens_per_s_cached=rate_c, ttft_uncached_s=ttft_u, tokens_per_s_uncached=rate_u,
-                             total_cached_s=tot_c, total_uncached_s=tot_u, speedup=tot_u / tot_c)
-        print(f"{name}: {n_params / 1e6:.1f} M params, {model.num_image_tokens} image tokens, {a.new_tokens} new tokens\n"
-              f"  cached:   TTFT {ttft_c:.3f} s, {rate_c:.1f} tok/s, total {tot_c:.2f} s\n"
-              f"  uncached: TTFT {ttft_u:.3f} s, {rate_u:.1f} tok/s, total {tot_u:.2f} s\n"
-              f"  cached generation is {tot_u / tot_c:.1f}x faster (target >= 5x)", flush=True)
+        results[name] = dict(
+            params=n_params,
+            image_tokens=model.num_image_tokens,
+            ttft_cached_s=ttft_c,
+            tokens_per_s_cached=rate_c,
+            ttft_uncached_s=ttft_u,
+            tokens_per_s_uncached=rate_u,
+            total_cached_s=tot_c,
+            total_uncached_s=tot_u,
+            speedup=tot_u / tot_c,
+        )
+        print(
+            f"{name}: {n_params / 1e6:.1f} M params, {model.num_image_tokens} image tokens, {a.new_tokens} new tokens\n"
+            f"  cached:   TTFT {ttft_c:.3f} s, {rate_c:.1f} tok/s, total {tot_c:.2f} s\n"
+            f"  uncached: TTFT {ttft_u:.3f} s, {rate_u:.1f} tok/s, total {tot_u:.2f} s\n"
+            f"  cached generation is {tot_u / tot_c:.1f}x faster (target >= 5x)",
+            flush=True,
+        )
         del model
     rate = train_step_rate()
     results["train_tiny_samples_per_s"] = rate

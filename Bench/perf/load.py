@@ -70,8 +70,8 @@ def save_model(folder: Path, layers: int) -> int:
     import torch
 
     from Bench.perf.generate import build
-    from LaMed.models.mllm import LaMedProcessor
     from LaMed.data.tokenizer import train_tokenizer
+    from LaMed.models.mllm import LaMedProcessor
 
     torch.manual_seed(0)
     model, _ = build("phi3", layers=layers)
@@ -83,8 +83,9 @@ def save_model(folder: Path, layers: int) -> int:
 
 def measure(folder: Path, dtype: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(folder), dtype], capture_output=True, text=True, env=env,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(folder), dtype], capture_output=True, text=True, env=env, check=False
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load {dtype} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,29 +96,37 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=4, help="LLM layers of the Phi-3-mini geometry (of 32)")
     p.add_argument("--keep", default="", help="save the model here (and reuse it if present) instead of a temp dir")
     a = p.parse_args(argv)
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (2 cores; figures taken at load > 2 are noisy)")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (2 cores; figures taken at load > 2 are noisy)"
+    )
     folder = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="lamed_load_"))
     try:
         if not (folder / "config.json").is_file():
             t = time.perf_counter()
             n = save_model(folder, a.layers)
-            print(f"saved {n / 1e6:.0f} M parameters ({a.layers} LLM layers) in {time.perf_counter() - t:.1f} s to {folder}")
+            print(
+                f"saved {n / 1e6:.0f} M parameters ({a.layers} LLM layers) in {time.perf_counter() - t:.1f} s to {folder}"
+            )
         base = measure(folder, "none")
-        base_gb = base["peak_kb"] / 2 ** 20
+        base_gb = base["peak_kb"] / 2**20
         print(f"baseline (imports only): peak RSS {base_gb:.2f} GB")
         results = {}
         for dtype in ("fp32", "bf16"):
             r = measure(folder, dtype)
             cost = (r["peak_kb"] - base["peak_kb"]) * 1024
             results[dtype] = cost
-            print(f"{dtype}: weights {r['bytes'] / 2 ** 30:.2f} GB ({', '.join(r['dtypes'])}), load {r['seconds']:.1f} s, "
-                  f"peak RSS {r['peak_kb'] / 2 ** 20:.2f} GB, minus baseline {cost / 2 ** 30:.2f} GB = "
-                  f"{cost / r['bytes']:.2f} x weight bytes (target <= 1.15)")
+            print(
+                f"{dtype}: weights {r['bytes'] / 2**30:.2f} GB ({', '.join(r['dtypes'])}), load {r['seconds']:.1f} s, "
+                f"peak RSS {r['peak_kb'] / 2**20:.2f} GB, minus baseline {cost / 2**30:.2f} GB = "
+                f"{cost / r['bytes']:.2f} x weight bytes (target <= 1.15)"
+            )
         print(f"bf16 peak / fp32 peak (minus baseline): {results['bf16'] / results['fp32']:.2f} (target <= 0.55)")
         r = measure(folder, "transformers_bfloat16")
         cost = (r["peak_kb"] - base["peak_kb"]) * 1024
-        print(f"for comparison, transformers' from_pretrained(dtype=bfloat16) of the same fp32 file: peak minus "
-              f"baseline {cost / 2 ** 30:.2f} GB = {cost / r['bytes']:.2f} x weight bytes, load {r['seconds']:.1f} s")
+        print(
+            f"for comparison, transformers' from_pretrained(dtype=bfloat16) of the same fp32 file: peak minus "
+            f"baseline {cost / 2**30:.2f} GB = {cost / r['bytes']:.2f} x weight bytes, load {r['seconds']:.1f} s"
+        )
         print(f"load average {os.getloadavg()[0]:.2f}")
     finally:
         if not a.keep:

@@ -21,12 +21,32 @@ import argparse
 import os
 import time
 
-import numpy as np
-
-ORGANS = ["liver", "spleen", "left kidney", "right kidney", "stomach", "pancreas", "gallbladder", "aorta",
-          "inferior vena cava", "esophagus", "duodenum", "colon", "small bowel", "urinary bladder", "prostate",
-          "left adrenal gland", "right adrenal gland", "portal vein", "heart", "left lung", "right lung",
-          "trachea", "vertebrae", "sacrum"]
+ORGANS = [
+    "liver",
+    "spleen",
+    "left kidney",
+    "right kidney",
+    "stomach",
+    "pancreas",
+    "gallbladder",
+    "aorta",
+    "inferior vena cava",
+    "esophagus",
+    "duodenum",
+    "colon",
+    "small bowel",
+    "urinary bladder",
+    "prostate",
+    "left adrenal gland",
+    "right adrenal gland",
+    "portal vein",
+    "heart",
+    "left lung",
+    "right lung",
+    "trachea",
+    "vertebrae",
+    "sacrum",
+]
 
 
 def _sync(device):
@@ -54,7 +74,9 @@ def main(argv=None):
     p.add_argument("--variant", default=None, help="model variant (default: segvol, or segvol_tiny with --quick)")
     p.add_argument("--shape", type=int, nargs=3, default=None, help="CT size D H W (default by --quick)")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     variant, shape = ("segvol_tiny", (96, 160, 160)) if a.quick else ("segvol", (300, 512, 512))
     variant, shape = a.variant or variant, tuple(a.shape) if a.shape else shape
     torch.manual_seed(0)
@@ -89,12 +111,15 @@ def main(argv=None):
     for n in [int(c) for c in a.counts.split(",")]:
         prompts = ORGANS[:n]
         load_before = os.getloadavg()[0]
-        t_seq, seq, e_seq = timed(lambda: [zoom_out_zoom_in(model, pre, [q])[0] for q in prompts])
-        t_bat, (bat, skipped), e_bat = timed(lambda: zoom_out_zoom_in(model, pre, prompts))
+        t_seq, seq, e_seq = timed(lambda prompts=prompts: [zoom_out_zoom_in(model, pre, [q])[0] for q in prompts])
+        t_bat, (bat, skipped), e_bat = timed(lambda prompts=prompts: zoom_out_zoom_in(model, pre, prompts))
         diff = float((torch.sigmoid(torch.cat(seq)) - torch.sigmoid(bat)).abs().max())
-        print(f"{n:2d} prompts: sequential {t_seq:7.2f} s, batched {t_bat:6.2f} s, ratio x{t_seq / t_bat:5.2f}, "
-              f"volumes encoded {e_seq} vs {e_bat}, max |diff| {diff:.2e}, zoom-in skipped {len(skipped)}, "
-              f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"{n:2d} prompts: sequential {t_seq:7.2f} s, batched {t_bat:6.2f} s, ratio x{t_seq / t_bat:5.2f}, "
+            f"volumes encoded {e_seq} vs {e_bat}, max |diff| {diff:.2e}, zoom-in skipped {len(skipped)}, "
+            f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

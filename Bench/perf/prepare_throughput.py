@@ -92,13 +92,20 @@ def single_volume_cost(path: Path, out: Path, preset: str) -> dict:
     res = {}
     c0, w0 = time.process_time(), time.perf_counter()
     vol = load_volume(path)
-    c1, w1 = time.process_time(), time.perf_counter()
+    c1 = time.process_time()
     prep = apply_preset(preset, vol.array, vol.spacing)
-    c2, w2 = time.process_time(), time.perf_counter()
+    c2 = time.process_time()
     write_image(out, "single", prep["image"])
     c3, w3 = time.process_time(), time.perf_counter()
-    res.update(load_cpu=c1 - c0, preset_cpu=c2 - c1, save_cpu=c3 - c2, total_cpu=c3 - c0, total_wall=w3 - w0,
-               shape=vol.shape, out_shape=tuple(prep["image"].shape))
+    res.update(
+        load_cpu=c1 - c0,
+        preset_cpu=c2 - c1,
+        save_cpu=c3 - c2,
+        total_cpu=c3 - c0,
+        total_wall=w3 - w0,
+        shape=vol.shape,
+        out_shape=tuple(prep["image"].shape),
+    )
     return res
 
 
@@ -153,15 +160,29 @@ def make_ct_rate_raw(root: Path, n: int, size) -> float:
             first.append(path)
             del ph
         else:
-            shutil.copyfile(first[i % 2] if first else path.parents[2] / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz", path)
+            shutil.copyfile(
+                first[i % 2] if first else path.parents[2] / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz", path
+            )
     d = root / "dataset"
     for sub, fname, header, row in (
-        ("radiology_text_reports", "validation_reports.csv", ["VolumeName", "Findings_EN", "Impressions_EN"],
-         lambda v: [v, "Bilateral lower lobe atelectasis. No effusion.", "Atelectasis."]),
-        ("multi_abnormality_labels", "valid_predicted_labels.csv", ["VolumeName", "Atelectasis", "Emphysema"],
-         lambda v: [v, 1, 0]),
-        ("metadata", "validation_metadata.csv", ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
-         lambda v: [v, 1, -1024, "[0.75, 0.75]", 1.0]),
+        (
+            "radiology_text_reports",
+            "validation_reports.csv",
+            ["VolumeName", "Findings_EN", "Impressions_EN"],
+            lambda v: [v, "Bilateral lower lobe atelectasis. No effusion.", "Atelectasis."],
+        ),
+        (
+            "multi_abnormality_labels",
+            "valid_predicted_labels.csv",
+            ["VolumeName", "Atelectasis", "Emphysema"],
+            lambda v: [v, 1, 0],
+        ),
+        (
+            "metadata",
+            "validation_metadata.csv",
+            ["VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"],
+            lambda v: [v, 1, -1024, "[0.75, 0.75]", 1.0],
+        ),
     ):
         (d / sub).mkdir(parents=True, exist_ok=True)
         with open(d / sub / fname, "w", newline="", encoding="utf-8") as f:
@@ -178,8 +199,10 @@ def ct_rate_benchmark(args, root: Path) -> int:
     size = tuple(args.size)
     t_make = make_ct_rate_raw(root / "raw", n, size)
     f0 = next((root / "raw").rglob("*.nii.gz"))
-    print(f"inputs: {n} x {'x'.join(map(str, size))} int16 CT-RATE .nii.gz ({f0.stat().st_size / 2**20:.0f} MB each) "
-          f"+ CSVs, written in {t_make:.1f} s")
+    print(
+        f"inputs: {n} x {'x'.join(map(str, size))} int16 CT-RATE .nii.gz ({f0.stat().st_size / 2**20:.0f} MB each) "
+        f"+ CSVs, written in {t_make:.1f} s"
+    )
     from Data.ct_rate import PREPARER
 
     # Warm-up on one volume: imports and first-call costs do not belong to the timed runs.
@@ -196,12 +219,16 @@ def ct_rate_benchmark(args, root: Path) -> int:
             print(f"FAILED: {s}\n{s.validation}", file=sys.stderr)
             return 1
         rates[workers] = s.written / dt
-        print(f"ct_rate_volumes_per_s[workers={workers}]: {rates[workers]:.3f} ({s.written} volumes in {dt:.1f} s; "
-              f"{cpu / s.written:.2f} CPU s per volume incl. 2D slices, all processes)")
+        print(
+            f"ct_rate_volumes_per_s[workers={workers}]: {rates[workers]:.3f} ({s.written} volumes in {dt:.1f} s; "
+            f"{cpu / s.written:.2f} CPU s per volume incl. 2D slices, all processes)"
+        )
     w = args.workers
     print(f"ct_rate_speedup[{w} workers vs 1]: {rates[w] / rates[1]:.2f}x")
-    print(f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(w):.2f}x "
-          f"(the ceiling of the ratio above on this machine now)")
+    print(
+        f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(w):.2f}x "
+        f"(the ceiling of the ratio above on this machine now)"
+    )
     print(f"load average at end: {_load()}")
     print(f"peak_rss_largest_worker: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
     return 0
@@ -210,10 +237,20 @@ def ct_rate_benchmark(args, root: Path) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=None, help="number of volumes (default 6; 4 with --dataset ct_rate)")
-    ap.add_argument("--dataset", choices=("volumes", "ct_rate"), default="volumes",
-                    help="prepare_volumes on plain NIfTI (default) or the CT-RATE preparer on a CT-RATE layout")
-    ap.add_argument("--size", type=int, nargs=3, default=(300, 512, 512), metavar=("D", "H", "W"),
-                    help="volume size in voxels (default 300 512 512)")
+    ap.add_argument(
+        "--dataset",
+        choices=("volumes", "ct_rate"),
+        default="volumes",
+        help="prepare_volumes on plain NIfTI (default) or the CT-RATE preparer on a CT-RATE layout",
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        nargs=3,
+        default=(300, 512, 512),
+        metavar=("D", "H", "W"),
+        help="volume size in voxels (default 300 512 512)",
+    )
     ap.add_argument("--preset", default="m3d")
     ap.add_argument("--workers", type=int, default=2, help="pool size compared with 1 worker (default 2)")
     ap.add_argument("--keep", default=None, help="write the inputs here and keep them (default: a temp folder)")
@@ -232,27 +269,34 @@ def main(argv=None) -> int:
     try:
         files, gz, t_make = make_inputs(root / "nii", args.n, tuple(args.size))
         mb = files[0].stat().st_size / 2**20
-        print(f"inputs: {args.n} x {'x'.join(map(str, args.size))} int16 .nii ({mb:.0f} MB each, "
-              f"{gz.stat().st_size / 2**20:.0f} MB as .nii.gz), drawn and written in {t_make:.1f} s")
+        print(
+            f"inputs: {args.n} x {'x'.join(map(str, args.size))} int16 .nii ({mb:.0f} MB each, "
+            f"{gz.stat().st_size / 2**20:.0f} MB as .nii.gz), drawn and written in {t_make:.1f} s"
+        )
 
         # Warm-up: imports (torch, nibabel) and first-call costs do not belong to a volume.
         single_volume_cost(files[0], root / "single_out", args.preset)
         for label, path in (("nii", files[1 % len(files)]), ("nii.gz", gz)):
             r = single_volume_cost(path, root / "single_out", args.preset)
-            print(f"cpu_s_per_volume[{label}]: {r['total_cpu']:.2f} s (load {r['load_cpu']:.2f}, preset "
-                  f"{r['preset_cpu']:.2f}, save {r['save_cpu']:.2f}; wall {r['total_wall']:.2f} s; "
-                  f"{'x'.join(map(str, r['shape']))} -> {'x'.join(map(str, r['out_shape'][1:]))}; target < 1 s)")
-
-        from LaMed.data.prepare import prepare_volumes
+            print(
+                f"cpu_s_per_volume[{label}]: {r['total_cpu']:.2f} s (load {r['load_cpu']:.2f}, preset "
+                f"{r['preset_cpu']:.2f}, save {r['save_cpu']:.2f}; wall {r['total_wall']:.2f} s; "
+                f"{'x'.join(map(str, r['shape']))} -> {'x'.join(map(str, r['out_shape'][1:]))}; target < 1 s)"
+            )
 
         import torch
+
+        from LaMed.data.prepare import prepare_volumes
 
         default_threads = torch.get_num_threads()
         rates = {}
         # 1 worker runs in this process with torch's default threads, then with one thread (the
         # per-worker setting of the pool, so the ratio against it is the pure parallel scaling).
-        for label, workers, threads in (("1", 1, default_threads), ("1, 1 thread", 1, 1),
-                                        (str(args.workers), args.workers, default_threads)):
+        for label, workers, threads in (
+            ("1", 1, default_threads),
+            ("1, 1 thread", 1, 1),
+            (str(args.workers), args.workers, default_threads),
+        ):
             out = root / f"out_{label.replace(', ', '_').replace(' ', '')}"
             shutil.rmtree(out, ignore_errors=True)
             torch.set_num_threads(threads)
@@ -265,13 +309,17 @@ def main(argv=None) -> int:
                 print(f"FAILED: {s}", file=sys.stderr)
                 return 1
             rates[label] = s.written / dt
-            print(f"volumes_per_s[workers={label}]: {rates[label]:.3f} ({s.written} volumes in {dt:.1f} s; "
-                  f"{cpu / s.written:.2f} CPU s per volume, all processes)")
+            print(
+                f"volumes_per_s[workers={label}]: {rates[label]:.3f} ({s.written} volumes in {dt:.1f} s; "
+                f"{cpu / s.written:.2f} CPU s per volume, all processes)"
+            )
         w = str(args.workers)
         print(f"speedup[{w} workers vs 1]: {rates[w] / rates['1']:.2f}x (target >= 1.7x)")
         print(f"speedup[{w} workers vs 1 single-threaded]: {rates[w] / rates['1, 1 thread']:.2f}x")
-        print(f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(args.workers):.2f}x "
-              f"(the ceiling of the ratios above on this machine now)")
+        print(
+            f"machine_scaling[{w} processes, ideal numpy job]: {machine_scaling(args.workers):.2f}x "
+            f"(the ceiling of the ratios above on this machine now)"
+        )
 
         self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 def _sync(device):
@@ -83,9 +83,12 @@ def bench_training(model, device, n_classes: int = 8, repeats: int = 2):
     d, h, w = model.config.img_size
     g = torch.Generator().manual_seed(0)
     batch = dict(
-        volume=torch.rand(1, 1, d, h, w, generator=g), labels=(torch.rand(1, n_classes, d, h, w, generator=g) > 0.8).float(),
-        label_mask=torch.ones(1, n_classes, dtype=torch.bool), input_ids=torch.randint(1000, 2000, (1, n_classes, 8), generator=g),
-        points=torch.rand(1, n_classes, 21, 3, generator=g) * torch.tensor([d, h, w]), point_labels=torch.randint(-1, 2, (1, n_classes, 21), generator=g),
+        volume=torch.rand(1, 1, d, h, w, generator=g),
+        labels=(torch.rand(1, n_classes, d, h, w, generator=g) > 0.8).float(),
+        label_mask=torch.ones(1, n_classes, dtype=torch.bool),
+        input_ids=torch.randint(1000, 2000, (1, n_classes, 8), generator=g),
+        points=torch.rand(1, n_classes, 21, 3, generator=g) * torch.tensor([d, h, w]),
+        point_labels=torch.randint(-1, 2, (1, n_classes, 21), generator=g),
         boxes=torch.tensor([2.0, 10.0, 10.0, d - 3.0, h - 10.0, w - 10.0]).expand(1, n_classes, 6),
     )
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -118,7 +121,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-training", action="store_true")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    device = torch.device(
+        "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
+    )
     variant, shape = ("segvol_tiny", (128, 256, 256)) if a.quick else ("segvol", (300, 512, 512))
     torch.manual_seed(0)
     model = create_seg_model(variant).to(device).eval()
@@ -130,13 +135,17 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, roi = bench_inference(model, vol, liver, device, a.repeats)
-    mem = torch.cuda.max_memory_allocated() / 1024 ** 3 if device.type == "cuda" else _rss_gb()
-    print(f"inference s/volume: zoom-out {times['zoom_out']:.2f}, zoom-out + zoom-in {times['zoom_in']:.2f} "
-          f"(zoom-in ROI {tuple(s.stop - s.start for s in roi)}); peak {'GPU' if device.type == 'cuda' else 'RSS'} {mem:.2f} GB")
+    mem = torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda" else _rss_gb()
+    print(
+        f"inference s/volume: zoom-out {times['zoom_out']:.2f}, zoom-out + zoom-in {times['zoom_in']:.2f} "
+        f"(zoom-in ROI {tuple(s.stop - s.start for s in roi)}); peak {'GPU' if device.type == 'cuda' else 'RSS'} {mem:.2f} GB"
+    )
     if not a.skip_training:
         tr = bench_training(model, device)
-        print(f"training step, 1 volume x 8 classes x 6 prompt types: encode once {tr['encode_once']:.2f} s, "
-              f"re-encode per class {tr['reencode_per_class']:.2f} s, speed-up x{tr['reencode_per_class'] / tr['encode_once']:.2f}")
+        print(
+            f"training step, 1 volume x 8 classes x 6 prompt types: encode once {tr['encode_once']:.2f} s, "
+            f"re-encode per class {tr['reencode_per_class']:.2f} s, speed-up x{tr['reencode_per_class'] / tr['encode_once']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,15 +26,46 @@ RECIPE = TESTS / "recipes" / "tiny_toy.yaml"
 
 
 def run(nproc: int, data: Path, out: Path, args) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(TESTS), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline",
-               OMP_NUM_THREADS=str(args.threads))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(TESTS),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="offline",
+        OMP_NUM_THREADS=str(args.threads),
+    )
     bin_dir = Path(sys.executable).parent
-    launcher = [sys.executable] if nproc == 1 else [str(bin_dir / "torchrun"), "--nproc_per_node", str(nproc),
-                                                   "--master_port", "29731"]
-    cmd = [*launcher, "-m", "LaMed.train", str(RECIPE), "--train_manifest", str(data / "train_bench.json"),
-           "--output_dir", str(out), "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch),
-           "--save_strategy", "no", "--logging_steps", str(args.steps), "--resume", "never",
-           "--dataloader_num_workers", str(args.workers), "--channels", str(args.channels), "--hidden", str(2 * args.channels)]
+    launcher = (
+        [sys.executable]
+        if nproc == 1
+        else [str(bin_dir / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", "29731"]
+    )
+    cmd = [
+        *launcher,
+        "-m",
+        "LaMed.train",
+        str(RECIPE),
+        "--train_manifest",
+        str(data / "train_bench.json"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(args.steps),
+        "--per_device_train_batch_size",
+        str(args.batch),
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        str(args.steps),
+        "--resume",
+        "never",
+        "--dataloader_num_workers",
+        str(args.workers),
+        "--channels",
+        str(args.channels),
+        "--hidden",
+        str(2 * args.channels),
+    ]
     if args.workers > 0:
         cmd += ["--dataloader_persistent_workers", "true"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
@@ -53,9 +84,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=32, help="phantoms to prepare")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes per training process")
     p.add_argument("--channels", type=int, default=16, help="width of the toy net (hidden = 2 x channels)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process (torchrun's default of 1 for both runs, so that 2 processes "
-                        "use 2 cores and 1 process 1 core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (torchrun's default of 1 for both runs, so that 2 processes "
+        "use 2 cores and 1 process 1 core)",
+    )
     args = p.parse_args()
 
     sys.path.insert(0, str(TESTS))
@@ -75,9 +110,11 @@ def main() -> None:
         one = run(1, data, tmp / "one", args)
         two = run(2, data, tmp / "two", args)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"config: toy 3D conv net ({args.channels}/{2 * args.channels} channels), volumes {tuple(args.shape)}, batch {args.batch}/process, {args.steps} steps, "
-          f"{args.workers} loader worker(s) and {args.threads} thread(s)/process, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}")
+    print(
+        f"config: toy 3D conv net ({args.channels}/{2 * args.channels} channels), volumes {tuple(args.shape)}, batch {args.batch}/process, {args.steps} steps, "
+        f"{args.workers} loader worker(s) and {args.threads} thread(s)/process, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f}"
+    )
     rates = {}
     for name, nproc, r in (("1 process", 1, one), ("2 processes DDP", 2, two)):
         steps = r["train_steady_steps_per_second"]  # step to step, without start-up

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import List, Mapping
 
 from LaMed.models.card import write_model_card
 from LaMed.models.convert.published import RELEASE_TOKENS, quirks_on
@@ -53,22 +53,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="downloaded checkpoint folder (config.json + weights) or a weights file")
     parser.add_argument("dst", help="output folder (LaMed format)")
     parser.add_argument("--config", default="", help="JSON object of config fields replacing the derived ones")
-    parser.add_argument("--tokenizer", default="", help="tokenizer folder / hub id when SRC has none "
-                                                       "(M3D-CLIP: bert-base-uncased)")
+    parser.add_argument(
+        "--tokenizer", default="", help="tokenizer folder / hub id when SRC has none (M3D-CLIP: bert-base-uncased)"
+    )
     parser.add_argument("--base", default="", help="hsenet: LaMed model folder the partial release is loaded over")
-    parser.add_argument("--lora-scaling", type=float, default=2.0, help="alpha / r for unmerged LoRA pairs (published 2)")
+    parser.add_argument(
+        "--lora-scaling", type=float, default=2.0, help="alpha / r for unmerged LoRA pairs (published 2)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    parser.add_argument("--verify", action="store_true",
-                        help="after importing, check what can be checked without the reference code (key report, "
-                             "published value count, a phantom forward pass, an LLM's greedy continuation) and "
-                             "print a one-screen report; exit status 1 when a check fails")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="after importing, check what can be checked without the reference code (key report, "
+        "published value count, a phantom forward pass, an LLM's greedy continuation) and "
+        "print a one-screen report; exit status 1 when a check fails",
+    )
 
 
-def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src: str) -> List[str]:
+def _model_card(family: str, report, quirks: list[str], overrides: Mapping, src: str) -> list[str]:
     """The import part of the model card: origin, key report, quirks switched on."""
-    lines = [f"Imported with `lamed import {family}` from `{src}`.", "",
-             "## Key report", "",
-             f"- {report.consumed} of {report.source_keys} published tensors loaded strictly ({report})."]
+    lines = [
+        f"Imported with `lamed import {family}` from `{src}`.",
+        "",
+        "## Key report",
+        "",
+        f"- {report.consumed} of {report.source_keys} published tensors loaded strictly ({report}).",
+    ]
     groups = report.dropped_by_reason()
     if groups:
         lines.append(f"- {len(report.dropped)} published tensors dropped on purpose:")
@@ -83,8 +93,16 @@ def _model_card(family: str, report, quirks: List[str], overrides: Mapping, src:
     return lines
 
 
-def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str | Mapping = "", tokenizer: str = "",
-                      base: str = "", lora_scaling: float = 2.0, overwrite: bool = False):
+def import_checkpoint(
+    family: str,
+    src: str | Path,
+    dst: str | Path,
+    config: str | Mapping = "",
+    tokenizer: str = "",
+    base: str = "",
+    lora_scaling: float = 2.0,
+    overwrite: bool = False,
+):
     """Convert ``src`` (published ``family``) into a LaMed folder ``dst``; returns ``(model, KeyReport)``.
 
     ``dst`` receives the model, its tokenizer / processor, ``lamed_import.json`` (the full key report)
@@ -111,12 +129,26 @@ def import_checkpoint(family: str, src: str | Path, dst: str | Path, config: str
     elif tok is not None:
         tok.save_pretrained(dst)
     quirks = quirks_on(model)
-    write_json_atomic(dst / "lamed_import.json", {
-        "family": family, "published_as": importer.description, "source": str(src), "config_overrides": overrides,
-        "key_report": str(report), "published_keys": report.source_keys, "consumed_keys": report.consumed,
-        "dropped_keys": [{"key": k, "reason": r} for k, r in report.dropped], "quirks": quirks})
-    write_model_card(model, dst, f"{importer.description}, imported into LaMed",
-                     _model_card(family, report, quirks, overrides, str(src)))
+    write_json_atomic(
+        dst / "lamed_import.json",
+        {
+            "family": family,
+            "published_as": importer.description,
+            "source": str(src),
+            "config_overrides": overrides,
+            "key_report": str(report),
+            "published_keys": report.source_keys,
+            "consumed_keys": report.consumed,
+            "dropped_keys": [{"key": k, "reason": r} for k, r in report.dropped],
+            "quirks": quirks,
+        },
+    )
+    write_model_card(
+        model,
+        dst,
+        f"{importer.description}, imported into LaMed",
+        _model_card(family, report, quirks, overrides, str(src)),
+    )
     return model, report
 
 
@@ -124,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
     if args.family not in RELEASES:
         raise ValueError(f"family {args.family!r}: expected one of {', '.join(RELEASES)}")
     try:
-        model, report = import_checkpoint(args.family, args.src, args.dst, args.config, args.tokenizer, args.base,
-                                          args.lora_scaling, args.overwrite)
+        model, report = import_checkpoint(
+            args.family, args.src, args.dst, args.config, args.tokenizer, args.base, args.lora_scaling, args.overwrite
+        )
     except FileExistsError as exc:
         raise ValueError(str(exc)) from None
     if getattr(args, "verify", False):
@@ -136,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     n = sum(p.numel() for p in model.parameters())
     print(f"{args.family}: {n / 1e6:.1f} M parameters; key report: {report.summary()}")
-    tok_note = "" if any((Path(args.dst) / f).is_file() for f in TOKENIZER_FILES) else \
-        " (no tokenizer: pass --tokenizer to save one beside the model)"
+    tok_note = (
+        ""
+        if any((Path(args.dst) / f).is_file() for f in TOKENIZER_FILES)
+        else " (no tokenizer: pass --tokenizer to save one beside the model)"
+    )
     print(f"written {args.dst}{tok_note}; load with from_pretrained or run with `lamed predict --model {args.dst} ...`")
     return 0

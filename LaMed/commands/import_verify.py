@@ -13,9 +13,10 @@ The result renders as a one-screen report; ``ok`` is False when a check of 1, 3 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any
 
 from LaMed.data.phantom import make_phantom
 from LaMed.inference.generate import generate_texts
@@ -29,7 +30,7 @@ PROMPT = "Describe the findings of the medical image you see."
 @dataclass
 class VerifyResult:
     family: str
-    checks: List[Tuple[str, str, str]] = field(default_factory=list)  # (name, PASS | FAIL | WARN, detail)
+    checks: list[tuple[str, str, str]] = field(default_factory=list)  # (name, PASS | FAIL | WARN, detail)
 
     def add(self, name: str, status: str, detail: str) -> None:
         self.checks.append((name, status, detail))
@@ -52,7 +53,6 @@ def phantom_volume(size: Sequence[int], seed: int = 0):
     """``(1, 1, D, H, W)`` float32 in [0, 1]: a synthetic abdominal CT, HU window [-1000, 1000]."""
     import torch
 
-
     hu = torch.from_numpy(make_phantom(seed, shape=tuple(int(s) for s in size)).image.astype("float32"))
     return ((hu.clamp(-1000, 1000) + 1000) / 2000)[None, None]
 
@@ -69,7 +69,7 @@ def _finite(name: str, values: Any) -> str:
     return ", ".join(f"{tuple(t.shape)}" for t in tensors)
 
 
-def _img_size(module) -> Tuple[int, int, int]:
+def _img_size(module) -> tuple[int, int, int]:
     size = getattr(getattr(module, "config", None), "img_size", None)
     if size is None:
         raise ValueError(f"{type(module).__name__}: no config.img_size to size the phantom")
@@ -78,7 +78,6 @@ def _img_size(module) -> Tuple[int, int, int]:
 
 def _tokenizer(dst: Path):
     from transformers import AutoTokenizer
-
 
     return AutoTokenizer.from_pretrained(str(dst)) if any((dst / f).is_file() for f in TOKENIZER_FILES) else None
 
@@ -118,9 +117,8 @@ def _forward_seg(model, dst: Path) -> str:
     return "mask logits " + _finite("segmentation", logits)
 
 
-def _forward_llm(model, dst: Path, max_new_tokens: int = 8) -> Tuple[str, str]:
+def _forward_llm(model, dst: Path, max_new_tokens: int = 8) -> tuple[str, str]:
     import torch
-
 
     processor = LaMedProcessor.from_pretrained(dst)
     volume = phantom_volume(_img_size(model.towers[0]))
@@ -146,9 +144,12 @@ def verify_import(family: str, model, report, dst) -> VerifyResult:
         result.add("size", "WARN", f"{report.source_values} values; no published count for {family}")
     else:
         same = report.source_values == published.values
-        result.add("size", "PASS" if same else "WARN",
-                   f"{report.source_values:,} values, published {published.release}: {published.values:,}"
-                   + ("" if same else " (another variant or a damaged download)"))
+        result.add(
+            "size",
+            "PASS" if same else "WARN",
+            f"{report.source_values:,} values, published {published.release}: {published.values:,}"
+            + ("" if same else " (another variant or a damaged download)"),
+        )
     model = model.eval()
     kind = RELEASES[family].kind
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Optional
 
 from LaMed.models.mllm import LaMedProcessor
 from LaMed.train.args import StageArguments
@@ -28,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None, help="base model folder (default: the manifest's base checkpoint)")
 
 
-def merge_lora(checkpoint: str | Path, out: str | Path, base: Optional[str | Path] = None):
+def merge_lora(checkpoint: str | Path, out: str | Path, base: str | Path | None = None):
     """Merge and save; returns the merged plain model (``LaMedForCausalLM`` or its ``[SEG]`` subclass)."""
     from transformers import AutoModelForCausalLM
 

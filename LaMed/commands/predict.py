@@ -23,8 +23,8 @@ From Python: :func:`predict_file` and :func:`predict_folder`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
 
 from LaMed.data.prompts import CAPTION_TEMPLATES
 from LaMed.inference.api import load
@@ -48,39 +48,77 @@ from LaMed.utils.atomic import atomic_path, check_writable_dir, write_json_atomi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model folder or Hugging Face hub id")
-    parser.add_argument("--image", required=True, help="volume file, DICOM series folder, or (with --batch) a folder of volumes")
+    parser.add_argument(
+        "--image", required=True, help="volume file, DICOM series folder, or (with --batch) a folder of volumes"
+    )
     parser.add_argument("--prompt", action="append", default=[], help="structure name or sentence; repeat for several")
     parser.add_argument("--out", required=True, help="output file (one prompt) or folder")
-    parser.add_argument("--series-uid", default=None,
-                        help="DICOM folder holding several series: the SeriesInstanceUID to read (the error lists them)")
+    parser.add_argument(
+        "--series-uid",
+        default=None,
+        help="DICOM folder holding several series: the SeriesInstanceUID to read (the error lists them)",
+    )
     parser.add_argument("--batch", action="store_true", help="--image is a folder: predict every volume in it")
     parser.add_argument("--overlay", action="store_true", help="also write a PNG overlay of representative slices")
     parser.add_argument("--no-zoom-in", action="store_true", help="zoom-out only (one pass at network size)")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of the zoom-in (default 0.5)")
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="sliding-window overlap of the zoom-in (default 0.5)"
+    )
     parser.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the model's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--format", default=".nii.gz", choices=MASK_SUFFIXES + (DICOM_SEG,),
-                        help="mask file type in folder outputs; dicom-seg (DICOM series input): one DICOM Segmentation "
-                             "of all prompts referencing the series, and for report / VQA models the answers as a "
-                             "DICOM SR document beside the JSON")
+    parser.add_argument(
+        "--format",
+        default=".nii.gz",
+        choices=MASK_SUFFIXES + (DICOM_SEG,),
+        help="mask file type in folder outputs; dicom-seg (DICOM series input): one DICOM Segmentation "
+        "of all prompts referencing the series, and for report / VQA models the answers as a "
+        "DICOM SR document beside the JSON",
+    )
     # Text models (report / VQA) and CLIP models; see the "text and embedding modes" section below.
-    parser.add_argument("--question", action="append", default=[],
-                        help="question for a report / VQA model; repeat for several (default: describe the findings)")
+    parser.add_argument(
+        "--question",
+        action="append",
+        default=[],
+        help="question for a report / VQA model; repeat for several (default: describe the findings)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap (text models)")
-    parser.add_argument("--decoding", default="greedy", help="decoding preset: greedy | m3d_demo | med3dvlm | flare_vqa")
-    parser.add_argument("--preset", default=None,
-                        help="preprocessing preset (window / normalisation / crop), resized to the model's input; "
-                             "default: the one stored with the model (a different one is used with a warning; a "
-                             "prepared .npy in [0, 1] is only resized)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="dtype the weights are loaded and computed in (bf16: half the memory of fp32; fp16: GPU only)")
-    parser.add_argument("--device-map", default=None, choices=("auto",),
-                        help="report / reasoning models: spread the LLM over the visible GPUs, offloading to the CPU (accelerate)")
-    parser.add_argument("--load-in", default=None, choices=("4bit", "8bit"),
-                        help="report / reasoning models: quantised LLM weights through bitsandbytes (optional, GPU only)")
-    parser.add_argument("--classify", nargs="?", const="ct_rate", default=None, metavar="SET[:STYLE]",
-                        help="CLIP models: zero-shot per-finding probabilities with a prompt set (default ct_rate; "
-                             "a YAML path; styles ct_clip, ct_clip_present, merlin), written into the JSON")
+    parser.add_argument(
+        "--decoding", default="greedy", help="decoding preset: greedy | m3d_demo | med3dvlm | flare_vqa"
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="preprocessing preset (window / normalisation / crop), resized to the model's input; "
+        "default: the one stored with the model (a different one is used with a warning; a "
+        "prepared .npy in [0, 1] is only resized)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="dtype the weights are loaded and computed in (bf16: half the memory of fp32; fp16: GPU only)",
+    )
+    parser.add_argument(
+        "--device-map",
+        default=None,
+        choices=("auto",),
+        help="report / reasoning models: spread the LLM over the visible GPUs, offloading to the CPU (accelerate)",
+    )
+    parser.add_argument(
+        "--load-in",
+        default=None,
+        choices=("4bit", "8bit"),
+        help="report / reasoning models: quantised LLM weights through bitsandbytes (optional, GPU only)",
+    )
+    parser.add_argument(
+        "--classify",
+        nargs="?",
+        const="ct_rate",
+        default=None,
+        metavar="SET[:STYLE]",
+        help="CLIP models: zero-shot per-finding probabilities with a prompt set (default ct_rate; "
+        "a YAML path; styles ct_clip, ct_clip_present, merlin), written into the JSON",
+    )
 
 
 def _model_type(path_or_id: str) -> str:
@@ -97,8 +135,14 @@ def _model_type(path_or_id: str) -> str:
 def _load(args: argparse.Namespace):
     """The model of ``--model`` through the Python API (``LaMed.load``), with the dtype / device options."""
 
-    return load(args.model, device=args.device, dtype=args.dtype, preset=args.preset, device_map=args.device_map,
-                load_in=args.load_in)
+    return load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        preset=args.preset,
+        device_map=args.device_map,
+        load_in=args.load_in,
+    )
 
 
 def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens: int) -> None:
@@ -109,9 +153,11 @@ def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens:
     for i, q in enumerate(questions):
         n = len(processor.encode_prompt(q))
         if n + max_new_tokens > limit:
-            raise ValueError(f"--question: entry {i + 1} makes a prompt of {n} tokens (image tokens included); with "
-                             f"--max-new-tokens {max_new_tokens} that exceeds the language model's "
-                             f"{limit} positions. Shorten the question or lower --max-new-tokens.")
+            raise ValueError(
+                f"--question: entry {i + 1} makes a prompt of {n} tokens (image tokens included); with "
+                f"--max-new-tokens {max_new_tokens} that exceeds the language model's "
+                f"{limit} positions. Shorten the question or lower --max-new-tokens."
+            )
 
 
 def _run_masks(args: argparse.Namespace) -> int:
@@ -121,8 +167,16 @@ def _run_masks(args: argparse.Namespace) -> int:
     model = _load(args).model
     check_seg_prompts(model, args.prompt)
     # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
-    common = dict(overlay=args.overlay, zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=args.threshold,
-                  fmt=args.format, progress=True, series_uid=args.series_uid, preset=args.preset)
+    common = dict(
+        overlay=args.overlay,
+        zoom_in=not args.no_zoom_in,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        fmt=args.format,
+        progress=True,
+        series_uid=args.series_uid,
+        preset=args.preset,
+    )
     if args.batch:
         results = predict_folder(model, args.image, args.prompt, args.out, **common)
         failed = {k: v for k, v in results.items() if isinstance(v, str)}
@@ -138,13 +192,14 @@ def _run_masks(args: argparse.Namespace) -> int:
 
 # ---- text and embedding modes (report / VQA models, CLIP) -----------------------------------------
 
+
 def _text_out(out: Path, image: Path, batch: bool, suffix: str) -> Path:
     if not batch and out.suffix.lower() == suffix:
         return out
     return out / f"{_stem(image)}{suffix}"
 
 
-def _each_input(args: argparse.Namespace) -> List[Path]:
+def _each_input(args: argparse.Namespace) -> list[Path]:
     return find_inputs(args.image) if args.batch else [Path(args.image)]
 
 
@@ -180,16 +235,24 @@ def _run_text(args: argparse.Namespace) -> int:
 
     def answer(image: Path) -> None:
         with torch.no_grad():
-            answers = vlm.generate(image, questions, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
-                                   series_uid=args.series_uid)
+            answers = vlm.generate(
+                image, questions, max_new_tokens=args.max_new_tokens, decoding=args.decoding, series_uid=args.series_uid
+            )
         target = _text_out(Path(args.out), image, args.batch, ".json")
-        record = {"source": str(image), "model": str(args.model),
-                  "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)]}
+        record = {
+            "source": str(image),
+            "model": str(args.model),
+            "answers": [{"question": q, "answer": a} for q, a in zip(questions, answers)],
+        }
         if args.format == DICOM_SEG:
             from LaMed.inference.dicom_out import read_series_datasets, write_dicom_sr
 
-            sr = write_dicom_sr(list(zip(questions, answers)), read_series_datasets(image, args.series_uid),
-                                target.with_suffix(".dcm"), model_name=Path(str(args.model)).name)
+            sr = write_dicom_sr(
+                list(zip(questions, answers)),
+                read_series_datasets(image, args.series_uid),
+                target.with_suffix(".dcm"),
+                model_name=Path(str(args.model)).name,
+            )
             record["dicom_sr"] = str(sr)
         write_json_atomic(target, record)
         for q, a in zip(questions, answers):
@@ -224,8 +287,9 @@ def _run_embed(args: argparse.Namespace) -> int:
             record["classification"] = clip.classify(image, args.classify, series_uid=args.series_uid)
         if text_emb is not None:
             sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
-            record["prompts"] = sorted(({"prompt": p, "similarity": s} for p, s in zip(args.prompt, sims)),
-                                       key=lambda r: -r["similarity"])
+            record["prompts"] = sorted(
+                ({"prompt": p, "similarity": s} for p, s in zip(args.prompt, sims)), key=lambda r: -r["similarity"]
+            )
             for r in record["prompts"]:
                 print(f"{image.name}: {r['similarity']:+.3f}  {r['prompt']}")
         write_json_atomic(target, record)
@@ -237,18 +301,32 @@ def _run_reasoning(args: argparse.Namespace) -> int:
     """Reasoning-segmentation model: the answer to each ``--question`` (JSON) and one mask per ``[SEG]``."""
 
     if args.prompt:
-        raise ValueError("--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question")
+        raise ValueError(
+            "--prompt is for segmentation and CLIP models; ask a reasoning-segmentation model with --question"
+        )
     if not args.question:
-        raise ValueError("--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'")
+        raise ValueError(
+            "--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'"
+        )
     if args.format == DICOM_SEG:
-        raise ValueError(f"--format {DICOM_SEG}: not available for reasoning-segmentation models yet "
-                         "(their masks are written as NIfTI)")
+        raise ValueError(
+            f"--format {DICOM_SEG}: not available for reasoning-segmentation models yet "
+            "(their masks are written as NIfTI)"
+        )
     loaded = _load(args)
     model, processor = loaded.model, loaded.processor
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)
-    kw = dict(zoom_in=not args.no_zoom_in, overlap=args.overlap, threshold=0.5 if args.threshold is None else args.threshold,
-              max_new_tokens=args.max_new_tokens, decoding=args.decoding, fmt=args.format, in_folder=args.batch,
-              series_uid=args.series_uid, preset=args.preset)
+    kw = dict(
+        zoom_in=not args.no_zoom_in,
+        overlap=args.overlap,
+        threshold=0.5 if args.threshold is None else args.threshold,
+        max_new_tokens=args.max_new_tokens,
+        decoding=args.decoding,
+        fmt=args.format,
+        in_folder=args.batch,
+        series_uid=args.series_uid,
+        preset=args.preset,
+    )
 
     def answer(image: Path) -> None:
         record = predict_question_file(model, processor, image, args.question, args.out, **kw)
@@ -260,7 +338,7 @@ def _run_reasoning(args: argparse.Namespace) -> int:
 
 
 # mode name -> (accepts(model_type) -> bool, run(args) -> exit code).
-PREDICT_MODES: Dict[str, Tuple[Callable[[str], bool], Callable[[argparse.Namespace], int]]] = {
+PREDICT_MODES: dict[str, tuple[Callable[[str], bool], Callable[[argparse.Namespace], int]]] = {
     "masks": (lambda model_type: model_type in SEG_MODEL_TYPES, _run_masks),
     "text": (lambda model_type: model_type == "lamed", _run_text),
     "embed": (lambda model_type: model_type == "lamed_clip", _run_embed),
@@ -293,8 +371,10 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.batch and not image.is_dir():
         raise ValueError(f"--image {image}: --batch needs a folder of volumes")
     if args.format == DICOM_SEG and not image.is_dir():
-        raise ValueError(f"--format {DICOM_SEG}: --image {image} is not a DICOM series folder (DICOM out references "
-                         "the source series; use a NIfTI --format for other inputs)")
+        raise ValueError(
+            f"--format {DICOM_SEG}: --image {image} is not a DICOM series folder (DICOM out references "
+            "the source series; use a NIfTI --format for other inputs)"
+        )
     out = Path(args.out)
     if out.is_dir() and not args.batch and out.name.lower().endswith(MASK_SUFFIXES + (".json",)):
         raise ValueError(f"--out {out}: is a folder, but its name reads as a file")
@@ -305,8 +385,9 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     model_type = _model_type(args.model)
-    for name, (accepts, runner) in PREDICT_MODES.items():
+    for accepts, runner in PREDICT_MODES.values():
         if accepts(model_type):
             return runner(args)
-    raise ValueError(f"--model {args.model}: no predict mode handles model_type {model_type!r} "
-                     f"(modes: {', '.join(PREDICT_MODES)})")
+    raise ValueError(
+        f"--model {args.model}: no predict mode handles model_type {model_type!r} (modes: {', '.join(PREDICT_MODES)})"
+    )

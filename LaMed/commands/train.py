@@ -17,8 +17,11 @@ from LaMed.train.main import failure_message, run_training
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER,
-                        help="--field value pairs overriding the recipe; --check: print the resolved recipe and exit")
+    parser.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        help="--field value pairs overriding the recipe; --check: print the resolved recipe and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         destroy_process_group()
-    print(f"trained {run.output.global_step} steps, training loss {run.output.training_loss:.4f}; "
-          f"model saved to {run.recipe.training_args.output_dir}")
+    print(
+        f"trained {run.output.global_step} steps, training loss {run.output.training_loss:.4f}; "
+        f"model saved to {run.recipe.training_args.output_dir}"
+    )
     return 0

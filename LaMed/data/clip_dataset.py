@@ -18,8 +18,9 @@ sentence counts towards the budget; the kept sentences stay in document order.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,16 +31,17 @@ TRUNCATIONS = ("random", "deterministic")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def split_sentences(text: str) -> List[str]:
+def split_sentences(text: str) -> list[str]:
     """Split a report at sentence ends (``.``, ``!``, ``?`` followed by white space); newlines too."""
-    parts: List[str] = []
+    parts: list[str] = []
     for line in text.splitlines():
         parts += [s.strip() for s in _SENTENCE_END.split(line) if s.strip()]
     return parts
 
 
-def truncate_report(text: str, count_tokens: Callable[[str], int], budget: int,
-                    rng: Optional[np.random.Generator] = None) -> str:
+def truncate_report(
+    text: str, count_tokens: Callable[[str], int], budget: int, rng: np.random.Generator | None = None
+) -> str:
     """Fit ``text`` into ``budget`` tokens by dropping sentences, never the first one.
 
     Args:
@@ -100,9 +102,18 @@ class ImageReportDataset:
     item is read (the training wrapper skips and counts such samples).
     """
 
-    def __init__(self, manifest: str | Path, tokenizer, max_length: int = 512, truncation: str = "random",
-                 transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None, slice_features: str = "",
-                 num_slices: int = 32, limit: Optional[int] = None, seed: int = 0):
+    def __init__(
+        self,
+        manifest: str | Path,
+        tokenizer,
+        max_length: int = 512,
+        truncation: str = "random",
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        slice_features: str = "",
+        num_slices: int = 32,
+        limit: int | None = None,
+        seed: int = 0,
+    ):
 
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation: expected one of {TRUNCATIONS}, got {truncation!r}")
@@ -114,9 +125,11 @@ class ImageReportDataset:
         items = self.manifest["items"]
         missing = [it["id"] for it in items if not str(it.get("text", "")).strip()]
         if missing:
-            raise ValueError(f"{self.manifest_path}: field 'text' (the report) is missing or empty in "
-                             f"{len(missing)} item(s), e.g. {missing[:3]}")
-        self.items: List[Dict[str, Any]] = items[:limit] if limit else list(items)
+            raise ValueError(
+                f"{self.manifest_path}: field 'text' (the report) is missing or empty in "
+                f"{len(missing)} item(s), e.g. {missing[:3]}"
+            )
+        self.items: list[dict[str, Any]] = items[:limit] if limit else list(items)
         if not self.items:
             raise ValueError(f"{self.manifest_path}: no items")
         self.tokenizer = tokenizer
@@ -136,8 +149,10 @@ class ImageReportDataset:
         if kind == "field" and arg:
             bad = [it["id"] for it in self.items if arg not in it]
             if bad:
-                raise ValueError(f"{self.manifest_path}: slice_features='field:{arg}' but {len(bad)} item(s) have "
-                                 f"no field '{arg}', e.g. {bad[:3]}")
+                raise ValueError(
+                    f"{self.manifest_path}: slice_features='field:{arg}' but {len(bad)} item(s) have "
+                    f"no field '{arg}', e.g. {bad[:3]}"
+                )
             return ("field", arg)
         if kind == "pooled" and arg.isdigit() and int(arg) > 0:
             return ("pooled", int(arg))
@@ -167,7 +182,6 @@ class ImageReportDataset:
     def load_image(self, index: int):
         import torch
 
-
         path = self.sample_path(index)
         arr = np.asarray(load_image(self.manifest_path, self.items[index]), dtype=np.float32)
         require_unit_interval(arr, str(path))
@@ -188,18 +202,21 @@ class ImageReportDataset:
             raise ValueError(f"{path}: slice features must be (S, C_2d), got shape {feats.shape}")
         return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
-        sample: Dict[str, Any] = {"image": self.load_image(index)}
+        sample: dict[str, Any] = {"image": self.load_image(index)}
         if self.transform is not None:
             sample = self.transform(sample)
             image = sample["image"]  # MONAI returns a MetaTensor: keep the plain tensor
             sample["image"] = (image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)).float()
         enc = self.tokenizer(self.report(index), truncation=True, max_length=self.max_length)
-        out = {"id": self.items[index]["id"], "image": sample["image"],
-               "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
-               "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long)}
+        out = {
+            "id": self.items[index]["id"],
+            "image": sample["image"],
+            "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
+        }
         if self.slice_features is not None:
             out["slice_features"] = self.load_slice_features(index, out["image"])
         return out
@@ -212,11 +229,11 @@ class ClipCollator:
     ``compute_metrics``); the loss matches pairs by position. Item ``id`` is dropped.
     """
 
-    def __init__(self, tokenizer, pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.multiple = pad_to_multiple_of
 
-    def __call__(self, items: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         length = max(len(it["input_ids"]) for it in items)
@@ -228,8 +245,12 @@ class ClipCollator:
             n = len(it["input_ids"])
             ids[i, :n] = it["input_ids"]
             mask[i, :n] = it["attention_mask"]
-        batch = {"image": torch.stack([it["image"] for it in items]), "input_ids": ids, "attention_mask": mask,
-                 "labels": torch.arange(len(items))}
+        batch = {
+            "image": torch.stack([it["image"] for it in items]),
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.arange(len(items)),
+        }
         if "slice_features" in items[0]:
             batch["slice_features"] = torch.stack([it["slice_features"] for it in items])
         return batch

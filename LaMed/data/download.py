@@ -25,9 +25,9 @@ import fnmatch
 import os
 import shutil
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from LaMed.utils.atomic import atomic_write_text
 
@@ -44,85 +44,114 @@ class HubDataset:
 
     name: str
     repo_id: str
-    parts: Dict[str, Tuple[str, ...]]
-    default_parts: Tuple[str, ...]
+    parts: dict[str, tuple[str, ...]]
+    default_parts: tuple[str, ...]
     gated: bool = False
     notes: str = ""
     repo_type: str = "dataset"
 
 
-DATASETS: Dict[str, HubDataset] = {d.name: d for d in (
-    HubDataset(
-        "ct_rate", "ibrahimhamamci/CT-RATE",
-        parts={
-            "metadata": ("dataset/radiology_text_reports/*", "dataset/multi_abnormality_labels/*",
-                         "dataset/metadata/*"),
-            "valid": ("dataset/valid_fixed/*",),
-            "train": ("dataset/train_fixed/*",),
-        },
-        default_parts=("metadata", "valid"), gated=True,
-        notes="about 25k volumes; 'train' is several TB. The *_fixed folders carry corrected headers and HU.",
-    ),
-    HubDataset(
-        "radgenome", "RadGenome/RadGenome-ChestCT",
-        parts={
-            "metadata": ("dataset/radgenome_files/*",),
-            "valid": ("dataset/valid_preprocessed/*",),
-            "train": ("dataset/train_preprocessed/*",),
-        },
-        default_parts=("metadata", "valid"), gated=True,
-    ),
-    HubDataset(
-        "bimcv_r", "cyd0806/BIMCV-R",
-        parts={"metadata": ("*.csv",), "volumes": ("CT*",)},
-        default_parts=("metadata", "volumes"), gated=True,
-        notes="access is granted on application; the volumes come as zip archives (use --extract).",
-    ),
-    HubDataset(
-        "flare25", "FLARE-MedFM/FLARE-Task5-MLLM-3D",
-        parts={"metadata": ("*.json", "*/*.json", "README.md"), "train": ("train/*",),
-               "validation": ("validation/*",)},
-        default_parts=("metadata", "train", "validation"), gated=True,
-    ),
-    HubDataset(
-        "m3d_cap", "GoodBaiBai88/M3D-Cap",
-        parts={"metadata": ("*.json",), "images": ("*",)}, default_parts=("metadata", "images"),
-    ),
-    HubDataset(
-        "m3d_vqa", "GoodBaiBai88/M3D-VQA",
-        parts={"metadata": ("*.csv", "*/*.csv")}, default_parts=("metadata",),
-        notes="the questions only; the images are M3D-Cap's (download m3d_cap too).",
-    ),
-    HubDataset(
-        "m3d_seg", "GoodBaiBai88/M3D-Seg",
-        parts={"metadata": ("*.json", "*/*.json"), "data": ("*",)}, default_parts=("metadata", "data"),
-        notes="one zip per source dataset (0000..0024); use --include to pick some, --extract to unpack.",
-    ),
-    HubDataset(
-        "m3d_refseg", "GoodBaiBai88/M3D-RefSeg",
-        parts={"all": ("*",)}, default_parts=("all",),
-    ),
-    HubDataset(
-        "biomedsegfm", "junma/CVPR-BiomedSegFM",
-        parts={"metadata": ("*.json",), "train": ("3D_train_npz_all/*",),
-               "validation": ("3D_val_npz/*", "3D_val_gt/*")},
-        default_parts=("metadata", "validation"),
-        notes="'train' is about 1 TB; --include '3D_train_npz_all/CT/*' picks one modality.",
-    ),
-)}
+DATASETS: dict[str, HubDataset] = {
+    d.name: d
+    for d in (
+        HubDataset(
+            "ct_rate",
+            "ibrahimhamamci/CT-RATE",
+            parts={
+                "metadata": (
+                    "dataset/radiology_text_reports/*",
+                    "dataset/multi_abnormality_labels/*",
+                    "dataset/metadata/*",
+                ),
+                "valid": ("dataset/valid_fixed/*",),
+                "train": ("dataset/train_fixed/*",),
+            },
+            default_parts=("metadata", "valid"),
+            gated=True,
+            notes="about 25k volumes; 'train' is several TB. The *_fixed folders carry corrected headers and HU.",
+        ),
+        HubDataset(
+            "radgenome",
+            "RadGenome/RadGenome-ChestCT",
+            parts={
+                "metadata": ("dataset/radgenome_files/*",),
+                "valid": ("dataset/valid_preprocessed/*",),
+                "train": ("dataset/train_preprocessed/*",),
+            },
+            default_parts=("metadata", "valid"),
+            gated=True,
+        ),
+        HubDataset(
+            "bimcv_r",
+            "cyd0806/BIMCV-R",
+            parts={"metadata": ("*.csv",), "volumes": ("CT*",)},
+            default_parts=("metadata", "volumes"),
+            gated=True,
+            notes="access is granted on application; the volumes come as zip archives (use --extract).",
+        ),
+        HubDataset(
+            "flare25",
+            "FLARE-MedFM/FLARE-Task5-MLLM-3D",
+            parts={
+                "metadata": ("*.json", "*/*.json", "README.md"),
+                "train": ("train/*",),
+                "validation": ("validation/*",),
+            },
+            default_parts=("metadata", "train", "validation"),
+            gated=True,
+        ),
+        HubDataset(
+            "m3d_cap",
+            "GoodBaiBai88/M3D-Cap",
+            parts={"metadata": ("*.json",), "images": ("*",)},
+            default_parts=("metadata", "images"),
+        ),
+        HubDataset(
+            "m3d_vqa",
+            "GoodBaiBai88/M3D-VQA",
+            parts={"metadata": ("*.csv", "*/*.csv")},
+            default_parts=("metadata",),
+            notes="the questions only; the images are M3D-Cap's (download m3d_cap too).",
+        ),
+        HubDataset(
+            "m3d_seg",
+            "GoodBaiBai88/M3D-Seg",
+            parts={"metadata": ("*.json", "*/*.json"), "data": ("*",)},
+            default_parts=("metadata", "data"),
+            notes="one zip per source dataset (0000..0024); use --include to pick some, --extract to unpack.",
+        ),
+        HubDataset(
+            "m3d_refseg",
+            "GoodBaiBai88/M3D-RefSeg",
+            parts={"all": ("*",)},
+            default_parts=("all",),
+        ),
+        HubDataset(
+            "biomedsegfm",
+            "junma/CVPR-BiomedSegFM",
+            parts={
+                "metadata": ("*.json",),
+                "train": ("3D_train_npz_all/*",),
+                "validation": ("3D_val_npz/*", "3D_val_gt/*"),
+            },
+            default_parts=("metadata", "validation"),
+            notes="'train' is about 1 TB; --include '3D_train_npz_all/CT/*' picks one modality.",
+        ),
+    )
+}
 
 
-def list_datasets() -> List[str]:
+def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def _offline(offline: Optional[bool]) -> bool:
+def _offline(offline: bool | None) -> bool:
     if offline is not None:
         return bool(offline)
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _cache_dir(cache_dir: Optional[str]) -> Optional[str]:
+def _cache_dir(cache_dir: str | None) -> str | None:
     if cache_dir:
         return str(cache_dir)
     if os.environ.get("HF_HUB_CACHE"):
@@ -132,9 +161,16 @@ def _cache_dir(cache_dir: Optional[str]) -> Optional[str]:
     return None  # huggingface_hub's default
 
 
-def hub_snapshot(repo_id: str, repo_type: str = "dataset", allow_patterns: Optional[Sequence[str]] = None,
-                 revision: Optional[str] = None, cache_dir: Optional[str] = None, offline: Optional[bool] = None,
-                 token: Optional[str] = None, max_workers: int = 8) -> Path:
+def hub_snapshot(
+    repo_id: str,
+    repo_type: str = "dataset",
+    allow_patterns: Sequence[str] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    offline: bool | None = None,
+    token: str | None = None,
+    max_workers: int = 8,
+) -> Path:
     """The local snapshot folder of a Hub repository, downloading the files matching
     ``allow_patterns`` first unless offline. Raises :class:`DownloadError` with a readable message."""
     from huggingface_hub import errors as hf_errors
@@ -143,27 +179,40 @@ def hub_snapshot(repo_id: str, repo_type: str = "dataset", allow_patterns: Optio
     off = _offline(offline)
     cache = _cache_dir(cache_dir)
     try:
-        path = snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache,
-                                 allow_patterns=list(allow_patterns) if allow_patterns else None,
-                                 local_files_only=off, token=token, max_workers=max_workers)
+        path = snapshot_download(
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            cache_dir=cache,
+            allow_patterns=list(allow_patterns) if allow_patterns else None,
+            local_files_only=off,
+            token=token,
+            max_workers=max_workers,
+        )
     except hf_errors.LocalEntryNotFoundError:
         where = cache or "the default Hugging Face cache"
         if off:
             raise DownloadError(
                 f"{repo_type} {repo_id!r} is not in the local cache ({where}) and downloads are disabled "
                 f"(HF_HUB_OFFLINE=1 / --offline). Download it on a machine with internet access "
-                f"(`lamed download ...` there, then copy the cache folder), or unset HF_HUB_OFFLINE.") from None
-        raise DownloadError(f"{repo_type} {repo_id!r}: the Hub cannot be reached and nothing is cached in "
-                            f"{where}; check the network or set HF_HUB_OFFLINE=1 with a filled cache") from None
+                f"(`lamed download ...` there, then copy the cache folder), or unset HF_HUB_OFFLINE."
+            ) from None
+        raise DownloadError(
+            f"{repo_type} {repo_id!r}: the Hub cannot be reached and nothing is cached in "
+            f"{where}; check the network or set HF_HUB_OFFLINE=1 with a filled cache"
+        ) from None
     except hf_errors.GatedRepoError:
-        raise DownloadError(f"{repo_type} {repo_id!r} is gated: accept its conditions on "
-                            f"https://huggingface.co/datasets/{repo_id} and log in (`huggingface-cli login` "
-                            f"or HF_TOKEN)") from None
+        raise DownloadError(
+            f"{repo_type} {repo_id!r} is gated: accept its conditions on "
+            f"https://huggingface.co/datasets/{repo_id} and log in (`huggingface-cli login` "
+            f"or HF_TOKEN)"
+        ) from None
     except hf_errors.RepositoryNotFoundError:
         raise DownloadError(f"{repo_type} {repo_id!r} not found on the Hub (or private: log in first)") from None
     except hf_errors.HfHubHTTPError as exc:
-        raise DownloadError(f"{repo_type} {repo_id!r}: download failed ({exc}); re-run the same command to "
-                            f"resume") from None
+        raise DownloadError(
+            f"{repo_type} {repo_id!r}: download failed ({exc}); re-run the same command to resume"
+        ) from None
     return Path(path)
 
 
@@ -171,7 +220,7 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) for p in patterns)
 
 
-def _materialize(snapshot: Path, out: Path, patterns: Sequence[str], copy: bool) -> Tuple[int, int]:
+def _materialize(snapshot: Path, out: Path, patterns: Sequence[str], copy: bool) -> tuple[int, int]:
     """Link (or copy) the snapshot files matching ``patterns`` into ``out``; returns (files, bytes)."""
     n, size = 0, 0
     for root, dirs, files in os.walk(snapshot):
@@ -227,17 +276,19 @@ class DownloadSummary:
     name: str
     repo_id: str
     snapshot: Path
-    out: Optional[Path]
-    patterns: List[str]
+    out: Path | None
+    patterns: list[str]
     files: int = 0
     bytes: int = 0
     extracted: int = 0
     notes: str = ""
 
     def __str__(self) -> str:
-        lines = [f"{self.name}: {self.repo_id} -> {self.out or self.snapshot}",
-                 f"  patterns: {', '.join(self.patterns) or '(all files)'}",
-                 f"  files: {self.files} ({self.bytes / 1e6:.1f} MB), cached in {self.snapshot}"]
+        lines = [
+            f"{self.name}: {self.repo_id} -> {self.out or self.snapshot}",
+            f"  patterns: {', '.join(self.patterns) or '(all files)'}",
+            f"  files: {self.files} ({self.bytes / 1e6:.1f} MB), cached in {self.snapshot}",
+        ]
         if self.extracted:
             lines.append(f"  archives unpacked: {self.extracted}")
         if self.notes:
@@ -245,10 +296,19 @@ class DownloadSummary:
         return "\n".join(lines)
 
 
-def download_dataset(name: str, out: Optional[str | Path] = None, parts: Optional[Sequence[str]] = None,
-                     include: Sequence[str] = (), revision: Optional[str] = None, cache_dir: Optional[str] = None,
-                     offline: Optional[bool] = None, copy: bool = False, extract: bool = False,
-                     token: Optional[str] = None, max_workers: int = 8) -> DownloadSummary:
+def download_dataset(
+    name: str,
+    out: str | Path | None = None,
+    parts: Sequence[str] | None = None,
+    include: Sequence[str] = (),
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    offline: bool | None = None,
+    copy: bool = False,
+    extract: bool = False,
+    token: str | None = None,
+    max_workers: int = 8,
+) -> DownloadSummary:
     """Fetch ``parts`` (default: the dataset's ``default_parts``) plus ``include`` patterns of the
     dataset ``name`` and link them into ``out`` (symlinks into the cache; ``copy=True`` copies)."""
     if name not in DATASETS:
@@ -277,8 +337,10 @@ def download_dataset(name: str, out: Optional[str | Path] = None, parts: Optiona
                     summary.bytes += (Path(root) / f).resolve().stat().st_size
     if summary.files == 0:
         where = "the local cache" if _offline(offline) else "the repository"
-        raise DownloadError(f"{name}: no file of {ds.repo_id} matches {patterns} in {where}"
-                            + (" (offline: download these parts first)" if _offline(offline) else ""))
+        raise DownloadError(
+            f"{name}: no file of {ds.repo_id} matches {patterns} in {where}"
+            + (" (offline: download these parts first)" if _offline(offline) else "")
+        )
     if extract:
         if out is None:
             raise ValueError("extract needs an output folder (the cache is read-only)")

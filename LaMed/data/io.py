@@ -127,20 +127,34 @@ class Volume:
         """Inverse of :meth:`to_source`: a file-grid array -> canonical ``(D, H, W)``."""
         arr = np.asarray(source_array)
         if arr.shape != tuple(self.source_shape):
-            raise VolumeError(self.path, f"array of shape {arr.shape} does not match the source shape "
-                                         f"{self.source_shape}")
+            raise VolumeError(
+                self.path, f"array of shape {arr.shape} does not match the source shape {self.source_shape}"
+            )
         return to_canonical(arr, self.axes, self.flips)
 
     @classmethod
-    def from_array(cls, array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                   path: str | None = None, source_format: str = "npy", meta: dict | None = None) -> "Volume":
+    def from_array(
+        cls,
+        array: np.ndarray,
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        path: str | None = None,
+        source_format: str = "npy",
+        meta: dict | None = None,
+    ) -> Volume:
         """A volume whose array is already canonical, with identity direction.
 
         ``origin`` is the LPS position (mm, SimpleITK convention, x/y/z) of voxel ``(0, 0, 0)``.
         """
         sp = tuple(float(s) for s in spacing)
-        return cls(array=array, spacing=sp, affine=canonical_affine(sp, origin), path=path,
-                   source_format=source_format, meta=dict(meta or {}))
+        return cls(
+            array=array,
+            spacing=sp,
+            affine=canonical_affine(sp, origin),
+            path=path,
+            source_format=source_format,
+            meta=dict(meta or {}),
+        )
 
 
 # --------------------------------------------------------------------------- orientation helpers
@@ -261,15 +275,23 @@ def finalize_array(arr: np.ndarray, path, slope: float = 1.0, inter: float = 0.0
         # The scaled extremes, in float64: a slope such as 1e38 would overflow float32 (and int64).
         ends = [float(arr.min()) * slope + inter, float(arr.max()) * slope + inter]
         if not all(np.isfinite(ends)) or max(abs(v) for v in ends) > float(np.finfo(np.float32).max):
-            raise VolumeError(path, f"scale slope {slope:g} / intercept {inter:g} map the stored values to "
-                                    f"[{min(ends):.4g}, {max(ends):.4g}], beyond the float32 range; the "
-                                    "scaling (e.g. NIfTI scl_slope, DICOM RescaleSlope) is corrupt")
+            raise VolumeError(
+                path,
+                f"scale slope {slope:g} / intercept {inter:g} map the stored values to "
+                f"[{min(ends):.4g}, {max(ends):.4g}], beyond the float32 range; the "
+                "scaling (e.g. NIfTI scl_slope, DICOM RescaleSlope) is corrupt",
+            )
     if arr.dtype.kind in "iu":
         if not scaled:
             return arr
-        big = 2.0 ** 62
-        if (float(slope).is_integer() and float(inter).is_integer() and abs(slope) < big and abs(inter) < big
-                and (not arr.size or max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) < big)):
+        big = 2.0**62
+        if (
+            float(slope).is_integer()
+            and float(inter).is_integer()
+            and abs(slope) < big
+            and abs(inter) < big
+            and (not arr.size or max(abs(float(arr.min())), abs(float(arr.max()))) * abs(slope) + abs(inter) < big)
+        ):
             # pick the output type from the scaled extremes: no full-size int64 temporary
             m, b = int(slope), int(inter)
             lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
@@ -284,8 +306,11 @@ def finalize_array(arr: np.ndarray, path, slope: float = 1.0, inter: float = 0.0
     finite = np.isfinite(out)
     if not finite.all():
         bad = out[~finite]
-        raise VolumeError(path, f"contains non-finite voxels: {int(np.isnan(bad).sum())} NaN and "
-                                f"{int(np.isinf(bad).sum())} inf among {out.size}")
+        raise VolumeError(
+            path,
+            f"contains non-finite voxels: {int(np.isnan(bad).sum())} NaN and "
+            f"{int(np.isinf(bad).sum())} inf among {out.size}",
+        )
     return out
 
 
@@ -302,17 +327,27 @@ def check_spatial_shape(shape, path, channel_axis: int) -> tuple[int, ...]:
         extra = range(3, len(shape)) if channel_axis >= 3 else range(0, len(shape) - 3)
         for ax in extra:
             if shape[ax] != 1:
-                raise VolumeError(path, f"is a {len(shape)}D image of shape {shape} with {shape[ax]} channels/time "
-                                        f"points along axis {ax} (size {shape[ax]}); a single-channel 3D volume is "
-                                        "needed (a singleton extra axis is fine)")
-        shape = shape[:3] if channel_axis >= 3 else shape[len(shape) - 3:]
+                raise VolumeError(
+                    path,
+                    f"is a {len(shape)}D image of shape {shape} with {shape[ax]} channels/time "
+                    f"points along axis {ax} (size {shape[ax]}); a single-channel 3D volume is "
+                    "needed (a singleton extra axis is fine)",
+                )
+        shape = shape[:3] if channel_axis >= 3 else shape[len(shape) - 3 :]
     if sum(s > 1 for s in shape) < 3:
         raise VolumeError(path, f"is a 2D image (shape {shape} has a single slice); a 3D volume is needed")
     return shape
 
 
-def build_volume(source: np.ndarray, source_affine: np.ndarray, path, source_format: str,
-                 header: Any = None, meta: dict | None = None, copy_if_shared: bool = False) -> Volume:
+def build_volume(
+    source: np.ndarray,
+    source_affine: np.ndarray,
+    path,
+    source_format: str,
+    header: Any = None,
+    meta: dict | None = None,
+    copy_if_shared: bool = False,
+) -> Volume:
     """Canonicalise a source-order 3D array given its (source index -> RAS) affine."""
     try:
         axes, flips = canonical_transform(source_affine)
@@ -324,9 +359,19 @@ def build_volume(source: np.ndarray, source_affine: np.ndarray, path, source_for
     affine = _source_to_canonical_affine(source_affine, axes, flips, source.shape)
     meta = dict(meta or {})
     meta.setdefault("orientation", file_axcodes(source_affine, source_format))
-    return Volume(array=array, spacing=_spacing_of(affine), affine=affine, path=None if path is None else str(path),
-                  source_shape=tuple(source.shape), source_affine=np.asarray(source_affine, float), axes=axes,
-                  flips=flips, source_format=source_format, header=header, meta=meta)
+    return Volume(
+        array=array,
+        spacing=_spacing_of(affine),
+        affine=affine,
+        path=None if path is None else str(path),
+        source_shape=tuple(source.shape),
+        source_affine=np.asarray(source_affine, float),
+        axes=axes,
+        flips=flips,
+        source_format=source_format,
+        header=header,
+        meta=meta,
+    )
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -346,13 +391,21 @@ def volume_format(path: str | Path) -> str:
         return "dicom"
     if name.endswith(_NUMPY_EXT):
         return name.rsplit(".", 1)[1]
-    raise VolumeError(path, "unsupported file type; expected .nii/.nii.gz, a DICOM series folder, "
-                            ".nrrd/.nhdr/.mha/.mhd, .npy or .npz")
+    raise VolumeError(
+        path, "unsupported file type; expected .nii/.nii.gz, a DICOM series folder, .nrrd/.nhdr/.mha/.mhd, .npy or .npz"
+    )
 
 
-def load_volume(path: str | Path, *, key: str = "imgs", series_uid: str | None = None,
-                spacing: tuple[float, float, float] | None = None, spacing_order: str = "auto",
-                max_voxels: int | None = None, slice_gaps: str = "refuse") -> Volume:
+def load_volume(
+    path: str | Path,
+    *,
+    key: str = "imgs",
+    series_uid: str | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    spacing_order: str = "auto",
+    max_voxels: int | None = None,
+    slice_gaps: str = "refuse",
+) -> Volume:
     """Read a 3D volume into canonical (D, H, W) = (S, P, L) order with its geometry.
 
     Args:
@@ -411,8 +464,7 @@ def load_mask(path: str | Path, like: Volume, *, key: str = "gts", atol_mm: floa
     vol = load_volume(path, key=key, **kwargs)
     diff = float(np.abs(vol.affine - like.affine).max()) if vol.shape == like.shape else None
     if diff is None or diff > atol_mm:
-        detail = (f"shape {vol.shape} vs {like.shape}" if diff is None
-                  else f"affines differ by up to {diff:.4g} mm")
+        detail = f"shape {vol.shape} vs {like.shape}" if diff is None else f"affines differ by up to {diff:.4g} mm"
         raise VolumeError(path, f"mask grid differs from its image {like.path}: {detail}")
     if vol.array.dtype.kind == "f":
         if not np.array_equal(vol.array, np.round(vol.array)):
@@ -438,8 +490,9 @@ def save_volume(array: np.ndarray, path: str | Path, like: Volume) -> Path:
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.shape != like.shape:
-        raise VolumeError(p, f"array of shape {arr.shape} does not match the canonical shape {like.shape} "
-                             f"of {like.path}")
+        raise VolumeError(
+            p, f"array of shape {arr.shape} does not match the canonical shape {like.shape} of {like.path}"
+        )
     arr = _writable_dtype(arr, p)
     fmt = "dicom" if p.name.lower().endswith(".dcm") else volume_format(p)
     if fmt == "nifti":

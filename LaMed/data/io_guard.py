@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_VOXELS", "max_voxels", "check_voxels", "check_regular", "find_volumes",
-           "is_dicom_file", "check_slice_positions", "resample_slices", "VOLUME_SUFFIXES"]
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "max_voxels",
+    "check_voxels",
+    "check_regular",
+    "find_volumes",
+    "is_dicom_file",
+    "check_slice_positions",
+    "resample_slices",
+    "VOLUME_SUFFIXES",
+]
 
 DEFAULT_MAX_VOXELS = 512 * 512 * 2048
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
@@ -36,7 +45,7 @@ def _error(path, problem):
     return VolumeError(path, problem)
 
 
-def max_voxels(override: Optional[int] = None) -> int:
+def max_voxels(override: int | None = None) -> int:
     """The voxel limit in force: ``override``, else ``$LAMED_MAX_VOXELS``, else ``DEFAULT_MAX_VOXELS``."""
     if override is not None:
         value, where = override, "max_voxels"
@@ -54,15 +63,18 @@ def max_voxels(override: Optional[int] = None) -> int:
     return n
 
 
-def check_voxels(shape: Sequence[int], path, limit: Optional[int] = None) -> int:
+def check_voxels(shape: Sequence[int], path, limit: int | None = None) -> int:
     """Refuse a declared ``shape`` above the voxel limit (before any voxel is read); returns the count."""
     n = 1
     for s in shape:
         n *= int(s)
     lim = max_voxels(limit)
     if n > lim:
-        raise _error(path, f"declares {'x'.join(str(int(s)) for s in shape)} = {n:,} voxels, above the limit of "
-                           f"{lim:,} (set LAMED_MAX_VOXELS or max_voxels to read larger volumes)")
+        raise _error(
+            path,
+            f"declares {'x'.join(str(int(s)) for s in shape)} = {n:,} voxels, above the limit of "
+            f"{lim:,} (set LAMED_MAX_VOXELS or max_voxels to read larger volumes)",
+        )
     return n
 
 
@@ -74,8 +86,15 @@ def check_regular(path: Path) -> None:
         raise _error(path, f"cannot be read ({exc.strerror or exc})") from None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return
-    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
     raise _error(path, f"is {kind}, not a regular file; refusing to read it (it could block forever)")
 
 
@@ -94,7 +113,7 @@ def is_dicom_file(p: Path) -> bool:
         return False
 
 
-def find_volumes(src, recursive: bool = True) -> List[Path]:
+def find_volumes(src, recursive: bool = True) -> list[Path]:
     """Volumes under ``src`` (sorted): NIfTI / NRRD / MHA / MHD / npy / npz files, and each folder
     holding DICOM files (:func:`is_dicom_file`), which is one series and is not searched further.
 
@@ -107,7 +126,7 @@ def find_volumes(src, recursive: bool = True) -> List[Path]:
         return [src]
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: input folder not found")
-    found: List[Path] = []
+    found: list[Path] = []
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files = sorted(f for f in files if not f.startswith("."))
@@ -126,7 +145,7 @@ def find_volumes(src, recursive: bool = True) -> List[Path]:
     return sorted(found)
 
 
-def _floats(text: str, n: int) -> Optional[np.ndarray]:
+def _floats(text: str, n: int) -> np.ndarray | None:
     try:
         v = np.array([float(x) for x in str(text).strip().strip("\x00").split("\\")], float)
     except ValueError:
@@ -134,9 +153,15 @@ def _floats(text: str, n: int) -> Optional[np.ndarray]:
     return v if v.shape == (n,) and np.isfinite(v).all() else None
 
 
-def check_slice_positions(folder, files: Sequence[str], positions: Sequence[str],
-                          orientations: Sequence[str], rel_tol: float = 0.1, abs_tol_mm: float = 0.1,
-                          allow_gaps: bool = False) -> dict:
+def check_slice_positions(
+    folder,
+    files: Sequence[str],
+    positions: Sequence[str],
+    orientations: Sequence[str],
+    rel_tol: float = 0.1,
+    abs_tol_mm: float = 0.1,
+    allow_gaps: bool = False,
+) -> dict:
     """Verify that the slices of one DICOM series lie on one uniform grid.
 
     Returns ``{"step": usual spacing (mm), "s": each file's position along the slice normal (mm),
@@ -161,13 +186,19 @@ def check_slice_positions(folder, files: Sequence[str], positions: Sequence[str]
     iop = [_floats(o, 6) for o in orientations]
     for name, p, o in zip(names, ipp, iop):
         if p is None or o is None:
-            raise _error(folder, f"slice file {name} has no valid ImagePositionPatient / ImageOrientationPatient; "
-                                 "the slice geometry cannot be checked")
+            raise _error(
+                folder,
+                f"slice file {name} has no valid ImagePositionPatient / ImageOrientationPatient; "
+                "the slice geometry cannot be checked",
+            )
     ref = iop[0]
     for name, o in zip(names, iop):
         if np.abs(o - ref).max() > 1e-3:  # about 0.06 degrees: rounding of the cosines is far below
-            raise _error(folder, f"slices have different orientations: {names[0]} {ref.round(5).tolist()} vs "
-                                 f"{name} {o.round(5).tolist()}; one series must have one orientation")
+            raise _error(
+                folder,
+                f"slices have different orientations: {names[0]} {ref.round(5).tolist()} vs "
+                f"{name} {o.round(5).tolist()}; one series must have one orientation",
+            )
     normal = np.cross(ref[:3], ref[3:])
     if not np.linalg.norm(normal) > 0.5:
         raise _error(folder, f"ImageOrientationPatient {ref.tolist()} of {names[0]} is degenerate")
@@ -183,24 +214,36 @@ def check_slice_positions(folder, files: Sequence[str], positions: Sequence[str]
     dup = np.flatnonzero(gaps <= tol)
     if dup.size:
         i = int(dup[0])
-        raise _error(folder, f"{dup.size} duplicated slice position(s): {names_sorted[i]} and {names_sorted[i + 1]} "
-                             f"both at {s_sorted[i]:.4f} mm along the slice normal "
-                             f"(position {pos_sorted[i].round(4).tolist()}); refusing to guess which one belongs")
+        raise _error(
+            folder,
+            f"{dup.size} duplicated slice position(s): {names_sorted[i]} and {names_sorted[i + 1]} "
+            f"both at {s_sorted[i]:.4f} mm along the slice normal "
+            f"(position {pos_sorted[i].round(4).tolist()}); refusing to guess which one belongs",
+        )
     bad = np.flatnonzero(np.abs(gaps - step) > tol)
     if bad.size and not allow_gaps:
-        shown = "; ".join(f"{names_sorted[i]} ({s_sorted[i]:.4f} mm) -> {names_sorted[i + 1]} "
-                          f"({s_sorted[i + 1]:.4f} mm): {gaps[i]:.4f} mm" for i in bad[:5])
+        shown = "; ".join(
+            f"{names_sorted[i]} ({s_sorted[i]:.4f} mm) -> {names_sorted[i + 1]} "
+            f"({s_sorted[i + 1]:.4f} mm): {gaps[i]:.4f} mm"
+            for i in bad[:5]
+        )
         more = f"; and {bad.size - 5} more" if bad.size > 5 else ""
-        raise _error(folder, f"slice spacing is not uniform (usual spacing {step:.4f} mm; a slice is missing or "
-                             f"unreadable, or the series mixes spacings): {shown}{more}. Repair the series, or ask "
-                             "for linear resampling onto a uniform grid (slice_gaps='resample', "
-                             "--resample-slice-gaps)")
+        raise _error(
+            folder,
+            f"slice spacing is not uniform (usual spacing {step:.4f} mm; a slice is missing or "
+            f"unreadable, or the series mixes spacings): {shown}{more}. Repair the series, or ask "
+            "for linear resampling onto a uniform grid (slice_gaps='resample', "
+            "--resample-slice-gaps)",
+        )
     inplane = (pos_sorted - pos_sorted[0]) - np.outer(s_sorted - s_sorted[0], normal)
     off = np.linalg.norm(inplane, axis=1)
     if off.max() > tol:
         i = int(np.argmax(off))
-        raise _error(folder, f"slice {names_sorted[i]} is shifted {off[i]:.4f} mm in-plane from the stack through "
-                             f"{names_sorted[0]} (gantry tilt or sheared series); refusing to read it as a box")
+        raise _error(
+            folder,
+            f"slice {names_sorted[i]} is shifted {off[i]:.4f} mm in-plane from the stack through "
+            f"{names_sorted[0]} (gantry tilt or sheared series); refusing to read it as a box",
+        )
     return {"step": step, "s": s, "normal": normal, "ipp": pos, "iop": ref, "uniform": not bad.size}
 
 

@@ -42,8 +42,11 @@ def itk_geometry(array_affine: np.ndarray) -> dict:
     spacing = np.linalg.norm(step, axis=0)
     direction = _LPS_RAS @ (step / spacing)
     origin = _LPS_RAS @ aff[:3, 3]
-    return {"origin": tuple(map(float, origin)), "spacing": tuple(map(float, spacing)),
-            "direction": tuple(map(float, direction.ravel()))}
+    return {
+        "origin": tuple(map(float, origin)),
+        "spacing": tuple(map(float, spacing)),
+        "direction": tuple(map(float, direction.ravel())),
+    }
 
 
 def _itk_message(err: Exception) -> str:
@@ -59,8 +62,11 @@ def _image_to_volume(img, path: Path, source_format: str, meta: dict) -> Volume:
     import SimpleITK as sitk
 
     if img.GetNumberOfComponentsPerPixel() > 1:
-        raise VolumeError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB "
-                                "image); a scalar 3D volume is needed")
+        raise VolumeError(
+            path,
+            f"has {img.GetNumberOfComponentsPerPixel()} components per voxel (vector/RGB "
+            "image); a scalar 3D volume is needed",
+        )
     size = img.GetSize()  # ITK order: x, y, z(, t)
     check_spatial_shape(size, path, channel_axis=3)
     if img.GetDimension() > 3:
@@ -99,13 +105,17 @@ def list_dicom_series(folder: str | Path) -> dict[str, list[str]]:
     import SimpleITK as sitk
 
     folder = str(folder)
-    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
-            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)}
+    return {
+        uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, uid))
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    }
 
 
 def _series_listing(series: dict[str, list[str]]) -> str:
-    return "; ".join(f"{uid if uid else '(empty SeriesInstanceUID)'} ({len(files)} files, e.g. {Path(files[0]).name})"
-                     for uid, files in series.items())
+    return "; ".join(
+        f"{uid if uid else '(empty SeriesInstanceUID)'} ({len(files)} files, e.g. {Path(files[0]).name})"
+        for uid, files in series.items()
+    )
 
 
 def _check_folder_entries(folder: Path) -> None:
@@ -117,8 +127,9 @@ def _check_folder_entries(folder: Path) -> None:
             check_regular(entry)
 
 
-def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxels: int | None = None,
-                      slice_gaps: str = "refuse") -> Volume:
+def load_dicom_series(
+    path: str | Path, series_uid: str | None = None, max_voxels: int | None = None, slice_gaps: str = "refuse"
+) -> Volume:
     """Read one DICOM series (GDCM, rescale slope/intercept applied) into canonical order.
 
     ``path`` is the series folder, or one of its files (the file's series is then read). A folder
@@ -153,20 +164,29 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxel
         raise VolumeError(folder, "no DICOM series found in this folder")
     if series_uid is None:
         if len(series) > 1:
-            raise VolumeError(folder, f"holds {len(series)} DICOM series; choose one with --series-uid UID "
-                                      f"(series_uid=UID in Python), or give one file of the series as the "
-                                      f"image: {_series_listing(series)}")
+            raise VolumeError(
+                folder,
+                f"holds {len(series)} DICOM series; choose one with --series-uid UID "
+                f"(series_uid=UID in Python), or give one file of the series as the "
+                f"image: {_series_listing(series)}",
+            )
         series_uid = next(iter(series))
     if series_uid not in series:
         raise VolumeError(folder, f"has no DICOM series {series_uid!r}; available: {_series_listing(series)}")
     files = series[series_uid]
     listed = {Path(f).name for fs in series.values() for f in fs}
-    unread = [e.name for e in sorted(folder.iterdir())
-              if not e.name.startswith(".") and e.name not in listed and is_dicom_file(e)]
+    unread = [
+        e.name
+        for e in sorted(folder.iterdir())
+        if not e.name.startswith(".") and e.name not in listed and is_dicom_file(e)
+    ]
     if unread:
-        raise VolumeError(folder, f"{len(unread)} DICOM file(s) could not be read as part of any series: "
-                                  f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}; the series would "
-                                  "have a gap (repair or remove the file)")
+        raise VolumeError(
+            folder,
+            f"{len(unread)} DICOM file(s) could not be read as part of any series: "
+            f"{', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}; the series would "
+            "have a gap (repair or remove the file)",
+        )
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
     try:
@@ -183,11 +203,16 @@ def load_dicom_series(path: str | Path, series_uid: str | None = None, max_voxel
     except RuntimeError as e:
         raise VolumeError(folder, f"cannot read DICOM series {series_uid} ({_itk_message(e)})") from None
     if len(files) > 1:
-        get = [(reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032") else "",
-                reader.GetMetaData(i, "0020|0037") if reader.HasMetaDataKey(i, "0020|0037") else "")
-               for i in range(len(files))]
-        geo = check_slice_positions(folder, files, [g[0] for g in get], [g[1] for g in get],
-                                    allow_gaps=slice_gaps == "resample")
+        get = [
+            (
+                reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032") else "",
+                reader.GetMetaData(i, "0020|0037") if reader.HasMetaDataKey(i, "0020|0037") else "",
+            )
+            for i in range(len(files))
+        ]
+        geo = check_slice_positions(
+            folder, files, [g[0] for g in get], [g[1] for g in get], allow_gaps=slice_gaps == "resample"
+        )
     else:
         geo = {"uniform": True}
     meta = {"series_uid": series_uid, "num_files": len(files), "files": files}

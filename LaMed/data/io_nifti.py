@@ -45,8 +45,11 @@ def load_nifti(p: Path, max_voxels: int | None = None) -> Volume:
         img = nib.Nifti2Image if isinstance(img, nib.Nifti2Image) else nib.Nifti1Image
         img = img.from_bytes(_read_gz_prefix(p, needed))
     elif p.stat().st_size < needed:
-        raise VolumeError(p, f"truncated: the header declares {needed:,} bytes (voxel data included) but the file "
-                             f"holds {p.stat().st_size:,}")
+        raise VolumeError(
+            p,
+            f"truncated: the header declares {needed:,} bytes (voxel data included) but the file "
+            f"holds {p.stat().st_size:,}",
+        )
     proxy = img.dataobj
     try:
         raw = np.asanyarray(proxy.get_unscaled())
@@ -57,8 +60,14 @@ def load_nifti(p: Path, max_voxels: int | None = None) -> Volume:
     slope = float(proxy.slope) if np.isfinite(proxy.slope) and proxy.slope != 0 else 1.0
     inter = float(proxy.inter) if np.isfinite(proxy.inter) else 0.0
     src = finalize_array(raw, p, slope, inter)
-    meta = {"format": "nifti", "dtype_on_disk": str(raw.dtype), "slope": slope, "inter": inter,
-            "sform_code": int(img.header["sform_code"]), "qform_code": int(img.header["qform_code"])}
+    meta = {
+        "format": "nifti",
+        "dtype_on_disk": str(raw.dtype),
+        "slope": slope,
+        "inter": inter,
+        "sform_code": int(img.header["sform_code"]),
+        "qform_code": int(img.header["qform_code"]),
+    }
     return build_volume(src, img.affine, p, "nifti", header=img.header, meta=meta)
 
 
@@ -66,7 +75,7 @@ def _raw_header(p: Path, gz: bool, nib):
     """The header as stored: nibabel's loader silently rewrites a zero pixdim to 1 mm."""
     import gzip
 
-    with (gzip.open(p, "rb") if gz else open(p, "rb")) as f:
+    with gzip.open(p, "rb") if gz else open(p, "rb") as f:
         raw = f.read(540)
     for klass, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
         for order, code in (("little", "<"), ("big", ">")):
@@ -87,9 +96,15 @@ def _check_geometry(img, hdr, p: Path) -> None:
         zooms = np.asarray(hdr["pixdim"][1:4], float)
         if not np.isfinite(zooms).all() or (zooms == 0).any():
             which = "qform" if qform else "no sform or qform"
-            raise VolumeError(p, f"voxel size pixdim[1:4] = {zooms.tolist()} has a zero or non-finite entry and the "
-                                 f"header has {which} giving another; the physical voxel size is unknown")
-    for name, code, (aff, _) in (("sform", sform, hdr.get_sform(coded=True)), ("qform", qform, hdr.get_qform(coded=True))):
+            raise VolumeError(
+                p,
+                f"voxel size pixdim[1:4] = {zooms.tolist()} has a zero or non-finite entry and the "
+                f"header has {which} giving another; the physical voxel size is unknown",
+            )
+    for name, code, (aff, _) in (
+        ("sform", sform, hdr.get_sform(coded=True)),
+        ("qform", qform, hdr.get_qform(coded=True)),
+    ):
         if code and aff is not None and not np.isfinite(aff).all():
             raise VolumeError(p, f"the {name} affine has non-finite entries (NaN / inf): {np.asarray(aff).tolist()}")
     if not np.isfinite(img.affine).all():
@@ -132,8 +147,10 @@ def _read_gz_prefix(p: Path, needed: int, chunk: int = 1 << 24) -> bytes:
     except errors as e:
         raise VolumeError(p, f"truncated or corrupt data ({type(e).__name__}: {e})") from None
     if got < needed:
-        raise VolumeError(p, f"truncated: the header declares {needed:,} bytes (voxel data included) but the gzip "
-                             f"stream holds {got:,}")
+        raise VolumeError(
+            p,
+            f"truncated: the header declares {needed:,} bytes (voxel data included) but the gzip stream holds {got:,}",
+        )
     return b"".join(parts)
 
 

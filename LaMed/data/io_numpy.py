@@ -48,8 +48,9 @@ def _npy_header(fh) -> tuple:
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
-def _check_declared(path: Path, shape, dtype, available: int, header_end: int, what: str,
-                    max_voxels: int | None) -> None:
+def _check_declared(
+    path: Path, shape, dtype, available: int, header_end: int, what: str, max_voxels: int | None
+) -> None:
     """Voxel limit and "does the file hold what its header declares" before the data are read."""
     from LaMed.data.io_guard import check_voxels
 
@@ -58,8 +59,11 @@ def _check_declared(path: Path, shape, dtype, available: int, header_end: int, w
     n = check_voxels(shape, path, max_voxels)
     needed = header_end + n * dtype.itemsize
     if available < needed:
-        raise VolumeError(path, f"truncated: {what} declares shape {shape} {dtype} ({needed:,} bytes with its header) "
-                                f"but holds {available:,} bytes")
+        raise VolumeError(
+            path,
+            f"truncated: {what} declares shape {shape} {dtype} ({needed:,} bytes with its header) "
+            f"but holds {available:,} bytes",
+        )
 
 
 def load_npy(path: Path, spacing=None, max_voxels: int | None = None) -> Volume:
@@ -77,8 +81,9 @@ def load_npy(path: Path, spacing=None, max_voxels: int | None = None) -> Volume:
     return _as_volume(arr, path, sp, "npy", {"dtype_on_disk": str(arr.dtype)})
 
 
-def load_npz(path: Path, key: str = "imgs", spacing=None, spacing_order: str = "auto",
-             max_voxels: int | None = None) -> Volume:
+def load_npz(
+    path: Path, key: str = "imgs", spacing=None, spacing_order: str = "auto", max_voxels: int | None = None
+) -> Volume:
     """One array (``imgs`` or ``gts``) of a BiomedSegFM ``.npz`` with its spacing in ``(D, H, W)`` order."""
     if spacing_order not in ("auto", "xyz", "zyx"):
         raise ValueError(f"spacing_order must be 'auto', 'xyz' or 'zyx', got {spacing_order!r}")

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,12 @@ from LaMed.data import prompts
 from LaMed.data.checks import require_text, require_unit_interval
 
 TASKS = ("caption", "vqa", "vqa_closed", "vqa_open", "vqa_yes_no", "rec", "reg")
-_VQA_TYPES = {"vqa": ("closed", "open", "yes_no"), "vqa_closed": ("closed",), "vqa_open": ("open",),
-              "vqa_yes_no": ("yes_no",)}
+_VQA_TYPES = {
+    "vqa": ("closed", "open", "yes_no"),
+    "vqa_closed": ("closed",),
+    "vqa_open": ("open",),
+    "vqa_yes_no": ("yes_no",),
+}
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Sample:
     """One (item, sub-index) pair: ``sub`` is the VQA pair index or the box's structure name."""
 
     item: int
-    sub: Union[int, str, None] = None
+    sub: int | str | None = None
 
 
 class MLLMDataset:
@@ -64,9 +69,20 @@ class MLLMDataset:
             up to this many turns (shuffled per sample in training); 1 = one question per sample.
     """
 
-    def __init__(self, manifest: Union[str, Path, None], processor=None, task: str = "caption", train: bool = True,
-                 seed: int = 0, augment: bool = False, load_images: bool = True, items: Optional[List[dict]] = None,
-                 root: Union[str, Path, None] = None, closed_answer: str = "letter", conversation_turns: int = 1):
+    def __init__(
+        self,
+        manifest: str | Path | None,
+        processor=None,
+        task: str = "caption",
+        train: bool = True,
+        seed: int = 0,
+        augment: bool = False,
+        load_images: bool = True,
+        items: list[dict] | None = None,
+        root: str | Path | None = None,
+        closed_answer: str = "letter",
+        conversation_turns: int = 1,
+    ):
         if task not in TASKS:
             raise ValueError(f"MLLMDataset: task must be one of {TASKS}, got {task!r}")
         if items is None:
@@ -95,13 +111,13 @@ class MLLMDataset:
             raise ValueError(f"{where}: no sample for task '{task}' (items lack the field it needs)")
 
     @classmethod
-    def from_items(cls, items: List[dict], root: Union[str, Path], processor=None, **kwargs) -> "MLLMDataset":
+    def from_items(cls, items: list[dict], root: str | Path, processor=None, **kwargs) -> MLLMDataset:
         """Build from manifest-like items (e.g. :func:`flare_items`); image paths resolve against ``root``."""
         return cls(None, processor, items=items, root=root, **kwargs)
 
     # ---- indexing --------------------------------------------------------------------------
-    def _index(self) -> List[Sample]:
-        out: List[Sample] = []
+    def _index(self) -> list[Sample]:
+        out: list[Sample] = []
         for i, it in enumerate(self.items):
             if self.task == "caption":
                 if "text" in it:  # a blank report is indexed and refused when read (counted, never dropped)
@@ -109,7 +125,7 @@ class MLLMDataset:
             elif self.task in _VQA_TYPES:
                 js = [j for j, qa in enumerate(it.get("vqa", [])) if qa.get("type") in _VQA_TYPES[self.task]]
                 if self.turns > 1:
-                    out += [Sample(i, tuple(js[k:k + self.turns])) for k in range(0, len(js), self.turns)]
+                    out += [Sample(i, tuple(js[k : k + self.turns])) for k in range(0, len(js), self.turns)]
                 else:
                     out += [Sample(i, j) for j in js]
             else:
@@ -125,25 +141,31 @@ class MLLMDataset:
         return str(self.root / it["image"]) if "image" in it else f"{self.manifest_path}#{it.get('id')}"
 
     # ---- text ------------------------------------------------------------------------------
-    def _rng(self, index: int) -> Optional[random.Random]:
+    def _rng(self, index: int) -> random.Random | None:
         return random.Random(self.seed * 1_000_003 + index) if self.train else None
 
-    def record(self, index: int) -> Dict[str, Any]:
+    def record(self, index: int) -> dict[str, Any]:
         """Untokenised sample: ``{"id", "question", "answer", "kind", "index"[, "vqa_index", "choices",
         "answer_choice", "vqa_type", "topic", "target", "box"]}``."""
         s = self.samples[index]
         it = self.items[s.item]
         rng = self._rng(index)
-        rec: Dict[str, Any] = {"id": it["id"], "index": index, "kind": self.task}
+        rec: dict[str, Any] = {"id": it["id"], "index": index, "kind": self.task}
         if self.task == "caption":
-            rec.update(question=prompts.pick(it.get("caption_prompts") or prompts.CAPTION_TEMPLATES, rng), answer=it["text"])
+            rec.update(
+                question=prompts.pick(it.get("caption_prompts") or prompts.CAPTION_TEMPLATES, rng), answer=it["text"]
+            )
         elif self.task in _VQA_TYPES and isinstance(s.sub, tuple):
             order = list(s.sub)
             if rng is not None:
                 rng.shuffle(order)
             turns = [self._vqa_record(it["vqa"][j], j) for j in order]
-            rec.update(turns=[(t["question"], t["answer"]) for t in turns], question=turns[0]["question"],
-                       answer=turns[0]["answer"], vqa_indices=order)
+            rec.update(
+                turns=[(t["question"], t["answer"]) for t in turns],
+                question=turns[0]["question"],
+                answer=turns[0]["answer"],
+                vqa_indices=order,
+            )
         elif self.task in _VQA_TYPES:
             rec.update(self._vqa_record(it["vqa"][s.sub], s.sub))
         else:
@@ -158,16 +180,22 @@ class MLLMDataset:
             rec.update(question=q.format(**fill), answer=a.format(**fill), target=s.sub, box=list(box))
         return rec
 
-    def _vqa_record(self, qa: Dict[str, Any], index: int) -> Dict[str, Any]:
+    def _vqa_record(self, qa: dict[str, Any], index: int) -> dict[str, Any]:
         q, a = qa["question"], str(qa["answer"])
-        rec: Dict[str, Any] = {}
+        rec: dict[str, Any] = {}
         if qa.get("type") == "closed" and qa.get("choices"):
             q = prompts.closed_question(q, qa["choices"])
             if qa.get("answer_choice") and self.closed_answer == "letter":
                 a = prompts.closed_answer(qa["answer_choice"], a)
             rec.update(choices=qa["choices"], answer_choice=qa.get("answer_choice"))
-        rec.update(question=q, answer=a, vqa_index=index, vqa_type=qa.get("type"), topic=qa.get("topic"),
-                   reference=str(qa["answer"]))
+        rec.update(
+            question=q,
+            answer=a,
+            vqa_index=index,
+            vqa_type=qa.get("type"),
+            topic=qa.get("topic"),
+            reference=str(qa["answer"]),
+        )
         return rec
 
     # ---- image -----------------------------------------------------------------------------
@@ -192,7 +220,7 @@ class MLLMDataset:
                 img = img + (torch.rand((), generator=g) * 0.2 - 0.1)
         return img
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         if self.processor is None:
             raise RuntimeError("MLLMDataset was built without a processor; use record(i) or pass one")
         rec = self.record(index)
@@ -222,13 +250,16 @@ class MixtureDataset:
     are taken in a seeded permutation, cycling when a dataset is used more often than its size.
     """
 
-    def __init__(self, datasets: Sequence[Any], weights: Optional[Sequence[float]] = None, length: Optional[int] = None,
-                 seed: int = 0):
+    def __init__(
+        self, datasets: Sequence[Any], weights: Sequence[float] | None = None, length: int | None = None, seed: int = 0
+    ):
         if not datasets:
             raise ValueError("MixtureDataset needs at least one dataset")
         weights = [1.0] * len(datasets) if weights is None else [float(w) for w in weights]
         if len(weights) != len(datasets) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"MixtureDataset: weights must be {len(datasets)} non-negative numbers with a positive sum, got {weights}")
+            raise ValueError(
+                f"MixtureDataset: weights must be {len(datasets)} non-negative numbers with a positive sum, got {weights}"
+            )
         self.datasets = list(datasets)
         n = int(length) if length is not None else sum(len(d) for d in datasets)
         rng = np.random.default_rng(seed)
@@ -236,7 +267,7 @@ class MixtureDataset:
         which = rng.choice(len(datasets), size=n, p=p)
         perms = [rng.permutation(len(d)) for d in datasets]
         counters = [0] * len(datasets)
-        self.schedule: List[Tuple[int, int]] = []
+        self.schedule: list[tuple[int, int]] = []
         for d in which.tolist():
             self.schedule.append((d, int(perms[d][counters[d] % len(perms[d])])))
             counters[d] += 1
@@ -259,7 +290,7 @@ def _answer_text(answer: Any) -> str:
     return ", ".join(map(str, answer)) if isinstance(answer, (list, tuple)) else str(answer)
 
 
-def flare_items(json_path: Union[str, Path], image_dir: str = "") -> List[dict]:
+def flare_items(json_path: str | Path, image_dir: str = "") -> list[dict]:
     """FLARE 2025 Task 5 JSON (a list of cases) -> prepared-style items.
 
     A case ``{"case_id", "findings": {region: text}, "global_vqa": [...], "local_vqa": [...]}`` becomes
@@ -283,15 +314,19 @@ def flare_items(json_path: Union[str, Path], image_dir: str = "") -> List[dict]:
         for qa in list(case.get("global_vqa") or []) + list(case.get("local_vqa") or []):
             q = qa["question"] + (f" Choices: {qa['choices']}" if qa.get("choices") else "")
             vqa.append({"question": q, "answer": _answer_text(qa["answer"]), "type": "open", "topic": "flare"})
-        item = {"id": stem, "image": str(Path(image_dir) / f"{stem}.npy"), "vqa": vqa,
-                "caption_prompts": [prompts.FLARE_REPORT_PROMPT]}
+        item = {
+            "id": stem,
+            "image": str(Path(image_dir) / f"{stem}.npy"),
+            "vqa": vqa,
+            "caption_prompts": [prompts.FLARE_REPORT_PROMPT],
+        }
         if text:
             item["text"] = text
         items.append(item)
     return items
 
 
-def radgenome_items(json_path: Union[str, Path], split: str = "train", seed: int = 0) -> List[dict]:
+def radgenome_items(json_path: str | Path, split: str = "train", seed: int = 0) -> list[dict]:
     """RadGenome-ChestCT location VQA (HSENet) ``{split: [{"image", "biomedclip_features", "anatomy",
     "abnormality"}]}`` -> items with one open question ("where is the {abnormality}?", answer = anatomy)."""
     path = Path(json_path)
@@ -305,8 +340,11 @@ def radgenome_items(json_path: Union[str, Path], split: str = "train", seed: int
             if key not in r:
                 raise ValueError(f"{path}: {split}[{k}] has no '{key}'")
         q = prompts.pick(prompts.RADGENOME_TEMPLATES, rng).format(abnormality=r["abnormality"])
-        item = {"id": f"{Path(r['image']).stem}_{k}", "image": r["image"],
-                "vqa": [{"question": q, "answer": r["anatomy"], "type": "open", "topic": "location"}]}
+        item = {
+            "id": f"{Path(r['image']).stem}_{k}",
+            "image": r["image"],
+            "vqa": [{"question": q, "answer": r["anatomy"], "type": "open", "topic": "location"}],
+        }
         if r.get("biomedclip_features"):
             item["slice_features"] = r["biomedclip_features"]
         items.append(item)

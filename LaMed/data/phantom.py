@@ -23,8 +23,8 @@ spawned from ``np.random.SeedSequence(seed)``, so changing a phrasing never chan
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,38 +52,92 @@ class OrganSpec:
     """
 
     name: str
-    center_mm: Tuple[float, float, float]
-    semi_mm: Tuple[float, float, float]
-    hu: Tuple[float, float, float]
+    center_mm: tuple[float, float, float]
+    semi_mm: tuple[float, float, float]
+    hu: tuple[float, float, float]
     side: str  # patient side: "right", "left" or "midline"
     yaw_deg: float = 0.0  # in-plane rotation of the long axes
     p_absent: float = 0.0
     p_enlarged: float = 0.0
-    enlarged_scale: Tuple[float, float] = (1.3, 1.5)
-    lesion_kinds: Tuple[Tuple[str, float], ...] = ()  # (kind, probability)
+    enlarged_scale: tuple[float, float] = (1.3, 1.5)
+    lesion_kinds: tuple[tuple[str, float], ...] = ()  # (kind, probability)
     max_lesions: int = 0
     p_lesion: float = 0.0  # probability of at least one lesion
 
 
-ORGANS: Tuple[OrganSpec, ...] = (
-    OrganSpec("lung_right", (150, 20, -85), (110, 85, 70), (-850, -850, -850), "right",
-              lesion_kinds=(("nodule", 1.0),), max_lesions=2, p_lesion=0.2),
-    OrganSpec("lung_left", (150, 20, 85), (110, 85, 70), (-850, -850, -850), "left",
-              lesion_kinds=(("nodule", 1.0),), max_lesions=2, p_lesion=0.2),
-    OrganSpec("liver", (45, -5, -62), (65, 80, 82), (58, 70, 105), "right", yaw_deg=10,
-              p_enlarged=0.25, enlarged_scale=(1.3, 1.42),
-              lesion_kinds=(("cyst", 0.35), ("hypodense mass", 0.45), ("hyperdense mass", 0.2)),
-              max_lesions=3, p_lesion=0.5),
+ORGANS: tuple[OrganSpec, ...] = (
+    OrganSpec(
+        "lung_right",
+        (150, 20, -85),
+        (110, 85, 70),
+        (-850, -850, -850),
+        "right",
+        lesion_kinds=(("nodule", 1.0),),
+        max_lesions=2,
+        p_lesion=0.2,
+    ),
+    OrganSpec(
+        "lung_left",
+        (150, 20, 85),
+        (110, 85, 70),
+        (-850, -850, -850),
+        "left",
+        lesion_kinds=(("nodule", 1.0),),
+        max_lesions=2,
+        p_lesion=0.2,
+    ),
+    OrganSpec(
+        "liver",
+        (45, -5, -62),
+        (65, 80, 82),
+        (58, 70, 105),
+        "right",
+        yaw_deg=10,
+        p_enlarged=0.25,
+        enlarged_scale=(1.3, 1.42),
+        lesion_kinds=(("cyst", 0.35), ("hypodense mass", 0.45), ("hyperdense mass", 0.2)),
+        max_lesions=3,
+        p_lesion=0.5,
+    ),
     OrganSpec("gallbladder", (5, -48, -48), (33, 16, 18), (8, 8, 8), "right", yaw_deg=-20, p_absent=0.15),
-    OrganSpec("spleen", (50, 50, 100), (50, 42, 24), (48, 95, 115), "left", yaw_deg=-35,
-              p_absent=0.1, p_enlarged=0.25, enlarged_scale=(1.4, 1.6),
-              lesion_kinds=(("hypodense mass", 0.6), ("cyst", 0.4)), max_lesions=1, p_lesion=0.12),
-    OrganSpec("kidney_right", (-22, 55, -68), (55, 26, 30), (33, 140, 165), "right", yaw_deg=-25,
-              p_absent=0.08, lesion_kinds=(("cyst", 0.7), ("hyperdense mass", 0.3)), max_lesions=1,
-              p_lesion=0.2),
-    OrganSpec("kidney_left", (-8, 55, 68), (55, 26, 30), (33, 140, 165), "left", yaw_deg=25,
-              p_absent=0.08, lesion_kinds=(("cyst", 0.7), ("hyperdense mass", 0.3)), max_lesions=1,
-              p_lesion=0.2),
+    OrganSpec(
+        "spleen",
+        (50, 50, 100),
+        (50, 42, 24),
+        (48, 95, 115),
+        "left",
+        yaw_deg=-35,
+        p_absent=0.1,
+        p_enlarged=0.25,
+        enlarged_scale=(1.4, 1.6),
+        lesion_kinds=(("hypodense mass", 0.6), ("cyst", 0.4)),
+        max_lesions=1,
+        p_lesion=0.12,
+    ),
+    OrganSpec(
+        "kidney_right",
+        (-22, 55, -68),
+        (55, 26, 30),
+        (33, 140, 165),
+        "right",
+        yaw_deg=-25,
+        p_absent=0.08,
+        lesion_kinds=(("cyst", 0.7), ("hyperdense mass", 0.3)),
+        max_lesions=1,
+        p_lesion=0.2,
+    ),
+    OrganSpec(
+        "kidney_left",
+        (-8, 55, 68),
+        (55, 26, 30),
+        (33, 140, 165),
+        "left",
+        yaw_deg=25,
+        p_absent=0.08,
+        lesion_kinds=(("cyst", 0.7), ("hyperdense mass", 0.3)),
+        max_lesions=1,
+        p_lesion=0.2,
+    ),
 )
 _ORGAN_BY_NAME = {o.name: o for o in ORGANS}
 
@@ -109,17 +163,17 @@ class Phantom:
 
     seed: int
     image: np.ndarray
-    masks: Dict[str, np.ndarray]
-    spacing: Tuple[float, float, float]
+    masks: dict[str, np.ndarray]
+    spacing: tuple[float, float, float]
     report: str
-    vqa: List[dict]
-    refer: List[dict]
-    boxes: Dict[str, List[float]]
+    vqa: list[dict]
+    refer: list[dict]
+    boxes: dict[str, list[float]]
     findings: dict
-    labels: List[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         return tuple(self.image.shape)
 
 
@@ -133,7 +187,7 @@ class _Grid:
         self.shape = tuple(int(s) for s in shape)
         self.spacing = tuple(float(s) for s in spacing)
 
-    def axis_mm(self, axis: int, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    def axis_mm(self, axis: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         n, s = self.shape[axis], self.spacing[axis]
         stop = n if stop is None else stop
         return ((np.arange(start, stop, dtype=np.float32) + 0.5 - n / 2.0) * s).astype(np.float32)
@@ -141,7 +195,7 @@ class _Grid:
     def index(self, axis: int, mm: float) -> float:
         return mm / self.spacing[axis] + self.shape[axis] / 2.0 - 0.5
 
-    def crop(self, center, half) -> Optional[Tuple[slice, slice, slice]]:
+    def crop(self, center, half) -> tuple[slice, slice, slice] | None:
         """Index box covering ``center +- half`` (mm), clipped to the grid; None when outside."""
         out = []
         for a in range(3):
@@ -152,7 +206,7 @@ class _Grid:
             out.append(slice(lo, hi))
         return tuple(out)
 
-    def coords(self, box) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def coords(self, box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Broadcastable (z, y, x) mm coordinates of an index box: shapes (d,1,1), (1,h,1), (1,1,w)."""
         z = self.axis_mm(0, box[0].start, box[0].stop)[:, None, None]
         y = self.axis_mm(1, box[1].start, box[1].stop)[None, :, None]
@@ -163,7 +217,7 @@ class _Grid:
         return np.array([(index[a] + 0.5 - self.shape[a] / 2.0) * self.spacing[a] for a in range(3)])
 
 
-def _rotation(yaw_deg: float, tilt_deg: Tuple[float, float]) -> np.ndarray:
+def _rotation(yaw_deg: float, tilt_deg: tuple[float, float]) -> np.ndarray:
     """3x3 rotation acting on (z, y, x) column vectors: in-plane yaw, then two small tilts."""
     a, b, c = np.deg2rad([yaw_deg, tilt_deg[0], tilt_deg[1]])
     yaw = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
@@ -183,8 +237,7 @@ class _Blob:
     waves: np.ndarray  # (K, 9): k (3), e (3), amplitude, frequency, phase
 
     @classmethod
-    def random(cls, rng: np.random.Generator, center, semi, yaw_deg=0.0, tilt_deg=8.0,
-               deform=0.1, n_waves=3) -> "_Blob":
+    def random(cls, rng: np.random.Generator, center, semi, yaw_deg=0.0, tilt_deg=8.0, deform=0.1, n_waves=3) -> _Blob:
         rot = _rotation(yaw_deg + rng.uniform(-8, 8), tuple(rng.uniform(-tilt_deg, tilt_deg, 2)))
         k = rng.normal(size=(n_waves, 3))
         k /= np.linalg.norm(k, axis=1, keepdims=True)
@@ -209,8 +262,7 @@ class _Blob:
         z, y, x = grid.coords(box)
         d = (z - self.center[0], y - self.center[1], x - self.center[2])
         # q_i = sum_j R[j, i] d_j / semi_i: each q_i is a full (d, h, w) array after broadcasting.
-        q = [(self.rot[0, i] * d[0] + self.rot[1, i] * d[1] + self.rot[2, i] * d[2]) / self.semi[i]
-             for i in range(3)]
+        q = [(self.rot[0, i] * d[0] + self.rot[1, i] * d[1] + self.rot[2, i] * d[2]) / self.semi[i] for i in range(3)]
         warped = [qi.copy() for qi in q]
         for kx, ky, kz, ex, ey, ez, amp, freq, phase in self.waves:
             s = amp * np.sin(freq * (kx * q[0] + ky * q[1] + kz * q[2]) + phase)
@@ -220,7 +272,7 @@ class _Blob:
         return box, (warped[0] ** 2 + warped[1] ** 2 + warped[2] ** 2) <= 1.0
 
 
-def mask_box(mask: np.ndarray) -> Optional[List[float]]:
+def mask_box(mask: np.ndarray) -> list[float] | None:
     """Normalised box ``[d0, h0, w0, d1, h1, w1]`` of a (D, H, W) mask (end exclusive), None if empty."""
     lo, hi = [], []
     for axis in range(3):
@@ -242,9 +294,9 @@ class _Canvas:
     def __init__(self, grid: _Grid):
         self.grid = grid
         self.label = np.zeros(grid.shape, dtype=np.uint8)
-        self.hu: Dict[int, float] = {_AIR: _AIR_HU, _FAT: _FAT_HU, _SOFT: _SOFT_HU}
-        self.groups: Dict[str, List[int]] = {}
-        self.boxes: Dict[str, tuple] = {}  # name -> index box that contains the structure
+        self.hu: dict[int, float] = {_AIR: _AIR_HU, _FAT: _FAT_HU, _SOFT: _SOFT_HU}
+        self.groups: dict[str, list[int]] = {}
+        self.boxes: dict[str, tuple] = {}  # name -> index box that contains the structure
         self._next = 10
 
     def new_label(self, name: str, hu: float) -> int:
@@ -316,7 +368,7 @@ def _spine(canvas: _Canvas, rng: np.random.Generator, sy: float) -> None:
     period, disc = rng.uniform(30, 36), rng.uniform(6, 9)
     is_disc = np.mod(z - rng.uniform(0, period), period) < disc  # (d, 1, 1)
     canal_c, canal_r = yc + ry + 10.0, 9.0
-    rr = np.sqrt(x ** 2 + (y - canal_c) ** 2)
+    rr = np.sqrt(x**2 + (y - canal_c) ** 2)
     arch = (rr >= canal_r) & (rr <= canal_r + 6.0) & (y > yc + ry - 1.0)
     spinous = (np.abs(x) <= 4.0) & (y > canal_c + canal_r) & (y <= canal_c + canal_r + 22.0 * sy)
     full = canvas.label[box].shape  # the in-plane parts (arch, spinous process) repeat on every slice
@@ -350,7 +402,7 @@ def _aorta(canvas: _Canvas, rng: np.random.Generator, phase_i: int, sx: float, s
     hu = _AORTA_HU[phase_i] + rng.uniform(-10, 10)
     if box is not None:
         z, y, x = g.coords(box)
-        inside = (x - cx) ** 2 + (y - cy) ** 2 <= radius ** 2  # (1, h, w): a straight tube along D
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2  # (1, h, w): a straight tube along D
         canvas.paint("aorta", hu, box, np.broadcast_to(inside, canvas.label[box].shape))
     return {"present": True, "diameter_mm": round(2 * radius, 1), "hu": round(hu, 1)}
 
@@ -368,8 +420,11 @@ def _lesion_region(spec: OrganSpec, rel: np.ndarray, semi: np.ndarray) -> dict:
         part = "superior" if level > 0.3 else ("inferior" if level < -0.3 else "central")
         return {"region": lobe, "level": part, "side": "left" if lobe == "left lobe" else "right"}
     if spec.name.startswith("kidney") or spec.name == "spleen":
-        part = "upper pole" if level > 0.33 else ("lower pole" if level < -0.33 else
-                                                   ("interpolar region" if spec.name != "spleen" else "mid portion"))
+        part = (
+            "upper pole"
+            if level > 0.33
+            else ("lower pole" if level < -0.33 else ("interpolar region" if spec.name != "spleen" else "mid portion"))
+        )
         return {"region": part, "level": part.split()[0], "side": spec.side}
     if spec.name.startswith("lung"):
         return {"region": "lower lobe", "level": "lower", "side": spec.side}
@@ -391,7 +446,7 @@ def _lesion_hu(kind: str, organ_hu: float, rng: np.random.Generator) -> float:
 _LESION_DIAMETER_MM = {"liver": (10, 40), "spleen": (10, 25), "kidney": (10, 30), "lung": (8, 20)}
 
 
-def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, info: dict) -> List[dict]:
+def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, info: dict) -> list[dict]:
     """Place up to ``organ.max_lesions`` deformed-ellipsoid lesions wholly inside the organ."""
     from scipy import ndimage
 
@@ -411,7 +466,7 @@ def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, in
     # through a centre-distance test instead.
     dist = ndimage.distance_transform_edt(np.pad(organ_mask, 1), sampling=g.spacing)[1:-1, 1:-1, 1:-1]
     zyx = [(np.arange(s.start, s.stop) + 0.5 - g.shape[a] / 2.0) * g.spacing[a] for a, s in enumerate(box)]
-    placed: List[Tuple[np.ndarray, float]] = []
+    placed: list[tuple[np.ndarray, float]] = []
     for _ in range(n):
         diameter = rng.uniform(dmin, dmax)
         r_needed = 0.5 * diameter * 1.15
@@ -422,8 +477,11 @@ def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, in
                 break
         ok = dist >= r_needed
         for c, r in placed:
-            ok &= ((zyx[0][:, None, None] - c[0]) ** 2 + (zyx[1][None, :, None] - c[1]) ** 2
-                   + (zyx[2][None, None, :] - c[2]) ** 2) > (r + r_needed + 2.0) ** 2
+            ok &= (
+                (zyx[0][:, None, None] - c[0]) ** 2
+                + (zyx[1][None, :, None] - c[1]) ** 2
+                + (zyx[2][None, None, :] - c[2]) ** 2
+            ) > (r + r_needed + 2.0) ** 2
         cand = np.flatnonzero(ok.ravel())
         if cand.size == 0:
             break
@@ -441,22 +499,28 @@ def _add_lesions(canvas: _Canvas, rng: np.random.Generator, organ: OrganSpec, in
             continue
         rel = center - info["center_mm"]
         organ_hu = info["hu"]
-        attenuation = ("hypodense" if hu < organ_hu - 10 else "hyperdense" if hu > organ_hu + 10 else "isodense")
+        attenuation = "hypodense" if hu < organ_hu - 10 else "hyperdense" if hu > organ_hu + 10 else "isodense"
         if family == "lung":
             attenuation = "soft-tissue"
-        out.append({
-            "name": name, "organ": organ.name, "kind": kind, "attenuation": attenuation,
-            "diameter_mm": int(round(2 * semi.mean())), "hu": round(float(hu), 1),
-            "center_mm": [round(float(c), 1) for c in center],
-            **_lesion_region(organ, rel, info["semi_mm"]),
-        })
+        out.append(
+            {
+                "name": name,
+                "organ": organ.name,
+                "kind": kind,
+                "attenuation": attenuation,
+                "diameter_mm": int(round(2 * semi.mean())),
+                "hu": round(float(hu), 1),
+                "center_mm": [round(float(c), 1) for c in center],
+                **_lesion_region(organ, rel, info["semi_mm"]),
+            }
+        )
     return out
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def _check_geometry(shape: Sequence[int], spacing: Optional[Sequence[float]]) -> Tuple[tuple, tuple]:
+def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[tuple, tuple]:
     """``(shape, spacing)`` as int / float triples; the default spacing covers ``DEFAULT_FOV_MM``."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
@@ -469,7 +533,7 @@ def _check_geometry(shape: Sequence[int], spacing: Optional[Sequence[float]]) ->
     return shape, spacing
 
 
-def _choose_phase(geo: np.random.Generator, contrast: Optional[str | bool]) -> str:
+def _choose_phase(geo: np.random.Generator, contrast: str | bool | None) -> str:
     """The contrast phase ``contrast`` asks for (None: random, non-contrast 40 %; True: a random
     contrast phase; False: non-contrast; or a name of ``PHASES``)."""
     if contrast is None:
@@ -483,11 +547,12 @@ def _choose_phase(geo: np.random.Generator, contrast: Optional[str | bool]) -> s
     raise ValueError(f"make_phantom: contrast must be one of {PHASES}, True, False or None, got {contrast!r}")
 
 
-def _draw_organs(canvas: _Canvas, geo: np.random.Generator, phase_i: int, sx: float, sy: float,
-                 deform: float) -> Dict[str, dict]:
+def _draw_organs(
+    canvas: _Canvas, geo: np.random.Generator, phase_i: int, sx: float, sy: float, deform: float
+) -> dict[str, dict]:
     """Paint every organ of ``ORGANS`` (or record why it is absent); returns its findings by name."""
     grid = canvas.grid
-    organs: Dict[str, dict] = {}
+    organs: dict[str, dict] = {}
     removed_kidney = None
     for spec in ORGANS:
         info = {"present": True, "side": spec.side, "enlarged": False}
@@ -515,14 +580,20 @@ def _draw_organs(canvas: _Canvas, geo: np.random.Generator, phase_i: int, sx: fl
         if n == 0:
             organs[spec.name] = {"present": False, "side": spec.side, "reason": "outside field of view"}
             continue
-        info.update(enlarged=bool(enlarged), scale=round(float(scale), 3), hu=round(float(hu), 1),
-                    center_mm=center, semi_mm=semi)
+        info.update(
+            enlarged=bool(enlarged),
+            scale=round(float(scale), 3),
+            hu=round(float(hu), 1),
+            center_mm=center,
+            semi_mm=semi,
+        )
         organs[spec.name] = info
     return organs
 
 
-def _render_image(canvas: _Canvas, spacing: tuple, noise_rng: np.random.Generator,
-                  noise_hu: Optional[float]) -> np.ndarray:
+def _render_image(
+    canvas: _Canvas, spacing: tuple, noise_rng: np.random.Generator, noise_hu: float | None
+) -> np.ndarray:
     """Label map -> int16 HU image (D, H, W): HU lookup, partial-volume blur, correlated noise."""
     from scipy import ndimage
 
@@ -541,12 +612,13 @@ def _render_image(canvas: _Canvas, spacing: tuple, noise_rng: np.random.Generato
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16)
 
 
-def _structure_masks(canvas: _Canvas, organs: Dict[str, dict], aorta: dict,
-                     lesion_list: List[dict]) -> Dict[str, np.ndarray]:
+def _structure_masks(
+    canvas: _Canvas, organs: dict[str, dict], aorta: dict, lesion_list: list[dict]
+) -> dict[str, np.ndarray]:
     """Bool (D, H, W) masks of the body, every visible structure (its lesions included), each
     lesion and all lesions together; an organ covered entirely by later structures is marked
     not visible in ``organs``."""
-    masks: Dict[str, np.ndarray] = {"body": canvas.label != _AIR}
+    masks: dict[str, np.ndarray] = {"body": canvas.label != _AIR}
     for name in [o.name for o in ORGANS] + ["aorta", "vertebrae", "ribs"]:
         if name not in canvas.groups:
             continue
@@ -565,8 +637,9 @@ def _structure_masks(canvas: _Canvas, organs: Dict[str, dict], aorta: dict,
     return masks
 
 
-def _measure_organs(organs: Dict[str, dict], masks: Dict[str, np.ndarray], lesion_list: List[dict],
-                    spacing: tuple, depth: int) -> None:
+def _measure_organs(
+    organs: dict[str, dict], masks: dict[str, np.ndarray], lesion_list: list[dict], spacing: tuple, depth: int
+) -> None:
     """Add the measured extent, volume and lesions to each present organ's findings (in place)."""
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     for name, info in organs.items():
@@ -586,11 +659,11 @@ def _measure_organs(organs: Dict[str, dict], masks: Dict[str, np.ndarray], lesio
 def make_phantom(
     seed: int,
     shape: Sequence[int] = (32, 256, 256),
-    spacing: Optional[Sequence[float]] = None,
+    spacing: Sequence[float] | None = None,
     lesions: bool = True,
-    contrast: Optional[str | bool] = None,
-    ribs: Optional[bool] = None,
-    noise_hu: Optional[float] = None,
+    contrast: str | bool | None = None,
+    ribs: bool | None = None,
+    noise_hu: float | None = None,
     deform: float = 0.1,
 ) -> Phantom:
     """Draw one synthetic abdominal CT with masks and texts.
@@ -622,7 +695,7 @@ def make_phantom(
     _spine(canvas, geo, sy)
     if draw_ribs:
         _ribs(canvas, geo, body)
-    lesion_list: List[dict] = []
+    lesion_list: list[dict] = []
     if lesions:
         for spec in ORGANS:
             lesion_list += _add_lesions(canvas, geo, spec, organs[spec.name])
@@ -643,10 +716,16 @@ def make_phantom(
         "spacing_mm": list(spacing),
     }
 
-
     texts = phantom_text.describe(findings, text_rng, available_masks=set(masks))
     return Phantom(
-        seed=int(seed), image=image, masks=masks, spacing=spacing, report=texts["report"],
-        vqa=texts["vqa"], refer=texts["refer"], boxes={k: v for k, v in boxes.items() if v is not None},
-        findings=findings, labels=texts["labels"],
+        seed=int(seed),
+        image=image,
+        masks=masks,
+        spacing=spacing,
+        report=texts["report"],
+        vqa=texts["vqa"],
+        refer=texts["refer"],
+        boxes={k: v for k, v in boxes.items() if v is not None},
+        findings=findings,
+        labels=texts["labels"],
     )

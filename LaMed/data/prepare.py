@@ -19,11 +19,11 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,16 +39,28 @@ from LaMed.data.prepared import (
 )
 from LaMed.data.transforms import get_preset
 
-__all__ = ["PrepareSummary", "prepare_phantoms", "prepare_volumes", "find_volumes", "split_assignment",
-           "PHANTOM_WINDOW"]
+__all__ = [
+    "PrepareSummary",
+    "prepare_phantoms",
+    "prepare_volumes",
+    "find_volumes",
+    "split_assignment",
+    "PHANTOM_WINDOW",
+]
 
 # Phantoms are mapped to [0, 1] with the abdominal soft-tissue window W400/L40 = [-160, 240] HU,
 # the window of the ``m3d`` preset: a phantom contains air and bone, so the preset's min-max after
 # the window is the identity, and phantoms are drawn at the target size, so the only step left
 # would be the foreground crop, which we skip to keep the drawn geometry (and boxes) as they are.
 PHANTOM_WINDOW = (-160.0, 240.0)
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
 
 
 @dataclass
@@ -56,14 +68,14 @@ class PrepareSummary:
     """What a prepare run did. ``str(summary)`` is a short readable report."""
 
     out: Path
-    counts: Dict[str, int] = field(default_factory=dict)  # items per split manifest (all runs)
+    counts: dict[str, int] = field(default_factory=dict)  # items per split manifest (all runs)
     written: int = 0  # cases written by this run
     skipped: int = 0  # cases already complete from an earlier run
     failed: int = 0
     files_written: int = 0
     seconds: float = 0.0
-    errors: List[dict] = field(default_factory=list)  # {"file", "error"}
-    manifests: List[Path] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # {"file", "error"}
+    manifests: list[Path] = field(default_factory=list)
     what: str = "cases"
 
     def __str__(self) -> str:
@@ -131,7 +143,7 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="lamed-parent-watchdog", daemon=True).start()
 
 
-def _worker_init(parent_pid: Optional[int] = None) -> None:
+def _worker_init(parent_pid: int | None = None) -> None:
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     os.environ.update({k: "1" for k in _THREAD_VARS})
@@ -153,8 +165,9 @@ def _start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, desc: str,
-               progress: Optional[bool]) -> Iterator[dict]:
+def _run_tasks(
+    fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, desc: str, progress: bool | None
+) -> Iterator[dict]:
     """Yield ``fn(task)`` for every task (in completion order); a crashed worker yields a failure."""
     from tqdm.auto import tqdm
 
@@ -167,8 +180,9 @@ def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, 
             return
         ctx = mp.get_context(_start_method())
         with _single_thread_env():
-            ex = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init,
-                                     initargs=(os.getpid(),))
+            ex = ProcessPoolExecutor(
+                max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+            )
             futures = {ex.submit(fn, t): t for t in tasks}
         try:
             for fut in as_completed(futures):
@@ -176,8 +190,12 @@ def _run_tasks(fn: Callable[[dict], dict], tasks: Sequence[dict], workers: int, 
                     res = fut.result()
                 except Exception as exc:  # the worker died (e.g. killed for memory)
                     t = futures[fut]
-                    res = {"status": "failed", "id": t["id"], "file": t.get("src", t["id"]),
-                           "error": f"worker process failed: {type(exc).__name__}: {exc}"}
+                    res = {
+                        "status": "failed",
+                        "id": t["id"],
+                        "file": t.get("src", t["id"]),
+                        "error": f"worker process failed: {type(exc).__name__}: {exc}",
+                    }
                 yield res
                 bar.update(1)
         finally:
@@ -190,7 +208,7 @@ def record_path(out: Path, item_id: str) -> Path:
     return out / "records" / f"{item_id}.json"
 
 
-def read_record(out: Path, item_id: str) -> Optional[dict]:
+def read_record(out: Path, item_id: str) -> dict | None:
     p = record_path(out, item_id)
     try:
         rec = json.loads(p.read_text(encoding="utf-8"))
@@ -201,10 +219,11 @@ def read_record(out: Path, item_id: str) -> Optional[dict]:
     return rec
 
 
-def write_manifests(out: Path, dataset: str, preset: Optional[str], extra: dict,
-                     splits: Optional[Iterable[str]] = None) -> Tuple[Dict[str, int], List[Path]]:
+def write_manifests(
+    out: Path, dataset: str, preset: str | None, extra: dict, splits: Iterable[str] | None = None
+) -> tuple[dict[str, int], list[Path]]:
     """Rebuild ``<split>.json`` from every record in ``out/records`` (earlier runs included)."""
-    by_split: Dict[str, List[dict]] = {}
+    by_split: dict[str, list[dict]] = {}
     for p in sorted((out / "records").glob("*.json")):
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
@@ -224,7 +243,7 @@ def write_manifests(out: Path, dataset: str, preset: Optional[str], extra: dict,
     return counts, paths
 
 
-def write_error_report(out: Path, errors: List[dict]) -> None:
+def write_error_report(out: Path, errors: list[dict]) -> None:
     """This run's failures in ``errors.json`` and ``errors.txt``; a clean run removes stale reports."""
     if not errors:
         for name in ("errors.json", "errors.txt"):
@@ -235,9 +254,18 @@ def write_error_report(out: Path, errors: List[dict]) -> None:
     atomic_write_bytes(out / "errors.txt", lambda f: f.write(text))
 
 
-def run_tasks(out: Path, tasks: List[dict], fn, workers: int, desc: str, progress: Optional[bool],
-             overwrite: bool, same_params: Callable[[dict, dict], bool], summary: PrepareSummary,
-             manifest_args: dict) -> PrepareSummary:
+def run_tasks(
+    out: Path,
+    tasks: list[dict],
+    fn,
+    workers: int,
+    desc: str,
+    progress: bool | None,
+    overwrite: bool,
+    same_params: Callable[[dict, dict], bool],
+    summary: PrepareSummary,
+    manifest_args: dict,
+) -> PrepareSummary:
     """Skip complete tasks, run the rest, then (even on interruption) write errors and manifests."""
     t0 = time.perf_counter()
     todo = []
@@ -266,7 +294,7 @@ def run_tasks(out: Path, tasks: List[dict], fn, workers: int, desc: str, progres
 # --------------------------------------------------------------------------- phantoms
 
 
-def split_assignment(n: int, seed: int, val_fraction: float, test_fraction: float) -> List[str]:
+def split_assignment(n: int, seed: int, val_fraction: float, test_fraction: float) -> list[str]:
     """Split name of each of ``n`` cases: a seeded permutation, the first ``round(n*test)`` to
     ``test``, the next ``round(n*val)`` to ``validation`` (half-up rounding), the rest to ``train``."""
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -319,8 +347,15 @@ def _phantom_task(t: dict) -> dict:
             item["masks"][name] = write_mask(out, t["id"], name, m)
             files += 1
         refer = [r for r in ph.refer if r["target"] in item["masks"]]
-        item.update(text=ph.report, vqa=ph.vqa, refer=refer, boxes=boxes, labels=ph.labels,
-                    source=f"synthetic phantom seed={t['seed']}", findings=ph.findings)
+        item.update(
+            text=ph.report,
+            vqa=ph.vqa,
+            refer=refer,
+            boxes=boxes,
+            labels=ph.labels,
+            source=f"synthetic phantom seed={t['seed']}",
+            findings=ph.findings,
+        )
         write_json_atomic(record_path(out, t["id"]), {"split": t["split"], "params": t["params"], "item": item})
         return {"status": "written", "id": t["id"], "files": files + 1}
     except Exception as exc:
@@ -335,10 +370,10 @@ def prepare_phantoms(
     val_fraction: float = 0.125,
     test_fraction: float = 0.125,
     workers: int = 1,
-    window: Tuple[float, float] = PHANTOM_WINDOW,
-    preset: Optional[str] = None,
+    window: tuple[float, float] = PHANTOM_WINDOW,
+    preset: str | None = None,
     overwrite: bool = False,
-    progress: Optional[bool] = None,
+    progress: bool | None = None,
 ) -> PrepareSummary:
     """Write ``n`` synthetic phantoms (``phantom_00000`` has seed ``seed``, the next ``seed + 1``, ...)
     in the prepared format, with train / validation / test manifests.
@@ -364,8 +399,18 @@ def prepare_phantoms(
     tasks = []
     for i in range(int(n)):
         params = {"seed": seed + i, "shape": list(shape), "window": [lo, hi], "preset": preset}
-        tasks.append({"id": f"phantom_{i:05d}", "out": str(out), "seed": seed + i, "shape": shape,
-                      "window": (lo, hi), "preset": preset, "split": splits[i], "params": params})
+        tasks.append(
+            {
+                "id": f"phantom_{i:05d}",
+                "out": str(out),
+                "seed": seed + i,
+                "shape": shape,
+                "window": (lo, hi),
+                "preset": preset,
+                "split": splits[i],
+                "params": params,
+            }
+        )
     # Records of phantoms beyond this run's n (an earlier, larger run) would leak into the
     # manifests; a phantom set is defined by (n, seed), so drop them.
     keep = {t["id"] for t in tasks}
@@ -376,15 +421,24 @@ def prepare_phantoms(
             shutil.rmtree(out / "masks" / p.stem, ignore_errors=True)
     summary = PrepareSummary(out, what=f"{n} phantoms {'x'.join(map(str, shape))}")
     extra = {"window": [lo, hi]} if preset is None else {}
-    return run_tasks(out, tasks, _phantom_task, workers, "phantoms", progress, overwrite,
-                    lambda a, b: a == b, summary,
-                    dict(dataset="phantom", preset=preset, extra=extra, splits=SPLITS))
+    return run_tasks(
+        out,
+        tasks,
+        _phantom_task,
+        workers,
+        "phantoms",
+        progress,
+        overwrite,
+        lambda a, b: a == b,
+        summary,
+        dict(dataset="phantom", preset=preset, extra=extra, splits=SPLITS),
+    )
 
 
 # --------------------------------------------------------------------------- any volumes
 
 
-def find_volumes(src: str | Path) -> List[Path]:
+def find_volumes(src: str | Path) -> list[Path]:
     """Volumes under ``src`` (recursively, sorted): see :func:`LaMed.data.io_guard.find_volumes`, the
     one discovery rule shared with ``lamed predict --batch``."""
 
@@ -400,7 +454,7 @@ def _volume_id(rel: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "_")).strip("._") or "volume"
 
 
-def _fingerprint(p: Path) -> List[int]:
+def _fingerprint(p: Path) -> list[int]:
     """(size, mtime_ns) of a file, or of the newest file of a DICOM folder: an edited source is redone."""
     if p.is_dir():
         stats = [f.stat() for f in p.iterdir() if f.is_file()]
@@ -418,14 +472,17 @@ def check_prepared_contrast(source: np.ndarray, image: np.ndarray, spacing, pres
     """
     src = np.asarray(source)
     if src.size and src.min() == src.max():
-        raise ValueError(f"every voxel of the volume equals {src.flat[0].item()!r}: a constant image has no contrast "
-                         "to prepare")
+        raise ValueError(
+            f"every voxel of the volume equals {src.flat[0].item()!r}: a constant image has no contrast to prepare"
+        )
     out = np.asarray(image)
     if out.size and float(out.min()) == float(out.max()):
         sp = ", ".join(f"{float(v):.4g}" for v in spacing)
-        raise ValueError(f"the prepared image is constant ({float(out.min()):g}) after preset {preset!r} "
-                         f"(source spacing {sp} mm): nothing of the volume survived the preprocessing; "
-                         "check the spacing and the preset's window / crop")
+        raise ValueError(
+            f"the prepared image is constant ({float(out.min()):g}) after preset {preset!r} "
+            f"(source spacing {sp} mm): nothing of the volume survived the preprocessing; "
+            "check the spacing and the preset's window / crop"
+        )
 
 
 def _volume_task(t: dict) -> dict:
@@ -463,9 +520,9 @@ def prepare_volumes(
     workers: int = 1,
     split: str = "all",
     overwrite: bool = False,
-    limit: Optional[int] = None,
-    progress: Optional[bool] = None,
-    series_uid: Optional[str] = None,
+    limit: int | None = None,
+    progress: bool | None = None,
+    series_uid: str | None = None,
     resample_slice_gaps: bool = False,
 ) -> PrepareSummary:
     """Prepare every volume under ``src`` (see ``find_volumes``) with ``preset`` into ``out``.
@@ -493,8 +550,10 @@ def prepare_volumes(
     src, out = Path(src).resolve(), Path(out).resolve()
     sources = [p for p in find_volumes(src) if out not in p.parents and p != out]
     if not sources:
-        raise FileNotFoundError(f"{src}: no volumes found (looked for {', '.join(_VOLUME_SUFFIXES)} files and "
-                                "DICOM series folders); nothing to prepare")
+        raise FileNotFoundError(
+            f"{src}: no volumes found (looked for {', '.join(_VOLUME_SUFFIXES)} files and "
+            "DICOM series folders); nothing to prepare"
+        )
     if limit is not None:
         sources = sources[: int(limit)]
     out.mkdir(parents=True, exist_ok=True)
@@ -517,9 +576,28 @@ def prepare_volumes(
             params["series_uid"] = uid
         if gaps != "refuse":
             params["slice_gaps"] = gaps
-        tasks.append({"id": vid, "out": str(out), "src": str(p), "preset": preset, "split": split,
-                      "series_uid": uid, "slice_gaps": gaps, "params": params})
+        tasks.append(
+            {
+                "id": vid,
+                "out": str(out),
+                "src": str(p),
+                "preset": preset,
+                "split": split,
+                "series_uid": uid,
+                "slice_gaps": gaps,
+                "params": params,
+            }
+        )
     summary = PrepareSummary(out, what=f"{len(tasks)} volumes from {src} (preset {preset})")
-    return run_tasks(out, tasks, _volume_task, workers, "volumes", progress, overwrite,
-                    lambda a, b: a == b, summary,
-                    dict(dataset=src.name or "volumes", preset=preset, extra={}, splits=None))
+    return run_tasks(
+        out,
+        tasks,
+        _volume_task,
+        workers,
+        "volumes",
+        progress,
+        overwrite,
+        lambda a, b: a == b,
+        summary,
+        dict(dataset=src.name or "volumes", preset=preset, extra={}, splits=None),
+    )

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +35,24 @@ from LaMed.data.presets import preset_spec
 from ..utils.atomic import atomic_write_bytes, save_npy_atomic, write_json_atomic
 
 __all__ = [
-    "FORMAT", "SPLITS", "PreparedError", "PreparedReport", "atomic_write_bytes", "save_npy_atomic",
-    "write_json_atomic", "write_image", "write_mask", "write_manifest", "load_manifest", "load_image",
-    "load_masks", "validate_prepared", "manifest_dir", "unsafe_relpath", "check_item_paths", "resolve_in_root",
+    "FORMAT",
+    "SPLITS",
+    "PreparedError",
+    "PreparedReport",
+    "atomic_write_bytes",
+    "save_npy_atomic",
+    "write_json_atomic",
+    "write_image",
+    "write_mask",
+    "write_manifest",
+    "load_manifest",
+    "load_image",
+    "load_masks",
+    "validate_prepared",
+    "manifest_dir",
+    "unsafe_relpath",
+    "check_item_paths",
+    "resolve_in_root",
 ]
 
 FORMAT = "lamed.prepared/1"
@@ -81,10 +97,17 @@ def write_mask(out_dir: str | Path, item_id: str, name: str, mask: np.ndarray) -
     return rel
 
 
-def write_manifest(out_dir: str | Path, split: str, items: Sequence[dict], *, dataset: str,
-                   preset: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> Path:
+def write_manifest(
+    out_dir: str | Path,
+    split: str,
+    items: Sequence[dict],
+    *,
+    dataset: str,
+    preset: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``<out_dir>/<split>.json`` (atomically); items are validated first."""
-    manifest: Dict[str, Any] = {"format": FORMAT, "dataset": dataset, "split": split}
+    manifest: dict[str, Any] = {"format": FORMAT, "dataset": dataset, "split": split}
     if preset is not None:
         manifest["preset"] = preset
     manifest.update(extra or {})
@@ -110,7 +133,7 @@ def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def unsafe_relpath(rel: str) -> Optional[str]:
+def unsafe_relpath(rel: str) -> str | None:
     """Why ``rel`` may not be used as a path inside a dataset folder, or None when it is safe.
 
     Manifest paths are joined to the manifest's folder; an absolute path or a ``..`` component
@@ -127,7 +150,7 @@ def unsafe_relpath(rel: str) -> Optional[str]:
     return None
 
 
-def item_file_fields(item: Mapping) -> Dict[str, str]:
+def item_file_fields(item: Mapping) -> dict[str, str]:
     """``{field: relative path}`` of every file an item names: ``image``, each mask, and any other
     string field ending in ``.npy`` (slice stacks, slice features, ...) but ``source``, which
     records where the item came from and is never read."""
@@ -194,7 +217,7 @@ def _validate_item(item: Any, path, where: str) -> None:
     for j, ref in enumerate(item.get("refer", [])):
         w = f"{where}.refer[{j}]"
         if not isinstance(ref, dict) or not isinstance(ref.get("text"), str) or not isinstance(ref.get("target"), str):
-            _fail(path, w, "expected {\"text\": str, \"target\": str}")
+            _fail(path, w, 'expected {"text": str, "target": str}')
         if masks and ref["target"] not in masks:
             _fail(path, f"{w}.target", f"{ref['target']!r} is not one of the item's masks")
     boxes = item.get("boxes", {})
@@ -203,7 +226,11 @@ def _validate_item(item: Any, path, where: str) -> None:
     for name, b in boxes.items():
         ok = isinstance(b, list) and len(b) == 6 and all(_is_num(v) and -1e-6 <= v <= 1 + 1e-6 for v in b)
         if not ok or any(b[i] > b[i + 3] for i in range(3)):
-            _fail(path, f"{where}.boxes.{name}", f"expected [d0, h0, w0, d1, h1, w1] in [0, 1] with starts <= ends, got {b!r}")
+            _fail(
+                path,
+                f"{where}.boxes.{name}",
+                f"expected [d0, h0, w0, d1, h1, w1] in [0, 1] with starts <= ends, got {b!r}",
+            )
     labels = item.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
         _fail(path, f"{where}.labels", "expected a list of strings")
@@ -271,8 +298,9 @@ def load_image(manifest_path_or_dir: str | Path, item: Mapping | str, mmap: bool
     return arr
 
 
-def load_masks(manifest_path_or_dir: str | Path, item: Mapping, names: Optional[Iterable[str]] = None,
-               mmap: bool = True) -> Dict[str, np.ndarray]:
+def load_masks(
+    manifest_path_or_dir: str | Path, item: Mapping, names: Iterable[str] | None = None, mmap: bool = True
+) -> dict[str, np.ndarray]:
     """The item's masks (all, or ``names``), each ``(1, D, H, W)`` uint8."""
     base = manifest_dir(manifest_path_or_dir)
     masks = item.get("masks", {})
@@ -297,9 +325,9 @@ class PreparedReport:
     """Result of ``validate_prepared``: items per split, files checked and the problems found."""
 
     root: Path
-    counts: Dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
     files_checked: int = 0
-    problems: List[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -341,7 +369,9 @@ def validate_prepared(root: str | Path, check_values: bool = False, raise_on_err
                 img = load_image(mpath, item)
                 report.files_checked += 1
                 if "shape" in item and list(img.shape) != list(item["shape"]):
-                    report.problems.append(f"{mpath}: items[{i}].shape: {item['shape']} but the image is {list(img.shape)}")
+                    report.problems.append(
+                        f"{mpath}: items[{i}].shape: {item['shape']} but the image is {list(img.shape)}"
+                    )
                 if check_values and img.size:
                     lo, hi = float(img.min()), float(img.max())
                     if lo < 0 or hi > 1 or not np.isfinite([lo, hi]).all():
@@ -349,8 +379,9 @@ def validate_prepared(root: str | Path, check_values: bool = False, raise_on_err
                 for name, mask in load_masks(mpath, item).items():
                     report.files_checked += 1
                     if mask.shape != img.shape:
-                        report.problems.append(f"{root / item['masks'][name]}: mask shape {mask.shape} differs "
-                                               f"from its image {img.shape}")
+                        report.problems.append(
+                            f"{root / item['masks'][name]}: mask shape {mask.shape} differs from its image {img.shape}"
+                        )
             except PreparedError as exc:
                 report.problems.append(f"{mpath.name} items[{i}] ({item.get('id')}): {exc}")
     if raise_on_error and report.problems:
@@ -358,7 +389,7 @@ def validate_prepared(root: str | Path, check_values: bool = False, raise_on_err
     return report
 
 
-def manifest_preprocessing(path: str | Path) -> Optional[dict]:
+def manifest_preprocessing(path: str | Path) -> dict | None:
     """The preprocessing that produced a prepared split, as a model config stores it
     (:func:`LaMed.data.presets.preset_spec`), so a model trained on it is later fed scanner volumes the
     same way; ``None`` when the manifest does not say (then nothing is stored).

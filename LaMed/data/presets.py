@@ -21,8 +21,8 @@ pipeline resamples before cropping.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,14 +44,22 @@ from LaMed.data.transforms import (
 )
 from LaMed.utils.registry import Registry
 
-__all__ = ["Preset", "WINDOWS", "register_preset", "list_presets", "get_preset", "apply_preset", "preset_spec",
-           "preset_from_spec"]
+__all__ = [
+    "Preset",
+    "WINDOWS",
+    "register_preset",
+    "list_presets",
+    "get_preset",
+    "apply_preset",
+    "preset_spec",
+    "preset_from_spec",
+]
 
 NORMALIZATIONS = ("minmax", "percentile", "segvol", "slice_minmax", "none")
 IMAGE_MODES = ("trilinear", "nearest-exact", "nearest")
 MASK_MODES = ("nearest", "nearest-exact")
 
-WINDOWS: Dict[str, Tuple[float, float]] = {
+WINDOWS: dict[str, tuple[float, float]] = {
     # W400 / L40: the usual abdominal soft-tissue display window; FLARE25's window for CT-AMOS.
     "soft_tissue": (-160.0, 240.0),
     # Med3DVLM's FLARE25 window for every non-AMOS (chest, CT-RATE) case.
@@ -84,17 +92,17 @@ class Preset:
     """
 
     name: str
-    size: Optional[Tuple[int, int, int]]
-    spacing: Optional[Tuple[float, float, float]] = None
-    window: Optional[Tuple[float, float]] = None
+    size: tuple[int, int, int] | None
+    spacing: tuple[float, float, float] | None = None
+    window: tuple[float, float] | None = None
     normalize: str = "minmax"
     crop_foreground: bool = True
     description: str = ""
     image_mode: str = "trilinear"
     mask_mode: str = "nearest"
     antialias: bool = False
-    percentiles: Optional[Tuple[float, float]] = None
-    slices: Optional[int] = None
+    percentiles: tuple[float, float] | None = None
+    slices: int | None = None
 
     def __post_init__(self):
         def bad(field, msg):
@@ -150,91 +158,143 @@ def get_preset(name: str) -> Preset:
 # The published pipelines.
 # ------------------------------------------------------------------------------------------
 
-register_preset(Preset(
-    "m3d", (32, 256, 256), window=WINDOWS["soft_tissue"],
-    description=(
-        "M3D-LaMed / M3D-CLIP input (32x256x256): HU window -> min-max -> CropForeground (>0) -> "
-        "trilinear resize; masks nearest (M3D-Seg). M3D-Cap was built from Radiopaedia PNGs that "
-        "were already display-windowed, so the paper has no HU window; the authors advise "
-        "windowing for the target anatomy (BAAI-DCAI/M3D#18). We take the abdominal soft-tissue "
-        "window W400/L40 = [-160, 240] HU, the common display window and the one Med3DVLM uses "
-        "for abdominal CT; use dataclasses.replace(..., window=WINDOWS['flare_chest']) for lungs."
+register_preset(
+    Preset(
+        "m3d",
+        (32, 256, 256),
+        window=WINDOWS["soft_tissue"],
+        description=(
+            "M3D-LaMed / M3D-CLIP input (32x256x256): HU window -> min-max -> CropForeground (>0) -> "
+            "trilinear resize; masks nearest (M3D-Seg). M3D-Cap was built from Radiopaedia PNGs that "
+            "were already display-windowed, so the paper has no HU window; the authors advise "
+            "windowing for the target anatomy (BAAI-DCAI/M3D#18). We take the abdominal soft-tissue "
+            "window W400/L40 = [-160, 240] HU, the common display window and the one Med3DVLM uses "
+            "for abdominal CT; use dataclasses.replace(..., window=WINDOWS['flare_chest']) for lungs."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "m3d_seg",
+        (32, 256, 256),
+        normalize="segvol",
+        percentiles=(0.05, 99.95),
+        description=(
+            "M3D-Seg: SegVol foreground normalisation (clip to the [0.05, 99.95] percentiles of the "
+            "voxels above the mean, z-score) -> min-max -> CropForeground -> trilinear resize "
+            "32x256x256; masks nearest."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "m3d_refseg",
+        (32, 256, 256),
+        normalize="percentile",
+        percentiles=(0.5, 99.5),
+        description=(
+            "M3D-RefSeg: ScaleIntensityRangePercentiles 0.5-99.5 -> [0, 1] (clipped) -> "
+            "CropForeground -> trilinear resize 32x256x256; masks nearest. Also a sensible MR preset."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "segvol",
+        (32, 256, 256),
+        normalize="segvol",
+        percentiles=(0.05, 99.95),
+        image_mode="nearest-exact",
+        mask_mode="nearest-exact",
+        description=(
+            "SegVol zoom-out volume: foreground normalisation -> min-max -> CropForeground (>0) -> "
+            "resize to 32x256x256 with nearest-exact for image and masks. SegVol's SpatialPad to "
+            "32x256x256 before the crop is omitted: padded voxels are 0, so the crop removes them. "
+            "The z-score cancels in the min-max; it changes nothing in [0, 1]."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "med3dvlm",
+        (128, 256, 256),
+        window=WINDOWS["soft_tissue"],
+        description=(
+            "Med3DVLM / DCFormer / Text3DSAM input (128x256x256): window -> min-max -> "
+            "CropForeground -> trilinear resize; masks nearest. Med3DVLM's M3D-Cap data had no HU "
+            "window (pre-windowed PNGs); for raw CT we use its own FLARE25 abdominal window "
+            "[-160, 240] HU (WINDOWS['flare_chest'] = [-1350, 150] is its chest window)."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "flare",
+        (128, 256, 256),
+        window=WINDOWS["soft_tissue"],
+        crop_foreground=False,
+        antialias=True,
+        description=(
+            "FLARE25 Task 5 (Med3DVLM FLARE branch), abdominal CT-AMOS cases: clip [-160, 240] HU -> "
+            "min-max -> skimage resize to 128x256x256 with anti-aliasing (Gaussian pre-filter, "
+            "sigma (factor-1)/2), no crop; masks nearest."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "flare_chest",
+        (128, 256, 256),
+        window=WINDOWS["flare_chest"],
+        crop_foreground=False,
+        antialias=True,
+        description="FLARE25 Task 5 non-AMOS (chest, CT-RATE) cases: as 'flare' with the [-1350, 150] HU window.",
+    )
+)
+register_preset(
+    Preset(
+        "hsenet",
+        (32, 256, 256),
+        spacing=(1.5, 0.75, 0.75),
+        window=WINDOWS["ct_rate"],
+        description=(
+            "HSENet CT-RATE 3D volumes: clip [-1000, 200] HU -> trilinear resample to 1.5 (D) / "
+            "0.75 / 0.75 mm with size floor(n * spacing / target) -> global min-max -> "
+            "CropForeground (>0, drops the air margin) -> trilinear resize 32x256x256; masks nearest."
+        ),
     ),
-))
-register_preset(Preset(
-    "m3d_seg", (32, 256, 256), normalize="segvol", percentiles=(0.05, 99.95),
-    description=(
-        "M3D-Seg: SegVol foreground normalisation (clip to the [0.05, 99.95] percentiles of the "
-        "voxels above the mean, z-score) -> min-max -> CropForeground -> trilinear resize "
-        "32x256x256; masks nearest."
-    ),
-))
-register_preset(Preset(
-    "m3d_refseg", (32, 256, 256), normalize="percentile", percentiles=(0.5, 99.5),
-    description=(
-        "M3D-RefSeg: ScaleIntensityRangePercentiles 0.5-99.5 -> [0, 1] (clipped) -> "
-        "CropForeground -> trilinear resize 32x256x256; masks nearest. Also a sensible MR preset."
-    ),
-))
-register_preset(Preset(
-    "segvol", (32, 256, 256), normalize="segvol", percentiles=(0.05, 99.95),
-    image_mode="nearest-exact", mask_mode="nearest-exact",
-    description=(
-        "SegVol zoom-out volume: foreground normalisation -> min-max -> CropForeground (>0) -> "
-        "resize to 32x256x256 with nearest-exact for image and masks. SegVol's SpatialPad to "
-        "32x256x256 before the crop is omitted: padded voxels are 0, so the crop removes them. "
-        "The z-score cancels in the min-max; it changes nothing in [0, 1]."
-    ),
-))
-register_preset(Preset(
-    "med3dvlm", (128, 256, 256), window=WINDOWS["soft_tissue"],
-    description=(
-        "Med3DVLM / DCFormer / Text3DSAM input (128x256x256): window -> min-max -> "
-        "CropForeground -> trilinear resize; masks nearest. Med3DVLM's M3D-Cap data had no HU "
-        "window (pre-windowed PNGs); for raw CT we use its own FLARE25 abdominal window "
-        "[-160, 240] HU (WINDOWS['flare_chest'] = [-1350, 150] is its chest window)."
-    ),
-))
-register_preset(Preset(
-    "flare", (128, 256, 256), window=WINDOWS["soft_tissue"], crop_foreground=False, antialias=True,
-    description=(
-        "FLARE25 Task 5 (Med3DVLM FLARE branch), abdominal CT-AMOS cases: clip [-160, 240] HU -> "
-        "min-max -> skimage resize to 128x256x256 with anti-aliasing (Gaussian pre-filter, "
-        "sigma (factor-1)/2), no crop; masks nearest."
-    ),
-))
-register_preset(Preset(
-    "flare_chest", (128, 256, 256), window=WINDOWS["flare_chest"], crop_foreground=False,
-    antialias=True,
-    description="FLARE25 Task 5 non-AMOS (chest, CT-RATE) cases: as 'flare' with the [-1350, 150] HU window.",
-))
-register_preset(Preset(
-    "hsenet", (32, 256, 256), spacing=(1.5, 0.75, 0.75), window=WINDOWS["ct_rate"],
-    description=(
-        "HSENet CT-RATE 3D volumes: clip [-1000, 200] HU -> trilinear resample to 1.5 (D) / "
-        "0.75 / 0.75 mm with size floor(n * spacing / target) -> global min-max -> "
-        "CropForeground (>0, drops the air margin) -> trilinear resize 32x256x256; masks nearest."
-    ),
-), "ct_rate")
-register_preset(Preset(
-    "hsenet_bimcv", (32, 256, 256), window=WINDOWS["ct_rate"],
-    description=(
-        "HSENet BIMCV-R 3D volumes: as 'hsenet' without the spacing resample (the published "
-        "script does not resample), i.e. clip [-1000, 200] -> min-max -> crop -> resize."
-    ),
-))
-register_preset(Preset(
-    "hsenet_slices", None, spacing=(1.5, 0.75, 0.75), window=WINDOWS["ct_rate_slices"],
-    normalize="slice_minmax", crop_foreground=False, slices=32,
-    description=(
-        "HSENet 2D-slice branch (input of the BiomedCLIP slice encoder): clip [-1000, 1000] HU "
-        "(/1000) -> resample to 1.5/0.75/0.75 mm -> 32 evenly spaced slices "
-        "(round(linspace(0, D-1, 32)); linear interpolation when D < 32) -> min-max per slice. "
-        "Output (1, 32, H, W) at the resampled in-plane size; ['image'][0] is the (32, H, W) "
-        "stack. The published JPEG export (uint8, rotated -90 deg) is left to the writer: our "
-        "canonical (D, H, W) slices are already in radiological display orientation."
-    ),
-))
+    "ct_rate",
+)
+register_preset(
+    Preset(
+        "hsenet_bimcv",
+        (32, 256, 256),
+        window=WINDOWS["ct_rate"],
+        description=(
+            "HSENet BIMCV-R 3D volumes: as 'hsenet' without the spacing resample (the published "
+            "script does not resample), i.e. clip [-1000, 200] -> min-max -> crop -> resize."
+        ),
+    )
+)
+register_preset(
+    Preset(
+        "hsenet_slices",
+        None,
+        spacing=(1.5, 0.75, 0.75),
+        window=WINDOWS["ct_rate_slices"],
+        normalize="slice_minmax",
+        crop_foreground=False,
+        slices=32,
+        description=(
+            "HSENet 2D-slice branch (input of the BiomedCLIP slice encoder): clip [-1000, 1000] HU "
+            "(/1000) -> resample to 1.5/0.75/0.75 mm -> 32 evenly spaced slices "
+            "(round(linspace(0, D-1, 32)); linear interpolation when D < 32) -> min-max per slice. "
+            "Output (1, 32, H, W) at the resampled in-plane size; ['image'][0] is the (32, H, W) "
+            "stack. The published JPEG export (uint8, rotated -90 deg) is left to the writer: our "
+            "canonical (D, H, W) slices are already in radiological display orientation."
+        ),
+    )
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -242,9 +302,7 @@ register_preset(Preset(
 # ------------------------------------------------------------------------------------------
 
 
-def _validate(
-    image, spacing, masks
-) -> tuple[np.ndarray, tuple[float, float, float], Dict[str, np.ndarray]]:
+def _validate(image, spacing, masks) -> tuple[np.ndarray, tuple[float, float, float], dict[str, np.ndarray]]:
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -269,15 +327,13 @@ def _validate(
         raise TypeError(f"apply_preset: spacing must be three numbers (D, H, W) in mm, got {spacing!r}") from None
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"apply_preset: spacing must be three positive finite mm values (D, H, W), got {spacing!r}")
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for name, m in (masks or {}).items():
         if isinstance(m, torch.Tensor):
             m = m.detach().cpu().numpy()
         m = np.asarray(m)
         if m.shape != image.shape:
-            raise ValueError(
-                f"apply_preset: mask {name!r} has shape {m.shape} but the image has shape {image.shape}"
-            )
+            raise ValueError(f"apply_preset: mask {name!r} has shape {m.shape} but the image has shape {image.shape}")
         if m.dtype != np.bool_ and m.dtype != np.uint8:
             if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
                 raise TypeError(f"apply_preset: mask {name!r} has non-numeric dtype {m.dtype}")
@@ -304,7 +360,7 @@ def _first_map(p: Preset, a: np.ndarray) -> IntensityMap:
     return window_map(*p.window) if p.window is not None else IntensityMap()
 
 
-def _select(a: np.ndarray, index: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+def _select(a: np.ndarray, index: Sequence[np.ndarray | None]) -> np.ndarray:
     """Apply per-axis nearest-neighbour selections (input index of each output position) to a label array.
 
     Index arrays, not 0/1 matrices: composing resample -> crop -> resize is indexing one array
@@ -317,10 +373,10 @@ def _select(a: np.ndarray, index: Sequence[Optional[np.ndarray]]) -> np.ndarray:
 
 
 def apply_preset(
-    name_or_preset: Union[str, Preset],
+    name_or_preset: str | Preset,
     image: np.ndarray,
     spacing: Sequence[float],
-    masks: Optional[Mapping[str, np.ndarray]] = None,
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Prepare a canonical volume with a published preprocessing pipeline.
 
@@ -361,7 +417,7 @@ def apply_preset(
         f = f.then_min_max(float(src.min()), float(src.max()))
 
     shape = src.shape
-    box: Optional[Box] = None
+    box: Box | None = None
     if p.crop_foreground:
         t = f.foreground_threshold()
         box = foreground_box(src, t) if t is not None else None
@@ -369,7 +425,7 @@ def apply_preset(
         box = (0, 0, 0, *shape)
     lo, hi = box[:3], box[3:]
     crop_n = [b - a for a, b in zip(lo, hi)]
-    view = src[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    view = src[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
 
     if p.image_mode == "trilinear":
         d_op = (antialias_op if p.antialias else linear_op)(crop_n[0], p.size[0])
@@ -416,10 +472,7 @@ def _apply_slices(p, raw, f, mid, pre_mask, src_sp, mask_in) -> dict:
     d_img = sel_img @ linear_op(raw.shape[0], n_mid)
     d_mask = pre_mask[0][sel_mask] if pre_mask[0] is not None else sel_mask
     out = slice_min_max(render(raw, d_img, mid[1:], intensity=f)).clamp_(0.0, 1.0)
-    masks = {
-        name: _select(m, [d_mask, pre_mask[1], pre_mask[2]]).astype(np.uint8)[None]
-        for name, m in mask_in.items()
-    }
+    masks = {name: _select(m, [d_mask, pre_mask[1], pre_mask[2]]).astype(np.uint8)[None] for name, m in mask_in.items()}
     return {
         "image": out.numpy()[None],
         "masks": masks,
@@ -433,11 +486,21 @@ def _apply_slices(p, raw, f, mid, pre_mask, src_sp, mask_in) -> dict:
 # Preprocessing stored with a model
 # ------------------------------------------------------------------------------------------
 
-_SPEC_FIELDS = ("size", "spacing", "window", "normalize", "crop_foreground", "image_mode", "mask_mode", "antialias",
-                "percentiles", "slices")
+_SPEC_FIELDS = (
+    "size",
+    "spacing",
+    "window",
+    "normalize",
+    "crop_foreground",
+    "image_mode",
+    "mask_mode",
+    "antialias",
+    "percentiles",
+    "slices",
+)
 
 
-def preset_spec(name_or_preset: Union[str, Preset], **overrides) -> dict:
+def preset_spec(name_or_preset: str | Preset, **overrides) -> dict:
     """A JSON-able record of a preset and the fields that differ from it, as a model config stores it:
     ``{"preset": "m3d", "window": [-160.0, 240.0], "size": [32, 256, 256]}``.
 
@@ -458,7 +521,7 @@ def preset_spec(name_or_preset: Union[str, Preset], **overrides) -> dict:
     return spec
 
 
-def preset_from_spec(spec: Union[str, Mapping]) -> Preset:
+def preset_from_spec(spec: str | Mapping) -> Preset:
     """The :class:`Preset` a stored record (or a bare preset name) describes; errors name the field."""
     import dataclasses
 

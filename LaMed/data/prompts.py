@@ -9,7 +9,7 @@ caption phrasings (M3D), 50 RadGenome location phrasings (HSENet) and a fixed FL
 from __future__ import annotations
 
 import random
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 CAPTION_TEMPLATES = (
     "Write the findings for this CT volume.",
@@ -49,11 +49,13 @@ RADGENOME_TEMPLATES = (
 # FLARE 2025 Task 5 (Med3DVLM-FLARE): system prompts as published in substance.
 FLARE_REPORT_SYSTEM = "You are an AI assistant trained to act as an abdominal radiologist."
 FLARE_REPORT_PROMPT = "Please describe in detail the findings in this abdomen CT scan."
-FLARE_VQA_SYSTEM = ("You are an AI assistant acting as a radiologist tasked with answering a multiple-choice "
-                    "question based on a CT scan.")
+FLARE_VQA_SYSTEM = (
+    "You are an AI assistant acting as a radiologist tasked with answering a multiple-choice "
+    "question based on a CT scan."
+)
 
 
-def pick(templates: Sequence[str], rng: Optional[random.Random]) -> str:
+def pick(templates: Sequence[str], rng: random.Random | None) -> str:
     """A random template (training) or the first one (``rng=None``: evaluation)."""
     return templates[0] if rng is None else templates[rng.randrange(len(templates))]
 
@@ -69,6 +71,16 @@ def closed_answer(letter: str, text: str) -> str:
 
 
 __all__ = [
-    "CAPTION_TEMPLATES", "REC_TEMPLATES", "REC_ANSWERS", "REG_TEMPLATES", "REG_ANSWERS", "RADGENOME_TEMPLATES",
-    "FLARE_REPORT_SYSTEM", "FLARE_REPORT_PROMPT", "FLARE_VQA_SYSTEM", "pick", "closed_question", "closed_answer",
+    "CAPTION_TEMPLATES",
+    "REC_TEMPLATES",
+    "REC_ANSWERS",
+    "REG_TEMPLATES",
+    "REG_ANSWERS",
+    "RADGENOME_TEMPLATES",
+    "FLARE_REPORT_SYSTEM",
+    "FLARE_REPORT_PROMPT",
+    "FLARE_VQA_SYSTEM",
+    "pick",
+    "closed_question",
+    "closed_answer",
 ]

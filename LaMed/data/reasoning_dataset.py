@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def display_name(name: str) -> str:
     return f"{m.group(2)} {m.group(1).replace('_', ' ')}" if m else name.replace("_", " ")
 
 
-def _pick(options: Sequence[str], rng: Optional[random.Random]) -> str:
+def _pick(options: Sequence[str], rng: random.Random | None) -> str:
     return options[0] if rng is None else options[rng.randrange(len(options))]
 
 
@@ -80,7 +81,7 @@ class ReasonSample:
 
     item: int
     kind: str  # "refer" | "seg" | "multi" | "negative"
-    targets: List[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
     text: str = ""  # the refer entry's text, or the negative's structure name
 
 
@@ -106,9 +107,21 @@ class ReasonSegDataset:
         augment: intensity scale / shift (0.1, p 0.5 each); no flips (they would swap left / right).
     """
 
-    def __init__(self, manifest: Union[str, Path], processor=None, task: str = "refer", train: bool = True, seed: int = 0,
-                 classes: Optional[Sequence[str]] = None, negatives: bool = False, multi_target: float = 0.0,
-                 answer_style: str = "auto", augment: bool = False, load_images: bool = True, negative_repeat: int = 1):
+    def __init__(
+        self,
+        manifest: str | Path,
+        processor=None,
+        task: str = "refer",
+        train: bool = True,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
+        negatives: bool = False,
+        multi_target: float = 0.0,
+        answer_style: str = "auto",
+        augment: bool = False,
+        load_images: bool = True,
+        negative_repeat: int = 1,
+    ):
 
         if int(negative_repeat) < 1:
             raise ValueError(f"ReasonSegDataset: negative_repeat must be at least 1, got {negative_repeat}")
@@ -126,9 +139,12 @@ class ReasonSegDataset:
         self.answer_style, self.augment, self.load_images = answer_style, augment, load_images
         self.multi_target = float(multi_target)
         wanted = set(classes) if classes else None
-        vocab = sorted(wanted) if wanted else sorted({n for it in self.items for n in it.get("masks", {})
-                                                      if not any(ch.isdigit() for ch in n)})
-        self.samples: List[ReasonSample] = []
+        vocab = (
+            sorted(wanted)
+            if wanted
+            else sorted({n for it in self.items for n in it.get("masks", {}) if not any(ch.isdigit() for ch in n)})
+        )
+        self.samples: list[ReasonSample] = []
         rng = random.Random(self.seed)
         for i, it in enumerate(self.items):
             masks = it.get("masks") or {}
@@ -145,12 +161,18 @@ class ReasonSegDataset:
                     else:
                         self.samples.append(ReasonSample(i, "seg", [n]))
             if negatives:
-                self.samples += [ReasonSample(i, "negative", [], n) for n in vocab if n not in masks
-                                 for _ in range(int(negative_repeat) if train else 1)]
+                self.samples += [
+                    ReasonSample(i, "negative", [], n)
+                    for n in vocab
+                    if n not in masks
+                    for _ in range(int(negative_repeat) if train else 1)
+                ]
         if not self.samples:
-            raise ValueError(f"{self.manifest_path}: no sample for task '{task}' (items lack "
-                             f"{'refer entries with a target mask' if task == 'refer' else 'masks'} for classes "
-                             f"{sorted(wanted) if wanted else 'any'})")
+            raise ValueError(
+                f"{self.manifest_path}: no sample for task '{task}' (items lack "
+                f"{'refer entries with a target mask' if task == 'refer' else 'masks'} for classes "
+                f"{sorted(wanted) if wanted else 'any'})"
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -160,7 +182,7 @@ class ReasonSegDataset:
         return str(self.root / self.items[self.samples[index].item]["image"])
 
     # ---- text ---------------------------------------------------------------------------------
-    def _rng(self, index: int) -> Optional[random.Random]:
+    def _rng(self, index: int) -> random.Random | None:
         return random.Random(self.seed * 1_000_003 + index) if self.train else None
 
     def _refer_qa(self, text: str, target: str, rng) -> tuple:
@@ -172,12 +194,12 @@ class ReasonSegDataset:
         answer = _pick(NAMED_ANSWERS if named else REFER_ANSWERS, rng).format(target=shown)
         return question, answer
 
-    def record(self, index: int) -> Dict[str, Any]:
+    def record(self, index: int) -> dict[str, Any]:
         """Untokenised sample: ``{"id", "index", "kind", "question", "answer", "targets"[, "text"]}``."""
         s = self.samples[index]
         it = self.items[s.item]
         rng = self._rng(index)
-        rec: Dict[str, Any] = {"id": it["id"], "index": index, "kind": s.kind, "targets": list(s.targets)}
+        rec: dict[str, Any] = {"id": it["id"], "index": index, "kind": s.kind, "targets": list(s.targets)}
         if s.kind == "refer":
             q, a = self._refer_qa(s.text, s.targets[0], rng)
             rec["text"] = s.text
@@ -201,8 +223,9 @@ class ReasonSegDataset:
         """``(1, D, H, W)`` float32 tensor in [0, 1] (intensity-augmented when training with ``augment``)."""
         import torch
 
-
-        img = torch.from_numpy(np.asarray(load_image(self.manifest_path, self.items[self.samples[index].item]), np.float32))
+        img = torch.from_numpy(
+            np.asarray(load_image(self.manifest_path, self.items[self.samples[index].item]), np.float32)
+        )
         if self.train and self.augment:
             g = torch.Generator().manual_seed(self.seed * 7919 + index)
             if torch.rand((), generator=g) < 0.5:
@@ -215,7 +238,6 @@ class ReasonSegDataset:
         """``(K, D, H, W)`` uint8 masks of the sample's targets, in ``[SEG]`` order."""
         import torch
 
-
         s = self.samples[index]
         it = self.items[s.item]
         if not s.targets:
@@ -224,7 +246,7 @@ class ReasonSegDataset:
         masks = load_masks(self.manifest_path, it, s.targets)
         return torch.from_numpy(np.stack([np.asarray(masks[n][0] != 0, np.uint8) for n in s.targets]))
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         if self.processor is None:
             raise RuntimeError("ReasonSegDataset was built without a processor; use record(i) or pass one")
         rec = self.record(index)
@@ -232,8 +254,10 @@ class ReasonSegDataset:
         seg_id = self.processor.token_ids["seg_token_id"]
         kept = out["input_ids"].count(seg_id)
         if kept != len(rec["targets"]):  # max_length cut an answer: never pair a mask with the wrong [SEG]
-            raise ValueError(f"{self.sample_path(index)}: the encoded answer keeps {kept} of {len(rec['targets'])} "
-                             f"{SEG} tokens (raise max_length)")
+            raise ValueError(
+                f"{self.sample_path(index)}: the encoded answer keeps {kept} of {len(rec['targets'])} "
+                f"{SEG} tokens (raise max_length)"
+            )
         if self.load_images:
             out["images"] = self.load_image(index)
             out["seg_masks"] = self.load_targets(index)
@@ -247,11 +271,11 @@ class ReasonSegCollator:
     ``seg_valid`` False rows; the keys are always present so every data-parallel process runs the
     same segmentation path."""
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None):
 
         self.base = MLLMCollator(pad_token_id, padding_side, pad_to_multiple_of)
 
-    def __call__(self, items: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         batch = self.base(items)
@@ -273,6 +297,19 @@ class ReasonSegCollator:
         return batch
 
 
-__all__ = ["ReasonSegDataset", "ReasonSegCollator", "ReasonSample", "display_name", "TASKS", "SEG_QUESTIONS",
-           "SEG_ANSWERS", "NAMED_SEG_ANSWERS", "REFER_QUESTIONS", "REFER_ANSWERS", "NAMED_ANSWERS", "MULTI_QUESTIONS", "MULTI_ANSWERS",
-           "NEGATIVE_ANSWERS"]
+__all__ = [
+    "ReasonSegDataset",
+    "ReasonSegCollator",
+    "ReasonSample",
+    "display_name",
+    "TASKS",
+    "SEG_QUESTIONS",
+    "SEG_ANSWERS",
+    "NAMED_SEG_ANSWERS",
+    "REFER_QUESTIONS",
+    "REFER_ANSWERS",
+    "NAMED_ANSWERS",
+    "MULTI_QUESTIONS",
+    "MULTI_ANSWERS",
+    "NEGATIVE_ANSWERS",
+]

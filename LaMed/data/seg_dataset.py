@@ -28,8 +28,8 @@ Coordinates are voxel indices of the item's volume.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from LaMed.data.presets import apply_preset, get_preset
 NUM_POINTS = 21  # SegVol: 1 + up to 10 positive + up to 10 negative
 
 
-def mask_to_box(mask: np.ndarray) -> Optional[np.ndarray]:
+def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
     """Tight box ``(d0, h0, w0, d1, h1, w1)`` (inclusive maxima, voxel indices) of a 3D mask; None if empty."""
     idx = np.nonzero(mask)
     if idx[0].size == 0:
@@ -49,8 +49,9 @@ def mask_to_box(mask: np.ndarray) -> Optional[np.ndarray]:
     return np.array([i.min() for i in idx] + [i.max() for i in idx], dtype=np.float32)
 
 
-def sample_points(mask: np.ndarray, rng: np.random.Generator, max_extra_pos: int = 10, max_neg: int = 10,
-                  num_points: int = NUM_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+def sample_points(
+    mask: np.ndarray, rng: np.random.Generator, max_extra_pos: int = 10, max_neg: int = 10, num_points: int = NUM_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
     """SegVol's point prompts for one mask: ``(coords (P, 3) float32, labels (P,) int64)``.
 
     One positive point, ``U[0, max_extra_pos]`` more positives and ``U[0, max_neg]`` negatives
@@ -70,11 +71,11 @@ def sample_points(mask: np.ndarray, rng: np.random.Generator, max_extra_pos: int
     pts = np.concatenate(chosen)
     coords[: len(pts)] = pts
     labels[:n_pos] = 1
-    labels[n_pos:n_pos + n_neg] = 0
+    labels[n_pos : n_pos + n_neg] = 0
     return coords, labels
 
 
-def augment(volume: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def augment(volume: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """M3D / SegVol training augmentation: in-plane rot90 (p 0.5, square planes only), a flip of each
     axis (p 0.1), intensity scale and shift by up to 10 % (p 0.5 each); masks follow the geometry."""
     if volume.shape[-1] == volume.shape[-2] and rng.random() < 0.5:
@@ -91,8 +92,16 @@ def augment(volume: np.ndarray, labels: np.ndarray, rng: np.random.Generator) ->
     return volume.astype(np.float32), np.ascontiguousarray(labels)
 
 
-def build_item(item_id: str, volume: np.ndarray, masks: Sequence[np.ndarray], names: Sequence[str], prompts: Sequence[str],
-               rng: np.random.Generator, do_augment: bool = False, num_points: int = NUM_POINTS) -> dict:
+def build_item(
+    item_id: str,
+    volume: np.ndarray,
+    masks: Sequence[np.ndarray],
+    names: Sequence[str],
+    prompts: Sequence[str],
+    rng: np.random.Generator,
+    do_augment: bool = False,
+    num_points: int = NUM_POINTS,
+) -> dict:
     """Assemble the common item (see module docstring) and sample its point / box prompts."""
     import torch
 
@@ -110,15 +119,22 @@ def build_item(item_id: str, volume: np.ndarray, masks: Sequence[np.ndarray], na
         box = mask_to_box(labels[i])
         if box is not None:
             boxes[i] = box
-    return {"id": item_id, "volume": torch.from_numpy(vol), "labels": torch.from_numpy(labels), "prompts": list(prompts),
-            "names": list(names), "points": torch.from_numpy(points), "point_labels": torch.from_numpy(point_labels),
-            "boxes": torch.from_numpy(boxes)}
+    return {
+        "id": item_id,
+        "volume": torch.from_numpy(vol),
+        "labels": torch.from_numpy(labels),
+        "prompts": list(prompts),
+        "names": list(names),
+        "points": torch.from_numpy(points),
+        "point_labels": torch.from_numpy(point_labels),
+        "boxes": torch.from_numpy(boxes),
+    }
 
 
 class _SegDatasetBase:
     """Shared bookkeeping: a list of entries, deterministic per-(epoch, index) randomness."""
 
-    entries: List[tuple]
+    entries: list[tuple]
 
     def __init__(self, seed: int = 0, augment: bool = False, num_points: int = NUM_POINTS):
         self.seed = int(seed)
@@ -157,9 +173,19 @@ class PreparedSegDataset(_SegDatasetBase):
             ``classes`` for ``"missing"``; not with ``refer``.
     """
 
-    def __init__(self, manifest: str | Path, classes: Optional[Sequence[str]] = None, entries: str = "image",
-                 max_classes: int = 4, refer: bool = False, templates: Sequence[str] = (), seed: int = 0,
-                 augment: bool = False, num_points: int = NUM_POINTS, absent: str = "none"):
+    def __init__(
+        self,
+        manifest: str | Path,
+        classes: Sequence[str] | None = None,
+        entries: str = "image",
+        max_classes: int = 4,
+        refer: bool = False,
+        templates: Sequence[str] = (),
+        seed: int = 0,
+        augment: bool = False,
+        num_points: int = NUM_POINTS,
+        absent: str = "none",
+    ):
 
         if absent not in ("none", "listed", "missing"):
             raise ValueError(f"{manifest}: absent must be 'none', 'listed' or 'missing', got {absent!r}")
@@ -180,23 +206,31 @@ class PreparedSegDataset(_SegDatasetBase):
         for i, item in enumerate(self.manifest["items"]):
             masks = item.get("masks") or {}
             if refer:
-                pairs = [(r["text"], r["target"]) for r in item.get("refer", []) if r.get("target") in masks
-                         and (wanted is None or r["target"] in wanted)]
+                pairs = [
+                    (r["text"], r["target"])
+                    for r in item.get("refer", [])
+                    if r.get("target") in masks and (wanted is None or r["target"] in wanted)
+                ]
             else:
                 pairs = [(name, name) for name in (wanted or list(masks)) if name in masks]
                 if absent == "listed":
-                    pairs += [(name, None) for name in item.get("absent", []) if name not in masks
-                              and (wanted is None or name in wanted)]
+                    pairs += [
+                        (name, None)
+                        for name in item.get("absent", [])
+                        if name not in masks and (wanted is None or name in wanted)
+                    ]
                 elif absent == "missing":
                     pairs += [(name, None) for name in wanted if name not in masks]
             if not pairs:
                 continue
             step = 1 if entries == "class" else max(int(max_classes), 1)
             for j in range(0, len(pairs), step):
-                self.entries.append((i, pairs[j:j + step]))
+                self.entries.append((i, pairs[j : j + step]))
         if not self.entries:
-            raise ValueError(f"{self.manifest_path}: no item has {'referring expressions' if refer else 'masks'} "
-                             f"for classes {wanted or 'any'}")
+            raise ValueError(
+                f"{self.manifest_path}: no item has {'referring expressions' if refer else 'masks'} "
+                f"for classes {wanted or 'any'}"
+            )
 
     def sample_path(self, index: int) -> str:
         item = self.manifest["items"][self.entries[index][0]]
@@ -219,8 +253,16 @@ class PreparedSegDataset(_SegDatasetBase):
                 text = self.templates[int(rng.integers(len(self.templates)))].format(name.replace("_", " "))
             prompts.append(text)
         names = [text if t is None else t for text, t in pairs]
-        return build_item(item["id"], image, [empty if t is None else masks[t][0] for t in targets], names, prompts, rng,
-                          self.augment, self.num_points)
+        return build_item(
+            item["id"],
+            image,
+            [empty if t is None else masks[t][0] for t in targets],
+            names,
+            prompts,
+            rng,
+            self.augment,
+            self.num_points,
+        )
 
 
 class LabelMapSegDataset(_SegDatasetBase):
@@ -235,11 +277,20 @@ class LabelMapSegDataset(_SegDatasetBase):
         repeat: entries per case and epoch (a small real set seen many times).
     """
 
-    def __init__(self, pairs: Sequence[Tuple[str, str]], label_names: Mapping, classes: Optional[Sequence[str]] = None,
-                 preset: str = "segvol", img_size: Sequence[int] = (32, 256, 256), max_classes: int = 4, repeat: int = 1,
-                 seed: int = 0, augment: bool = False, num_points: int = NUM_POINTS):
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        label_names: Mapping,
+        classes: Sequence[str] | None = None,
+        preset: str = "segvol",
+        img_size: Sequence[int] = (32, 256, 256),
+        max_classes: int = 4,
+        repeat: int = 1,
+        seed: int = 0,
+        augment: bool = False,
+        num_points: int = NUM_POINTS,
+    ):
         import dataclasses
-
 
         super().__init__(seed, augment, num_points)
         names = {int(k): str(v) for k, v in label_names.items()}
@@ -252,7 +303,9 @@ class LabelMapSegDataset(_SegDatasetBase):
         for image_path, label_path in pairs:
             vol = load_volume(image_path)
             lab = load_mask(label_path, like=vol).array
-            present = [n for n in (classes or [names[i] for i in np.unique(lab) if i in names]) if (lab == by_name[n]).any()]
+            present = [
+                n for n in (classes or [names[i] for i in np.unique(lab) if i in names]) if (lab == by_name[n]).any()
+            ]
             if not present:
                 continue
             res = apply_preset(p, vol.array, vol.spacing, {n: lab == by_name[n] for n in present})
@@ -260,7 +313,7 @@ class LabelMapSegDataset(_SegDatasetBase):
             c = len(self.cases) - 1
             for _ in range(max(int(repeat), 1)):
                 for j in range(0, len(present), max(int(max_classes), 1)):
-                    self.entries.append((c, present[j:j + max_classes]))
+                    self.entries.append((c, present[j : j + max_classes]))
         if not self.entries:
             raise ValueError(f"no label of {classes or 'label_names'} found in {[str(b) for _, b in pairs]}")
 
@@ -268,7 +321,9 @@ class LabelMapSegDataset(_SegDatasetBase):
         c, names = self.entries[index]
         case_id, image, masks, _ = self.cases[c]
         rng = self._rng(index)
-        return build_item(case_id, image, [masks[n][0] for n in names], names, names, rng, self.augment, self.num_points)
+        return build_item(
+            case_id, image, [masks[n][0] for n in names], names, names, rng, self.augment, self.num_points
+        )
 
 
 class BiomedSegFMDataset(_SegDatasetBase):
@@ -281,9 +336,16 @@ class BiomedSegFMDataset(_SegDatasetBase):
     nearest) and min-max scaled to [0, 1] (the challenge images come pre-normalised to 0-255).
     """
 
-    def __init__(self, files: Sequence[str | Path], prompts: str | Path | Mapping, img_size: Sequence[int] = (128, 256, 256),
-                 dataset_of: Optional[Callable[[Path], str]] = None, seed: int = 0, augment: bool = False,
-                 num_points: int = NUM_POINTS):
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        prompts: str | Path | Mapping,
+        img_size: Sequence[int] = (128, 256, 256),
+        dataset_of: Callable[[Path], str] | None = None,
+        seed: int = 0,
+        augment: bool = False,
+        num_points: int = NUM_POINTS,
+    ):
         super().__init__(seed, augment, num_points)
         table = json.loads(Path(prompts).read_text(encoding="utf-8")) if not isinstance(prompts, Mapping) else prompts
         self.img_size = tuple(int(s) for s in img_size)
@@ -315,10 +377,14 @@ class BiomedSegFMDataset(_SegDatasetBase):
         with np.load(f) as z:
             img, gts = z["imgs"].astype(np.float32), z["gts"]
         mask = (gts > 0) if instance else (gts == cls)
-        t = F.interpolate(torch.from_numpy(img)[None, None], size=self.img_size, mode="trilinear", align_corners=False)[0]
+        t = F.interpolate(torch.from_numpy(img)[None, None], size=self.img_size, mode="trilinear", align_corners=False)[
+            0
+        ]
         lo, hi = float(t.min()), float(t.max())
         t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
-        m = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=self.img_size, mode="nearest")[0, 0]
+        m = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=self.img_size, mode="nearest")[
+            0, 0
+        ]
         prompt = variants[int(rng.integers(len(variants)))]
         return build_item(f.stem, t.numpy(), [m.numpy()], [str(cls)], [prompt], rng, self.augment, self.num_points)
 
@@ -335,7 +401,7 @@ class SegCollator:
         self.prompt_fn = prompt_fn
         self.max_length = max_length
 
-    def __call__(self, items: Sequence[dict]) -> Dict[str, object]:
+    def __call__(self, items: Sequence[dict]) -> dict[str, object]:
         import torch
 
         b = len(items)
@@ -343,7 +409,9 @@ class SegCollator:
         shape = items[0]["labels"].shape[1:]
         for it in items:
             if tuple(it["labels"].shape[1:]) != tuple(shape):
-                raise ValueError(f"item {it['id']}: labels of spatial size {tuple(it['labels'].shape[1:])} in a batch of {tuple(shape)}")
+                raise ValueError(
+                    f"item {it['id']}: labels of spatial size {tuple(it['labels'].shape[1:])} in a batch of {tuple(shape)}"
+                )
         p = items[0]["points"].shape[1]
         labels = torch.zeros(b, k, *shape, dtype=torch.uint8)
         label_mask = torch.zeros(b, k, dtype=torch.bool)
@@ -358,8 +426,20 @@ class SegCollator:
             points[i, :n], point_labels[i, :n], boxes[i, :n] = it["points"], it["point_labels"], it["boxes"]
             texts[i][:n] = [self.prompt_fn(t) for t in it["prompts"]]
             texts[i][n:] = [texts[i][0]] * (k - n)  # padding classes are masked out
-        enc = self.tokenizer([t for row in texts for t in row], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {"volume": torch.stack([it["volume"] for it in items]), "labels": labels, "label_mask": label_mask,
-                "input_ids": enc["input_ids"].view(b, k, -1), "attention_mask": enc["attention_mask"].view(b, k, -1),
-                "points": points, "point_labels": point_labels, "boxes": boxes}
+        enc = self.tokenizer(
+            [t for row in texts for t in row],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "volume": torch.stack([it["volume"] for it in items]),
+            "labels": labels,
+            "label_mask": label_mask,
+            "input_ids": enc["input_ids"].view(b, k, -1),
+            "attention_mask": enc["attention_mask"].view(b, k, -1),
+            "points": points,
+            "point_labels": point_labels,
+            "boxes": boxes,
+        }

@@ -16,8 +16,8 @@ EOS = ``<|im_end|>``), for testing the chat prompt format.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
 
 STYLES = ("byte_level", "sentencepiece")
 CHATML = (
@@ -26,9 +26,15 @@ CHATML = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str = "byte_level", bos: bool = True,
-                    chat_template: Optional[str] = None, extra_tokens: Sequence[str] = (),
-                    min_frequency: int = 2):
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 1000,
+    style: str = "byte_level",
+    bos: bool = True,
+    chat_template: str | None = None,
+    extra_tokens: Sequence[str] = (),
+    min_frequency: int = 2,
+):
     """Train a BPE tokenizer on ``texts`` and wrap it as a ``PreTrainedTokenizerFast``.
 
     Args:
@@ -54,7 +60,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str = "
     if not texts:
         raise ValueError("train_tokenizer: the corpus is empty")
     chat = ["<|im_start|>", "<|im_end|>"] if chat_template else []
-    specials: List[str] = ["<unk>", "<s>", "</s>", "<pad>", *chat, *extra_tokens]
+    specials: list[str] = ["<unk>", "<s>", "</s>", "<pad>", *chat, *extra_tokens]
     if style == "byte_level":
         tk = Tokenizer(models.BPE())
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -64,17 +70,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str = "
         tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
         # Words become "▁word" pieces (space folded into the next word, one prepended at the start).
         tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-        tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                        decoders.Strip(" ", 1, 0)])
+        tk.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
         alphabet = []
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
     tk.train_from_iterator(texts, trainer=trainer)
     if style == "sentencepiece":
         tk = _add_byte_pieces(tk)
     if bos:
         bos_id = tk.token_to_id("<s>")
-        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)])
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
     eos = "<|im_end|>" if chat_template else "</s>"
     kwargs = dict(tokenizer_object=tk, eos_token=eos, pad_token="<pad>", unk_token="<unk>")
     if bos:
@@ -105,16 +119,20 @@ def _add_byte_pieces(tk):
     return Tokenizer.from_str(json.dumps(state))
 
 
-def phantom_corpus(manifests: Sequence[Union[str, Path]]) -> List[str]:
+def phantom_corpus(manifests: Sequence[str | Path]) -> list[str]:
     """Reports, questions, choices and answers of prepared manifests: a corpus for :func:`train_tokenizer`."""
     import json
 
-    texts: List[str] = []
+    texts: list[str] = []
     for m in manifests:
         for item in json.loads(Path(m).read_text())["items"]:
             texts.append(item.get("text", ""))
             for qa in item.get("vqa", []):
-                texts += [qa.get("question", ""), str(qa.get("answer", "")), *map(str, (qa.get("choices") or {}).values())]
+                texts += [
+                    qa.get("question", ""),
+                    str(qa.get("answer", "")),
+                    *map(str, (qa.get("choices") or {}).values()),
+                ]
             texts += [r.get("text", "") for r in item.get("refer", [])]
     return [t for t in texts if t]
 

@@ -25,8 +25,9 @@ The named preprocessing presets (``m3d``, ``med3dvlm``, ``flare``, ``hsenet``, .
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Tuple, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from scipy import sparse
 if TYPE_CHECKING:  # pragma: no cover
     from monai.transforms import Compose
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-Box = Tuple[int, int, int, int, int, int]
+ArrayLike = np.ndarray | torch.Tensor
+Box = tuple[int, int, int, int, int, int]
 """A half-open box ``(d0, h0, w0, d1, h1, w1)`` in voxels: ``array[d0:d1, h0:h1, w0:w1]``."""
 
 __all__ = [
@@ -129,7 +130,7 @@ class IntensityMap:
         """The map applied to one scalar."""
         return 0.0 if self.scale == 0.0 else (self.clip_value(v) - self.zero) * self.scale
 
-    def then_min_max(self, vmin: float, vmax: float) -> "IntensityMap":
+    def then_min_max(self, vmin: float, vmax: float) -> IntensityMap:
         """This map followed by min-max to [0, 1], given the input's min and max.
 
         A positive affine step between the clip and the min-max cancels out, so the result is
@@ -166,7 +167,7 @@ class _Histogram:
         flat = a.reshape(-1)
         counts = np.zeros(int(info.max) - int(info.min) + 1, np.int64)
         for i in range(0, flat.size, self._CHUNK):  # chunked: bincount copies its input to intp
-            counts += np.bincount(flat[i:i + self._CHUNK].astype(np.int32) - int(info.min), minlength=counts.size)
+            counts += np.bincount(flat[i : i + self._CHUNK].astype(np.int32) - int(info.min), minlength=counts.size)
         nz = np.flatnonzero(counts)
         self.values = (nz + int(info.min)).astype(np.float64)
         self.counts = counts[nz]
@@ -175,7 +176,7 @@ class _Histogram:
     def usable(a: np.ndarray) -> bool:
         return np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize <= 2 and a.size > 0
 
-    def above(self, t: float) -> "_Histogram":
+    def above(self, t: float) -> _Histogram:
         h = object.__new__(_Histogram)
         keep = self.values > t
         h.values, h.counts = self.values[keep], self.counts[keep]
@@ -290,7 +291,7 @@ def segvol_normalize(x: ArrayLike, lower: float = 0.05, upper: float = 99.95) ->
 # --------------------------------------------------------------------------------------------
 
 
-def _above(a: np.ndarray, t: float) -> Tuple[np.ndarray, ...]:
+def _above(a: np.ndarray, t: float) -> tuple[np.ndarray, ...]:
     """Per-axis 1-D profiles of ``a > t`` for a (D, H, W) array, without a full boolean copy."""
     if math.isinf(t) and t < 0:
         return tuple(np.ones(n, bool) for n in a.shape)
@@ -367,8 +368,9 @@ def linear_op(n_in: int, n_out: int) -> sparse.csr_matrix:
     """:func:`linear_matrix` as a sparse ``(n_out, n_in)`` matrix: two taps a row, memory O(n_out)."""
     i0, i1, w0, w1 = _linear_taps(n_in, n_out)
     rows = np.arange(n_out)
-    return sparse.csr_matrix((np.concatenate([w0, w1]), (np.concatenate([rows, rows]), np.concatenate([i0, i1]))),
-                             shape=(n_out, n_in))  # duplicate (row, col) entries are summed
+    return sparse.csr_matrix(
+        (np.concatenate([w0, w1]), (np.concatenate([rows, rows]), np.concatenate([i0, i1]))), shape=(n_out, n_in)
+    )  # duplicate (row, col) entries are summed
 
 
 def linear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -541,8 +543,11 @@ def render(
                 x, d_op = np.take(x, need, axis=0), d_op[:, need]
     h_out, w_out = hw_size if hw_size is not None else x.shape[1:]
     if mode != "trilinear" and hw_size is not None:  # nearest in-plane is a pure selection: do it first
-        x = np.take(np.take(x, _nearest_indices(x.shape[1], h_out, mode), axis=1),
-                    _nearest_indices(x.shape[2], w_out, mode), axis=2)
+        x = np.take(
+            np.take(x, _nearest_indices(x.shape[1], h_out, mode), axis=1),
+            _nearest_indices(x.shape[2], w_out, mode),
+            axis=2,
+        )
     buf = x.astype(np.float32, copy=True)
     if f.scale == 0.0:
         buf[...] = 0.0
@@ -608,9 +613,7 @@ def resize(
     return render(t, d_op, size[1:], mode, antialias)
 
 
-def resampled_shape(
-    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
-) -> tuple[int, int, int]:
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, int, int]:
     """Grid size after resampling to ``target`` spacing: ``floor(n * spacing / target)`` per axis
     (at least 1), the rule of HSENet's CT-RATE scripts. All in (D, H, W) order, mm."""
     return tuple(max(1, int(math.floor(n * s / t + 1e-6))) for n, s, t in zip(shape, spacing, target))
@@ -669,7 +672,7 @@ def train_augmentation(
     scale_prob: float = 0.5,
     shift: float = 0.1,
     shift_prob: float = 0.5,
-) -> "Compose":
+) -> Compose:
     """The published train augmentation as a MONAI ``Compose`` of dictionary transforms.
 
     For ``(C, D, H, W)`` arrays: RandRotate90 (p 0.5) in the axial (H, W) plane, i.e. MONAI

@@ -11,15 +11,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
 
 
 class BenchRunError(RuntimeError):
     """A Bench command failed; the message holds the command and the end of its output."""
 
 
-def run_bench(module: str, args: Sequence[str], out_dir: str | Path, threads: int = 1) -> Dict:
+def run_bench(module: str, args: Sequence[str], out_dir: str | Path, threads: int = 1) -> dict:
     """Run ``python -m Bench.<module> *args`` and return the ``summary.json`` it wrote in ``out_dir``.
 
     The child inherits the environment (offline flags) with ``threads`` CPU threads; its output

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 PARTS = ("clip", "mllm", "seg")
 
@@ -43,7 +42,7 @@ class DemoConfig:
     """
 
     n_phantoms: int = 1200
-    shape: Tuple[int, int, int] = (32, 64, 64)
+    shape: tuple[int, int, int] = (32, 64, 64)
     val_fraction: float = 0.0
     test_fraction: float = 0.05
     seed: int = 0
@@ -55,8 +54,8 @@ class DemoConfig:
     clip_loader_workers: int = 1
     mllm_steps: int = 1500
     seg_steps: int = 200
-    seg_classes: List[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])
-    seg_lr: Optional[float] = 3e-3
+    seg_classes: list[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])
+    seg_lr: float | None = 3e-3
     real_steps: int = 60
     real_structure: str = "liver"
     threads: int = 1
@@ -64,12 +63,12 @@ class DemoConfig:
     mrg_max_new_tokens: int = 240  # the longest phantom reports, impression included
     zero_shot_prompts: str = "phantom"
     zero_shot_boot: int = 1000
-    parts: List[str] = field(default_factory=lambda: list(PARTS))
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
 
-    def replace(self, **changes) -> "DemoConfig":
+    def replace(self, **changes) -> DemoConfig:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 

@@ -7,8 +7,8 @@ visible on top of each other and of the image.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -54,8 +54,13 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
             pts = [(h["step"], h[key]) for h in rows if key in h]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, marker="o" if len(x) < 8 else None, lw=2 if key == "loss" else 1.2,
-                        label="total" if key == "loss" else key[5:])
+                ax.plot(
+                    x,
+                    y,
+                    marker="o" if len(x) < 8 else None,
+                    lw=2 if key == "loss" else 1.2,
+                    label="total" if key == "loss" else key[5:],
+                )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss")
@@ -67,8 +72,7 @@ def training_curves(logs: Mapping[str, Sequence[Mapping]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def retrieval_matrix(text: np.ndarray, image: np.ndarray, path: Path, title: str = "",
-                     max_items: int = 40) -> Path:
+def retrieval_matrix(text: np.ndarray, image: np.ndarray, path: Path, title: str = "", max_items: int = 40) -> Path:
     """Cosine similarity of every test report (rows) with every test volume (columns).
 
     The true pairs lie on the diagonal (outlined); a dot marks each report's top-ranked volume, so
@@ -96,7 +100,7 @@ def retrieval_matrix(text: np.ndarray, image: np.ndarray, path: Path, title: str
     return _save(fig, path)
 
 
-def _window(img: np.ndarray) -> Tuple[float, float]:
+def _window(img: np.ndarray) -> tuple[float, float]:
     if float(img.min()) < -200:  # CT in HU: the abdominal soft-tissue window (W400 / L40)
         return -160.0, 240.0
     lo, hi = np.percentile(img, [1, 99.5])
@@ -113,7 +117,7 @@ def mask_panels(cases: Sequence[Mapping], path: Path, title: str = "") -> Path:
     plt = _plt()
     from matplotlib.lines import Line2D
 
-    names: List[str] = []
+    names: list[str] = []
     for c in cases:
         names += [n for n in c["truth"] if n not in names]
     colour = {n: COLOURS[i % len(COLOURS)] for i, n in enumerate(names)}
@@ -137,8 +141,10 @@ def mask_panels(cases: Sequence[Mapping], path: Path, title: str = "") -> Path:
         ax.set_title(f"{text}\n(axial slice {k})", fontsize=9)
         ax.axis("off")
     handles = [Line2D([], [], color=colour[n], lw=2, label=n) for n in names]
-    handles += [Line2D([], [], color="k", lw=1.5, ls="solid", label="truth"),
-                Line2D([], [], color="k", lw=1.5, ls="dashed", label="prediction")]
+    handles += [
+        Line2D([], [], color="k", lw=1.5, ls="solid", label="truth"),
+        Line2D([], [], color="k", lw=1.5, ls="dashed", label="prediction"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
@@ -146,22 +152,34 @@ def mask_panels(cases: Sequence[Mapping], path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def seg_cases(prepared: Path, predictions: Path, classes: Sequence[str], n: int = 3,
-              threshold: float = 0.5) -> List[Dict]:
+def seg_cases(
+    prepared: Path, predictions: Path, classes: Sequence[str], n: int = 3, threshold: float = 0.5
+) -> list[dict]:
     """The first ``n`` test items as :func:`mask_panels` cases, from Bench ``run_seg``'s saved
     probabilities (``<id>_<structure>.npy`` on the prepared grid)."""
 
     manifest = Path(prepared) / "test.json"
     out = []
     for item in load_manifest(manifest)["items"]:
-        names = [c for c in classes if c in (item.get("masks") or {}) and (Path(predictions) / f"{item['id']}_{c}.npy").is_file()]
+        names = [
+            c
+            for c in classes
+            if c in (item.get("masks") or {}) and (Path(predictions) / f"{item['id']}_{c}.npy").is_file()
+        ]
         if not names:
             continue
         image = np.asarray(load_image(manifest, item), np.float32)[0]
         truth = {k: np.asarray(v[0], bool) for k, v in load_masks(manifest, item, names).items()}
         pred = {c: np.load(Path(predictions) / f"{item['id']}_{c}.npy").astype(np.float32) > threshold for c in names}
-        out.append({"image": image, "truth": truth, "pred": pred, "label": item["id"],
-                    "dice": {c: dice(pred[c], truth[c]) for c in names}})
+        out.append(
+            {
+                "image": image,
+                "truth": truth,
+                "pred": pred,
+                "label": item["id"],
+                "dice": {c: dice(pred[c], truth[c]) for c in names},
+            }
+        )
         if len(out) == n:
             break
     return out

@@ -8,9 +8,10 @@ with a pass mark; the test-suite asserts them on the ``--quick`` run.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any
 
 from LaMed.utils.atomic import atomic_write_text, write_json_atomic
 
@@ -21,14 +22,14 @@ class Check:
 
     name: str
     part: str
-    score: Callable[[Mapping], Optional[float]]
-    chance: Callable[[Mapping], Optional[float]]
+    score: Callable[[Mapping], float | None]
+    chance: Callable[[Mapping], float | None]
     margin: float = 0.0
     factor: float = 1.0
     floor: float = 0.0
     source: str = ""
 
-    def evaluate(self, metrics: Mapping) -> Optional[Dict[str, Any]]:
+    def evaluate(self, metrics: Mapping) -> dict[str, Any] | None:
         if self.part not in metrics or not isinstance(metrics[self.part], Mapping):
             return None
         try:
@@ -38,38 +39,84 @@ class Check:
         if score is None or chance is None:
             return None
         needed = max(self.floor, self.factor * chance + self.margin)
-        return {"part": self.part, "score": float(score), "chance": float(chance), "needed": float(needed),
-                "passed": bool(score >= needed), "source": self.source}
+        return {
+            "part": self.part,
+            "score": float(score),
+            "chance": float(chance),
+            "needed": float(needed),
+            "passed": bool(score >= needed),
+            "source": self.source,
+        }
 
 
 CHECKS = (
     # "Far above chance" as the CLIP learning test reads it: 4x chance at R@1, 3x at R@5.
-    Check("report-to-volume R@1", "clip", lambda m: m["bench"]["text_to_image_R@1"], lambda m: m["chance"]["R@1"],
-          factor=4.0, source="CLIP issue: R@1 far above chance (4x, as tests/test_clip_learning.py)"),
-    Check("volume-to-report R@1", "clip", lambda m: m["bench"]["image_to_text_R@1"], lambda m: m["chance"]["R@1"],
-          factor=4.0, source="CLIP issue: R@1 far above chance (4x, as tests/test_clip_learning.py)"),
-    Check("report-to-volume R@5", "clip", lambda m: m["bench"]["text_to_image_R@5"], lambda m: m["chance"]["R@5"],
-          factor=3.0, source="CLIP issue: R@5 far above chance (3x, as tests/test_clip_learning.py)"),
+    Check(
+        "report-to-volume R@1",
+        "clip",
+        lambda m: m["bench"]["text_to_image_R@1"],
+        lambda m: m["chance"]["R@1"],
+        factor=4.0,
+        source="CLIP issue: R@1 far above chance (4x, as tests/test_clip_learning.py)",
+    ),
+    Check(
+        "volume-to-report R@1",
+        "clip",
+        lambda m: m["bench"]["image_to_text_R@1"],
+        lambda m: m["chance"]["R@1"],
+        factor=4.0,
+        source="CLIP issue: R@1 far above chance (4x, as tests/test_clip_learning.py)",
+    ),
+    Check(
+        "report-to-volume R@5",
+        "clip",
+        lambda m: m["bench"]["text_to_image_R@5"],
+        lambda m: m["chance"]["R@5"],
+        factor=3.0,
+        source="CLIP issue: R@5 far above chance (3x, as tests/test_clip_learning.py)",
+    ),
     # Chance for a report = the same generator scored against another volume's truth (what ignoring the
     # image gets; tests/test_mllm_learning.py reads it the same way). The stricter random-training-report
     # row is shown next to it in report.md.
-    Check("report findings F1", "mllm", lambda m: m["report"]["findings_f1"],
-          lambda m: m["report_other_volume"]["findings_f1"],
-          margin=0.15, source="MLLM issue: reports name the findings clearly above chance (vs. other volumes)"),
-    Check("closed VQA accuracy", "mllm", lambda m: m["vqa"]["closed"], lambda m: m["vqa_chance"]["closed"]["uniform"],
-          margin=0.25, source="MLLM issue: closed VQA far above 25 %"),
+    Check(
+        "report findings F1",
+        "mllm",
+        lambda m: m["report"]["findings_f1"],
+        lambda m: m["report_other_volume"]["findings_f1"],
+        margin=0.15,
+        source="MLLM issue: reports name the findings clearly above chance (vs. other volumes)",
+    ),
+    Check(
+        "closed VQA accuracy",
+        "mllm",
+        lambda m: m["vqa"]["closed"],
+        lambda m: m["vqa_chance"]["closed"]["uniform"],
+        margin=0.25,
+        source="MLLM issue: closed VQA far above 25 %",
+    ),
     # Zero-shot findings classification: chance is AUROC 0.5; the check is the issue's, over every phantom
     # finding (organ sizes and absences, contrast phases, lesions, lung nodules). The organ-level and focal
     # means are reported next to it: focal lesions are one to a few voxels at the demo's 32x64x64.
-    Check("zero-shot findings AUROC", "clip", lambda m: m["zero_shot"]["mean_auroc"]["all"],
-          lambda m: m["zero_shot"]["chance"], floor=0.70,
-          source="zero-shot issue: mean AUROC >= 0.70 on the phantom findings (chance 0.5)"),
-    Check("liver Dice", "seg", lambda m: m["per_class"]["liver"]["dice"], lambda m: m["chance"]["liver"]["all_foreground"],
-          floor=0.7, source="segmentation issue: held-out Dice above 0.7 for large organs"),
+    Check(
+        "zero-shot findings AUROC",
+        "clip",
+        lambda m: m["zero_shot"]["mean_auroc"]["all"],
+        lambda m: m["zero_shot"]["chance"],
+        floor=0.70,
+        source="zero-shot issue: mean AUROC >= 0.70 on the phantom findings (chance 0.5)",
+    ),
+    Check(
+        "liver Dice",
+        "seg",
+        lambda m: m["per_class"]["liver"]["dice"],
+        lambda m: m["chance"]["liver"]["all_foreground"],
+        floor=0.7,
+        source="segmentation issue: held-out Dice above 0.7 for large organs",
+    ),
 )
 
 
-def evaluate_checks(metrics: Mapping) -> Dict[str, Dict[str, Any]]:
+def evaluate_checks(metrics: Mapping) -> dict[str, dict[str, Any]]:
     """Results of :data:`CHECKS` for the parts present in ``metrics``."""
     out = {}
     for check in CHECKS:
@@ -96,11 +143,11 @@ def write_metrics(metrics: Mapping, path: Path) -> Path:
     return write_json_atomic(path, _clean(dict(metrics)))
 
 
-def _f(v: Optional[float], digits: int = 3) -> str:
+def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
-def _minutes(seconds: Optional[float]) -> str:
+def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min")
 
 
@@ -112,51 +159,82 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
     """The text of ``report.md``."""
     m, lines = metrics, []
     data, machine = m.get("data", {}), m.get("machine", {})
-    lines += ["# LaMed demo report", "",
-              f"Everything below was produced by `lamed demo{' --quick' if m.get('quick') else ''}` in "
-              f"{_minutes(m.get('wall_seconds'))} on {machine.get('cpus', '?')} CPU core(s) "
-              f"(torch threads {machine.get('threads', '?')}; load average {machine.get('load_start', '?')} at the start, "
-              f"{machine.get('load_end', '?')} at the end), offline, with no pretrained weights except the "
-              "MiniLM WordPiece vocabulary. The data are synthetic CT-like phantoms "
-              "(`LaMed.data.phantom`): organs, lesions, reports and questions generated together, so the "
-              "truth is known exactly.", ""]
+    lines += [
+        "# LaMed demo report",
+        "",
+        f"Everything below was produced by `lamed demo{' --quick' if m.get('quick') else ''}` in "
+        f"{_minutes(m.get('wall_seconds'))} on {machine.get('cpus', '?')} CPU core(s) "
+        f"(torch threads {machine.get('threads', '?')}; load average {machine.get('load_start', '?')} at the start, "
+        f"{machine.get('load_end', '?')} at the end), offline, with no pretrained weights except the "
+        "MiniLM WordPiece vocabulary. The data are synthetic CT-like phantoms "
+        "(`LaMed.data.phantom`): organs, lesions, reports and questions generated together, so the "
+        "truth is known exactly.",
+        "",
+    ]
     splits = data.get("splits", {})
-    lines += [f"**Data**: {sum(splits.values())} phantoms of {'x'.join(str(s) for s in data.get('shape', []))} voxels "
-              f"(train {splits.get('train', '?')}, validation {splits.get('validation', '?')}, "
-              f"held-out test {splits.get('test', '?')}). Every score is on the test phantoms, which no "
-              "model saw in training. Scores are computed by the Bench command lines (`python -m Bench...`).", ""]
+    lines += [
+        f"**Data**: {sum(splits.values())} phantoms of {'x'.join(str(s) for s in data.get('shape', []))} voxels "
+        f"(train {splits.get('train', '?')}, validation {splits.get('validation', '?')}, "
+        f"held-out test {splits.get('test', '?')}). Every score is on the test phantoms, which no "
+        "model saw in training. Scores are computed by the Bench command lines (`python -m Bench...`).",
+        "",
+    ]
 
     checks = m.get("checks", {})
     if checks:
-        lines += ["## Did it learn?", "",
-                  "| check | score | chance level | needed | result |", "|---|---|---|---|---|"]
+        lines += ["## Did it learn?", "", "| check | score | chance level | needed | result |", "|---|---|---|---|---|"]
         for name, c in checks.items():
-            lines.append(f"| {name} | {_f(c['score'])} | {_f(c['chance'])} | {_f(c['needed'])} | "
-                         f"{'pass' if c['passed'] else '**FAIL**'} |")
-        lines += ["", "The margins are those the CLIP, multimodal-LLM and segmentation issues set for "
-                  "\"learns\" (see `LaMed/demo/report.py`).", ""]
+            lines.append(
+                f"| {name} | {_f(c['score'])} | {_f(c['chance'])} | {_f(c['needed'])} | "
+                f"{'pass' if c['passed'] else '**FAIL**'} |"
+            )
+        lines += [
+            "",
+            "The margins are those the CLIP, multimodal-LLM and segmentation issues set for "
+            '"learns" (see `LaMed/demo/report.py`).',
+            "",
+        ]
 
-    lines += ["## What was trained", "", "| part | recipe (tiny twin) | steps | training time | loss first -> last |",
-              "|---|---|---|---|---|"]
-    names = {"clip": "3D CLIP (ViT3D + BERT, InfoNCE)", "mllm": "report / VQA model (the CLIP's ViT3D + MLP projector + 2-layer LLM)",
-             "seg": "text-prompted segmentation (SegVol-tiny)", "real": "segmentation fine-tuned on the real CT"}
+    lines += [
+        "## What was trained",
+        "",
+        "| part | recipe (tiny twin) | steps | training time | loss first -> last |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "clip": "3D CLIP (ViT3D + BERT, InfoNCE)",
+        "mllm": "report / VQA model (the CLIP's ViT3D + MLP projector + 2-layer LLM)",
+        "seg": "text-prompted segmentation (SegVol-tiny)",
+        "real": "segmentation fine-tuned on the real CT",
+    }
     for part, title in names.items():
         p = m.get(part)
         if isinstance(p, Mapping) and "steps" in p:
             recipe = p.get("recipe", "tiny_segvol (label-map data)" if part == "real" else "")
-            lines.append(f"| {title} | `{recipe}` | {p['steps']} | {_minutes(p.get('train_seconds'))} | "
-                         f"{_f(p.get('first_loss'))} -> {_f(p.get('last_loss'))} |")
-    lines += ["", "Each model folder (`runs/`) reloads with `from_pretrained`; the recipes are the tiny twins of "
-              "the published ones in `configs/recipes/`, trained by the same `LaMed.train` code path.", ""]
+            lines.append(
+                f"| {title} | `{recipe}` | {p['steps']} | {_minutes(p.get('train_seconds'))} | "
+                f"{_f(p.get('first_loss'))} -> {_f(p.get('last_loss'))} |"
+            )
+    lines += [
+        "",
+        "Each model folder (`runs/`) reloads with `from_pretrained`; the recipes are the tiny twins of "
+        "the published ones in `configs/recipes/`, trained by the same `LaMed.train` code path.",
+        "",
+    ]
     if figures.get("curves"):
         lines += [f"![training curves]({figures['curves']})", ""]
 
     clip = m.get("clip")
     if isinstance(clip, Mapping) and "bench" in clip:
         b, ch = clip["bench"], clip["chance"]
-        lines += ["## Image-report retrieval (CLIP)", "",
-                  f"{clip['pairs']} test pairs; each report ranks all test volumes and each volume all reports.", "",
-                  "| direction | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
+        lines += [
+            "## Image-report retrieval (CLIP)",
+            "",
+            f"{clip['pairs']} test pairs; each report ranks all test volumes and each volume all reports.",
+            "",
+            "| direction | R@1 | R@5 | R@10 |",
+            "|---|---|---|---|",
+        ]
         for d, label in (("text_to_image", "report -> volume"), ("image_to_text", "volume -> report")):
             lines.append(f"| {label} | " + " | ".join(_f(b.get(f"{d}_R@{k}")) for k in (1, 5, 10)) + " |")
         lines.append("| random ranking (chance) | " + " | ".join(_f(ch.get(f"R@{k}")) for k in (1, 5, 10)) + " |")
@@ -167,13 +245,18 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
     zs = clip.get("zero_shot") if isinstance(clip, Mapping) else None
     if isinstance(zs, Mapping) and zs.get("per_finding"):
         means = zs.get("mean_auroc", {})
-        lines += ["## Zero-shot findings classification (CLIP)", "",
-                  f"The CLIP above, never trained on labels, scores each of the {zs.get('cases', '?')} test phantoms "
-                  "for each finding: the softmax over its similarities to a positive and a negative prompt "
-                  "ensemble (prompt set `phantom`, `LaMed/data/prompt_sets/phantom.yaml`; `python -m "
-                  "Bench.run_classify`). Chance is AUROC 0.5. Organ-level findings (size, absence, contrast "
-                  "phase) are tens of voxels at this resolution; focal lesions are one to a few.", "",
-                  "| finding | group | positives | AUROC [95 % CI] |", "|---|---|---|---|"]
+        lines += [
+            "## Zero-shot findings classification (CLIP)",
+            "",
+            f"The CLIP above, never trained on labels, scores each of the {zs.get('cases', '?')} test phantoms "
+            "for each finding: the softmax over its similarities to a positive and a negative prompt "
+            "ensemble (prompt set `phantom`, `LaMed/data/prompt_sets/phantom.yaml`; `python -m "
+            "Bench.run_classify`). Chance is AUROC 0.5. Organ-level findings (size, absence, contrast "
+            "phase) are tens of voxels at this resolution; focal lesions are one to a few.",
+            "",
+            "| finding | group | positives | AUROC [95 % CI] |",
+            "|---|---|---|---|",
+        ]
         for name, f in zs["per_finding"].items():
             ci = f.get("ci95") or [None, None]
             cell = "- (one class only)" if f.get("auroc") is None else f"{_f(f['auroc'])} [{_f(ci[0])}, {_f(ci[1])}]"
@@ -185,66 +268,103 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
     mllm = m.get("mllm")
     if isinstance(mllm, Mapping) and "report" in mllm:
         r, rc, ro = mllm["report"], mllm["report_chance"], mllm.get("report_other_volume", {})
-        lines += ["## Report generation and VQA", "",
-                  f"{mllm.get('reports_scored', '?')} test reports generated greedily. *Findings F1*: the abnormal "
-                  "findings a report states (enlarged liver / spleen, a lesion per organ, lung nodules, surgical "
-                  "absences), read by fixed rules and matched against the true report's. Two chance rows: the "
-                  "model's own reports scored against *other* test volumes' truths (what they are worth without "
-                  "the image; the check uses this one), and a random training report for each case (fluent, "
-                  "blind to the image, with the data set's typical findings).", "",
-                  "| | findings F1 | findings exact | ROUGE-L | BLEU-4 | CIDEr |", "|---|---|---|---|---|---|",
-                  f"| model | {_f(r.get('findings_f1'))} | {_f(r.get('findings_exact'))} | {_f(r.get('rouge_l'))} | "
-                  f"{_f(r.get('bleu4'))} | {_f(r.get('cider'))} |",
-                  f"| same reports, other volumes | {_f(ro.get('findings_f1'))} | {_f(ro.get('findings_exact'))} | "
-                  "- | - | - |",
-                  f"| random training report | {_f(rc.get('findings_f1'))} | {_f(rc.get('findings_exact'))} | "
-                  f"{_f(rc.get('rouge_l'))} | - | - |", ""]
+        lines += [
+            "## Report generation and VQA",
+            "",
+            f"{mllm.get('reports_scored', '?')} test reports generated greedily. *Findings F1*: the abnormal "
+            "findings a report states (enlarged liver / spleen, a lesion per organ, lung nodules, surgical "
+            "absences), read by fixed rules and matched against the true report's. Two chance rows: the "
+            "model's own reports scored against *other* test volumes' truths (what they are worth without "
+            "the image; the check uses this one), and a random training report for each case (fluent, "
+            "blind to the image, with the data set's typical findings).",
+            "",
+            "| | findings F1 | findings exact | ROUGE-L | BLEU-4 | CIDEr |",
+            "|---|---|---|---|---|---|",
+            f"| model | {_f(r.get('findings_f1'))} | {_f(r.get('findings_exact'))} | {_f(r.get('rouge_l'))} | "
+            f"{_f(r.get('bleu4'))} | {_f(r.get('cider'))} |",
+            f"| same reports, other volumes | {_f(ro.get('findings_f1'))} | {_f(ro.get('findings_exact'))} | "
+            "- | - | - |",
+            f"| random training report | {_f(rc.get('findings_f1'))} | {_f(rc.get('findings_exact'))} | "
+            f"{_f(rc.get('rouge_l'))} | - | - |",
+            "",
+        ]
         vq, vc, counts = mllm.get("vqa", {}), mllm.get("vqa_chance", {}), mllm.get("vqa_questions", {})
         if vq:
-            lines += ["| question type | questions | accuracy | uniform guess | majority answer per topic |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                "| question type | questions | accuracy | uniform guess | majority answer per topic |",
+                "|---|---|---|---|---|",
+            ]
             for t, label in (("closed", "closed (4 choices)"), ("yes_no", "yes / no")):
                 if t in vq:
                     c = vc.get(t, {})
-                    lines.append(f"| {label} | {counts.get(t, '?')} | {_f(vq[t])} | {_f(c.get('uniform'))} | "
-                                 f"{_f(c.get('majority'))} |")
-            lines += ["", "The majority answer per question topic is a strong prior on these templated "
-                      "questions (e.g. most phantoms are contrast-enhanced); a model can only beat it by reading "
-                      "the volume.", ""]
+                    lines.append(
+                        f"| {label} | {counts.get(t, '?')} | {_f(vq[t])} | {_f(c.get('uniform'))} | "
+                        f"{_f(c.get('majority'))} |"
+                    )
+            lines += [
+                "",
+                "The majority answer per question topic is a strong prior on these templated "
+                "questions (e.g. most phantoms are contrast-enhanced); a model can only beat it by reading "
+                "the volume.",
+                "",
+            ]
         for ex in mllm.get("examples", []):
-            lines += [f"**{ex['id']}**: findings predicted {ex['findings_predicted'] or 'none'}, "
-                      f"true {ex['findings_true'] or 'none'}", "", "Generated:", "", _quote(ex["prediction"]), "",
-                      "Truth:", "", _quote(ex["truth"]), ""]
+            lines += [
+                f"**{ex['id']}**: findings predicted {ex['findings_predicted'] or 'none'}, "
+                f"true {ex['findings_true'] or 'none'}",
+                "",
+                "Generated:",
+                "",
+                _quote(ex["prediction"]),
+                "",
+                "Truth:",
+                "",
+                _quote(ex["truth"]),
+                "",
+            ]
 
     seg = m.get("seg")
     if isinstance(seg, Mapping) and "per_class" in seg:
-        lines += ["## Text-prompted segmentation", "",
-                  "The model is prompted with the structure's name and segments the whole test volume "
-                  "(Bench's `run_seg`: sliding window at the model's input size). The chance rows are an "
-                  "all-foreground mask and the atlas prior (voxels inside the structure in at least half "
-                  "of the training phantoms).", "",
-                  "| structure | test cases | Dice | NSD (2 mm) | HD95 (mm) | all-foreground Dice | atlas Dice |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Text-prompted segmentation",
+            "",
+            "The model is prompted with the structure's name and segments the whole test volume "
+            "(Bench's `run_seg`: sliding window at the model's input size). The chance rows are an "
+            "all-foreground mask and the atlas prior (voxels inside the structure in at least half "
+            "of the training phantoms).",
+            "",
+            "| structure | test cases | Dice | NSD (2 mm) | HD95 (mm) | all-foreground Dice | atlas Dice |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, g in seg["per_class"].items():
             c = seg["chance"].get(name, {})
-            lines.append(f"| {name} | {int(g.get('count', 0))} | {_f(g.get('dice'))} | {_f(g.get('nsd'))} | "
-                         f"{_f(g.get('hd95'), 1)} | {_f(c.get('all_foreground'))} | {_f(c.get('atlas'))} |")
+            lines.append(
+                f"| {name} | {int(g.get('count', 0))} | {_f(g.get('dice'))} | {_f(g.get('nsd'))} | "
+                f"{_f(g.get('hd95'), 1)} | {_f(c.get('all_foreground'))} | {_f(c.get('atlas'))} |"
+            )
         lines.append("")
         if figures.get("seg"):
             lines += [f"![segmentation]({figures['seg']})", ""]
 
     real = m.get("real")
     if isinstance(real, Mapping) and "finetuned_dice" in real:
-        lines += ["## Real CT", "",
-                  f"`{real['image']}` ({'x'.join(str(s) for s in real['shape'])} voxels, "
-                  f"{', '.join(f'{s:g}' for s in real['spacing_mm'])} mm), structure **{real['structure']}**, "
-                  "mask written on the source grid by `lamed predict`'s code path.", "",
-                  "| model | Dice |", "|---|---|",
-                  f"| trained on phantoms only | {_f(real['phantom_only_dice'])} |",
-                  f"| + {real['steps']} fine-tuning steps on this scan's label | {_f(real['finetuned_dice'])} |",
-                  f"| all-foreground (chance) | {_f(real['all_foreground_dice'])} |", "",
-                  "The fine-tuned model is scored on the scan it was tuned on: this shows the real-data path "
-                  "(orientation, HU, resampling, writing back) end to end, not generalisation.", ""]
+        lines += [
+            "## Real CT",
+            "",
+            f"`{real['image']}` ({'x'.join(str(s) for s in real['shape'])} voxels, "
+            f"{', '.join(f'{s:g}' for s in real['spacing_mm'])} mm), structure **{real['structure']}**, "
+            "mask written on the source grid by `lamed predict`'s code path.",
+            "",
+            "| model | Dice |",
+            "|---|---|",
+            f"| trained on phantoms only | {_f(real['phantom_only_dice'])} |",
+            f"| + {real['steps']} fine-tuning steps on this scan's label | {_f(real['finetuned_dice'])} |",
+            f"| all-foreground (chance) | {_f(real['all_foreground_dice'])} |",
+            "",
+            "The fine-tuned model is scored on the scan it was tuned on: this shows the real-data path "
+            "(orientation, HU, resampling, writing back) end to end, not generalisation.",
+            "",
+        ]
         if figures.get("real"):
             lines += [f"![real CT]({figures['real']})", ""]
     elif isinstance(real, Mapping) and real.get("error"):
@@ -256,9 +376,15 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
         for name, s in stages.items():
             lines.append(f"| {name} | {_minutes(s.get('wall'))} | {_minutes(s.get('cpu'))} |")
         lines += ["", "CPU time counts this process only (the Bench commands run as child processes).", ""]
-    lines += ["## Files", "", "- `metrics.json`: every number above", "- `figures/`: the PNGs",
-              "- `runs/`: the trained models, their recipes and log histories; the Bench outputs "
-              "(`summary.json`, `per_sample.csv`, `summary.md`, predictions)", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `metrics.json`: every number above",
+        "- `figures/`: the PNGs",
+        "- `runs/`: the trained models, their recipes and log histories; the Bench outputs "
+        "(`summary.json`, `per_sample.csv`, `summary.md`, predictions)",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,23 +31,36 @@ from LaMed.metrics.segmentation import dice as _dice
 from LaMed.metrics.text import rouge_l_scores
 
 # Findings tags, named as in the phantom manifests' ``labels``.
-FINDINGS = ("hepatomegaly", "splenomegaly", "liver lesion", "spleen lesion", "kidney lesion", "lung nodule",
-            "cholecystectomy", "splenectomy", "nephrectomy")
-_ORGAN_WORDS = (("liver lesion", ("liver", "hepatic")), ("spleen lesion", ("spleen", "splenic")),
-                ("kidney lesion", ("kidney", "renal")), ("lung nodule", ("lower lobe", "lung", "pulmonary")))  # liver lobes are "right lobe of the liver"
+FINDINGS = (
+    "hepatomegaly",
+    "splenomegaly",
+    "liver lesion",
+    "spleen lesion",
+    "kidney lesion",
+    "lung nodule",
+    "cholecystectomy",
+    "splenectomy",
+    "nephrectomy",
+)
+_ORGAN_WORDS = (
+    ("liver lesion", ("liver", "hepatic")),
+    ("spleen lesion", ("spleen", "splenic")),
+    ("kidney lesion", ("kidney", "renal")),
+    ("lung nodule", ("lower lobe", "lung", "pulmonary")),
+)  # liver lobes are "right lobe of the liver"
 _LESION = re.compile(r"\b(lesions?|mass(es)?|cysts?|nodules?)\b")
 _NEGATED = re.compile(r"^(no|without)\b|\b(no focal|without|not)\b")
 _ABSENT = (("gallbladder", "cholecystectomy"), ("spleen", "splenectomy"), ("kidney", "nephrectomy"))
 
 
-def _sentences(text: str) -> List[str]:
+def _sentences(text: str) -> list[str]:
     text = re.sub(r"(?i)\b(findings|impression)\s*:", ". ", text)
     return [s.strip().lower() for s in re.split(r"[.;\n]+", text) if s.strip()]
 
 
-def report_findings(text: str) -> Set[str]:
+def report_findings(text: str) -> set[str]:
     """Abnormal findings stated in a report (subset of :data:`FINDINGS`); negated sentences count for nothing."""
-    found: Set[str] = set()
+    found: set[str] = set()
     for s in _sentences(text):
         for word in ("hepatomegaly", "splenomegaly", "cholecystectomy", "splenectomy", "nephrectomy"):
             if re.search(rf"\b{word}\b", s) and not re.match(rf"^no\b.*\b{word}\b", s):
@@ -63,12 +76,12 @@ def report_findings(text: str) -> Set[str]:
     return found
 
 
-def label_findings(labels: Iterable[str]) -> Set[str]:
+def label_findings(labels: Iterable[str]) -> set[str]:
     """The findings among a manifest item's ``labels`` (organ names and the phase are not findings)."""
     return {lab for lab in labels if lab in FINDINGS}
 
 
-def findings_f1(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
+def findings_f1(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Micro-averaged precision / recall / F1 of :func:`report_findings` over a split.
 
     A case with no finding in either text contributes nothing (a correct "no abnormality" is
@@ -85,19 +98,25 @@ def findings_f1(predictions: Sequence[str], references: Sequence[str]) -> Dict[s
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"findings_precision": precision, "findings_recall": recall, "findings_f1": f1,
-            "findings_exact": exact / max(len(references), 1), "cases": float(len(references))}
+    return {
+        "findings_precision": precision,
+        "findings_recall": recall,
+        "findings_f1": f1,
+        "findings_exact": exact / max(len(references), 1),
+        "cases": float(len(references)),
+    }
 
 
-def random_report_baseline(train_reports: Sequence[str], test_reports: Sequence[str], repeats: int = 20,
-                           seed: int = 0) -> Dict[str, float]:
+def random_report_baseline(
+    train_reports: Sequence[str], test_reports: Sequence[str], repeats: int = 20, seed: int = 0
+) -> dict[str, float]:
     """Scores of giving each test case a random training report (means over ``repeats`` draws):
     findings F1 / exact and ROUGE-L (``LaMed.metrics.text``, the scorer Bench uses)."""
 
     if not train_reports or not test_reports:
         raise ValueError("random_report_baseline: needs training and test reports")
     rng = np.random.default_rng(seed)
-    acc: Dict[str, List[float]] = {}
+    acc: dict[str, list[float]] = {}
     for _ in range(repeats):
         picks = [train_reports[i] for i in rng.integers(len(train_reports), size=len(test_reports))]
         scores = findings_f1(picks, test_reports)
@@ -107,7 +126,7 @@ def random_report_baseline(train_reports: Sequence[str], test_reports: Sequence[
     return {k: float(np.mean(v)) for k, v in acc.items() if k != "cases"}
 
 
-def other_volume_baseline(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
+def other_volume_baseline(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Findings scores of the model's own reports matched against *other* test cases' truths.
 
     Every cyclic shift ``k = 1 .. n-1`` pairs report ``i`` with the truth of case ``(i + k) mod n``;
@@ -117,7 +136,7 @@ def other_volume_baseline(predictions: Sequence[str], references: Sequence[str])
     n = len(references)
     if n != len(predictions) or n < 2:
         raise ValueError(f"other_volume_baseline: needs equal lists of >= 2 reports, got {len(predictions)} and {n}")
-    acc: Dict[str, List[float]] = {}
+    acc: dict[str, list[float]] = {}
     for k in range(1, n):
         shifted = list(references[k:]) + list(references[:k])
         for key, v in findings_f1(predictions, shifted).items():
@@ -125,24 +144,26 @@ def other_volume_baseline(predictions: Sequence[str], references: Sequence[str])
     return {k: float(np.mean(v)) for k, v in acc.items() if k != "cases"}
 
 
-def vqa_baselines(train_items: Sequence[Mapping], test_items: Sequence[Mapping],
-                  types: Sequence[str] = ("closed", "yes_no")) -> Dict[str, Dict[str, float]]:
+def vqa_baselines(
+    train_items: Sequence[Mapping], test_items: Sequence[Mapping], types: Sequence[str] = ("closed", "yes_no")
+) -> dict[str, dict[str, float]]:
     """Per question type: ``uniform`` (1/4 for four choices, 1/2 for yes / no) and ``majority``
     (the most frequent training answer of the same question topic, or of the type when the topic
     was never seen), both as accuracies on the test questions."""
+
     def key(q):
         return q.get("topic") or q.get("question")
 
     def answer(q):
         return q.get("answer_choice") if q.get("type") == "closed" else str(q.get("answer", "")).strip().lower()
 
-    out: Dict[str, Dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for t in types:
         train_q = [q for it in train_items for q in it.get("vqa") or [] if q.get("type") == t]
         test_q = [q for it in test_items for q in it.get("vqa") or [] if q.get("type") == t]
         if not test_q:
             continue
-        by_topic: Dict[str, Counter] = {}
+        by_topic: dict[str, Counter] = {}
         for q in train_q:
             by_topic.setdefault(key(q), Counter())[answer(q)] += 1
         overall = Counter(answer(q) for q in train_q)
@@ -155,7 +176,7 @@ def vqa_baselines(train_items: Sequence[Mapping], test_items: Sequence[Mapping],
     return out
 
 
-def atlas_masks(train_masks: Mapping[str, Sequence[np.ndarray]]) -> Dict[str, np.ndarray]:
+def atlas_masks(train_masks: Mapping[str, Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
     """Per structure, the voxels inside it in at least half of the training masks (same grid)."""
     out = {}
     for name, masks in train_masks.items():
@@ -170,11 +191,12 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(_dice(np.asarray(pred, bool), np.asarray(truth, bool)))
 
 
-def seg_baselines(train_masks: Mapping[str, Sequence[np.ndarray]],
-                  test_masks: Mapping[str, Sequence[np.ndarray]]) -> Dict[str, Dict[str, float]]:
+def seg_baselines(
+    train_masks: Mapping[str, Sequence[np.ndarray]], test_masks: Mapping[str, Sequence[np.ndarray]]
+) -> dict[str, dict[str, float]]:
     """Mean test Dice per structure of the all-foreground mask and of the atlas (:func:`atlas_masks`)."""
     atlas = atlas_masks(train_masks)
-    out: Dict[str, Dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for name, masks in test_masks.items():
         if not masks:
             continue
@@ -186,12 +208,12 @@ def seg_baselines(train_masks: Mapping[str, Sequence[np.ndarray]],
     return out
 
 
-def chance_recall(n: int, ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+def chance_recall(n: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Recall@K of a random ranking of ``n`` candidates: ``K / n``."""
     return {f"R@{k}": min(k, n) / n for k in ks if n}
 
 
-def summarize_margin(score: Optional[float], chance: Optional[float]) -> str:
+def summarize_margin(score: float | None, chance: float | None) -> str:
     """``"0.83 (chance 0.17)"`` for the report."""
     if score is None:
         return "-"
@@ -201,23 +223,31 @@ def summarize_margin(score: Optional[float], chance: Optional[float]) -> str:
 ZERO_SHOT_CHANCE = 0.5
 
 
-def zero_shot_summary(summary: Mapping) -> Dict:
+def zero_shot_summary(summary: Mapping) -> dict:
     """The demo's view of a ``Bench.eval_classify`` summary: per finding its AUROC, 95 % interval,
     positives and group; ``mean_auroc`` per finding group (the prompt set's ``group``) and over
     ``all`` findings whose AUROC is defined (both classes present in the test split)."""
     groups = {name: f.get("group", "") for name, f in (summary.get("prompt_set") or {}).get("findings", {}).items()}
     ci = summary.get("ci95", {})
-    per: Dict[str, Dict] = {}
+    per: dict[str, dict] = {}
     for name, g in summary["per_class"].items():
         auc = g.get("auroc")
         auc = float(auc) if isinstance(auc, (int, float)) and np.isfinite(auc) else None
-        per[name] = {"auroc": auc, "ci95": ci.get(name, {}).get("auroc"), "positives": int(g["positives"]),
-                     "group": groups.get(name, "")}
-    means: Dict[str, float] = {}
+        per[name] = {
+            "auroc": auc,
+            "ci95": ci.get(name, {}).get("auroc"),
+            "positives": int(g["positives"]),
+            "group": groups.get(name, ""),
+        }
+    means: dict[str, float] = {}
     for group in sorted({p["group"] for p in per.values()} | {"all"}):
         vals = [p["auroc"] for p in per.values() if p["auroc"] is not None and group in ("all", p["group"])]
         if vals and group:
             means[group] = float(np.mean(vals))
-    return {"per_finding": per, "mean_auroc": means, "chance": ZERO_SHOT_CHANCE,
-            "cases": int(summary["counts"]["cases"]),
-            "settings": summary.get("settings", {})}
+    return {
+        "per_finding": per,
+        "mean_auroc": means,
+        "chance": ZERO_SHOT_CHANCE,
+        "cases": int(summary["counts"]["cases"]),
+        "settings": summary.get("settings", {}),
+    }

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,9 @@ def _log_every(steps: int) -> int:
     return max(1, steps // 25)  # about 25 points on each training curve
 
 
-def train_recipe(recipe: str | Path, out_dir: Path, steps: int, overrides: Sequence[str] = (),
-                 yaml_extra: str = "") -> Dict[str, Any]:
+def train_recipe(
+    recipe: str | Path, out_dir: Path, steps: int, overrides: Sequence[str] = (), yaml_extra: str = ""
+) -> dict[str, Any]:
     """Train ``recipe`` for ``steps`` optimizer steps into ``out_dir`` (a fresh run, progress bar on).
 
     ``yaml_extra`` (recipe YAML text) is merged over the recipe through a ``base:`` file, for
@@ -67,40 +69,66 @@ def train_recipe(recipe: str | Path, out_dir: Path, steps: int, overrides: Seque
         derived = out_dir.parent / f"{out_dir.name}_recipe.yaml"
         atomic_write_text(derived, f"base: {path.resolve()}\n{yaml_extra}")
         path = derived
-    args = ["--output_dir", str(out_dir), "--max_steps", str(steps), "--logging_steps", str(_log_every(steps)),
-            "--disable_tqdm", "false", "--resume", "never", *overrides]
+    args = [
+        "--output_dir",
+        str(out_dir),
+        "--max_steps",
+        str(steps),
+        "--logging_steps",
+        str(_log_every(steps)),
+        "--disable_tqdm",
+        "false",
+        "--resume",
+        "never",
+        *overrides,
+    ]
     run = run_training(str(path), args)
     history = list(run.trainer.state.log_history)
     write_json_atomic(out_dir / "log_history.json", history)
-    return {"recipe": str(recipe), "steps": int(run.trainer.state.global_step),
-            "seconds": float(run.output.metrics.get("train_runtime", float("nan"))), "log": history}
+    return {
+        "recipe": str(recipe),
+        "steps": int(run.trainer.state.global_step),
+        "seconds": float(run.output.metrics.get("train_runtime", float("nan"))),
+        "log": history,
+    }
 
 
-def _losses(log: List[Dict]) -> Dict[str, float]:
+def _losses(log: list[dict]) -> dict[str, float]:
     losses = [h["loss"] for h in log if "loss" in h]
     return {"first_loss": float(losses[0]), "last_loss": float(losses[-1])} if losses else {}
 
 
 # --------------------------------------------------------------------------------------------- data
 
-def prepare(cfg: DemoConfig, out: Path) -> Dict[str, Any]:
+
+def prepare(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """Write the phantom set (prepared format) and return its split sizes."""
 
-    prepare_phantoms(out, n=cfg.n_phantoms, shape=cfg.shape, seed=cfg.seed, val_fraction=cfg.val_fraction,
-                     test_fraction=cfg.test_fraction, progress=True)
-    sizes = {s: len(load_manifest(out / f"{s}.json")["items"]) if (out / f"{s}.json").is_file() else 0
-             for s in ("train", "validation", "test")}
+    prepare_phantoms(
+        out,
+        n=cfg.n_phantoms,
+        shape=cfg.shape,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        progress=True,
+    )
+    sizes = {
+        s: len(load_manifest(out / f"{s}.json")["items"]) if (out / f"{s}.json").is_file() else 0
+        for s in ("train", "validation", "test")
+    }
     if sizes["test"] < 2 or sizes["train"] < 4:
         raise ValueError(f"demo: {cfg.n_phantoms} phantoms give splits {sizes}; raise --n (test needs >= 2 items)")
     return {"folder": str(out), "shape": list(cfg.shape), "splits": sizes}
 
 
-def _items(prepared: Path, split: str) -> List[Dict]:
+def _items(prepared: Path, split: str) -> list[dict]:
 
     return load_manifest(prepared / f"{split}.json")["items"]
 
 
 # --------------------------------------------------------------------------------------------- CLIP
+
 
 def _tower_overrides(cfg: DemoConfig) -> str:
     """The ViT3D geometry shared by the demo's CLIP and the report model that starts from it (JSON).
@@ -111,16 +139,32 @@ def _tower_overrides(cfg: DemoConfig) -> str:
     return json.dumps({"img_size": list(cfg.shape), "patch_size": [max(1, n // 4) for n in cfg.shape]})
 
 
-def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
+def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
     """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
 
     vision = _tower_overrides(cfg)
     model_dir = work / "clip_model"
-    run = train_clip(recipe_path(cfg.clip_recipe), prepared, model_dir, [
-        "--max_steps", str(cfg.clip_steps), "--logging_steps", str(_log_every(cfg.clip_steps)),
-        "--disable_tqdm", "false", "--resume", "never", "--vision_overrides", vision,
-        "--per_device_train_batch_size", str(cfg.clip_batch_size),
-        "--dataloader_num_workers", str(cfg.clip_loader_workers)])
+    run = train_clip(
+        recipe_path(cfg.clip_recipe),
+        prepared,
+        model_dir,
+        [
+            "--max_steps",
+            str(cfg.clip_steps),
+            "--logging_steps",
+            str(_log_every(cfg.clip_steps)),
+            "--disable_tqdm",
+            "false",
+            "--resume",
+            "never",
+            "--vision_overrides",
+            vision,
+            "--per_device_train_batch_size",
+            str(cfg.clip_batch_size),
+            "--dataloader_num_workers",
+            str(cfg.clip_loader_workers),
+        ],
+    )
     history = list(run.trainer.state.log_history)
     write_json_atomic(model_dir / "log_history.json", history)
     out = work / "clip_eval"
@@ -128,82 +172,164 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
     import yaml
 
     resolved = yaml.safe_load((model_dir / "lamed_recipe.yaml").read_text())
-    evaluate_clip(model_dir, prepared, out, split="test", ks=(1, 5, 10),
-                  max_length=int(resolved["data"]["max_length"]))
-    summary = run_bench("eval_retrieval", ["--predictions", out / "embeddings.npz", "--manifest",
-                                           prepared / "test.json", "--out", out / "bench"], out / "bench", cfg.threads)
+    evaluate_clip(model_dir, prepared, out, split="test", ks=(1, 5, 10), max_length=int(resolved["data"]["max_length"]))
+    summary = run_bench(
+        "eval_retrieval",
+        ["--predictions", out / "embeddings.npz", "--manifest", prepared / "test.json", "--out", out / "bench"],
+        out / "bench",
+        cfg.threads,
+    )
     overall = summary["overall"]
     n = int(overall.get("count") or len(_items(prepared, "test")))
     scores = {k: float(v) for k, v in overall.items() if "R@" in k and v is not None}
-    return {"recipe": cfg.clip_recipe, "steps": int(run.trainer.state.global_step), "model": str(model_dir),
-            "train_seconds": float(run.output.metrics.get("train_runtime", float("nan"))), **_losses(history),
-            "log": history, "pairs": n, "bench": scores, "chance": scoring.chance_recall(n),
-            "embeddings": str(out / "embeddings.npz"), "bench_dir": str(out / "bench"),
-            "zero_shot": run_zero_shot(cfg, prepared, model_dir, work / "zero_shot")}
+    return {
+        "recipe": cfg.clip_recipe,
+        "steps": int(run.trainer.state.global_step),
+        "model": str(model_dir),
+        "train_seconds": float(run.output.metrics.get("train_runtime", float("nan"))),
+        **_losses(history),
+        "log": history,
+        "pairs": n,
+        "bench": scores,
+        "chance": scoring.chance_recall(n),
+        "embeddings": str(out / "embeddings.npz"),
+        "bench_dir": str(out / "bench"),
+        "zero_shot": run_zero_shot(cfg, prepared, model_dir, work / "zero_shot"),
+    }
 
 
-def run_zero_shot(cfg: DemoConfig, prepared: Path, model_dir: Path, out: Path) -> Dict[str, Any]:
+def run_zero_shot(cfg: DemoConfig, prepared: Path, model_dir: Path, out: Path) -> dict[str, Any]:
     """The CLIP scored zero-shot on the phantom findings (``Bench.run_classify``, prompt set ``phantom``):
     per-finding AUROC with its bootstrap 95 % interval, and the mean AUROC per finding group next to
     chance (0.5, a score that ignores the volume)."""
-    summary = run_bench("run_classify", ["--model", model_dir, "--manifest", prepared / "test.json",
-                                         "--prompt-set", cfg.zero_shot_prompts, "--n-boot", cfg.zero_shot_boot,
-                                         "--seed", cfg.seed, "--out", out], out, cfg.threads)
+    summary = run_bench(
+        "run_classify",
+        [
+            "--model",
+            model_dir,
+            "--manifest",
+            prepared / "test.json",
+            "--prompt-set",
+            cfg.zero_shot_prompts,
+            "--n-boot",
+            cfg.zero_shot_boot,
+            "--seed",
+            cfg.seed,
+            "--out",
+            out,
+        ],
+        out,
+        cfg.threads,
+    )
     return {**scoring.zero_shot_summary(summary), "bench_dir": str(out)}
 
 
 # --------------------------------------------------------------------------------------------- MLLM
 
-def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> Dict[str, Any]:
+
+def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> dict[str, Any]:
     """Tiny LaMed (the CLIP's ViT3D, frozen + MLP projector + 2-layer Phi-3-style LLM): reports and VQA,
     scored by Bench. ``clip_model``: the demo's CLIP folder, whose vision tower the recipe starts from."""
     model_dir = work / "mllm_model"
     weights = Path(clip_model) / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: the CLIP the report/VQA model starts from is missing")
-    trained = train_recipe(cfg.mllm_recipe, model_dir, cfg.mllm_steps,
-                           ["--train_manifest", str(prepared / "train.json"),
-                            "--pretrained_vision", f"lamed_clip_vision:{weights}",
-                            "--vision_overrides", _tower_overrides(cfg)])
+    trained = train_recipe(
+        cfg.mllm_recipe,
+        model_dir,
+        cfg.mllm_steps,
+        [
+            "--train_manifest",
+            str(prepared / "train.json"),
+            "--pretrained_vision",
+            f"lamed_clip_vision:{weights}",
+            "--vision_overrides",
+            _tower_overrides(cfg),
+        ],
+    )
     test = prepared / "test.json"
     mrg_dir, vqa_dir = work / "mrg_eval", work / "vqa_eval"
-    mrg = run_bench("run_mrg", ["--model", model_dir, "--manifest", test, "--out", mrg_dir,
-                                "--max-new-tokens", cfg.mrg_max_new_tokens], mrg_dir, cfg.threads)
-    vqa = run_bench("run_vqa", ["--model", model_dir, "--manifest", test, "--out", vqa_dir, "--types", "closed",
-                                "yes_no", "--max-new-tokens", 16], vqa_dir, cfg.threads)
+    mrg = run_bench(
+        "run_mrg",
+        ["--model", model_dir, "--manifest", test, "--out", mrg_dir, "--max-new-tokens", cfg.mrg_max_new_tokens],
+        mrg_dir,
+        cfg.threads,
+    )
+    vqa = run_bench(
+        "run_vqa",
+        [
+            "--model",
+            model_dir,
+            "--manifest",
+            test,
+            "--out",
+            vqa_dir,
+            "--types",
+            "closed",
+            "yes_no",
+            "--max-new-tokens",
+            16,
+        ],
+        vqa_dir,
+        cfg.threads,
+    )
     rows = [json.loads(line) for line in (mrg_dir / "predictions.jsonl").read_text().splitlines() if line.strip()]
     by_id = {it["id"]: it for it in _items(prepared, "test")}
     preds = [r["prediction"] for r in rows]
     refs = [by_id[r["id"]]["text"] for r in rows]
     train_items = _items(prepared, "train")
-    report_scores = {k: float(mrg["overall"][k]) for k in ("bleu1", "bleu4", "rouge_l", "cider", "m3d_bleu1")
-                     if mrg["overall"].get(k) is not None}
+    report_scores = {
+        k: float(mrg["overall"][k])
+        for k in ("bleu1", "bleu4", "rouge_l", "cider", "m3d_bleu1")
+        if mrg["overall"].get(k) is not None
+    }
     report_scores.update({k: v for k, v in scoring.findings_f1(preds, refs).items() if k != "cases"})
-    report_chance = scoring.random_report_baseline([it["text"] for it in train_items if it.get("text")], refs,
-                                                   seed=cfg.seed)
+    report_chance = scoring.random_report_baseline(
+        [it["text"] for it in train_items if it.get("text")], refs, seed=cfg.seed
+    )
     other_volume = scoring.other_volume_baseline(preds, refs)
-    examples = [{"id": r["id"], "prediction": r["prediction"], "truth": by_id[r["id"]]["text"],
-                 "findings_predicted": sorted(scoring.report_findings(r["prediction"])),
-                 "findings_true": sorted(scoring.report_findings(by_id[r["id"]]["text"]))}
-                for r in rows[: cfg.mrg_examples]]
+    examples = [
+        {
+            "id": r["id"],
+            "prediction": r["prediction"],
+            "truth": by_id[r["id"]]["text"],
+            "findings_predicted": sorted(scoring.report_findings(r["prediction"])),
+            "findings_true": sorted(scoring.report_findings(by_id[r["id"]]["text"])),
+        }
+        for r in rows[: cfg.mrg_examples]
+    ]
     per_type = vqa.get("per_class", {})
-    vqa_scores = {t: float(per_type[t]["correct"]) for t in ("closed", "yes_no")
-                  if t in per_type and per_type[t].get("correct") is not None}
+    vqa_scores = {
+        t: float(per_type[t]["correct"])
+        for t in ("closed", "yes_no")
+        if t in per_type and per_type[t].get("correct") is not None
+    }
     counts = {t: int(per_type[t]["count"]) for t in vqa_scores}
-    return {"recipe": cfg.mllm_recipe, "steps": trained["steps"], "model": str(model_dir),
-            "train_seconds": trained["seconds"], **_losses(trained["log"]), "log": trained["log"],
-            "report": report_scores, "report_chance": report_chance, "report_other_volume": other_volume,
-            "reports_scored": len(rows),
-            "examples": examples, "vqa": vqa_scores, "vqa_questions": counts,
-            "vqa_chance": scoring.vqa_baselines(train_items, list(by_id.values())),
-            "bench_dirs": {"mrg": str(mrg_dir), "vqa": str(vqa_dir)}}
+    return {
+        "recipe": cfg.mllm_recipe,
+        "steps": trained["steps"],
+        "model": str(model_dir),
+        "train_seconds": trained["seconds"],
+        **_losses(trained["log"]),
+        "log": trained["log"],
+        "report": report_scores,
+        "report_chance": report_chance,
+        "report_other_volume": other_volume,
+        "reports_scored": len(rows),
+        "examples": examples,
+        "vqa": vqa_scores,
+        "vqa_questions": counts,
+        "vqa_chance": scoring.vqa_baselines(train_items, list(by_id.values())),
+        "bench_dirs": {"mrg": str(mrg_dir), "vqa": str(vqa_dir)},
+    }
 
 
 # ---------------------------------------------------------------------------------------- segmentation
 
-def _masks(prepared: Path, split: str, classes: Sequence[str]) -> Dict[str, List[np.ndarray]]:
 
-    out: Dict[str, List[np.ndarray]] = {c: [] for c in classes}
+def _masks(prepared: Path, split: str, classes: Sequence[str]) -> dict[str, list[np.ndarray]]:
+
+    out: dict[str, list[np.ndarray]] = {c: [] for c in classes}
     manifest = prepared / f"{split}.json"
     for item in _items(prepared, split):
         names = [c for c in classes if c in (item.get("masks") or {})]
@@ -212,7 +338,7 @@ def _masks(prepared: Path, split: str, classes: Sequence[str]) -> Dict[str, List
     return out
 
 
-def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
+def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
     """Tiny SegVol (text prompts): train on phantoms, segment the test split with Bench's front end."""
     model_dir = work / "seg_model"
     extra = "model:\n  config_overrides:\n    train_prompt_types: [text]\n"
@@ -222,21 +348,47 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> Dict[str, Any]:
         overrides += ["--learning_rate", str(cfg.seg_lr)]
     trained = train_recipe(cfg.seg_recipe, model_dir, cfg.seg_steps, overrides, yaml_extra=extra)
     out = work / "seg_eval"
-    summary = run_bench("run_seg", ["--model", model_dir, "--manifest", prepared / "test.json", "--out", out,
-                                    "--classes", ",".join(cfg.seg_classes)], out, cfg.threads)
-    per_class = {name: {k: float(v) for k, v in g.items() if k in ("dice", "nsd", "hd95", "count") and v is not None}
-                 for name, g in summary.get("per_class", {}).items()}
-    chance = scoring.seg_baselines(_masks(prepared, "train", cfg.seg_classes), _masks(prepared, "test", cfg.seg_classes))
-    return {"recipe": cfg.seg_recipe, "steps": trained["steps"], "model": str(model_dir),
-            "train_seconds": trained["seconds"], **_losses(trained["log"]), "log": trained["log"],
-            "per_class": per_class, "overall": {k: v for k, v in summary.get("overall", {}).items()
-                                                 if k in ("dice", "nsd", "hd95", "count")},
-            "chance": chance, "predictions": str(out / "predictions"), "bench_dir": str(out)}
+    summary = run_bench(
+        "run_seg",
+        [
+            "--model",
+            model_dir,
+            "--manifest",
+            prepared / "test.json",
+            "--out",
+            out,
+            "--classes",
+            ",".join(cfg.seg_classes),
+        ],
+        out,
+        cfg.threads,
+    )
+    per_class = {
+        name: {k: float(v) for k, v in g.items() if k in ("dice", "nsd", "hd95", "count") and v is not None}
+        for name, g in summary.get("per_class", {}).items()
+    }
+    chance = scoring.seg_baselines(
+        _masks(prepared, "train", cfg.seg_classes), _masks(prepared, "test", cfg.seg_classes)
+    )
+    return {
+        "recipe": cfg.seg_recipe,
+        "steps": trained["steps"],
+        "model": str(model_dir),
+        "train_seconds": trained["seconds"],
+        **_losses(trained["log"]),
+        "log": trained["log"],
+        "per_class": per_class,
+        "overall": {k: v for k, v in summary.get("overall", {}).items() if k in ("dice", "nsd", "hd95", "count")},
+        "chance": chance,
+        "predictions": str(out / "predictions"),
+        "bench_dir": str(out),
+    }
 
 
 # ---------------------------------------------------------------------------------------- real data
 
-def find_labelled_ct(folder: Path, structure: str) -> Dict[str, Any]:
+
+def find_labelled_ct(folder: Path, structure: str) -> dict[str, Any]:
     """The first ``<name>.nii.gz`` with ``<name>_seg.nii.gz`` beside it whose label table (``labels.json``:
     ``{id: name}``, or tables by key, ``total_mr`` for names containing ``mr`` and ``total`` otherwise
     as in TotalSegmentator) names ``structure``."""
@@ -259,12 +411,16 @@ def find_labelled_ct(folder: Path, structure: str) -> Dict[str, Any]:
         table = tables[key] if key else tables
         ids = [int(i) for i, name in table.items() if name == structure]
         if ids:
-            return {"image": image, "labels": seg, "label_id": ids[0],
-                    "label_table": f"{table_file}#{key}" if key else str(table_file)}
+            return {
+                "image": image,
+                "labels": seg,
+                "label_id": ids[0],
+                "label_table": f"{table_file}#{key}" if key else str(table_file),
+            }
     raise FileNotFoundError(f"--real-data {folder}: no image with a *_seg label file naming '{structure}'")
 
 
-def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict[str, Any]:
+def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> dict[str, Any]:
     """Segment a real labelled CT with the phantom-trained model, fine-tune on it, segment again.
 
     The fine-tuning uses the scan's own label, so the second score shows that the whole pipeline
@@ -273,13 +429,12 @@ def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict
     """
     import torch
 
-
     found = find_labelled_ct(folder, cfg.real_structure)
     vol = load_volume(found["image"])
     truth = load_mask(found["labels"], like=vol).array == found["label_id"]
     structure = cfg.real_structure
 
-    def score(model_dir: Path, tag: str) -> Dict[str, Any]:
+    def score(model_dir: Path, tag: str) -> dict[str, Any]:
         model = load_seg_model(model_dir)
         with torch.no_grad():
             written = predict_file(model, found["image"], [structure], work / f"real_{tag}.nii.gz", zoom_in=False)
@@ -288,16 +443,28 @@ def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> Dict
 
     before = score(seg_model, "phantom_only")
     model_dir = work / "real_model"
-    extra = ("model:\n  config_overrides:\n    train_prompt_types: [text]\n"
-             f"  init_from: {seg_model}\n"
-             "data:\n  dataset: label_map\n"
-             f"  label_map_pairs: ['{found['image']}:{found['labels']}']\n"
-             f"  label_table: '{found['label_table']}'\n"
-             f"  classes: [{structure}]\n  max_classes: 1\n  repeat: 8\n  augment: true\n")
+    extra = (
+        "model:\n  config_overrides:\n    train_prompt_types: [text]\n"
+        f"  init_from: {seg_model}\n"
+        "data:\n  dataset: label_map\n"
+        f"  label_map_pairs: ['{found['image']}:{found['labels']}']\n"
+        f"  label_table: '{found['label_table']}'\n"
+        f"  classes: [{structure}]\n  max_classes: 1\n  repeat: 8\n  augment: true\n"
+    )
     trained = train_recipe(cfg.seg_recipe, model_dir, cfg.real_steps, ["--learning_rate", "1e-3"], yaml_extra=extra)
     after = score(model_dir, "finetuned")
-    return {"image": str(found["image"]), "labels": str(found["labels"]), "structure": structure,
-            "shape": list(vol.shape), "spacing_mm": [float(s) for s in vol.spacing],
-            "steps": trained["steps"], "train_seconds": trained["seconds"], **_losses(trained["log"]),
-            "log": trained["log"], "phantom_only_dice": before["dice"], "finetuned_dice": after["dice"],
-            "all_foreground_dice": scoring.dice(np.ones_like(truth), truth), "mask": after["mask"]}
+    return {
+        "image": str(found["image"]),
+        "labels": str(found["labels"]),
+        "structure": structure,
+        "shape": list(vol.shape),
+        "spacing_mm": [float(s) for s in vol.spacing],
+        "steps": trained["steps"],
+        "train_seconds": trained["seconds"],
+        **_losses(trained["log"]),
+        "log": trained["log"],
+        "phantom_only_dice": before["dice"],
+        "finetuned_dice": after["dice"],
+        "all_foreground_dice": scoring.dice(np.ones_like(truth), truth),
+        "mask": after["mask"],
+    }

@@ -20,8 +20,9 @@ volume is a path (NIfTI, DICOM series folder, NRRD/MHA, prepared ``.npy``) or a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -37,16 +38,31 @@ from LaMed.inference.preprocessing import model_input, model_preset
 from LaMed.inference.reasoning import load_reasoning_model, predict_question
 from LaMed.inference.segment import predict_volume
 
-__all__ = ["load", "DTYPES", "LaMedModel", "SegmentationModel", "ReportModel", "ReasoningModel", "ClipModel",
-           "Segmentation", "resolve_dtype"]
+__all__ = [
+    "load",
+    "DTYPES",
+    "LaMedModel",
+    "SegmentationModel",
+    "ReportModel",
+    "ReasoningModel",
+    "ClipModel",
+    "Segmentation",
+    "resolve_dtype",
+]
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 VolumeLike = Union[str, Path, "Volume"]  # noqa: F821  (LaMed.data.io.Volume)
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: str = "cpu", option: str = "dtype") -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: str = "cpu", option: str = "dtype") -> torch.dtype:
     """``"fp32" | "bf16" | "fp16"`` (or a torch dtype) -> ``torch.dtype``; fp16 only on a GPU."""
     if dtype is None:
         return torch.float32
@@ -54,12 +70,13 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: str = "cpu", opt
     if out is None:
         raise ValueError(f"{option}: expected one of fp32, bf16, fp16, got {dtype!r}")
     if out == torch.float16 and torch.device(device).type == "cpu":
-        raise ValueError(f"{option}: fp16 needs a GPU (the CPU lacks float16 kernels for 3D convolutions); "
-                         f"use bf16 on the CPU")
+        raise ValueError(
+            f"{option}: fp16 needs a GPU (the CPU lacks float16 kernels for 3D convolutions); use bf16 on the CPU"
+        )
     return out
 
 
-def _volume(volume: VolumeLike, series_uid: Optional[str] = None):
+def _volume(volume: VolumeLike, series_uid: str | None = None):
 
     if isinstance(volume, Volume):
         return volume
@@ -81,11 +98,11 @@ class Segmentation:
     volume: object
 
     @property
-    def prompts(self) -> List[str]:
+    def prompts(self) -> list[str]:
         return list(self.prediction.prompts)
 
     @property
-    def masks(self) -> Dict[str, np.ndarray]:
+    def masks(self) -> dict[str, np.ndarray]:
         return self.prediction.masks
 
     @property
@@ -96,7 +113,7 @@ class Segmentation:
     def label_map(self) -> np.ndarray:
         return self.prediction.label_map
 
-    def save(self, out: Union[str, Path], fmt: str = ".nii.gz", overlay: bool = False) -> Dict[str, Path]:
+    def save(self, out: str | Path, fmt: str = ".nii.gz", overlay: bool = False) -> dict[str, Path]:
         """Write the mask (one prompt) or label map + legend in the source geometry (see
         :func:`LaMed.inference.outputs.write_segmentation`); returns the written paths."""
 
@@ -129,7 +146,7 @@ class LaMedModel:
 
         return model_preset(self.model, self.requested_preset)
 
-    def prepare(self, volume: VolumeLike, series_uid: Optional[str] = None) -> torch.Tensor:
+    def prepare(self, volume: VolumeLike, series_uid: str | None = None) -> torch.Tensor:
         """The network input ``(1, 1, D, H, W)`` of ``volume``: the model's preprocessing at its size, on
         its device and in its dtype."""
 
@@ -145,15 +162,30 @@ class SegmentationModel(LaMedModel):
 
     model_types = ("lamed_segvol", "lamed_text3dsam", "lamed_refsam3d")
 
-    def segment(self, volume: VolumeLike, prompts: Union[str, Sequence[str]], zoom_in: bool = True,
-                overlap: float = 0.5, threshold: Optional[float] = None, progress: bool = False,
-                series_uid: Optional[str] = None) -> Segmentation:
+    def segment(
+        self,
+        volume: VolumeLike,
+        prompts: str | Sequence[str],
+        zoom_in: bool = True,
+        overlap: float = 0.5,
+        threshold: float | None = None,
+        progress: bool = False,
+        series_uid: str | None = None,
+    ) -> Segmentation:
         """Masks of ``prompts`` (structure names or sentences) on ``volume``'s source grid."""
 
         vol = _volume(volume, series_uid)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        pred = predict_volume(self.model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
-                              progress=progress, preset=self.requested_preset)
+        pred = predict_volume(
+            self.model,
+            vol,
+            prompts,
+            zoom_in=zoom_in,
+            overlap=overlap,
+            threshold=threshold,
+            progress=progress,
+            preset=self.requested_preset,
+        )
         return Segmentation(pred, vol)
 
 
@@ -162,16 +194,28 @@ class ReportModel(LaMedModel):
 
     model_types = ("lamed",)
 
-    def generate(self, volume: VolumeLike, question: Union[str, Sequence[str], None] = None,
-                 max_new_tokens: int = 256, decoding: str = "greedy", series_uid: Optional[str] = None):
+    def generate(
+        self,
+        volume: VolumeLike,
+        question: str | Sequence[str] | None = None,
+        max_new_tokens: int = 256,
+        decoding: str = "greedy",
+        series_uid: str | None = None,
+    ):
         """The answer to ``question`` (a string), or to each of several (a list); no question: a report."""
 
         single = question is None or isinstance(question, str)
         questions = [CAPTION_TEMPLATES[0] if question is None else question] if single else list(question)
         questions = check_prompts(questions, "question")
         x = self.prepare(volume, series_uid)
-        answers = generate_texts(self.model, self.processor, x.expand(len(questions), -1, -1, -1, -1), questions,
-                                 max_new_tokens=max_new_tokens, decoding=decoding)
+        answers = generate_texts(
+            self.model,
+            self.processor,
+            x.expand(len(questions), -1, -1, -1, -1),
+            questions,
+            max_new_tokens=max_new_tokens,
+            decoding=decoding,
+        )
         return answers[0] if single else answers
 
 
@@ -180,14 +224,30 @@ class ReasoningModel(LaMedModel):
 
     model_types = ("lamed_seg",)
 
-    def ask(self, volume: VolumeLike, question: str, zoom_in: bool = True, overlap: float = 0.5,
-            threshold: float = 0.5, max_new_tokens: int = 64, series_uid: Optional[str] = None):
+    def ask(
+        self,
+        volume: VolumeLike,
+        question: str,
+        zoom_in: bool = True,
+        overlap: float = 0.5,
+        threshold: float = 0.5,
+        max_new_tokens: int = 64,
+        series_uid: str | None = None,
+    ):
         """``(answer text, [bool mask (D, H, W) per [SEG] of the answer])`` on the source grid."""
 
         question = check_prompts([question], "question")[0]
-        pred = predict_question(self.model, self.processor, _volume(volume, series_uid), question, zoom_in=zoom_in,
-                                overlap=overlap, threshold=threshold, max_new_tokens=max_new_tokens,
-                                preset=self.requested_preset)
+        pred = predict_question(
+            self.model,
+            self.processor,
+            _volume(volume, series_uid),
+            question,
+            zoom_in=zoom_in,
+            overlap=overlap,
+            threshold=threshold,
+            max_new_tokens=max_new_tokens,
+            preset=self.requested_preset,
+        )
         return pred.answer, list(pred.masks)
 
 
@@ -197,31 +257,38 @@ class ClipModel(LaMedModel):
     model_types = ("lamed_clip",)
 
     @torch.no_grad()
-    def embed(self, volume: VolumeLike, series_uid: Optional[str] = None) -> np.ndarray:
+    def embed(self, volume: VolumeLike, series_uid: str | None = None) -> np.ndarray:
         """The volume's embedding ``(projection_dim,)`` float32 (not normalised)."""
         return self.model.encode_image(self.prepare(volume, series_uid)).float().cpu().numpy()[0]
 
     @torch.no_grad()
-    def embed_text(self, texts: Union[str, Sequence[str]]) -> np.ndarray:
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Text embeddings ``(N, projection_dim)`` float32; a text longer than the tower takes is refused."""
 
         texts = check_prompts([texts] if isinstance(texts, str) else list(texts), "texts")
-        check_text_length(self.tokenizer, texts, text_position_limit(self.model.text_model, self.tokenizer), "texts",
-                          what="the CLIP text tower")
+        check_text_length(
+            self.tokenizer,
+            texts,
+            text_position_limit(self.model.text_model, self.tokenizer),
+            "texts",
+            what="the CLIP text tower",
+        )
         enc = self.tokenizer(texts, padding=True, return_tensors="pt")
         emb = self.model.encode_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
         return emb.float().cpu().numpy()
 
     @torch.no_grad()
-    def classify(self, volume: VolumeLike, prompt_set: str = "ct_rate", series_uid: Optional[str] = None) -> dict:
+    def classify(self, volume: VolumeLike, prompt_set: str = "ct_rate", series_uid: str | None = None) -> dict:
         """Zero-shot per-finding probabilities with a prompt set (``"ct_rate"``, ``"phantom"``, a YAML path;
         ``"SET:STYLE"`` picks a prompt style): see :mod:`LaMed.inference.classify`."""
 
-        return classify_from_spec(self.model, self.tokenizer, self.prepare(volume, series_uid), prompt_set,
-                                  device=self.device)
+        return classify_from_spec(
+            self.model, self.tokenizer, self.prepare(volume, series_uid), prompt_set, device=self.device
+        )
 
-    def similarity(self, volume: VolumeLike, texts: Union[str, Sequence[str]],
-                   series_uid: Optional[str] = None) -> Dict[str, float]:
+    def similarity(
+        self, volume: VolumeLike, texts: str | Sequence[str], series_uid: str | None = None
+    ) -> dict[str, float]:
         """Cosine similarity of the volume with each text, in the order given."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         image = torch.from_numpy(self.embed(volume, series_uid))[None]
@@ -233,7 +300,7 @@ class ClipModel(LaMedModel):
 FAMILIES = (SegmentationModel, ReportModel, ReasoningModel, ClipModel)
 
 
-def _llm_kwargs(device_map: Optional[str], load_in: Optional[str]) -> dict:
+def _llm_kwargs(device_map: str | None, load_in: str | None) -> dict:
     kwargs: dict = {}
     if device_map:
         kwargs["device_map"] = device_map
@@ -243,17 +310,26 @@ def _llm_kwargs(device_map: Optional[str], load_in: Optional[str]) -> dict:
         if load_in not in ("4bit", "8bit"):
             raise ValueError(f"load_in: expected '4bit' or '8bit', got {load_in!r}")
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError(f"load_in={load_in!r} needs the optional package bitsandbytes "
-                             f"(pip install bitsandbytes; GPU only)")
+            raise ValueError(
+                f"load_in={load_in!r} needs the optional package bitsandbytes (pip install bitsandbytes; GPU only)"
+            )
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=load_in == "4bit", load_in_8bit=load_in == "8bit"
+        )
         kwargs.setdefault("device_map", "auto")
     return kwargs
 
 
-def load(path_or_id: Union[str, Path], device: str = "cpu", dtype: Union[str, torch.dtype, None] = "fp32",
-         preset=None, device_map: Optional[str] = None, load_in: Optional[str] = None) -> LaMedModel:
+def load(
+    path_or_id: str | Path,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = "fp32",
+    preset=None,
+    device_map: str | None = None,
+    load_in: str | None = None,
+) -> LaMedModel:
     """Load a LaMed model folder (or a hub id, read from the local cache when offline).
 
     Args:

@@ -23,9 +23,9 @@ manifest item when one of its ``labels`` is among the item's ``labels``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,14 +48,14 @@ class FindingPrompts:
     """One finding: its name, the manifest labels that make it positive, and its two prompt ensembles."""
 
     name: str
-    positive: Tuple[str, ...]
-    negative: Tuple[str, ...]
-    labels: Tuple[str, ...] = ()
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+    labels: tuple[str, ...] = ()
     group: str = ""
 
     def is_positive(self, item_labels: Sequence[str]) -> bool:
-        wanted = {l.lower() for l in (self.labels or (self.name,))}
-        return any(str(l).lower() in wanted for l in item_labels)
+        wanted = {lab.lower() for lab in (self.labels or (self.name,))}
+        return any(str(lab).lower() in wanted for lab in item_labels)
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,14 @@ class PromptSet:
 
     name: str
     style: str
-    findings: Tuple[FindingPrompts, ...]
+    findings: tuple[FindingPrompts, ...]
     source: str = ""
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return [f.name for f in self.findings]
 
-    def select(self, names: Sequence[str]) -> "PromptSet":
+    def select(self, names: Sequence[str]) -> PromptSet:
         """The subset ``names`` (in that order); an unknown name is refused, listing the known ones."""
         by = {f.name.lower(): f for f in self.findings}
         unknown = [n for n in names if n.lower() not in by]
@@ -81,11 +81,21 @@ class PromptSet:
             raise PromptSetError(f"{self.source or self.name}: selecting no finding leaves an empty set")
         return PromptSet(self.name, self.style, tuple(by[n.lower()] for n in names), self.source)
 
-    def to_dict(self) -> Dict:
-        return {"name": self.name, "style": self.style, "source": self.source,
-                "findings": {f.name: {"positive": list(f.positive), "negative": list(f.negative),
-                                      "labels": list(f.labels or (f.name,)), "group": f.group}
-                             for f in self.findings}}
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "style": self.style,
+            "source": self.source,
+            "findings": {
+                f.name: {
+                    "positive": list(f.positive),
+                    "negative": list(f.negative),
+                    "labels": list(f.labels or (f.name,)),
+                    "group": f.group,
+                }
+                for f in self.findings
+            },
+        }
 
 
 def _read_yaml(path: Path):
@@ -99,7 +109,7 @@ def _read_yaml(path: Path):
         raise PromptSetError(f"{path}: not valid YAML ({exc})") from None
 
 
-def load_styles(path: Optional[str | Path] = None) -> Dict[str, Dict]:
+def load_styles(path: str | Path | None = None) -> dict[str, dict]:
     """``{style: {"positive": [...], "negative": [...], "description": str}}`` from ``styles.yaml``."""
     path = Path(path) if path else PROMPT_SETS_DIR / "styles.yaml"
     data = _read_yaml(path)
@@ -109,17 +119,18 @@ def load_styles(path: Optional[str | Path] = None) -> Dict[str, Dict]:
         for side in ("positive", "negative"):
             t = st.get(side) if isinstance(st, dict) else None
             if not isinstance(t, list) or not t or not all(isinstance(x, str) and "{finding}" in x for x in t):
-                raise PromptSetError(f"{path}: style {name!r}: '{side}' must be a non-empty list of templates "
-                                     f"containing {{finding}}")
+                raise PromptSetError(
+                    f"{path}: style {name!r}: '{side}' must be a non-empty list of templates containing {{finding}}"
+                )
     return data
 
 
-def list_prompt_sets() -> List[str]:
+def list_prompt_sets() -> list[str]:
     """Names of the bundled prompt sets (``LaMed/data/prompt_sets/<name>.yaml``)."""
     return sorted(p.stem for p in PROMPT_SETS_DIR.glob("*.yaml") if p.stem != "styles")
 
 
-def _strings(value, where: str) -> Tuple[str, ...]:
+def _strings(value, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
@@ -127,8 +138,9 @@ def _strings(value, where: str) -> Tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
-def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
-                    findings: Optional[Sequence[str]] = None) -> PromptSet:
+def load_prompt_set(
+    name_or_path: str | Path, style: str | None = None, findings: Sequence[str] | None = None
+) -> PromptSet:
     """A bundled prompt set by name (``ct_rate``, ``phantom``) or a YAML file, with ``style``'s
     templates for the findings that have no prompts of their own (default: the file's
     ``default_style``); ``findings`` keeps a subset (unknown names are refused).
@@ -139,8 +151,9 @@ def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
     if not p.suffix:
         p = PROMPT_SETS_DIR / f"{name_or_path}.yaml"
         if not p.is_file():
-            raise PromptSetError(f"prompt set {str(name_or_path)!r} not found; bundled: {list_prompt_sets()} "
-                                 f"(or give a YAML path)")
+            raise PromptSetError(
+                f"prompt set {str(name_or_path)!r} not found; bundled: {list_prompt_sets()} (or give a YAML path)"
+            )
     data = _read_yaml(p)
     if not isinstance(data, dict):
         raise PromptSetError(f"{p}: expected a mapping with 'findings'")
@@ -184,16 +197,22 @@ def load_prompt_set(name_or_path: str | Path, style: Optional[str] = None,
 
 # ------------------------------------------------------------------------------------------- scoring
 
-def encode_prompts(model, tokenizer, prompt_set: PromptSet, max_length: Optional[int] = None,
-                   device=None) -> Tuple[np.ndarray, np.ndarray]:
+
+def encode_prompts(
+    model, tokenizer, prompt_set: PromptSet, max_length: int | None = None, device=None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(positive, negative)`` ensemble embeddings, each ``(K, P)``: the mean of the L2-normalised
     prompt embeddings of each side (not renormalised, so a dot product is the mean cosine)."""
     import torch
 
-
     texts = [t for f in prompt_set.findings for t in (*f.positive, *f.negative)]
-    check_text_length(tokenizer, texts, max_length or text_position_limit(model.text_model, tokenizer),
-                      f"prompt set {prompt_set.source or prompt_set.name}", what="the CLIP text tower")
+    check_text_length(
+        tokenizer,
+        texts,
+        max_length or text_position_limit(model.text_model, tokenizer),
+        f"prompt set {prompt_set.source or prompt_set.name}",
+        what="the CLIP text tower",
+    )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     with torch.no_grad():
@@ -202,15 +221,16 @@ def encode_prompts(model, tokenizer, prompt_set: PromptSet, max_length: Optional
         emb = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
     pos, neg, i = [], [], 0
     for f in prompt_set.findings:
-        pos.append(emb[i: i + len(f.positive)].mean(0))
+        pos.append(emb[i : i + len(f.positive)].mean(0))
         i += len(f.positive)
-        neg.append(emb[i: i + len(f.negative)].mean(0))
+        neg.append(emb[i : i + len(f.negative)].mean(0))
         i += len(f.negative)
     return np.stack(pos).astype(np.float32), np.stack(neg).astype(np.float32)
 
 
-def zero_shot_scores(image_emb: np.ndarray, positive: np.ndarray, negative: np.ndarray,
-                     scale: float) -> Dict[str, np.ndarray]:
+def zero_shot_scores(
+    image_emb: np.ndarray, positive: np.ndarray, negative: np.ndarray, scale: float
+) -> dict[str, np.ndarray]:
     """Scores of ``(N, P)`` image embeddings against ``(K, P)`` ensembles.
 
     Returns ``{"probability", "similarity", "similarity_negative"}``, each ``(N, K)``:
@@ -237,13 +257,14 @@ def _fit(image, size: Sequence[int]):
     return torch.nn.functional.interpolate(image, size=tuple(size), mode="trilinear", align_corners=False)
 
 
-def _image_size(model) -> Optional[Tuple[int, ...]]:
+def _image_size(model) -> tuple[int, ...] | None:
     size = getattr(getattr(model.vision_model, "config", None), "img_size", None)
     return tuple(int(s) for s in size) if size is not None else None
 
 
-def classify_volume(model, tokenizer, image, prompt_set: PromptSet, slice_features=None,
-                    device=None) -> Dict[str, Dict[str, float]]:
+def classify_volume(
+    model, tokenizer, image, prompt_set: PromptSet, slice_features=None, device=None
+) -> dict[str, dict[str, float]]:
     """One volume ``(1, 1, D, H, W)`` (or ``(1, D, H, W)``) in [0, 1] -> ``{finding: {"probability",
     "similarity", "similarity_negative"}}`` (resized to the tower's input size when needed)."""
     import torch
@@ -269,34 +290,43 @@ def classify_volume(model, tokenizer, image, prompt_set: PromptSet, slice_featur
 class ZeroShotResult:
     """Scores of a split: row ``i`` is item ``ids[i]``, column ``k`` finding ``names[k]``."""
 
-    ids: List[str]
-    names: List[str]
+    ids: list[str]
+    names: list[str]
     probability: np.ndarray  # (N, K)
     similarity: np.ndarray  # (N, K) cosine with the positive ensemble
     similarity_negative: np.ndarray  # (N, K)
-    labels: Optional[np.ndarray] = None  # (N, K) 0/1 from the manifest, None when items have no labels
-    prompt_set: Dict = field(default_factory=dict)
+    labels: np.ndarray | None = None  # (N, K) 0/1 from the manifest, None when items have no labels
+    prompt_set: dict = field(default_factory=dict)
 
     def scores(self, kind: str) -> np.ndarray:
         if kind not in SCORES:
             raise ValueError(f"score {kind!r} is not one of {SCORES}")
         return getattr(self, kind)
 
-    def records(self) -> List[Dict]:
+    def records(self) -> list[dict]:
         """One JSON-ready record a volume: ``{"id", "findings": {name: {probability, similarity, ...}}}``."""
         out = []
         for i, item_id in enumerate(self.ids):
-            rec = {"id": item_id, "findings": {
-                n: {"probability": float(self.probability[i, k]), "similarity": float(self.similarity[i, k]),
-                    "similarity_negative": float(self.similarity_negative[i, k])} for k, n in enumerate(self.names)}}
+            rec = {
+                "id": item_id,
+                "findings": {
+                    n: {
+                        "probability": float(self.probability[i, k]),
+                        "similarity": float(self.similarity[i, k]),
+                        "similarity_negative": float(self.similarity_negative[i, k]),
+                    }
+                    for k, n in enumerate(self.names)
+                },
+            }
             if self.labels is not None:
                 rec["labels"] = {n: int(self.labels[i, k]) for k, n in enumerate(self.names)}
             out.append(rec)
         return out
 
 
-def manifest_labels(manifest: Mapping, items: Sequence[Mapping], prompt_set: PromptSet,
-                    where: str = "manifest") -> Optional[np.ndarray]:
+def manifest_labels(
+    manifest: Mapping, items: Sequence[Mapping], prompt_set: PromptSet, where: str = "manifest"
+) -> np.ndarray | None:
     """``(N, K)`` 0/1 ground truth of the items, or ``None`` when no item carries ``labels``.
 
     A manifest naming its label vocabulary (``label_names``, as CT-RATE's) must contain every
@@ -305,10 +335,14 @@ def manifest_labels(manifest: Mapping, items: Sequence[Mapping], prompt_set: Pro
     vocab = manifest.get("label_names")
     if vocab:
         known = {str(v).lower() for v in vocab}
-        missing = [f.name for f in prompt_set.findings if not any(l.lower() in known for l in (f.labels or (f.name,)))]
+        missing = [
+            f.name for f in prompt_set.findings if not any(lab.lower() in known for lab in (f.labels or (f.name,)))
+        ]
         if missing:
-            raise PromptSetError(f"{where}: finding(s) {missing} of prompt set {prompt_set.name!r} are not among the "
-                                 f"manifest's label_names {list(vocab)}")
+            raise PromptSetError(
+                f"{where}: finding(s) {missing} of prompt set {prompt_set.name!r} are not among the "
+                f"manifest's label_names {list(vocab)}"
+            )
     if not any(isinstance(it.get("labels"), list) for it in items):
         return None
     bad = [it["id"] for it in items if not isinstance(it.get("labels"), list)]
@@ -317,15 +351,22 @@ def manifest_labels(manifest: Mapping, items: Sequence[Mapping], prompt_set: Pro
     return np.asarray([[int(f.is_positive(it["labels"])) for f in prompt_set.findings] for it in items], np.int64)
 
 
-def classify_split(model, tokenizer, manifest: str | Path, prompt_set: PromptSet, *,
-                   max_items: Optional[int] = None, batch_size: int = 8, slice_features: str = "",
-                   device=None) -> ZeroShotResult:
+def classify_split(
+    model,
+    tokenizer,
+    manifest: str | Path,
+    prompt_set: PromptSet,
+    *,
+    max_items: int | None = None,
+    batch_size: int = 8,
+    slice_features: str = "",
+    device=None,
+) -> ZeroShotResult:
     """Score every item of a prepared split (``<prepared>/<split>.json``).
 
     ``slice_features``: the item field holding HSENet stage 2's ``(32, C)`` slice-feature ``.npy``.
     """
     import torch
-
 
     manifest = Path(manifest)
     man = load_manifest(manifest)
@@ -341,7 +382,7 @@ def classify_split(model, tokenizer, manifest: str | Path, prompt_set: PromptSet
     model.eval()
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            chunk = items[start: start + batch_size]
+            chunk = items[start : start + batch_size]
             x = torch.from_numpy(np.stack([np.asarray(load_image(manifest, it), np.float32) for it in chunk]))
             if size:
                 x = _fit(x, size)
@@ -349,17 +390,32 @@ def classify_split(model, tokenizer, manifest: str | Path, prompt_set: PromptSet
             if slice_features:
                 missing = [it["id"] for it in chunk if slice_features not in it]
                 if missing:
-                    raise PromptSetError(f"{manifest}: slice_features field {slice_features!r} missing in {missing[:3]}")
+                    raise PromptSetError(
+                        f"{manifest}: slice_features field {slice_features!r} missing in {missing[:3]}"
+                    )
                 feats = [np.load(root / it[slice_features], allow_pickle=False).astype(np.float32) for it in chunk]
                 extra["slice_features"] = torch.from_numpy(np.stack(feats)).to(device)
             embs.append(model.encode_image(x.to(device), **extra).float().cpu().numpy())
     s = zero_shot_scores(np.concatenate(embs), pos, neg, model_scale(model))
-    return ZeroShotResult([it["id"] for it in items], prompt_set.names, s["probability"], s["similarity"],
-                          s["similarity_negative"], labels, prompt_set.to_dict())
+    return ZeroShotResult(
+        [it["id"] for it in items],
+        prompt_set.names,
+        s["probability"],
+        s["similarity"],
+        s["similarity_negative"],
+        labels,
+        prompt_set.to_dict(),
+    )
 
 
-def evaluate_zero_shot(test: ZeroShotResult, validation: Optional[ZeroShotResult] = None, score: str = "probability",
-                       criterion: str = "f1", n_boot: int = 1000, seed: int = 0) -> Dict:
+def evaluate_zero_shot(
+    test: ZeroShotResult,
+    validation: ZeroShotResult | None = None,
+    score: str = "probability",
+    criterion: str = "f1",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Metrics of a labelled split: thresholds from ``validation`` (else 0.5 on probabilities, as
     CT-CLIP / DCFormer round at 0.5; a similarity score needs a validation split), then
     :func:`~LaMed.metrics.classification.multilabel_report` and bootstrap CIs."""
@@ -380,12 +436,18 @@ def evaluate_zero_shot(test: ZeroShotResult, validation: Optional[ZeroShotResult
     s = test.scores(score)
     rep = multilabel_report(test.labels, s, thr, test.names)
     rep["ci95"] = bootstrap_ci(test.labels, s, thr, test.names, n_boot=n_boot, seed=seed) if n_boot else {}
-    rep["settings"] = {"score": score, "thresholds": source, "n_boot": n_boot, "seed": seed,
-                       "cases": len(test.ids), "prompt_style": test.prompt_set.get("style")}
+    rep["settings"] = {
+        "score": score,
+        "thresholds": source,
+        "n_boot": n_boot,
+        "seed": seed,
+        "cases": len(test.ids),
+        "prompt_style": test.prompt_set.get("style"),
+    }
     return rep
 
 
-def parse_spec(spec: str) -> Tuple[str, Optional[str]]:
+def parse_spec(spec: str) -> tuple[str, str | None]:
     """``"ct_rate"`` / ``"ct_rate:merlin"`` / ``"my_set.yaml:ct_clip_present"`` -> ``(set, style or None)``."""
     head, sep, tail = str(spec).rpartition(":")
     if sep and head and tail in load_styles():
@@ -393,12 +455,15 @@ def parse_spec(spec: str) -> Tuple[str, Optional[str]]:
     return str(spec), None
 
 
-def classify_from_spec(model, tokenizer, image, spec: str, device=None) -> Dict:
+def classify_from_spec(model, tokenizer, image, spec: str, device=None) -> dict:
     """``lamed predict --classify SPEC``: per-finding scores of one volume, with the prompt set used.
 
     Returns ``{"prompt_set", "style", "findings": {name: {"probability", "similarity", "similarity_negative"}}}``.
     """
     name, style = parse_spec(spec)
     ps = load_prompt_set(name, style=style)
-    return {"prompt_set": ps.name, "style": ps.style,
-            "findings": classify_volume(model, tokenizer, image, ps, device=device)}
+    return {
+        "prompt_set": ps.name,
+        "style": ps.style,
+        "findings": classify_volume(model, tokenizer, image, ps, device=device),
+    }

@@ -22,19 +22,25 @@ is refused, so a frame can never be misplaced.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from LaMed.utils.atomic import atomic_path
 
-__all__ = ["SNOMED_CT", "read_series_datasets", "frames_for_source", "write_dicom_seg", "write_dicom_sr",
-           "structure_code"]
+__all__ = [
+    "SNOMED_CT",
+    "read_series_datasets",
+    "frames_for_source",
+    "write_dicom_seg",
+    "write_dicom_sr",
+    "structure_code",
+]
 
 # SNOMED CT body-structure codes (concept id, display name) for the organs of LaMed's phantoms and
 # of TotalSegmentator's classes (names normalised: lower case, "_" and "-" as spaces, either word order).
-SNOMED_CT: Dict[str, Tuple[str, str]] = {
+SNOMED_CT: dict[str, tuple[str, str]] = {
     "liver": ("10200004", "Liver"),
     "spleen": ("78961009", "Spleen"),
     "kidney": ("64033007", "Kidney"),
@@ -83,14 +89,14 @@ def structure_code(prompt: str):
     return codes.SCT.AnatomicalStructure, CodedConcept(local, "99LAMED", prompt.strip()[:64])
 
 
-def read_series_datasets(folder: str | Path, series_uid: Optional[str] = None) -> List:
+def read_series_datasets(folder: str | Path, series_uid: str | None = None) -> list:
     """The instances (with pixels) of one DICOM series in ``folder``; several series need ``series_uid``."""
     import pydicom
 
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--format dicom-seg: {folder} is not a DICOM series folder (DICOM out needs a DICOM input)")
-    found: Dict[str, list] = {}
+    found: dict[str, list] = {}
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             ds = pydicom.dcmread(f)
@@ -124,8 +130,10 @@ def frames_for_source(mask: np.ndarray, volume, datasets: Sequence) -> np.ndarra
         idx = np.tensordot(inv, ras, axes=1)[:3]
         near = np.rint(idx)
         if np.abs(idx - near).max() > 1e-2:
-            raise ValueError(f"{getattr(ds, 'filename', 'instance')}: its pixels do not fall on the voxel grid of the "
-                             "segmented volume (another series, or an oblique resampling)")
+            raise ValueError(
+                f"{getattr(ds, 'filename', 'instance')}: its pixels do not fall on the voxel grid of the "
+                "segmented volume (another series, or an oblique resampling)"
+            )
         near = near.astype(np.int64)
         if (near.min(axis=(1, 2)) < 0).any() or (near.max(axis=(1, 2)) >= np.asarray(mask.shape)).any():
             raise ValueError(f"{getattr(ds, 'filename', 'instance')}: lies outside the segmented volume")
@@ -157,33 +165,50 @@ def write_dicom_seg(pred, volume, datasets: Sequence, path: str | Path, model_na
 
     if not datasets:
         raise ValueError("write_dicom_seg: no source instances")
-    algo = hd.AlgorithmIdentificationSequence(name=str(model_name)[:64], family=codes.cid7162.ArtificialIntelligence,
-                                              version=_version())
+    algo = hd.AlgorithmIdentificationSequence(
+        name=str(model_name)[:64], family=codes.cid7162.ArtificialIntelligence, version=_version()
+    )
     descriptions, planes = [], []
     for number, prompt in enumerate(pred.prompts, start=1):
         category, kind = structure_code(prompt)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=prompt[:64], segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=prompt[:64],
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algo,
+            )
+        )
         planes.append(frames_for_source(pred.masks[prompt], volume, datasets))
     pixels = np.stack(planes, axis=-1).astype(np.uint8)  # (frames, rows, cols, segments)
     first = datasets[0]
     seg = hd.seg.Segmentation(
-        source_images=list(datasets), pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(),
-        series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="LaMed", manufacturer_model_name=str(model_name)[:64], software_versions=_version(),
-        device_serial_number="0", series_description=f"LaMed segmentation ({len(pred.prompts)} structures)"[:64],
-        omit_empty_frames=bool(pixels.any()))
+        source_images=list(datasets),
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="LaMed",
+        manufacturer_model_name=str(model_name)[:64],
+        software_versions=_version(),
+        device_serial_number="0",
+        series_description=f"LaMed segmentation ({len(pred.prompts)} structures)"[:64],
+        omit_empty_frames=bool(pixels.any()),
+    )
     path = Path(path)
     with atomic_path(path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return path
 
 
-def write_dicom_sr(answers: Sequence[Tuple[str, str]], datasets: Sequence, path: str | Path,
-                   model_name: str = "LaMed") -> Path:
+def write_dicom_sr(
+    answers: Sequence[tuple[str, str]], datasets: Sequence, path: str | Path, model_name: str = "LaMed"
+) -> Path:
     """A Comprehensive SR text document: one (question, answer) pair after another under an
     "Imaging report" container; the source series is its evidence (references the study)."""
     hd = _highdicom()
@@ -192,17 +217,33 @@ def write_dicom_sr(answers: Sequence[Tuple[str, str]], datasets: Sequence, path:
 
     items = []
     for question, answer in answers:
-        items.append(TextContentItem(name=CodedConcept("121060", "DCM", "History"), value=str(question)[:1024] or "-",
-                                     relationship_type=RelationshipTypeValues.CONTAINS))
-        items.append(TextContentItem(name=CodedConcept("121071", "DCM", "Finding"), value=str(answer) or "-",
-                                     relationship_type=RelationshipTypeValues.CONTAINS))
+        items.append(
+            TextContentItem(
+                name=CodedConcept("121060", "DCM", "History"),
+                value=str(question)[:1024] or "-",
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+        items.append(
+            TextContentItem(
+                name=CodedConcept("121071", "DCM", "Finding"),
+                value=str(answer) or "-",
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
     root = ContainerContentItem(name=CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
     root.ContentSequence = DicomSequence(items)
     first = datasets[0]
-    sr = hd.sr.ComprehensiveSR(evidence=list(datasets), content=root, series_instance_uid=hd.UID(),
-                               series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1001,
-                               sop_instance_uid=hd.UID(), instance_number=1, manufacturer="LaMed",
-                               series_description=f"{model_name} answers"[:64])
+    sr = hd.sr.ComprehensiveSR(
+        evidence=list(datasets),
+        content=root,
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1001,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="LaMed",
+        series_description=f"{model_name} answers"[:64],
+    )
     path = Path(path)
     with atomic_path(path, suffix=".dcm") as tmp:
         sr.save_as(tmp)

@@ -12,13 +12,14 @@ reproducible: the generator is seeded before every batch from ``seed`` and the b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor
 from LaMed.utils.atomic import atomic_write_text
 
-DECODING: Dict[str, Dict[str, Any]] = {
+DECODING: dict[str, dict[str, Any]] = {
     "greedy": {"do_sample": False},
     "m3d_demo": {"do_sample": True, "temperature": 1.0, "top_p": 0.9},
     "med3dvlm": {"do_sample": True, "temperature": 1.0, "top_p": None},
@@ -26,7 +27,7 @@ DECODING: Dict[str, Dict[str, Any]] = {
 }
 
 
-def decoding_kwargs(preset: str = "greedy", **overrides) -> Dict[str, Any]:
+def decoding_kwargs(preset: str = "greedy", **overrides) -> dict[str, Any]:
     """Generation kwargs of a named preset, with overrides (e.g. ``max_new_tokens``)."""
     if preset not in DECODING:
         raise KeyError(f"unknown decoding preset {preset!r}; known: {sorted(DECODING)}")
@@ -40,7 +41,7 @@ def decoding_kwargs(preset: str = "greedy", **overrides) -> Dict[str, Any]:
     return out
 
 
-def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pretrained):
+def load_mllm(path: str | Path, dtype=None, device: str = "cpu", **from_pretrained):
     """``(model, processor)`` from a saved LaMed folder (model + ``lamed_processor.json``).
 
     ``dtype``: the dtype the weights are loaded in (``from_pretrained`` builds on the meta device and
@@ -48,7 +49,6 @@ def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pr
     arguments such as ``device_map="auto"`` or a ``quantization_config``; with a ``device_map`` the
     model is not moved to ``device``."""
     import torch
-
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -62,14 +62,26 @@ def load_mllm(path: Union[str, Path], dtype=None, device: str = "cpu", **from_pr
     model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(path)
     if processor.num_image_tokens != model.num_image_tokens:
-        raise ValueError(f"{path}: processor expects {processor.num_image_tokens} image tokens, the model gives "
-                         f"{model.num_image_tokens}")
+        raise ValueError(
+            f"{path}: processor expects {processor.num_image_tokens} image tokens, the model gives "
+            f"{model.num_image_tokens}"
+        )
     return model, processor
 
 
-def generate_texts(model, processor, images, questions: Sequence[str], max_new_tokens: int = 256,
-                   decoding: str = "greedy", seed: int = 0, batch_size: int = 8, use_cache: bool = True,
-                   slice_features=None, **gen_kwargs) -> List[str]:
+def generate_texts(
+    model,
+    processor,
+    images,
+    questions: Sequence[str],
+    max_new_tokens: int = 256,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    slice_features=None,
+    **gen_kwargs,
+) -> list[str]:
     """Answers (decoded new tokens, special tokens removed) for ``images[i]`` + ``questions[i]``.
 
     ``images``: ``(N, C, D, H, W)`` tensor / array, or a list of ``(C, D, H, W)``.
@@ -83,7 +95,7 @@ def generate_texts(model, processor, images, questions: Sequence[str], max_new_t
     tok = processor.tokenizer
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # inputs follow the weights' dtype
-    out: List[str] = []
+    out: list[str] = []
     model.eval()
     for b, start in enumerate(range(0, n, batch_size)):
         stop = min(start + batch_size, n)
@@ -91,20 +103,30 @@ def generate_texts(model, processor, images, questions: Sequence[str], max_new_t
         batch = processor(list(questions[start:stop]), padding_side="left")
         extra = {}
         if slice_features is not None:
-            extra["slice_features"] = torch.stack([torch.as_tensor(slice_features[i])
-                                                   for i in range(start, stop)]).to(device, dtype)
+            extra["slice_features"] = torch.stack([torch.as_tensor(slice_features[i]) for i in range(start, stop)]).to(
+                device, dtype
+            )
         if kw.get("do_sample"):
             torch.manual_seed(seed * 100_003 + b)
         with torch.no_grad():
-            ids = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 images=vols, pad_token_id=processor.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 use_cache=use_cache, **extra, **kw)
-        new = ids[:, batch["input_ids"].shape[1]:]
+            ids = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                images=vols,
+                pad_token_id=processor.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                use_cache=use_cache,
+                **extra,
+                **kw,
+            )
+        new = ids[:, batch["input_ids"].shape[1] :]
         out.extend(processor.decode(new))
     return out
 
 
-def time_generation(model, processor, image, question: str, max_new_tokens: int, use_cache: bool = True) -> Tuple[float, float, int]:
+def time_generation(
+    model, processor, image, question: str, max_new_tokens: int, use_cache: bool = True
+) -> tuple[float, float, int]:
     """``(time to first token s, tokens per second after it, new tokens)`` for one greedy generation
     that is forced to run ``max_new_tokens`` steps (EOS ignored)."""
     import time
@@ -112,7 +134,7 @@ def time_generation(model, processor, image, question: str, max_new_tokens: int,
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    stamps: List[float] = []
+    stamps: list[float] = []
 
     class _Stamp(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -123,44 +145,75 @@ def time_generation(model, processor, image, question: str, max_new_tokens: int,
     vol = torch.as_tensor(image).float()[None]
     start = time.perf_counter()
     with torch.no_grad():
-        ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], images=vol,
-                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                             use_cache=use_cache, pad_token_id=processor.pad_token_id,
-                             stopping_criteria=StoppingCriteriaList([_Stamp()]))
+        ids = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            images=vol,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=processor.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([_Stamp()]),
+        )
     new = ids.shape[1] - batch["input_ids"].shape[1]
     ttft = stamps[0] - start
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else float("nan")
     return ttft, rate, new
 
 
-
-
-
-def predict_dataset(model, processor, dataset, max_new_tokens: int = 256, decoding: str = "greedy", seed: int = 0,
-                    batch_size: int = 8, limit: Optional[int] = None, **gen_kwargs) -> List[Dict[str, Any]]:
+def predict_dataset(
+    model,
+    processor,
+    dataset,
+    max_new_tokens: int = 256,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 8,
+    limit: int | None = None,
+    **gen_kwargs,
+) -> list[dict[str, Any]]:
     """Run ``generate_texts`` over an evaluation :class:`~LaMed.data.mllm_dataset.MLLMDataset`
     (built with ``train=False``); returns its records with a ``"prediction"`` field added.
     Volumes are read one batch at a time."""
     import torch
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    out: List[Dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(start + batch_size, n)))
         recs = [dataset.record(i) for i in idx]
         vols = torch.stack([dataset.load_image(i) for i in idx])
-        texts = generate_texts(model, processor, vols, [r["question"] for r in recs], max_new_tokens=max_new_tokens,
-                               decoding=decoding, seed=seed * 7 + start, batch_size=len(idx), **gen_kwargs)
+        texts = generate_texts(
+            model,
+            processor,
+            vols,
+            [r["question"] for r in recs],
+            max_new_tokens=max_new_tokens,
+            decoding=decoding,
+            seed=seed * 7 + start,
+            batch_size=len(idx),
+            **gen_kwargs,
+        )
         for r, t in zip(recs, texts):
             out.append({**r, "prediction": t})
     return out
 
 
-def write_jsonl(path: Union[str, Path], rows: Sequence[Dict[str, Any]], keys: Sequence[str]) -> Path:
+def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Path:
     """Write ``rows`` (only ``keys``) as JSON lines; returns the path."""
     import json
 
-
     text = "".join(json.dumps({k: r[k] for k in keys if k in r}) + "\n" for r in rows)
     return atomic_write_text(path, text)
-__all__ = ["DECODING", "decoding_kwargs", "load_mllm", "generate_texts", "time_generation", "predict_dataset", "write_jsonl"]
+
+
+__all__ = [
+    "DECODING",
+    "decoding_kwargs",
+    "load_mllm",
+    "generate_texts",
+    "time_generation",
+    "predict_dataset",
+    "write_jsonl",
+]

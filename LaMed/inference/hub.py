@@ -12,18 +12,24 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set to a true value."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
-def resolve_model(path_or_id: str | Path, revision: Optional[str] = None, cache_dir: Optional[str] = None,
-                  required_file: str = "config.json") -> Path:
+def resolve_model(
+    path_or_id: str | Path,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    required_file: str = "config.json",
+) -> Path:
     """Local folder of a model given as a folder path or a hub id (see module docstring).
 
     Raises:
@@ -55,7 +61,9 @@ def resolve_model(path_or_id: str | Path, revision: Optional[str] = None, cache_
                 "(HF_HUB_OFFLINE=1); download it once on a machine with network access "
                 f"(`huggingface-cli download {text}`) and copy the cache, or pass a local folder"
             ) from None
-        raise ValueError(f"{text}: could not download from the Hugging Face hub ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{text}: could not download from the Hugging Face hub ({type(exc).__name__}: {exc})"
+        ) from None
     folder = Path(folder)
     if required_file and not (folder / required_file).is_file():
         raise FileNotFoundError(f"{text}: the downloaded snapshot {folder} has no {required_file}")

@@ -10,21 +10,28 @@ the atomic writer. ``lamed predict``, the demo and Bench call these; none keeps 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from LaMed.data.io import load_volume, save_volume
 from LaMed.data.io_guard import find_volumes
 from LaMed.inference.segment import predict_volume
 from LaMed.utils.atomic import atomic_path, write_json_atomic
 
-__all__ = ["DICOM_SEG", "MASK_SUFFIXES", "VOLUME_SUFFIXES", "predict_file", "predict_folder", "find_inputs", "write_overlay",
-           "write_segmentation"]
+__all__ = [
+    "DICOM_SEG",
+    "MASK_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "predict_file",
+    "predict_folder",
+    "find_inputs",
+    "write_overlay",
+    "write_segmentation",
+]
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz")
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
 DICOM_SEG = "dicom-seg"  # --format: one DICOM Segmentation (+ SR for text models) for a DICOM series input
-
 
 
 def _stem(path: Path) -> str:
@@ -39,7 +46,7 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip()).strip("_")[:60] or "prompt"
 
 
-def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n_slices: int = 3) -> Path:
+def write_overlay(volume_array, label_map, legend: dict[int, str], path: Path, n_slices: int = 3) -> Path:
     """PNG of the ``n_slices`` axial slices with the most labelled voxels, labels drawn over the image."""
     import matplotlib
 
@@ -48,7 +55,9 @@ def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n
     import numpy as np
 
     counts = (label_map > 0).reshape(label_map.shape[0], -1).sum(1)
-    order = np.argsort(-counts)[:n_slices] if counts.any() else np.linspace(0, label_map.shape[0] - 1, n_slices).astype(int)
+    order = (
+        np.argsort(-counts)[:n_slices] if counts.any() else np.linspace(0, label_map.shape[0] - 1, n_slices).astype(int)
+    )
     lo, hi = np.percentile(volume_array, [1, 99])
     fig, axes = plt.subplots(1, len(order), figsize=(4 * len(order), 4), squeeze=False)
     cmap = plt.get_cmap("tab10")
@@ -66,10 +75,20 @@ def write_overlay(volume_array, label_map, legend: Dict[int, str], path: Path, n
     return path
 
 
-def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Path, overlay: bool = False,
-                 zoom_in: bool = True, overlap: float = 0.5, threshold: Optional[float] = None,
-                 fmt: str = ".nii.gz", progress: bool = False, series_uid: Optional[str] = None,
-                 preset=None) -> Dict[str, Path]:
+def predict_file(
+    model,
+    image: str | Path,
+    prompts: Sequence[str],
+    out: str | Path,
+    overlay: bool = False,
+    zoom_in: bool = True,
+    overlap: float = 0.5,
+    threshold: float | None = None,
+    fmt: str = ".nii.gz",
+    progress: bool = False,
+    series_uid: str | None = None,
+    preset=None,
+) -> dict[str, Path]:
     """Segment one volume and write the results; returns ``{"mask" | "labels", "legend", "overlay": path}``.
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label
@@ -84,14 +103,31 @@ def predict_file(model, image: str | Path, prompts: Sequence[str], out: str | Pa
         from LaMed.inference.dicom_out import read_series_datasets
 
         datasets = read_series_datasets(image, series_uid)
-    pred = predict_volume(model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold,
-                          progress=progress, preset=preset)
-    return write_segmentation(pred, vol, out, fmt=fmt, overlay=overlay, source=image, datasets=datasets,
-                              model_name=getattr(model.config, "_name_or_path", "") or model.config.model_type)
+    pred = predict_volume(
+        model, vol, prompts, zoom_in=zoom_in, overlap=overlap, threshold=threshold, progress=progress, preset=preset
+    )
+    return write_segmentation(
+        pred,
+        vol,
+        out,
+        fmt=fmt,
+        overlay=overlay,
+        source=image,
+        datasets=datasets,
+        model_name=getattr(model.config, "_name_or_path", "") or model.config.model_type,
+    )
 
 
-def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", overlay: bool = False,
-                       source: Optional[Path] = None, datasets=None, model_name: str = "LaMed") -> Dict[str, Path]:
+def write_segmentation(
+    pred,
+    volume,
+    out: str | Path,
+    fmt: str = ".nii.gz",
+    overlay: bool = False,
+    source: Path | None = None,
+    datasets=None,
+    model_name: str = "LaMed",
+) -> dict[str, Path]:
     """Write a :class:`~LaMed.inference.segment.SegPrediction` of ``volume`` in its source geometry.
 
     ``out`` ending in a mask suffix is the file itself (one prompt: binary mask; several: label map,
@@ -108,7 +144,7 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
     out = Path(out)
     as_file = out.name.lower().endswith(MASK_SUFFIXES)
     stem = _stem(source)
-    written: Dict[str, Path] = {}
+    written: dict[str, Path] = {}
     if fmt == DICOM_SEG:
         from LaMed.inference.dicom_out import write_dicom_seg
 
@@ -123,18 +159,33 @@ def write_segmentation(pred, volume, out: str | Path, fmt: str = ".nii.gz", over
         target = out if as_file else out / f"{stem}_labels{fmt}"
         written["labels"] = save_volume(pred.label_map, target, like=volume)
     legend_path = target.parent / f"{_stem(target)}.json"
-    structures = [{"label": k, "prompt": v, "present": bool(pred.present.get(v, True)),
-                   "presence_probability": pred.presence.get(v)} for k, v in pred.legend.items()]
-    write_json_atomic(legend_path, {"source": str(source), "labels": {str(k): v for k, v in pred.legend.items()},
-                                    "structures": structures, "zoom_in_skipped": pred.fallback})
+    structures = [
+        {
+            "label": k,
+            "prompt": v,
+            "present": bool(pred.present.get(v, True)),
+            "presence_probability": pred.presence.get(v),
+        }
+        for k, v in pred.legend.items()
+    ]
+    write_json_atomic(
+        legend_path,
+        {
+            "source": str(source),
+            "labels": {str(k): v for k, v in pred.legend.items()},
+            "structures": structures,
+            "zoom_in_skipped": pred.fallback,
+        },
+    )
     written["legend"] = legend_path
     if overlay:
-        written["overlay"] = write_overlay(volume.array, pred.label_map, pred.legend,
-                                           target.parent / f"{_stem(target)}.png")
+        written["overlay"] = write_overlay(
+            volume.array, pred.label_map, pred.legend, target.parent / f"{_stem(target)}.png"
+        )
     return written
 
 
-def find_inputs(folder: str | Path) -> List[Path]:
+def find_inputs(folder: str | Path) -> list[Path]:
     """Volume files and DICOM series folders directly inside ``folder`` (sorted)."""
 
     folder = Path(folder)
@@ -147,13 +198,14 @@ def find_inputs(folder: str | Path) -> List[Path]:
     return found
 
 
-def predict_folder(model, folder: str | Path, prompts: Sequence[str], out: str | Path, progress: bool = True,
-                   **kwargs) -> Dict[str, Dict[str, Path] | str]:
+def predict_folder(
+    model, folder: str | Path, prompts: Sequence[str], out: str | Path, progress: bool = True, **kwargs
+) -> dict[str, dict[str, Path] | str]:
     """:func:`predict_file` for every volume of ``folder`` into the folder ``out``; a failing case is
     reported (``{case: "error: ..."}``) and the others go on."""
     from tqdm.auto import tqdm
 
-    results: Dict[str, Dict[str, Path] | str] = {}
+    results: dict[str, dict[str, Path] | str] = {}
     inputs = find_inputs(folder)
     for path in tqdm(inputs, desc="predict", disable=not progress):
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 from LaMed.data.presets import Preset, apply_preset, get_preset, preset_from_spec, preset_spec
 
@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_PRESET", "stored_preprocessing", "model_preset", "input_size
 DEFAULT_PRESET = "m3d"
 
 
-def stored_preprocessing(config) -> Optional[dict]:
+def stored_preprocessing(config) -> dict | None:
     """The preprocessing record a model config stores (``None`` when it stores none)."""
     record = getattr(config, "preprocessing", None)
     if record:
@@ -55,8 +55,9 @@ def _without_size(preset: Preset) -> dict:
     return spec
 
 
-def model_preset(model, requested: Union[str, dict, Preset, None] = None,
-                 size: Optional[Sequence[int]] = None, option: str = "--preset") -> Preset:
+def model_preset(
+    model, requested: str | dict | Preset | None = None, size: Sequence[int] | None = None, option: str = "--preset"
+) -> Preset:
     """The preset to apply for ``model`` (see the module docstring), sized to its input."""
     stored = stored_preprocessing(getattr(model, "config", None))
     if requested is not None:
@@ -66,13 +67,22 @@ def model_preset(model, requested: Union[str, dict, Preset, None] = None,
         else:
             stored_preset = preset_from_spec(stored)
             if _without_size(chosen) != _without_size(stored_preset):
-                logger.warning("%s %s differs from the preprocessing this model was trained / released with (%s); "
-                               "its outputs may be off", option, chosen.name, stored_preset.name)
+                logger.warning(
+                    "%s %s differs from the preprocessing this model was trained / released with (%s); "
+                    "its outputs may be off",
+                    option,
+                    chosen.name,
+                    stored_preset.name,
+                )
     elif stored is not None:
         chosen = preset_from_spec(stored)
     else:
-        logger.warning("the model stores no preprocessing (saved by an older LaMed?); using the %r preset. "
-                       "Pass %s to choose another", DEFAULT_PRESET, option)
+        logger.warning(
+            "the model stores no preprocessing (saved by an older LaMed?); using the %r preset. "
+            "Pass %s to choose another",
+            DEFAULT_PRESET,
+            option,
+        )
         chosen = get_preset(DEFAULT_PRESET)
     if chosen.slices is not None:
         return chosen
@@ -90,10 +100,9 @@ def model_input(volume, size: Sequence[int], preset="m3d"):
     import numpy as np
     import torch
 
-
     arr = np.asarray(volume.array, np.float32)
     size = tuple(int(s) for s in size)
-    if volume.meta.get("format") == "npy" and arr.size and 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
+    if volume.meta.get("format") == "npy" and arr.size and float(arr.min()) >= 0.0 and float(arr.max()) <= 1.0:
         x = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
         return x if tuple(x.shape[2:]) == size else torch.nn.functional.interpolate(x, size=size, mode="trilinear")
     base = preset if isinstance(preset, Preset) else preset_from_spec(preset)

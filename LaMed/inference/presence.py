@@ -19,7 +19,7 @@ a per-prompt decision without a new head, so every published checkpoint gets it:
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ def presence_scores(logits: torch.Tensor) -> np.ndarray:
     return logits.reshape(logits.shape[0], -1).amax(1).double().cpu().numpy()
 
 
-def _calibration(config, threshold: Optional[float] = None) -> Dict[str, float]:
+def _calibration(config, threshold: float | None = None) -> dict[str, float]:
     cal = getattr(config, "presence_calibration", None)
     if cal:
         return {"a": float(cal["a"]), "b": float(cal["b"])}
@@ -42,7 +42,7 @@ def _calibration(config, threshold: Optional[float] = None) -> Dict[str, float]:
     return {"a": 1.0, "b": -math.log(thr / (1.0 - thr))}
 
 
-def presence_probability(config, scores: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+def presence_probability(config, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
     """``sigmoid(a * scores + b)`` with the config's calibration (or the uncalibrated rule at
     ``threshold``, default the config's)."""
     cal = _calibration(config, threshold)
@@ -50,7 +50,7 @@ def presence_probability(config, scores: np.ndarray, threshold: Optional[float] 
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
 
 
-def fit_platt(scores: Sequence[float], present: Sequence[bool], l2: float = 1e-2, iters: int = 100) -> Dict[str, float]:
+def fit_platt(scores: Sequence[float], present: Sequence[bool], l2: float = 1e-2, iters: int = 100) -> dict[str, float]:
     """``(a, b)`` minimising ``sum log-loss(sigmoid(a s + b), y) + l2 / 2 * a^2`` (Newton steps; the
     intercept is not penalised, as in scikit-learn's ``LogisticRegression(C=1 / l2)``). The penalty
     keeps ``a`` finite when the validation split is perfectly separable."""
@@ -75,8 +75,9 @@ def fit_platt(scores: Sequence[float], present: Sequence[bool], l2: float = 1e-2
 
 
 @torch.no_grad()
-def calibrate_presence(model, cases: Sequence[tuple], zoom_in: bool = True, l2: float = 1e-2,
-                       preset=None) -> Dict[str, float]:
+def calibrate_presence(
+    model, cases: Sequence[tuple], zoom_in: bool = True, l2: float = 1e-2, preset=None
+) -> dict[str, float]:
     """Fit the presence calibration on a validation split and store it in ``model.config``.
 
     ``cases``: ``(volume, {prompt: present?})`` pairs (``volume`` a ``LaMed.data.io.Volume``). Each
@@ -84,7 +85,6 @@ def calibrate_presence(model, cases: Sequence[tuple], zoom_in: bool = True, l2: 
     """
     # segment.py decides presence with this module's functions: imported here to keep the layer acyclic
     from LaMed.inference.segment import preprocess, zoom_out_zoom_in
-
 
     scores, labels = [], []
     for volume, truth in cases:
@@ -100,7 +100,7 @@ def calibrate_presence(model, cases: Sequence[tuple], zoom_in: bool = True, l2: 
     return {**cal, "n": len(labels), "n_present": int(sum(labels))}
 
 
-def decide(config, scores: np.ndarray, threshold: Optional[float] = None) -> tuple:
+def decide(config, scores: np.ndarray, threshold: float | None = None) -> tuple:
     """``(probabilities, present)`` per prompt; present = probability >= 0.5."""
     prob = presence_probability(config, scores, threshold)
     return prob, prob >= 0.5

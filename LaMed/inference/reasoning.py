@@ -14,9 +14,9 @@ grid, ready for ``save_volume(..., like=volume)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from LaMed.models.segmentation.common import upsample_logits
 from LaMed.utils.atomic import write_json_atomic
 
 
-def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None, **from_pretrained):
+def load_reasoning_model(path: str | Path, device: str = "cpu", dtype=None, **from_pretrained):
     """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id;
     ``dtype`` and ``from_pretrained`` (``device_map``, ``quantization_config``) as in ``load_mllm``."""
 
@@ -47,8 +47,10 @@ def load_reasoning_model(path: Union[str, Path], device: str = "cpu", dtype=None
     model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(folder)
     if processor.num_image_tokens != model.num_image_tokens:
-        raise ValueError(f"{folder}: processor expects {processor.num_image_tokens} image tokens, the model gives "
-                         f"{model.num_image_tokens}")
+        raise ValueError(
+            f"{folder}: processor expects {processor.num_image_tokens} image tokens, the model gives "
+            f"{model.num_image_tokens}"
+        )
     return model, processor
 
 
@@ -62,8 +64,17 @@ class Answer:
     prompts: torch.Tensor
 
 
-def answer_and_segment(model, processor, images, questions: Sequence[str], max_new_tokens: int = 64,
-                       decoding: str = "greedy", seed: int = 0, batch_size: int = 4, **gen_kwargs) -> List[Answer]:
+def answer_and_segment(
+    model,
+    processor,
+    images,
+    questions: Sequence[str],
+    max_new_tokens: int = 64,
+    decoding: str = "greedy",
+    seed: int = 0,
+    batch_size: int = 4,
+    **gen_kwargs,
+) -> list[Answer]:
     """Answers with masks for ``images[i]`` (``(N, 1, D, H, W)`` at the model's input size) + ``questions[i]``."""
 
     n = len(questions)
@@ -72,7 +83,7 @@ def answer_and_segment(model, processor, images, questions: Sequence[str], max_n
     kw = decoding_kwargs(decoding, max_new_tokens=max_new_tokens, **gen_kwargs)
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # inputs follow the weights' dtype
-    out: List[Answer] = []
+    out: list[Answer] = []
     model.eval()
     for b, start in enumerate(range(0, n, batch_size)):
         stop = min(start + batch_size, n)
@@ -80,9 +91,14 @@ def answer_and_segment(model, processor, images, questions: Sequence[str], max_n
         batch = processor(list(questions[start:stop]), padding_side="left")
         if kw.get("do_sample"):
             torch.manual_seed(seed * 100_003 + b)
-        res = model.generate_with_masks(batch["input_ids"].to(device), vols, attention_mask=batch["attention_mask"].to(device),
-                                        pad_token_id=processor.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id,
-                                        **kw)
+        res = model.generate_with_masks(
+            batch["input_ids"].to(device),
+            vols,
+            attention_mask=batch["attention_mask"].to(device),
+            pad_token_id=processor.pad_token_id,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            **kw,
+        )
         texts = processor.decode(res.sequences)
         for r, text in enumerate(texts):
             sel = (res.seg_index[:, 0] == r).nonzero().squeeze(1)
@@ -105,16 +121,27 @@ class QuestionPrediction:
 
 
 @torch.no_grad()
-def predict_question(model, processor, volume, question: str, zoom_in: bool = True, overlap: float = 0.5,
-                     threshold: float = 0.5, max_new_tokens: int = 64, decoding: str = "greedy",
-                     preset=None) -> QuestionPrediction:
+def predict_question(
+    model,
+    processor,
+    volume,
+    question: str,
+    zoom_in: bool = True,
+    overlap: float = 0.5,
+    threshold: float = 0.5,
+    max_new_tokens: int = 64,
+    decoding: str = "greedy",
+    preset=None,
+) -> QuestionPrediction:
     """Answer ``question`` about ``volume`` (a ``LaMed.data.io.Volume``) and segment every ``[SEG]`` of the answer.
 
     ``preset``: the preprocessing; default: the one the model stores."""
 
     img_size = tuple(int(s) for s in model.seg_module.config.img_size)
     pre = preprocess(volume, img_size, model_preset(model, preset, size=img_size), native=zoom_in)
-    ans = answer_and_segment(model, processor, pre.zoom_out, [question], max_new_tokens=max_new_tokens, decoding=decoding)[0]
+    ans = answer_and_segment(
+        model, processor, pre.zoom_out, [question], max_new_tokens=max_new_tokens, decoding=decoding
+    )[0]
     crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
     k = ans.logits.shape[0]
     logits = upsample_logits(ans.logits[None].float(), crop_shape)[0] if k else torch.zeros((0,) + crop_shape)
@@ -137,9 +164,6 @@ def predict_question(model, processor, volume, question: str, zoom_in: bool = Tr
     return QuestionPrediction(question, ans.text, probs, probs > threshold, windows, tuple(pre.crop))
 
 
-
-
-
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
 
 
@@ -151,8 +175,16 @@ def _case_name(path: Path) -> str:
     return name
 
 
-def predict_question_file(model, processor, image: Union[str, Path], questions: Sequence[str], out: Union[str, Path],
-                          fmt: str = ".nii.gz", in_folder: bool = False, **kwargs) -> dict:
+def predict_question_file(
+    model,
+    processor,
+    image: str | Path,
+    questions: Sequence[str],
+    out: str | Path,
+    fmt: str = ".nii.gz",
+    in_folder: bool = False,
+    **kwargs,
+) -> dict:
     """Answer ``questions`` about one volume file / DICOM folder and write the results.
 
     ``out``: a ``.json`` file (masks beside it, ``<json stem>_q<i>_mask<k><fmt>``) or, with
@@ -172,12 +204,22 @@ def predict_question_file(model, processor, image: Union[str, Path], questions: 
     answers = []
     for i, q in enumerate(questions):
         pred = predict_question(model, processor, volume, q, **kwargs)
-        files = [str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
-                 for k, m in enumerate(pred.masks)]
+        files = [
+            str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
+            for k, m in enumerate(pred.masks)
+        ]
         answers.append({"question": q, "answer": pred.answer, "masks": files, "windows": pred.windows})
     record = {"source": str(image), "answers": answers}
     write_json_atomic(json_path, record)
     record["json"] = str(json_path)
     return record
-__all__ = ["load_reasoning_model", "answer_and_segment", "predict_question", "predict_question_file", "Answer",
-           "QuestionPrediction"]
+
+
+__all__ = [
+    "load_reasoning_model",
+    "answer_and_segment",
+    "predict_question",
+    "predict_question_file",
+    "Answer",
+    "QuestionPrediction",
+]

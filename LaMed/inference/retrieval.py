@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -41,12 +41,12 @@ LABEL_KS = (1, 5, 10, 50)
 class SplitEmbeddings:
     """L2-normalised embeddings of the first ``N`` pairs of a split; row ``i`` of both is item ``ids[i]``."""
 
-    ids: List[str]
+    ids: list[str]
     image: np.ndarray  # (N, P) float32
     text: np.ndarray  # (N, P) float32
-    labels: List[Optional[List[str]]] = field(default_factory=list)
+    labels: list[list[str] | None] = field(default_factory=list)
     from_cache: bool = False
-    cache_path: Optional[Path] = None
+    cache_path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,17 +90,27 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _cache_key(fingerprint: str, manifest: Path, settings: Dict) -> str:
+def _cache_key(fingerprint: str, manifest: Path, settings: dict) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "model": fingerprint, **settings}, sort_keys=True).encode())
     h.update(manifest.read_bytes())
     return h.hexdigest()[:20]
 
 
-def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Path | None = None,
-                 max_items: Optional[int] = None, max_length: Optional[int] = None, batch_size: int = 8,
-                 slice_features: str = "", num_slices: int = 32, device: Optional[str] = None,
-                 dtype=None) -> SplitEmbeddings:
+def encode_split(
+    model,
+    tokenizer,
+    manifest: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    max_items: int | None = None,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    slice_features: str = "",
+    num_slices: int = 32,
+    device: str | None = None,
+    dtype=None,
+) -> SplitEmbeddings:
     """Encode the first ``max_items`` (image, report) pairs of a prepared split.
 
     Args:
@@ -118,12 +128,17 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
     """
     import torch
 
-
     manifest = Path(manifest)
     if max_length is None:
         max_length = default_max_length(model)
-    settings = dict(manifest=str(manifest.resolve()), max_items=max_items, max_length=max_length,
-                    slice_features=slice_features, num_slices=num_slices, dtype=str(dtype))
+    settings = dict(
+        manifest=str(manifest.resolve()),
+        max_items=max_items,
+        max_length=max_length,
+        slice_features=slice_features,
+        num_slices=num_slices,
+        dtype=str(dtype),
+    )
     cache_path = None
     if cache_dir is not None:
         key = _cache_key(model_fingerprint(model), manifest, settings)
@@ -135,8 +150,15 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
             logger.info("retrieval: %d pairs of %s read from the cache %s", len(emb), manifest, cache_path)
             return emb
 
-    ds = ImageReportDataset(manifest, tokenizer, max_length=max_length, truncation="deterministic",
-                            slice_features=slice_features, num_slices=num_slices, limit=max_items)
+    ds = ImageReportDataset(
+        manifest,
+        tokenizer,
+        max_length=max_length,
+        truncation="deterministic",
+        slice_features=slice_features,
+        num_slices=num_slices,
+        limit=max_items,
+    )
     collate = ClipCollator(tokenizer)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
@@ -157,16 +179,29 @@ def encode_split(model, tokenizer, manifest: str | Path, *, cache_dir: str | Pat
             texts.append(txt.float().cpu().numpy())
     ids = [it["id"] for it in ds.items]
     labels = [it.get("labels") for it in ds.items]
-    emb = SplitEmbeddings(ids, np.concatenate(images).astype(np.float32), np.concatenate(texts).astype(np.float32),
-                          labels, False, cache_path)
+    emb = SplitEmbeddings(
+        ids,
+        np.concatenate(images).astype(np.float32),
+        np.concatenate(texts).astype(np.float32),
+        labels,
+        False,
+        cache_path,
+    )
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _save_npz(cache_path, ids=np.asarray(ids), image=emb.image, text=emb.text, labels=np.asarray(json.dumps(labels)))
+        _save_npz(
+            cache_path, ids=np.asarray(ids), image=emb.image, text=emb.text, labels=np.asarray(json.dumps(labels))
+        )
     return emb
 
 
-def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, first_n: Sequence[int] = (),
-                     label_ks: Iterable[int] = LABEL_KS, max_label_pairs: int = 20000) -> Dict[str, Dict[str, float]]:
+def score_embeddings(
+    emb: SplitEmbeddings,
+    ks: Iterable[int] = RETRIEVAL_KS,
+    first_n: Sequence[int] = (),
+    label_ks: Iterable[int] = LABEL_KS,
+    max_label_pairs: int = 20000,
+) -> dict[str, dict[str, float]]:
     """Recall@K in both directions on all pairs and on the first ``n`` of ``first_n``, plus
     volume-to-volume label overlap (Jaccard of the retrieved volumes' label sets, self excluded,
     over volumes with labels) when the items carry ``labels``.
@@ -177,7 +212,7 @@ def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, fir
     ``N x N`` similarity matrix, so it is skipped above ``max_label_pairs`` volumes.
     """
 
-    out: Dict[str, Dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     groups = [("all", len(emb))] + [(f"first_{n}", int(n)) for n in first_n if 0 < int(n) <= len(emb)]
     for name, n in groups:
         ks_n = [int(k) for k in ks if int(k) <= n]
@@ -203,12 +238,11 @@ def score_embeddings(emb: SplitEmbeddings, ks: Iterable[int] = RETRIEVAL_KS, fir
     return out
 
 
-def load_clip(model_dir: str | Path, device: Optional[str] = None, dtype=None):
+def load_clip(model_dir: str | Path, device: str | None = None, dtype=None):
     """``(model, tokenizer)`` from a LaMed CLIP folder (``save_pretrained`` + tokenizer files); ``dtype``:
     the dtype the weights are loaded in (default float32)."""
     import torch
     from transformers import AutoTokenizer
-
 
     model = load_pretrained(LamedClipModel, model_dir, dtype or torch.float32)
     tok_dir = Path(model_dir)
@@ -225,10 +259,19 @@ def load_clip(model_dir: str | Path, device: Optional[str] = None, dtype=None):
     return model, tokenizer
 
 
-def evaluate_clip(model_dir: str | Path, prepared: str | Path, out_dir: str | Path, split: str = "test",
-                  max_items: Optional[int] = None, first_n: Sequence[int] = (), ks: Iterable[int] = RETRIEVAL_KS,
-                  cache_dir: str | Path | None = None, max_length: Optional[int] = None, batch_size: int = 8,
-                  device: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+def evaluate_clip(
+    model_dir: str | Path,
+    prepared: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    max_items: int | None = None,
+    first_n: Sequence[int] = (),
+    ks: Iterable[int] = RETRIEVAL_KS,
+    cache_dir: str | Path | None = None,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> dict[str, dict[str, float]]:
     """Encode ``<prepared>/<split>.json`` with the CLIP in ``model_dir`` and score it.
 
     Writes ``out_dir/embeddings.npz`` (Bench's retrieval predictions) and ``out_dir/retrieval.json``
@@ -238,9 +281,16 @@ def evaluate_clip(model_dir: str | Path, prepared: str | Path, out_dir: str | Pa
     manifest = prepared if prepared.suffix == ".json" else prepared / f"{split}.json"
     out = Path(out_dir)
     model, tokenizer = load_clip(model_dir, device)
-    emb = encode_split(model, tokenizer, manifest, cache_dir=cache_dir or out / "cache", max_items=max_items,
-                       max_length=max_length, batch_size=batch_size,
-                       device=device)
+    emb = encode_split(
+        model,
+        tokenizer,
+        manifest,
+        cache_dir=cache_dir or out / "cache",
+        max_items=max_items,
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
+    )
     emb.save_predictions(out / "embeddings.npz")
     scores = score_embeddings(emb, ks=ks, first_n=first_n)
 

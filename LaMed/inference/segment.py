@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ logger = logging.getLogger("LaMed.inference")
 SEG_MODEL_TYPES = ("lamed_segvol", "lamed_text3dsam", "lamed_refsam3d")
 
 
-def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
+def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """Load a segmentation model (folder or hub id) in eval mode; its tokenizer, when saved beside
     it, is attached as ``model.tokenizer``."""
 
@@ -57,8 +57,10 @@ def load_seg_model(path_or_id: str | Path, device: str | torch.device = "cpu", d
 
     config = AutoConfig.from_pretrained(folder)
     if config.model_type not in SEG_MODEL_TYPES:
-        raise ValueError(f"{folder}: model_type {config.model_type!r} is not a segmentation model "
-                         f"(expected one of {SEG_MODEL_TYPES})")
+        raise ValueError(
+            f"{folder}: model_type {config.model_type!r} is not a segmentation model "
+            f"(expected one of {SEG_MODEL_TYPES})"
+        )
 
     model_class = AutoModel._model_mapping[type(config)]
     model = load_pretrained(model_class, folder, dtype or torch.float32).to(device).eval()
@@ -73,8 +75,8 @@ class Preprocessed:
     ``(1, 1, *crop_shape)`` in [0, 1]; ``crop`` ``(d0, h0, w0, d1, h1, w1)`` in canonical voxels."""
 
     zoom_out: torch.Tensor
-    native: Optional[torch.Tensor]
-    crop: Tuple[int, int, int, int, int, int]
+    native: torch.Tensor | None
+    crop: tuple[int, int, int, int, int, int]
 
 
 def preprocess(volume, img_size: Sequence[int], preset, native: bool = True) -> Preprocessed:
@@ -95,7 +97,7 @@ def preprocess(volume, img_size: Sequence[int], preset, native: bool = True) -> 
     return Preprocessed(torch.from_numpy(np.ascontiguousarray(zo["image"]))[None], nat, crop)
 
 
-def _roi(mask: torch.Tensor, window: Sequence[int]) -> Optional[Tuple[slice, ...]]:
+def _roi(mask: torch.Tensor, window: Sequence[int]) -> tuple[slice, ...] | None:
     """Box of ``mask`` (3D bool) enlarged to at least ``window`` per axis, clamped to the volume."""
     idx = mask.nonzero()
     if idx.numel() == 0:
@@ -114,7 +116,7 @@ def _roi(mask: torch.Tensor, window: Sequence[int]) -> Optional[Tuple[slice, ...
     return tuple(out)
 
 
-def check_seg_prompts(model, prompts: Sequence[str]) -> List[str]:
+def check_seg_prompts(model, prompts: Sequence[str]) -> list[str]:
     """The prompts, stripped; an empty one, or one longer than the model's text tower takes, is refused
     (the tower would otherwise fail deep inside, or the mask would be labelled "")."""
 
@@ -123,12 +125,13 @@ def check_seg_prompts(model, prompts: Sequence[str]) -> List[str]:
     tokenizer = getattr(model, "tokenizer", None)
     if encoder is not None and tokenizer is not None:
         limit = text_position_limit(getattr(encoder, "model", encoder), tokenizer)
-        check_text_length(tokenizer, [model.prompt_text(p) for p in prompts], limit, "--prompt",
-                          what="the model's text encoder")
+        check_text_length(
+            tokenizer, [model.prompt_text(p) for p in prompts], limit, "--prompt", what="the model's text encoder"
+        )
     return prompts
 
 
-def _text_prompts(model, texts: Sequence[str], device) -> Dict[str, torch.Tensor]:
+def _text_prompts(model, texts: Sequence[str], device) -> dict[str, torch.Tensor]:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError("the model has no tokenizer (save one beside it, or set model.tokenizer)")
@@ -145,8 +148,15 @@ def text_prompts(model, texts: Sequence[str]):
 
 
 @torch.no_grad()
-def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap: float = 0.5,
-                     sw_batch_size: int = 1, progress: bool = False, return_logits: bool = False) -> np.ndarray:
+def segment_prepared(
+    model,
+    volume: torch.Tensor,
+    texts: Sequence[str],
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    progress: bool = False,
+    return_logits: bool = False,
+) -> np.ndarray:
     """Probabilities ``(K, D, H, W)`` float32 of K text prompts on an already prepared volume
     ``(1, 1, D, H, W)`` in [0, 1] (a prepared ``.npy``): sliding windows of the model's input size (one
     window when the volume is that size), each window encoded once and decoded for every prompt.
@@ -163,14 +173,27 @@ def segment_prepared(model, volume: torch.Tensor, texts: Sequence[str], overlap:
             outs.append(upsample_logits(low, w.shape[1:])[:, 0])
         return torch.stack(outs)
 
-    logits = sliding_window_inference(volume.to(param.device, param.dtype), tuple(model.config.img_size), predictor,
-                                      overlap=overlap, sw_batch_size=sw_batch_size, progress=progress)
+    logits = sliding_window_inference(
+        volume.to(param.device, param.dtype),
+        tuple(model.config.img_size),
+        predictor,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        progress=progress,
+    )
     return (logits[0].float() if return_logits else torch.sigmoid(logits[0].float())).cpu().numpy()
 
 
 @torch.no_grad()
-def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
-                     sw_batch_size: int = 1, progress: bool = False) -> Tuple[torch.Tensor, List[str]]:
+def zoom_out_zoom_in(
+    model,
+    pre: Preprocessed,
+    texts: Sequence[str],
+    zoom_in: bool = True,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[str]]:
     """Logits ``(K, *crop_shape)`` for K text prompts (see module docstring); second value: the
     prompts whose zoom-in was skipped because the zoom-out found nothing."""
 
@@ -185,13 +208,13 @@ def zoom_out_zoom_in(model, pre: Preprocessed, texts: Sequence[str], zoom_in: bo
     low = model.decode(features, prompts, image_index=torch.zeros(k, dtype=torch.long, device=device))
     crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
     logits = upsample_logits(upsample_logits(low, img_size), crop_shape)[:, 0].float()
-    fallback: List[str] = []
+    fallback: list[str] = []
     if not zoom_in or pre.native is None:
         return logits, fallback
     native = pre.native.to(device, dtype)
     thr = float(model.config.threshold)
     logit_thr = float(np.log(thr / (1.0 - thr)))
-    rois: List[Optional[Tuple[slice, ...]]] = []
+    rois: list[tuple[slice, ...] | None] = []
     for i, text in enumerate(texts):
         rois.append(_roi(logits[i] > logit_thr, img_size))
         if rois[-1] is None:
@@ -210,25 +233,41 @@ def _index_prompts(prompts, rows: Sequence[int]):
     """The ``Prompts`` of the given rows (every field that is set)."""
 
     idx = torch.as_tensor(list(rows), dtype=torch.long)
-    return Prompts(**{f.name: (None if getattr(prompts, f.name) is None
-                               else getattr(prompts, f.name)[idx.to(getattr(prompts, f.name).device)])
-                      for f in dataclasses.fields(Prompts)})
+    return Prompts(
+        **{
+            f.name: (
+                None
+                if getattr(prompts, f.name) is None
+                else getattr(prompts, f.name)[idx.to(getattr(prompts, f.name).device)]
+            )
+            for f in dataclasses.fields(Prompts)
+        }
+    )
 
 
-def _windows_of(roi: Tuple[slice, ...], window: Sequence[int], overlap: float) -> List[Tuple[int, int, int]]:
+def _windows_of(roi: tuple[slice, ...], window: Sequence[int], overlap: float) -> list[tuple[int, int, int]]:
     """Window starts, in native-crop voxels, that sliding-window inference over ``native[roi]`` visits
     (the placement rule of :func:`~LaMed.inference.sliding_window.sliding_window_inference`)."""
 
     size = [s.stop - s.start for s in roi]
     pad = [max(w - n, 0) // 2 for w, n in zip(window, size)]
     padded = [max(w, n) for w, n in zip(window, size)]
-    return [tuple(s.start + w.start - p for s, w, p in zip(roi, win, pad))
-            for win in dense_windows(padded, list(window), overlap)]
+    return [
+        tuple(s.start + w.start - p for s, w, p in zip(roi, win, pad))
+        for win in dense_windows(padded, list(window), overlap)
+    ]
 
 
 @torch.no_grad()
-def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...]], prompts, overlap: float = 0.5,
-                    sw_batch_size: int = 1, progress: bool = False) -> List[torch.Tensor]:
+def zoom_in_regions(
+    model,
+    native: torch.Tensor,
+    rois: Sequence[tuple[slice, ...]],
+    prompts,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    progress: bool = False,
+) -> list[torch.Tensor]:
     """Zoom-in logits of K prompts at once: entry k is ``roi_k``-shaped, the result of sliding windows
     over ``native[..., roi_k]`` with prompt k (``prompts``: K rows, ``native``: ``(1, 1, *crop)``).
 
@@ -245,9 +284,11 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
     for roi in rois:
         for s, w, n in zip(roi, window, crop):
             if s.stop - s.start < w and (s.start, s.stop) != (0, n):
-                raise ValueError(f"zoom_in_regions: region {roi} is narrower than the window {window} "
-                                 "without spanning the crop (use _roi)")
-    users: Dict[Tuple[int, int, int], List[int]] = {}
+                raise ValueError(
+                    f"zoom_in_regions: region {roi} is narrower than the window {window} "
+                    "without spanning the crop (use _roi)"
+                )
+    users: dict[tuple[int, int, int], list[int]] = {}
     for k, roi in enumerate(rois):
         for origin in _windows_of(roi, window, overlap):
             users.setdefault(origin, []).append(k)
@@ -256,7 +297,7 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
     for w, n, p in zip(reversed(window), reversed(list(crop)), reversed(pad_before)):
         pads += [p, max(w - n, 0) - p]
     padded = torch.nn.functional.pad(native, pads) if any(pads) else native
-    cache: Dict[Tuple[Tuple[int, int, int], int], torch.Tensor] = {}
+    cache: dict[tuple[tuple[int, int, int], int], torch.Tensor] = {}
     origins = list(users)
     step = max(int(sw_batch_size), 1)
     iterator = range(0, len(origins), step)
@@ -265,10 +306,16 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
 
         iterator = tqdm(iterator, desc="windows", leave=False)
     for start in iterator:
-        chunk = origins[start:start + step]
-        batch = torch.cat([padded[(slice(None), slice(None)) + tuple(slice(o + p, o + p + w) for o, p, w
-                                                                     in zip(origin, pad_before, window))]
-                           for origin in chunk])
+        chunk = origins[start : start + step]
+        batch = torch.cat(
+            [
+                padded[
+                    (slice(None), slice(None))
+                    + tuple(slice(o + p, o + p + w) for o, p, w in zip(origin, pad_before, window))
+                ]
+                for origin in chunk
+            ]
+        )
         features = model.encode_image(batch)
         rows = [(j, k) for j, origin in enumerate(chunk) for k in users[origin]]
         index = torch.as_tensor([j for j, _ in rows], dtype=torch.long, device=batch.device)
@@ -284,13 +331,23 @@ def zoom_in_regions(model, native: torch.Tensor, rois: Sequence[Tuple[slice, ...
             return torch.stack([cache.pop((tuple(a + o for a, o in zip(start, r)), k)) for r in rel])
 
         region = native[(slice(None), slice(None)) + tuple(roi)]
-        out.append(sliding_window_inference(region, window, predictor, overlap=overlap,
-                                            sw_batch_size=len(_windows_of(roi, window, overlap)))[0, 0])
+        out.append(
+            sliding_window_inference(
+                region, window, predictor, overlap=overlap, sw_batch_size=len(_windows_of(roi, window, overlap))
+            )[0, 0]
+        )
     return out
 
 
-def zoom_in_region(model, native: torch.Tensor, roi: Tuple[slice, ...], prompt, overlap: float = 0.5,
-                   sw_batch_size: int = 1, progress: bool = False) -> torch.Tensor:
+def zoom_in_region(
+    model,
+    native: torch.Tensor,
+    roi: tuple[slice, ...],
+    prompt,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    progress: bool = False,
+) -> torch.Tensor:
     """Logits ``roi``-shaped of one prompt (a one-row ``Prompts``) by sliding windows of the model's
     input size over ``native[..., roi]`` (``native``: the crop at native resolution, ``(1, 1, *crop)``);
     :func:`zoom_in_regions` with one region."""
@@ -309,24 +366,31 @@ class SegPrediction:
     (:mod:`LaMed.inference.presence`): a prompt reported absent has an empty mask.
     """
 
-    prompts: List[str]
+    prompts: list[str]
     probabilities: np.ndarray
-    masks: Dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
     label_map: np.ndarray
-    legend: Dict[int, str]
-    fallback: List[str] = field(default_factory=list)
-    presence: Dict[str, float] = field(default_factory=dict)
-    present: Dict[str, bool] = field(default_factory=dict)
+    legend: dict[int, str]
+    fallback: list[str] = field(default_factory=list)
+    presence: dict[str, float] = field(default_factory=dict)
+    present: dict[str, bool] = field(default_factory=dict)
 
 
-def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, overlap: float = 0.5,
-                   sw_batch_size: int = 1, threshold: Optional[float] = None, progress: bool = False,
-                   preset=None) -> SegPrediction:
+def predict_volume(
+    model,
+    volume,
+    prompts: Sequence[str],
+    zoom_in: bool = True,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    threshold: float | None = None,
+    progress: bool = False,
+    preset=None,
+) -> SegPrediction:
     """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``).
 
     ``preset``: the preprocessing (a name, a record or a ``Preset``); default: the one the model stores.
     """
-
 
     if not list(prompts):
         raise ValueError("predict_volume: give at least one prompt")
@@ -345,6 +409,13 @@ def predict_volume(model, volume, prompts: Sequence[str], zoom_in: bool = True, 
     best = voting.argmax(0)
     label_map = np.where(voting.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
     masks = {p: (voting[i] > thr) for i, p in enumerate(prompts)}
-    return SegPrediction(prompts, probs, masks, label_map, {i + 1: p for i, p in enumerate(prompts)}, fallback,
-                         {p: float(presence[i]) for i, p in enumerate(prompts)},
-                         {p: bool(present[i]) for i, p in enumerate(prompts)})
+    return SegPrediction(
+        prompts,
+        probs,
+        masks,
+        label_map,
+        {i + 1: p for i, p in enumerate(prompts)},
+        fallback,
+        {p: float(presence[i]) for i, p in enumerate(prompts)},
+        {p: bool(present[i]) for i, p in enumerate(prompts)},
+    )

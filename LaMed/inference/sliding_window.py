@@ -14,16 +14,16 @@ padding is cropped from the output, as MONAI does.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 BLEND_MODES = ("constant", "gaussian")
-Window = Tuple[slice, slice, slice]
+Window = tuple[slice, slice, slice]
 
 
-def scan_intervals(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> List[int]:
+def scan_intervals(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[int]:
     """Step between window starts per axis: the whole axis when the window spans it, else
     ``int(roi * (1 - overlap))`` (at least 1)."""
     out = []
@@ -32,7 +32,7 @@ def scan_intervals(image_size: Sequence[int], roi_size: Sequence[int], overlap: 
     return out
 
 
-def window_starts(image_size: int, roi: int, interval: int) -> List[int]:
+def window_starts(image_size: int, roi: int, interval: int) -> list[int]:
     """Window starts along one axis: every ``interval`` until a window reaches the end; the last
     window is shifted back to end exactly at ``image_size``."""
     starts = []
@@ -44,13 +44,15 @@ def window_starts(image_size: int, roi: int, interval: int) -> List[int]:
     return starts
 
 
-def dense_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> List[Window]:
+def dense_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[Window]:
     """All windows (D-major order) covering a volume of ``image_size`` (each axis >= roi)."""
     steps = scan_intervals(image_size, roi_size, overlap)
     per_axis = [window_starts(n, r, s) for n, r, s in zip(image_size, roi_size, steps)]
     return [
         tuple(slice(s, s + r) for s, r in zip((a, b, c), roi_size))
-        for a in per_axis[0] for b in per_axis[1] for c in per_axis[2]
+        for a in per_axis[0]
+        for b in per_axis[1]
+        for c in per_axis[2]
     ]
 
 
@@ -65,7 +67,7 @@ def importance_map(roi_size: Sequence[int], mode: str = "constant", sigma_scale:
     m = None
     for n in roi_size:
         x = torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0
-        g = torch.exp(x ** 2 / (-2.0 * (sigma_scale * n) ** 2))
+        g = torch.exp(x**2 / (-2.0 * (sigma_scale * n) ** 2))
         m = g if m is None else m.unsqueeze(-1) * g
     return m.clamp(min=max(float(m.min()), 1e-3))
 
@@ -73,7 +75,7 @@ def importance_map(roi_size: Sequence[int], mode: str = "constant", sigma_scale:
 def sliding_window_inference(
     volume: torch.Tensor,
     roi_size: Sequence[int],
-    predictor: Callable[[torch.Tensor, List[Tuple[int, int, int]]], torch.Tensor],
+    predictor: Callable[[torch.Tensor, list[tuple[int, int, int]]], torch.Tensor],
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     mode: str = "constant",
@@ -121,12 +123,14 @@ def sliding_window_inference(
 
         iterator = tqdm(iterator, desc="windows", leave=False)
     for start in iterator:
-        chunk = jobs[start:start + sw_batch_size]
+        chunk = jobs[start : start + sw_batch_size]
         batch = torch.stack([volume[i][(slice(None),) + w] for i, w in chunk])
         origins = [tuple(s.start - p for s, p in zip(w, pad_before)) for _, w in chunk]
         pred = predictor(batch, origins).float()
         if tuple(pred.shape[2:]) != tuple(roi):
-            raise ValueError(f"predictor returned spatial size {tuple(pred.shape[2:])}, expected the window {tuple(roi)}")
+            raise ValueError(
+                f"predictor returned spatial size {tuple(pred.shape[2:])}, expected the window {tuple(roi)}"
+            )
         if out is None:
             out = torch.zeros(b, pred.shape[1], *padded, device=pred.device)
             count = torch.zeros(b, 1, *padded, device=pred.device)

@@ -9,10 +9,17 @@ order as long as both boxes use the same one.
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-__all__ = ["parse_boxes", "parse_box", "box_iou_3d", "box_volume", "m3d_extract_box", "m3d_box_score",
-           "m3d_positioning_score"]
+__all__ = [
+    "parse_boxes",
+    "parse_box",
+    "box_iou_3d",
+    "box_volume",
+    "m3d_extract_box",
+    "m3d_box_score",
+    "m3d_positioning_score",
+]
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _GROUP = re.compile(r"[\[(]([^\[\]()]*)[\])]")
@@ -38,7 +45,7 @@ def parse_boxes(text: str) -> list[list[float]]:
     return out
 
 
-def parse_box(text: str) -> Optional[list[float]]:
+def parse_box(text: str) -> list[float] | None:
     """The first box in ``text`` (see :func:`parse_boxes`), or ``None``."""
     boxes = parse_boxes(text)
     return boxes[0] if boxes else None
@@ -78,7 +85,7 @@ def box_iou_3d(box_a: Sequence[float], box_b: Sequence[float]) -> float:
 _M3D_BOX = re.compile(r"\[" + r", ".join([r"([-+]?\d*\.\d+|[-+]?\d+)"] * 6) + r"\]")
 
 
-def m3d_extract_box(text: str) -> Optional[list[float]]:
+def m3d_extract_box(text: str) -> list[float] | None:
     """First box as M3D's Bench finds it: ``[a, b, c, d, e, f]`` with exactly ``", "`` separators."""
     m = _M3D_BOX.search(text)
     return [float(v) for v in m.groups()] if m else None

@@ -23,7 +23,7 @@ probability, a cosine similarity, a logit).
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ METRICS = ("auroc", "f1", "precision", "recall", "accuracy")
 THRESHOLD_CRITERIA = ("f1", "youden")
 
 
-def _check_pair(y_true, scores, ndim: Optional[int] = None):
+def _check_pair(y_true, scores, ndim: int | None = None):
     y = to_numpy(y_true, "y_true")
     s = to_numpy(scores, "scores").astype(np.float64)
     if y.shape != s.shape:
@@ -81,14 +81,18 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
 
 
-def _binary(y: np.ndarray, s: np.ndarray, thr: np.ndarray) -> Dict[str, np.ndarray]:
+def _binary(y: np.ndarray, s: np.ndarray, thr: np.ndarray) -> dict[str, np.ndarray]:
     tp, fp, fn, tn = _counts(y, s >= thr)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"precision": precision, "recall": recall, "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": _ratio(tp + tn, tp + fp + fn + tn)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+    }
 
 
-def binary_scores(y_true, scores, threshold: float) -> Dict[str, float]:
+def binary_scores(y_true, scores, threshold: float) -> dict[str, float]:
     """Precision, recall, F1, accuracy of ``scores >= threshold`` for one finding (0 for 0 / 0)."""
     y, s = _check_pair(y_true, scores, 1)
     out = _binary(y[:, None], s[:, None], np.asarray([threshold], np.float64))
@@ -129,13 +133,13 @@ def select_thresholds(y_true, scores, criterion: str = "f1") -> np.ndarray:
     return np.asarray([select_threshold(y[:, k], s[:, k], criterion) for k in range(y.shape[1])])
 
 
-def _table(y: np.ndarray, s: np.ndarray, thr: np.ndarray) -> Dict[str, np.ndarray]:
+def _table(y: np.ndarray, s: np.ndarray, thr: np.ndarray) -> dict[str, np.ndarray]:
     out = {"auroc": _rank_auc(y, s)}
     out.update(_binary(y, s, thr))
     return out
 
 
-def _averages(per: Mapping[str, np.ndarray], support: np.ndarray) -> Dict[str, Dict[str, float]]:
+def _averages(per: Mapping[str, np.ndarray], support: np.ndarray) -> dict[str, dict[str, float]]:
     macro, weighted = {}, {}
     for m, v in per.items():
         ok = np.isfinite(v)
@@ -145,7 +149,7 @@ def _averages(per: Mapping[str, np.ndarray], support: np.ndarray) -> Dict[str, D
     return {"macro": macro, "weighted": weighted}
 
 
-def multilabel_report(y_true, scores, thresholds, names: Sequence[str]) -> Dict[str, Dict]:
+def multilabel_report(y_true, scores, thresholds, names: Sequence[str]) -> dict[str, dict]:
     """Per-finding and averaged metrics of ``(N, K)`` labels / scores with ``(K,)`` thresholds.
 
     Returns ``{"per_finding": {name: {auroc, f1, precision, recall, accuracy, threshold,
@@ -158,7 +162,7 @@ def multilabel_report(y_true, scores, thresholds, names: Sequence[str]) -> Dict[
         raise ValueError(f"{y.shape[1]} findings in the arrays, {thr.shape[0]} thresholds and {len(names)} names")
     per = _table(y, s, thr)
     pos = y.sum(axis=0)
-    out: Dict[str, Dict] = {"per_finding": {}}
+    out: dict[str, dict] = {"per_finding": {}}
     for k, name in enumerate(names):
         row = {m: float(per[m][k]) for m in METRICS}
         row.update(threshold=float(thr[k]), positives=int(pos[k]), negatives=int(y.shape[0] - pos[k]))
@@ -167,8 +171,9 @@ def multilabel_report(y_true, scores, thresholds, names: Sequence[str]) -> Dict[
     return out
 
 
-def bootstrap_ci(y_true, scores, thresholds, names: Sequence[str], n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> Dict[str, Dict[str, List[float]]]:
+def bootstrap_ci(
+    y_true, scores, thresholds, names: Sequence[str], n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, dict[str, list[float]]]:
     """Percentile ``1 - alpha`` intervals of :func:`multilabel_report`'s metrics over resampled cases.
 
     Returns ``{name | "macro" | "weighted": {metric: [low, high]}}``; draws in which a finding has
@@ -195,7 +200,7 @@ def bootstrap_ci(y_true, scores, thresholds, names: Sequence[str], n_boot: int =
             draws["macro"][m][b] = avg["macro"][m]
             draws["weighted"][m][b] = avg["weighted"][m]
     lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    out: Dict[str, Dict[str, List[float]]] = {}
+    out: dict[str, dict[str, list[float]]] = {}
     for k in keys:
         out[k] = {}
         for m in METRICS:

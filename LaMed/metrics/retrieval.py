@@ -21,7 +21,7 @@ Everything is computed in blocks so that 10^5 x 10^5 never materialises the full
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -96,8 +96,9 @@ def recall_from_ranks(ranks, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]
     return {k: float(np.mean(ranks < k)) for k in ks}
 
 
-def recall_at_k(similarity, ks: Iterable[int] = (1, 5, 10), targets: Sequence[int] | None = None,
-                chunk: int = 4096) -> dict[int, float]:
+def recall_at_k(
+    similarity, ks: Iterable[int] = (1, 5, 10), targets: Sequence[int] | None = None, chunk: int = 4096
+) -> dict[int, float]:
     """Recall@K for a score matrix: ``{k: fraction of queries whose match has rank < k}``.
 
     ``similarity[i, j]`` scores query i against candidate j and candidate ``targets[i]`` (default i)
@@ -111,9 +112,14 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
-def retrieval_ranks_from_embeddings(query_emb, cand_emb, targets: Sequence[int] | None = None,
-                                    chunk: int = 1024, cand_chunk: int = 8192,
-                                    normalize: bool = False) -> np.ndarray:
+def retrieval_ranks_from_embeddings(
+    query_emb,
+    cand_emb,
+    targets: Sequence[int] | None = None,
+    chunk: int = 1024,
+    cand_chunk: int = 8192,
+    normalize: bool = False,
+) -> np.ndarray:
     """Ranks from two embedding matrices without forming the full ``(Q, C)`` score matrix.
 
     Scores are dot products ``query_emb @ cand_emb.T`` in float32 (cosine similarity when
@@ -151,18 +157,26 @@ def retrieval_ranks_from_embeddings(query_emb, cand_emb, targets: Sequence[int] 
     return ranks
 
 
-def recall_at_k_from_embeddings(query_emb, cand_emb, ks: Iterable[int] = (1, 5, 10),
-                                targets: Sequence[int] | None = None, chunk: int = 1024,
-                                cand_chunk: int = 8192, normalize: bool = False) -> dict[int, float]:
+def recall_at_k_from_embeddings(
+    query_emb,
+    cand_emb,
+    ks: Iterable[int] = (1, 5, 10),
+    targets: Sequence[int] | None = None,
+    chunk: int = 1024,
+    cand_chunk: int = 8192,
+    normalize: bool = False,
+) -> dict[int, float]:
     """Recall@K from embeddings, computed in blocks (see :func:`retrieval_ranks_from_embeddings`)."""
-    ranks = retrieval_ranks_from_embeddings(query_emb, cand_emb, targets=targets, chunk=chunk,
-                                            cand_chunk=cand_chunk, normalize=normalize)
+    ranks = retrieval_ranks_from_embeddings(
+        query_emb, cand_emb, targets=targets, chunk=chunk, cand_chunk=cand_chunk, normalize=normalize
+    )
     return recall_from_ranks(ranks, ks)
 
 
 # --------------------------------------------------------------------------------------------
 # Volume-to-volume retrieval scored by label overlap (CT-CLIP / HSENet style)
 # --------------------------------------------------------------------------------------------
+
 
 def _label_matrix(labels, name: str) -> np.ndarray:
     """Multi-hot ``(N, L)`` bool matrix from a 0/1 matrix or from a list of label-name sets."""
@@ -215,7 +229,9 @@ def _per_query_overlaps(similarity, query_labels, cand_labels, ks, measure, excl
     ql = _label_matrix(query_labels, "query_labels")
     cl = _label_matrix(cand_labels, "cand_labels")
     if s.ndim != 2 or s.shape != (ql.shape[0], cl.shape[0]):
-        raise ValueError(f"similarity must be (num_queries, num_candidates) = ({ql.shape[0]}, {cl.shape[0]}), got {s.shape}")
+        raise ValueError(
+            f"similarity must be (num_queries, num_candidates) = ({ql.shape[0]}, {cl.shape[0]}), got {s.shape}"
+        )
     if ql.shape[1] != cl.shape[1]:
         raise ValueError(f"query_labels has {ql.shape[1]} label columns but cand_labels has {cl.shape[1]}")
     ks = _check_ks(ks)
@@ -236,8 +252,14 @@ def _per_query_overlaps(similarity, query_labels, cand_labels, ks, measure, excl
     return out
 
 
-def label_overlap_at_k(similarity, query_labels, cand_labels, ks: Iterable[int] = (1, 5, 10, 50),
-                       measure: str = "jaccard", exclude_self: bool = True) -> dict[int, float]:
+def label_overlap_at_k(
+    similarity,
+    query_labels,
+    cand_labels,
+    ks: Iterable[int] = (1, 5, 10, 50),
+    measure: str = "jaccard",
+    exclude_self: bool = True,
+) -> dict[int, float]:
     """Mean label overlap of the top-K retrieved volumes, each K computed independently.
 
     For each query, the K candidates with the highest similarity are retrieved (ties broken by
@@ -261,9 +283,9 @@ def label_overlap_at_k(similarity, query_labels, cand_labels, ks: Iterable[int] 
     return {k: float(np.mean(v)) if v.size else float("nan") for k, v in per.items()}
 
 
-def hsenet_cumulative_label_overlap(similarity, query_labels, cand_labels,
-                                    ks: Sequence[int] = (1, 5, 10, 50),
-                                    exclude_self: bool = False) -> dict[int, float]:
+def hsenet_cumulative_label_overlap(
+    similarity, query_labels, cand_labels, ks: Sequence[int] = (1, 5, 10, 50), exclude_self: bool = False
+) -> dict[int, float]:
     """HSENet's published volume-to-volume "MAP@K", reproducing its accumulation across K.
 
     HSENet (``Preprint/LaMed/src/utils/image_text_retrieval_stage*.py``) appends every query's mean

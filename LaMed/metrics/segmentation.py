@@ -22,7 +22,7 @@ one empty          0.0                 ``inf``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,6 +75,7 @@ def _spacing(spacing, ndim: int) -> tuple[float, ...]:
 # Overlap
 # ----------------------------------------------------------------------------------------------
 
+
 def dice(pred, gt, empty_score: float = 1.0) -> float:
     """Dice = 2 |P ∩ G| / (|P| + |G|) on binarised masks (MONAI ``DiceMetric``, ``ignore_empty=False``).
 
@@ -118,6 +119,7 @@ def m3d_soft_dice(pred, gt, from_logits: bool = True, smooth: float = 1.0) -> fl
 # ----------------------------------------------------------------------------------------------
 # Surfaces and distances
 # ----------------------------------------------------------------------------------------------
+
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one background 6-neighbour (outside the array = background)."""
@@ -184,8 +186,9 @@ def _directed(from_edges: np.ndarray, to_edges: np.ndarray, spacing, max_distanc
     return dist
 
 
-def surface_distances(pred, gt, spacing: Sequence[float] | float | None = None,
-                      max_distance: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(
+    pred, gt, spacing: Sequence[float] | float | None = None, max_distance: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Surface-to-surface distances in mm: ``(pred surface -> gt surface, gt surface -> pred surface)``.
 
     Same surfaces and distances as MONAI ``get_edge_surface_distance(symmetric=True)``. A surface
@@ -204,8 +207,9 @@ def surface_distances(pred, gt, spacing: Sequence[float] | float | None = None,
     return _directed(ep, eg, sp, max_distance), _directed(eg, ep, sp, max_distance)
 
 
-def nsd(pred, gt, spacing: Sequence[float] | float | None = None, tolerance_mm: float = 1.0,
-        empty_score: float = 1.0) -> float:
+def nsd(
+    pred, gt, spacing: Sequence[float] | float | None = None, tolerance_mm: float = 1.0, empty_score: float = 1.0
+) -> float:
     """Normalised surface Dice (surface Dice at tolerance, Nikolov et al. 2021), voxel-counting form.
 
     NSD = (|{p in S_P : d(p, S_G) <= tau}| + |{g in S_G : d(g, S_P) <= tau}|) / (|S_P| + |S_G|),
@@ -223,8 +227,9 @@ def nsd(pred, gt, spacing: Sequence[float] | float | None = None, tolerance_mm: 
     return float((np.count_nonzero(d_pg <= tolerance_mm) + np.count_nonzero(d_gp <= tolerance_mm)) / total)
 
 
-def hausdorff_distance(pred, gt, spacing: Sequence[float] | float | None = None,
-                       percentile: float | None = None) -> float:
+def hausdorff_distance(
+    pred, gt, spacing: Sequence[float] | float | None = None, percentile: float | None = None
+) -> float:
     """Symmetric (percentile) Hausdorff distance in mm between the two surfaces.
 
     max(q(d(S_P -> S_G)), q(d(S_G -> S_P))) where q is the maximum, or the ``percentile``-th
@@ -265,6 +270,7 @@ def assd(pred, gt, spacing: Sequence[float] | float | None = None) -> float:
 # Instance (lesion) detection F1
 # ----------------------------------------------------------------------------------------------
 
+
 def _components(x, name: str, labeled: bool, connectivity: int) -> tuple[np.ndarray, int]:
     arr = to_numpy(x, name)
     while arr.ndim > 3 and arr.shape[0] == 1:
@@ -284,8 +290,9 @@ def _components(x, name: str, labeled: bool, connectivity: int) -> tuple[np.ndar
     return lab, int(n)
 
 
-def instance_f1(pred, gt, iou_threshold: float = 0.5, connectivity: int = 3,
-                pred_labeled: bool = False, gt_labeled: bool = False) -> dict:
+def instance_f1(
+    pred, gt, iou_threshold: float = 0.5, connectivity: int = 3, pred_labeled: bool = False, gt_labeled: bool = False
+) -> dict:
     """Lesion-level detection F1: instances matched one to one at IoU >= ``iou_threshold``.
 
     As the CVPR 2025 BiomedSegFM text-guided track scores instance targets (and Text3DSAM
@@ -325,12 +332,12 @@ def instance_f1(pred, gt, iou_threshold: float = 0.5, connectivity: int = 3,
         prec = tp / n_p if n_p else 0.0
         rec = tp / n_g if n_g else 0.0
         f1 = 2 * tp / (n_p + n_g)
-    return {"f1": f1, "precision": prec, "recall": rec, "tp": tp, "fp": fp, "fn": fn,
-            "num_pred": n_p, "num_gt": n_g}
+    return {"f1": f1, "precision": prec, "recall": rec, "tp": tp, "fp": fp, "fn": fn, "num_pred": n_p, "num_gt": n_g}
 
 
-def detection_scores(pred_present: Sequence[bool], gt_present: Sequence[bool],
-                     dices: Sequence[float] | None = None) -> dict:
+def detection_scores(
+    pred_present: Sequence[bool], gt_present: Sequence[bool], dices: Sequence[float] | None = None
+) -> dict:
     """Detection over prompts, as the CVPR 2025 BiomedSegFM text-guided task scores it beside Dice.
 
     One entry per (volume, prompt): ``gt_present`` = the structure is in the volume (its ground-truth

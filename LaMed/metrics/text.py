@@ -26,7 +26,7 @@ import math
 import re
 import shutil
 from collections import Counter
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 from .base import MetricUnavailable, check_same_length, mean_or_nan
 
@@ -54,8 +54,8 @@ __all__ = [
     "lcs_length",
 ]
 
-Tokenize = Union[str, Callable[[str], list], None]
-References = Sequence[Union[str, Sequence[str]]]
+Tokenize = str | Callable[[str], list] | None
+References = Sequence[str | Sequence[str]]
 
 # ----------------------------------------------------------------------------------------------
 # Tokenisers
@@ -95,8 +95,9 @@ def tokenize_13a(text: str, lowercase: bool = False) -> list[str]:
 def _tokenize_ptb(texts: Sequence[str]) -> list[list[str]]:
     """pycocoevalcap's PTBTokenizer (Java): lower-cased, punctuation tokens removed."""
     if shutil.which("java") is None:
-        raise MetricUnavailable("tokenize='ptb' needs a Java runtime (java not found on PATH); "
-                                "install a JRE or use tokenize='basic'")
+        raise MetricUnavailable(
+            "tokenize='ptb' needs a Java runtime (java not found on PATH); install a JRE or use tokenize='basic'"
+        )
     try:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError as exc:
@@ -148,7 +149,7 @@ def _tokenize_pairs(predictions, references, tokenize) -> tuple[list[list[str]],
     preds, refs = _normalize_inputs(predictions, references)
     flat = [r for rs in refs for r in rs]
     toks = tokenize_texts(preds + flat, tokenize)  # one call: one JVM start for "ptb"
-    pred_toks, ref_flat = toks[: len(preds)], toks[len(preds):]
+    pred_toks, ref_flat = toks[: len(preds)], toks[len(preds) :]
     out, pos = [], 0
     for rs in refs:
         out.append(ref_flat[pos : pos + len(rs)])
@@ -177,8 +178,10 @@ def _clipped_matches(pred: Sequence[str], refs: Sequence[Sequence[str]], max_n: 
 # Corpus BLEU (pycocoevalcap Bleu / sacrebleu)
 # ----------------------------------------------------------------------------------------------
 
-def corpus_bleu(predictions: Sequence[str], references: References, max_n: int = 4,
-                tokenize: Tokenize = "basic") -> dict:
+
+def corpus_bleu(
+    predictions: Sequence[str], references: References, max_n: int = 4, tokenize: Tokenize = "basic"
+) -> dict:
     """Corpus BLEU-1..``max_n`` (Papineni et al. 2002) on a 0-1 scale.
 
     BLEU-n = BP * exp(mean_{k<=n} log p_k), where p_k = clipped k-gram matches / predicted k-grams,
@@ -236,8 +239,10 @@ def bleu(predictions: Sequence[str], references: References, n: int = 4, tokeniz
 # Per-sample BLEU as HF ``evaluate`` computes it (M3D, Med3DVLM, HSENet)
 # ----------------------------------------------------------------------------------------------
 
-def hf_sentence_bleu(prediction: str, references: Union[str, Sequence[str]], max_order: int = 4,
-                     tokenize: Tokenize = "13a") -> tuple[float, list[float]]:
+
+def hf_sentence_bleu(
+    prediction: str, references: str | Sequence[str], max_order: int = 4, tokenize: Tokenize = "13a"
+) -> tuple[float, list[float]]:
     """BLEU of ONE sample as HF ``evaluate.load("bleu")`` computes it (tensorflow/nmt ``compute_bleu``).
 
     Tokens: sacrebleu 13a, case kept. p_k = clipped k-gram matches / predicted k-grams (0 when the
@@ -249,9 +254,11 @@ def hf_sentence_bleu(prediction: str, references: Union[str, Sequence[str]], max
     Returns:
         ``(bleu, [p_1, ..., p_max_order])``.
     """
-    (pred_toks,), (ref_toks,) = _tokenize_pairs([prediction.strip()],
-                                               [[r.strip() for r in ([references] if isinstance(references, str) else references)]],
-                                               tokenize)
+    (pred_toks,), (ref_toks,) = _tokenize_pairs(
+        [prediction.strip()],
+        [[r.strip() for r in ([references] if isinstance(references, str) else references)]],
+        tokenize,
+    )
     correct, total = _clipped_matches(pred_toks, ref_toks, max_order)
     precisions = [correct[k] / total[k] if total[k] else 0.0 for k in range(max_order)]
     geo = math.exp(sum(math.log(p) for p in precisions) / max_order) if min(precisions) > 0 else 0.0
@@ -281,8 +288,9 @@ def m3d_bleu1(predictions: Sequence[str], references: References) -> float:
     return mean_or_nan(m3d_bleu1_scores(predictions, references))
 
 
-def hsenet_ngram_precision_scores(predictions: Sequence[str], references: References,
-                                  max_order: int = 4) -> list[list[float]]:
+def hsenet_ngram_precision_scores(
+    predictions: Sequence[str], references: References, max_order: int = 4
+) -> list[list[float]]:
     """Per-sample k-gram precisions ``[p_1..p_max_order]`` that HSENet reports as "BLEU-1..4".
 
     HSENet's ``eval_HSENet_CT_Rate_MRG.py`` reads ``evaluate`` BLEU's ``precisions[0..3]`` per
@@ -302,6 +310,7 @@ def hsenet_ngram_precisions(predictions: Sequence[str], references: References, 
 # ----------------------------------------------------------------------------------------------
 # ROUGE (rouge-score) and the COCO ROUGE-L variant (pycocoevalcap)
 # ----------------------------------------------------------------------------------------------
+
 
 def lcs_length(a: Sequence, b: Sequence) -> int:
     """Length of the longest common subsequence of two token sequences.
@@ -366,8 +375,9 @@ def rouge_l(predictions: Sequence[str], references: References, use_stemmer: boo
     return mean_or_nan(rouge_l_scores(predictions, references, use_stemmer))
 
 
-def rouge_n_scores(predictions: Sequence[str], references: References, n: int = 1,
-                   use_stemmer: bool = False) -> list[float]:
+def rouge_n_scores(
+    predictions: Sequence[str], references: References, n: int = 1, use_stemmer: bool = False
+) -> list[float]:
     """Per-sample ROUGE-n F-measure exactly as ``rouge_score.RougeScorer([f'rouge{n}'])``.
 
     Overlap = sum over n-grams of min(count in pred, count in ref); P = overlap / pred n-grams,
@@ -391,8 +401,9 @@ def rouge_n(predictions: Sequence[str], references: References, n: int = 1, use_
     return mean_or_nan(rouge_n_scores(predictions, references, n, use_stemmer))
 
 
-def coco_rouge_l_scores(predictions: Sequence[str], references: References, tokenize: Tokenize = "basic",
-                        beta: float = 1.2) -> list[float]:
+def coco_rouge_l_scores(
+    predictions: Sequence[str], references: References, tokenize: Tokenize = "basic", beta: float = 1.2
+) -> list[float]:
     """Per-sample ROUGE-L of the COCO caption toolkit (pycocoevalcap ``Rouge``).
 
     P = max over references of LCS / len(pred), R = max over references of LCS / len(ref) (taken
@@ -405,8 +416,8 @@ def coco_rouge_l_scores(predictions: Sequence[str], references: References, toke
             out.append(0.0)
             continue
         lcs = [lcs_length(r, p) for r in rs]
-        prec = max(l / len(p) for l in lcs)
-        rec = max((l / len(r) if r else 0.0) for l, r in zip(lcs, rs))
+        prec = max(n / len(p) for n in lcs)
+        rec = max((n / len(r) if r else 0.0) for n, r in zip(lcs, rs))
         out.append((1 + beta**2) * prec * rec / (rec + beta**2 * prec) if prec > 0 and rec > 0 else 0.0)
     return out
 
@@ -420,8 +431,10 @@ def coco_rouge_l(predictions: Sequence[str], references: References, tokenize: T
 # CIDEr-D (pycocoevalcap Cider)
 # ----------------------------------------------------------------------------------------------
 
-def cider_scores(predictions: Sequence[str], references: References, tokenize: Tokenize = "basic",
-                 n: int = 4, sigma: float = 6.0) -> list[float]:
+
+def cider_scores(
+    predictions: Sequence[str], references: References, tokenize: Tokenize = "basic", n: int = 4, sigma: float = 6.0
+) -> list[float]:
     """Per-sample CIDEr-D exactly as pycocoevalcap's ``Cider`` (Vedantam et al. 2015).
 
     For k = 1..n, each text becomes a tf-idf vector of its k-grams with
@@ -482,6 +495,7 @@ def cider(predictions: Sequence[str], references: References, tokenize: Tokenize
 # ----------------------------------------------------------------------------------------------
 # METEOR (METEOR 1.5 jar through pycocoevalcap)
 # ----------------------------------------------------------------------------------------------
+
 
 def _meteor_clean(text: str) -> str:
     # The jar reads "|||"-separated fields one line at a time: a newline or "|||" in a text would

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,12 +21,13 @@ from .base import MetricUnavailable, check_same_length
 __all__ = ["bert_score", "green", "ratescore"]
 
 
-def _require_model_dir(model_path: Optional[str], metric: str, published: str) -> str:
+def _require_model_dir(model_path: str | None, metric: str, published: str) -> str:
     if not model_path:
         raise MetricUnavailable(
             f"{metric} needs a local model: pass model_path=<folder>. The published setting uses {published}; "
             "download it on a connected machine (e.g. `huggingface-cli download ...`) and point model_path at the folder. "
-            "Nothing is downloaded at evaluation time.")
+            "Nothing is downloaded at evaluation time."
+        )
     if not os.path.isdir(model_path):
         raise MetricUnavailable(f"{metric}: model_path {model_path!r} is not a folder on this machine")
     return model_path
@@ -44,9 +45,16 @@ def _normalize_refs(references) -> list[list[str]]:
     return out
 
 
-def bert_score(predictions: Sequence[str], references, model_path: Optional[str] = None,
-               num_layers: Optional[int] = None, idf: bool = False, batch_size: int = 16,
-               device: str = "cpu", max_length: int = 510) -> dict:
+def bert_score(
+    predictions: Sequence[str],
+    references,
+    model_path: str | None = None,
+    num_layers: int | None = None,
+    idf: bool = False,
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_length: int = 510,
+) -> dict:
     """BERTScore (Zhang et al. 2020) with a local encoder, the definition of the ``bert-score`` package.
 
     Each text is tokenised with the model's tokenizer (special tokens added, truncated to
@@ -129,12 +137,16 @@ def bert_score(predictions: Sequence[str], references, model_path: Optional[str]
         recall.append(best[1])
         f1.append(best[2])
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "P": mean(precision), "R": mean(recall), "F": mean(f1)}
+    return {"precision": precision, "recall": recall, "f1": f1, "P": mean(precision), "R": mean(recall), "F": mean(f1)}
 
 
-def green(predictions: Sequence[str], references: Sequence[str], model_path: Optional[str] = None,
-          batch_size: int = 8, cuda: bool = False) -> dict:
+def green(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    model_path: str | None = None,
+    batch_size: int = 8,
+    cuda: bool = False,
+) -> dict:
     """GREEN (Ostmeier et al. 2024) through the official ``green-score`` package and a local judge model.
 
     GREEN = matched findings / (matched findings + clinically significant errors), counted by the
@@ -153,14 +165,19 @@ def green(predictions: Sequence[str], references: Sequence[str], model_path: Opt
         from green_score import GREEN
     except ImportError as exc:
         raise MetricUnavailable("GREEN needs the green-score package (pip install green-score)") from exc
-    scorer = GREEN(model_id_or_path=path, do_sample=False, batch_size=batch_size,
-                   return_0_if_no_green_score=True, cuda=cuda)
+    scorer = GREEN(
+        model_id_or_path=path, do_sample=False, batch_size=batch_size, return_0_if_no_green_score=True, cuda=cuda
+    )
     mean, std, scores, _summary, _df = scorer(list(references), list(predictions))
     return {"scores": [float(s) for s in scores], "mean": float(mean), "std": float(std)}
 
 
-def ratescore(predictions: Sequence[str], references: Sequence[str], ner_model_path: Optional[str] = None,
-              synonym_model_path: Optional[str] = None) -> dict:
+def ratescore(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    ner_model_path: str | None = None,
+    synonym_model_path: str | None = None,
+) -> dict:
     """RaTEScore (Zhao et al. 2024) through the official ``RaTEScore`` package with local models.
 
     Needs the NER model ``Angelakeke/RaTE-NER-Deberta`` (``ner_model_path``) and the synonym

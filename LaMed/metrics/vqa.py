@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 from .base import check_same_length, mean_or_nan
 
@@ -28,13 +28,13 @@ __all__ = [
 ]
 
 
-def _letters(choices: Optional[Mapping[str, str]], letters: str) -> str:
+def _letters(choices: Mapping[str, str] | None, letters: str) -> str:
     if choices:
         return "".join(sorted(k.upper() for k in choices))
     return letters
 
 
-def parse_choice(text: str, choices: Optional[Mapping[str, str]] = None, letters: str = "ABCD") -> Optional[str]:
+def parse_choice(text: str, choices: Mapping[str, str] | None = None, letters: str = "ABCD") -> str | None:
     """The choice letter a generated answer commits to, or ``None``.
 
     Tried in order (first hit wins):
@@ -82,7 +82,7 @@ def parse_choice(text: str, choices: Optional[Mapping[str, str]] = None, letters
                 return longest[0][1]
     for m in re.finditer(rf"(?<![A-Za-z])([{up}])(?![A-Za-z])", t):
         # "A" / "I" followed by a lower-case word is the article / pronoun, not a choice.
-        if m.group(1) in "AI" and re.match(r"\s+[a-z]", t[m.end():]):
+        if m.group(1) in "AI" and re.match(r"\s+[a-z]", t[m.end() :]):
             continue
         return m.group(1)
     return None
@@ -92,7 +92,7 @@ _YES = {"yes", "true", "correct", "present"}
 _NO = {"no", "false", "incorrect", "absent", "not"}
 
 
-def parse_yes_no(text: str) -> Optional[str]:
+def parse_yes_no(text: str) -> str | None:
     """``"yes"`` / ``"no"`` from a generated answer, or ``None``.
 
     The first word decides when it is yes/no (or true/false); otherwise the first standalone
@@ -113,8 +113,9 @@ def parse_yes_no(text: str) -> Optional[str]:
     return None
 
 
-def closed_correct(predictions: Sequence[str], answers: Sequence[str],
-                   choices: Optional[Sequence[Optional[Mapping[str, str]]]] = None) -> list[bool]:
+def closed_correct(
+    predictions: Sequence[str], answers: Sequence[str], choices: Sequence[Mapping[str, str] | None] | None = None
+) -> list[bool]:
     """Per-question correctness of closed answers.
 
     An answer that is ``yes``/``no`` (any case) is compared with :func:`parse_yes_no`; otherwise the
@@ -138,8 +139,9 @@ def closed_correct(predictions: Sequence[str], answers: Sequence[str],
     return out
 
 
-def closed_accuracy(predictions: Sequence[str], answers: Sequence[str],
-                    choices: Optional[Sequence[Optional[Mapping[str, str]]]] = None) -> float:
+def closed_accuracy(
+    predictions: Sequence[str], answers: Sequence[str], choices: Sequence[Mapping[str, str] | None] | None = None
+) -> float:
     """Fraction of closed questions answered correctly (see :func:`closed_correct`)."""
     return mean_or_nan([float(c) for c in closed_correct(predictions, answers, choices)])
 

@@ -7,17 +7,15 @@ at which size, and what comes out.
 
 from __future__ import annotations
 
-from typing import List
-
 from LaMed.utils.atomic import atomic_write_text
 
 __all__ = ["io_section", "write_model_card"]
 
 _RETURNS = {
     "lamed_clip": "an embedding of the volume and of each text; their cosine similarity ranks reports or "
-                  "findings (`lamed predict --prompt TEXT`, `model.similarity(volume, texts)`)",
+    "findings (`lamed predict --prompt TEXT`, `model.similarity(volume, texts)`)",
     "lamed": "text: a report, or the answer to a question about the volume (`lamed predict --question`, "
-             "`model.generate(volume, question)`)",
+    "`model.generate(volume, question)`)",
     "lamed_seg": "the answer to a question, and one binary mask per [SEG] token of the answer, on the source grid",
     "lamed_segvol": "one probability map / binary mask per text, box or point prompt, on the source grid",
     "lamed_text3dsam": "one probability map / binary mask per text prompt, on the source grid",
@@ -25,7 +23,7 @@ _RETURNS = {
 }
 
 
-def _input_size(model) -> List[int]:
+def _input_size(model) -> list[int]:
     config = model.config
     size = getattr(config, "img_size", None)
     if size is None:
@@ -36,7 +34,7 @@ def _input_size(model) -> List[int]:
     return [int(s) for s in size] if size is not None else []
 
 
-def io_section(model) -> List[str]:
+def io_section(model) -> list[str]:
     """Markdown lines: the input the model expects (preprocessing, size) and what it returns."""
     config = model.config
     record = getattr(config, "preprocessing", None)
@@ -44,23 +42,33 @@ def io_section(model) -> List[str]:
         record = {"preset": config.preprocess_preset}
     size = _input_size(model)
     lines = ["## Input", ""]
-    lines.append(f"- a 3D volume (CT or MR), resampled to `{'x'.join(map(str, size))}` voxels (D x H x W) after "
-                 "preprocessing" if size else "- a 3D volume (CT or MR)")
+    lines.append(
+        f"- a 3D volume (CT or MR), resampled to `{'x'.join(map(str, size))}` voxels (D x H x W) after preprocessing"
+        if size
+        else "- a 3D volume (CT or MR)"
+    )
     if record:
         fields = ", ".join(f"{k}={v}" for k, v in record.items() if k != "preset" and v is not None)
-        lines.append(f"- preprocessing: preset `{record['preset']}`" + (f" ({fields})" if fields else "")
-                     + "; `lamed predict` and `LaMed.load(...)` apply it by default")
+        lines.append(
+            f"- preprocessing: preset `{record['preset']}`"
+            + (f" ({fields})" if fields else "")
+            + "; `lamed predict` and `LaMed.load(...)` apply it by default"
+        )
     else:
         lines.append("- preprocessing: not recorded (inference falls back to the `m3d` preset with a warning)")
-    lines += ["- intensities after preprocessing in [0, 1]; masks are written back in the source file's geometry",
-              "", "## Output", "", f"- {_RETURNS.get(config.model_type, 'see the model class docstring')}"]
+    lines += [
+        "- intensities after preprocessing in [0, 1]; masks are written back in the source file's geometry",
+        "",
+        "## Output",
+        "",
+        f"- {_RETURNS.get(config.model_type, 'see the model class docstring')}",
+    ]
     return lines
 
 
-def write_model_card(model, folder, title: str, extra: List[str] = ()) -> None:
+def write_model_card(model, folder, title: str, extra: list[str] = ()) -> None:
     """Write ``folder/README.md``: a title, the input / output section and ``extra`` lines."""
     from pathlib import Path
-
 
     lines = [f"# {title}", "", *io_section(model)]
     if extra:

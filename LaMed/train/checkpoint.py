@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any
 
 from ..utils.atomic import atomic_path, atomic_write_text
 
@@ -36,7 +37,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 FAULT_ENV = "LAMED_FAULT_INJECT"
 
 
-def _file_sizes(folder: Path) -> Dict[str, int]:
+def _file_sizes(folder: Path) -> dict[str, int]:
     out = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name != COMPLETE_MARKER and not p.name.endswith(".tmp"):
@@ -62,8 +63,13 @@ def mark_complete(folder: str | Path, step: int, **info: Any) -> None:
     """
     folder = Path(folder)
     sizes = _file_sizes(folder)
-    record = {"format": "lamed.checkpoint/2", "step": int(step), **info, "files": sizes,
-              "sha256": {rel: _sha256(folder / rel) for rel in sizes}}
+    record = {
+        "format": "lamed.checkpoint/2",
+        "step": int(step),
+        **info,
+        "files": sizes,
+        "sha256": {rel: _sha256(folder / rel) for rel in sizes},
+    }
     atomic_write_text(folder / COMPLETE_MARKER, json.dumps(record, indent=1))
 
 
@@ -81,22 +87,27 @@ def verify_checkpoint(folder: str | Path) -> None:
 
     folder = Path(folder)
     if not is_complete(folder):
-        raise CheckpointError(f"{folder}: incomplete checkpoint (files listed in {COMPLETE_MARKER} are missing "
-                              f"or have another size)")
+        raise CheckpointError(
+            f"{folder}: incomplete checkpoint (files listed in {COMPLETE_MARKER} are missing or have another size)"
+        )
     record = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
     bad = [rel for rel, want in (record.get("sha256") or {}).items() if _sha256(folder / rel) != want]
     if bad:
-        raise CheckpointError(f"{folder}: {', '.join(bad)} changed since the checkpoint was saved (SHA-256 differs "
-                              f"from {COMPLETE_MARKER}); resume from an earlier checkpoint with "
-                              f"--resume <folder>, or delete this one")
+        raise CheckpointError(
+            f"{folder}: {', '.join(bad)} changed since the checkpoint was saved (SHA-256 differs "
+            f"from {COMPLETE_MARKER}); resume from an earlier checkpoint with "
+            f"--resume <folder>, or delete this one"
+        )
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
+            for key in f:
                 t = f.get_tensor(key)
                 if t.is_floating_point() and not bool(t.isfinite().all()):
-                    raise CheckpointError(f"{path}: tensor '{key}' holds NaN or infinite values; the run diverged "
-                                          f"before this save. Resume from an earlier checkpoint with --resume "
-                                          f"<folder> (and a lower learning rate), or delete this one")
+                    raise CheckpointError(
+                        f"{path}: tensor '{key}' holds NaN or infinite values; the run diverged "
+                        f"before this save. Resume from an earlier checkpoint with --resume "
+                        f"<folder> (and a lower learning rate), or delete this one"
+                    )
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -114,7 +125,7 @@ def is_complete(folder: str | Path) -> bool:
     return True
 
 
-def list_checkpoints(output_dir: str | Path) -> List[Path]:
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """``checkpoint-N`` folders in ``output_dir``, oldest (smallest N) first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -123,13 +134,13 @@ def list_checkpoints(output_dir: str | Path) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> Optional[Path]:
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``output_dir`` (what ``resume: auto`` continues from)."""
     complete = [p for p in list_checkpoints(output_dir) if is_complete(p)]
     return complete[-1] if complete else None
 
 
-def remove_incomplete(output_dir: str | Path) -> List[Path]:
+def remove_incomplete(output_dir: str | Path) -> list[Path]:
     """Delete checkpoint folders without a valid marker (left by a crash during a save)."""
     removed = []
     for p in list_checkpoints(output_dir):
@@ -140,7 +151,7 @@ def remove_incomplete(output_dir: str | Path) -> List[Path]:
     return removed
 
 
-def rotate_checkpoints(output_dir: str | Path, limit: Optional[int], keep: Iterable[str | Path] = ()) -> List[Path]:
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep: Iterable[str | Path] = ()) -> list[Path]:
     """Keep the ``limit`` newest complete checkpoints (plus ``keep``, e.g. the best one); delete the rest.
 
     Incomplete folders older than the newest complete checkpoint are deleted too.
@@ -155,8 +166,10 @@ def rotate_checkpoints(output_dir: str | Path, limit: Optional[int], keep: Itera
     for p in ckpts:
         if p.resolve() in protected:
             continue
-        if p in complete or (newest is not None and int(CHECKPOINT_RE.match(p.name).group(1))
-                             < int(CHECKPOINT_RE.match(newest.name).group(1))):
+        if p in complete or (
+            newest is not None
+            and int(CHECKPOINT_RE.match(p.name).group(1)) < int(CHECKPOINT_RE.match(newest.name).group(1))
+        ):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -179,13 +192,19 @@ def maybe_inject_fault(point: str, step: int) -> None:
 
 # ---- trainable-only weights -------------------------------------------------------------------
 
-def trainable_parameter_names(model) -> List[str]:
+
+def trainable_parameter_names(model) -> list[str]:
     """Names of parameters with ``requires_grad`` (state_dict naming, as ``named_parameters`` gives)."""
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def save_trainable(model, output_dir: str | Path, state_dict: Optional[Dict[str, Any]] = None,
-                   base_checkpoints: Optional[Dict[str, str]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+def save_trainable(
+    model,
+    output_dir: str | Path,
+    state_dict: dict[str, Any] | None = None,
+    base_checkpoints: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the trainable parameters to ``trainable.safetensors`` and a JSON manifest.
 
     The manifest records the model class, the trainable and frozen parameter names and where the
@@ -219,7 +238,7 @@ def save_trainable(model, output_dir: str | Path, state_dict: Optional[Dict[str,
     return output_dir / TRAINABLE_WEIGHTS
 
 
-def load_trainable(model, folder: str | Path) -> Dict[str, Any]:
+def load_trainable(model, folder: str | Path) -> dict[str, Any]:
     """Load ``trainable.safetensors`` from ``folder`` into ``model`` (the rebuilt frozen base).
 
     Strict on the saved keys: every saved tensor must exist in the model with the same shape, and
@@ -239,10 +258,15 @@ def load_trainable(model, folder: str | Path) -> Dict[str, Any]:
     own = model.state_dict()
     unexpected = [n for n in tensors if n not in own]
     if unexpected:
-        raise KeyError(f"{folder / TRAINABLE_WEIGHTS}: tensors the model does not have: {unexpected[:5]} "
-                       f"(model class {type(model).__name__}, saved from {manifest.get('model_class')})")
-    shapes = [f"{n}: saved {tuple(t.shape)} vs model {tuple(own[n].shape)}" for n, t in tensors.items()
-              if tuple(t.shape) != tuple(own[n].shape)]
+        raise KeyError(
+            f"{folder / TRAINABLE_WEIGHTS}: tensors the model does not have: {unexpected[:5]} "
+            f"(model class {type(model).__name__}, saved from {manifest.get('model_class')})"
+        )
+    shapes = [
+        f"{n}: saved {tuple(t.shape)} vs model {tuple(own[n].shape)}"
+        for n, t in tensors.items()
+        if tuple(t.shape) != tuple(own[n].shape)
+    ]
     if shapes:
         raise ValueError(f"{folder / TRAINABLE_WEIGHTS}: shape mismatch: {shapes[:5]}")
     model.load_state_dict(tensors, strict=False)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from LaMed.utils.atomic import write_json_atomic
 
@@ -95,15 +96,15 @@ class SkipBadCollator:
     ``{BAD_KEY: [...], COUNT_KEY: n}`` with no model inputs.
     """
 
-    def __init__(self, collate: Optional[Callable[[List[Any]], Dict[str, Any]]] = None):
+    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]] | None = None):
         if collate is None:
             from torch.utils.data import default_collate as collate
         self.collate = collate
 
-    def __call__(self, features: Sequence[Any]) -> Dict[str, Any]:
+    def __call__(self, features: Sequence[Any]) -> dict[str, Any]:
         bad = [f for f in features if isinstance(f, BadSample)]
         good = [f for f in features if not isinstance(f, BadSample)]
-        batch: Dict[str, Any] = {}
+        batch: dict[str, Any] = {}
         if good:
             batch = self.collate(good)
             if not isinstance(batch, dict):
@@ -114,7 +115,7 @@ class SkipBadCollator:
         return batch
 
 
-def has_model_inputs(batch: Dict[str, Any]) -> bool:
+def has_model_inputs(batch: dict[str, Any]) -> bool:
     """False for a batch that held only bad samples."""
     return any(k not in (BAD_KEY, COUNT_KEY) for k in batch)
 
@@ -135,7 +136,7 @@ class BadSampleTracker:
         self.world_size = max(1, int(world_size))
         self.rank = rank
         self.allowed = self.max_fraction * self.dataset_size / self.world_size
-        self.bad: Dict[int, BadSample] = {}
+        self.bad: dict[int, BadSample] = {}
         self.seen = 0
         self.skipped = 0  # including repeats of the same bad sample in later epochs
 
@@ -152,14 +153,21 @@ class BadSampleTracker:
                 f"{len(self.bad)} bad {self.name} samples on process {self.rank} (of {self.dataset_size} in the "
                 f"dataset, {self.world_size} process(es)) exceed max_bad_sample_fraction={self.max_fraction} "
                 f"(at most {math.floor(self.allowed)} allowed per process). Fix or remove them, or raise "
-                f"training.max_bad_sample_fraction. First bad samples:\n{shown}")
+                f"training.max_bad_sample_fraction. First bad samples:\n{shown}"
+            )
 
     def write_report(self, path: Path) -> None:
         """Write ``{"dataset": ..., "bad": [{index, path, error}, ...]}`` (only when something was bad)."""
         if not self.bad:
             return
 
-        write_json_atomic(path, {
-            "dataset": self.name, "rank": self.rank, "dataset_size": self.dataset_size,
-            "samples_seen": self.seen, "bad": [asdict(b) for b in sorted(self.bad.values(), key=lambda b: b.index)],
-        })
+        write_json_atomic(
+            path,
+            {
+                "dataset": self.name,
+                "rank": self.rank,
+                "dataset_size": self.dataset_size,
+                "samples_seen": self.seen,
+                "bad": [asdict(b) for b in sorted(self.bad.values(), key=lambda b: b.index)],
+            },
+        )

@@ -16,8 +16,9 @@ file, which the training wrapper skips and counts (``LaMed.train.data.SkipBadSam
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ TEXT_FIELDS = ("id", "spacing", "text", "vqa", "refer", "boxes", "labels", "sour
 KNOWN_FIELDS = FILE_FIELDS + TEXT_FIELDS
 
 
-def read_manifest(path: str | Path) -> Dict[str, Any]:
+def read_manifest(path: str | Path) -> dict[str, Any]:
     """Load and check a prepared-format manifest; raise ``ValueError`` naming the file and field."""
     path = Path(path)
     if not path.is_file():
@@ -92,9 +93,13 @@ class PreparedDataset:
             (a dataset-level error, unlike an unreadable file, which is a per-sample error).
     """
 
-    def __init__(self, manifest_path: str | Path, fields: Sequence[str] = ("image",),
-                 transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
-                 require: Sequence[str] = ()):
+    def __init__(
+        self,
+        manifest_path: str | Path,
+        fields: Sequence[str] = ("image",),
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        require: Sequence[str] = (),
+    ):
         self.manifest_path = Path(manifest_path)
         self.manifest = read_manifest(self.manifest_path)
         self.root = self.manifest_path.parent
@@ -103,12 +108,13 @@ class PreparedDataset:
             raise ValueError(f"{self.manifest_path}: unknown field(s) {unknown}; known: {', '.join(KNOWN_FIELDS)}")
         self.fields = tuple(fields)
         self.transform = transform
-        self.items: List[Dict[str, Any]] = self.manifest["items"]
+        self.items: list[dict[str, Any]] = self.manifest["items"]
         for name in require:
             missing = [it["id"] for it in self.items if name not in it]
             if missing:
-                raise ValueError(f"{self.manifest_path}: field '{name}' is missing in {len(missing)} item(s), "
-                                 f"e.g. {missing[:3]}")
+                raise ValueError(
+                    f"{self.manifest_path}: field '{name}' is missing in {len(missing)} item(s), e.g. {missing[:3]}"
+                )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -118,12 +124,12 @@ class PreparedDataset:
         item = self.items[index]
         return str(self.root / item["image"]) if "image" in item else f"{self.manifest_path}#{item['id']}"
 
-    def load_item(self, index: int) -> Dict[str, Any]:
+    def load_item(self, index: int) -> dict[str, Any]:
         """Read the requested fields of item ``index`` (files memory-mapped and checked)."""
         import torch
 
         item = self.items[index]
-        out: Dict[str, Any] = {"id": item["id"]}
+        out: dict[str, Any] = {"id": item["id"]}
         for name in self.fields:
             if name == "image":
                 if "image" not in item:
@@ -138,10 +144,10 @@ class PreparedDataset:
                 out[name] = item[name]
         return out
 
-    def build_item(self, item: Dict[str, Any]) -> Dict[str, Any]:
+    def build_item(self, item: dict[str, Any]) -> dict[str, Any]:
         """Turn the loaded fields into what the model's collator expects; subclasses override."""
         return item
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.build_item(self.load_item(index))
         return self.transform(item) if self.transform is not None else item

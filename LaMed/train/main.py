@@ -15,9 +15,10 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 from LaMed.models.card import write_model_card
 from LaMed.train import checkpoint as ckpt
@@ -43,10 +44,10 @@ class TrainRun:
     recipe: Any
     trainer: Any
     output: Any  # transformers.trainer_utils.TrainOutput
-    resumed_from: Optional[str]
+    resumed_from: str | None
 
 
-def resolve_resume(training_args) -> Optional[str]:
+def resolve_resume(training_args) -> str | None:
     """The checkpoint to continue from, per ``training.resume`` (``auto`` / ``never`` / a path)."""
 
     value = training_args.resume
@@ -62,10 +63,16 @@ def resolve_resume(training_args) -> Optional[str]:
         raise FileNotFoundError(f"training.resume: checkpoint folder {path} not found")
     if not ckpt.is_complete(path):
         if (path / ckpt.COMPLETE_MARKER).exists():
-            raise ValueError(f"training.resume: {path} is incomplete (files listed in {ckpt.COMPLETE_MARKER} "
-                             "are missing or truncated)")
-        logger.warning("training.resume: %s has no %s (not written by LaMed, or interrupted while saving); "
-                       "resuming from it anyway because it was named explicitly", path, ckpt.COMPLETE_MARKER)
+            raise ValueError(
+                f"training.resume: {path} is incomplete (files listed in {ckpt.COMPLETE_MARKER} "
+                "are missing or truncated)"
+            )
+        logger.warning(
+            "training.resume: %s has no %s (not written by LaMed, or interrupted while saving); "
+            "resuming from it anyway because it was named explicitly",
+            path,
+            ckpt.COMPLETE_MARKER,
+        )
     else:
         ckpt.verify_checkpoint(path)
     return str(path)
@@ -85,7 +92,6 @@ def _setup_logging(training_args) -> None:
 def _save_resolved_recipe(recipe, training_args) -> None:
     import yaml
 
-
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = recipe.to_dict()
@@ -101,16 +107,23 @@ def _write_card(recipe, trainer) -> None:
     if getattr(model, "config", None) is None or not hasattr(model.config, "model_type"):
         return
     source = recipe.path or "a recipe given in code"
-    write_model_card(model, trainer.args.output_dir, f"LaMed {recipe.task} model",
-                     ["## Training", "", f"- recipe: `{source}` (resolved values in `{RESOLVED_RECIPE_NAME}`)",
-                      f"- steps: {trainer.state.global_step}"])
+    write_model_card(
+        model,
+        trainer.args.output_dir,
+        f"LaMed {recipe.task} model",
+        [
+            "## Training",
+            "",
+            f"- recipe: `{source}` (resolved values in `{RESOLVED_RECIPE_NAME}`)",
+            f"- steps: {trainer.state.global_step}",
+        ],
+    )
 
 
 def build_trainer(recipe):
     """Build the task bundle, apply the stage switches and return a ``LaMedTrainer`` (not yet trained)."""
     from transformers import set_seed
     from transformers.trainer_utils import enable_full_determinism
-
 
     targs = recipe.training_args
     # Seed before building: the initial weights must depend on training.seed only.
@@ -119,11 +132,12 @@ def build_trainer(recipe):
     bundle = spec.build(recipe.model_args, recipe.data_args, targs)
     if not isinstance(bundle, TaskBundle):
         raise TypeError(f"task '{recipe.task}': build() must return a TaskBundle, got {type(bundle).__name__}")
-    checkpointing = bool(getattr(targs, "activation_checkpointing", False) or
-                         getattr(targs, "gradient_checkpointing", False))
+    checkpointing = bool(
+        getattr(targs, "activation_checkpointing", False) or getattr(targs, "gradient_checkpointing", False)
+    )
     model = apply_stage(bundle.model, recipe.stage_args, activation_checkpointing=checkpointing)
 
-    callbacks: List[Any] = [ThroughputCallback(), *bundle.callbacks]
+    callbacks: list[Any] = [ThroughputCallback(), *bundle.callbacks]
     if os.environ.get(FAULT_ENV):
         callbacks.append(FaultInjectionCallback())
     return LaMedTrainer(
@@ -141,7 +155,7 @@ def build_trainer(recipe):
     )
 
 
-def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), recipe=None) -> TrainRun:
+def run_training(recipe_path: str | None, overrides: Sequence[str] = (), recipe=None) -> TrainRun:
     """Parse the recipe, train (resuming per ``training.resume``), save the final model and state."""
 
     recipe = recipe if recipe is not None else parse_recipe(recipe_path, overrides)
@@ -161,10 +175,13 @@ def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), reci
         if _disk_full(exc):
             from LaMed.utils.atomic import OutputError
 
-            raise OutputError(errno.ENOSPC, f"{targs.output_dir}: no space left on the device while saving (step "
-                                            f"{trainer.state.global_step}); the half-written checkpoint is ignored "
-                                            f"at resume: free space and run the same command again to continue "
-                                            f"from the last complete checkpoint") from exc
+            raise OutputError(
+                errno.ENOSPC,
+                f"{targs.output_dir}: no space left on the device while saving (step "
+                f"{trainer.state.global_step}); the half-written checkpoint is ignored "
+                f"at resume: free space and run the same command again to continue "
+                f"from the last complete checkpoint",
+            ) from exc
         raise
     finally:
         trainer.write_bad_sample_reports()
@@ -174,8 +191,13 @@ def run_training(recipe_path: Optional[str], overrides: Sequence[str] = (), reci
         _write_card(recipe, trainer)
     for split, tracker in trainer.bad_samples.items():
         if tracker.bad:
-            logger.warning("%d bad %s sample(s) skipped on process %d; see %s", len(tracker.bad), split,
-                           trainer.args.process_index, targs.output_dir)
+            logger.warning(
+                "%d bad %s sample(s) skipped on process %d; see %s",
+                len(tracker.bad),
+                split,
+                trainer.args.process_index,
+                targs.output_dir,
+            )
     return TrainRun(recipe, trainer, output, resume)
 
 
@@ -191,7 +213,7 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
-def failure_message(exc: BaseException) -> Optional[str]:
+def failure_message(exc: BaseException) -> str | None:
     """One screen for a training run that stopped for a known reason (bad recipe, bad data, bad
     checkpoint, full disk); ``None`` for anything else (a bug: let its traceback show)."""
 
@@ -200,7 +222,7 @@ def failure_message(exc: BaseException) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m LaMed.train RECIPE.yaml [--key value ...]`` (what launchers run on every process)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -26,9 +26,10 @@ import difflib
 import enum
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from LaMed.data.presets import list_presets
 from LaMed.models.encoders.registry import list_encoders
@@ -50,17 +51,18 @@ class RecipeError(ValueError):
 class Recipe:
     """A parsed recipe: the task name and the four argument dataclass instances."""
 
-    path: Optional[Path]
+    path: Path | None
     task: str
     model_args: Any
     data_args: Any
     training_args: Any
     stage_args: Any
-    raw: Dict[str, Any] = field(default_factory=dict)
-    overrides: List[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Resolved values per section (what actually runs), e.g. to save next to the checkpoints."""
+
         def plain(v):
             if isinstance(v, enum.Enum):
                 return plain(v.value)
@@ -78,21 +80,29 @@ class Recipe:
         # Keep the training section readable: what the recipe or the command line set, plus the
         # essentials; every other field has its stock TrainingArguments default.
         named = set(self.raw.get("training", {})) | {"output_dir", "seed", "resume"}
-        named |= {tok[2:].split("=")[0].replace(".", "_").replace("-", "_").removeprefix("training_")
-                  for tok in self.overrides if tok.startswith("--")}
+        named |= {
+            tok[2:].split("=")[0].replace(".", "_").replace("-", "_").removeprefix("training_")
+            for tok in self.overrides
+            if tok.startswith("--")
+        }
         training = {k: v for k, v in values(self.training_args).items() if k in named}
-        return {"task": self.task, "model": values(self.model_args), "data": values(self.data_args),
-                "training": training, "stage": values(self.stage_args)}
+        return {
+            "task": self.task,
+            "model": values(self.model_args),
+            "data": values(self.data_args),
+            "training": training,
+            "stage": values(self.stage_args),
+        }
 
 
-def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+def load_recipe_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe file, following ``base:`` (relative to the file) with a deep merge.
 
     ``base`` is one file or a list of files, merged left to right, then this file's values on top
@@ -113,8 +123,10 @@ def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str
         raise RecipeError(f"{path}: a recipe is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            raise RecipeError(f"{path}: unknown top-level key '{key}'{_hint(key, TOP_LEVEL_KEYS)} "
-                              f"(expected {', '.join(TOP_LEVEL_KEYS)})")
+            raise RecipeError(
+                f"{path}: unknown top-level key '{key}'{_hint(key, TOP_LEVEL_KEYS)} "
+                f"(expected {', '.join(TOP_LEVEL_KEYS)})"
+            )
     for section in SECTIONS:
         if data.get(section) is None:
             data[section] = {}
@@ -122,7 +134,7 @@ def load_recipe_yaml(path: str | Path, _seen: Tuple[Path, ...] = ()) -> Dict[str
             raise RecipeError(f"{path}: section '{section}' must be a mapping, got {type(data[section]).__name__}")
     base = data.pop("base", None)
     bases = base if isinstance(base, list) else [base] if base else []
-    merged: Dict[str, Any] = {}
+    merged: dict[str, Any] = {}
     for name in bases:
         if not isinstance(name, str) or not name:
             raise RecipeError(f"{path}: 'base' must be a file name or a list of file names, got {base!r}")
@@ -154,7 +166,7 @@ def _check_value(where: str, name: str, value: Any, hint) -> Any:
     bad = None
     if hint is Any or origin is typing.Literal:
         return value
-    if origin in (list, List, tuple, Sequence):
+    if origin in (list, list, tuple, Sequence):
         value = list(value) if isinstance(value, (list, tuple)) else [value]
     elif origin is bool:
         bad = not isinstance(value, bool)
@@ -166,7 +178,7 @@ def _check_value(where: str, name: str, value: Any, hint) -> Any:
     elif origin is str:
         bad = not isinstance(value, (int, float))  # numbers given for a str field are accepted as text
         value = value if bad else str(value)
-    elif origin in (dict, Dict):
+    elif origin in (dict, dict):
         bad = not isinstance(value, dict)
     if bad:
         expected = getattr(origin, "__name__", str(origin))
@@ -174,9 +186,9 @@ def _check_value(where: str, name: str, value: Any, hint) -> Any:
     return value
 
 
-def _field_map(classes: Sequence[type], task_name: str) -> Dict[str, Tuple[int, Any]]:
+def _field_map(classes: Sequence[type], task_name: str) -> dict[str, tuple[int, Any]]:
     """field name -> (index of its dataclass, type hint); names must be unique across the classes."""
-    owners: Dict[str, Tuple[int, Any]] = {}
+    owners: dict[str, tuple[int, Any]] = {}
     for i, cls in enumerate(classes):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -184,16 +196,19 @@ def _field_map(classes: Sequence[type], task_name: str) -> Dict[str, Tuple[int, 
                 continue
             if f.name in owners:
                 other = classes[owners[f.name][0]].__name__
-                raise RecipeError(f"task '{task_name}': field '{f.name}' is defined by both {other} and "
-                                  f"{cls.__name__}; rename one (fields share one command-line namespace)")
+                raise RecipeError(
+                    f"task '{task_name}': field '{f.name}' is defined by both {other} and "
+                    f"{cls.__name__}; rename one (fields share one command-line namespace)"
+                )
             owners[f.name] = (i, hints[f.name])
     return owners
 
 
-def _flatten_section(where: str, section: str, values: Dict[str, Any], cls: type,
-                     fields: Dict[str, Tuple[int, Any]], index: int) -> Dict[str, Any]:
+def _flatten_section(
+    where: str, section: str, values: dict[str, Any], cls: type, fields: dict[str, tuple[int, Any]], index: int
+) -> dict[str, Any]:
     own = {n for n, (i, _) in fields.items() if i == index}
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for key, value in values.items():
         if key in own:
             out[key] = value
@@ -205,20 +220,21 @@ def _flatten_section(where: str, section: str, values: Dict[str, Any], cls: type
             elsewhere = ""
             if key in fields and fields[key][0] != index:
                 elsewhere = f"; '{key}' belongs to the '{SECTIONS[fields[key][0]]}' section"
-            raise RecipeError(f"{where}: unknown key '{shown}': not a field of {cls.__name__}"
-                              f"{_hint(key, own)}{elsewhere}")
+            raise RecipeError(
+                f"{where}: unknown key '{shown}': not a field of {cls.__name__}{_hint(key, own)}{elsewhere}"
+            )
     return {k: _check_value(where, f"{section}.{k}", v, fields[k][1]) for k, v in out.items()}
 
 
 def _is_mapping(hint) -> bool:
     hint = _unwrap_optional(hint)
-    return (typing.get_origin(hint) or hint) in (dict, Dict)
+    return (typing.get_origin(hint) or hint) in (dict, dict)
 
 
 def _mapping_override(where: str, name: str):
     """argparse ``type`` of a dict field: the command-line value is read as YAML (JSON is YAML too)."""
 
-    def parse(text: str) -> Dict[str, Any]:
+    def parse(text: str) -> dict[str, Any]:
         try:
             return parse_mapping(text, f"--{name}")
         except ValueError as exc:
@@ -228,9 +244,9 @@ def _mapping_override(where: str, name: str):
     return parse
 
 
-def _normalise_overrides(where: str, overrides: Sequence[str], fields: Dict[str, Any]) -> List[str]:
+def _normalise_overrides(where: str, overrides: Sequence[str], fields: dict[str, Any]) -> list[str]:
     """``--training.lr=1e-4`` / ``--lora.r 8`` / ``--lora-r 8`` -> ``--lora_r 8`` (argparse form)."""
-    out: List[str] = []
+    out: list[str] = []
     for tok in overrides:
         if not tok.startswith("--") or tok == "--":
             out.append(tok)
@@ -307,12 +323,10 @@ def check_registry_names(where: str, **sections: Any) -> None:
                 if value not in choices:
                     close = difflib.get_close_matches(str(value), choices, n=3)
                     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-                    raise RecipeError(f"{where}: {label}: unknown {kind} {value!r}{hint} "
-                                      f"(known: {', '.join(choices)})")
+                    raise RecipeError(f"{where}: {label}: unknown {kind} {value!r}{hint} (known: {', '.join(choices)})")
 
 
-def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
-                 data: Optional[Dict[str, Any]] = None) -> Recipe:
+def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (), data: dict[str, Any] | None = None) -> Recipe:
     """Parse a recipe file (or an already-loaded ``data`` mapping) plus command-line overrides.
 
     Returns a :class:`Recipe` whose ``training_args`` is a ``LaMedTrainingArguments`` (built once,
@@ -323,7 +337,6 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
             starts with the recipe path.
     """
     from transformers import HfArgumentParser
-
 
     where = str(path) if path is not None else "<recipe>"
     if data is None:
@@ -340,7 +353,7 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
 
     classes = (spec.model_args, spec.data_args, LaMedTrainingArguments, StageArguments)
     fields = _field_map(classes, task_name)
-    defaults: Dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for i, section in enumerate(SECTIONS):
         defaults.update(_flatten_section(where, section, data[section], classes[i], fields, i))
 
@@ -364,7 +377,8 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
     argv = _normalise_overrides(where, list(overrides), fields)
     try:
         model_args, data_args, training_args, stage_args, rest = parser.parse_args_into_dataclasses(
-            args=argv, return_remaining_strings=True, look_for_args_file=False)
+            args=argv, return_remaining_strings=True, look_for_args_file=False
+        )
     except RecipeError:
         raise
     except (ValueError, TypeError) as exc:
@@ -372,5 +386,13 @@ def parse_recipe(path: str | Path | None, overrides: Sequence[str] = (),
     if rest:
         raise RecipeError(f"{where}: unexpected command-line values {rest} (overrides are '--name value' pairs)")
     check_registry_names(where, model=model_args, data=data_args)
-    return Recipe(Path(path) if path is not None else None, task_name, model_args, data_args,
-                  training_args, stage_args, raw=data, overrides=list(overrides))
+    return Recipe(
+        Path(path) if path is not None else None,
+        task_name,
+        model_args,
+        data_args,
+        training_args,
+        stage_args,
+        raw=data,
+        overrides=list(overrides),
+    )

@@ -1,18 +1,18 @@
 """Stage switches from a recipe: freeze, LoRA, fully-trained modules; one function, no code edits.
 
-    stage:
-      freeze: ["*"]                    # everything off ...
-      trainable: [model.mm_projector]  # ... except the projector (M3D-LaMed stage 1)
-    stage:
-      lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: [qkv_proj, o_proj, gate_up_proj, down_proj]}
-      trainable: [model.mm_projector, "*embed_tokens*", lm_head]      # LaMed stage 2
+stage:
+  freeze: ["*"]                    # everything off ...
+  trainable: [model.mm_projector]  # ... except the projector (M3D-LaMed stage 1)
+stage:
+  lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: [qkv_proj, o_proj, gate_up_proj, down_proj]}
+  trainable: [model.mm_projector, "*embed_tokens*", lm_head]      # LaMed stage 2
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from typing import Iterable, List, Tuple
+from collections.abc import Iterable
 
 from LaMed.train.args import StageArguments
 
@@ -23,13 +23,13 @@ PEFT_PREFIX = "base_model.model."
 
 def param_matches(name: str, pattern: str) -> bool:
     """``pattern`` matches a parameter name itself or any module above it (``a.b`` matches ``a.b.weight``)."""
-    for n in (name, name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else None):
+    for n in (name, name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else None):
         if n is not None and (fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + ".*")):
             return True
     return False
 
 
-def set_requires_grad(model, patterns: Iterable[str], value: bool, what: str) -> List[str]:
+def set_requires_grad(model, patterns: Iterable[str], value: bool, what: str) -> list[str]:
     """Set ``requires_grad=value`` on the parameters matching any pattern; return their names.
 
     Raises ``ValueError`` naming the pattern if one matches no parameter (a typo must not
@@ -48,8 +48,9 @@ def set_requires_grad(model, patterns: Iterable[str], value: bool, what: str) ->
     unused = [p for p, n in hit.items() if n == 0]
     if unused:
         some = [n for n, _ in list(model.named_parameters())[:8]]
-        raise ValueError(f"stage.{what}: pattern(s) {unused} match no parameter of {type(model).__name__} "
-                         f"(names look like {some})")
+        raise ValueError(
+            f"stage.{what}: pattern(s) {unused} match no parameter of {type(model).__name__} (names look like {some})"
+        )
     return names
 
 
@@ -71,7 +72,7 @@ def apply_lora(model, stage: StageArguments):
     return get_peft_model(model, config)
 
 
-def count_parameters(model) -> Tuple[int, int]:
+def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = trainable = 0
     for p in model.parameters():
@@ -97,7 +98,9 @@ def apply_stage(model, stage: StageArguments, *, activation_checkpointing: bool 
         set_requires_grad(model, stage.trainable, True, "trainable")
     trainable, total = count_parameters(model)
     if trainable == 0:
-        raise ValueError(f"stage: no trainable parameter is left in {type(model).__name__} "
-                         f"(freeze={stage.freeze}, trainable={stage.trainable}, lora r={stage.lora_r})")
+        raise ValueError(
+            f"stage: no trainable parameter is left in {type(model).__name__} "
+            f"(freeze={stage.freeze}, trainable={stage.trainable}, lora r={stage.lora_r})"
+        )
     logger.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     return model

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import torch
 from transformers import Trainer
@@ -43,14 +44,19 @@ class LaMedTrainer(Trainer):
         extra_manifest: more JSON-able facts for that manifest (e.g. the resolved recipe).
     """
 
-    def __init__(self, *args, base_checkpoints: Optional[Dict[str, str]] = None,
-                 extra_manifest: Optional[Dict[str, Any]] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        base_checkpoints: dict[str, str] | None = None,
+        extra_manifest: dict[str, Any] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.base_checkpoints = dict(base_checkpoints or {})
         self.extra_manifest = dict(extra_manifest or {})
-        self._loss_parts: Dict[str, list] = {}  # name -> [sum, count] over the current logging window
+        self._loss_parts: dict[str, list] = {}  # name -> [sum, count] over the current logging window
         self._last_good_inputs = None
-        self._trackers: Dict[str, BadSampleTracker] = {}
+        self._trackers: dict[str, BadSampleTracker] = {}
         if not any(isinstance(cb, ThroughputCallback) for cb in self.callback_handler.callbacks):
             self.add_callback(ThroughputCallback())
         if not any(isinstance(cb, DatasetEpochCallback) for cb in self.callback_handler.callbacks):
@@ -77,8 +83,12 @@ class LaMedTrainer(Trainer):
             dataset = self.train_dataset if split == "train" else self.eval_dataset
             size = len(dataset) if hasattr(dataset, "__len__") else 0
             self._trackers[split] = BadSampleTracker(
-                split, size, self.args.max_bad_sample_fraction if hasattr(self.args, "max_bad_sample_fraction")
-                else 0.01, world_size=self.args.world_size, rank=self.args.process_index)
+                split,
+                size,
+                self.args.max_bad_sample_fraction if hasattr(self.args, "max_bad_sample_fraction") else 0.01,
+                world_size=self.args.world_size,
+                rank=self.args.process_index,
+            )
         return self._trackers[split]
 
     def _prepare_inputs(self, inputs):
@@ -89,11 +99,11 @@ class LaMedTrainer(Trainer):
         return super()._prepare_inputs(inputs)
 
     @property
-    def bad_samples(self) -> Dict[str, BadSampleTracker]:
+    def bad_samples(self) -> dict[str, BadSampleTracker]:
         """Per split (``train`` / ``eval``) tracker of the bad samples seen by this process."""
         return dict(self._trackers)
 
-    def write_bad_sample_reports(self, output_dir: Optional[str] = None) -> None:
+    def write_bad_sample_reports(self, output_dir: str | None = None) -> None:
         out = Path(output_dir or self.args.output_dir)
         for split, tracker in self._trackers.items():
             tracker.write_report(out / f"bad_samples_{split}_rank{self.args.process_index}.json")
@@ -109,7 +119,8 @@ class LaMedTrainer(Trainer):
                 if self.args.world_size > 1:
                     raise RuntimeError(
                         f"process {self.args.process_index}: the first training batch holds only bad samples, "
-                        "so there is nothing to keep the processes in step with; see the bad-sample warnings")
+                        "so there is nothing to keep the processes in step with; see the bad-sample warnings"
+                    )
                 return torch.zeros((), device=self.args.device)
             with self.compute_loss_context_manager():
                 again = self._prepare_inputs(dict(self._last_good_inputs))
@@ -144,7 +155,7 @@ class LaMedTrainer(Trainer):
                     acc[1] += 1
         return (loss, outputs) if return_outputs else loss
 
-    def _pop_loss_parts(self) -> Dict[str, float]:
+    def _pop_loss_parts(self) -> dict[str, float]:
         local = {k: (s, n) for k, (s, n) in self._loss_parts.items()}
         self._loss_parts = {}
         if self.args.world_size > 1 and torch.distributed.is_initialized():
@@ -154,7 +165,7 @@ class LaMedTrainer(Trainer):
             torch.distributed.all_gather_object(gathered, local)
         else:
             gathered = [local]
-        total: Dict[str, list] = {}
+        total: dict[str, list] = {}
         for part in gathered:
             for k, (s, n) in part.items():
                 acc = total.setdefault(k, [0.0, 0])
@@ -162,7 +173,7 @@ class LaMedTrainer(Trainer):
                 acc[1] += n
         return {k: s / n for k, (s, n) in sorted(total.items()) if n}
 
-    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (eval logs carry eval_loss, the final one train_loss)
             logs.update(self._pop_loss_parts())
             logs.update(self.throughput.pop_window())
@@ -177,13 +188,14 @@ class LaMedTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- saving -------------------------------------------------------------------------------
-    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if not getattr(self.args, "save_trainable_only", False):
             return super()._save(output_dir, state_dict=state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        ckpt.save_trainable(model, output_dir, state_dict=state_dict, base_checkpoints=self.base_checkpoints,
-                            extra=self.extra_manifest)
+        ckpt.save_trainable(
+            model, output_dir, state_dict=state_dict, base_checkpoints=self.base_checkpoints, extra=self.extra_manifest
+        )
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "save_pretrained"):
             config.save_pretrained(output_dir)  # what the frozen base is rebuilt from
@@ -220,8 +232,9 @@ class LaMedTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-def split_lr_groups(optimizer: torch.optim.Optimizer, named: Mapping[str, torch.nn.Parameter],
-                    multipliers: Mapping[str, float]) -> Dict[str, int]:
+def split_lr_groups(
+    optimizer: torch.optim.Optimizer, named: Mapping[str, torch.nn.Parameter], multipliers: Mapping[str, float]
+) -> dict[str, int]:
     """Split ``optimizer``'s parameter groups so parameters matching a glob train at ``factor x lr``.
 
     ``multipliers`` maps ``fnmatch`` globs over parameter names (matching the name or a module
@@ -233,10 +246,10 @@ def split_lr_groups(optimizer: torch.optim.Optimizer, named: Mapping[str, torch.
     """
     by_id = {id(p): n for n, p in named.items()}
     counts = {pattern: 0 for pattern in multipliers}
-    base: List[Dict[str, Any]] = []  # first, so that the logged learning rate is the base one
-    scaled: List[Dict[str, Any]] = []
+    base: list[dict[str, Any]] = []  # first, so that the logged learning rate is the base one
+    scaled: list[dict[str, Any]] = []
     for group in optimizer.param_groups:
-        parts: Dict[Optional[str], List[torch.nn.Parameter]] = {}
+        parts: dict[str | None, list[torch.nn.Parameter]] = {}
         for p in group["params"]:
             name = by_id.get(id(p), "")
             pattern = next((g for g in multipliers if param_matches(name, g)), None)

@@ -18,16 +18,24 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
-    "OutputError", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-    "write_json_atomic", "save_npy_atomic", "check_writable_dir", "current_umask",
+    "OutputError",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json_atomic",
+    "save_npy_atomic",
+    "check_writable_dir",
+    "current_umask",
 ]
 
 
@@ -116,14 +124,13 @@ def atomic_path(path: PathLike, *, suffix: str = "") -> Iterator[Path]:
 def atomic_write(path: PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
-            write(fh)
-            fh.flush()
+    with atomic_path(path) as tmp, open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
+        write(fh)
+        fh.flush()
     return path
 
 
-def atomic_write_bytes(path: PathLike, write: Union[bytes, Callable[[Any], None]]) -> Path:
+def atomic_write_bytes(path: PathLike, write: bytes | Callable[[Any], None]) -> Path:
     """Write ``bytes`` (or whatever ``write(binary_fileobj)`` writes) atomically to ``path``."""
     if isinstance(write, (bytes, bytearray, memoryview)):
         data = bytes(write)

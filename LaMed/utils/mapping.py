@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 
-def parse_mapping(text: str, what: str) -> Dict[str, Any]:
+def parse_mapping(text: str, what: str) -> dict[str, Any]:
     """``text`` read as YAML (JSON is YAML too) -> a dict; empty text -> ``{}``.
 
     Raises ``ValueError`` naming ``what`` (e.g. ``"--config"``) when the text does not parse or is

@@ -15,19 +15,42 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Dict, Union
 
-__all__ = ["safetensors_header", "check_safetensors", "check_config_json", "check_model_folder", "SAFETENSORS_DTYPE_BYTES"]
+__all__ = [
+    "safetensors_header",
+    "check_safetensors",
+    "check_config_json",
+    "check_model_folder",
+    "SAFETENSORS_DTYPE_BYTES",
+]
 
-SAFETENSORS_DTYPE_BYTES: Dict[str, float] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+SAFETENSORS_DTYPE_BYTES: dict[str, float] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+    "F4": 0.5,
+    "F6_E2M3": 0.75,
+    "F6_E3M2": 0.75,
 }
 # A header larger than this is not a real checkpoint header (safetensors itself caps it at 100 MB).
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def safetensors_header(path: Union[str, Path]) -> tuple:
+def safetensors_header(path: str | Path) -> tuple:
     """``(data_start, header)`` of a checked ``.safetensors`` file: the byte offset of the tensor data and
     the parsed JSON header (``{name: {"dtype", "shape", "data_offsets"}}``, ``__metadata__`` removed)."""
     path = Path(path)
@@ -39,7 +62,7 @@ def safetensors_header(path: Union[str, Path]) -> tuple:
     return 8 + n, header
 
 
-def check_safetensors(path: Union[str, Path]) -> int:
+def check_safetensors(path: str | Path) -> int:
     """Check the header of one ``.safetensors`` file against its size; returns the number of tensors."""
     path = Path(path)
     size = path.stat().st_size
@@ -48,8 +71,10 @@ def check_safetensors(path: Union[str, Path]) -> int:
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         if n > _MAX_HEADER or 8 + n > size:
-            raise ValueError(f"{path}: header length {n} bytes does not fit the file of {size} bytes "
-                             f"(truncated or not a safetensors file)")
+            raise ValueError(
+                f"{path}: header length {n} bytes does not fit the file of {size} bytes "
+                f"(truncated or not a safetensors file)"
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -69,23 +94,29 @@ def check_safetensors(path: Union[str, Path]) -> int:
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: tensor '{name}' has a malformed header entry {info!r}") from None
         if not (0 <= begin <= end) or end - begin != nbytes:
-            raise ValueError(f"{path}: tensor '{name}' ({dtype} {list(shape)}) should take {nbytes} bytes but its "
-                             f"offsets [{begin}, {end}] give {end - begin} (header edited or file damaged)")
+            raise ValueError(
+                f"{path}: tensor '{name}' ({dtype} {list(shape)}) should take {nbytes} bytes but its "
+                f"offsets [{begin}, {end}] give {end - begin} (header edited or file damaged)"
+            )
         spans.append((begin, end, name))
     spans.sort()
     pos = 0
     for begin, end, name in spans:
         if begin != pos:
-            raise ValueError(f"{path}: tensor '{name}' starts at byte {begin}, expected {pos} "
-                             f"(overlapping or gapped data: header edited or file damaged)")
+            raise ValueError(
+                f"{path}: tensor '{name}' starts at byte {begin}, expected {pos} "
+                f"(overlapping or gapped data: header edited or file damaged)"
+            )
         pos = end
     if pos != data_size:
-        raise ValueError(f"{path}: the header describes {pos} bytes of tensor data but the file holds {data_size} "
-                         f"({'truncated' if data_size < pos else 'trailing bytes'}; re-download or re-save it)")
+        raise ValueError(
+            f"{path}: the header describes {pos} bytes of tensor data but the file holds {data_size} "
+            f"({'truncated' if data_size < pos else 'trailing bytes'}; re-download or re-save it)"
+        )
     return len(spans)
 
 
-def check_config_json(path: Union[str, Path]) -> dict:
+def check_config_json(path: str | Path) -> dict:
     """``config.json`` parsed; refused unless it is a JSON object with a ``model_type`` string."""
     path = Path(path)
     try:
@@ -101,7 +132,7 @@ def check_config_json(path: Union[str, Path]) -> dict:
     return config
 
 
-def check_model_folder(folder: Union[str, Path]) -> dict:
+def check_model_folder(folder: str | Path) -> dict:
     """Check ``config.json`` and every ``*.safetensors`` of a model folder; returns the config."""
     folder = Path(folder)
     config = check_config_json(folder / "config.json")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, Iterator, List, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -18,7 +19,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._entries: Dict[str, Callable[..., T]] = {}
+        self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str | None = None, factory: Callable[..., T] | None = None):
         """Use as ``@REG.register("name")`` / ``@REG.register()`` or call ``REG.register(name, fn)``."""
@@ -45,7 +46,7 @@ class Registry(Generic[T]):
     def create(self, name: str, **overrides) -> T:
         return self.get(name)(**overrides)
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:

@@ -20,7 +20,7 @@ inverse temperature 14.3). The converters set "raw" for the published weights.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -72,33 +72,37 @@ class LamedClipConfig(PreTrainedConfig):
     model_type = "lamed_clip"
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
     # Only the embeddings are gathered by the Trainer at evaluation (logits differ in shape per batch).
-    keys_to_ignore_at_inference: ClassVar[List[str]] = [
-        "logits_per_image", "logits_per_text", "loss_itc", "loss_consistency", "loss_teacher_itc",
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [
+        "logits_per_image",
+        "logits_per_text",
+        "loss_itc",
+        "loss_consistency",
+        "loss_teacher_itc",
     ]
 
     vision_encoder: str = "vit3d_base"
-    vision_overrides: Optional[Dict[str, Any]] = None
+    vision_overrides: dict[str, Any] | None = None
     vision_pooling: str = "cls"
     text_config: Any = None
-    text_model_path: Optional[str] = None
+    text_model_path: str | None = None
     text_pooling: str = "cls"
     projection_dim: int = 768
     projection_bias: bool = True
     loss_type: str = "infonce"
-    logit_scale_init: Optional[float] = None
-    logit_bias_init: Optional[float] = None
+    logit_scale_init: float | None = None
+    logit_bias_init: float | None = None
     logit_scale_mode: str = "exp"
-    logit_scale_max: Optional[float] = 100.0
+    logit_scale_max: float | None = 100.0
     gather_features: bool = True
     local_loss: bool = False
     siglip_symmetric: bool = False
-    teacher_config: Optional[Dict[str, Any]] = None
+    teacher_config: dict[str, Any] | None = None
     consistency_weight: float = 0.1
     consistency_steps: int = 5000
     # What a scanner volume goes through before the vision tower (LaMed.data.presets.preset_spec
     # record); set by recipes and `lamed import`, used by inference by default.
-    preprocessing: Optional[Dict[str, Any]] = None
-    hidden_size: Optional[int] = None  # = projection_dim; read by DeepSpeed "auto" bucket sizes
+    preprocessing: dict[str, Any] | None = None
+    hidden_size: int | None = None  # = projection_dim; read by DeepSpeed "auto" bucket sizes
 
     def __post_init__(self, **kwargs):
         if isinstance(self.teacher_config, PreTrainedConfig):
@@ -117,8 +121,12 @@ class LamedClipConfig(PreTrainedConfig):
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the field for an invalid value."""
-        choices = {"loss_type": LOSS_TYPES, "vision_pooling": POOLINGS, "text_pooling": POOLINGS,
-                   "logit_scale_mode": SCALE_MODES}
+        choices = {
+            "loss_type": LOSS_TYPES,
+            "vision_pooling": POOLINGS,
+            "text_pooling": POOLINGS,
+            "logit_scale_mode": SCALE_MODES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LamedClipConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
@@ -127,16 +135,20 @@ class LamedClipConfig(PreTrainedConfig):
         if self.logit_scale_max is not None and self.logit_scale_max <= 0:
             raise ValueError(f"LamedClipConfig.logit_scale_max: expected > 0, got {self.logit_scale_max}")
         if self.loss_type == "siglip" and self.siglip_symmetric and self.local_loss:
-            raise ValueError("LamedClipConfig: siglip_symmetric needs the square (gathered) logit matrix; "
-                             "it cannot be combined with local_loss")
+            raise ValueError(
+                "LamedClipConfig: siglip_symmetric needs the square (gathered) logit matrix; "
+                "it cannot be combined with local_loss"
+            )
         if self.consistency_steps < 1 or self.consistency_weight < 0:
-            raise ValueError("LamedClipConfig.consistency_steps must be >= 1 and consistency_weight >= 0, got "
-                             f"{self.consistency_steps} / {self.consistency_weight}")
+            raise ValueError(
+                "LamedClipConfig.consistency_steps must be >= 1 and consistency_weight >= 0, got "
+                f"{self.consistency_steps} / {self.consistency_weight}"
+            )
         if self.teacher_config is not None and self.teacher_config.get("teacher_config"):
             raise ValueError("LamedClipConfig.teacher_config: a teacher cannot have a teacher of its own")
 
     @property
-    def teacher(self) -> Optional["LamedClipConfig"]:
+    def teacher(self) -> LamedClipConfig | None:
         """The teacher's config as a :class:`LamedClipConfig` (``None`` without a teacher)."""
         if self.teacher_config is None:
             return None

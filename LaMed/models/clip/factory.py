@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 from LaMed.models.checkpoint_files import resolve_text_path
 from LaMed.models.clip import LamedClipConfig, LamedClipModel
@@ -25,7 +25,7 @@ __all__ = ["LOSSES", "ClipModelArguments", "create_clip"]
 LOSSES = ("infonce", "siglip", "hsenet_consistency")
 
 
-def _as_dict(value: Union[dict, str, None], name: str) -> Dict[str, Any]:
+def _as_dict(value: dict | str | None, name: str) -> dict[str, Any]:
     """A dict from a recipe mapping or a YAML / JSON string given on the command line."""
 
     if value is None or isinstance(value, dict):
@@ -38,27 +38,49 @@ class ClipModelArguments:
     """The ``model:`` section of a CLIP recipe (see ``LamedClipConfig`` for the meaning of each field)."""
 
     vision_encoder: str = field(default="vit3d_base", metadata={"help": "registered encoder name"})
-    vision_overrides: Union[dict, str, None] = field(default=None, metadata={"help": "encoder config fields (mapping / JSON)"})
+    vision_overrides: dict | str | None = field(
+        default=None, metadata={"help": "encoder config fields (mapping / JSON)"}
+    )
     vision_pooling: str = field(default="cls", metadata={"help": "cls | mean"})
-    text_model_path: str = field(default="", metadata={"help": "HF folder / hub id of the pretrained text encoder "
-                                                                "(weights + tokenizer); 'minilm' = the offline MiniLM"})
-    text_config: Union[dict, str, None] = field(default=None, metadata={
-        "help": "build a randomly initialised text encoder from this HF config (mapping with model_type) instead "
-                "of loading text_model_path's weights"})
+    text_model_path: str = field(
+        default="",
+        metadata={
+            "help": "HF folder / hub id of the pretrained text encoder "
+            "(weights + tokenizer); 'minilm' = the offline MiniLM"
+        },
+    )
+    text_config: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "build a randomly initialised text encoder from this HF config (mapping with model_type) instead "
+            "of loading text_model_path's weights"
+        },
+    )
     tokenizer_path: str = field(default="", metadata={"help": "default: text_model_path"})
     text_pooling: str = field(default="cls", metadata={"help": "cls | mean"})
     projection_dim: int = 768
     loss: str = field(default="infonce", metadata={"help": "infonce | siglip | hsenet_consistency"})
-    logit_scale_mode: str = field(default="exp", metadata={"help": "exp (clamped exp, default) | raw (published M3D / HSENet)"})
-    logit_scale_init: Optional[float] = None
-    logit_bias_init: Optional[float] = None
+    logit_scale_mode: str = field(
+        default="exp", metadata={"help": "exp (clamped exp, default) | raw (published M3D / HSENet)"}
+    )
+    logit_scale_init: float | None = None
+    logit_bias_init: float | None = None
     gather_features: bool = True
     local_loss: bool = False
     siglip_symmetric: bool = False
-    teacher_path: str = field(default="", metadata={"help": "hsenet_consistency: the stage-1 CLIP (LaMed folder or published)"})
-    teacher_family: str = field(default="", metadata={"help": "converter family when teacher_path is a published checkpoint"})
-    init_from: str = field(default="", metadata={"help": "CLIP checkpoint whose matching weights initialise the model "
-                                                         "(HSENet stage 2: M3D-CLIP); loaded non-strictly, reported"})
+    teacher_path: str = field(
+        default="", metadata={"help": "hsenet_consistency: the stage-1 CLIP (LaMed folder or published)"}
+    )
+    teacher_family: str = field(
+        default="", metadata={"help": "converter family when teacher_path is a published checkpoint"}
+    )
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "CLIP checkpoint whose matching weights initialise the model "
+            "(HSENet stage 2: M3D-CLIP); loaded non-strictly, reported"
+        },
+    )
     init_from_family: str = field(default="", metadata={"help": "converter family when init_from is published"})
     consistency_weight: float = 0.1
     consistency_steps: int = 5000
@@ -78,7 +100,6 @@ def create_clip(args: ClipModelArguments):
     """``(model, tokenizer, base_checkpoints)`` for the model section of a recipe."""
     from transformers import AutoConfig, AutoTokenizer
 
-
     if args.loss not in LOSSES:
         raise ValueError(f"model.loss: expected one of {LOSSES}, got {args.loss!r}")
     text_path = resolve_text_path(args.text_model_path)
@@ -97,13 +118,21 @@ def create_clip(args: ClipModelArguments):
             raise ValueError("model.teacher_path: required for loss 'hsenet_consistency' (the stage-1 CLIP)")
         teacher = _load_clip(args.teacher_path, args.teacher_family)
     config = LamedClipConfig(
-        vision_encoder=args.vision_encoder, vision_overrides=_as_dict(args.vision_overrides, "vision_overrides"),
-        vision_pooling=args.vision_pooling, text_config=text_config,
-        text_model_path=args.text_model_path or None, text_pooling=args.text_pooling,
-        projection_dim=args.projection_dim, loss_type="siglip" if args.loss == "siglip" else "infonce",
-        logit_scale_mode=args.logit_scale_mode, logit_scale_init=args.logit_scale_init,
-        logit_bias_init=args.logit_bias_init, gather_features=args.gather_features, local_loss=args.local_loss,
-        siglip_symmetric=args.siglip_symmetric, consistency_weight=args.consistency_weight,
+        vision_encoder=args.vision_encoder,
+        vision_overrides=_as_dict(args.vision_overrides, "vision_overrides"),
+        vision_pooling=args.vision_pooling,
+        text_config=text_config,
+        text_model_path=args.text_model_path or None,
+        text_pooling=args.text_pooling,
+        projection_dim=args.projection_dim,
+        loss_type="siglip" if args.loss == "siglip" else "infonce",
+        logit_scale_mode=args.logit_scale_mode,
+        logit_scale_init=args.logit_scale_init,
+        logit_bias_init=args.logit_bias_init,
+        gather_features=args.gather_features,
+        local_loss=args.local_loss,
+        siglip_symmetric=args.siglip_symmetric,
+        consistency_weight=args.consistency_weight,
         consistency_steps=args.consistency_steps,
         teacher_config=None if teacher is None else teacher.config.to_dict(),
     )
@@ -118,7 +147,11 @@ def create_clip(args: ClipModelArguments):
         sd = {k: v for k, v in source.state_dict().items() if not k.startswith("teacher.")}
         report = load_converted(model, sd, strict=False, source=args.init_from)
         missing = [k for k in report.missing if not k.startswith("teacher.")]
-        logger.info("init_from %s: %d tensors loaded; left at their initialisation: %s", args.init_from,
-                    len(sd) - len(report.unexpected) - len(report.mismatched), missing or "none")
+        logger.info(
+            "init_from %s: %d tensors loaded; left at their initialisation: %s",
+            args.init_from,
+            len(sd) - len(report.unexpected) - len(report.mismatched),
+            missing or "none",
+        )
         bases["init_from"] = args.init_from
     return model, tokenizer, bases

@@ -16,13 +16,11 @@ two gloo processes).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 
 
-def _dist_info() -> Tuple[int, int]:
+def _dist_info() -> tuple[int, int]:
     """(rank, world size) of the default process group; (0, 1) without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -44,7 +42,7 @@ def gather_features(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(features.contiguous()), dim=0)
 
 
-def effective_scale(logit_scale: torch.Tensor, mode: str = "exp", max_scale: Optional[float] = 100.0) -> torch.Tensor:
+def effective_scale(logit_scale: torch.Tensor, mode: str = "exp", max_scale: float | None = 100.0) -> torch.Tensor:
     """Inverse temperature applied to the cosine similarities.
 
     ``"exp"``: ``min(exp(logit_scale), max_scale)`` (CLIP; the clamp stops the gradient above it),
@@ -66,8 +64,9 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 def _pair(image_emb: torch.Tensor, text_emb: torch.Tensor, gather: bool, local_loss: bool):
     """Rows and columns of the logit matrices and the offset of this process's rows."""
     if image_emb.shape != text_emb.shape or image_emb.dim() != 2:
-        raise ValueError(f"image and text embeddings must both be (B, P), got {tuple(image_emb.shape)} "
-                         f"and {tuple(text_emb.shape)}")
+        raise ValueError(
+            f"image and text embeddings must both be (B, P), got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
     rank, world = _dist_info()
     if not gather or world == 1:
         return image_emb, text_emb, image_emb, text_emb, 0
@@ -77,8 +76,14 @@ def _pair(image_emb: torch.Tensor, text_emb: torch.Tensor, gather: bool, local_l
     return all_img, all_txt, all_img, all_txt, 0
 
 
-def clip_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, *, gather: bool = True,
-                local_loss: bool = False) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def clip_logits(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    gather: bool = True,
+    local_loss: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(logits_per_image (R, N), logits_per_text (R, N), row offset)``.
 
     Row ``i`` of ``logits_per_image`` scores image ``offset + i`` against every text; its match is
@@ -88,8 +93,14 @@ def clip_logits(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Te
     return scale * rows_img @ cols_txt.t(), scale * rows_txt @ cols_img.t(), offset
 
 
-def infonce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, *, gather: bool = True,
-                 local_loss: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def infonce_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    gather: bool = True,
+    local_loss: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE: ``(CE(logits_per_image) + CE(logits_per_text)) / 2`` with the diagonal as target.
 
     Args:
@@ -104,9 +115,16 @@ def infonce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.T
     return loss, lpi, lpt
 
 
-def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *,
-                gather: bool = True, local_loss: bool = False,
-                symmetric: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def siglip_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    gather: bool = True,
+    local_loss: bool = False,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairwise sigmoid loss (SigLIP): ``-sum(log sigmoid(z_ij * (scale * x_i . y_j + bias))) / R``.
 
     ``z_ij`` is +1 for a matching pair and -1 otherwise; ``R`` is the number of rows (images) the
@@ -139,8 +157,9 @@ def consistency_weight(step: int, weight: float = 0.1, steps: int = 5000) -> flo
     return weight * (1.0 - step / steps) if step < steps else 0.0
 
 
-def consistency_loss(student_logits: Tuple[torch.Tensor, torch.Tensor],
-                     teacher_logits: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def consistency_loss(
+    student_logits: tuple[torch.Tensor, torch.Tensor], teacher_logits: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """HSENet's semantic-consistency ("relation") loss.
 
     ``(MSE(S2_i2t, S1_i2t) + MSE(S2_t2i, S1_t2i)) / 2`` between the student's logits ``S2`` and
@@ -149,11 +168,19 @@ def consistency_loss(student_logits: Tuple[torch.Tensor, torch.Tensor],
     (s_i2t, s_t2i), (t_i2t, t_t2i) = student_logits, teacher_logits
     if s_i2t.shape != t_i2t.shape or s_t2i.shape != t_t2i.shape:
         raise ValueError(f"student and teacher logits differ in shape: {tuple(s_i2t.shape)} vs {tuple(t_i2t.shape)}")
-    return (F.mse_loss(_upcast(s_i2t), _upcast(t_i2t.detach())) + F.mse_loss(_upcast(s_t2i), _upcast(t_t2i.detach()))) / 2
+    return (
+        F.mse_loss(_upcast(s_i2t), _upcast(t_i2t.detach())) + F.mse_loss(_upcast(s_t2i), _upcast(t_t2i.detach()))
+    ) / 2
 
 
-def contrastive_loss(loss_type: str, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                     bias: Optional[torch.Tensor] = None, **options):
+def contrastive_loss(
+    loss_type: str,
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    **options,
+):
     """Dispatch to :func:`infonce_loss` or :func:`siglip_loss` by name."""
     if loss_type == "infonce":
         options.pop("symmetric", None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +45,14 @@ class LamedClipOutput(ModelOutput):
         loss_teacher_itc: the frozen teacher's contrastive loss (logged only, as published).
     """
 
-    loss: Optional[torch.Tensor] = None
-    image_embeds: Optional[torch.Tensor] = None
-    text_embeds: Optional[torch.Tensor] = None
-    logits_per_image: Optional[torch.Tensor] = None
-    logits_per_text: Optional[torch.Tensor] = None
-    loss_itc: Optional[torch.Tensor] = None
-    loss_consistency: Optional[torch.Tensor] = None
-    loss_teacher_itc: Optional[torch.Tensor] = None
+    loss: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_consistency: torch.Tensor | None = None
+    loss_teacher_itc: torch.Tensor | None = None
 
 
 def build_text_model(text_config) -> nn.Module:
@@ -88,11 +87,15 @@ class LamedClipModel(PreTrainedModel):
 
         self.vision_model = create_encoder(config.vision_encoder, **dict(config.vision_overrides or {}))
         if config.vision_pooling == "cls" and not getattr(self.vision_model, "num_prefix_tokens", 0):
-            raise ValueError(f"LamedClipConfig.vision_pooling='cls' but encoder {config.vision_encoder!r} has no "
-                             "CLS token; use vision_pooling='mean'")
+            raise ValueError(
+                f"LamedClipConfig.vision_pooling='cls' but encoder {config.vision_encoder!r} has no "
+                "CLS token; use vision_pooling='mean'"
+            )
         self.text_model = build_text_model(config.text_config)
         text_width = getattr(config.text_config, "hidden_size", None) or config.text_config.dim  # DistilBERT: dim
-        self.visual_projection = nn.Linear(self.vision_model.hidden_size, config.projection_dim, bias=config.projection_bias)
+        self.visual_projection = nn.Linear(
+            self.vision_model.hidden_size, config.projection_dim, bias=config.projection_bias
+        )
         self.text_projection = nn.Linear(text_width, config.projection_dim, bias=config.projection_bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
         if config.loss_type == "siglip":
@@ -114,7 +117,7 @@ class LamedClipModel(PreTrainedModel):
                 if hasattr(self, "logit_bias"):
                     self.logit_bias.fill_(float(self.config.logit_bias_init))
         elif module is getattr(self, "visual_projection", None) or module is getattr(self, "text_projection", None):
-            nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
@@ -131,8 +134,9 @@ class LamedClipModel(PreTrainedModel):
         return self
 
     @classmethod
-    def from_encoders(cls, config: LamedClipConfig, text_model_path: Optional[str] = None,
-                      vision_state_dict: Optional[dict] = None) -> "LamedClipModel":
+    def from_encoders(
+        cls, config: LamedClipConfig, text_model_path: str | None = None, vision_state_dict: dict | None = None
+    ) -> LamedClipModel:
         """Build from ``config`` and load pretrained tower weights (never done inside ``__init__``).
 
         ``text_model_path``: an HF folder / hub id whose weights replace the text tower (its config
@@ -156,8 +160,9 @@ class LamedClipModel(PreTrainedModel):
         """The inverse temperature multiplying the cosine similarities (see ``logit_scale_mode``)."""
         return effective_scale(self.logit_scale, self.config.logit_scale_mode, self.config.logit_scale_max)
 
-    def encode_image(self, image: torch.Tensor, slice_features: Optional[torch.Tensor] = None,
-                     normalize: bool = True) -> torch.Tensor:
+    def encode_image(
+        self, image: torch.Tensor, slice_features: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """``(B, C, D, H, W)`` -> ``(B, projection_dim)`` (L2-normalised unless ``normalize=False``)."""
         extra = {} if slice_features is None else {"slice_features": slice_features}
         tokens = self.vision_model.forward_features(image, **extra)
@@ -165,8 +170,9 @@ class LamedClipModel(PreTrainedModel):
         emb = self.visual_projection(pooled)
         return F.normalize(emb, dim=-1) if normalize else emb
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                    normalize: bool = True) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """``(B, T)`` token ids -> ``(B, projection_dim)`` (L2-normalised unless ``normalize=False``)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -183,9 +189,16 @@ class LamedClipModel(PreTrainedModel):
         c = self.config
         return dict(gather=c.gather_features, local_loss=c.local_loss, symmetric=c.siglip_symmetric)
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                slice_features: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                return_loss: bool = True, step: Optional[int] = None) -> LamedClipOutput:
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        slice_features: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_loss: bool = True,
+        step: int | None = None,
+    ) -> LamedClipOutput:
         """Embed both modalities and (with ``return_loss``) compute the configured loss.
 
         ``step``: optimizer step for the consistency weight (default ``self.training_step``, which the
@@ -198,18 +211,29 @@ class LamedClipModel(PreTrainedModel):
             return out
         bias = getattr(self, "logit_bias", None)
         scale = self.scale
-        loss, lpi, lpt = contrastive_loss(self.config.loss_type, image_emb, text_emb, scale, bias, **self._loss_options())
+        loss, lpi, lpt = contrastive_loss(
+            self.config.loss_type, image_emb, text_emb, scale, bias, **self._loss_options()
+        )
         out.loss_itc, out.logits_per_image, out.logits_per_text = loss.detach(), lpi, lpt
         if hasattr(self, "teacher"):
             with torch.no_grad():
                 t_img = self.teacher.encode_image(image)
                 t_txt = self.teacher.encode_text(input_ids, attention_mask)
                 # Published: the teacher's logits use the *student's* scale, and are detached.
-                t_loss, t_lpi, t_lpt = contrastive_loss(self.config.loss_type, t_img, t_txt, scale.detach(),
-                                                        None if bias is None else bias.detach(), **self._loss_options())
+                t_loss, t_lpi, t_lpt = contrastive_loss(
+                    self.config.loss_type,
+                    t_img,
+                    t_txt,
+                    scale.detach(),
+                    None if bias is None else bias.detach(),
+                    **self._loss_options(),
+                )
             rel = consistency_loss((lpi, lpt), (t_lpi, t_lpt))
-            w = consistency_weight(self.training_step if step is None else step, self.config.consistency_weight,
-                                   self.config.consistency_steps)
+            w = consistency_weight(
+                self.training_step if step is None else step,
+                self.config.consistency_weight,
+                self.config.consistency_steps,
+            )
             loss = loss + w * rel
             out.loss_consistency, out.loss_teacher_itc = rel.detach(), t_loss.detach()
         out.loss = loss

@@ -23,5 +23,16 @@ from LaMed.models.convert.base import (
     register_converter,
 )
 
-__all__ = ["CONVERTERS", "Accounting", "KeyReport", "account", "conversion_log", "convert_state_dict", "list_converters",
-           "load_converted", "note_derived", "note_dropped", "register_converter"]
+__all__ = [
+    "CONVERTERS",
+    "Accounting",
+    "KeyReport",
+    "account",
+    "conversion_log",
+    "convert_state_dict",
+    "list_converters",
+    "load_converted",
+    "note_derived",
+    "note_dropped",
+    "register_converter",
+]

@@ -6,8 +6,9 @@ import contextlib
 import contextvars
 import importlib
 import pkgutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any
 
 from LaMed.utils.registry import Registry
 
@@ -24,12 +25,12 @@ def _load_family_modules() -> None:
             importlib.import_module(f"{pkg.__name__}.{info.name}")
 
 
-def list_converters() -> List[str]:
+def list_converters() -> list[str]:
     _load_family_modules()
     return CONVERTERS.names()
 
 
-def convert_state_dict(family: str, state_dict: Mapping, **options) -> Dict:
+def convert_state_dict(family: str, state_dict: Mapping, **options) -> dict:
     """Return ``state_dict`` (published layout of ``family``) renamed into LaMed's layout."""
     _load_family_modules()
     return CONVERTERS.get(family)(dict(state_dict), **options)
@@ -40,7 +41,7 @@ def convert_state_dict(family: str, state_dict: Mapping, **options) -> Dict:
 # in no converted value was either folded into a new tensor (a LoRA merge, a cast scalar: noted with
 # ``note_derived``) or left out on purpose (``note_dropped`` with the reason the reference gives). Any
 # other tensor left out is an error of the import: :func:`account` names it.
-_LOG: contextvars.ContextVar[Optional["ConversionLog"]] = contextvars.ContextVar("lamed_conversion_log", default=None)
+_LOG: contextvars.ContextVar[ConversionLog | None] = contextvars.ContextVar("lamed_conversion_log", default=None)
 
 # Top-level entries of a training checkpoint that hold training state, not the model.
 TRAINING_STATE = ("optimizer", "optimizer_state", "scheduler", "lr_scheduler", "scaler", "amp")
@@ -50,8 +51,8 @@ TRAINING_STATE = ("optimizer", "optimizer_state", "scheduler", "lr_scheduler", "
 class ConversionLog:
     """Tensors (by identity) a conversion folded into others or dropped on purpose, with the reason."""
 
-    derived: Dict[int, str] = field(default_factory=dict)
-    dropped: Dict[int, str] = field(default_factory=dict)
+    derived: dict[int, str] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
 
 
 def note_dropped(value: Any, reason: str) -> None:
@@ -80,7 +81,7 @@ def conversion_log() -> Iterator[ConversionLog]:
         _LOG.reset(token)
 
 
-def _tensors(sd: Mapping, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+def _tensors(sd: Mapping, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(dotted key, tensor)`` of every tensor in a (possibly nested) checkpoint mapping."""
     for key, value in sd.items():
         name = f"{prefix}{key}"
@@ -97,9 +98,9 @@ class Accounting:
 
     source_keys: int = 0
     source_values: int = 0
-    consumed: List[str] = field(default_factory=list)
-    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (published key, reason)
-    unaccounted: List[str] = field(default_factory=list)
+    consumed: list[str] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (published key, reason)
+    unaccounted: list[str] = field(default_factory=list)
 
 
 def account(published: Mapping, converted: Mapping, log: ConversionLog) -> Accounting:
@@ -125,20 +126,20 @@ class KeyReport:
     """What did not match when loading a converted state dict, and (for an import) what happened to
     every key of the published file."""
 
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    mismatched: List[Tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint shape, model shape)
-    source_keys: Optional[int] = None  # tensors in the published file (import only)
-    consumed: Optional[int] = None
-    dropped: List[Tuple[str, str]] = field(default_factory=list)  # (published key, documented reason)
-    source_values: Optional[int] = None  # values (parameters + buffers) in the published file
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint shape, model shape)
+    source_keys: int | None = None  # tensors in the published file (import only)
+    consumed: int | None = None
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (published key, documented reason)
+    source_values: int | None = None  # values (parameters + buffers) in the published file
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
-    def dropped_by_reason(self) -> Dict[str, List[str]]:
-        groups: Dict[str, List[str]] = {}
+    def dropped_by_reason(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
         for key, reason in self.dropped:
             groups.setdefault(reason, []).append(key)
         return groups
@@ -149,7 +150,9 @@ class KeyReport:
         if self.source_keys is not None:
             lines[0] += f"; {self.consumed} of {self.source_keys} published keys consumed, {len(self.dropped)} dropped"
         for reason, keys in self.dropped_by_reason().items():
-            shown = ", ".join(keys[:max_names]) + (f", ... ({len(keys) - max_names} more)" if len(keys) > max_names else "")
+            shown = ", ".join(keys[:max_names]) + (
+                f", ... ({len(keys) - max_names} more)" if len(keys) > max_names else ""
+            )
             lines.append(f"  dropped {len(keys)} ({reason}): {shown}")
         return "\n".join(lines)
 
@@ -160,7 +163,9 @@ class KeyReport:
         for title, keys in (("missing in checkpoint", self.missing), ("unexpected in checkpoint", self.unexpected)):
             if keys:
                 lines.append(f"{len(keys)} {title}:")
-                lines += [f"  {k}" for k in keys[:50]] + ([f"  ... and {len(keys) - 50} more"] if len(keys) > 50 else [])
+                lines += [f"  {k}" for k in keys[:50]] + (
+                    [f"  ... and {len(keys) - 50} more"] if len(keys) > 50 else []
+                )
         if self.mismatched:
             lines.append(f"{len(self.mismatched)} with a different shape (checkpoint vs model):")
             lines += [f"  {k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched[:50]]

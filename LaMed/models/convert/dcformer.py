@@ -18,7 +18,7 @@ The weights only reproduce the published outputs with the published quirks switc
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Optional
+from collections.abc import Mapping
 
 from LaMed.models.convert.base import note_dropped, register_converter
 
@@ -28,13 +28,15 @@ _ALIAS_REASON = "duplicate BatchNorm alias of DecompConv3D's c{1,2,3}.1 (mirthAI
 _VQ_REASON = "DCFormer's VectorQuantize codebook, not used by the encoder features"
 
 
-def bn_alias_twin(key: str, keys) -> Optional[str]:
+def bn_alias_twin(key: str, keys) -> str | None:
     """The branch-BatchNorm key that ``key`` (``<conv>.norm.{i}.<p>``) aliases, if ``keys`` has it."""
     m = _BN_ALIAS.match(key)
     if not m:
         return None
     twin = f"{m.group('conv')}.c{int(m.group('i')) + 1}.1.{m.group('rest')}"
     return twin if twin in keys else None
+
+
 SOURCES = ("med3dvlm", "dcformer", "text3dsam")
 
 
@@ -49,14 +51,14 @@ def find_prefix(state_dict: Mapping) -> str:
 
 
 @register_converter("dcformer")
-def convert_dcformer(state_dict: Dict, prefix: Optional[str] = None) -> Dict:
+def convert_dcformer(state_dict: dict, prefix: str | None = None) -> dict:
     """Published DCFormer layout (any of the three repositories) -> LaMed ``DCFormer`` keys."""
     prefix = find_prefix(state_dict) if prefix is None else prefix
     out = {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):
             continue  # another part of a full checkpoint
-        key = key[len(prefix):]
+        key = key[len(prefix) :]
         if key.startswith("vq."):
             note_dropped(value, _VQ_REASON)
             continue
@@ -84,7 +86,7 @@ def detect_source(state_dict: Mapping) -> str:
     return "med3dvlm"
 
 
-def legacy_flags(source: str) -> Dict:
+def legacy_flags(source: str) -> dict:
     """Config flags under which the released weights of ``source`` reproduce their outputs.
 
     All three stems lack the activation. Med3DVLM and DCFormer permute the volume to (H, W, D);
@@ -97,7 +99,7 @@ def legacy_flags(source: str) -> Dict:
     return dict(stem_activation=False, input_layout="HWD")
 
 
-def infer_dcformer_config(state_dict: Mapping, source: Optional[str] = None) -> Dict:
+def infer_dcformer_config(state_dict: Mapping, source: str | None = None) -> dict:
     """``DCFormerConfig`` fields (architecture read from shapes + legacy flags) for a checkpoint.
 
     ``state_dict`` may be raw or already converted; ``source`` defaults to :func:`detect_source`.
@@ -122,7 +124,12 @@ def infer_dcformer_config(state_dict: Mapping, source: Optional[str] = None) -> 
         kernels.append(7 if attn else int(sd[f"encoder.s{s}.0.dwconv.c1.0.weight"].shape[2]))
     stem_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("encoder.s0.0."))
     return dict(
-        num_blocks=tuple(num_blocks), channels=tuple(channels), kernel_sizes=tuple(kernels), block_types=tuple(types),
-        in_channels=int(stem_w.shape[1]), stem_kernel_size=int(stem_w.shape[2]), stem_depth=stem_depth,
+        num_blocks=tuple(num_blocks),
+        channels=tuple(channels),
+        kernel_sizes=tuple(kernels),
+        block_types=tuple(types),
+        in_channels=int(stem_w.shape[1]),
+        stem_kernel_size=int(stem_w.shape[2]),
+        stem_depth=stem_depth,
         **legacy_flags(source),
     )

@@ -17,44 +17,49 @@ text encoder) and :func:`~LaMed.models.convert.mllm.legacy_config_fields` (posit
 
 from __future__ import annotations
 
-from typing import Dict
-
 from LaMed.models.convert.base import convert_state_dict, register_converter
 from LaMed.models.convert.mllm import convert_m3d_lamed, strip_peft
 
 SEG_PROJECTOR = "model.seg_projector."
 
 
-def seg_head_keys(sd: Dict, module_prefix: str, shared: bool) -> Dict:
+def seg_head_keys(sd: dict, module_prefix: str, shared: bool) -> dict:
     """``seg_projector.*`` and the SAM parts under ``module_prefix`` in LaMed names (``image_encoder.*``
     -> ``vision_tower.*`` when the encoder is shared)."""
-    out = {f"seg_projector.{k[len(SEG_PROJECTOR):]}": v for k, v in sd.items() if k.startswith(SEG_PROJECTOR)}
+    out = {f"seg_projector.{k[len(SEG_PROJECTOR) :]}": v for k, v in sd.items() if k.startswith(SEG_PROJECTOR)}
     sam = convert_state_dict("segvol", sd, prefix=module_prefix, include_text=False)
     for k, v in sam.items():
         if shared and k.startswith("image_encoder."):
-            out[f"vision_tower.{k[len('image_encoder.'):]}"] = v
+            out[f"vision_tower.{k[len('image_encoder.') :]}"] = v
         else:
             out[f"seg_module.{k}"] = v
     return out
 
 
 @register_converter("m3d_lamed_seg")
-def convert_m3d_lamed_seg(state_dict: Dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> Dict:
+def convert_m3d_lamed_seg(state_dict: dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> dict:
     """M3D-LaMed (Phi-3 / Llama-2) full or PEFT checkpoint, seg module included -> LaMed keys."""
     sd = strip_peft(state_dict, lora_scaling)
     out = convert_m3d_lamed(sd, lora_scaling, allow_partial)
     if not any(k.startswith(SEG_PROJECTOR) for k in sd) and not allow_partial:
-        raise KeyError("m3d_lamed_seg: no model.seg_projector.* tensors (a checkpoint without segmentation? "
-                       "use the m3d_lamed family)")
+        raise KeyError(
+            "m3d_lamed_seg: no model.seg_projector.* tensors (a checkpoint without segmentation? "
+            "use the m3d_lamed family)"
+        )
     out.update(seg_head_keys(sd, "model.seg_module.", shared=False))
     return out
 
 
-def m3d_lamed_seg_fields() -> Dict:
+def m3d_lamed_seg_fields() -> dict:
     """``LaMedSegConfig`` fields of the published M3D-LaMed segmentation head (SegVol ViT-B decoder
     on 32x256x256, published LayerNorm / axis conventions, averaged [SEG] states)."""
-    return {"seg_variant": "segvol_published", "shared_encoder": False, "seg_reduce": "mean",
-            "seg_token_state": "predicting", "seg_first_new_token": False}
+    return {
+        "seg_variant": "segvol_published",
+        "shared_encoder": False,
+        "seg_reduce": "mean",
+        "seg_token_state": "predicting",
+        "seg_first_new_token": False,
+    }
 
 
 __all__ = ["convert_m3d_lamed_seg", "m3d_lamed_seg_fields", "seg_head_keys"]

@@ -22,7 +22,7 @@ The published models splice image features by position; the converted model must
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping
+from collections.abc import Mapping
 
 from LaMed.models.convert.base import convert_state_dict, load_converted, note_derived, note_dropped, register_converter
 
@@ -31,16 +31,16 @@ _LORA = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])\.(?:default\.)?weight$")
 _LLM_ROOTS = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 
 
-def strip_peft(sd: Mapping, lora_scaling: float = 2.0) -> Dict:
+def strip_peft(sd: Mapping, lora_scaling: float = 2.0) -> dict:
     """Remove the PEFT prefix and fold ``lora_A/B`` into their base weight (``W + s * B @ A``).
 
     ``...base_layer.weight`` becomes ``...weight``; LoRA pairs without a base weight in ``sd`` (a
     LoRA-only file) are kept as ``<module>.lora_{A,B}`` so the caller can report them.
     """
-    out: Dict = {}
-    lora: Dict[str, Dict[str, object]] = {}
+    out: dict = {}
+    lora: dict[str, dict[str, object]] = {}
     for key, value in sd.items():
-        k = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        k = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         m = _LORA.match(k)
         if m:
             lora.setdefault(m.group("mod"), {})[m.group("ab")] = value
@@ -57,16 +57,16 @@ def strip_peft(sd: Mapping, lora_scaling: float = 2.0) -> Dict:
     return out
 
 
-def _llm_keys(sd: Mapping) -> Dict:
+def _llm_keys(sd: Mapping) -> dict:
     return {f"language_model.{k}": v for k, v in sd.items() if k.startswith(_LLM_ROOTS)}
 
 
-def _sub(sd: Mapping, prefix: str) -> Dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+def _sub(sd: Mapping, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 @register_converter("m3d_lamed")
-def convert_m3d_lamed(state_dict: Dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> Dict:
+def convert_m3d_lamed(state_dict: dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> dict:
     """M3D-LaMed (Phi-3 / Llama-2) full or PEFT checkpoint -> LaMed keys (seg module left out)."""
     sd = strip_peft(state_dict, lora_scaling)
     out = _llm_keys(sd)
@@ -82,7 +82,7 @@ def convert_m3d_lamed(state_dict: Dict, lora_scaling: float = 2.0, allow_partial
 
 
 @register_converter("med3dvlm")
-def convert_med3dvlm(state_dict: Dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> Dict:
+def convert_med3dvlm(state_dict: dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> dict:
     """Med3DVLM-Qwen2.5 (incl. FLARE) merged or PEFT checkpoint -> LaMed keys (DCFormer + mixer)."""
     sd = strip_peft(state_dict, lora_scaling)
     out = _llm_keys(sd)
@@ -97,7 +97,7 @@ def convert_med3dvlm(state_dict: Dict, lora_scaling: float = 2.0, allow_partial:
 
 
 @register_converter("hsenet")
-def convert_hsenet(state_dict: Dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> Dict:
+def convert_hsenet(state_dict: dict, lora_scaling: float = 2.0, allow_partial: bool = False) -> dict:
     """HSENet-Phi-4 VLM (towers, two packers, LLM / LoRA) -> LaMed keys (two towers, two streams)."""
     sd = strip_peft(state_dict, lora_scaling)
     out = _llm_keys(sd)
@@ -122,14 +122,16 @@ def _check(out: Mapping, allow_partial: bool, family: str) -> None:
     have = {k.split(".")[0] for k in out}
     need = {"language_model", "vision_tower", "mm_projector"}
     if not need <= have:
-        raise KeyError(f"{family}: checkpoint lacks {sorted(need - have)} (a partial release? pass allow_partial=True "
-                       "and load it over a rebuilt base model)")
+        raise KeyError(
+            f"{family}: checkpoint lacks {sorted(need - have)} (a partial release? pass allow_partial=True "
+            "and load it over a rebuilt base model)"
+        )
     dangling = [k for k in out if ".lora_" in k]
     if dangling:
         raise KeyError(f"{family}: LoRA tensors without base weights: {dangling[:3]} (pass allow_partial=True)")
 
 
-def legacy_config_fields(family: str) -> Dict:
+def legacy_config_fields(family: str) -> dict:
     """``LaMedConfig`` fields under which a converted checkpoint reproduces its published outputs."""
     # All three splice image features at positions 1..T regardless of the tokens found there.
     if family not in ("m3d_lamed", "med3dvlm", "hsenet"):
@@ -137,7 +139,7 @@ def legacy_config_fields(family: str) -> Dict:
     return {"image_insertion": "legacy_offset", "legacy_image_offset": 1}
 
 
-def load_stage1_projector(model, state_dict: Mapping, family: str = "m3d", source: str = "mm_projector.bin") -> Dict:
+def load_stage1_projector(model, state_dict: Mapping, family: str = "m3d", source: str = "mm_projector.bin") -> dict:
     """Load a published stage-1 file (projector + full ``embed_tokens``) into ``model``, strictly.
 
     ``family``: ``m3d`` (M3D-LaMed / R1Seg-3D ``spp``), ``med3dvlm`` (mixer) or ``hsenet`` (packers).
@@ -160,5 +162,11 @@ def load_stage1_projector(model, state_dict: Mapping, family: str = "m3d", sourc
     return {"projector": len(proj), "embed_tokens": bool(emb)}
 
 
-__all__ = ["strip_peft", "legacy_config_fields", "load_stage1_projector", "convert_m3d_lamed", "convert_med3dvlm",
-           "convert_hsenet"]
+__all__ = [
+    "strip_peft",
+    "legacy_config_fields",
+    "load_stage1_projector",
+    "convert_m3d_lamed",
+    "convert_med3dvlm",
+    "convert_hsenet",
+]

@@ -16,32 +16,31 @@ PEFT-prefixed VLM checkpoint; keys outside the projector, e.g. ``embed_tokens``,
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Tuple
 
 from LaMed.models.convert.base import register_converter
 
 
-def _split(key: str, names: Tuple[str, ...]) -> Optional[Tuple[str, str]]:
+def _split(key: str, names: tuple[str, ...]) -> tuple[str, str] | None:
     """``(segment, rest)`` at the first dotted segment of ``key`` that is one of ``names``."""
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
         if p in names:
-            return p, ".".join(parts[i + 1:])
+            return p, ".".join(parts[i + 1 :])
     return None
 
 
-def _projector_keys(sd: Dict, names: Tuple[str, ...] = ("mm_projector",)) -> List[Tuple[str, str, object]]:
+def _projector_keys(sd: dict, names: tuple[str, ...] = ("mm_projector",)) -> list[tuple[str, str, object]]:
     """``(segment, key below it, tensor)`` for keys under a ``names`` segment; all keys if none has one."""
     hits = [(*s, v) for k, v in sd.items() if (s := _split(k, names))]
     return hits or [("", k, v) for k, v in sd.items()]
 
 
 @register_converter("m3d_projector")
-def convert_m3d_projector(state_dict: Dict) -> Dict:
+def convert_m3d_projector(state_dict: dict) -> dict:
     """M3D-LaMed / R1Seg-3D ``mm_projector`` -> ``SpatialPoolProjector`` / ``TokenMLPProjector``."""
     out = {}
     for _, key, value in _projector_keys(state_dict):
-        out["projector.0." + key[len("linear."):] if key.startswith("linear.") else key] = value
+        out["projector.0." + key[len("linear.") :] if key.startswith("linear.") else key] = value
     return out
 
 
@@ -58,7 +57,7 @@ def _flat_mlp(key: str) -> str:
 
 
 @register_converter("med3dvlm_projector")
-def convert_med3dvlm_projector(state_dict: Dict) -> Dict:
+def convert_med3dvlm_projector(state_dict: dict) -> dict:
     """Med3DVLM ``mm_projector`` (``mixer``, ``mlp`` or ``linear`` type) -> LaMed projector keys."""
     out = {}
     for full_key, value in state_dict.items():
@@ -85,7 +84,7 @@ _PACKER_NAMES = {"Wq": "q", "Wk": "k", "Wv": "v", "output_linear": "out", "norm"
 
 
 @register_converter("hsenet_packer")
-def convert_hsenet_packer(state_dict: Dict) -> Dict:
+def convert_hsenet_packer(state_dict: dict) -> dict:
     """HSENet ``VisualPacker_3d_phi_v3`` (one or two: ``mm_projector``, ``mm_projector2``) -> ``streams.{0,1}``."""
     out = {}
     for segment, key, value in _projector_keys(state_dict, ("mm_projector", "mm_projector2")):
@@ -96,6 +95,6 @@ def convert_hsenet_packer(state_dict: Dict) -> Dict:
             _, name, rest = key.split(".", 2)
             key = f"attn.{_PACKER_NAMES.get(name, name)}.{rest}"
         elif key.startswith("proj_mpls."):
-            key = "projector." + key[len("proj_mpls."):]
+            key = "projector." + key[len("proj_mpls.") :]
         out[f"streams.{stream}.{key}"] = value
     return out

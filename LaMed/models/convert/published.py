@@ -15,7 +15,8 @@ choose for new training; :func:`quirks_on` lists those set in a model (written t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +24,10 @@ class PublishedRelease:
     release: str
     keys: int
     values: int
-    tokenizer_length: Optional[int] = None
+    tokenizer_length: int | None = None
 
 
-PUBLISHED: Dict[str, PublishedRelease] = {
+PUBLISHED: dict[str, PublishedRelease] = {
     "m3d_clip": PublishedRelease("GoodBaiBai88/M3D-CLIP", 342, 198_052_609),
     "hsenet_clip_stage1": PublishedRelease("Yanzhaoshi/HSENet_CLIP", 342, 198_052_609),
     "hsenet_clip_stage2": PublishedRelease("Yanzhaoshi/HSENet-2E3-CLIP", 696, 398_469_891),
@@ -42,7 +43,7 @@ PUBLISHED: Dict[str, PublishedRelease] = {
 
 # The LaMed tokens each release's training script added to its tokenizer (M3D's train.py adds four;
 # Med3DVLM's only <im_patch>; HSENet and R1Seg-3D copy M3D's four).
-RELEASE_TOKENS: Dict[str, Tuple[str, ...]] = {
+RELEASE_TOKENS: dict[str, tuple[str, ...]] = {
     "m3d_lamed": ("<im_patch>", "<bx_start>", "<bx_end>", "[SEG]"),
     "m3d_lamed_seg": ("<im_patch>", "<bx_start>", "<bx_end>", "[SEG]"),
     "hsenet": ("<im_patch>", "<bx_start>", "<bx_end>", "[SEG]"),
@@ -55,16 +56,26 @@ RELEASE_TOKENS: Dict[str, Tuple[str, ...]] = {
 # M3D-Cap volumes (32x256x256); SegVol: its foreground normalisation; Med3DVLM: 128x256x256;
 # Text3DSAM: the FLARE / BiomedSegFM pipeline it was trained with; HSENet: CT-RATE (1.5/0.75/0.75 mm,
 # [-1000, 200] HU); R1Seg-3D: M3D-Seg's SegVol-style normalisation.
-PREPROCESSING: Dict[str, str] = {
-    "m3d_clip": "m3d", "m3d_lamed": "m3d", "m3d_lamed_seg": "m3d", "segvol": "segvol",
-    "med3dvlm_siglip": "med3dvlm", "med3dvlm": "med3dvlm", "text3dsam": "flare",
-    "hsenet_clip_stage1": "hsenet", "hsenet_clip_stage2": "hsenet", "hsenet": "hsenet",
-    "r1seg_sam": "m3d_seg", "r1seg_llm": "m3d_seg",
+PREPROCESSING: dict[str, str] = {
+    "m3d_clip": "m3d",
+    "m3d_lamed": "m3d",
+    "m3d_lamed_seg": "m3d",
+    "segvol": "segvol",
+    "med3dvlm_siglip": "med3dvlm",
+    "med3dvlm": "med3dvlm",
+    "text3dsam": "flare",
+    "hsenet_clip_stage1": "hsenet",
+    "hsenet_clip_stage2": "hsenet",
+    "hsenet": "hsenet",
+    "r1seg_sam": "m3d_seg",
+    "r1seg_llm": "m3d_seg",
 }
 
 # field -> {value: what the published code does}
-QUIRKS: Dict[str, Dict[Any, str]] = {
-    "image_insertion": {"legacy_offset": "image features spliced by position (right after BOS), not at the <im_patch> ids"},
+QUIRKS: dict[str, dict[Any, str]] = {
+    "image_insertion": {
+        "legacy_offset": "image features spliced by position (right after BOS), not at the <im_patch> ids"
+    },
     "logit_scale_mode": {"raw": "CLIP similarities multiplied by the raw logit_scale parameter (no exp, no clamp)"},
     "logit_scale_max": {None: "SigLIP scale exp(t') with no upper bound (no clamp at 100)"},
     "stem_activation": {False: "DCFormer stem without activation"},
@@ -73,12 +84,14 @@ QUIRKS: Dict[str, Dict[Any, str]] = {
     "upscale_norm": {"full": "mask decoder upscaling LayerNorm over the full (C, D, H, W) shape"},
     "point_convention": {"segvol": "SegVol's point / box coordinate convention (+0.5, padding point)"},
     "pe_axis_order": {"segvol": "SegVol's positional-encoding axis order"},
-    "seg_first_new_token": {False: "generate: a [SEG] as the first new token gets no mask (the prefill state is never read)"},
+    "seg_first_new_token": {
+        False: "generate: a [SEG] as the first new token gets no mask (the prefill state is never read)"
+    },
     "loss": {"dice_bce_r1seg": "R1Seg-3D Dice loss for further training: 1 - (2 sum(pt) + 1) / (sum(p) + sum(t) + 1)"},
 }
 
 
-def _fields(config: Any) -> Iterator[Tuple[str, Any]]:
+def _fields(config: Any) -> Iterator[tuple[str, Any]]:
     """``(name, value)`` of every field of a config, nested mappings included."""
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
@@ -92,10 +105,10 @@ def _fields(config: Any) -> Iterator[Tuple[str, Any]]:
             yield from _fields(value)
 
 
-def quirks_on(model) -> List[str]:
+def quirks_on(model) -> list[str]:
     """``"field=value: description"`` of every published quirk switched on in ``model``'s configs
     (its own and those of its sub-modules, e.g. the vision tower's)."""
-    seen: Dict[str, None] = {}
+    seen: dict[str, None] = {}
     configs = [getattr(model, "config", None)] + [getattr(m, "config", None) for m in model.modules()]
     for config in configs:
         if config is None:

@@ -11,13 +11,11 @@ and ``text_encoder.dim_align.*``. Renamed as SegVol's plus ``mask3D_downscaling`
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 from LaMed.models.convert.base import register_converter
 from LaMed.models.convert.segvol import convert_sam_family
 
 
 @register_converter("r1seg_sam")
-def convert_r1seg_sam(state_dict: Dict, prefix: Optional[str] = None, include_text: bool = True) -> Dict:
+def convert_r1seg_sam(state_dict: dict, prefix: str | None = None, include_text: bool = True) -> dict:
     """``r1seg_3dsam.bin`` -> ``SegVolModel`` keys (variant ``r1seg_sam_published``)."""
     return convert_sam_family(state_dict, prefix, include_text)

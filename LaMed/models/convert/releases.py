@@ -9,9 +9,10 @@ release's ``config.json`` -> model -> strict load) and what it was published as.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any
 
 from LaMed.models.clip import LamedClipModel
 from LaMed.models.convert import account, conversion_log, convert_state_dict, load_converted, note_derived
@@ -23,8 +24,16 @@ from LaMed.models.projectors.base import grid_tokens
 from LaMed.models.segmentation import create_seg_model
 from LaMed.utils.mapping import parse_mapping
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 
 
 @dataclass(frozen=True)
@@ -32,23 +41,26 @@ class Importer:
     """How one family is imported: ``build(sd, published_config, overrides, args) -> (model, KeyReport, converted)``."""
 
     kind: str  # "clip" | "seg" | "mllm"
-    build: Callable[..., Tuple[Any, Any]]
+    build: Callable[..., tuple[Any, Any]]
     description: str
 
 
 # ---- reading ---------------------------------------------------------------------------------------
 
-def read_published(src: str | Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+
+def read_published(src: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state_dict, config.json)`` of a published folder or weights file (safetensors / .bin / .pth)."""
 
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"{src}: checkpoint not found (download it first, e.g. "
-                                "`huggingface-cli download OWNER/NAME --local-dir DIR`)")
+        raise FileNotFoundError(
+            f"{src}: checkpoint not found (download it first, e.g. "
+            "`huggingface-cli download OWNER/NAME --local-dir DIR`)"
+        )
     return read_checkpoint(src)
 
 
-def _overrides(text: str) -> Dict[str, Any]:
+def _overrides(text: str) -> dict[str, Any]:
 
     return parse_mapping(text, "--config")
 
@@ -66,6 +78,7 @@ def _construct(factory: Callable[[], Any], args) -> Any:
 
 # ---- CLIP ------------------------------------------------------------------------------------------
 
+
 def _build_clip(family: str):
     def build(sd, published, overrides, args):
 
@@ -82,6 +95,7 @@ def _build_clip(family: str):
 
 
 # ---- segmentation ----------------------------------------------------------------------------------
+
 
 def _build_seg(family: str):
     def build(sd, published, overrides, args):
@@ -101,16 +115,60 @@ def _build_seg(family: str):
 # ---- report / VQA (multimodal LLM) -----------------------------------------------------------------
 
 # Fields of the published configs that describe the vision side or training, not the LLM.
-_NOT_LLM = {"architectures", "auto_map", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
-            "vision_tower", "image_channel", "image_size", "img_size", "patch_size", "input_size", "dim", "depth",
-            "mm_projector_type", "proj_layer_type", "proj_layer_num", "proj_pooling_type", "proj_pooling_size",
-            "mm_hidden_size", "proj_out_num", "vision_select_layer", "vision_select_feature", "segmentation_module",
-            "pretrain_vision_model", "pretrain_mm_mlp_adapter", "tune_mm_mlp_adapter", "freeze_vision_tower",
-            "low_output_size", "high_output_size", "low_input_size", "high_input_size", "mm_mlp_depth",
-            "num_new_tokens", "seg_token_id", "img_token_id", "image_token_id", "use_cache",
-            "vision_module", "num_clicks", "need_text_en", "pretrain_seg_module", "pretrain_mllm"}
-_LLM_TYPES = (("qwen2", "qwen2"), ("qwen", "qwen2"), ("phi3", "phi3"), ("phi4", "phi3"), ("phi", "phi3"),
-              ("llama", "llama"))
+_NOT_LLM = {
+    "architectures",
+    "auto_map",
+    "model_type",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "vision_tower",
+    "image_channel",
+    "image_size",
+    "img_size",
+    "patch_size",
+    "input_size",
+    "dim",
+    "depth",
+    "mm_projector_type",
+    "proj_layer_type",
+    "proj_layer_num",
+    "proj_pooling_type",
+    "proj_pooling_size",
+    "mm_hidden_size",
+    "proj_out_num",
+    "vision_select_layer",
+    "vision_select_feature",
+    "segmentation_module",
+    "pretrain_vision_model",
+    "pretrain_mm_mlp_adapter",
+    "tune_mm_mlp_adapter",
+    "freeze_vision_tower",
+    "low_output_size",
+    "high_output_size",
+    "low_input_size",
+    "high_input_size",
+    "mm_mlp_depth",
+    "num_new_tokens",
+    "seg_token_id",
+    "img_token_id",
+    "image_token_id",
+    "use_cache",
+    "vision_module",
+    "num_clicks",
+    "need_text_en",
+    "pretrain_seg_module",
+    "pretrain_mllm",
+}
+_LLM_TYPES = (
+    ("qwen2", "qwen2"),
+    ("qwen", "qwen2"),
+    ("phi3", "phi3"),
+    ("phi4", "phi3"),
+    ("phi", "phi3"),
+    ("llama", "llama"),
+)
 # The LLM type when config.json names none; the Llama releases name theirs (lamed_llama, Llama*ForCausalLM).
 _FAMILY_LLM = {"m3d_lamed": "phi3", "med3dvlm": "qwen2", "hsenet": "phi3", "m3d_lamed_seg": "phi3", "r1seg_llm": "phi3"}
 # Families importing into LaMedSegForCausalLM, and the family whose published image splice they share.
@@ -133,7 +191,7 @@ def _text_config(family: str, published: Mapping, vocab_size: int):
     return CONFIG_MAPPING[llm](**fields)
 
 
-def _published_list(published: Mapping, key: str, length: int) -> Optional[list]:
+def _published_list(published: Mapping, key: str, length: int) -> list | None:
     """``published[key]`` as a list of ``length`` ints, ``None`` when absent; a bad value names config.json."""
     if key not in published:
         return None
@@ -143,7 +201,7 @@ def _published_list(published: Mapping, key: str, length: int) -> Optional[list]
     return [int(v) for v in value]
 
 
-def _vit_side(converted: Mapping, published: Mapping) -> Dict[str, Any]:
+def _vit_side(converted: Mapping, published: Mapping) -> dict[str, Any]:
     """ViT tower (widths / depth from the shapes, input geometry from config.json) and the ``spp``
     pooling window (``proj_pooling_size``) of the M3D-style releases."""
 
@@ -156,14 +214,16 @@ def _vit_side(converted: Mapping, published: Mapping) -> Dict[str, Any]:
     width = published.get("mm_hidden_size")
     if width is not None and int(width) != vit["hidden_size"]:
         raise ValueError(f"config.json: mm_hidden_size {width} but the released ViT is {vit['hidden_size']} wide")
-    fields: Dict[str, Any] = {"vision_overrides": vit, "projector": "spp"}
+    fields: dict[str, Any] = {"vision_overrides": vit, "projector": "spp"}
     pool = published.get("proj_pooling_size")
     if pool is not None:
-        fields["projector_overrides"] = {"pool_size": [int(pool)] * 3 if isinstance(pool, int) else [int(p) for p in pool]}
+        fields["projector_overrides"] = {
+            "pool_size": [int(pool)] * 3 if isinstance(pool, int) else [int(p) for p in pool]
+        }
     return fields
 
 
-def _vision_fields(family: str, converted: Mapping, published: Mapping) -> Dict[str, Any]:
+def _vision_fields(family: str, converted: Mapping, published: Mapping) -> dict[str, Any]:
     """Config fields of the vision side (tower, projector, segmentation head) derived from the
     converted tensors' shapes and the release's config.json (input geometry, pooling, token schedule)."""
     if family in ("m3d_lamed", "m3d_lamed_seg"):
@@ -184,13 +244,17 @@ def _vision_fields(family: str, converted: Mapping, published: Mapping) -> Dict[
     if family == "med3dvlm":
         from LaMed.models.convert.dcformer import infer_dcformer_config
 
-        tower = {k[len("vision_tower."):]: v for k, v in converted.items() if k.startswith("vision_tower.")}
+        tower = {k[len("vision_tower.") :]: v for k, v in converted.items() if k.startswith("vision_tower.")}
         arch = infer_dcformer_config(tower, source="med3dvlm")
         h, w, d = _published_list(published, "input_size", 3) or [256, 256, 128]  # Med3DVLM stores (H, W, D)
         arch["img_size"] = [d, h, w]
         arch = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}
-        fields: Dict[str, Any] = {"vision_tower": "dcformer_small_med3dvlm", "vision_overrides": arch,
-                                  "vision_feature_stages": [3, 4], "projector": "mixer"}
+        fields: dict[str, Any] = {
+            "vision_tower": "dcformer_small_med3dvlm",
+            "vision_overrides": arch,
+            "vision_feature_stages": [3, 4],
+            "projector": "mixer",
+        }
         low, high = (_published_list(published, f"{s}_output_size", 2) for s in ("low", "high"))
         if (low is None) != (high is None):
             raise ValueError("config.json: low_output_size and high_output_size must be given together")
@@ -210,12 +274,15 @@ def _check_mixer_inputs(model, published: Mapping) -> None:
             continue
         have = [grid_tokens(cfg.grid_sizes[s]), int(cfg.in_dims[s])]
         if have != want:
-            raise ValueError(f"config.json: {name} {want} but the released tower gives {have} (tokens, width) "
-                             "for that stream; the input_size or the tower does not match")
+            raise ValueError(
+                f"config.json: {name} {want} but the released tower gives {have} (tokens, width) "
+                "for that stream; the input_size or the tower does not match"
+            )
     width = published.get("mm_hidden_size")
     if width is not None and cfg is not None and hasattr(cfg, "in_dims") and int(width) != int(cfg.in_dims[-1]):
-        raise ValueError(f"config.json: mm_hidden_size {width} but the released tower's last stage is "
-                         f"{int(cfg.in_dims[-1])} wide")
+        raise ValueError(
+            f"config.json: mm_hidden_size {width} but the released tower's last stage is {int(cfg.in_dims[-1])} wide"
+        )
 
 
 def _tokenizer_ids(tokenizer, family: str):
@@ -227,20 +294,22 @@ def _tokenizer_ids(tokenizer, family: str):
 def _check_vocabulary(tokenizer, ids: Mapping[str, Any], rows: int, family: str, src: str) -> None:
     """Refuse a tokenizer that does not fit the released embeddings, saying how."""
     if len(tokenizer) > rows:
-        raise ValueError(f"{src}: the tokenizer has {len(tokenizer)} tokens but the {family} checkpoint's embeddings "
-                         f"have {rows} rows: not the tokenizer this release was trained with (pass --tokenizer "
-                         "with the release's own tokenizer files)")
+        raise ValueError(
+            f"{src}: the tokenizer has {len(tokenizer)} tokens but the {family} checkpoint's embeddings "
+            f"have {rows} rows: not the tokenizer this release was trained with (pass --tokenizer "
+            "with the release's own tokenizer files)"
+        )
     over = {name: i for name, i in ids.items() if i is not None and i >= rows}
     if over:
         raise ValueError(f"{src}: token ids {over} lie beyond the checkpoint's {rows} embedding rows")
 
 
-def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> Dict[str, Any]:
+def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> dict[str, Any]:
     """Fold the unmerged LoRA pairs of a partial release (``<module>.lora_A`` / ``.lora_B``, as the
     HSENet VLM ships them) into the base model's ``<module>.weight``: ``W + scaling * B @ A``."""
 
     out = {k: v for k, v in converted.items() if ".lora_" not in k}
-    pairs: Dict[str, Dict[str, Any]] = {}
+    pairs: dict[str, dict[str, Any]] = {}
     for key, value in converted.items():
         if key.endswith((".lora_A", ".lora_B")):
             pairs.setdefault(key[: -len(".lora_A")], {})[key[-1]] = value
@@ -250,8 +319,10 @@ def _merge_lora_into_base(converted: Mapping, own: Mapping, scaling: float) -> D
             raise KeyError(f"LoRA tensors of {module!r} have no base weight (or only one of A / B) in the --base model")
         a, b = pair["A"], pair["B"]
         if tuple(b.shape[1:]) != tuple(a.shape[:1]) or (b.shape[0], a.shape[1]) != tuple(base.shape):
-            raise ValueError(f"LoRA pair of {module!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not give the base "
-                             f"weight's {tuple(base.shape)}")
+            raise ValueError(
+                f"LoRA pair of {module!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not give the base "
+                f"weight's {tuple(base.shape)}"
+            )
         out[f"{module}.weight"] = (base.float() + scaling * (b.float() @ a.float())).to(base.dtype)
         note_derived(a, b, how="LoRA pair merged into the --base weight")
     return out
@@ -271,9 +342,9 @@ def _model_classes(family: str):
 def _build_mllm(family: str):
     """Builder of a multimodal-LLM family (report / VQA or reasoning segmentation): convert the weights,
     derive the config (LLM + vision side + legacy splice, refined by ``--config``), build, load strictly."""
+
     def build(sd, published, overrides, args):
         import torch
-
 
         config_class, model_class = _model_classes(family)
         tokenizer = _load_tokenizer(args)
@@ -284,8 +355,10 @@ def _build_mllm(family: str):
         converted = convert_state_dict(family, sd, lora_scaling=args.lora_scaling, allow_partial=partial)
         if partial:
             if not args.base:
-                raise ValueError("hsenet: the released file holds only the packers and LoRA tensors; pass --base "
-                                 "(a LaMed folder with Phi-4-mini and the 2E3 towers, e.g. from the HSENet recipes)")
+                raise ValueError(
+                    "hsenet: the released file holds only the packers and LoRA tensors; pass --base "
+                    "(a LaMed folder with Phi-4-mini and the 2E3 towers, e.g. from the HSENet recipes)"
+                )
             model = model_class.from_pretrained(args.base, dtype=torch.float32)
             for key, value in {**legacy_config_fields(family), **overrides}.items():
                 setattr(model.config, key, value)
@@ -294,10 +367,17 @@ def _build_mllm(family: str):
             unknown = sorted(k for k in converted if k not in own)
             if unknown:
                 raise KeyError(f"hsenet checkpoint: {len(unknown)} keys unknown to the base model, e.g. {unknown[:5]}")
-            rows = int(own["language_model.model.embed_tokens.weight"].shape[0]) \
-                if "language_model.model.embed_tokens.weight" in own else len(tokenizer)
+            rows = (
+                int(own["language_model.model.embed_tokens.weight"].shape[0])
+                if "language_model.model.embed_tokens.weight" in own
+                else len(tokenizer)
+            )
             _check_vocabulary(tokenizer, ids, rows, family, args.src)
-            return model, load_converted(model, {**own, **converted}, strict=True, source="hsenet checkpoint"), converted
+            return (
+                model,
+                load_converted(model, {**own, **converted}, strict=True, source="hsenet checkpoint"),
+                converted,
+            )
         emb = converted.get("language_model.model.embed_tokens.weight")
         if emb is None:
             raise KeyError(f"{family} checkpoint: no embed_tokens weight (is this the full model file?)")
@@ -316,7 +396,7 @@ def _build_mllm(family: str):
     return build
 
 
-RELEASES: Dict[str, Importer] = {
+RELEASES: dict[str, Importer] = {
     "m3d_clip": Importer("clip", _build_clip("m3d_clip"), "GoodBaiBai88/M3D-CLIP"),
     "hsenet_clip_stage1": Importer("clip", _build_clip("hsenet_clip_stage1"), "Yanzhaoshi/HSENet_CLIP"),
     "hsenet_clip_stage2": Importer("clip", _build_clip("hsenet_clip_stage2"), "Yanzhaoshi/HSENet-2E3-CLIP"),
@@ -327,8 +407,9 @@ RELEASES: Dict[str, Importer] = {
     "m3d_lamed": Importer("mllm", _build_mllm("m3d_lamed"), "GoodBaiBai88/M3D-LaMed-Phi-3-4B, -Llama-2-7B"),
     "med3dvlm": Importer("mllm", _build_mllm("med3dvlm"), "MagicXin/Med3DVLM-Qwen-2.5-7B(-FLARE2025)"),
     "hsenet": Importer("mllm", _build_mllm("hsenet"), "Yanzhaoshi/HSENet-Phi-4-4B (with --base)"),
-    "m3d_lamed_seg": Importer("mllm", _build_mllm("m3d_lamed_seg"),
-                              "GoodBaiBai88/M3D-LaMed-Phi-3-4B, -Llama-2-7B (with the SegVol module)"),
+    "m3d_lamed_seg": Importer(
+        "mllm", _build_mllm("m3d_lamed_seg"), "GoodBaiBai88/M3D-LaMed-Phi-3-4B, -Llama-2-7B (with the SegVol module)"
+    ),
     "r1seg_llm": Importer("mllm", _build_mllm("r1seg_llm"), "lihao0011/R1Seg-3D-Phi-3-4B, -llama-3-8B"),
 }
 
@@ -359,8 +440,10 @@ def build_release(family: str, state_dict: Mapping, published: Mapping, override
     if acc.unaccounted:
         names = "\n".join(f"  {k}" for k in acc.unaccounted[:50])
         more = f"\n  ... and {len(acc.unaccounted) - 50} more" if len(acc.unaccounted) > 50 else ""
-        raise KeyError(f"{args.src}: {len(acc.unaccounted)} keys of the {family} checkpoint are neither loaded nor "
-                       f"documented as unused (another variant of the release?):\n{names}{more}")
+        raise KeyError(
+            f"{args.src}: {len(acc.unaccounted)} keys of the {family} checkpoint are neither loaded nor "
+            f"documented as unused (another variant of the release?):\n{names}{more}"
+        )
     report.source_keys, report.consumed, report.dropped = acc.source_keys, len(acc.consumed), acc.dropped
     report.source_values = acc.source_values
     if not getattr(model.config, "preprocessing", None):  # the published pipeline travels with the weights

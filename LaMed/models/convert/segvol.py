@@ -21,7 +21,7 @@ MONAI >= 1.4's unused ViT cross-attention extras and R1Seg-3D's never-used ``mm_
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 from LaMed.models.convert.base import note_dropped, register_converter
 from LaMed.models.convert.vit import _UNUSED, UNUSED_REASON
@@ -41,7 +41,7 @@ def unwrap(sd: Mapping) -> Mapping:
     return sd
 
 
-def find_prefix(sd: Mapping, prefix: Optional[str] = None) -> str:
+def find_prefix(sd: Mapping, prefix: str | None = None) -> str:
     found = sorted(k[: -len(ANCHOR)] for k in sd if k.endswith(ANCHOR))
     if prefix is not None:
         if prefix not in found:
@@ -60,39 +60,39 @@ _TEXT_PREFIXES = (  # transformers 4.x CLIPTextModel nests its modules under ``t
 )
 
 
-def sam_key(key: str) -> Tuple[Optional[str], Optional[str]]:
+def sam_key(key: str) -> tuple[str | None, str | None]:
     """One key (prefix already cut) -> ``(our name, None)``, or ``(None, reason)`` when it is dropped
     on purpose, or ``(None, None)`` when it is not a SAM key at all (left for the caller to report)."""
     if key.startswith(_CLIP_EXTRAS):
         return None, "CLIP-style heads of R1Seg-3D's step-1 pre-training, never used by the segmenter"
     if not key.startswith(_PARTS):
         return None, None
-    if key.startswith("image_encoder.") and _UNUSED.match(key[len("image_encoder."):]):
+    if key.startswith("image_encoder.") and _UNUSED.match(key[len("image_encoder.") :]):
         return None, UNUSED_REASON
     if key.endswith("embeddings.position_ids"):
         return None, "position_ids buffer saved by transformers 4.x, rebuilt by the model"
     for old, new in _TEXT_PREFIXES:
         if key.startswith(old):
-            key = new + key[len(old):]
+            key = new + key[len(old) :]
             break
     key = key.replace("text_encoder.dim_align.", "text_encoder.proj.", 1)
     key = key.replace("prompt_encoder.mask3D_downscaling.", "prompt_encoder.mask_downscaling.", 1)
     return key, None
 
 
-def rename_sam_key(key: str) -> Optional[str]:
+def rename_sam_key(key: str) -> str | None:
     """One key (prefix already cut) -> ours, or None to drop it."""
     return sam_key(key)[0]
 
 
-def convert_sam_family(state_dict: Mapping, prefix: Optional[str] = None, include_text: bool = True) -> Dict:
+def convert_sam_family(state_dict: Mapping, prefix: str | None = None, include_text: bool = True) -> dict:
     sd = unwrap(state_dict)
     prefix = find_prefix(sd, prefix)
     out = {}
     for key, value in sd.items():
         if not key.startswith(prefix):
             continue
-        name, reason = sam_key(key[len(prefix):])
+        name, reason = sam_key(key[len(prefix) :])
         if reason is not None:
             note_dropped(value, reason)
         if name is None or (not include_text and name.startswith("text_encoder.")):
@@ -102,6 +102,6 @@ def convert_sam_family(state_dict: Mapping, prefix: Optional[str] = None, includ
 
 
 @register_converter("segvol")
-def convert_segvol(state_dict: Dict, prefix: Optional[str] = None, include_text: bool = True) -> Dict:
+def convert_segvol(state_dict: dict, prefix: str | None = None, include_text: bool = True) -> dict:
     """SegVol (``SegVol_v1.pth``, HF ``BAAI/SegVol``, M3D-LaMed seg module) -> ``SegVolModel`` keys."""
     return convert_sam_family(state_dict, prefix, include_text)

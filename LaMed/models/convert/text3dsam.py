@@ -10,7 +10,7 @@ older transformers is dropped. Load into variant ``text3dsam_published``.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from collections.abc import Mapping
 
 from LaMed.models.convert.base import note_dropped, register_converter
 from LaMed.models.convert.dcformer import convert_dcformer
@@ -24,7 +24,7 @@ _RENAMES = (
 
 
 @register_converter("text3dsam")
-def convert_text3dsam(state_dict: Dict) -> Dict:
+def convert_text3dsam(state_dict: dict) -> dict:
     """Text3DSAM checkpoint -> ``Text3DSAMModel`` keys."""
     sd: Mapping = state_dict
     for wrapper in ("state_dict", "model", "module"):
@@ -41,9 +41,11 @@ def convert_text3dsam(state_dict: Dict) -> Dict:
             continue
         for old, new in _RENAMES:
             if key.startswith(old):
-                out[new + key[len(old):]] = value
+                out[new + key[len(old) :]] = value
                 break
         else:
-            raise KeyError(f"Text3DSAM checkpoint: unexpected key {key!r} (not image_encoder / text_encoder / "
-                           "text_projector / seg_decoder)")
+            raise KeyError(
+                f"Text3DSAM checkpoint: unexpected key {key!r} (not image_encoder / text_encoder / "
+                "text_projector / seg_decoder)"
+            )
     return out

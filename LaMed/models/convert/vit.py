@@ -26,7 +26,7 @@ Every converter takes ``prefix=`` to force a sub-tree when a file holds several 
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from LaMed.models.convert.base import note_dropped, register_converter
 
@@ -36,16 +36,40 @@ _CONTAINERS = ("state_dict", "model", "module")
 _UNUSED = re.compile(r"^(blocks\.\d+\.(norm_cross_attn|cross_attn)\.|classification_head\.)")
 UNUSED_REASON = "MONAI >= 1.4 cross-attention extras / classification head, unused by the ViT's forward pass"
 # Top-level module names of ViT3D / E2E3Encoder.
-_TOP_LEVEL = {"cls_token", "patch_embedding", "blocks", "norm", "slice_guided_attention", "patch_score_proj", "norm_masked"}
+_TOP_LEVEL = {
+    "cls_token",
+    "patch_embedding",
+    "blocks",
+    "norm",
+    "slice_guided_attention",
+    "patch_score_proj",
+    "norm_masked",
+}
 
-_PREFERRED: Dict[str, Sequence[str]] = {
-    "m3d_vit": ("", "vision_encoder.", "model.vision_tower.vision_tower.", "base_model.model.model.vision_tower.vision_tower."),
-    "segvol_vit": (
-        "", "model.encoder.", "module.image_encoder.", "model.image_encoder.", "image_encoder.",
-        "model.seg_module.image_encoder.", "model.vision_module.image_encoder.",
-        "base_model.model.model.seg_module.image_encoder.", "base_model.model.model.vision_module.image_encoder.",
+_PREFERRED: dict[str, Sequence[str]] = {
+    "m3d_vit": (
+        "",
+        "vision_encoder.",
+        "model.vision_tower.vision_tower.",
+        "base_model.model.model.vision_tower.vision_tower.",
     ),
-    "hsenet_vit": ("", "stage1_pretrained_CLIP.vision_encoder.", "vision_encoder.", "model.vision_tower.vision_tower_stage1."),
+    "segvol_vit": (
+        "",
+        "model.encoder.",
+        "module.image_encoder.",
+        "model.image_encoder.",
+        "image_encoder.",
+        "model.seg_module.image_encoder.",
+        "model.vision_module.image_encoder.",
+        "base_model.model.model.seg_module.image_encoder.",
+        "base_model.model.model.vision_module.image_encoder.",
+    ),
+    "hsenet_vit": (
+        "",
+        "stage1_pretrained_CLIP.vision_encoder.",
+        "vision_encoder.",
+        "model.vision_tower.vision_tower_stage1.",
+    ),
     "hsenet_2e3": ("", "vision_encoder.", "model.vision_tower.vision_tower_stage2."),
     "monai_vit": ("",),
 }
@@ -66,7 +90,7 @@ def find_vit_prefixes(sd: Mapping) -> list:
     return sorted(k[: -len(_ANCHOR)] for k in sd if k.endswith(_ANCHOR))
 
 
-def extract_vit(sd: Mapping, family: str, prefix: str | None = None) -> Dict:
+def extract_vit(sd: Mapping, family: str, prefix: str | None = None) -> dict:
     """The ViT sub-tree of ``sd`` (prefix cut, unused MONAI extras dropped).
 
     The prefix is ``prefix`` when given, else the first of the family's known prefixes present,
@@ -100,9 +124,8 @@ def extract_vit(sd: Mapping, family: str, prefix: str | None = None) -> Dict:
     return out
 
 
-
 def _make(family: str):
-    def convert(state_dict: Mapping, prefix: str | None = None) -> Dict:
+    def convert(state_dict: Mapping, prefix: str | None = None) -> dict:
         return extract_vit(state_dict, family, prefix)
 
     convert.__doc__ = f"Published {family} layout -> LaMed ViT3D/E2E3 keys (see module docstring)."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ class VisionEncoder(nn.Module):
     """
 
     hidden_size: int
-    grid_size: Tuple[int, int, int]
+    grid_size: tuple[int, int, int]
     num_prefix_tokens: int = 0
     grad_checkpointing: bool = False
 
@@ -36,7 +36,7 @@ class VisionEncoder(nn.Module):
         """``(B, C, D, H, W) -> (B, N, hidden_size)`` with ``N = num_tokens``."""
         raise NotImplementedError
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> List[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Feature maps of several depths, each ``(B, C_i, d_i, h_i, w_i)``.
 
         ``indices`` selects blocks / stages (default: every stage of a hierarchical encoder, every

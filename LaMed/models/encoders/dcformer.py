@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -44,12 +44,12 @@ class DCFormerConfig:
     ``grid_size``; the network itself accepts any size.
     """
 
-    num_blocks: Tuple[int, ...] = (1, 2, 3, 6, 2)
-    channels: Tuple[int, ...] = (64, 96, 192, 384, 768)
-    kernel_sizes: Tuple[int, ...] = (13, 11, 9, 7)
-    block_types: Tuple[str, ...] = ("C", "C", "C", "C")
+    num_blocks: tuple[int, ...] = (1, 2, 3, 6, 2)
+    channels: tuple[int, ...] = (64, 96, 192, 384, 768)
+    kernel_sizes: tuple[int, ...] = (13, 11, 9, 7)
+    block_types: tuple[str, ...] = ("C", "C", "C", "C")
     in_channels: int = 1
-    img_size: Tuple[int, int, int] = (128, 256, 256)
+    img_size: tuple[int, int, int] = (128, 256, 256)
     stem_kernel_size: int = 7
     stem_stride: int = 4
     stem_depth: int = 4
@@ -61,7 +61,7 @@ class DCFormerConfig:
     stem_activation: bool = True
     attn_scale: str = "standard"
     input_layout: str = "DHW"
-    out_indices: Tuple[int, ...] = field(default=(0, 1, 2, 3, 4))
+    out_indices: tuple[int, ...] = field(default=(0, 1, 2, 3, 4))
 
     def __post_init__(self):
         for name in ("num_blocks", "channels", "kernel_sizes", "block_types", "img_size", "out_indices"):
@@ -87,7 +87,7 @@ class DCFormerConfig:
         if len(self.img_size) != 3:
             raise ValueError(f"DCFormerConfig.img_size must be (D, H, W), got {self.img_size}")
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return asdict(self)
 
 
@@ -103,7 +103,9 @@ class _KeepBatchNormStats:
         self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def __enter__(self):
-        self.saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in self.norms]
+        self.saved = [
+            (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in self.norms
+        ]
         for m in self.norms:
             m.momentum = 0.0
         return self
@@ -148,7 +150,9 @@ class DCFormer(VisionEncoder):
         rates = [c.drop_path_rate * i / max(blocks_total - 1, 1) for i in range(blocks_total)]
         self.encoder = nn.Module()
         self.encoder.s0 = nn.Sequential(
-            decomposed_stem(c.in_channels, c.channels[0], c.stem_kernel_size, c.stem_stride, c.stem_depth, c.stem_activation)
+            decomposed_stem(
+                c.in_channels, c.channels[0], c.stem_kernel_size, c.stem_stride, c.stem_depth, c.stem_activation
+            )
         )
         k = 0
         for s in range(1, 5):
@@ -157,12 +161,21 @@ class DCFormer(VisionEncoder):
                 in_dim = c.channels[s - 1] if j == 0 else c.channels[s]
                 common = dict(downsample=j == 0, mlp_ratio=c.mlp_ratio, drop_path=rates[k])
                 if c.block_types[s - 1] == "C":
-                    blocks.append(ConvBlock(in_dim, c.channels[s], c.kernel_sizes[s - 1], layer_scale_init=c.layer_scale_init, **common))
+                    blocks.append(
+                        ConvBlock(
+                            in_dim, c.channels[s], c.kernel_sizes[s - 1], layer_scale_init=c.layer_scale_init, **common
+                        )
+                    )
                 else:
                     blocks.append(
                         AttentionBlock(
-                            in_dim, c.channels[s], c.kernel_sizes[s - 1], num_heads=c.num_heads,
-                            attn_scale=c.attn_scale, cpe_kernel=c.cpe_kernel_size, **common,
+                            in_dim,
+                            c.channels[s],
+                            c.kernel_sizes[s - 1],
+                            num_heads=c.num_heads,
+                            attn_scale=c.attn_scale,
+                            cpe_kernel=c.cpe_kernel_size,
+                            **common,
                         )
                     )
                 k += 1
@@ -173,19 +186,24 @@ class DCFormer(VisionEncoder):
 
     # ---- geometry -----------------------------------------------------------------------------
     @property
-    def stage_channels(self) -> Tuple[int, ...]:
+    def stage_channels(self) -> tuple[int, ...]:
         return self.config.channels
 
-    def stage_grid_size(self, stage: int, img_size: Sequence[int] | None = None) -> Tuple[int, int, int]:
+    def stage_grid_size(self, stage: int, img_size: Sequence[int] | None = None) -> tuple[int, int, int]:
         """Grid ``(d, h, w)`` of stage ``stage`` (negative counts from the end) for ``img_size`` (D, H, W)."""
         stage = self._stage_index(stage)
         return tuple(_stage_size(n, stage, self.config.stem_stride) for n in (img_size or self.config.img_size))
 
     @property
-    def feature_info(self) -> List[Dict]:
+    def feature_info(self) -> list[dict]:
         """Per stage: ``channels``, ``reduction`` (stride w.r.t. the input) and ``grid_size`` at ``img_size``."""
         return [
-            dict(stage=i, channels=self.config.channels[i], reduction=self.config.stem_stride * 2**i, grid_size=self.stage_grid_size(i))
+            dict(
+                stage=i,
+                channels=self.config.channels[i],
+                reduction=self.config.stem_stride * 2**i,
+                grid_size=self.stage_grid_size(i),
+            )
             for i in range(5)
         ]
 
@@ -204,7 +222,7 @@ class DCFormer(VisionEncoder):
             return x
         return stage(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> List[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Stage maps ``(B, channels[i], d_i, h_i, w_i)`` (canonical D, H, W order) for ``indices``.
 
         ``indices`` are stage numbers 0..4 (negative counts from the end; default
@@ -223,7 +241,7 @@ class DCFormer(VisionEncoder):
                 maps[s] = x.permute(0, 1, 4, 2, 3) if hwd else x
         return [maps[s] for s in wanted]
 
-    def forward_tokens(self, x: torch.Tensor, indices: Sequence[int] = (-2, -1)) -> List[torch.Tensor]:
+    def forward_tokens(self, x: torch.Tensor, indices: Sequence[int] = (-2, -1)) -> list[torch.Tensor]:
         """Per-stage tokens ``(B, d_i*h_i*w_i, channels[i])``, depth-major; default stages 3 and 4."""
         return [m.flatten(2).transpose(1, 2) for m in self.forward_intermediates(x, indices)]
 
@@ -262,19 +280,32 @@ for _size, _arch in _SIZES.items():
 # Exactly the released encoders (legacy flags on), so their checkpoints reproduce their outputs.
 MED3DVLM_FLAGS = dict(stem_activation=False, input_layout="HWD")
 TEXT3DSAM_FLAGS = dict(stem_activation=False, attn_scale="legacy_mul", input_layout="DHW")
-_variant("dcformer_small_med3dvlm", "Med3DVLM / DCFormer_SigLIP vision encoder (decomp_small, legacy flags).", **_SIZES["small"], **MED3DVLM_FLAGS)
+_variant(
+    "dcformer_small_med3dvlm",
+    "Med3DVLM / DCFormer_SigLIP vision encoder (decomp_small, legacy flags).",
+    **_SIZES["small"],
+    **MED3DVLM_FLAGS,
+)
 _variant(
     "dcformer_text3dsam",
     "Text3DSAM image encoder: channels 48..768, attention last stage, legacy flags (22.9 M params).",
-    num_blocks=(1, 2, 3, 6, 2), channels=(48, 96, 192, 384, 768), block_types=("C", "C", "C", "T"), **TEXT3DSAM_FLAGS,
+    num_blocks=(1, 2, 3, 6, 2),
+    channels=(48, 96, 192, 384, 768),
+    block_types=("C", "C", "C", "T"),
+    **TEXT3DSAM_FLAGS,
 )
 # Tiny variant for tests: both block types, 25 k parameters; stem stride 2 so that 32x64x64 still
 # leaves a 1x2x2 last stage (4 tokens for the attention block to mix).
 _variant(
     "dcformer_test",
     "Tiny DCFormer for tests (channels 8..32, attention last stage, stem stride 2, input 32x64x64).",
-    num_blocks=(1, 1, 1, 2, 1), channels=(8, 8, 16, 16, 32), kernel_sizes=(5, 5, 3, 3), block_types=("C", "C", "C", "T"),
-    num_heads=2, stem_stride=2, img_size=(32, 64, 64),
+    num_blocks=(1, 1, 1, 2, 1),
+    channels=(8, 8, 16, 16, 32),
+    kernel_sizes=(5, 5, 3, 3),
+    block_types=("C", "C", "C", "T"),
+    num_heads=2,
+    stem_stride=2,
+    img_size=(32, 64, 64),
 )
 
 __all__ = ["DCFormer", "DCFormerConfig", "MED3DVLM_FLAGS", "TEXT3DSAM_FLAGS"]

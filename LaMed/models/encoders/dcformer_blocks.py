@@ -8,8 +8,6 @@ three spatial axes are whatever layout the encoder chose (see ``DCFormerConfig.i
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,12 +33,16 @@ class DecompConv3D(nn.Module):
         stride: int = 1,
         groups: int = 1,
         norm: bool = True,
-        act: Optional[nn.Module] = None,
+        act: nn.Module | None = None,
     ):
         super().__init__()
         pad = kernel_size // 2
         for i, (kernel, padding) in enumerate(
-            [((kernel_size, 1, 1), (pad, 0, 0)), ((1, kernel_size, 1), (0, pad, 0)), ((1, 1, kernel_size), (0, 0, pad))],
+            [
+                ((kernel_size, 1, 1), (pad, 0, 0)),
+                ((1, kernel_size, 1), (0, pad, 0)),
+                ((1, 1, kernel_size), (0, 0, pad)),
+            ],
             start=1,
         ):
             conv = nn.Conv3d(in_dim, out_dim, kernel, stride=stride, padding=padding, groups=groups)

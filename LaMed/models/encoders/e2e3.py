@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +102,9 @@ class SliceEncoder2D(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         b = volume.shape[0]
-        x = F.interpolate(volume[:, :1].float(), size=(self.num_slices, self.size, self.size), mode="trilinear", align_corners=False)
+        x = F.interpolate(
+            volume[:, :1].float(), size=(self.num_slices, self.size, self.size), mode="trilinear", align_corners=False
+        )
         x = x.transpose(1, 2).reshape(b * self.num_slices, 1, self.size, self.size).expand(-1, 3, -1, -1)
         if self.mean is not None:
             x = (x - self.mean) / self.std
@@ -150,7 +151,9 @@ class E2E3Encoder(ViT3D):
             slice_features = self.slice_encoder(x)
         expected = (x.shape[0], self.config.num_slices, self.config.slice_dim)
         if tuple(slice_features.shape) != expected:
-            raise ValueError(f"slice_features has shape {tuple(slice_features.shape)}, expected {expected} (B, S, slice_dim)")
+            raise ValueError(
+                f"slice_features has shape {tuple(slice_features.shape)}, expected {expected} (B, S, slice_dim)"
+            )
         return slice_features.to(self.slice_guided_attention.Wk.weight.dtype)
 
     def patch_scores(self, patches: torch.Tensor, slices: torch.Tensor) -> torch.Tensor:
@@ -170,7 +173,7 @@ class E2E3Encoder(ViT3D):
 
     def forward_topk(
         self, x: torch.Tensor, slice_features: torch.Tensor | None = None, mask_ratio: float | None = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k path: ``(tokens (B, prefix + K, C) normed by norm_masked, kept patch indices (B, K))``.
 
         ``K = int(N * (1 - mask_ratio))``; indices are ascending (original token order), so the
@@ -187,7 +190,9 @@ class E2E3Encoder(ViT3D):
         tokens, _ = self.run_blocks(self.add_prefix(kept))
         return self.norm_masked(tokens), keep
 
-    def forward(self, x: torch.Tensor, slice_features: torch.Tensor | None = None, mask_ratio: float | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, slice_features: torch.Tensor | None = None, mask_ratio: float | None = None
+    ) -> torch.Tensor:
         """Tower output: the soft path as :meth:`ViT3D.forward`; with ``selection="topk"`` the kept
         tokens of :meth:`forward_topk` (``feature_select`` applies; ``feature_layer`` must be -1)."""
         if self.config.selection == "soft":
@@ -196,7 +201,9 @@ class E2E3Encoder(ViT3D):
             raise ValueError("selection='topk' supports feature_layer=-1 only")
         tokens, _ = self.forward_topk(x, slice_features, mask_ratio)
         select = self.config.feature_select
-        return tokens[:, self.num_prefix_tokens :] if select == "patch" else (tokens[:, 0] if select == "cls" else tokens)
+        return (
+            tokens[:, self.num_prefix_tokens :] if select == "patch" else (tokens[:, 0] if select == "cls" else tokens)
+        )
 
 
 E2E3_VARIANTS = {
@@ -204,8 +211,14 @@ E2E3_VARIANTS = {
     "vit3d_2e3_base": dict(),
     # Tiny: 96 wide, 2 blocks, 4x4x4 patches, 8 slices of 48-d features.
     "vit3d_2e3_test": dict(
-        img_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=96, mlp_dim=192, num_layers=2, num_heads=4,
-        slice_dim=48, num_slices=8,
+        img_size=(16, 64, 64),
+        patch_size=(4, 16, 16),
+        hidden_size=96,
+        mlp_dim=192,
+        num_layers=2,
+        num_heads=4,
+        slice_dim=48,
+        num_slices=8,
     ),
 }
 

@@ -11,14 +11,14 @@ for backward on the flash path).
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def to_3tuple(value, name: str) -> Tuple[int, int, int]:
+def to_3tuple(value, name: str) -> tuple[int, int, int]:
     """``7 -> (7, 7, 7)``; a 3-sequence passes through; anything else raises naming ``name``."""
     if isinstance(value, int):
         return (value, value, value)
@@ -28,7 +28,7 @@ def to_3tuple(value, name: str) -> Tuple[int, int, int]:
     return value  # type: ignore[return-value]
 
 
-def patch_grid(img_size: Sequence[int], patch_size: Sequence[int]) -> Tuple[int, int, int]:
+def patch_grid(img_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, int, int]:
     """Token grid ``(d, h, w)`` of a volume ``img_size`` cut into ``patch_size`` patches.
 
     Raises when a side is not a multiple of the patch side, because the published models

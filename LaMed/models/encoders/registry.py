@@ -7,8 +7,6 @@ Encoder modules register themselves on import; ``LaMed.models.encoders`` imports
 
 from __future__ import annotations
 
-from typing import List
-
 from LaMed.utils.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")
@@ -22,7 +20,7 @@ def create_encoder(name: str, **overrides):
     return ENCODERS.create(name, **overrides)
 
 
-def list_encoders() -> List[str]:
+def list_encoders() -> list[str]:
     import LaMed.models.encoders  # noqa: F401
 
     return ENCODERS.names()

@@ -24,8 +24,8 @@ What is inferred here (each is a config field so it can be changed):
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +51,8 @@ from LaMed.models.encoders.vit3d import build_config
 class SAM3DConfig:
     """Hyperparameters of :class:`SAM3DAdapterEncoder` (defaults: SAM ViT-B made 3D)."""
 
-    img_size: Tuple[int, int, int] = (32, 256, 256)  # (D, H, W) voxels
-    patch_size: Tuple[int, int, int] = (4, 16, 16)
+    img_size: tuple[int, int, int] = (32, 256, 256)  # (D, H, W) voxels
+    patch_size: tuple[int, int, int] = (4, 16, 16)
     in_channels: int = 1
     hidden_size: int = 768
     mlp_dim: int = 3072
@@ -63,7 +63,7 @@ class SAM3DConfig:
     adapter_dim: int = 64  # bottleneck width N'
     adapter_heads: int = 4  # heads of the bottleneck attention
     adapter_kernel: int = 3  # depth-wise conv kernel (odd)
-    stage_indices: Tuple[int, ...] = (2, 5, 8, 11)  # blocks whose outputs are the four feature levels
+    stage_indices: tuple[int, ...] = (2, 5, 8, 11)  # blocks whose outputs are the four feature levels
     out_chans: int = 256  # neck width = hidden size of forward_features
 
     def __post_init__(self):
@@ -87,7 +87,15 @@ class Adapter3D(nn.Module):
     ``h = GELU(down(x)); h += attn(norm(h)); h += dwconv(h as (B, N', d, h, w)); return x + up(h)``.
     """
 
-    def __init__(self, hidden_size: int, adapter_dim: int, num_heads: int, grid_size: Sequence[int], kernel: int = 3, eps: float = 1e-6):
+    def __init__(
+        self,
+        hidden_size: int,
+        adapter_dim: int,
+        num_heads: int,
+        grid_size: Sequence[int],
+        kernel: int = 3,
+        eps: float = 1e-6,
+    ):
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.down = nn.Linear(hidden_size, adapter_dim)
@@ -109,9 +117,16 @@ class AdapterBlock(TransformerBlock):
     """Pre-norm ViT block (MONAI names) followed by an :class:`Adapter3D` (keys ``adapter.*``)."""
 
     def __init__(self, config: SAM3DConfig, grid_size: Sequence[int]):
-        super().__init__(config.hidden_size, config.mlp_dim, config.num_heads, qkv_bias=config.qkv_bias, eps=config.layer_norm_eps)
+        super().__init__(
+            config.hidden_size, config.mlp_dim, config.num_heads, qkv_bias=config.qkv_bias, eps=config.layer_norm_eps
+        )
         self.adapter = Adapter3D(
-            config.hidden_size, config.adapter_dim, config.adapter_heads, grid_size, config.adapter_kernel, config.layer_norm_eps
+            config.hidden_size,
+            config.adapter_dim,
+            config.adapter_heads,
+            grid_size,
+            config.adapter_kernel,
+            config.layer_norm_eps,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,12 +170,16 @@ class SAM3DAdapterEncoder(VisionEncoder):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def _run(self, x: torch.Tensor, stop: int, collect: Sequence[int]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def _run(self, x: torch.Tensor, stop: int, collect: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.patch_embedding(x)
         wanted, kept = set(collect), []
         for i in range(stop + 1):
             blk = self.blocks[i]
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
+            x = (
+                checkpoint(blk, x, use_reentrant=False)
+                if self.grad_checkpointing and torch.is_grad_enabled()
+                else blk(x)
+            )
             if i in wanted:
                 kept.append(x)
         return x, kept
@@ -173,14 +192,14 @@ class SAM3DAdapterEncoder(VisionEncoder):
         x, _ = self._run(x, len(self.blocks) - 1, ())
         return self._neck(x).flatten(2).transpose(1, 2)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None) -> List[torch.Tensor]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None) -> list[torch.Tensor]:
         """Block outputs as maps ``(B, hidden, d, h, w)``; default: the four ``stage_indices``."""
         idx = resolve_indices(self.config.stage_indices if indices is None else indices, len(self.blocks))
         _, kept = self._run(x, max(idx), idx)
         by_index = dict(zip(sorted(set(idx)), kept))
         return [tokens_to_grid(by_index[i], self.grid_size) for i in idx]
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         idx = resolve_indices(self.config.stage_indices, len(self.blocks))
         last, kept = self._run(x, len(self.blocks) - 1, idx)
         by_index = dict(zip(sorted(set(idx)), kept))
@@ -208,8 +227,16 @@ SAM3D_VARIANTS = {
     "sam3d_adapter_base": dict(),
     # Tiny: 96 wide, 4 blocks (stages 0..3), adapters of 16 with 2 heads, neck 32.
     "sam3d_adapter_test": dict(
-        img_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=96, mlp_dim=192, num_layers=4, num_heads=4,
-        adapter_dim=16, adapter_heads=2, stage_indices=(0, 1, 2, 3), out_chans=32,
+        img_size=(16, 64, 64),
+        patch_size=(4, 16, 16),
+        hidden_size=96,
+        mlp_dim=192,
+        num_layers=4,
+        num_heads=4,
+        adapter_dim=16,
+        adapter_heads=2,
+        stage_indices=(0, 1, 2, 3),
+        out_chans=32,
     ),
 }
 

@@ -14,8 +14,8 @@ Parameter names equal MONAI 1.3's ViT (138 tensors with CLS, 137 without), so th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,8 +39,8 @@ FEATURE_SELECTS = ("patch", "cls_patch", "cls")
 class ViT3DConfig:
     """Hyperparameters of :class:`ViT3D` (defaults: the published M3D-CLIP vision encoder)."""
 
-    img_size: Tuple[int, int, int] = (32, 256, 256)  # input volume (D, H, W) in voxels
-    patch_size: Tuple[int, int, int] = (4, 16, 16)  # patch (D, H, W) in voxels
+    img_size: tuple[int, int, int] = (32, 256, 256)  # input volume (D, H, W) in voxels
+    patch_size: tuple[int, int, int] = (4, 16, 16)  # patch (D, H, W) in voxels
     in_channels: int = 1
     hidden_size: int = 768  # token width C
     mlp_dim: int = 3072
@@ -99,15 +99,23 @@ class ViT3D(VisionEncoder):
         self.grid_size = patch_grid(config.img_size, config.patch_size)
         self.num_prefix_tokens = 1 if config.cls_token else 0
         self.patch_embedding = PatchEmbedding3D(
-            config.in_channels, config.img_size, config.patch_size, config.hidden_size,
-            kind=config.patch_embed, dropout_rate=config.dropout_rate,
+            config.in_channels,
+            config.img_size,
+            config.patch_size,
+            config.hidden_size,
+            kind=config.patch_embed,
+            dropout_rate=config.dropout_rate,
         )
         if config.cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.blocks = nn.ModuleList(
             TransformerBlock(
-                config.hidden_size, config.mlp_dim, config.num_heads,
-                qkv_bias=config.qkv_bias, dropout_rate=config.dropout_rate, eps=config.layer_norm_eps,
+                config.hidden_size,
+                config.mlp_dim,
+                config.num_heads,
+                qkv_bias=config.qkv_bias,
+                dropout_rate=config.dropout_rate,
+                eps=config.layer_norm_eps,
             )
             for _ in range(config.num_layers)
         )
@@ -146,7 +154,9 @@ class ViT3D(VisionEncoder):
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def run_blocks(self, x: torch.Tensor, stop: int | None = None, collect: Sequence[int] = ()) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def run_blocks(
+        self, x: torch.Tensor, stop: int | None = None, collect: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run blocks ``0..stop`` (default all); return the last output and those listed in ``collect``."""
         stop = len(self.blocks) - 1 if stop is None else stop
         wanted, kept = set(collect), []
@@ -162,14 +172,14 @@ class ViT3D(VisionEncoder):
         x, _ = self.run_blocks(self.embed(x, **embed_kwargs))
         return self.norm(x)
 
-    def forward_hidden_states(self, x: torch.Tensor, **embed_kwargs) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward_hidden_states(self, x: torch.Tensor, **embed_kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """MONAI-style ``(final-normed tokens, [output of every block, un-normed])``."""
         x, hidden = self.run_blocks(self.embed(x, **embed_kwargs), collect=range(len(self.blocks)))
         return self.norm(x), hidden
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: Sequence[int] | int | None = None, norm: bool = False, **embed_kwargs
-    ) -> List[torch.Tensor]:
+    ) -> list[torch.Tensor]:
         """Grid maps ``(B, C, d, h, w)`` of the blocks in ``indices`` (default: every block).
 
         Prefix (CLS) tokens are dropped. With ``norm=True`` the final LayerNorm is applied to each.
@@ -214,7 +224,9 @@ VIT3D_VARIANTS = {
     # SegVol image encoder and R1Seg-3D unified encoder: same geometry, no CLS (137 tensors).
     "vit3d_base_segvol": dict(cls_token=False),
     # Tiny test variant: 96 wide, 2 blocks, 4x4x4 = 64 patch tokens (+ CLS) on 16x64x64.
-    "vit3d_test": dict(img_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=96, mlp_dim=192, num_layers=2, num_heads=4),
+    "vit3d_test": dict(
+        img_size=(16, 64, 64), patch_size=(4, 16, 16), hidden_size=96, mlp_dim=192, num_layers=2, num_heads=4
+    ),
 }
 
 

@@ -20,7 +20,18 @@ from LaMed.models.mllm.processing import (
 )
 
 __all__ = [
-    "LaMedConfig", "LaMedForCausalLM", "LaMedPreTrainedModel", "ImageTokenMismatch", "register_auto",
-    "LaMedProcessor", "MLLMCollator", "prepare_tokenizer", "pad_sequences", "format_box",
-    "IGNORE_INDEX", "IMAGE_PLACEHOLDER", "IMAGE_TOKEN", "SEG_TOKEN",
+    "LaMedConfig",
+    "LaMedForCausalLM",
+    "LaMedPreTrainedModel",
+    "ImageTokenMismatch",
+    "register_auto",
+    "LaMedProcessor",
+    "MLLMCollator",
+    "prepare_tokenizer",
+    "pad_sequences",
+    "format_box",
+    "IGNORE_INDEX",
+    "IMAGE_PLACEHOLDER",
+    "IMAGE_TOKEN",
+    "SEG_TOKEN",
 ]

@@ -22,7 +22,7 @@ reasoning-segmentation models (``None``: plain MLLM).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -65,43 +65,52 @@ class LaMedConfig(PreTrainedConfig):
     model_type = "lamed"
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
-    text_config: Union[dict, PreTrainedConfig, None] = None
-    vision_tower: Union[str, List[str]] = "vit3d_base"
-    vision_overrides: Union[Dict[str, Any], List[Dict[str, Any]], None] = None
-    vision_feature_stages: Optional[List[int]] = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_tower: str | list[str] = "vit3d_base"
+    vision_overrides: dict[str, Any] | list[dict[str, Any]] | None = None
+    vision_feature_stages: list[int] | None = None
     projector: str = "spp"
-    projector_overrides: Optional[Dict[str, Any]] = None
-    image_token_id: Optional[int] = None
-    seg_token_id: Optional[int] = None
-    box_start_token_id: Optional[int] = None
-    box_end_token_id: Optional[int] = None
+    projector_overrides: dict[str, Any] | None = None
+    image_token_id: int | None = None
+    seg_token_id: int | None = None
+    box_start_token_id: int | None = None
+    box_end_token_id: int | None = None
     image_insertion: str = "placeholder"
     legacy_image_offset: int = 1
     slice_feature_source: str = "input"
-    segmentation: Optional[Dict[str, Any]] = None
+    segmentation: dict[str, Any] | None = None
     vision_feature_norm: str = "none"
     loss_reduction: str = "token"
     tie_word_embeddings: bool = False
     # What a scanner volume goes through before the tower: a record of LaMed.data.presets.preset_spec
     # ({"preset": "m3d", "window": [...], "size": [...], ...}); set by recipes (from the prepared
     # data's manifest) and by `lamed import`; inference uses it unless told otherwise.
-    preprocessing: Optional[Dict[str, Any]] = None
+    preprocessing: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.image_insertion not in IMAGE_INSERTIONS:
-            raise ValueError(f"LaMedConfig.image_insertion must be one of {IMAGE_INSERTIONS}, got {self.image_insertion!r}")
+            raise ValueError(
+                f"LaMedConfig.image_insertion must be one of {IMAGE_INSERTIONS}, got {self.image_insertion!r}"
+            )
         if self.slice_feature_source not in SLICE_FEATURE_SOURCES:
             raise ValueError(
-                f"LaMedConfig.slice_feature_source must be one of {SLICE_FEATURE_SOURCES}, got {self.slice_feature_source!r}")
+                f"LaMedConfig.slice_feature_source must be one of {SLICE_FEATURE_SOURCES}, got {self.slice_feature_source!r}"
+            )
         if self.vision_feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"LaMedConfig.vision_feature_norm must be one of {FEATURE_NORMS}, got {self.vision_feature_norm!r}")
+            raise ValueError(
+                f"LaMedConfig.vision_feature_norm must be one of {FEATURE_NORMS}, got {self.vision_feature_norm!r}"
+            )
         if self.loss_reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"LaMedConfig.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
+            raise ValueError(
+                f"LaMedConfig.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}"
+            )
         towers = self.tower_names
         overrides = self.tower_overrides
         if len(overrides) != len(towers):
-            raise ValueError(f"LaMedConfig.vision_overrides has {len(overrides)} entries for {len(towers)} tower(s) {towers}")
+            raise ValueError(
+                f"LaMedConfig.vision_overrides has {len(overrides)} entries for {len(towers)} tower(s) {towers}"
+            )
         if self.vision_feature_stages is not None:
             if len(towers) != 1:
                 raise ValueError("LaMedConfig.vision_feature_stages needs exactly one (hierarchical) vision_tower")
@@ -112,12 +121,12 @@ class LaMedConfig(PreTrainedConfig):
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
     @property
-    def tower_names(self) -> List[str]:
+    def tower_names(self) -> list[str]:
         """The vision tower names as a list (one entry for a single tower)."""
         return [self.vision_tower] if isinstance(self.vision_tower, str) else list(self.vision_tower)
 
     @property
-    def tower_overrides(self) -> List[Dict[str, Any]]:
+    def tower_overrides(self) -> list[dict[str, Any]]:
         """One overrides dict per tower."""
         ov = self.vision_overrides
         if ov is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -31,19 +31,30 @@ __all__ = ["MLLMModelArguments", "create_tokenizer", "create_mllm"]
 
 @dataclass
 class MLLMModelArguments:
-    pretrained_model: str = field(default="", metadata={"help": "saved LaMed model folder to start from (stage-1 output)"})
+    pretrained_model: str = field(
+        default="", metadata={"help": "saved LaMed model folder to start from (stage-1 output)"}
+    )
     llm: str = field(default="", metadata={"help": "base causal LM: hub id or local folder (from_pretrained)"})
-    text_config: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "LLM config dict (from_config) when llm is empty"})
-    tokenizer: str = field(default="", metadata={"help": "tokenizer path / hub id; 'train' = train a BPE tokenizer on the train manifest; empty = llm"})
+    text_config: dict[str, Any] | None = field(
+        default=None, metadata={"help": "LLM config dict (from_config) when llm is empty"}
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={
+            "help": "tokenizer path / hub id; 'train' = train a BPE tokenizer on the train manifest; empty = llm"
+        },
+    )
     tokenizer_vocab_size: int = 1000
     tokenizer_style: str = "byte_level"
     tokenizer_bos: bool = True
-    vision_tower: List[str] = field(default_factory=lambda: ["vit3d_base"], metadata={"help": "encoder name(s)"})
-    vision_overrides: Optional[Dict[str, Any]] = None
-    vision_feature_stages: Optional[List[int]] = None
+    vision_tower: list[str] = field(default_factory=lambda: ["vit3d_base"], metadata={"help": "encoder name(s)"})
+    vision_overrides: dict[str, Any] | None = None
+    vision_feature_stages: list[int] | None = None
     projector: str = "spp"
-    projector_overrides: Optional[Dict[str, Any]] = None
-    pretrained_vision: List[str] = field(default_factory=list, metadata={"help": "'family:path' per tower (convert_state_dict)"})
+    projector_overrides: dict[str, Any] | None = None
+    pretrained_vision: list[str] = field(
+        default_factory=list, metadata={"help": "'family:path' per tower (convert_state_dict)"}
+    )
     pretrained_mm: str = field(default="", metadata={"help": "'family:path' of a published stage-1 projector file"})
     image_insertion: str = "placeholder"
     legacy_image_offset: int = 1
@@ -51,15 +62,21 @@ class MLLMModelArguments:
     prompt_format: str = "raw"
     system_prompt: str = ""
     max_length: int = 512
-    image_position: str = field(default="before", metadata={"help": "image tokens 'before' the question (published) or 'after' it"})
+    image_position: str = field(
+        default="before", metadata={"help": "image tokens 'before' the question (published) or 'after' it"}
+    )
     attn_implementation: str = "sdpa"
-    vision_feature_norm: str = field(default="none", metadata={"help": "'none' or 'batch': standardise the tower's "
-                                                                         "tokens before the projector (see LaMedConfig)"})
-    loss_reduction: str = field(default="token", metadata={"help": "'token' (HF, published) or 'sample': mean per row, "
-                                                                      "then over rows (see LaMedConfig)"})
-    save_base: bool = field(default=True, metadata={"help": "save an assembled (not loaded) base model to output_dir/base_model"})
-
-
+    vision_feature_norm: str = field(
+        default="none",
+        metadata={"help": "'none' or 'batch': standardise the tower's tokens before the projector (see LaMedConfig)"},
+    )
+    loss_reduction: str = field(
+        default="token",
+        metadata={"help": "'token' (HF, published) or 'sample': mean per row, then over rows (see LaMedConfig)"},
+    )
+    save_base: bool = field(
+        default=True, metadata={"help": "save an assembled (not loaded) base model to output_dir/base_model"}
+    )
 
 
 def create_tokenizer(m: MLLMModelArguments, train_manifest: str = ""):
@@ -70,9 +87,13 @@ def create_tokenizer(m: MLLMModelArguments, train_manifest: str = ""):
 
         if not train_manifest:
             raise ValueError("model.tokenizer: 'train' needs data.train_manifest (the corpus)")
-        return train_tokenizer(phantom_corpus([train_manifest]), vocab_size=m.tokenizer_vocab_size,
-                               style=m.tokenizer_style, bos=m.tokenizer_bos,
-                               chat_template="chatml" if m.prompt_format == "chat" else None)
+        return train_tokenizer(
+            phantom_corpus([train_manifest]),
+            vocab_size=m.tokenizer_vocab_size,
+            style=m.tokenizer_style,
+            bos=m.tokenizer_bos,
+            chat_template="chatml" if m.prompt_format == "chat" else None,
+        )
     from transformers import AutoTokenizer
 
     source = m.tokenizer or m.pretrained_model or m.llm
@@ -100,13 +121,12 @@ def _text_config(m: MLLMModelArguments, tokenizer):
     return text_config
 
 
-def create_mllm(m: MLLMModelArguments, tokenizer, dtype: Optional[torch.dtype] = None):
+def create_mllm(m: MLLMModelArguments, tokenizer, dtype: torch.dtype | None = None):
     """A fresh :class:`LaMedForCausalLM` assembled from the spec's parts (see the module docstring).
 
     ``dtype``: the dtype of the loaded LLM weights (default float32, what training starts from).
     """
     from transformers import AutoModelForCausalLM
-
 
     ids = prepare_tokenizer(tokenizer)
     text_config = _text_config(m, tokenizer)
@@ -115,15 +135,24 @@ def create_mllm(m: MLLMModelArguments, tokenizer, dtype: Optional[torch.dtype] =
     if isinstance(overrides, dict) and isinstance(towers, list) and set(overrides) <= set(towers):
         overrides = [overrides.get(t, {}) for t in towers]  # {tower name: overrides} for several towers
     config = LaMedConfig(
-        text_config=text_config, vision_tower=towers, vision_overrides=overrides,
-        vision_feature_stages=m.vision_feature_stages, projector=m.projector, projector_overrides=m.projector_overrides,
-        image_insertion=m.image_insertion, legacy_image_offset=m.legacy_image_offset,
-        slice_feature_source=m.slice_feature_source, vision_feature_norm=m.vision_feature_norm,
-        loss_reduction=m.loss_reduction, **ids)
+        text_config=text_config,
+        vision_tower=towers,
+        vision_overrides=overrides,
+        vision_feature_stages=m.vision_feature_stages,
+        projector=m.projector,
+        projector_overrides=m.projector_overrides,
+        image_insertion=m.image_insertion,
+        legacy_image_offset=m.legacy_image_offset,
+        slice_feature_source=m.slice_feature_source,
+        vision_feature_norm=m.vision_feature_norm,
+        loss_reduction=m.loss_reduction,
+        **ids,
+    )
     language_model = None
     if m.llm:
-        language_model = AutoModelForCausalLM.from_pretrained(m.llm, dtype=dtype or torch.float32,
-                                                              attn_implementation=m.attn_implementation)
+        language_model = AutoModelForCausalLM.from_pretrained(
+            m.llm, dtype=dtype or torch.float32, attn_implementation=m.attn_implementation
+        )
     model = LaMedForCausalLM(config, language_model=language_model)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         # New rows start at the mean of the old ones (transformers' mean resizing; as published).

@@ -18,8 +18,10 @@ reserved for a head built on top of it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,7 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
     ``generate(images=..., input_ids=..., attention_mask=...)`` is HF generation (prompt + new ids).
     """
 
-    def __init__(self, config: LaMedConfig, language_model: Optional[nn.Module] = None):
+    def __init__(self, config: LaMedConfig, language_model: nn.Module | None = None):
         """``language_model``: an already built (e.g. pretrained) causal LM of ``config.text_config``;
         when given, no second LLM is created (see ``LaMed.models.mllm.factory.create_mllm``)."""
         super().__init__(config)
@@ -94,7 +96,7 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         self.post_init()
 
     # ---- construction helpers --------------------------------------------------------------
-    def _projector_fields(self, towers: Sequence[nn.Module], text_config) -> Dict[str, Any]:
+    def _projector_fields(self, towers: Sequence[nn.Module], text_config) -> dict[str, Any]:
         c = self.config
         if c.vision_feature_stages is not None:
             fields = projector_inputs(towers[0], c.vision_feature_stages)
@@ -103,8 +105,10 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
             for t in towers[1:]:
                 other = projector_inputs(t)
                 if other != fields:
-                    raise ValueError(f"vision towers {c.tower_names} give different token geometries "
-                                     f"({fields} vs {other}); a multi-tower projector needs equal streams")
+                    raise ValueError(
+                        f"vision towers {c.tower_names} give different token geometries "
+                        f"({fields} vs {other}); a multi-tower projector needs equal streams"
+                    )
             if len(towers) > 1:
                 fields["num_streams"] = len(towers)
         fields["out_dim"] = int(text_config.hidden_size)
@@ -112,7 +116,7 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         return fields
 
     @property
-    def towers(self) -> List[nn.Module]:
+    def towers(self) -> list[nn.Module]:
         return list(self.vision_tower) if isinstance(self.vision_tower, nn.ModuleList) else [self.vision_tower]
 
     @property
@@ -127,7 +131,7 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> Optional[nn.Module]:
+    def get_output_embeddings(self) -> nn.Module | None:
         return self.language_model.get_output_embeddings()
 
     def set_output_embeddings(self, value: nn.Module) -> None:
@@ -137,7 +141,9 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         return self.language_model.get_decoder()
 
     # ---- vision ---------------------------------------------------------------------------
-    def _slice_features(self, tower: nn.Module, images: torch.Tensor, given: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _slice_features(
+        self, tower: nn.Module, images: torch.Tensor, given: torch.Tensor | None
+    ) -> torch.Tensor | None:
         if not hasattr(tower, "slice_guided_attention"):
             return None
         if self.config.slice_feature_source == "input" or given is not None:
@@ -149,13 +155,13 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         pooled = F.adaptive_avg_pool3d(images[:, :1].float(), (s, side, side))  # (B, 1, S, k, k)
         return pooled.flatten(3).squeeze(1)
 
-    def get_image_features(self, images: torch.Tensor, slice_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def get_image_features(self, images: torch.Tensor, slice_features: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, D, H, W)`` volumes -> ``(B, T, H_llm)`` LLM-ready image tokens."""
         if images.ndim != 5:
             raise ValueError(f"images must be (B, C, D, H, W), got shape {tuple(images.shape)}")
         dtype = next(self.mm_projector.parameters()).dtype
         images = images.to(dtype)
-        streams: List[torch.Tensor] = []
+        streams: list[torch.Tensor] = []
         for tower in self.towers:
             if self.config.vision_feature_stages is not None:
                 streams.extend(tower.forward_tokens(images, self.config.vision_feature_stages))
@@ -166,8 +172,13 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
             streams = [norm(t.transpose(1, 2)).transpose(1, 2) for norm, t in zip(self.feature_norm, streams)]
         return self.mm_projector(streams[0] if len(streams) == 1 else streams)
 
-    def merge_image_features(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor,
-                             attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def merge_image_features(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        image_features: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Write ``image_features (B, T, H)`` into ``inputs_embeds (B, L, H)``.
 
         ``placeholder`` mode: the positions holding ``image_token_id`` are replaced, in order, with
@@ -178,38 +189,47 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         image_features = image_features.to(inputs_embeds.dtype)
         if self.config.image_insertion == "legacy_offset":
             start = self.config.legacy_image_offset
-            pads = (attention_mask == 0).long().cumprod(1).sum(1) if attention_mask is not None else torch.zeros(b, dtype=torch.long)
+            pads = (
+                (attention_mask == 0).long().cumprod(1).sum(1)
+                if attention_mask is not None
+                else torch.zeros(b, dtype=torch.long)
+            )
             idx = pads.to(inputs_embeds.device)[:, None] + start + torch.arange(t, device=inputs_embeds.device)[None]
             if int(idx.max()) >= inputs_embeds.shape[1]:
-                raise ImageTokenMismatch(f"legacy_offset insertion needs {start + t} positions, sequence has {inputs_embeds.shape[1]}")
+                raise ImageTokenMismatch(
+                    f"legacy_offset insertion needs {start + t} positions, sequence has {inputs_embeds.shape[1]}"
+                )
             return inputs_embeds.scatter(1, idx[..., None].expand(-1, -1, h), image_features)
         token_id = self.config.image_token_id
         if token_id is None:
-            raise ValueError("config.image_token_id is not set: build the model with a tokenizer's <im_patch> id "
-                             "(LaMedProcessor.prepare_tokenizer) before passing images")
+            raise ValueError(
+                "config.image_token_id is not set: build the model with a tokenizer's <im_patch> id "
+                "(LaMedProcessor.prepare_tokenizer) before passing images"
+            )
         mask = input_ids == token_id
         per_row = mask.sum(1)
         if mask.shape[0] != b or bool((per_row != t).any()):
             raise ImageTokenMismatch(
                 f"image placeholder count mismatch: the projector gives {t} tokens for each of {b} volume(s), "
                 f"but the rows of input_ids hold {per_row.tolist()} <im_patch> tokens (id {token_id}); "
-                f"expand the prompt's image placeholder with LaMedProcessor (num_image_tokens={t})")
+                f"expand the prompt's image placeholder with LaMedProcessor (num_image_tokens={t})"
+            )
         return inputs_embeds.masked_scatter(mask[..., None].to(inputs_embeds.device), image_features.reshape(-1, h))
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(
         self,
-        input_ids: Optional[torch.LongTensor] = None,
-        images: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
+        input_ids: torch.LongTensor | None = None,
+        images: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         past_key_values=None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        slice_features: Optional[torch.Tensor] = None,
-        image_features: Optional[torch.Tensor] = None,
+        slice_features: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Args beyond the LLM's own: ``images (B, C, D, H, W)`` (or ready ``image_features (B, T, H)``),
@@ -229,9 +249,14 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         if per_sample:
             kwargs.pop("num_items_in_batch", None)  # a token count: meaningless for a mean over rows
         out = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=None if per_sample else labels, use_cache=use_cache,
-            logits_to_keep=logits_to_keep, **kwargs,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=None if per_sample else labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
         )
         if per_sample:
             out.loss = per_sample_lm_loss(out.logits, labels)
@@ -243,8 +268,9 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
         per-sample mean the Trainer divides by the accumulation steps itself."""
         return self.config.loss_reduction == "token"
 
-    def prepare_inputs_for_generation(self, *args, images=None, slice_features=None, image_features=None,
-                                      is_first_iteration: bool = False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, *args, images=None, slice_features=None, image_features=None, is_first_iteration: bool = False, **kwargs
+    ):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         # The volume enters only in the prefill step; later steps read its keys/values from the cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
@@ -253,8 +279,13 @@ class LaMedForCausalLM(LaMedPreTrainedModel, GenerationMixin):
 
     # ---- hook for [SEG]-driven heads --------------------------------------------------------
     @staticmethod
-    def token_hidden_states(hidden_states: torch.Tensor, input_ids: torch.Tensor, token_id: int,
-                            predicting: bool = True, reduce: str = "mean") -> tuple:
+    def token_hidden_states(
+        hidden_states: torch.Tensor,
+        input_ids: torch.Tensor,
+        token_id: int,
+        predicting: bool = True,
+        reduce: str = "mean",
+    ) -> tuple:
         """Hidden states tied to ``token_id`` in each row.
 
         ``predicting=True`` (LISA / M3D convention) takes the state one position *before* each
@@ -284,8 +315,9 @@ def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:].to(logits.device)
-    tokens = nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=ignore_index,
-                                         reduction="none")  # (B, L-1), 0 where ignored
+    tokens = nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=ignore_index, reduction="none"
+    )  # (B, L-1), 0 where ignored
     counts = (shift_labels != ignore_index).sum(dim=1)
     rows = counts > 0
     if not bool(rows.any()):
@@ -295,14 +327,10 @@ def per_sample_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
 
 def register_auto() -> None:
     """Register ``lamed`` with AutoConfig / AutoModelForCausalLM (idempotent; no trust_remote_code)."""
-    try:
+    with contextlib.suppress(ValueError):
         AutoConfig.register(LaMedConfig.model_type, LaMedConfig)
-    except ValueError:
-        pass
-    try:
+    with contextlib.suppress(ValueError):
         AutoModelForCausalLM.register(LaMedConfig, LaMedForCausalLM)
-    except ValueError:
-        pass
 
 
 register_auto()

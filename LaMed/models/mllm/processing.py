@@ -17,8 +17,9 @@ final EOS are supervised. Over-long examples lose answer tokens, never the image
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 from LaMed.utils.atomic import atomic_write_text
 
@@ -34,7 +35,7 @@ PROCESSOR_FILE = "lamed_processor.json"
 LAMED_TOKENS = (IMAGE_TOKEN, BOX_START, BOX_END, SEG_TOKEN)
 
 
-def prepare_tokenizer(tokenizer, tokens: Optional[Sequence[str]] = None) -> Dict[str, Optional[int]]:
+def prepare_tokenizer(tokenizer, tokens: Sequence[str] | None = None) -> dict[str, int | None]:
     """Add LaMed's tokens to ``tokenizer`` (in place) and return their ids.
 
     ``<im_patch>``, ``<bx_start>``, ``<bx_end>`` are special tokens; ``[SEG]`` is a normal added
@@ -57,9 +58,15 @@ def prepare_tokenizer(tokenizer, tokens: Optional[Sequence[str]] = None) -> Dict
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     vocab = tokenizer.get_vocab()
-    return {name: vocab.get(tok) for name, tok in
-            (("image_token_id", IMAGE_TOKEN), ("box_start_token_id", BOX_START), ("box_end_token_id", BOX_END),
-             ("seg_token_id", SEG_TOKEN))}
+    return {
+        name: vocab.get(tok)
+        for name, tok in (
+            ("image_token_id", IMAGE_TOKEN),
+            ("box_start_token_id", BOX_START),
+            ("box_end_token_id", BOX_END),
+            ("seg_token_id", SEG_TOKEN),
+        )
+    }
 
 
 def format_box(box: Sequence[float]) -> str:
@@ -86,9 +93,17 @@ class LaMedProcessor:
             ones its training script added, so the tokenizer length stays the embedding size.
     """
 
-    def __init__(self, tokenizer, num_image_tokens: int, prompt_format: str = "raw", system_prompt: Optional[str] = None,
-                 add_bos: Optional[bool] = None, max_length: Optional[int] = None, image_position: str = "before",
-                 lamed_tokens: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        tokenizer,
+        num_image_tokens: int,
+        prompt_format: str = "raw",
+        system_prompt: str | None = None,
+        add_bos: bool | None = None,
+        max_length: int | None = None,
+        image_position: str = "before",
+        lamed_tokens: Sequence[str] | None = None,
+    ):
         if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         if int(num_image_tokens) < 1:
@@ -127,21 +142,27 @@ class LaMedProcessor:
         if n > 1:
             raise ValueError(f"a prompt may hold one {IMAGE_PLACEHOLDER} (one volume), found {n}: {text[:80]!r}")
         if IMAGE_TOKEN in text:
-            raise ValueError(f"write {IMAGE_PLACEHOLDER} once instead of raw {IMAGE_TOKEN} tokens; the processor expands it")
+            raise ValueError(
+                f"write {IMAGE_PLACEHOLDER} once instead of raw {IMAGE_TOKEN} tokens; the processor expands it"
+            )
         image = IMAGE_TOKEN * self.num_image_tokens
         return text.replace(IMAGE_PLACEHOLDER, image) if n else image + " " + text
 
     def prompt_text(self, question: str, with_image: bool = True) -> str:
         """The text the model sees before its answer (image tokens expanded, BOS/template applied)."""
         if with_image and IMAGE_PLACEHOLDER not in question:
-            question = (question + " " + IMAGE_PLACEHOLDER) if self.image_position == "after" else (
-                IMAGE_PLACEHOLDER + (" " if self.prompt_format == "raw" else "\n") + question)
+            question = (
+                (question + " " + IMAGE_PLACEHOLDER)
+                if self.image_position == "after"
+                else (IMAGE_PLACEHOLDER + (" " if self.prompt_format == "raw" else "\n") + question)
+            )
         if self.prompt_format == "raw":
             body = self.expand_image(question) if with_image else question
             return (self.tokenizer.bos_token if self.add_bos else "") + body
         user = question
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
-            {"role": "user", "content": user}]
+            {"role": "user", "content": user}
+        ]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.expand_image(text) if with_image else text
 
@@ -152,13 +173,13 @@ class LaMedProcessor:
     def _tokenize(self, text: str):
         return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
 
-    def encode_prompt(self, question: str, with_image: bool = True) -> List[int]:
+    def encode_prompt(self, question: str, with_image: bool = True) -> list[int]:
         """Token ids of the prompt alone (for generation)."""
         ids = self._tokenize(self.prompt_text(question, with_image))["input_ids"]
         self._check_image_count(ids, with_image)
         return ids
 
-    def encode_example(self, question: str, answer: str, with_image: bool = True) -> Dict[str, List[int]]:
+    def encode_example(self, question: str, answer: str, with_image: bool = True) -> dict[str, list[int]]:
         """``{"input_ids", "labels", "attention_mask"}`` (lists) for one training example.
 
         ``labels`` are ``-100`` over the prompt (every token starting before the answer's first
@@ -172,15 +193,17 @@ class LaMedProcessor:
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
         if self.max_length is not None and len(ids) > self.max_length:
             if n_prompt + 1 > self.max_length:
-                raise ValueError(f"prompt of {n_prompt} tokens (with {self.num_image_tokens} image tokens) does not fit "
-                                 f"max_length={self.max_length}: raise max_length or shorten the question")
+                raise ValueError(
+                    f"prompt of {n_prompt} tokens (with {self.num_image_tokens} image tokens) does not fit "
+                    f"max_length={self.max_length}: raise max_length or shorten the question"
+                )
             keep = self.max_length - 1  # drop answer tokens, keep the EOS so the model learns to stop
             ids = ids[:keep] + [ids[-1]]
             labels = labels[:keep] + [labels[-1]]
         self._check_image_count(ids, with_image)
         return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
-    def encode_conversation(self, turns: Sequence[Tuple[str, str]], with_image: bool = True) -> Dict[str, List[int]]:
+    def encode_conversation(self, turns: Sequence[tuple[str, str]], with_image: bool = True) -> dict[str, list[int]]:
         """One multi-turn training example: the volume once, then ``[(question, answer), ...]`` in order.
 
         The first turn is laid out exactly as :meth:`encode_example` (so a single question at test
@@ -198,9 +221,9 @@ class LaMedProcessor:
                 return out
         return self.encode_example(*turns[0], with_image=with_image)
 
-    def _encode_turns(self, turns: Sequence[Tuple[str, str]], with_image: bool) -> Dict[str, List[int]]:
+    def _encode_turns(self, turns: Sequence[tuple[str, str]], with_image: bool) -> dict[str, list[int]]:
         eos = self.tokenizer.eos_token
-        spans: List[Tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []
         if self.prompt_format == "raw":
             text = self.prompt_text(turns[0][0], with_image)
             for k, (q, a) in enumerate(turns):
@@ -211,15 +234,16 @@ class LaMedProcessor:
                 spans.append((start, len(text)))
         else:
             first = self.prompt_text(turns[0][0], with_image)  # the template's first user turn, image expanded
-            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             for q, a in turns:
                 messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            head = self.tokenizer.apply_chat_template(messages[: len(messages) - 2 * len(turns) + 1], tokenize=False,
-                                                      add_generation_prompt=True)
+            head = self.tokenizer.apply_chat_template(
+                messages[: len(messages) - 2 * len(turns) + 1], tokenize=False, add_generation_prompt=True
+            )
             if not full.startswith(head):
                 raise ValueError("encode_conversation: the chat template does not extend its first turn by prefix")
-            text, cursor = first + full[len(head):], len(first)
+            text, cursor = first + full[len(head) :], len(first)
             for _, a in turns:
                 start = text.find(a, cursor)
                 if start < 0:
@@ -231,8 +255,10 @@ class LaMedProcessor:
                 cursor = end
         enc = self._tokenize(text)
         ids = list(enc["input_ids"])
-        labels = [t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-                  for t, (start, _) in zip(ids, enc["offset_mapping"])]
+        labels = [
+            t if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+            for t, (start, _) in zip(ids, enc["offset_mapping"])
+        ]
         self._check_image_count(ids, with_image)
         return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
@@ -240,18 +266,24 @@ class LaMedProcessor:
         n = sum(1 for i in ids if i == self.image_token_id)
         want = self.num_image_tokens if with_image else 0
         if n != want:
-            raise ValueError(f"tokenised prompt holds {n} {IMAGE_TOKEN} tokens, expected {want}; does the tokenizer "
-                             f"treat {IMAGE_TOKEN} as one added token?")
+            raise ValueError(
+                f"tokenised prompt holds {n} {IMAGE_TOKEN} tokens, expected {want}; does the tokenizer "
+                f"treat {IMAGE_TOKEN} as one added token?"
+            )
 
-    def __call__(self, questions: Union[str, Sequence[str]], images=None, padding_side: str = "left",
-                 with_image: bool = True) -> Dict[str, Any]:
+    def __call__(
+        self, questions: str | Sequence[str], images=None, padding_side: str = "left", with_image: bool = True
+    ) -> dict[str, Any]:
         """Batch of prompts for generation: ``{"input_ids", "attention_mask"[, "images"]}`` tensors, left-padded."""
         import torch
 
         questions = [questions] if isinstance(questions, str) else list(questions)
         rows = [self.encode_prompt(q, with_image) for q in questions]
-        batch = pad_sequences([{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows], self.pad_token_id,
-                              padding_side=padding_side)
+        batch = pad_sequences(
+            [{"input_ids": r, "attention_mask": [1] * len(r)} for r in rows],
+            self.pad_token_id,
+            padding_side=padding_side,
+        )
         if images is not None:
             images = torch.as_tensor(images)
             if images.ndim == 4:
@@ -261,7 +293,7 @@ class LaMedProcessor:
             batch["images"] = images
         return batch
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> Union[str, List[str]]:
+    def decode(self, ids, skip_special_tokens: bool = True) -> str | list[str]:
         """Decode one sequence or a batch (special tokens, hence pad / EOS / <im_patch>, skipped)."""
         import torch
 
@@ -272,19 +304,25 @@ class LaMedProcessor:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).strip()
 
     # ---- persistence -----------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return {"num_image_tokens": self.num_image_tokens, "prompt_format": self.prompt_format,
-                "system_prompt": self.system_prompt, "add_bos": self.add_bos, "max_length": self.max_length,
-                "image_position": self.image_position, "lamed_tokens": self.lamed_tokens}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_image_tokens": self.num_image_tokens,
+            "prompt_format": self.prompt_format,
+            "system_prompt": self.system_prompt,
+            "add_bos": self.add_bos,
+            "max_length": self.max_length,
+            "image_position": self.image_position,
+            "lamed_tokens": self.lamed_tokens,
+        }
 
-    def save_pretrained(self, out_dir: Union[str, Path], **kwargs) -> None:
+    def save_pretrained(self, out_dir: str | Path, **kwargs) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(out)
         atomic_write_text(out / PROCESSOR_FILE, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, Path], **overrides) -> "LaMedProcessor":
+    def from_pretrained(cls, path: str | Path, **overrides) -> LaMedProcessor:
         from transformers import AutoTokenizer
 
         path = Path(path)
@@ -295,8 +333,12 @@ class LaMedProcessor:
         return cls(AutoTokenizer.from_pretrained(str(path)), **cfg)
 
 
-def pad_sequences(rows: Sequence[Dict[str, Sequence[int]]], pad_token_id: int, padding_side: str = "right",
-                  pad_to_multiple_of: Optional[int] = None) -> Dict[str, Any]:
+def pad_sequences(
+    rows: Sequence[dict[str, Sequence[int]]],
+    pad_token_id: int,
+    padding_side: str = "right",
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
     """Pad ``input_ids`` (with ``pad_token_id``), ``attention_mask`` (0) and ``labels`` (-100) to one length."""
     import torch
 
@@ -322,10 +364,10 @@ class MLLMCollator:
     """``list[item] -> batch``: right-pads ``input_ids`` / ``attention_mask`` / ``labels`` to the
     longest item (dynamic padding) and stacks ``images`` ``(B, 1, D, H, W)`` (and ``slice_features``)."""
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None):
         self.pad_token_id, self.padding_side, self.pad_to_multiple_of = pad_token_id, padding_side, pad_to_multiple_of
 
-    def __call__(self, items: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         batch = pad_sequences(items, self.pad_token_id, self.padding_side, self.pad_to_multiple_of)
@@ -335,5 +377,17 @@ class MLLMCollator:
         return batch
 
 
-__all__ = ["LaMedProcessor", "MLLMCollator", "pad_sequences", "prepare_tokenizer", "format_box", "IMAGE_PLACEHOLDER",
-           "IMAGE_TOKEN", "SEG_TOKEN", "BOX_START", "BOX_END", "IGNORE_INDEX", "PROMPT_FORMATS"]
+__all__ = [
+    "LaMedProcessor",
+    "MLLMCollator",
+    "pad_sequences",
+    "prepare_tokenizer",
+    "format_box",
+    "IMAGE_PLACEHOLDER",
+    "IMAGE_TOKEN",
+    "SEG_TOKEN",
+    "BOX_START",
+    "BOX_END",
+    "IGNORE_INDEX",
+    "PROMPT_FORMATS",
+]

@@ -9,15 +9,15 @@ projector built for one encoder geometry fails loudly on another.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from LaMed.models.projectors.registry import register_projector
 
-Tokens = Union[torch.Tensor, Sequence[torch.Tensor]]
+Tokens = torch.Tensor | Sequence[torch.Tensor]
 ACTIVATIONS = ("gelu", "none")
 
 
@@ -36,7 +36,7 @@ def make_mlp(in_dim: int, out_dim: int, num_layers: int = 2, act: str = "gelu") 
         raise ValueError(f"an MLP needs num_layers >= 1, got {num_layers}")
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
-    layers: List[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     for _ in range(num_layers - 1):
         if act == "gelu":
             layers.append(nn.GELU())
@@ -59,7 +59,7 @@ class Projector(nn.Module):
         """Output width (the LLM hidden size)."""
         return self.config.out_dim
 
-    def _streams(self, x: Tokens, expected: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    def _streams(self, x: Tokens, expected: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         """Normalise ``x`` to a list of ``(B, N_s, C_s)`` and check it against ``expected`` (N_s, C_s)."""
         xs = [x] if isinstance(x, torch.Tensor) else list(x)
         name = type(self).__name__
@@ -74,7 +74,7 @@ class Projector(nn.Module):
         return xs
 
 
-def projector_inputs(encoder, indices: Sequence[int] | None = None) -> Dict:
+def projector_inputs(encoder, indices: Sequence[int] | None = None) -> dict:
     """Config fields describing what ``encoder`` feeds a projector (so nobody types token counts).
 
     Without ``indices``: ``{"in_dim": hidden_size, "grid_size": grid_size}`` of

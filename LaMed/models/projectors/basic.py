@@ -58,10 +58,19 @@ class TokenMLPProjector(Projector):
         return self.projector(x)
 
 
-register_variant("identity", TokenMLPProjector, TokenMLPConfig, "Tokens passed through unchanged.", num_layers=0, out_dim=None)
-register_variant("linear", TokenMLPProjector, TokenMLPConfig, "One Linear per token (M3D 'linear', 2048 tokens).", num_layers=1)
+register_variant(
+    "identity", TokenMLPProjector, TokenMLPConfig, "Tokens passed through unchanged.", num_layers=0, out_dim=None
+)
+register_variant(
+    "linear", TokenMLPProjector, TokenMLPConfig, "One Linear per token (M3D 'linear', 2048 tokens).", num_layers=1
+)
 register_variant("mlp", TokenMLPProjector, TokenMLPConfig, "Linear, GELU, Linear per token (n layers via num_layers).")
 register_variant(
-    "mlp_test", TokenMLPProjector, TokenMLPConfig, "Tiny MLP projector for tests.",
-    in_dim=32, out_dim=64, grid_size=(1, 2, 2),
+    "mlp_test",
+    TokenMLPProjector,
+    TokenMLPConfig,
+    "Tiny MLP projector for tests.",
+    in_dim=32,
+    out_dim=64,
+    grid_size=(1, 2, 2),
 )

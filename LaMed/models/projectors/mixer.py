@@ -10,7 +10,6 @@ i.e. 256 tokens of 3584 and 47,221,248 parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -23,9 +22,9 @@ class MixerConfig:
     """``out_tokens[s]`` lists the token count after each layer of stream ``s``; the width after
     layer ``i`` of ``L`` is ``out_dim / 2**(L - 1 - i)`` (halving backwards from the LLM width)."""
 
-    in_dims: Tuple[int, ...] = (384, 768)
-    grid_sizes: Tuple[Tuple[int, int, int], ...] = ((4, 8, 8), (2, 4, 4))
-    out_tokens: Tuple[Tuple[int, ...], ...] = ((192, 128), (64, 128))
+    in_dims: tuple[int, ...] = (384, 768)
+    grid_sizes: tuple[tuple[int, int, int], ...] = ((4, 8, 8), (2, 4, 4))
+    out_tokens: tuple[tuple[int, ...], ...] = ((192, 128), (64, 128))
     out_dim: int = 3584
     mlp_depth: int = 2
 
@@ -42,9 +41,11 @@ class MixerConfig:
             if not sched:
                 raise ValueError(f"MixerConfig.out_tokens[{s}] is empty; each stream needs at least one layer")
             if self.out_dim % 2 ** (len(sched) - 1):
-                raise ValueError(f"MixerConfig.out_dim {self.out_dim} is not divisible by 2**{len(sched) - 1} (stream {s})")
+                raise ValueError(
+                    f"MixerConfig.out_dim {self.out_dim} is not divisible by 2**{len(sched) - 1} (stream {s})"
+                )
 
-    def widths(self, stream: int) -> Tuple[int, ...]:
+    def widths(self, stream: int) -> tuple[int, ...]:
         depth = len(self.out_tokens[stream])
         return tuple(self.out_dim // 2 ** (depth - 1 - i) for i in range(depth))
 
@@ -91,10 +92,18 @@ class MixerProjector(Projector):
 
 
 register_variant(
-    "mixer", MixerProjector, MixerConfig,
+    "mixer",
+    MixerProjector,
+    MixerConfig,
     "Med3DVLM dual-stream MLP-Mixer: DCFormer-small stages 3 + 4 on 128x256x256 -> 256 tokens of 3584 (Qwen2.5-7B).",
 )
 register_variant(
-    "mixer_test", MixerProjector, MixerConfig, "Tiny two-stream mixer for tests (dcformer_test stages 3 and 4).",
-    in_dims=(16, 32), grid_sizes=((2, 4, 4), (1, 2, 2)), out_tokens=((8, 4), (6, 4)), out_dim=64,
+    "mixer_test",
+    MixerProjector,
+    MixerConfig,
+    "Tiny two-stream mixer for tests (dcformer_test stages 3 and 4).",
+    in_dims=(16, 32),
+    grid_sizes=((2, 4, 4), (1, 2, 2)),
+    out_tokens=((8, 4), (6, 4)),
+    out_dim=64,
 )

@@ -32,7 +32,9 @@ class PackerConfig:
     def __post_init__(self):
         self.grid_size, self.window = tuple(self.grid_size), tuple(self.window)
         if len(self.grid_size) != 3 or len(self.window) != 3:
-            raise ValueError(f"PackerConfig.grid_size and .window must be (d, h, w), got {self.grid_size}, {self.window}")
+            raise ValueError(
+                f"PackerConfig.grid_size and .window must be (d, h, w), got {self.grid_size}, {self.window}"
+            )
         if any(g % k for g, k in zip(self.grid_size, self.window)):
             raise ValueError(f"PackerConfig.grid_size {self.grid_size} is not divisible by window {self.window}")
         if self.num_streams < 1:
@@ -104,15 +106,26 @@ class SpatialPackerProjector(Projector):
 
 
 register_variant(
-    "packer", SpatialPackerProjector, PackerConfig,
+    "packer",
+    SpatialPackerProjector,
+    PackerConfig,
     "HSENet spatial packer, one stream: 8x16x16x768 -> 1x4x4 windows -> 128 tokens of 3072.",
 )
 register_variant(
-    "hsenet_packer", SpatialPackerProjector, PackerConfig,
+    "hsenet_packer",
+    SpatialPackerProjector,
+    PackerConfig,
     "HSENet's two parallel packers (3D ViT stream, then 2E3 stream) -> 256 tokens of 3072 (Phi-4-mini).",
     num_streams=2,
 )
 register_variant(
-    "packer_test", SpatialPackerProjector, PackerConfig, "Tiny two-stream packer for tests.",
-    in_dim=32, out_dim=64, grid_size=(2, 4, 4), window=(1, 2, 2), num_streams=2,
+    "packer_test",
+    SpatialPackerProjector,
+    PackerConfig,
+    "Tiny two-stream packer for tests.",
+    in_dim=32,
+    out_dim=64,
+    grid_size=(2, 4, 4),
+    window=(1, 2, 2),
+    num_streams=2,
 )

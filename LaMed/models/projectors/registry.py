@@ -7,8 +7,6 @@ Projector modules register themselves on import; ``LaMed.models.projectors`` imp
 
 from __future__ import annotations
 
-from typing import List
-
 from LaMed.utils.registry import Registry
 
 PROJECTORS: Registry = Registry("projector")
@@ -22,7 +20,7 @@ def create_projector(name: str, **overrides):
     return PROJECTORS.create(name, **overrides)
 
 
-def list_projectors() -> List[str]:
+def list_projectors() -> list[str]:
     import LaMed.models.projectors  # noqa: F401
 
     return PROJECTORS.names()

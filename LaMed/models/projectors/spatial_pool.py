@@ -34,9 +34,13 @@ class SpatialPoolConfig:
     def __post_init__(self):
         self.grid_size, self.pool_size = tuple(self.grid_size), tuple(self.pool_size)
         if len(self.grid_size) != 3 or len(self.pool_size) != 3:
-            raise ValueError(f"SpatialPoolConfig.grid_size and .pool_size must be (d, h, w), got {self.grid_size}, {self.pool_size}")
+            raise ValueError(
+                f"SpatialPoolConfig.grid_size and .pool_size must be (d, h, w), got {self.grid_size}, {self.pool_size}"
+            )
         if any(g % p for g, p in zip(self.grid_size, self.pool_size)):
-            raise ValueError(f"SpatialPoolConfig.grid_size {self.grid_size} is not divisible by pool_size {self.pool_size}")
+            raise ValueError(
+                f"SpatialPoolConfig.grid_size {self.grid_size} is not divisible by pool_size {self.pool_size}"
+            )
         if self.pool_mode not in POOL_MODES:
             raise ValueError(f"SpatialPoolConfig.pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
 
@@ -76,21 +80,32 @@ class SpatialPoolProjector(Projector):
 
 
 register_variant(
-    "spp", SpatialPoolProjector, SpatialPoolConfig,
+    "spp",
+    SpatialPoolProjector,
+    SpatialPoolConfig,
     "M3D-LaMed spatial pooling: 8x16x16x768 -> 2x2x2 avg pool -> 256 tokens -> MLP to the LLM width "
     "(3072 Phi-3; pass out_dim=4096 for Llama-2).",
 )
 register_variant(
-    "r1seg_pool_mlp", SpatialPoolProjector, SpatialPoolConfig,
+    "r1seg_pool_mlp",
+    SpatialPoolProjector,
+    SpatialPoolConfig,
     "R1Seg-3D: the SegVol ViT's 2048 tokens (no CLS) -> 2x2x2 avg pool -> 256 tokens -> MLP "
     "(3072 Phi-3-mini; out_dim=4096 for Llama-3.1-8B).",
 )
 register_variant(
-    "hsenet_pool_mlp", SpatialPoolProjector, SpatialPoolConfig,
+    "hsenet_pool_mlp",
+    SpatialPoolProjector,
+    SpatialPoolConfig,
     "HSENet's pooling baseline: 1x4x4 avg pool (2048 -> 128 tokens) then MLP to Phi-4-mini's 3072.",
     pool_size=(1, 4, 4),
 )
 register_variant(
-    "spp_test", SpatialPoolProjector, SpatialPoolConfig, "Tiny spatial-pooling projector for tests.",
-    in_dim=32, out_dim=64, grid_size=(2, 4, 4),
+    "spp_test",
+    SpatialPoolProjector,
+    SpatialPoolConfig,
+    "Tiny spatial-pooling projector for tests.",
+    in_dim=32,
+    out_dim=64,
+    grid_size=(2, 4, 4),
 )

@@ -17,6 +17,14 @@ from LaMed.models.reasoning.modeling import (
 )
 
 __all__ = [
-    "LaMedSegConfig", "LaMedSegForCausalLM", "LaMedSegOutput", "SegGeneration", "seg_token_positions",
-    "gather_seg_states", "first_stop_mask", "register_auto", "SEG_REDUCTIONS", "SEG_TOKEN_STATES",
+    "LaMedSegConfig",
+    "LaMedSegForCausalLM",
+    "LaMedSegOutput",
+    "SegGeneration",
+    "seg_token_positions",
+    "gather_seg_states",
+    "first_stop_mask",
+    "register_auto",
+    "SEG_REDUCTIONS",
+    "SEG_TOKEN_STATES",
 ]

@@ -15,13 +15,12 @@ ViT feeds both paths; otherwise into ``seg_module.image_encoder``. Every part lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
 
 from LaMed.models.checkpoint_files import read_state_dict
 from LaMed.models.convert.base import KeyReport, convert_state_dict, load_converted
 
 
-def seg_state_dict(source: str) -> Dict:
+def seg_state_dict(source: str) -> dict:
     """``SegVolModel``-layout tensors of ``source`` (a LaMed seg folder, or ``family:path``), text encoder dropped."""
     family, sep, path = source.partition(":")
     if sep and not Path(source).exists():
@@ -33,11 +32,11 @@ def seg_state_dict(source: str) -> Dict:
     return sd
 
 
-def load_seg_weights(model, source: str) -> Dict[str, KeyReport]:
+def load_seg_weights(model, source: str) -> dict[str, KeyReport]:
     """Load the segmentation head of ``model`` from ``source`` (see the module docstring); returns one
     :class:`KeyReport` per part (all empty: every part is loaded strictly)."""
     sd = seg_state_dict(source)
-    encoder = {k[len("image_encoder."):]: v for k, v in sd.items() if k.startswith("image_encoder.")}
+    encoder = {k[len("image_encoder.") :]: v for k, v in sd.items() if k.startswith("image_encoder.")}
     head = {k: v for k, v in sd.items() if not k.startswith("image_encoder.")}
     reports = {}
     if model.config.shared_encoder:

@@ -33,7 +33,7 @@ segmentation head, described as data:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any
 
 from LaMed.models.mllm.configuration import LaMedConfig
 
@@ -50,7 +50,7 @@ class LaMedSegConfig(LaMedConfig):
     model_type = "lamed_seg"
 
     seg_variant: str = "segvol"
-    seg_overrides: Optional[Dict[str, Any]] = None
+    seg_overrides: dict[str, Any] | None = None
     shared_encoder: bool = False
     seg_token_state: str = "predicting"
     seg_reduce: str = "each"
@@ -63,20 +63,26 @@ class LaMedSegConfig(LaMedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.seg_token_state not in SEG_TOKEN_STATES:
-            raise ValueError(f"LaMedSegConfig.seg_token_state must be one of {SEG_TOKEN_STATES}, got {self.seg_token_state!r}")
+            raise ValueError(
+                f"LaMedSegConfig.seg_token_state must be one of {SEG_TOKEN_STATES}, got {self.seg_token_state!r}"
+            )
         if self.seg_reduce not in SEG_REDUCTIONS:
             raise ValueError(f"LaMedSegConfig.seg_reduce must be one of {SEG_REDUCTIONS}, got {self.seg_reduce!r}")
         if not 0.0 <= float(self.seg_projector_dropout) < 1.0:
-            raise ValueError(f"LaMedSegConfig.seg_projector_dropout must be in [0, 1), got {self.seg_projector_dropout}")
+            raise ValueError(
+                f"LaMedSegConfig.seg_projector_dropout must be in [0, 1), got {self.seg_projector_dropout}"
+            )
         overrides = dict(self.seg_overrides or {})
         if overrides.get("text_encoder_config") is not None:
-            raise ValueError("LaMedSegConfig.seg_overrides: text_encoder_config must stay None (the [SEG] state is the prompt)")
+            raise ValueError(
+                "LaMedSegConfig.seg_overrides: text_encoder_config must stay None (the [SEG] state is the prompt)"
+            )
         overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
         self.seg_overrides = overrides
         if self.shared_encoder and len(self.tower_names) != 1:
             raise ValueError(f"LaMedSegConfig.shared_encoder needs exactly one vision tower, got {self.tower_names}")
 
-    def seg_config_fields(self) -> Dict[str, Any]:
+    def seg_config_fields(self) -> dict[str, Any]:
         """Overrides for ``create_seg_model(self.seg_variant, ...)``: the text encoder switched off and,
         with a shared encoder, the decoder geometry taken from the vision tower (its name and
         overrides), so the two cannot disagree."""

@@ -29,8 +29,8 @@ is the last prompt position (the published ``generate`` dropped that step).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,8 +45,9 @@ from LaMed.models.segmentation.common import upsample_logits
 
 
 # ---- [SEG] selection (pure functions: the hand-checkable core) -----------------------------------------
-def seg_token_positions(input_ids: torch.Tensor, seg_token_id: int, predicting: bool = True,
-                        valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def seg_token_positions(
+    input_ids: torch.Tensor, seg_token_id: int, predicting: bool = True, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the prompt state of every ``[SEG]`` sits.
 
     Args:
@@ -71,8 +72,9 @@ def seg_token_positions(input_ids: torch.Tensor, seg_token_id: int, predicting: 
     return rows[keep], cols[keep], ords[keep]
 
 
-def gather_seg_states(hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ordinals: torch.Tensor,
-                      reduce: str = "each") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_seg_states(
+    hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ordinals: torch.Tensor, reduce: str = "each"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hidden states ``(B, L, H)`` at ``(rows, cols)`` -> ``(states (N, H), rows (N,), ordinals (N,))``.
 
     ``reduce="each"`` keeps one state per ``[SEG]``; ``"mean"`` averages the states of each row
@@ -106,11 +108,11 @@ class LaMedSegOutput(CausalLMOutputWithPast):
     ``return_seg_logits=True``.
     """
 
-    loss_lm: Optional[torch.Tensor] = None
-    loss_dice: Optional[torch.Tensor] = None
-    loss_bce: Optional[torch.Tensor] = None
-    seg_logits: Optional[torch.Tensor] = None
-    seg_index: Optional[torch.Tensor] = None
+    loss_lm: torch.Tensor | None = None
+    loss_dice: torch.Tensor | None = None
+    loss_bce: torch.Tensor | None = None
+    seg_logits: torch.Tensor | None = None
+    seg_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -139,7 +141,7 @@ class _LastHidden:
 
     def __init__(self, keep_last_only: bool = False):
         self.keep_last_only = keep_last_only
-        self.calls: List[torch.Tensor] = []
+        self.calls: list[torch.Tensor] = []
 
     def __call__(self, module, args, output):
         hs = output[0] if isinstance(output, tuple) else output.last_hidden_state
@@ -173,8 +175,10 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         seg = create_seg_model(config.seg_variant, **config.seg_config_fields())
         seg_img, tower_img = tuple(seg.config.img_size), self._tower_img_size()
         if tower_img is not None and tuple(tower_img) != seg_img:
-            raise ValueError(f"LaMedSegConfig: the vision tower sees {tuple(tower_img)} volumes but seg variant "
-                             f"{config.seg_variant!r} expects {seg_img}; set seg_overrides.img_size (or the tower's img_size)")
+            raise ValueError(
+                f"LaMedSegConfig: the vision tower sees {tuple(tower_img)} volumes but seg variant "
+                f"{config.seg_variant!r} expects {seg_img}; set seg_overrides.img_size (or the tower's img_size)"
+            )
         if config.shared_encoder:
             self._check_shared(seg)
             # R1Seg-3D: the LLM's tower is the decoder's encoder; the variant's own encoder is not kept.
@@ -182,21 +186,25 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         self.seg_module = seg
         h, c = int(config.text_config.hidden_size), int(seg.config.embed_dim)
         # Published seg_projector: Linear(H, H), ReLU, Linear(H, C), Dropout(0.1) (keys 0.* and 2.*).
-        self.seg_projector = nn.Sequential(nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, c),
-                                           nn.Dropout(config.seg_projector_dropout))
+        self.seg_projector = nn.Sequential(
+            nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, c), nn.Dropout(config.seg_projector_dropout)
+        )
         for part in (self.seg_module, self.seg_projector):  # they initialise themselves (SAM / PyTorch schemes)
             for m in part.modules():
                 m._is_hf_initialized = True
 
     @classmethod
-    def from_mllm(cls, mllm: LaMedForCausalLM, **seg_fields) -> "LaMedSegForCausalLM":
+    def from_mllm(cls, mllm: LaMedForCausalLM, **seg_fields) -> LaMedSegForCausalLM:
         """Turn a built :class:`LaMedForCausalLM` (e.g. a stage-1 model) into a reasoning model *in place*:
         its tower, projector and LLM are kept as they are (no copy of a multi-GB LLM) and a fresh
         segmentation head is added. ``seg_fields``: :class:`LaMedSegConfig` fields."""
         if isinstance(mllm, LaMedSegForCausalLM):
             raise TypeError("from_mllm: the model already has a segmentation head")
-        fields = {k: v for k, v in mllm.config.to_dict().items()
-                  if k not in ("model_type", "architectures", "transformers_version", "segmentation")}
+        fields = {
+            k: v
+            for k, v in mllm.config.to_dict().items()
+            if k not in ("model_type", "architectures", "transformers_version", "segmentation")
+        }
         config = LaMedSegConfig.from_dict({**fields, **seg_fields})
         config.text_config = mllm.config.text_config  # keep the live LLM config (attention implementation, ...)
         mllm.__class__ = cls
@@ -215,31 +223,37 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
     def _check_shared(self, seg) -> None:
         tower, enc = self.towers[0], seg.image_encoder
         if tuple(tower.grid_size) != tuple(enc.grid_size) or int(tower.hidden_size) != int(seg.config.embed_dim):
-            raise ValueError(f"shared_encoder: tower {self.config.tower_names[0]!r} gives a {tuple(tower.grid_size)} grid of "
-                             f"{tower.hidden_size} channels, the decoder of {self.config.seg_variant!r} needs "
-                             f"{tuple(enc.grid_size)} x {seg.config.embed_dim}")
+            raise ValueError(
+                f"shared_encoder: tower {self.config.tower_names[0]!r} gives a {tuple(tower.grid_size)} grid of "
+                f"{tower.hidden_size} channels, the decoder of {self.config.seg_variant!r} needs "
+                f"{tuple(enc.grid_size)} x {seg.config.embed_dim}"
+            )
         cfg = getattr(tower, "config", None)
         if getattr(cfg, "feature_select", "patch") != "patch" or getattr(cfg, "feature_layer", -1) != -1:
-            raise ValueError("shared_encoder: the tower must give its final patch tokens (feature_select='patch', "
-                             "feature_layer=-1) so the LLM and the decoder see the same features")
+            raise ValueError(
+                "shared_encoder: the tower must give its final patch tokens (feature_select='patch', "
+                "feature_layer=-1) so the LLM and the decoder see the same features"
+            )
 
     @property
     def seg_token_id(self) -> int:
         if self.config.seg_token_id is None:
-            raise ValueError("config.seg_token_id is not set: build the model with the tokenizer's [SEG] id "
-                             "(LaMed.models.mllm.prepare_tokenizer)")
+            raise ValueError(
+                "config.seg_token_id is not set: build the model with the tokenizer's [SEG] id "
+                "(LaMed.models.mllm.prepare_tokenizer)"
+            )
         return int(self.config.seg_token_id)
 
     # ---- vision ----------------------------------------------------------------------------------
-    def encode_shared(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode_shared(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shared encoder: ``images (B, 1, D, H, W)`` -> ``(LLM tokens (B, T, H_llm), dense (B, C, d, h, w))``,
         one encoder pass for both."""
         tower = self.towers[0]
         dtype = next(self.mm_projector.parameters()).dtype
-        tokens = tower.forward_features(images.to(dtype))[:, tower.num_prefix_tokens:]
+        tokens = tower.forward_features(images.to(dtype))[:, tower.num_prefix_tokens :]
         return self.mm_projector(tokens), tokens_to_grid(tokens, tower.grid_size)
 
-    def seg_image_features(self, images: torch.Tensor, dense: Optional[torch.Tensor] = None):
+    def seg_image_features(self, images: torch.Tensor, dense: torch.Tensor | None = None):
         """Decoder image features of ``images`` (M3D: the seg module's own encoder; shared: ``dense``
         from :meth:`encode_shared`, computed here if not given)."""
 
@@ -253,8 +267,9 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
     def decode_prompts(self, features, prompts: torch.Tensor, image_index: torch.Tensor, size) -> torch.Tensor:
         """Projected prompts ``(N, C)`` on ``features`` (volume ``image_index[n]``) -> logits ``(N, 1, *size)``."""
 
-        low = self.seg_module.decode(features, Prompts(text_embedding=prompts.to(features.embeddings.dtype)),
-                                     image_index=image_index)
+        low = self.seg_module.decode(
+            features, Prompts(text_embedding=prompts.to(features.embeddings.dtype)), image_index=image_index
+        )
         return upsample_logits(low, tuple(size))
 
     @contextlib.contextmanager
@@ -270,19 +285,19 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
     # ---- forward ----------------------------------------------------------------------------------
     def forward(
         self,
-        input_ids: Optional[torch.LongTensor] = None,
-        images: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.LongTensor] = None,
+        input_ids: torch.LongTensor | None = None,
+        images: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         past_key_values=None,
-        inputs_embeds: Optional[torch.Tensor] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        slice_features: Optional[torch.Tensor] = None,
-        image_features: Optional[torch.Tensor] = None,
-        seg_masks: Optional[torch.Tensor] = None,
-        seg_valid: Optional[torch.Tensor] = None,
+        slice_features: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        seg_masks: torch.Tensor | None = None,
+        seg_valid: torch.Tensor | None = None,
         return_seg_logits: bool = False,
         **kwargs,
     ) -> LaMedSegOutput:
@@ -291,18 +306,33 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         exist; default all). Without ``seg_masks`` and ``return_seg_logits`` it is the plain MLLM."""
         want_seg = seg_masks is not None or return_seg_logits
         dense = None
-        if want_seg:
-            if input_ids is None or images is None:
-                raise ValueError("segmentation needs input_ids (to find [SEG]) and images")
-        if (self.config.shared_encoder and images is not None and image_features is None and inputs_embeds is None):
+        if want_seg and (input_ids is None or images is None):
+            raise ValueError("segmentation needs input_ids (to find [SEG]) and images")
+        if self.config.shared_encoder and images is not None and image_features is None and inputs_embeds is None:
             image_features, dense = self.encode_shared(images)
         with self.capture_last_hidden() if want_seg else contextlib.nullcontext() as rec:
-            out = super().forward(input_ids=input_ids, images=images, attention_mask=attention_mask,
-                                  position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                                  labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                                  slice_features=slice_features, image_features=image_features, **kwargs)
-        result = LaMedSegOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
-                                hidden_states=out.hidden_states, attentions=out.attentions, loss_lm=out.loss)
+            out = super().forward(
+                input_ids=input_ids,
+                images=images,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                slice_features=slice_features,
+                image_features=image_features,
+                **kwargs,
+            )
+        result = LaMedSegOutput(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            loss_lm=out.loss,
+        )
         if not want_seg:
             return result
         seg = self._segment_from_hidden(rec.value, input_ids, images, dense, seg_masks, seg_valid, attention_mask)
@@ -324,25 +354,37 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         yield from self.seg_projector.parameters()
         yield from self.seg_module.parameters()
 
-    def _segment_from_hidden(self, hidden, input_ids, images, dense, seg_masks, seg_valid, attention_mask) -> Dict:
+    def _segment_from_hidden(self, hidden, input_ids, images, dense, seg_masks, seg_valid, attention_mask) -> dict:
         """Select ``[SEG]`` states, match them with targets, decode and score them."""
         c = self.config
         valid_pos = attention_mask.bool() if attention_mask is not None else None
-        rows, cols, ords = seg_token_positions(input_ids, self.seg_token_id, c.seg_token_state == "predicting", valid_pos)
+        rows, cols, ords = seg_token_positions(
+            input_ids, self.seg_token_id, c.seg_token_state == "predicting", valid_pos
+        )
         states, rows, ords = gather_seg_states(hidden, rows, cols, ords, c.seg_reduce)
         if seg_masks is not None:
             if seg_masks.ndim != 5 or tuple(seg_masks.shape[2:]) != tuple(images.shape[2:]):
-                raise ValueError(f"seg_masks must be (B, K, D, H, W) at the volume size {tuple(images.shape[2:])}, "
-                                 f"got {tuple(seg_masks.shape)}")
+                raise ValueError(
+                    f"seg_masks must be (B, K, D, H, W) at the volume size {tuple(images.shape[2:])}, "
+                    f"got {tuple(seg_masks.shape)}"
+                )
             k = seg_masks.shape[1]
-            ok = seg_valid.bool() if seg_valid is not None else torch.ones(seg_masks.shape[:2], dtype=torch.bool,
-                                                                             device=seg_masks.device)
+            ok = (
+                seg_valid.bool()
+                if seg_valid is not None
+                else torch.ones(seg_masks.shape[:2], dtype=torch.bool, device=seg_masks.device)
+            )
             in_range = ords < k
             keep = in_range.clone()
             keep[in_range] = ok[rows[in_range], ords[in_range]]
             states, rows, ords = states[keep], rows[keep], ords[keep]
-        out = {"loss": None, "dice": None, "bce": None, "index": torch.stack([rows, ords], 1),
-               "logits": images.new_zeros((0, 1) + tuple(images.shape[2:]))}
+        out = {
+            "loss": None,
+            "dice": None,
+            "bce": None,
+            "index": torch.stack([rows, ords], 1),
+            "logits": images.new_zeros((0, 1) + tuple(images.shape[2:])),
+        }
         if rows.numel() == 0:
             return out
         uniq, inv = torch.unique(rows, return_inverse=True)
@@ -357,8 +399,14 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
 
     # ---- generation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_with_masks(self, input_ids: torch.Tensor, images: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                            slice_features: Optional[torch.Tensor] = None, **generate_kwargs) -> SegGeneration:
+    def generate_with_masks(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        slice_features: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> SegGeneration:
         """Generate answers and decode one mask per generated ``[SEG]``.
 
         ``input_ids (B, L)`` left-padded prompts, ``images (B, 1, D, H, W)``; ``generate_kwargs`` go to
@@ -378,8 +426,9 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         prompt_len = input_ids.shape[1]
         stepwise = generate_kwargs.get("num_beams", 1) == 1 and self.config.seg_token_state == "predicting"
         with self.capture_last_hidden(keep_last_only=True) if stepwise else contextlib.nullcontext() as rec:
-            seqs = self.generate(input_ids=input_ids, attention_mask=attention_mask, image_features=image_features,
-                                 **generate_kwargs)
+            seqs = self.generate(
+                input_ids=input_ids, attention_mask=attention_mask, image_features=image_features, **generate_kwargs
+            )
         if isinstance(seqs, dict) or hasattr(seqs, "sequences"):
             seqs = seqs.sequences
         new = seqs[:, prompt_len:]
@@ -395,25 +444,42 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
             # its last prompt position predicts the first new token, which the published code missed).
             steps = torch.stack(rec.calls[: new.shape[1]], 1)  # (B, T, H)
             never = torch.zeros_like(valid[:, :1])  # a filler column that can never count as a [SEG]
-            rows, cols, ords = seg_token_positions(torch.cat([new[:, :1], new], 1), self.seg_token_id, True,
-                                                   torch.cat([never, seg_valid], 1))
+            rows, cols, ords = seg_token_positions(
+                torch.cat([new[:, :1], new], 1), self.seg_token_id, True, torch.cat([never, seg_valid], 1)
+            )
             states, rows, ords = gather_seg_states(steps, rows, cols, ords, self.config.seg_reduce)
         else:
-            full_mask = torch.cat([attention_mask if attention_mask is not None else torch.ones_like(input_ids),
-                                   valid.long()], 1)
+            full_mask = torch.cat(
+                [attention_mask if attention_mask is not None else torch.ones_like(input_ids), valid.long()], 1
+            )
             with self.capture_last_hidden() as rec2:
-                super().forward(input_ids=seqs, attention_mask=full_mask, image_features=image_features, use_cache=False)
-            hidden = rec2.value[:, prompt_len - (1 if self.config.seg_token_state == "predicting" else 0):]
-            ids = torch.cat([seqs[:, prompt_len - 1: prompt_len], new], 1) if self.config.seg_token_state == "predicting" else new
-            v = torch.cat([torch.zeros_like(valid[:, :1]), seg_valid], 1) if self.config.seg_token_state == "predicting" \
+                super().forward(
+                    input_ids=seqs, attention_mask=full_mask, image_features=image_features, use_cache=False
+                )
+            hidden = rec2.value[:, prompt_len - (1 if self.config.seg_token_state == "predicting" else 0) :]
+            ids = (
+                torch.cat([seqs[:, prompt_len - 1 : prompt_len], new], 1)
+                if self.config.seg_token_state == "predicting"
+                else new
+            )
+            v = (
+                torch.cat([torch.zeros_like(valid[:, :1]), seg_valid], 1)
+                if self.config.seg_token_state == "predicting"
                 else seg_valid
-            rows, cols, ords = seg_token_positions(ids, self.seg_token_id, self.config.seg_token_state == "predicting", v)
+            )
+            rows, cols, ords = seg_token_positions(
+                ids, self.seg_token_id, self.config.seg_token_state == "predicting", v
+            )
             states, rows, ords = gather_seg_states(hidden, rows, cols, ords, self.config.seg_reduce)
         size = tuple(images.shape[2:])
         if rows.numel() == 0:
             c = int(self.seg_module.config.embed_dim)
-            return SegGeneration(new, torch.zeros(0, 2, dtype=torch.long, device=new.device), images.new_zeros(0, c),
-                                 images.new_zeros((0, 1) + size))
+            return SegGeneration(
+                new,
+                torch.zeros(0, 2, dtype=torch.long, device=new.device),
+                images.new_zeros(0, c),
+                images.new_zeros((0, 1) + size),
+            )
         prompts = self.seg_projector(states.to(next(self.seg_projector.parameters()).dtype))
         uniq, inv = torch.unique(rows, return_inverse=True)
         features = self.seg_image_features(images[uniq], None if dense is None else dense[uniq])
@@ -425,8 +491,11 @@ class LaMedSegForCausalLM(LaMedForCausalLM):
         ``images (1 or N, 1, D, H, W)``: logits ``(N, 1, D, H, W)``. Used to reuse one answer's
         ``[SEG]`` on every window of a larger volume without generating text again."""
         n = prompts.shape[0]
-        index = torch.zeros(n, dtype=torch.long, device=prompts.device) if images.shape[0] == 1 else \
-            torch.arange(n, device=prompts.device)
+        index = (
+            torch.zeros(n, dtype=torch.long, device=prompts.device)
+            if images.shape[0] == 1
+            else torch.arange(n, device=prompts.device)
+        )
         return self.decode_prompts(self.seg_image_features(images), prompts, index, images.shape[2:])
 
 
@@ -440,5 +509,12 @@ def register_auto() -> None:
 
 register_auto()
 
-__all__ = ["LaMedSegForCausalLM", "LaMedSegOutput", "SegGeneration", "seg_token_positions", "gather_seg_states",
-           "first_stop_mask", "register_auto"]
+__all__ = [
+    "LaMedSegForCausalLM",
+    "LaMedSegOutput",
+    "SegGeneration",
+    "seg_token_positions",
+    "gather_seg_states",
+    "first_stop_mask",
+    "register_auto",
+]

@@ -15,8 +15,8 @@ points=None, boxes=None) -> logits (B, 1, D, H, W)``, plus the training batch), 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -33,8 +33,8 @@ class ImageFeatures:
     family-specific maps: ``high_res`` (Text3DSAM skips) and ``levels`` (RefSAM3D stage maps)."""
 
     embeddings: torch.Tensor
-    high_res: List[torch.Tensor] = field(default_factory=list)
-    levels: List[torch.Tensor] = field(default_factory=list)
+    high_res: list[torch.Tensor] = field(default_factory=list)
+    levels: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -44,14 +44,14 @@ class Prompts:
     (D, H, W) with ``point_labels`` ``(N, P)`` (1 positive, 0 negative, -1 padding); ``boxes``
     ``(N, 6)`` as ``(d0, h0, w0, d1, h1, w1)`` voxel indices."""
 
-    text_embedding: Optional[torch.Tensor] = None
-    text_tokens: Optional[torch.Tensor] = None
-    text_mask: Optional[torch.Tensor] = None
-    points: Optional[torch.Tensor] = None
-    point_labels: Optional[torch.Tensor] = None
-    boxes: Optional[torch.Tensor] = None
+    text_embedding: torch.Tensor | None = None
+    text_tokens: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
 
-    def subset(self, parts) -> "Prompts":
+    def subset(self, parts) -> Prompts:
         """Keep only the prompt kinds in ``parts`` (``{"text", "box", "point"}``)."""
         return Prompts(
             text_embedding=self.text_embedding if "text" in parts else None,
@@ -67,11 +67,11 @@ class Prompts:
 class SegOutput(ModelOutput):
     """``logits`` ``(B, 1, D, H, W)`` at inference; ``loss`` and its parts when labels are given."""
 
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    loss_dice: Optional[torch.Tensor] = None
-    loss_bce: Optional[torch.Tensor] = None
-    loss_focal: Optional[torch.Tensor] = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    loss_dice: torch.Tensor | None = None
+    loss_bce: torch.Tensor | None = None
+    loss_focal: torch.Tensor | None = None
 
 
 class PromptableSegModel(PreTrainedModel):
@@ -85,8 +85,14 @@ class PromptableSegModel(PreTrainedModel):
     def encode_image(self, volume: torch.Tensor) -> ImageFeatures:
         raise NotImplementedError
 
-    def decode_once(self, features: ImageFeatures, prompts: Prompts, image_index: Optional[torch.Tensor],
-                    mask: Optional[torch.Tensor], extra_token: Optional[torch.Tensor]):
+    def decode_once(
+        self,
+        features: ImageFeatures,
+        prompts: Prompts,
+        image_index: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        extra_token: torch.Tensor | None,
+    ):
         raise NotImplementedError
 
     # ---- shared ---------------------------------------------------------------------------------
@@ -119,15 +125,20 @@ class PromptableSegModel(PreTrainedModel):
             return name
         return self.config.prompt_template.format(name.replace("_", " "))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                    return_tokens: bool = False):
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_tokens: bool = False
+    ):
         """Token ids ``(N, L)`` -> prompt embedding ``(N, C)`` [and tokens ``(N, L, C)``]."""
         if getattr(self, "text_encoder", None) is None:
-            raise ValueError(f"{type(self).__name__} was built without a text encoder (text_encoder_config=None); "
-                             "pass text_embedding instead of input_ids")
+            raise ValueError(
+                f"{type(self).__name__} was built without a text encoder (text_encoder_config=None); "
+                "pass text_embedding instead of input_ids"
+            )
         return self.text_encoder(input_ids, attention_mask, return_tokens=return_tokens)
 
-    def decode(self, features: ImageFeatures, prompts: Prompts, image_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def decode(
+        self, features: ImageFeatures, prompts: Prompts, image_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Rough pass plus ``config.refine_passes`` refinements (shared weights, only the last one
         returned): low-resolution logits ``(N, 1, d', h', w')``."""
         low, token = self.decode_once(features, prompts, image_index, None, None)
@@ -136,12 +147,20 @@ class PromptableSegModel(PreTrainedModel):
             size = self.prompt_encoder.mask_input_size
             if tuple(mask.shape[2:]) != tuple(size):
                 mask = upsample_logits(mask, size)
-            low, token = self.decode_once(features, prompts, image_index, mask, token if self.config.refine_token else None)
+            low, token = self.decode_once(
+                features, prompts, image_index, mask, token if self.config.refine_token else None
+            )
         return low
 
-    def encode_prompts(self, text_embedding: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
-                       attention_mask: Optional[torch.Tensor] = None, points: Optional[torch.Tensor] = None,
-                       point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None) -> Prompts:
+    def encode_prompts(
+        self,
+        text_embedding: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> Prompts:
         """Prompts of K queries for :meth:`decode`: text (``input_ids (K, L)`` + ``attention_mask``, or a
         ready ``text_embedding (K, C)``), points ``(K, P, 3)`` (+ ``point_labels (K, P)``, default all
         positive), boxes ``(K, 6)`` (or ``(K, 2, 3)``), in voxels of the model input. The text is encoded
@@ -159,11 +178,19 @@ class PromptableSegModel(PreTrainedModel):
             boxes = boxes.reshape(boxes.shape[0], 6)
         return Prompts(text_embedding, tokens, mask, points, point_labels, boxes)
 
-    def forward(self, volume: torch.Tensor, text_embedding: Optional[torch.Tensor] = None,
-                points: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None,
-                point_labels: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                label_mask: Optional[torch.Tensor] = None, **kwargs) -> SegOutput:
+    def forward(
+        self,
+        volume: torch.Tensor,
+        text_embedding: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SegOutput:
         """Inference: ``volume (B, 1, D, H, W)`` with one prompt per volume (``text_embedding (B, C)``
         or ``input_ids (B, L)``, ``points (B, P, 3)`` + ``point_labels (B, P)``, ``boxes (B, 6)``)
         -> ``logits (B, 1, D, H, W)``.
@@ -175,15 +202,18 @@ class PromptableSegModel(PreTrainedModel):
         (class, prompt type) of the per-sample loss.
         """
         if labels is not None:
-            return self._training_forward(volume, labels, label_mask, input_ids, attention_mask, points, point_labels, boxes, text_embedding)
+            return self._training_forward(
+                volume, labels, label_mask, input_ids, attention_mask, points, point_labels, boxes, text_embedding
+            )
         features = self.encode_image(volume)
         prompts = self.encode_prompts(text_embedding, input_ids, attention_mask, points, point_labels, boxes)
         low = self.decode(features, prompts)
         return SegOutput(logits=upsample_logits(low, volume.shape[2:]))
 
     # ---- training ---------------------------------------------------------------------------------
-    def _training_forward(self, volume, labels, label_mask, input_ids, attention_mask, points, point_labels, boxes,
-                          text_embedding=None) -> SegOutput:
+    def _training_forward(
+        self, volume, labels, label_mask, input_ids, attention_mask, points, point_labels, boxes, text_embedding=None
+    ) -> SegOutput:
         b, k = labels.shape[:2]
         if label_mask is None:
             label_mask = torch.ones(b, k, dtype=torch.bool, device=labels.device)
@@ -195,15 +225,18 @@ class PromptableSegModel(PreTrainedModel):
         def pick(x):
             return None if x is None else x[bi, ki]
 
-        prompts = self.encode_prompts(pick(text_embedding), pick(input_ids), pick(attention_mask),
-                                            pick(points), pick(point_labels), pick(boxes))
+        prompts = self.encode_prompts(
+            pick(text_embedding), pick(input_ids), pick(attention_mask), pick(points), pick(point_labels), pick(boxes)
+        )
         targets = labels[bi, ki].unsqueeze(1)
         kinds = [parse_prompt_type(t) for t in self.config.train_prompt_types]
         for parts in kinds:  # refuse early rather than decode with a silently missing prompt
             need = {"text": prompts.text_embedding, "box": prompts.boxes, "point": prompts.points}
             missing = [p for p in parts if need[p] is None]
             if missing:
-                raise ValueError(f"train_prompt_types has {'+'.join(sorted(parts))!r} but the batch has no {missing} prompts")
+                raise ValueError(
+                    f"train_prompt_types has {'+'.join(sorted(parts))!r} but the batch has no {missing} prompts"
+                )
         if self.config.encode_once:
             features = self.encode_image(volume)
             groups = [(torch.arange(len(bi), device=bi.device), features, bi)]
@@ -213,7 +246,7 @@ class PromptableSegModel(PreTrainedModel):
             for cls in torch.unique(ki).tolist():
                 sel = (ki == cls).nonzero().squeeze(1)
                 groups.append((sel, self.encode_image(volume), bi[sel]))
-        per_sample: Dict[str, List[torch.Tensor]] = {}
+        per_sample: dict[str, list[torch.Tensor]] = {}
         for parts in kinds:
             for sel, features, image_index in groups:
                 sub = _index_prompts(prompts.subset(parts), sel)
@@ -222,13 +255,23 @@ class PromptableSegModel(PreTrainedModel):
                 for name, value in self.loss_fn(logits, targets[sel]).items():
                     per_sample.setdefault(name, []).append(value)
         out = {name: torch.cat(v).mean() for name, v in per_sample.items()}
-        return SegOutput(loss=out["loss"], loss_dice=out.get("dice"), loss_bce=out.get("bce"), loss_focal=out.get("focal"))
+        return SegOutput(
+            loss=out["loss"], loss_dice=out.get("dice"), loss_bce=out.get("bce"), loss_focal=out.get("focal")
+        )
 
     # ---- convenience inference ---------------------------------------------------------------
     @torch.no_grad()
-    def segment(self, volume: torch.Tensor, texts: Sequence[str] | None = None, tokenizer=None,
-                text_embedding: Optional[torch.Tensor] = None, points=None, point_labels=None, boxes=None,
-                features: Optional[ImageFeatures] = None) -> torch.Tensor:
+    def segment(
+        self,
+        volume: torch.Tensor,
+        texts: Sequence[str] | None = None,
+        tokenizer=None,
+        text_embedding: torch.Tensor | None = None,
+        points=None,
+        point_labels=None,
+        boxes=None,
+        features: ImageFeatures | None = None,
+    ) -> torch.Tensor:
         """Probabilities ``(K, 1, D, H, W)`` for one volume ``(1, 1, D, H, W)`` and K prompts.
 
         The volume is encoded once and decoded for each of the K prompts (see :meth:`prompt_text`).
@@ -239,7 +282,9 @@ class PromptableSegModel(PreTrainedModel):
             if tokenizer is None:
                 tokenizer = getattr(self, "tokenizer", None)
             if tokenizer is None:
-                raise ValueError("segment(texts=...) needs a tokenizer (pass tokenizer= or load the model with load_seg_model)")
+                raise ValueError(
+                    "segment(texts=...) needs a tokenizer (pass tokenizer= or load the model with load_seg_model)"
+                )
             enc = tokenizer([self.prompt_text(t) for t in texts], padding=True, return_tensors="pt")
             dev = volume.device
             ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
@@ -254,4 +299,11 @@ def _index_prompts(p: Prompts, sel: torch.Tensor) -> Prompts:
     def take(x):
         return None if x is None else x.index_select(0, sel)
 
-    return Prompts(take(p.text_embedding), take(p.text_tokens), take(p.text_mask), take(p.points), take(p.point_labels), take(p.boxes))
+    return Prompts(
+        take(p.text_embedding),
+        take(p.text_tokens),
+        take(p.text_mask),
+        take(p.points),
+        take(p.point_labels),
+        take(p.boxes),
+    )

@@ -8,7 +8,7 @@ so the published SegVol, R1Seg-3D and Text3DSAM decoders load with ``strict=True
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,9 @@ class PositionEmbeddingRandom3D(nn.Module):
         grid = grid[..., list(PE_AXIS_ORDERS[self.axis_order])]
         return self.encode(grid).permute(3, 0, 1, 2)
 
-    def forward_with_coords(self, coords: torch.Tensor, image_size: Sequence[int], convention: str = "dhw") -> torch.Tensor:
+    def forward_with_coords(
+        self, coords: torch.Tensor, image_size: Sequence[int], convention: str = "dhw"
+    ) -> torch.Tensor:
         """Encode voxel coordinates ``(B, N, 3)`` given in ``(dim0, dim1, dim2)`` index units.
 
         ``convention="segvol"`` reproduces SegVol's normalisation ``(c0 / S1, c1 / S0, c2 / S2)``
@@ -103,7 +105,7 @@ class PositionEmbeddingRandom3D(nn.Module):
         return self.encode(c)
 
 
-def upsample_logits(logits: torch.Tensor, size: Tuple[int, int, int]) -> torch.Tensor:
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
     """Trilinear upsampling of ``(B, C, d, h, w)`` logits to ``size`` (align_corners False)."""
     if tuple(logits.shape[-3:]) == tuple(size):
         return logits

@@ -22,7 +22,6 @@ Shared fields (:class:`SegConfigBase`):
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Optional, Union
 
 from transformers import PretrainedConfig
 
@@ -56,7 +55,7 @@ class SegConfigBase(PretrainedConfig):
     image_encoder: str = "vit3d_base_segvol"
     image_encoder_overrides: dict = field(default_factory=dict)
     embed_dim: int = 768
-    text_encoder_config: Optional[Union[str, dict]] = "clip_text"
+    text_encoder_config: str | dict | None = "clip_text"
     text_pooling: str = "pooler"
     text_projection: str = "linear"
     freeze_text_backbone: bool = True
@@ -82,22 +81,26 @@ class SegConfigBase(PretrainedConfig):
     preprocess_preset: str = "segvol"
     # Full record (LaMed.data.presets.preset_spec) when a recipe or `lamed import` sets one; it wins
     # over preprocess_preset, which names a registered preset only.
-    preprocessing: Optional[dict] = None
+    preprocessing: dict | None = None
     threshold: float = 0.5
-    hidden_size: Optional[int] = None  # = embed_dim; what DeepSpeed "auto" bucket sizes read
+    hidden_size: int | None = None  # = embed_dim; what DeepSpeed "auto" bucket sizes read
 
     def __post_init__(self, **kwargs):
         name = type(self).__name__
         self.img_size = _tuple(self.img_size, 3, f"{name}.img_size")
-        self.image_encoder_overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.image_encoder_overrides).items()}
+        self.image_encoder_overrides = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.image_encoder_overrides).items()
+        }
         self.train_prompt_types = list(self.train_prompt_types)
         for t in self.train_prompt_types:
             parse_prompt_type(t)
         if self.refine_input not in ("logits", "sigmoid"):
             raise ValueError(f"{name}.refine_input must be 'logits' or 'sigmoid', got {self.refine_input!r}")
         if self.refine_passes and self.mask_downscaling in ("none", "segvol_2d"):
-            raise ValueError(f"{name}.refine_passes={self.refine_passes} needs a mask path (mask_downscaling 'conv3d' or "
-                             f"'decomp'), got {self.mask_downscaling!r}")
+            raise ValueError(
+                f"{name}.refine_passes={self.refine_passes} needs a mask path (mask_downscaling 'conv3d' or "
+                f"'decomp'), got {self.mask_downscaling!r}"
+            )
         if not 0.0 < float(self.threshold) < 1.0:
             raise ValueError(f"{name}.threshold is a probability in (0, 1), got {self.threshold}")
         self.hidden_size = self.embed_dim
@@ -129,7 +132,7 @@ class Text3DSAMConfig(SegConfigBase):
 
     img_size: list = field(default_factory=lambda: [128, 256, 256])
     image_encoder: str = "dcformer_text3dsam"
-    text_encoder_config: Optional[Union[str, dict]] = "tiny_clinicalbert"
+    text_encoder_config: str | dict | None = "tiny_clinicalbert"
     text_pooling: str = "cls"
     text_projection: str = "mlp"
     freeze_text_backbone: bool = False

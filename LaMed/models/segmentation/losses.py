@@ -17,7 +17,6 @@ Shapes: ``logits`` and ``target`` ``(B, C, *spatial)``; results ``(B,)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +31,9 @@ def _targets(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.clamp(min=0)  # -1 (ignore) -> 0, as the published loss does
 
 
-def binary_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
-                     smooth_numerator: bool = False) -> torch.Tensor:
+def binary_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, smooth_numerator: bool = False
+) -> torch.Tensor:
     """SegVol's (or, with ``smooth_numerator``, R1Seg-3D's) Dice loss per sample ``(B,)`` (see module docstring)."""
     p = torch.sigmoid(logits.float()).flatten(1)
     t = _targets(target, p).flatten(1)
@@ -47,7 +47,9 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(x, _targets(target, x), reduction="none").flatten(1).mean(1)
 
 
-def dice_loss_monai(logits: torch.Tensor, target: torch.Tensor, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.Tensor:
+def dice_loss_monai(
+    logits: torch.Tensor, target: torch.Tensor, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5
+) -> torch.Tensor:
     """MONAI ``DiceLoss(sigmoid=True)`` per sample, averaged over channels: ``(B,)``."""
     p = torch.sigmoid(logits.float())
     t = _targets(target, p)
@@ -87,12 +89,15 @@ class SegLoss:
         if self.kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.kind!r}")
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.kind in ("dice_bce", "dice_bce_r1seg"):
             dice = binary_dice_loss(logits, target, smooth_numerator=self.kind == "dice_bce_r1seg")
             parts = {"dice": dice, "bce": bce_loss(logits, target)}
             total = self.dice_weight * parts["dice"] + self.bce_weight * parts["bce"]
         else:
-            parts = {"dice": dice_loss_monai(logits, target), "focal": focal_loss_monai(logits, target, self.focal_gamma)}
+            parts = {
+                "dice": dice_loss_monai(logits, target),
+                "focal": focal_loss_monai(logits, target, self.focal_gamma),
+            }
             total = self.dice_weight * parts["dice"] + self.focal_weight * parts["focal"]
         return {"loss": total, **parts}

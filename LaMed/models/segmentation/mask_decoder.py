@@ -12,7 +12,7 @@ decodes against, so one encoded volume serves many prompts (classes, prompt type
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from LaMed.models.segmentation.transformer import TwoWayTransformer
 UPSCALE_NORMS = ("channel", "full")
 
 
-def select_images(x: torch.Tensor, n_prompts: int, image_index: Optional[torch.Tensor]) -> torch.Tensor:
+def select_images(x: torch.Tensor, n_prompts: int, image_index: torch.Tensor | None) -> torch.Tensor:
     """Per-prompt view of per-image tensors ``(B_img, ...)`` -> ``(B_prompts, ...)``."""
     if image_index is not None:
         return x.index_select(0, image_index.to(x.device))
@@ -50,10 +50,20 @@ class MaskDecoder3D(nn.Module):
     ``multimask_output``), IoU predictions ``(B, M)`` and the chosen mask-token outputs ``(B, M, C)``.
     """
 
-    def __init__(self, transformer_dim: int = 768, image_embedding_size: Sequence[int] = (8, 16, 16),
-                 num_multimask_outputs: int = 3, transformer_depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
-                 attention_downsample_rate: int = 2, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
-                 upscale_norm: str = "channel", text_align: bool = True):
+    def __init__(
+        self,
+        transformer_dim: int = 768,
+        image_embedding_size: Sequence[int] = (8, 16, 16),
+        num_multimask_outputs: int = 3,
+        transformer_depth: int = 2,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        upscale_norm: str = "channel",
+        text_align: bool = True,
+    ):
         super().__init__()
         if upscale_norm not in UPSCALE_NORMS:
             raise ValueError(f"upscale_norm must be one of {UPSCALE_NORMS}, got {upscale_norm!r}")
@@ -69,33 +79,47 @@ class MaskDecoder3D(nn.Module):
         else:
             norm = LayerNorm3d(c // 4)
         self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose3d(c, c // 4, 2, stride=2), norm, nn.GELU(),
-            nn.ConvTranspose3d(c // 4, c // 8, 2, stride=2), nn.GELU(),
+            nn.ConvTranspose3d(c, c // 4, 2, stride=2),
+            norm,
+            nn.GELU(),
+            nn.ConvTranspose3d(c // 4, c // 8, 2, stride=2),
+            nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens))
         self.iou_prediction_head = MLP(c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
         if text_align:
             self.txt_align_upscaled_embedding = nn.Linear(c, c // 8)
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, text_embedding: Optional[torch.Tensor] = None,
-                multimask_output: bool = False, image_index: Optional[torch.Tensor] = None,
-                upscaled_residual: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        text_embedding: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        image_index: torch.Tensor | None = None,
+        upscaled_residual: torch.Tensor | None = None,
+    ):
         """``upscaled_residual`` ``(B_img or B, C/8, 4d, 4h, 4w)`` is added to the upscaled embedding
         before the hypernetwork product (RefSAM3D's multi-level aggregation)."""
         b = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse_prompt_embeddings.dtype),
-                            sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse_prompt_embeddings.dtype), sparse_prompt_embeddings],
+            dim=1,
+        )
         src = select_images(image_embeddings, b, image_index) + dense_prompt_embeddings
         pos = image_pe.expand(b, *image_pe.shape[1:]) if image_pe.shape[0] == 1 else image_pe
         grid = src.shape[2:]
         hs, src = self.transformer(src, pos, tokens)
-        iou_token_out, mask_tokens_out = hs[:, 0], hs[:, 1:1 + self.num_mask_tokens]
+        iou_token_out, mask_tokens_out = hs[:, 0], hs[:, 1 : 1 + self.num_mask_tokens]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, -1, *grid))
         if upscaled_residual is not None:
             upscaled = upscaled + select_images(upscaled_residual, b, image_index)
-        hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
         bu, cu = upscaled.shape[:2]
         flat = upscaled.flatten(2)  # (B, C/8, N)
         masks = hyper_in @ flat  # (B, M_tokens, N)
@@ -123,9 +147,16 @@ class HighResMaskDecoder3D(nn.Module):
         high_res_channels: channels of ``(high_res[0], high_res[1])`` (published 48 and 192).
     """
 
-    def __init__(self, transformer_dim: int = 768, high_res_channels: Tuple[int, int] = (48, 192),
-                 num_multimask_outputs: int = 3, transformer_depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
-                 attention_downsample_rate: int = 2):
+    def __init__(
+        self,
+        transformer_dim: int = 768,
+        high_res_channels: tuple[int, int] = (48, 192),
+        num_multimask_outputs: int = 3,
+        transformer_depth: int = 2,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+    ):
         super().__init__()
         c = transformer_dim
         self.transformer_dim = c
@@ -134,8 +165,14 @@ class HighResMaskDecoder3D(nn.Module):
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, c)
         # Indices 1, 2, 5, 6 carry weights (published keys); 0 / 4 are the upsampling steps.
         self.output_upscaling = nn.Sequential(
-            nn.Identity(), nn.Conv3d(c, c // 4, 1), LayerNorm3d(c // 4), nn.GELU(),
-            nn.Identity(), nn.Conv3d(c // 4, c // 16, 1), LayerNorm3d(c // 16), nn.GELU(),
+            nn.Identity(),
+            nn.Conv3d(c, c // 4, 1),
+            LayerNorm3d(c // 4),
+            nn.GELU(),
+            nn.Identity(),
+            nn.Conv3d(c // 4, c // 16, 1),
+            LayerNorm3d(c // 16),
+            nn.GELU(),
         )
         self.feat_conv0 = nn.Conv3d(high_res_channels[0], c // 16, 1)
         self.feat_conv1 = nn.Conv3d(high_res_channels[1], c // 4, 1)
@@ -144,12 +181,24 @@ class HighResMaskDecoder3D(nn.Module):
             nn.Linear(c, c // 4), nn.LayerNorm(c // 4), nn.GELU(), nn.Linear(c // 4, c // 16)
         )
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, high_res_features: Sequence[torch.Tensor],
-                text_embedding: Optional[torch.Tensor] = None, image_index: Optional[torch.Tensor] = None):
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        high_res_features: Sequence[torch.Tensor],
+        text_embedding: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ):
         b = sparse_prompt_embeddings.shape[0]
-        tokens = torch.cat([self.mask_tokens.weight.unsqueeze(0).expand(b, -1, -1).to(sparse_prompt_embeddings.dtype),
-                            sparse_prompt_embeddings], dim=1)
+        tokens = torch.cat(
+            [
+                self.mask_tokens.weight.unsqueeze(0).expand(b, -1, -1).to(sparse_prompt_embeddings.dtype),
+                sparse_prompt_embeddings,
+            ],
+            dim=1,
+        )
         src = select_images(image_embeddings, b, image_index) + dense_prompt_embeddings
         pos = image_pe.expand(b, *image_pe.shape[1:]) if image_pe.shape[0] == 1 else image_pe
         grid = src.shape[2:]

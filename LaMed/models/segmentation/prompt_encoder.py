@@ -23,7 +23,7 @@ Coordinates of points and boxes are voxel indices of the decoder's input volume 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -34,19 +34,27 @@ MASK_DOWNSCALING = ("none", "segvol_2d", "conv3d", "decomp")
 MASK_SCALE = {"none": 1, "segvol_2d": 4, "conv3d": 4, "decomp": 16}
 
 
-def _mask_downscaling(kind: str, embed_dim: int, mask_in_chans: int) -> Optional[nn.Module]:
+def _mask_downscaling(kind: str, embed_dim: int, mask_in_chans: int) -> nn.Module | None:
     if kind == "none":
         return None
     if kind == "segvol_2d":
         return nn.Sequential(
-            nn.Conv2d(1, mask_in_chans // 4, 2, stride=2), LayerNorm3d(mask_in_chans // 4), nn.GELU(),
-            nn.Conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2), LayerNorm3d(mask_in_chans), nn.GELU(),
+            nn.Conv2d(1, mask_in_chans // 4, 2, stride=2),
+            LayerNorm3d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, 2, stride=2),
+            LayerNorm3d(mask_in_chans),
+            nn.GELU(),
             nn.Conv2d(mask_in_chans, embed_dim, 1),
         )
     if kind == "conv3d":
         return nn.Sequential(
-            nn.Conv3d(1, mask_in_chans // 4, 2, stride=2), LayerNorm3d(mask_in_chans // 4), nn.GELU(),
-            nn.Conv3d(mask_in_chans // 4, mask_in_chans, 2, stride=2), LayerNorm3d(mask_in_chans), nn.GELU(),
+            nn.Conv3d(1, mask_in_chans // 4, 2, stride=2),
+            LayerNorm3d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv3d(mask_in_chans // 4, mask_in_chans, 2, stride=2),
+            LayerNorm3d(mask_in_chans),
+            nn.GELU(),
             nn.Conv3d(mask_in_chans, embed_dim, 1),
         )
     if kind == "decomp":
@@ -54,9 +62,12 @@ def _mask_downscaling(kind: str, embed_dim: int, mask_in_chans: int) -> Optional
 
         e = embed_dim
         return nn.Sequential(
-            DecompConv3D(1, e // 8, 7, stride=4), nn.GELU(),
-            DecompConv3D(e // 8, e // 4, 5, stride=2), nn.GELU(),
-            DecompConv3D(e // 4, e // 2, 3, stride=2), nn.GELU(),
+            DecompConv3D(1, e // 8, 7, stride=4),
+            nn.GELU(),
+            DecompConv3D(e // 8, e // 4, 5, stride=2),
+            nn.GELU(),
+            DecompConv3D(e // 4, e // 2, 3, stride=2),
+            nn.GELU(),
             DecompConv3D(e // 2, e, 3),
         )
     raise ValueError(f"mask_downscaling must be one of {MASK_DOWNSCALING}, got {kind!r}")
@@ -78,9 +89,17 @@ class PromptEncoder3D(nn.Module):
             text-only decoders (Text3DSAM), which then have no point / box inputs.
     """
 
-    def __init__(self, embed_dim: int, image_embedding_size: Sequence[int], input_image_size: Sequence[int],
-                 mask_in_chans: int = 16, mask_downscaling: str = "segvol_2d", point_convention: str = "dhw",
-                 pe_axis_order: str = "dhw", num_point_embeddings: int = 4):
+    def __init__(
+        self,
+        embed_dim: int,
+        image_embedding_size: Sequence[int],
+        input_image_size: Sequence[int],
+        mask_in_chans: int = 16,
+        mask_downscaling: str = "segvol_2d",
+        point_convention: str = "dhw",
+        pe_axis_order: str = "dhw",
+        num_point_embeddings: int = 4,
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.image_embedding_size = tuple(int(s) for s in image_embedding_size)
@@ -92,14 +111,14 @@ class PromptEncoder3D(nn.Module):
             self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(num_point_embeddings))
             self.not_a_point_embed = nn.Embedding(1, embed_dim)
         self.mask_kind = mask_downscaling
-        self.mask_scale = MASK_SCALE[mask_downscaling] if mask_downscaling in MASK_SCALE else None
+        self.mask_scale = MASK_SCALE.get(mask_downscaling)
         md = _mask_downscaling(mask_downscaling, embed_dim, mask_in_chans)
         if md is not None:
             self.mask_downscaling = md
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     @property
-    def mask_input_size(self) -> Tuple[int, int, int]:
+    def mask_input_size(self) -> tuple[int, int, int]:
         """Size of the mask that ``mask_downscaling`` expects (``mask_scale`` x the grid)."""
         return tuple(s * (self.mask_scale or 1) for s in self.image_embedding_size)
 
@@ -120,7 +139,7 @@ class PromptEncoder3D(nn.Module):
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        corners = (boxes.reshape(-1, 2, 3) + 0.5)
+        corners = boxes.reshape(-1, 2, 3) + 0.5
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size, self.point_convention)
         corner_types = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight]).to(emb.dtype)
         return emb + corner_types
@@ -128,11 +147,11 @@ class PromptEncoder3D(nn.Module):
     def forward(
         self,
         batch_size: int,
-        points: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-        boxes: Optional[torch.Tensor] = None,
-        masks: Optional[torch.Tensor] = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
         prompt_embeddings: Sequence[torch.Tensor] = (),
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(sparse (B, T, C), dense (B, C, d, h, w))``.
 
         Args:

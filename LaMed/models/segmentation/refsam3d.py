@@ -30,8 +30,6 @@ Inferred here (each a visible design choice):
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,7 +68,7 @@ class HierarchicalCrossAttention(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(LevelCrossAttention(dim, level_in, num_heads) for _ in range(num_levels))
 
-    def forward(self, text: torch.Tensor, levels: List[torch.Tensor], level_pe: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, levels: list[torch.Tensor], level_pe: torch.Tensor) -> torch.Tensor:
         for block, level in zip(self.blocks, levels):
             text = block(text, level, level_pe)
         return text
@@ -82,11 +80,13 @@ class MultiLevelAggregation(nn.Module):
     def __init__(self, level_in: int, num_levels: int, level_dim: int, out_dim: int, scale: int = 4):
         super().__init__()
         self.reduce = nn.ModuleList(nn.Conv3d(level_in, level_dim, 1) for _ in range(num_levels))
-        self.fuse = nn.Sequential(nn.Conv3d(num_levels * level_dim, out_dim, 3, padding=1), LayerNorm3d(out_dim), nn.GELU())
+        self.fuse = nn.Sequential(
+            nn.Conv3d(num_levels * level_dim, out_dim, 3, padding=1), LayerNorm3d(out_dim), nn.GELU()
+        )
         self.scale = scale
 
-    def forward(self, levels: List[torch.Tensor]) -> torch.Tensor:
-        x = self.fuse(torch.cat([r(l) for r, l in zip(self.reduce, levels)], dim=1))
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        x = self.fuse(torch.cat([r(level) for r, level in zip(self.reduce, levels)], dim=1))
         return F.interpolate(x, scale_factor=self.scale, mode="trilinear", align_corners=False)
 
 
@@ -104,13 +104,23 @@ class RefSAM3DModel(PromptableSegModel):
             raise ValueError(f"RefSAM3D: encoder neck width {enc.hidden_size} must equal embed_dim {args.embed_dim}")
         grid, c = enc.grid_size, args.embed_dim
         level_in, n_levels = enc.config.hidden_size, len(enc.config.stage_indices)
-        self.prompt_encoder = PromptEncoder3D(c, grid, args.img_size, args.mask_in_chans, args.mask_downscaling,
-                                              args.point_convention, args.pe_axis_order)
+        self.prompt_encoder = PromptEncoder3D(
+            c, grid, args.img_size, args.mask_in_chans, args.mask_downscaling, args.point_convention, args.pe_axis_order
+        )
         self.cross_attention = HierarchicalCrossAttention(c, level_in, n_levels, args.cross_attn_heads)
         self.dense_proj = nn.Linear(c, c)
         self.aggregation = MultiLevelAggregation(level_in, n_levels, args.level_dim, c // 8)
-        self.mask_decoder = MaskDecoder3D(c, grid, args.num_multimask_outputs, args.transformer_depth, args.num_heads,
-                                          args.mlp_dim, args.attention_downsample_rate, upscale_norm="channel", text_align=True)
+        self.mask_decoder = MaskDecoder3D(
+            c,
+            grid,
+            args.num_multimask_outputs,
+            args.transformer_depth,
+            args.num_heads,
+            args.mlp_dim,
+            args.attention_downsample_rate,
+            upscale_norm="channel",
+            text_align=True,
+        )
         self.text_encoder = build_text_encoder(args)
         self.post_init()
 
@@ -127,11 +137,15 @@ class RefSAM3DModel(PromptableSegModel):
         text = prompts.text_embedding.unsqueeze(1)
         if prompts.text_tokens is not None:
             text = torch.cat([text, prompts.text_tokens], dim=1)
-        levels = [select_images(l, n, image_index) for l in features.levels]
+        levels = [select_images(level, n, image_index) for level in features.levels]
         text = self.cross_attention(text, levels, pe.expand(n, *pe.shape[1:]))
         sentence = text[:, 0]
         if prompts.text_tokens is not None:
-            m = prompts.text_mask.unsqueeze(-1).to(text.dtype) if prompts.text_mask is not None else torch.ones_like(text[:, 1:, :1])
+            m = (
+                prompts.text_mask.unsqueeze(-1).to(text.dtype)
+                if prompts.text_mask is not None
+                else torch.ones_like(text[:, 1:, :1])
+            )
             words = (text[:, 1:] * m).sum(1) / m.sum(1).clamp(min=1.0)
         else:
             words = sentence
@@ -139,5 +153,7 @@ class RefSAM3DModel(PromptableSegModel):
         sparse, dense = self.prompt_encoder(n, points, prompts.boxes, mask, [sentence, words, extra_token])
         dense = dense + self.dense_proj(words)[:, :, None, None, None]
         residual = self.aggregation(features.levels)
-        low, _, token = self.mask_decoder(emb, pe, sparse, dense, sentence, image_index=image_index, upscaled_residual=residual)
+        low, _, token = self.mask_decoder(
+            emb, pe, sparse, dense, sentence, image_index=image_index, upscaled_residual=residual
+        )
         return low, token

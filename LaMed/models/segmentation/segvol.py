@@ -16,8 +16,6 @@ M3D-LaMed / R1Seg-3D drive it with a projected LLM ``[SEG]`` hidden state instea
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from LaMed.models.encoders import create_encoder
@@ -31,14 +29,21 @@ from LaMed.models.segmentation.text_encoder import TextPromptEncoder, text_confi
 
 def build_image_encoder(args):
     """The registered encoder ``args.image_encoder`` built for ``args.img_size``."""
-    return create_encoder(args.image_encoder, **{"img_size": tuple(args.img_size), **dict(args.image_encoder_overrides)})
+    return create_encoder(
+        args.image_encoder, **{"img_size": tuple(args.img_size), **dict(args.image_encoder_overrides)}
+    )
 
 
-def build_text_encoder(args) -> Optional[TextPromptEncoder]:
+def build_text_encoder(args) -> TextPromptEncoder | None:
     if args.text_encoder_config is None:
         return None
-    return TextPromptEncoder(text_config(args.text_encoder_config), args.embed_dim, args.text_pooling, args.text_projection,
-                             args.freeze_text_backbone)
+    return TextPromptEncoder(
+        text_config(args.text_encoder_config),
+        args.embed_dim,
+        args.text_pooling,
+        args.text_projection,
+        args.freeze_text_backbone,
+    )
 
 
 class SegVolModel(PromptableSegModel):
@@ -52,15 +57,33 @@ class SegVolModel(PromptableSegModel):
         args = config.args
         self.image_encoder = build_image_encoder(args)
         if self.image_encoder.hidden_size != args.embed_dim:
-            raise ValueError(f"SegVol: image encoder {args.image_encoder!r} is {self.image_encoder.hidden_size} wide "
-                             f"but embed_dim is {args.embed_dim}; they must match")
+            raise ValueError(
+                f"SegVol: image encoder {args.image_encoder!r} is {self.image_encoder.hidden_size} wide "
+                f"but embed_dim is {args.embed_dim}; they must match"
+            )
         grid = self.image_encoder.grid_size
-        self.prompt_encoder = PromptEncoder3D(args.embed_dim, grid, args.img_size, args.mask_in_chans, args.mask_downscaling,
-                                              args.point_convention, args.pe_axis_order,
-                                              num_point_embeddings=4 if args.point_prompts else 0)
+        self.prompt_encoder = PromptEncoder3D(
+            args.embed_dim,
+            grid,
+            args.img_size,
+            args.mask_in_chans,
+            args.mask_downscaling,
+            args.point_convention,
+            args.pe_axis_order,
+            num_point_embeddings=4 if args.point_prompts else 0,
+        )
         self.mask_decoder = MaskDecoder3D(
-            args.embed_dim, grid, args.num_multimask_outputs, args.transformer_depth, args.num_heads, args.mlp_dim,
-            args.attention_downsample_rate, args.iou_head_depth, args.iou_head_hidden_dim, args.upscale_norm, args.text_align,
+            args.embed_dim,
+            grid,
+            args.num_multimask_outputs,
+            args.transformer_depth,
+            args.num_heads,
+            args.mlp_dim,
+            args.attention_downsample_rate,
+            args.iou_head_depth,
+            args.iou_head_hidden_dim,
+            args.upscale_norm,
+            args.text_align,
         )
         self.text_encoder = build_text_encoder(args)
         self.post_init()
@@ -68,7 +91,7 @@ class SegVolModel(PromptableSegModel):
     def encode_image(self, volume: torch.Tensor) -> ImageFeatures:
         """``(B, 1, D, H, W)`` -> embeddings ``(B, C, d, h, w)`` (final-normed patch tokens)."""
         enc = self.image_encoder
-        tokens = enc.forward_features(volume)[:, enc.num_prefix_tokens:]
+        tokens = enc.forward_features(volume)[:, enc.num_prefix_tokens :]
         return ImageFeatures(embeddings=tokens_to_grid(tokens, enc.grid_size))
 
     def decode_once(self, features: ImageFeatures, prompts: Prompts, image_index=None, mask=None, extra_token=None):
@@ -77,8 +100,9 @@ class SegVolModel(PromptableSegModel):
         pe = self.prompt_encoder.get_dense_pe(emb.shape[2:]).to(emb.dtype)
         points = (prompts.points, prompts.point_labels) if prompts.points is not None else None
         sparse, dense = self.prompt_encoder(n, points, prompts.boxes, mask, [prompts.text_embedding, extra_token])
-        low, _, token = self.mask_decoder(emb, pe, sparse.to(emb.dtype), dense.to(emb.dtype), prompts.text_embedding,
-                                          image_index=image_index)
+        low, _, token = self.mask_decoder(
+            emb, pe, sparse.to(emb.dtype), dense.to(emb.dtype), prompts.text_embedding, image_index=image_index
+        )
         return low, token
 
 

@@ -44,14 +44,31 @@ class Text3DSAMModel(PromptableSegModel):
             raise ValueError(f"Text3DSAM needs a hierarchical (DCFormer) encoder, got {args.image_encoder!r}")
         channels = enc.config.channels
         if channels[args.embed_stage] != args.embed_dim:
-            raise ValueError(f"Text3DSAM: stage {args.embed_stage} of {args.image_encoder!r} has {channels[args.embed_stage]} "
-                             f"channels but embed_dim is {args.embed_dim}")
+            raise ValueError(
+                f"Text3DSAM: stage {args.embed_stage} of {args.image_encoder!r} has {channels[args.embed_stage]} "
+                f"channels but embed_dim is {args.embed_dim}"
+            )
         grid = enc.stage_grid_size(args.embed_stage, args.img_size)
-        self.prompt_encoder = PromptEncoder3D(args.embed_dim, grid, args.img_size, args.mask_in_chans, args.mask_downscaling,
-                                              args.point_convention, args.pe_axis_order, num_point_embeddings=0)
+        self.prompt_encoder = PromptEncoder3D(
+            args.embed_dim,
+            grid,
+            args.img_size,
+            args.mask_in_chans,
+            args.mask_downscaling,
+            args.point_convention,
+            args.pe_axis_order,
+            num_point_embeddings=0,
+        )
         hr = tuple(args.high_res_stages)
-        self.mask_decoder = HighResMaskDecoder3D(args.embed_dim, (channels[hr[0]], channels[hr[1]]), args.num_multimask_outputs,
-                                                 args.transformer_depth, args.num_heads, args.mlp_dim, args.attention_downsample_rate)
+        self.mask_decoder = HighResMaskDecoder3D(
+            args.embed_dim,
+            (channels[hr[0]], channels[hr[1]]),
+            args.num_multimask_outputs,
+            args.transformer_depth,
+            args.num_heads,
+            args.mlp_dim,
+            args.attention_downsample_rate,
+        )
         self.text_encoder = build_text_encoder(args)
         self.post_init()
 
@@ -67,5 +84,12 @@ class Text3DSAMModel(PromptableSegModel):
         n = _num_prompts(prompts, emb.shape[0] if image_index is None else len(image_index))
         pe = self.prompt_encoder.get_dense_pe(emb.shape[2:]).to(emb.dtype)
         sparse, dense = self.prompt_encoder(n, None, None, mask, [prompts.text_embedding, extra_token])
-        return self.mask_decoder(emb, pe, sparse.to(emb.dtype), dense.to(emb.dtype), features.high_res,
-                                 prompts.text_embedding, image_index=image_index)
+        return self.mask_decoder(
+            emb,
+            pe,
+            sparse.to(emb.dtype),
+            dense.to(emb.dtype),
+            features.high_res,
+            prompts.text_embedding,
+            image_index=image_index,
+        )

@@ -16,8 +16,6 @@ weights come from our checkpoint, or from a local pretrained folder at training 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 from torch import nn
 
@@ -52,8 +50,14 @@ class TextPromptEncoder(nn.Module):
         freeze_backbone: the backbone gets no gradients and runs under ``no_grad``.
     """
 
-    def __init__(self, text_encoder_config: dict, out_dim: int, pooling: str = "pooler", projection: str = "linear",
-                 freeze_backbone: bool = False):
+    def __init__(
+        self,
+        text_encoder_config: dict,
+        out_dim: int,
+        pooling: str = "pooler",
+        projection: str = "linear",
+        freeze_backbone: bool = False,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"text pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -64,10 +68,14 @@ class TextPromptEncoder(nn.Module):
         if projection == "linear":
             self.proj = nn.Linear(hidden, out_dim)
         elif projection == "mlp":
-            self.proj = nn.Sequential(nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+            self.proj = nn.Sequential(
+                nn.Linear(hidden, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Linear(out_dim, out_dim)
+            )
         else:
             if hidden != out_dim:
-                raise ValueError(f"projection 'identity' needs the text width {hidden} to equal the prompt width {out_dim}")
+                raise ValueError(
+                    f"projection 'identity' needs the text width {hidden} to equal the prompt width {out_dim}"
+                )
             self.proj = nn.Identity()
         self.pooling = pooling
         self.freeze_backbone = freeze_backbone
@@ -78,12 +86,12 @@ class TextPromptEncoder(nn.Module):
         """Load pretrained backbone weights from a local folder (or cached hub id) of the same architecture."""
         from transformers import AutoModel
 
-
         pretrained = AutoModel.from_pretrained(path)
         load_converted(self.model, pretrained.state_dict(), strict=False, source=str(path))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                return_tokens: bool = False) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_tokens: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
@@ -105,14 +113,36 @@ TEXT_CONFIGS = {
     # SegVol / R1Seg-3D / RefSAM3D: CLIPTextConfig() defaults (openai/clip-vit-base-patch32 text tower).
     "clip_text": {"model_type": "clip_text_model"},
     # Text3DSAM: nlpie/tiny-clinicalbert as its public code builds it (mirthAI/Text3DSAM; 312 wide, 4 layers).
-    "tiny_clinicalbert": {"model_type": "bert", "hidden_size": 312, "num_hidden_layers": 4, "num_attention_heads": 12,
-                          "intermediate_size": 1200, "vocab_size": 28996},
+    "tiny_clinicalbert": {
+        "model_type": "bert",
+        "hidden_size": 312,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 12,
+        "intermediate_size": 1200,
+        "vocab_size": 28996,
+    },
     # Tiny twins sharing the offline MiniLM WordPiece vocabulary (30522 ids; [SEP] = 102 is the CLIP EOS).
-    "clip_text_test": {"model_type": "clip_text_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "vocab_size": 30522, "max_position_embeddings": 64,
-                       "eos_token_id": 102, "pad_token_id": 0, "bos_token_id": 101},
-    "bert_test": {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                  "num_attention_heads": 2, "vocab_size": 30522, "max_position_embeddings": 64},
+    "clip_text_test": {
+        "model_type": "clip_text_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 30522,
+        "max_position_embeddings": 64,
+        "eos_token_id": 102,
+        "pad_token_id": 0,
+        "bos_token_id": 101,
+    },
+    "bert_test": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 30522,
+        "max_position_embeddings": 64,
+    },
 }
 
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 from LaMed.data.prepared import manifest_preprocessing
 from LaMed.utils.registry import Registry
@@ -64,11 +65,11 @@ class TaskBundle:
     model: Any
     train_dataset: Any = None
     eval_dataset: Any = None
-    data_collator: Optional[Callable] = None
-    compute_metrics: Optional[Callable] = None
-    preprocess_logits_for_metrics: Optional[Callable] = None
+    data_collator: Callable | None = None
+    compute_metrics: Callable | None = None
+    preprocess_logits_for_metrics: Callable | None = None
     callbacks: Sequence[Any] = ()
-    base_checkpoints: Dict[str, str] = field(default_factory=dict)
+    base_checkpoints: dict[str, str] = field(default_factory=dict)
     processing_class: Any = None
 
 
@@ -87,11 +88,10 @@ _TASKS: Registry[TaskSpec] = Registry("training task")
 
 # Task names whose module is not ``LaMed.train.tasks.<name>`` (several tasks in one module).
 # The issues that add tasks extend this table, e.g. "m3d_clip": "LaMed.train.tasks.clip".
-TASK_MODULES: Dict[str, str] = {}
+TASK_MODULES: dict[str, str] = {}
 
 
-def register_task(name: str, model_args: type = NoArguments, data_args: type = NoArguments,
-                  description: str = ""):
+def register_task(name: str, model_args: type = NoArguments, data_args: type = NoArguments, description: str = ""):
     """Decorator registering ``build(model_args, data_args, training_args) -> TaskBundle`` as ``name``.
 
     ``model_args`` / ``data_args`` are dataclasses whose fields become the ``model:`` / ``data:``
@@ -134,7 +134,7 @@ def get_task(name: str) -> TaskSpec:
     return _TASKS.get(key)()
 
 
-def list_tasks() -> Tuple[str, ...]:
+def list_tasks() -> tuple[str, ...]:
     """Names of the tasks registered so far (task modules are imported lazily, so this is what
     has been imported, plus every module under ``LaMed/train/tasks/``)."""
     import pkgutil

@@ -15,9 +15,9 @@ report-to-volume and volume-to-report Recall@1/5/10 over the whole evaluation sp
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Sequence
 
 from LaMed.data.clip_dataset import ClipCollator, ImageReportDataset
 from LaMed.metrics.retrieval import recall_at_k_from_embeddings
@@ -40,13 +40,15 @@ class ClipDataArguments:
     eval_manifest: str = field(default="", metadata={"help": "prepared validation.json (optional)"})
     max_eval_items: int = field(default=512, metadata={"help": "first N evaluation pairs (published: 512); 0 = all"})
     max_length: int = field(default=512, metadata={"help": "report token budget with special tokens (published 512)"})
-    truncation: str = field(default="random", metadata={"help": "training truncation of long reports: random | deterministic"})
+    truncation: str = field(
+        default="random", metadata={"help": "training truncation of long reports: random | deterministic"}
+    )
     augment: bool = field(default=True, metadata={"help": "published train augmentation (rot90, flips, intensity)"})
     slice_features: str = field(default="", metadata={"help": "'' | field:<item key> | pooled:<size> (2E3 encoder)"})
     num_slices: int = 32
 
 
-def retrieval_metrics(eval_pred) -> Dict[str, float]:
+def retrieval_metrics(eval_pred) -> dict[str, float]:
     """Recall@1/5/10 of both directions over the whole evaluation split (from the gathered embeddings)."""
 
     image, text = eval_pred.predictions[:2]
@@ -62,7 +64,6 @@ def retrieval_metrics(eval_pred) -> Dict[str, float]:
 
 def _step_callback():
     from transformers import TrainerCallback
-
 
     class ConsistencyStep(TrainerCallback):
         """Keep ``LamedClipModel.training_step`` equal to the optimizer step (HSENet's decaying weight)."""
@@ -91,22 +92,40 @@ def build_clip(model_args: ClipModelArguments, data_args: ClipDataArguments, tra
         aug = train_augmentation()
         aug.set_random_state(seed=training_args.seed)
         transform = aug
-    common = dict(max_length=data_args.max_length, slice_features=data_args.slice_features,
-                  num_slices=data_args.num_slices)
-    train = ImageReportDataset(data_args.train_manifest, tokenizer, truncation=data_args.truncation,
-                               transform=transform, seed=training_args.seed, **common)
+    common = dict(
+        max_length=data_args.max_length, slice_features=data_args.slice_features, num_slices=data_args.num_slices
+    )
+    train = ImageReportDataset(
+        data_args.train_manifest,
+        tokenizer,
+        truncation=data_args.truncation,
+        transform=transform,
+        seed=training_args.seed,
+        **common,
+    )
     val = None
     if data_args.eval_manifest:
-        val = ImageReportDataset(data_args.eval_manifest, tokenizer, truncation="deterministic",
-                                 limit=data_args.max_eval_items or None, **common)
+        val = ImageReportDataset(
+            data_args.eval_manifest,
+            tokenizer,
+            truncation="deterministic",
+            limit=data_args.max_eval_items or None,
+            **common,
+        )
     callbacks = [_step_callback()] if model_args.loss == "hsenet_consistency" else []
-    return TaskBundle(model=model, train_dataset=train, eval_dataset=val, data_collator=ClipCollator(tokenizer),
-                      compute_metrics=retrieval_metrics, callbacks=callbacks, base_checkpoints=bases,
-                      processing_class=tokenizer)
+    return TaskBundle(
+        model=model,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=ClipCollator(tokenizer),
+        compute_metrics=retrieval_metrics,
+        callbacks=callbacks,
+        base_checkpoints=bases,
+        processing_class=tokenizer,
+    )
 
 
-def train_clip(recipe: str | Path, prepared_dir: str | Path, output_dir: str | Path,
-               overrides: Sequence[str] = ()):
+def train_clip(recipe: str | Path, prepared_dir: str | Path, output_dir: str | Path, overrides: Sequence[str] = ()):
     """Train a CLIP recipe on a prepared folder from Python; returns ``LaMed.train.main.TrainRun``.
 
     ``recipe``: a YAML path or the name of a file in ``configs/recipes`` (``"tiny_m3d_clip"``).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
 
 from LaMed.data.mllm_dataset import MixtureDataset, MLLMDataset, flare_items, radgenome_items
 from LaMed.models.mllm import LaMedForCausalLM, LaMedProcessor, MLLMCollator
@@ -38,19 +37,30 @@ BASE_MODEL_DIR = "base_model"
 class MLLMDataArguments:
     train_manifest: str = ""
     eval_manifest: str = ""
-    tasks: List[str] = field(default_factory=lambda: ["caption", "vqa_closed", "vqa_open"])
-    task_weights: List[float] = field(default_factory=list, metadata={"help": "mixture weights, one per task (default equal)"})
-    eval_tasks: List[str] = field(default_factory=list, metadata={"help": "default: tasks"})
+    tasks: list[str] = field(default_factory=lambda: ["caption", "vqa_closed", "vqa_open"])
+    task_weights: list[float] = field(
+        default_factory=list, metadata={"help": "mixture weights, one per task (default equal)"}
+    )
+    eval_tasks: list[str] = field(default_factory=list, metadata={"help": "default: tasks"})
     data_format: str = field(default="prepared", metadata={"help": "'prepared', 'flare' or 'radgenome'"})
-    image_root: str = field(default="", metadata={"help": "flare: folder of <case_id>.npy; radgenome: root of the image paths"})
+    image_root: str = field(
+        default="", metadata={"help": "flare: folder of <case_id>.npy; radgenome: root of the image paths"}
+    )
     augment: bool = False
-    closed_answer: str = field(default="letter", metadata={"help": "closed VQA answers: 'letter' ('B. arterial', M3D) or 'text'"})
+    closed_answer: str = field(
+        default="letter", metadata={"help": "closed VQA answers: 'letter' ('B. arterial', M3D) or 'text'"}
+    )
     max_eval_samples: int = 0
-    conversation_turns: int = field(default=1, metadata={"help": "VQA tasks: up to this many of a volume's questions "
-                                                                   "per multi-turn training sample (1 = one each, published)"})
+    conversation_turns: int = field(
+        default=1,
+        metadata={
+            "help": "VQA tasks: up to this many of a volume's questions "
+            "per multi-turn training sample (1 = one each, published)"
+        },
+    )
 
 
-def build_tokenizer(m: MLLMModelArguments, d: "MLLMDataArguments"):
+def build_tokenizer(m: MLLMModelArguments, d: MLLMDataArguments):
     """The recipe's tokenizer (``model.tokenizer: train`` trains one on ``data.train_manifest``)."""
     return create_tokenizer(m, d.train_manifest)
 
@@ -60,15 +70,23 @@ def assemble_model(m: MLLMModelArguments, tokenizer):
     return create_mllm(m, tokenizer)
 
 
-def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: List[str], train: bool, seed: int):
+def _dataset(manifest: str, d: MLLMDataArguments, processor, tasks: list[str], train: bool, seed: int):
 
-    kw = dict(train=train, seed=seed, augment=d.augment and train, closed_answer=d.closed_answer,
-              conversation_turns=d.conversation_turns if train else 1)
+    kw = dict(
+        train=train,
+        seed=seed,
+        augment=d.augment and train,
+        closed_answer=d.closed_answer,
+        conversation_turns=d.conversation_turns if train else 1,
+    )
     if d.data_format == "prepared":
         parts = [MLLMDataset(manifest, processor, task=t, **kw) for t in tasks]
     elif d.data_format in ("flare", "radgenome"):
-        items = flare_items(manifest, "") if d.data_format == "flare" else radgenome_items(
-            manifest, split="train" if train else "validation", seed=seed)
+        items = (
+            flare_items(manifest, "")
+            if d.data_format == "flare"
+            else radgenome_items(manifest, split="train" if train else "validation", seed=seed)
+        )
         root = Path(d.image_root) if d.image_root else Path(manifest).parent
         parts = [MLLMDataset.from_items(items, root, processor, task=t, **kw) for t in tasks]
     else:
@@ -95,13 +113,15 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
     """Multimodal LLM (M3D-LaMed, Med3DVLM, HSENet, tiny twins): report generation, VQA, positioning."""
 
     tokenizer = build_tokenizer(m, d)
-    base: Dict[str, str] = {}
+    base: dict[str, str] = {}
     if m.pretrained_model:
         model = LaMedForCausalLM.from_pretrained(m.pretrained_model, attn_implementation=m.attn_implementation)
         base[""] = m.pretrained_model
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            raise ValueError(f"{m.pretrained_model}: its vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
-                             f"is smaller than the tokenizer's ({len(tokenizer)}); use the tokenizer saved with it")
+            raise ValueError(
+                f"{m.pretrained_model}: its vocabulary ({model.get_input_embeddings().weight.shape[0]}) "
+                f"is smaller than the tokenizer's ({len(tokenizer)}); use the tokenizer saved with it"
+            )
     else:
         model = assemble_model(m, tokenizer)
         if m.save_base:
@@ -112,9 +132,14 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
     model.config.use_cache = False  # training
     model.config.loss_reduction = m.loss_reduction  # a training choice, also for a loaded stage-1 model
     store_preprocessing(model, d.train_manifest if d.data_format == "prepared" else "")
-    processor = LaMedProcessor(tokenizer, model.num_image_tokens, prompt_format=m.prompt_format,
-                               system_prompt=m.system_prompt or None, max_length=m.max_length or None,
-                               image_position=m.image_position)
+    processor = LaMedProcessor(
+        tokenizer,
+        model.num_image_tokens,
+        prompt_format=m.prompt_format,
+        system_prompt=m.system_prompt or None,
+        max_length=m.max_length or None,
+        image_position=m.image_position,
+    )
     if m.save_base and not m.pretrained_model and training_args.process_index == 0:
         processor.save_pretrained(Path(training_args.output_dir) / BASE_MODEL_DIR)
     if not d.train_manifest:
@@ -128,6 +153,11 @@ def build_mllm(m: MLLMModelArguments, d: MLLMDataArguments, training_args) -> Ta
             import torch.utils.data as tud
 
             evals = tud.Subset(evals, range(d.max_eval_samples))
-    return TaskBundle(model=model, train_dataset=train, eval_dataset=evals,
-                      data_collator=MLLMCollator(processor.pad_token_id), base_checkpoints=base,
-                      processing_class=processor)
+    return TaskBundle(
+        model=model,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=MLLMCollator(processor.pad_token_id),
+        base_checkpoints=base,
+        processing_class=processor,
+    )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from LaMed.data.mllm_dataset import MLLMDataset
 from LaMed.data.reasoning_dataset import ReasonSegCollator, ReasonSegDataset
@@ -44,9 +44,15 @@ MLLM_TASKS = ("caption", "vqa", "vqa_closed", "vqa_open", "vqa_yes_no", "rec", "
 @dataclass
 class ReasonSegModelArguments(MLLMModelArguments):
     seg_variant: str = field(default="segvol", metadata={"help": "segmentation decoder: a name of SEG_VARIANTS"})
-    seg_overrides: Optional[Dict[str, Any]] = field(default=None, metadata={"help": "seg config fields (img_size, refine_passes, ...)"})
-    shared_encoder: bool = field(default=False, metadata={"help": "R1Seg-3D: the vision tower is the decoder's encoder"})
-    seg_init: str = field(default="", metadata={"help": "decoder weights: a LaMed seg folder or 'family:path' (segvol, r1seg_sam)"})
+    seg_overrides: dict[str, Any] | None = field(
+        default=None, metadata={"help": "seg config fields (img_size, refine_passes, ...)"}
+    )
+    shared_encoder: bool = field(
+        default=False, metadata={"help": "R1Seg-3D: the vision tower is the decoder's encoder"}
+    )
+    seg_init: str = field(
+        default="", metadata={"help": "decoder weights: a LaMed seg folder or 'family:path' (segvol, r1seg_sam)"}
+    )
     seg_reduce: str = field(default="each", metadata={"help": "'each' (a mask per [SEG]) or 'mean' (published)"})
     seg_token_state: str = field(default="predicting", metadata={"help": "'predicting' (published) or 'at'"})
     seg_projector_dropout: float = 0.1
@@ -59,32 +65,47 @@ class ReasonSegModelArguments(MLLMModelArguments):
 class ReasonSegDataArguments:
     train_manifest: str = ""
     eval_manifest: str = ""
-    tasks: List[str] = field(default_factory=lambda: ["refer", "seg"], metadata={"help": f"of {REASON_TASKS + MLLM_TASKS}"})
-    task_weights: List[float] = field(default_factory=list, metadata={"help": "mixture weights, one per task (default: sizes)"})
-    eval_tasks: List[str] = field(default_factory=list, metadata={"help": "default: the reasoning tasks of tasks"})
-    classes: List[str] = field(default_factory=list, metadata={"help": "structures to segment (default: all masks)"})
-    negatives: bool = field(default=True, metadata={"help": "questions about absent structures, answered without [SEG]"})
+    tasks: list[str] = field(
+        default_factory=lambda: ["refer", "seg"], metadata={"help": f"of {REASON_TASKS + MLLM_TASKS}"}
+    )
+    task_weights: list[float] = field(
+        default_factory=list, metadata={"help": "mixture weights, one per task (default: sizes)"}
+    )
+    eval_tasks: list[str] = field(default_factory=list, metadata={"help": "default: the reasoning tasks of tasks"})
+    classes: list[str] = field(default_factory=list, metadata={"help": "structures to segment (default: all masks)"})
+    negatives: bool = field(
+        default=True, metadata={"help": "questions about absent structures, answered without [SEG]"}
+    )
     negative_repeat: int = field(default=1, metadata={"help": "times each absent-structure question is seen per epoch"})
     multi_target: float = field(default=0.0, metadata={"help": "share of seg samples asking for two structures"})
-    answer_style: str = field(default="auto", metadata={"help": "'auto', 'short' or 'named' (name the target before [SEG])"})
+    answer_style: str = field(
+        default="auto", metadata={"help": "'auto', 'short' or 'named' (name the target before [SEG])"}
+    )
     augment: bool = False
     closed_answer: str = "letter"
     max_eval_samples: int = 0
 
 
-def seg_fields(m: ReasonSegModelArguments) -> Dict[str, Any]:
+def seg_fields(m: ReasonSegModelArguments) -> dict[str, Any]:
     """The ``LaMedSegConfig`` fields a recipe sets."""
-    return {"seg_variant": m.seg_variant, "seg_overrides": dict(m.seg_overrides or {}), "shared_encoder": m.shared_encoder,
-            "seg_reduce": m.seg_reduce, "seg_token_state": m.seg_token_state, "seg_projector_dropout": m.seg_projector_dropout,
-            "lm_loss_weight": m.lm_loss_weight, "seg_loss_weight": m.seg_loss_weight, "preprocess_preset": m.preprocess_preset}
+    return {
+        "seg_variant": m.seg_variant,
+        "seg_overrides": dict(m.seg_overrides or {}),
+        "shared_encoder": m.shared_encoder,
+        "seg_reduce": m.seg_reduce,
+        "seg_token_state": m.seg_token_state,
+        "seg_projector_dropout": m.seg_projector_dropout,
+        "lm_loss_weight": m.lm_loss_weight,
+        "seg_loss_weight": m.seg_loss_weight,
+        "preprocess_preset": m.preprocess_preset,
+    }
 
 
 def build_model(m: ReasonSegModelArguments, tokenizer):
     """``(model, sources)``: the reasoning model as the recipe describes (see the module docstring)."""
     from transformers import AutoConfig
 
-
-    sources: Dict[str, str] = {}
+    sources: dict[str, str] = {}
     if m.pretrained_model:
         kind = AutoConfig.from_pretrained(m.pretrained_model).model_type
         if kind == "lamed_seg":
@@ -93,33 +114,59 @@ def build_model(m: ReasonSegModelArguments, tokenizer):
             mllm = LaMedForCausalLM.from_pretrained(m.pretrained_model, attn_implementation=m.attn_implementation)
             model = LaMedSegForCausalLM.from_mllm(mllm, **seg_fields(m))
         else:
-            raise ValueError(f"model.pretrained_model: {m.pretrained_model} is a {kind!r} model, expected 'lamed' or 'lamed_seg'")
+            raise ValueError(
+                f"model.pretrained_model: {m.pretrained_model} is a {kind!r} model, expected 'lamed' or 'lamed_seg'"
+            )
         sources[""] = m.pretrained_model
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            raise ValueError(f"{m.pretrained_model}: its vocabulary ({model.get_input_embeddings().weight.shape[0]}) is smaller "
-                             f"than the tokenizer's ({len(tokenizer)}); use the tokenizer saved with it")
+            raise ValueError(
+                f"{m.pretrained_model}: its vocabulary ({model.get_input_embeddings().weight.shape[0]}) is smaller "
+                f"than the tokenizer's ({len(tokenizer)}); use the tokenizer saved with it"
+            )
     else:
         model = LaMedSegForCausalLM.from_mllm(assemble_model(m, tokenizer), **seg_fields(m))
     if m.seg_init:
         reports = load_seg_weights(model, m.seg_init)
-        logger.info("segmentation head loaded from %s (%s)", m.seg_init, "; ".join(f"{k}: {r}" for k, r in reports.items()))
+        logger.info(
+            "segmentation head loaded from %s (%s)", m.seg_init, "; ".join(f"{k}: {r}" for k, r in reports.items())
+        )
         sources["seg_module"] = m.seg_init
     return model, sources
 
 
-def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: List[str], train: bool, seed: int):
+def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: list[str], train: bool, seed: int):
     """One dataset per task (reasoning or MLLM), mixed by ``task_weights`` (default: proportional to sizes)."""
 
     parts = []
     for t in tasks:
         if t in REASON_TASKS:
-            parts.append(ReasonSegDataset(manifest, processor, task=t, train=train, seed=seed, classes=d.classes or None,
-                                          negatives=d.negatives, negative_repeat=d.negative_repeat,
-                                          multi_target=d.multi_target if train else 0.0,
-                                          answer_style=d.answer_style, augment=d.augment and train))
+            parts.append(
+                ReasonSegDataset(
+                    manifest,
+                    processor,
+                    task=t,
+                    train=train,
+                    seed=seed,
+                    classes=d.classes or None,
+                    negatives=d.negatives,
+                    negative_repeat=d.negative_repeat,
+                    multi_target=d.multi_target if train else 0.0,
+                    answer_style=d.answer_style,
+                    augment=d.augment and train,
+                )
+            )
         elif t in MLLM_TASKS:
-            parts.append(MLLMDataset(manifest, processor, task=t, train=train, seed=seed, augment=d.augment and train,
-                                     closed_answer=d.closed_answer))
+            parts.append(
+                MLLMDataset(
+                    manifest,
+                    processor,
+                    task=t,
+                    train=train,
+                    seed=seed,
+                    augment=d.augment and train,
+                    closed_answer=d.closed_answer,
+                )
+            )
         else:
             raise ValueError(f"data.tasks: unknown task {t!r}; known: {REASON_TASKS + MLLM_TASKS}")
 
@@ -135,8 +182,13 @@ def build_reasoning_seg(m: ReasonSegModelArguments, d: ReasonSegDataArguments, t
     tokenizer = build_tokenizer(m, d)
     model, sources = build_model(m, tokenizer)
     model.config.use_cache = False  # training
-    processor = LaMedProcessor(tokenizer, model.num_image_tokens, prompt_format=m.prompt_format,
-                               system_prompt=m.system_prompt or None, max_length=m.max_length or None)
+    processor = LaMedProcessor(
+        tokenizer,
+        model.num_image_tokens,
+        prompt_format=m.prompt_format,
+        system_prompt=m.system_prompt or None,
+        max_length=m.max_length or None,
+    )
     if not m.pretrained_model and m.save_base:
         out = Path(training_args.output_dir) / BASE_MODEL_DIR
         if training_args.process_index == 0:
@@ -153,5 +205,11 @@ def build_reasoning_seg(m: ReasonSegModelArguments, d: ReasonSegDataArguments, t
             import torch.utils.data as tud
 
             evals = tud.Subset(evals, range(d.max_eval_samples))
-    return TaskBundle(model=model, train_dataset=train, eval_dataset=evals, data_collator=ReasonSegCollator(processor.pad_token_id),
-                      base_checkpoints=sources, processing_class=processor)
+    return TaskBundle(
+        model=model,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=ReasonSegCollator(processor.pad_token_id),
+        base_checkpoints=sources,
+        processing_class=processor,
+    )

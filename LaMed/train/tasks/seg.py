@@ -19,7 +19,7 @@ import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 from LaMed.data import seg_dataset as sd
 from LaMed.data.seg_dataset import SegCollator
@@ -33,10 +33,16 @@ DATASETS = ("prepared", "refseg", "label_map", "biomedsegfm")
 @dataclass
 class SegModelArguments:
     variant: str = field(default="segvol_tiny", metadata={"help": "a name of LaMed.models.segmentation.SEG_VARIANTS"})
-    config_overrides: Dict[str, Any] = field(default_factory=dict, metadata={"help": "config fields replacing the variant's"})
+    config_overrides: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "config fields replacing the variant's"}
+    )
     tokenizer: str = field(default="minilm", metadata={"help": "'minilm' (offline WordPiece), a folder or a hub id"})
-    text_pretrained: str = field(default="", metadata={"help": "pretrained text backbone: '', 'minilm', a folder or hub id"})
-    init_from: str = field(default="", metadata={"help": "LaMed model folder, or a published checkpoint file (with init_converter)"})
+    text_pretrained: str = field(
+        default="", metadata={"help": "pretrained text backbone: '', 'minilm', a folder or hub id"}
+    )
+    init_from: str = field(
+        default="", metadata={"help": "LaMed model folder, or a published checkpoint file (with init_converter)"}
+    )
     init_converter: str = field(default="", metadata={"help": "converter family of a published checkpoint file"})
     max_length: int = field(default=64, metadata={"help": "prompt token cap"})
 
@@ -46,22 +52,26 @@ class SegDataArguments:
     dataset: str = field(default="prepared", metadata={"help": f"one of {DATASETS}"})
     train_manifest: str = field(default="", metadata={"help": "prepared train.json (prepared / refseg)"})
     eval_manifest: str = field(default="", metadata={"help": "prepared validation.json (optional)"})
-    classes: List[str] = field(default_factory=list, metadata={"help": "structures to train on (default: all)"})
+    classes: list[str] = field(default_factory=list, metadata={"help": "structures to train on (default: all)"})
     max_classes: int = field(default=4, metadata={"help": "classes decoded per volume and step"})
     entries: str = field(default="image", metadata={"help": "'image' (classes grouped per volume) or 'class'"})
-    templates: List[str] = field(default_factory=list, metadata={"help": "prompt templates with {} (default: names)"})
+    templates: list[str] = field(default_factory=list, metadata={"help": "prompt templates with {} (default: names)"})
     augment: bool = field(default=True, metadata={"help": "M3D/SegVol rot90 / flip / intensity augmentation"})
-    label_map_pairs: List[str] = field(default_factory=list, metadata={"help": "IMAGE:LABELS file pairs (label_map)"})
+    label_map_pairs: list[str] = field(default_factory=list, metadata={"help": "IMAGE:LABELS file pairs (label_map)"})
     label_table: str = field(default="", metadata={"help": "JSON {id: name}, or FILE.json#key (label_map)"})
     repeat: int = field(default=1, metadata={"help": "entries per label-map case and epoch"})
-    npz_files: List[str] = field(default_factory=list, metadata={"help": "globs of BiomedSegFM .npz files"})
+    npz_files: list[str] = field(default_factory=list, metadata={"help": "globs of BiomedSegFM .npz files"})
     prompt_json: str = field(default="", metadata={"help": "BiomedSegFM prompt JSON"})
-    absent: str = field(default="none", metadata={
-        "help": "prompts for absent structures with an empty target (prepared): none | listed (the items' "
-                "'absent') | missing (fully labelled data, e.g. phantoms: an asked-for class without a mask)"})
+    absent: str = field(
+        default="none",
+        metadata={
+            "help": "prompts for absent structures with an empty target (prepared): none | listed (the items' "
+            "'absent') | missing (fully labelled data, e.g. phantoms: an asked-for class without a mask)"
+        },
+    )
 
 
-def _label_names(spec: str) -> Dict[str, str]:
+def _label_names(spec: str) -> dict[str, str]:
     path, _, key = spec.partition("#")
     if not path:
         raise ValueError("data.label_table: required for dataset 'label_map' (JSON {id: name} or FILE.json#key)")
@@ -77,8 +87,14 @@ def build_datasets(data: SegDataArguments, img_size, preset: str, seed: int):
     if data.dataset in ("prepared", "refseg"):
         if not data.train_manifest:
             raise ValueError("data.train_manifest: required for dataset 'prepared' / 'refseg'")
-        kw = dict(classes=data.classes or None, entries=data.entries, max_classes=data.max_classes,
-                  refer=data.dataset == "refseg", templates=data.templates, seed=seed)
+        kw = dict(
+            classes=data.classes or None,
+            entries=data.entries,
+            max_classes=data.max_classes,
+            refer=data.dataset == "refseg",
+            templates=data.templates,
+            seed=seed,
+        )
         if data.dataset == "prepared":
             kw["absent"] = data.absent
         train = sd.PreparedSegDataset(data.train_manifest, augment=data.augment, **kw)
@@ -91,8 +107,17 @@ def build_datasets(data: SegDataArguments, img_size, preset: str, seed: int):
             if not sep:
                 raise ValueError(f"data.label_map_pairs: {spec!r} is not IMAGE:LABELS")
             pairs.append((image, labels))
-        train = sd.LabelMapSegDataset(pairs, _label_names(data.label_table), data.classes or None, preset, img_size,
-                                      data.max_classes, data.repeat, seed, data.augment)
+        train = sd.LabelMapSegDataset(
+            pairs,
+            _label_names(data.label_table),
+            data.classes or None,
+            preset,
+            img_size,
+            data.max_classes,
+            data.repeat,
+            seed,
+            data.augment,
+        )
         return train, None
     files = sorted(f for pattern in data.npz_files for f in glob.glob(pattern, recursive=True))
     if not files:
@@ -144,5 +169,11 @@ def build_seg(model_args: SegModelArguments, data_args: SegDataArguments, traini
 
         model.config.preprocessing = preset_spec(model.config.preprocess_preset)
     collate = SegCollator(tokenizer, model.prompt_text, model_args.max_length)
-    return TaskBundle(model=model, train_dataset=train, eval_dataset=val, data_collator=collate,
-                      base_checkpoints=sources, processing_class=tokenizer)
+    return TaskBundle(
+        model=model,
+        train_dataset=train,
+        eval_dataset=val,
+        data_collator=collate,
+        base_checkpoints=sources,
+        processing_class=tokenizer,
+    )
