@@ -41,24 +41,25 @@ def decoding_kwargs(preset: str = "greedy", **overrides) -> dict[str, Any]:
     return out
 
 
-def load_mllm(path: str | Path, dtype=None, device: str = "cpu", **from_pretrained):
-    """``(model, processor)`` from a saved LaMed folder (model + ``lamed_processor.json``).
+def load_lamed_model(model_class, path: str | Path, dtype=None, device: str = "cpu", **from_pretrained):
+    """``(model, processor)`` of a saved LaMed language-model folder (model + ``lamed_processor.json``).
 
-    ``dtype``: the dtype the weights are loaded in (``from_pretrained`` builds on the meta device and
-    fills in the saved tensors, so a bf16 load never holds an fp32 copy). ``from_pretrained``: extra
-    arguments such as ``device_map="auto"`` or a ``quantization_config``; with a ``device_map`` the
-    model is not moved to ``device``."""
+    ``model_class``: :class:`LaMedForCausalLM` or the reasoning-segmentation subclass. ``dtype``: the
+    dtype the weights are loaded in (built once in it, see ``LaMed.models.checkpoint_files.load_pretrained``).
+    ``from_pretrained``: ``device_map="auto"`` or a ``quantization_config`` go through transformers'
+    loader, and with a ``device_map`` the model is not moved to ``device``.
+    """
     import torch
+
+    from LaMed.models.checkpoint_files import load_pretrained
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json (not a saved LaMed model folder)")
-    if from_pretrained:  # device maps and quantisation: transformers' loader
-        model = LaMedForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, **from_pretrained)
+    if from_pretrained:
+        model = model_class.from_pretrained(str(path), dtype=dtype or torch.float32, **from_pretrained)
     else:
-        from LaMed.models.checkpoint_files import load_pretrained
-
-        model = load_pretrained(LaMedForCausalLM, path, dtype or torch.float32)
+        model = load_pretrained(model_class, path, dtype or torch.float32)
     model = (model if "device_map" in from_pretrained else model.to(device)).eval()
     processor = LaMedProcessor.from_pretrained(path)
     if processor.num_image_tokens != model.num_image_tokens:
@@ -67,6 +68,11 @@ def load_mllm(path: str | Path, dtype=None, device: str = "cpu", **from_pretrain
             f"{model.num_image_tokens}"
         )
     return model, processor
+
+
+def load_mllm(path: str | Path, dtype=None, device: str = "cpu", **from_pretrained):
+    """``(model, processor)`` of a saved report / VQA model folder (see :func:`load_lamed_model`)."""
+    return load_lamed_model(LaMedForCausalLM, path, dtype, device, **from_pretrained)
 
 
 def generate_texts(

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from LaMed.data.io import load_volume, save_volume
-from LaMed.inference.generate import decoding_kwargs
+from LaMed.inference.generate import decoding_kwargs, load_lamed_model
 from LaMed.inference.hub import resolve_model
 from LaMed.inference.preprocessing import model_preset
 from LaMed.inference.segment import preprocess
 from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
-from LaMed.models.mllm import LaMedProcessor
 from LaMed.models.reasoning import LaMedSegForCausalLM
 from LaMed.models.segmentation.common import upsample_logits
 from LaMed.utils.atomic import write_json_atomic
@@ -35,23 +34,8 @@ from LaMed.utils.atomic import write_json_atomic
 
 def load_reasoning_model(path: str | Path, device: str = "cpu", dtype=None, **from_pretrained):
     """``(model, processor)`` of a saved reasoning model folder (model + ``lamed_processor.json``) or hub id;
-    ``dtype`` and ``from_pretrained`` (``device_map``, ``quantization_config``) as in ``load_mllm``."""
-
-    folder = resolve_model(path)
-    if from_pretrained:  # device maps and quantisation: transformers' loader
-        model = LaMedSegForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32, **from_pretrained)
-    else:
-        from LaMed.models.checkpoint_files import load_pretrained
-
-        model = load_pretrained(LaMedSegForCausalLM, folder, dtype or torch.float32)
-    model = (model if "device_map" in from_pretrained else model.to(device)).eval()
-    processor = LaMedProcessor.from_pretrained(folder)
-    if processor.num_image_tokens != model.num_image_tokens:
-        raise ValueError(
-            f"{folder}: processor expects {processor.num_image_tokens} image tokens, the model gives "
-            f"{model.num_image_tokens}"
-        )
-    return model, processor
+    ``dtype`` and ``from_pretrained`` (``device_map``, ``quantization_config``) as in ``load_lamed_model``."""
+    return load_lamed_model(LaMedSegForCausalLM, resolve_model(path), dtype, device, **from_pretrained)
 
 
 @dataclass
