@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from dicom_series import write_dicom_series
 from test_predict_families import SHAPE, clip_dir, inputs, mllm_dir, phantom, seg_dir  # noqa: F401  (fixtures)
 
 import LaMed
@@ -64,7 +65,8 @@ def test_masks_land_on_the_source_grid_of_real_scans(seg_dir, totalseg_dir, tmp_
     from LaMed.data.io import load_mask, load_volume
 
     if name == "dicom_from_ct":
-        src = _dicom_series(load_volume(totalseg_dir / "ct_abdomen.nii.gz"), tmp_path / "series")
+        ct = load_volume(totalseg_dir / "ct_abdomen.nii.gz")
+        src = write_dicom_series(ct.array, ct.spacing, tmp_path / "series", origin=(-150.0, -120.0, 30.0))
     else:
         src = totalseg_dir / f"{name}.nii.gz"
     result = LaMed.load(seg_dir).segment(src, "liver", zoom_in=False)
@@ -77,37 +79,6 @@ def test_masks_land_on_the_source_grid_of_real_scans(seg_dir, totalseg_dir, tmp_
         assert got.shape == ref.shape and np.allclose(got.affine, ref.affine)
     else:
         assert np.allclose(mask.affine, source.affine)
-
-
-def _dicom_series(volume, folder):
-    """The volume as a scanner writes it: one LPS-ordered axial DICOM file a slice, geometry in the tags."""
-    import SimpleITK as sitk
-
-    folder.mkdir()
-    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.astype(np.int16)))
-    sd, sh, sw = volume.spacing
-    img.SetSpacing((sw, sh, sd))
-    img.SetOrigin((-150.0, -120.0, 30.0))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.99"
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        for tag, value in {
-            "0008|0060": "CT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0020|000e": uid,
-            "0008|0018": f"{uid}.{k + 1}",
-            "0020|000d": f"{uid}.0",
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.4f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0018|0050": f"{sd:.4f}",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
-        writer.Execute(sl)
-    return folder
 
 
 # ---- preprocessing stored with the model ----------------------------------------------------------------

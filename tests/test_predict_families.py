@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from dicom_series import write_dicom_series
 
 from LaMed.cli import main
 
@@ -33,7 +34,6 @@ def phantom():
 def inputs(phantom, tmp_path_factory):
     """The same phantom as RAS NIfTI, DICOM series and prepared npy."""
     import nibabel as nib
-    import SimpleITK as sitk
 
     root = tmp_path_factory.mktemp("predict_inputs")
     hu = phantom.image.astype(np.int16)  # canonical (D, H, W) = (S, P, L) index directions
@@ -45,30 +45,7 @@ def inputs(phantom, tmp_path_factory):
     nifti = root / "case_ras.nii.gz"
     nib.save(nib.Nifti1Image(ras, affine), str(nifti))
 
-    dicom = root / "case_dicom"
-    dicom.mkdir()
-    img = sitk.GetImageFromArray(hu)  # identity direction: LPS, array (D, H, W) = (z, y, x)
-    img.SetSpacing((sw, sh, sd))
-    img.SetOrigin((5.0, -7.0, 11.0))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.77"
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        for tag, value in {
-            "0008|0060": "CT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0020|000e": series,
-            "0008|0018": f"{series}.{k + 1}",
-            "0020|000d": f"{series}.0",
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.4f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0018|0050": f"{sd:.4f}",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(dicom / f"slice_{k:03d}.dcm"))
-        writer.Execute(sl)
+    dicom = write_dicom_series(hu, phantom.spacing, root / "case_dicom")
 
     from LaMed.data.prepare import prepare_phantoms
 
