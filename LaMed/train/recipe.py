@@ -166,7 +166,7 @@ def _check_value(where: str, name: str, value: Any, hint) -> Any:
     bad = None
     if hint is Any or origin is typing.Literal:
         return value
-    if origin in (list, list, tuple, Sequence):
+    if origin in (list, tuple, Sequence):
         value = list(value) if isinstance(value, (list, tuple)) else [value]
     elif origin is bool:
         bad = not isinstance(value, bool)
