@@ -178,7 +178,7 @@ def _check_value(where: str, name: str, value: Any, hint) -> Any:
     elif origin is str:
         bad = not isinstance(value, (int, float))  # numbers given for a str field are accepted as text
         value = value if bad else str(value)
-    elif origin in (dict, dict):
+    elif origin is dict:
         bad = not isinstance(value, dict)
     if bad:
         expected = getattr(origin, "__name__", str(origin))
@@ -228,7 +228,7 @@ def _flatten_section(
 
 def _is_mapping(hint) -> bool:
     hint = _unwrap_optional(hint)
-    return (typing.get_origin(hint) or hint) in (dict, dict)
+    return (typing.get_origin(hint) or hint) is dict
 
 
 def _mapping_override(where: str, name: str):
