@@ -219,6 +219,30 @@ def test_losses_against_hand_computation_and_monai():
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
+def test_presence_loss_by_hand():
+    """BCE between the mean of the k largest logits and "the target has foreground", by hand."""
+    from LaMed.models.segmentation.losses import SegLoss, presence_loss
+
+    logits = torch.tensor([[[[[4.0, -2.0], [1.0, 0.0]]]], [[[[-3.0, 2.0], [-1.0, -5.0]]]]])  # (2, 1, 1, 2, 2)
+    target = torch.zeros_like(logits)
+    target[0, 0, 0, 1, 1] = 1.0  # first sample: a structure (one voxel); second: absent
+    # k = 2: scores (4 + 1) / 2 = 2.5 and (2 + -1) / 2 = 0.5;
+    # BCE: -log(sigmoid(2.5)) = log(1 + e^-2.5) = 0.0788897; -log(1 - sigmoid(0.5)) = log(1 + e^0.5) = 0.9740770
+    got = presence_loss(logits, target, topk=2)
+    assert got.tolist() == pytest.approx([0.0788897, 0.9740770], abs=1e-6)
+    # k = 1 is the largest logit; k above the voxel count is the mean of all
+    assert presence_loss(logits, target, topk=1)[1].item() == pytest.approx(math.log1p(math.exp(2.0)), abs=1e-6)
+    assert presence_loss(logits, target, topk=99)[0].item() == pytest.approx(math.log1p(math.exp(-0.75)), abs=1e-6)
+    # -1 (ignore) is not foreground
+    assert presence_loss(logits, -torch.ones_like(logits), topk=2)[0].item() == pytest.approx(
+        math.log1p(math.exp(2.5)), abs=1e-6
+    )
+    parts = SegLoss("dice_bce", presence_weight=0.5, presence_topk=2)(logits, target)
+    assert torch.allclose(parts["presence"], got)
+    assert torch.allclose(parts["loss"], parts["dice"] + parts["bce"] + 0.5 * got)
+    assert "presence" not in SegLoss("dice_bce")(logits, target)  # off by default, as published
+
+
 # ---- training forward: one encoding per volume ------------------------------------------------------
 
 
@@ -317,5 +341,9 @@ def test_config_errors_name_the_field(seg):
         seg.SegVolConfig(refine_passes=1)
     with pytest.raises(ValueError, match="prompt type"):
         seg.SegVolConfig(train_prompt_types=["text+mask"])
+    with pytest.raises(ValueError, match="presence_weight"):
+        seg.SegVolConfig(presence_weight=-1.0)
+    with pytest.raises(ValueError, match="presence_topk"):
+        seg.SegVolConfig(presence_topk=0)
     with pytest.raises(TypeError, match="not_a_field"):
         seg.create_seg_model("segvol_tiny", not_a_field=1)

@@ -112,6 +112,31 @@ def test_bench_front_end_scores_the_validation_split(trained, phantom_set, tmp_p
     assert preds and np.load(preds[0]).shape == (1 * 32, 64, 64)
 
 
+def test_bench_front_end_prompts_absent_structures_and_scores_detection(trained, phantom_set, tmp_path):
+    """--absent missing: every class without a mask is prompted too; detection counts by hand from
+    the manifest and the written predictions (an absent decision is an empty mask)."""
+    from Bench.run_seg import run_seg
+
+    _, folder = trained
+    classes = ["liver", "spleen", "kidney_left", "kidney_right", "pancreas"]  # no phantom has a pancreas
+    out = tmp_path / "bench"
+    summary = run_seg(folder, phantom_set / "validation.json", out, classes=classes, progress=False, absent="missing")
+    man = json.loads((phantom_set / "validation.json").read_text(encoding="utf-8"))
+    truth = {(it["id"], c): c in (it.get("masks") or {}) for it in man["items"] for c in classes}
+    assert sum(not v for v in truth.values()) >= len(man["items"])  # at least the pancreas of each item
+    rows = [json.loads(line) for line in (out / "presence.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {(r["id"], r["class"]): r["gt_present"] for r in rows} == truth
+    tp = fp = fn = 0
+    for (item_id, name), present in truth.items():
+        predicted = bool(np.load(out / "predictions" / f"{item_id}_{name}.npy").astype(np.float32).max() > 0.5)
+        tp, fp, fn = tp + (predicted and present), fp + (predicted and not present), fn + (present and not predicted)
+    det = summary["detection"]
+    assert det["tp"] == tp and det["fp"] == fp and det["fn"] == fn
+    assert det["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    with pytest.raises(ValueError, match="--classes"):
+        run_seg(folder, phantom_set / "validation.json", tmp_path / "x", progress=False, absent="missing")
+
+
 @pytest.mark.parametrize("name,labels_key", [("ct_abdomen", "total"), ("mr_abdomen", "total_mr")])
 def test_lamed_predict_writes_masks_on_the_source_grid(trained, totalseg_dir, tmp_path, name, labels_key):
     import nibabel as nib

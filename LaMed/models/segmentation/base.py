@@ -72,6 +72,7 @@ class SegOutput(ModelOutput):
     loss_dice: torch.Tensor | None = None
     loss_bce: torch.Tensor | None = None
     loss_focal: torch.Tensor | None = None
+    loss_presence: torch.Tensor | None = None
 
 
 class PromptableSegModel(PreTrainedModel):
@@ -115,7 +116,14 @@ class PromptableSegModel(PreTrainedModel):
     @property
     def loss_fn(self) -> SegLoss:
         c = self.config
-        return SegLoss(c.loss, c.dice_weight, c.bce_weight, c.focal_weight)
+        return SegLoss(
+            c.loss,
+            c.dice_weight,
+            c.bce_weight,
+            c.focal_weight,
+            presence_weight=float(c.presence_weight),
+            presence_topk=int(c.presence_topk),
+        )
 
     def prompt_text(self, name: str) -> str:
         """The text prompt of a structure name (``config.prompt_template``, underscores -> spaces);
@@ -256,7 +264,11 @@ class PromptableSegModel(PreTrainedModel):
                     per_sample.setdefault(name, []).append(value)
         out = {name: torch.cat(v).mean() for name, v in per_sample.items()}
         return SegOutput(
-            loss=out["loss"], loss_dice=out.get("dice"), loss_bce=out.get("bce"), loss_focal=out.get("focal")
+            loss=out["loss"],
+            loss_dice=out.get("dice"),
+            loss_bce=out.get("bce"),
+            loss_focal=out.get("focal"),
+            loss_presence=out.get("presence"),
         )
 
     # ---- convenience inference ---------------------------------------------------------------

@@ -12,7 +12,9 @@ Shared fields (:class:`SegConfigBase`):
     ``freeze_text_backbone``, ``prompt_template`` (``{}`` = the structure name);
   * decoder: two-way transformer depth / heads / MLP / downsample rate, prompt-encoder conventions,
     iterative refinement (``refine_passes``, ``refine_input``, ``refine_token``);
-  * training: ``loss`` with weights, ``train_prompt_types`` (combinations of ``text``, ``box``,
+  * training: ``loss`` with weights, ``presence_weight`` / ``presence_topk`` (an extra term that
+    teaches the mask score to say whether the structure is there at all; 0 = off, as published),
+    ``train_prompt_types`` (combinations of ``text``, ``box``,
     ``point`` joined by ``+``), ``encode_once`` (one image encoding serves every class and prompt
     type of a batch; ``False`` re-encodes per class as SegVol's trainer does);
   * inference: ``preprocess_preset`` (a name of ``LaMed.data.presets``; its size is replaced by
@@ -76,6 +78,8 @@ class SegConfigBase(PretrainedConfig):
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     focal_weight: float = 1.0
+    presence_weight: float = 0.0
+    presence_topk: int = 64
     train_prompt_types: list = field(default_factory=lambda: list(SEGVOL_PROMPT_TYPES))
     encode_once: bool = True
     preprocess_preset: str = "segvol"
@@ -100,6 +104,11 @@ class SegConfigBase(PretrainedConfig):
             raise ValueError(
                 f"{name}.refine_passes={self.refine_passes} needs a mask path (mask_downscaling 'conv3d' or "
                 f"'decomp'), got {self.mask_downscaling!r}"
+            )
+        if float(self.presence_weight) < 0 or int(self.presence_topk) < 1:
+            raise ValueError(
+                f"{name}: presence_weight must be >= 0 and presence_topk >= 1, "
+                f"got {self.presence_weight} and {self.presence_topk}"
             )
         if not 0.0 < float(self.threshold) < 1.0:
             raise ValueError(f"{name}.threshold is a probability in (0, 1), got {self.threshold}")
