@@ -12,7 +12,8 @@ Predictions (``--predictions`` is a folder), one of, per item:
 
 A structure with no prediction counts as an empty prediction (``missing`` = 1). An item may list
 structures absent from its volume (``"absent": ["spleen"]``, e.g. after a splenectomy): they were
-prompted too, their ground truth is empty, and an empty prediction is the right answer.
+prompted too, their ground truth is empty, and an empty prediction is the right answer; the
+per-class and overall Dice / NSD / HD95 are over the present structures only.
 Detection over all (item, structure) prompts -- precision, recall, F1, and Dice on the true
 positives (``LaMed.metrics.segmentation.detection_scores``, the BiomedSegFM definitions) -- is in
 the summary's ``detection``; per row ``gt_present`` / ``pred_present``. Per sample:
@@ -135,7 +136,12 @@ def evaluate_seg(
             rows.append(row)
     if not rows:
         raise BenchError(f"{man['_path']}: no item has 'masks' to evaluate")
-    summary = aggregate(rows, METRICS, class_field="class")
+    # Dice, NSD and HD95 describe a structure that is there: absent prompts are scored by detection only
+    # (their rows stay in per_sample, with Dice 1 for an empty prediction and 0 for a false mask).
+    present_rows = [r for r in rows if r["gt_present"] > 0]
+    if not present_rows:
+        raise BenchError(f"{man['_path']}: every prompted structure is absent; nothing to score Dice on")
+    summary = aggregate(present_rows, METRICS, class_field="class")
     summary["detection"] = S.detection_scores(
         [r["pred_present"] > 0 for r in rows], [r["gt_present"] > 0 for r in rows], [r["dice"] for r in rows]
     )

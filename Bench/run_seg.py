@@ -26,6 +26,7 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -42,16 +43,38 @@ def absent_structures(item: dict, wanted: Sequence[str] | None, absent: str) -> 
     return []
 
 
-def present_dice(rows: Sequence[dict]) -> dict:
-    """Mean Dice over the rows whose structure is in the volume, per class and overall (absent rows,
-    scored 1 for an empty prediction and 0 for a false mask, belong to ``detection`` instead)."""
-    out: dict = {}
-    for r in rows:
-        if r.get("gt_present"):
-            out.setdefault(r["class"], []).append(float(r["dice"]))
-    everything = [d for v in out.values() for d in v]
-    per = {c: float(np.mean(v)) for c, v in sorted(out.items())}
-    return {"overall": float(np.mean(everything)) if everything else None, "per_class": per}
+def calibrate_prepared(
+    model,
+    manifest: str | Path,
+    classes: Sequence[str] | None = None,
+    absent: str = "missing",
+    overlap: float = 0.5,
+    progress: bool = False,
+) -> dict:
+    """Fit the presence calibration (Platt scaling of the largest logit,
+    :func:`LaMed.inference.presence.fit_platt`) on a prepared split, with the prompts that
+    :func:`run_seg` would give it. Returns ``{"a", "b", "n", "n_present"}``; the model is unchanged."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from LaMed.data.prepared import load_image, load_manifest
+    from LaMed.inference.presence import fit_platt, presence_scores
+
+    manifest = Path(manifest)
+    wanted = list(classes) if classes else None
+    scores, truth = [], []
+    for item in tqdm(load_manifest(manifest)["items"], desc="calibrate presence", disable=not progress):
+        names = [n for n in item.get("masks") or {} if wanted is None or n in wanted]
+        gone = absent_structures(item, wanted, absent)
+        if not names and not gone:
+            continue
+        image = torch.from_numpy(np.asarray(load_image(manifest, item), np.float32))[None]
+        logits = segment_logits(model, image, names + gone, overlap)
+        scores.extend(presence_scores(torch.from_numpy(logits)).tolist())
+        truth.extend([True] * len(names) + [False] * len(gone))
+    if not truth or all(truth):
+        return {"a": 1.0, "b": 0.0, "n": len(truth), "n_present": sum(truth)}
+    return {**fit_platt(scores, truth), "n": len(truth), "n_present": int(sum(truth))}
 
 
 def segment_logits(model, volume, texts: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1):
@@ -79,9 +102,13 @@ def run_seg(
     tolerance_mm: float = 2.0,
     progress: bool = True,
     absent: str = "none",
+    calibration: str | Path | None = None,
 ) -> dict:
     """Predict every (item, structure) of ``manifest`` with ``model`` (a model or its folder / hub id) and
-    score it; ``absent``: ``"none"``, ``"listed"`` or ``"missing"`` (see the module docstring)."""
+    score it; ``absent``: ``"none"``, ``"listed"`` or ``"missing"`` (see the module docstring).
+    ``calibration``: a prepared split (not the test split) on which the presence calibration is fitted
+    first (:func:`calibrate_prepared`, same prompts and ``absent`` mode); it replaces the model's own
+    for this run and is recorded in the summary."""
     import torch
     from tqdm.auto import tqdm
 
@@ -108,6 +135,18 @@ def run_seg(
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
     wanted = list(classes) if classes else None
+    # the presence rule: the model's own, or the one fitted on ``calibration`` (the model is left as it is)
+    rule = SimpleNamespace(
+        presence_calibration=getattr(model.config, "presence_calibration", None), threshold=model.config.threshold
+    )
+    if calibration is not None:
+        fitted = calibrate_prepared(model, calibration, wanted, absent, overlap, progress)
+        if fitted["n"] == fitted["n_present"]:
+            raise ValueError(
+                f"run_seg: calibration split {calibration} has no absent prompt; use --absent listed|missing "
+                "on data with absent structures"
+            )
+        rule = SimpleNamespace(presence_calibration={"a": fitted["a"], "b": fitted["b"]}, threshold=rule.threshold)
     items = []
     presence_rows = []
     for item in tqdm(man["items"], desc="segment", disable=not progress):
@@ -118,7 +157,7 @@ def run_seg(
             continue
         image = torch.from_numpy(np.asarray(load_image(manifest, item), np.float32))[None]
         logits = segment_logits(model, image, names + gone, overlap)
-        probability, present = decide(model.config, presence_scores(torch.from_numpy(logits)))
+        probability, present = decide(rule, presence_scores(torch.from_numpy(logits)))
         for k, name in enumerate(names + gone):
             p = 0.5 * (1.0 + np.tanh(0.5 * logits[k])) if present[k] else np.zeros_like(logits[k])
             save_npy_atomic(pred_dir / f"{item['id']}_{name}.npy", p.astype(np.float16))
@@ -144,8 +183,7 @@ def run_seg(
     summary, rows = evaluate_seg(str(pred_dir), str(scored_path), tolerance_mm=tolerance_mm)
     summary["model"] = getattr(model.config, "_name_or_path", "") or type(model).__name__
     summary["absent_prompts"] = absent
-    summary["presence_calibration"] = getattr(model.config, "presence_calibration", None)
-    summary["dice_present"] = present_dice(rows)
+    summary["presence_calibration"] = rule.presence_calibration
     atomic_write_text(out / "presence.jsonl", "".join(json.dumps(r) + "\n" for r in presence_rows))
     write_outputs(
         out, summary, rows, ["id", "dataset", "class"] + METRICS + ["prediction_file"], METRICS[:5], "Segmentation"
@@ -171,9 +209,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="also prompt structures absent from a volume: 'listed' (the item's 'absent' list) or 'missing' "
         "(every --classes entry without a mask; fully labelled data only) -- scored by the summary's detection",
     )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="another prepared split (e.g. validation.json) to fit the presence calibration on before scoring",
+    )
     a = p.parse_args(argv)
     classes = [c for c in a.classes.split(",") if c]
-    summary = run_seg(a.model, a.manifest, a.out, classes or None, a.overlap, a.device, a.tolerance_mm, absent=a.absent)
+    summary = run_seg(
+        a.model,
+        a.manifest,
+        a.out,
+        classes or None,
+        a.overlap,
+        a.device,
+        a.tolerance_mm,
+        absent=a.absent,
+        calibration=a.calibration,
+    )
     print(json.dumps(summary.get("overall", {}), indent=1))
     return summary
 

@@ -51,6 +51,17 @@ def test_findings_negations_and_micro_f1_by_hand():
         scoring.findings_f1(preds[:2], refs)
 
 
+def test_detection_summary_and_always_present_chance_by_hand():
+    # 18 present prompts (16 found), 6 absent (4 reported absent): P = 16/18, R = 16/18
+    det = {"tp": 16, "fp": 2, "fn": 2, "tn": 4, "precision": 16 / 18, "recall": 16 / 18, "f1": 16 / 18}
+    s = scoring.detection_summary(det, {"a": 1.0, "b": -2.0})
+    assert s["present_prompts"] == 18 and s["absent_prompts"] == 6
+    assert s["absent_reported"] == pytest.approx(4 / 6) and s["chance_absent_reported"] == 0.0
+    # always present: precision 18/24, recall 1, F1 = 2 * 0.75 / 1.75 = 36/42
+    assert s["chance_precision"] == pytest.approx(0.75) and s["chance_f1"] == pytest.approx(36 / 42)
+    assert s["calibration"] == {"a": 1.0, "b": -2.0}
+
+
 def test_chance_levels_by_hand():
     assert scoring.chance_recall(12, (1, 5, 20)) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@20": 1.0}
 
@@ -153,6 +164,8 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
         "zero-shot findings AUROC",
         "report findings F1",
         "closed VQA accuracy",
+        "detection F1 (present + absent prompts)",
+        "absent organs reported absent",
         "liver Dice",
     }
     seg = m["seg"]
@@ -160,6 +173,12 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     assert seg["per_class"]["liver"]["dice"] > 0.7 > seg["chance"]["liver"]["all_foreground"]
     for part in (m["clip"], m["mllm"], seg):
         assert part["last_loss"] < part["first_loss"]
+    # absent organs: removed spleens of the test phantoms, prompted and (mostly) reported absent
+    det, counts = seg["detection"], seg["detection"]["counts"]
+    assert det["absent_prompts"] == counts["tn"] + counts["fp"] >= 1 and seg["presence_training"]["steps"] > 0
+    assert det["calibration"] is not None  # fitted on the separate calibration phantoms
+    assert m["checks"]["detection F1 (present + absent prompts)"]["passed"]
+    assert m["checks"]["absent organs reported absent"]["passed"]
 
 
 def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):

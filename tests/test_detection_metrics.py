@@ -68,6 +68,9 @@ def test_eval_seg_scores_absent_structures(tmp_path):
     assert det["dice_tp"] == pytest.approx((1.0 + 2 / 3) / 2)
     by = {(r["id"], r["class"]): r for r in rows}
     assert by[("a", "spleen")]["dice"] == 1.0 and by[("b", "spleen")]["dice"] == 0.0
+    # segmentation quality is over present structures only: the absent spleen is detection's business
+    assert "spleen" not in json.dumps(summary["per_class"])
+    assert summary["overall"]["dice"] == pytest.approx((1.0 + 2 / 3) / 2)
 
 
 def test_eval_seg_refuses_bad_absent(tmp_path):

@@ -81,7 +81,7 @@ def config_from_args(args: argparse.Namespace):
     if args.steps != 1.0:
         if args.steps <= 0:
             raise ValueError(f"--steps: a positive factor, got {args.steps}")
-        for key in ("clip_steps", "mllm_steps", "seg_steps", "real_steps"):
+        for key in ("clip_steps", "mllm_steps", "seg_steps", "seg_presence_steps", "real_steps"):
             changes[key] = max(1, round(getattr(cfg, key) * args.steps))
     return cfg.replace(**changes)
 

@@ -9,6 +9,9 @@ looked at the image gets on the same test split:
 * VQA: uniform guessing (1 / number of choices) and the majority training answer per question topic;
 * segmentation: an all-foreground mask, and the *atlas* prior (voxels inside the structure in at
   least half of the training masks);
+* presence of a prompted structure (detection over present and absent prompts): a model that
+  always answers "present" (what SegVol and the other seed systems do): F1 ``2P / (2P + A)`` for P
+  present and A absent prompts, and no absent structure reported absent;
 * zero-shot findings classification: AUROC 0.5 (scores that ignore the volume rank positives
   above negatives half of the time).
 
@@ -218,6 +221,27 @@ def summarize_margin(score: float | None, chance: float | None) -> str:
     if score is None:
         return "-"
     return f"{score:.3f}" + (f" (chance {chance:.3f})" if chance is not None else "")
+
+
+def detection_summary(detection: Mapping, calibration: Mapping | None = None) -> dict:
+    """The demo's view of Bench's ``detection`` (BiomedSegFM definitions over prompts), with the
+    always-present baseline: ``chance_f1 = 2P / (2P + A)``; ``absent_reported`` = TN / A (chance 0)."""
+    tp, fp, fn, tn = (int(detection[k]) for k in ("tp", "fp", "fn", "tn"))
+    present, absent = tp + fn, fp + tn
+    return {
+        "f1": float(detection["f1"]),
+        "precision": float(detection["precision"]),
+        "recall": float(detection["recall"]),
+        "dice_tp": detection.get("dice_tp"),
+        "present_prompts": present,
+        "absent_prompts": absent,
+        "absent_reported": tn / absent if absent else None,
+        "chance_f1": 2 * present / (2 * present + absent) if present else 0.0,
+        "chance_precision": present / (present + absent) if present + absent else None,
+        "chance_absent_reported": 0.0,
+        "counts": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
+        "calibration": dict(calibration) if calibration else None,
+    }
 
 
 ZERO_SHOT_CHANCE = 0.5

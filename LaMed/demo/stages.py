@@ -339,30 +339,34 @@ def _masks(prepared: Path, split: str, classes: Sequence[str]) -> dict[str, list
 
 
 def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
-    """Tiny SegVol (text prompts): train on phantoms, segment the test split with Bench's front end."""
+    """Tiny SegVol (text prompts): train on phantoms (stage 1, with prompts for removed organs when
+    ``cfg.seg_absent``), fine-tune with the presence loss (stage 2), calibrate the presence rule on
+    separate phantoms, then segment the test split with Bench's front end, absent organs prompted too."""
     model_dir = work / "seg_model"
-    extra = "model:\n  config_overrides:\n    train_prompt_types: [text]\n"
-    extra += "data:\n  classes: [" + ", ".join(cfg.seg_classes) + f"]\n  max_classes: {len(cfg.seg_classes)}\n"
+    stage1 = work / "seg_stage1" if cfg.seg_presence_steps else model_dir
+    classes = "data:\n  classes: [" + ", ".join(cfg.seg_classes) + f"]\n  max_classes: {len(cfg.seg_classes)}\n"
+    extra = "model:\n  config_overrides:\n    train_prompt_types: [text]\n" + classes
+    extra += f"  absent: {cfg.seg_absent}\n"
     overrides = ["--train_manifest", str(prepared / "train.json")]
     if cfg.seg_lr:
         overrides += ["--learning_rate", str(cfg.seg_lr)]
-    trained = train_recipe(cfg.seg_recipe, model_dir, cfg.seg_steps, overrides, yaml_extra=extra)
-    out = work / "seg_eval"
-    summary = run_bench(
-        "run_seg",
-        [
-            "--model",
+    trained = train_recipe(cfg.seg_recipe, stage1, cfg.seg_steps, overrides, yaml_extra=extra)
+    presence = None
+    if cfg.seg_presence_steps:
+        presence = train_recipe(
+            cfg.seg_presence_recipe,
             model_dir,
-            "--manifest",
-            prepared / "test.json",
-            "--out",
-            out,
-            "--classes",
-            ",".join(cfg.seg_classes),
-        ],
-        out,
-        cfg.threads,
-    )
+            cfg.seg_presence_steps,
+            ["--train_manifest", str(prepared / "train.json"), "--init_from", str(stage1)],
+            yaml_extra=classes + f"  absent: {cfg.seg_absent}\n",
+        )
+    bench_args = ["--model", model_dir, "--manifest", prepared / "test.json", "--classes", ",".join(cfg.seg_classes)]
+    if cfg.seg_absent != "none":
+        bench_args += ["--absent", cfg.seg_absent]
+        if cfg.calibration_phantoms:
+            bench_args += ["--calibration", calibration_split(cfg, work) / "train.json"]
+    out = work / "seg_eval"
+    summary = run_bench("run_seg", [*bench_args, "--out", out], out, cfg.threads)
     per_class = {
         name: {k: float(v) for k, v in g.items() if k in ("dice", "nsd", "hd95", "count") and v is not None}
         for name, g in summary.get("per_class", {}).items()
@@ -370,11 +374,11 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
     chance = scoring.seg_baselines(
         _masks(prepared, "train", cfg.seg_classes), _masks(prepared, "test", cfg.seg_classes)
     )
-    return {
+    result = {
         "recipe": cfg.seg_recipe,
         "steps": trained["steps"],
         "model": str(model_dir),
-        "train_seconds": trained["seconds"],
+        "train_seconds": trained["seconds"] + (presence["seconds"] if presence else 0.0),
         **_losses(trained["log"]),
         "log": trained["log"],
         "per_class": per_class,
@@ -383,6 +387,32 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         "predictions": str(out / "predictions"),
         "bench_dir": str(out),
     }
+    if presence is not None:
+        result["presence_training"] = {
+            "recipe": cfg.seg_presence_recipe,
+            "steps": presence["steps"],
+            "seconds": presence["seconds"],
+            **_losses(presence["log"]),
+        }
+    if cfg.seg_absent != "none":
+        result["detection"] = scoring.detection_summary(summary["detection"], summary.get("presence_calibration"))
+    return result
+
+
+def calibration_split(cfg: DemoConfig, work: Path) -> Path:
+    """``cfg.calibration_phantoms`` phantoms drawn after the main set (seeds ``seed + n_phantoms`` on), all
+    in ``train.json``: data the presence rule is fitted on and that no model has seen."""
+    out = work / "calibration_phantoms"
+    prepare_phantoms(
+        out,
+        cfg.calibration_phantoms,
+        shape=cfg.shape,
+        seed=cfg.seed + cfg.n_phantoms,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        progress=False,
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------- real data

@@ -123,6 +123,7 @@ class PromptableSegModel(PreTrainedModel):
             c.focal_weight,
             presence_weight=float(c.presence_weight),
             presence_topk=int(c.presence_topk),
+            presence_on=str(c.presence_on),
         )
 
     def prompt_text(self, name: str) -> str:

@@ -80,6 +80,7 @@ class SegConfigBase(PretrainedConfig):
     focal_weight: float = 1.0
     presence_weight: float = 0.0
     presence_topk: int = 64
+    presence_on: str = "all"
     train_prompt_types: list = field(default_factory=lambda: list(SEGVOL_PROMPT_TYPES))
     encode_once: bool = True
     preprocess_preset: str = "segvol"

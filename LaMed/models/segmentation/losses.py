@@ -54,16 +54,18 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(x, _targets(target, x), reduction="none").flatten(1).mean(1)
 
 
-def presence_loss(logits: torch.Tensor, target: torch.Tensor, topk: int = 64) -> torch.Tensor:
+def presence_loss(logits: torch.Tensor, target: torch.Tensor, topk: int = 64, on: str = "all") -> torch.Tensor:
     """``BCE(mean of the top-k logits, target has foreground)`` per sample ``(B,)`` (see module docstring).
 
     The mean of the ``topk`` largest logits rather than the largest alone spreads the gradient over
-    a blob instead of one voxel."""
+    a blob instead of one voxel. ``on="absent"``: only samples with an empty target contribute (the
+    others get 0), i.e. a penalty on false masks that leaves present structures to the Dice term."""
     x = logits.float().flatten(1)
     k = min(int(topk), x.shape[1])
     score = x.topk(k, dim=1).values.mean(1)
     present = (_targets(target, x).flatten(1) > 0).any(1).to(score.dtype)
-    return F.binary_cross_entropy_with_logits(score, present, reduction="none")
+    loss = F.binary_cross_entropy_with_logits(score, present, reduction="none")
+    return loss * (1.0 - present) if on == "absent" else loss
 
 
 def dice_loss_monai(
@@ -106,6 +108,7 @@ class SegLoss:
     focal_gamma: float = 2.0
     presence_weight: float = 0.0
     presence_topk: int = 64
+    presence_on: str = "all"
 
     def __post_init__(self):
         if self.kind not in LOSSES:
@@ -123,6 +126,6 @@ class SegLoss:
             }
             total = self.dice_weight * parts["dice"] + self.focal_weight * parts["focal"]
         if self.presence_weight:
-            parts["presence"] = presence_loss(logits, target, self.presence_topk)
+            parts["presence"] = presence_loss(logits, target, self.presence_topk, self.presence_on)
             total = total + self.presence_weight * parts["presence"]
         return {"loss": total, **parts}
