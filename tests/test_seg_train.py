@@ -137,6 +137,49 @@ def test_bench_front_end_prompts_absent_structures_and_scores_detection(trained,
         run_seg(folder, phantom_set / "validation.json", tmp_path / "x", progress=False, absent="missing")
 
 
+def test_bench_front_end_calibrates_presence_on_another_split(trained, phantom_set, tmp_path):
+    """--calibration: Platt scaling of the largest logit fitted on another split (checked against
+    scikit-learn's logistic regression on scores computed here), applied to the scored split."""
+    from sklearn.linear_model import LogisticRegression
+
+    from Bench.run_seg import run_seg
+    from LaMed.data.prepared import load_image, load_manifest
+    from LaMed.inference.segment import load_seg_model, segment_prepared
+
+    _, folder = trained
+    classes = ["liver", "spleen", "pancreas"]  # pancreas: absent from every phantom
+    model = load_seg_model(folder)
+    scores, truth = [], []
+    man = load_manifest(phantom_set / "train.json")
+    for item in man["items"]:
+        names = [c for c in classes if c in item["masks"]] + [c for c in classes if c not in item["masks"]]
+        image = torch.from_numpy(np.asarray(load_image(phantom_set / "train.json", item), np.float32))[None]
+        logits = segment_prepared(model, image, names, return_logits=True)
+        scores += [float(x.max()) for x in logits]
+        truth += [c in item["masks"] for c in names]
+    ref = LogisticRegression(C=1 / 1e-2, tol=1e-10, max_iter=10000).fit(np.array(scores)[:, None], truth)
+    out = tmp_path / "bench"
+    summary = run_seg(
+        folder,
+        phantom_set / "validation.json",
+        out,
+        classes=classes,
+        progress=False,
+        absent="missing",
+        calibration=phantom_set / "train.json",
+    )
+    cal = summary["presence_calibration"]
+    assert cal["a"] == pytest.approx(ref.coef_[0, 0], rel=1e-3) and cal["b"] == pytest.approx(
+        ref.intercept_[0], rel=1e-3
+    )
+    assert getattr(model.config, "presence_calibration", None) is None  # the folder's model is left as it was
+    for r in (json.loads(x) for x in (out / "presence.jsonl").read_text(encoding="utf-8").splitlines()):
+        mask = np.load(out / "predictions" / f"{r['id']}_{r['class']}.npy")
+        assert r["pred_present"] == (r["presence_probability"] >= 0.5)
+        if not r["pred_present"]:
+            assert not mask.any()  # reported absent: an empty mask
+
+
 @pytest.mark.parametrize("name,labels_key", [("ct_abdomen", "total"), ("mr_abdomen", "total_mr")])
 def test_lamed_predict_writes_masks_on_the_source_grid(trained, totalseg_dir, tmp_path, name, labels_key):
     import nibabel as nib
