@@ -14,52 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_series import write_ct_series
 
 hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalsegmentator"
-
-
-def _write_series(folder: Path, volume) -> list:
-    """Axial CT Image Storage instances of a canonical (S, P, L) volume: rows run +P, columns +L."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    arr = volume.array.astype(np.int16)
-    paths = []
-    for d in range(arr.shape[0]):
-        ras = volume.affine @ np.array([d, 0, 0, 1.0])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "LAMED-T1", "", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", ""
-        ds.ReferringPhysicianName, ds.PositionReferenceIndicator = "", ""
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = "CT", 3, d + 1, 1
-        ds.Manufacturer, ds.KVP = "LaMed test", 120
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [float(-ras[0]), float(-ras[1]), float(ras[2])]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [float(volume.spacing[1]), float(volume.spacing[2])]
-        ds.SliceThickness = float(volume.spacing[0])
-        ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
-        ds.PixelData = arr[d].tobytes()
-        # files named against the slice order, so that nothing may rely on file names
-        path = folder / f"img{arr.shape[0] - d:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +33,7 @@ def case(tmp_path_factory):
     labels = load_volume(SHARED / "ct_abdomen_seg.nii.gz").array
     names = {v: int(k) for k, v in json.loads((SHARED / "labels.json").read_text())["total"].items()}
     folder = tmp_path_factory.mktemp("dicom") / "series"
-    _write_series(folder, src)
+    write_ct_series(folder, src)
     vol = load_volume(folder)
     assert vol.shape == src.shape and np.array_equal(vol.array, src.array.astype(vol.array.dtype))
     return folder, vol, labels, names

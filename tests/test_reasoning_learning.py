@@ -125,3 +125,49 @@ def test_lamed_predict_question_writes_one_mask_per_seg_on_the_source_grid(train
         assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
         assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1}
     assert "written:" in capsys.readouterr().out
+
+
+def test_lamed_predict_question_dicom_seg_and_sr(trained, totalseg_dir, tmp_path, capsys):
+    """A DICOM series in: the answers' masks as one DICOM Segmentation (one segment per [SEG], the same
+    voxels as the NIfTI masks of the same scan) and the answers as an SR, both referencing the series."""
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    import nibabel as nib
+    from dicom_series import write_ct_series
+
+    from LaMed.cli import main
+    from LaMed.data.io import load_volume
+
+    _, model_dir, _ = trained
+    series = tmp_path / "series"
+    write_ct_series(series, load_volume(totalseg_dir / "ct_abdomen.nii.gz"))
+    question = "Can you segment the liver and the spleen in this image?"
+    common = ["predict", "--model", str(model_dir), "--question", question]
+    assert main([*common, "--image", str(series), "--out", str(tmp_path / "dcm"), "--format", "dicom-seg"]) == 0
+    assert main([*common, "--image", str(series), "--out", str(tmp_path / "nii")]) == 0
+    record = json.loads((tmp_path / "dcm" / "series.json").read_text())
+    answer = record["answers"][0]
+    n = answer["answer"].count("[SEG]")
+    assert n >= 1 and answer["masks"] == [f"Q1 [SEG] {k + 1}" for k in range(n)]
+    seg = pydicom.dcmread(record["dicom_seg"])
+    source = pydicom.dcmread(next(series.glob("*.dcm")))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == answer["masks"]
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID and seg.StudyInstanceUID == source.StudyInstanceUID
+    # voxel counts per segment equal those of the NIfTI masks written for the same series
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    numbers = [
+        int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for f in seg.PerFrameFunctionalGroupsSequence
+    ]
+    nifti = json.loads((tmp_path / "nii" / "series.json").read_text())["answers"][0]["masks"]
+    for k, path in enumerate(nifti):
+        expected = int(np.asarray(nib.load(path).dataobj).sum())
+        assert sum(int(f.sum()) for f, s in zip(frames, numbers) if s == k + 1) == expected
+    sr = pydicom.dcmread(record["dicom_sr"])
+    texts = [item.TextValue for item in sr.ContentSequence]
+    assert texts == [question, answer["answer"]] and sr.StudyInstanceUID == source.StudyInstanceUID
+    # a NIfTI input cannot be given back as DICOM: refused before the model runs
+    src = totalseg_dir / "ct_abdomen.nii.gz"
+    capsys.readouterr()
+    assert main([*common, "--image", str(src), "--out", str(tmp_path / "x"), "--format", "dicom-seg"]) != 0
+    assert "not a DICOM series folder" in capsys.readouterr().err

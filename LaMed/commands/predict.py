@@ -308,11 +308,6 @@ def _run_reasoning(args: argparse.Namespace) -> int:
         raise ValueError(
             "--question: ask the model something, e.g. --question 'Where is the liver? Please segment it.'"
         )
-    if args.format == DICOM_SEG:
-        raise ValueError(
-            f"--format {DICOM_SEG}: not available for reasoning-segmentation models yet "
-            "(their masks are written as NIfTI)"
-        )
     loaded = _load(args)
     model, processor = loaded.model, loaded.processor
     _check_questions(processor, args.question, text_position_limit(model), args.max_new_tokens)

@@ -17,13 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from LaMed.data.io import load_volume, save_volume
+from LaMed.inference.dicom_out import read_series_datasets, write_dicom_seg, write_dicom_sr
 from LaMed.inference.generate import decoding_kwargs, load_lamed_model
 from LaMed.inference.hub import resolve_model
+from LaMed.inference.outputs import DICOM_SEG
 from LaMed.inference.preprocessing import model_preset
 from LaMed.inference.segment import preprocess
 from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
@@ -174,26 +177,48 @@ def predict_question_file(
     ``out``: a ``.json`` file (masks beside it, ``<json stem>_q<i>_mask<k><fmt>``) or, with
     ``in_folder`` or any other name, a folder receiving ``<case>.json`` and ``<case>_q<i>_mask<k><fmt>``.
     Masks are binary, in the source file's own geometry (``save_volume(..., like=volume)``).
+    ``fmt="dicom-seg"`` (a DICOM series input): the masks of every answer as one DICOM Segmentation
+    ``<stem>_seg.dcm`` (segment ``Q<i> [SEG] <k>``; none when no answer has a ``[SEG]``) and the
+    question-answer pairs as a DICOM SR ``<stem>_sr.dcm``, both referencing the source series
+    (:mod:`LaMed.inference.dicom_out`); a non-DICOM input is refused before the model runs.
     ``kwargs`` go to :func:`predict_question`. Returns the JSON record.
     """
 
     image, out = Path(image), Path(out)
     if not questions:
         raise ValueError("give at least one question, e.g. 'Where is the liver? Please segment it.'")
-    volume = load_volume(image, series_uid=kwargs.pop("series_uid", None))
+    series_uid = kwargs.pop("series_uid", None)
+    volume = load_volume(image, series_uid=series_uid)
+    dicom = fmt == DICOM_SEG
+    # the source instances first: a non-DICOM input is refused before the model runs
+    datasets = read_series_datasets(image, series_uid) if dicom else None
     if not in_folder and out.suffix.lower() == ".json":
         json_path, stem = out, out.stem
     else:
         json_path, stem = out / f"{_case_name(image)}.json", _case_name(image)
-    answers = []
+    answers, segments = [], {}
     for i, q in enumerate(questions):
         pred = predict_question(model, processor, volume, q, **kwargs)
-        files = [
-            str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
-            for k, m in enumerate(pred.masks)
-        ]
-        answers.append({"question": q, "answer": pred.answer, "masks": files, "windows": pred.windows})
+        if dicom:
+            names = [f"Q{i + 1} [SEG] {k + 1}" for k in range(len(pred.masks))]
+            segments.update(zip(names, pred.masks))
+        else:
+            names = [
+                str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
+                for k, m in enumerate(pred.masks)
+            ]
+        answers.append({"question": q, "answer": pred.answer, "masks": names, "windows": pred.windows})
     record = {"source": str(image), "answers": answers}
+    if dicom:
+        name = getattr(model.config, "_name_or_path", "") or model.config.model_type
+        record["dicom_seg"] = None
+        if segments:  # a Segmentation needs at least one segment
+            masks = SimpleNamespace(prompts=list(segments), masks=segments)
+            seg_path = json_path.parent / f"{stem}_seg.dcm"
+            record["dicom_seg"] = str(write_dicom_seg(masks, volume, datasets, seg_path, model_name=name))
+        pairs = [(a["question"], a["answer"]) for a in answers]
+        sr_path = json_path.parent / f"{stem}_sr.dcm"
+        record["dicom_sr"] = str(write_dicom_sr(pairs, datasets, sr_path, model_name=name))
     write_json_atomic(json_path, record)
     record["json"] = str(json_path)
     return record
