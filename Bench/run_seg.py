@@ -30,17 +30,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-ABSENT_MODES = ("none", "listed", "missing")
-
-
-def absent_structures(item: dict, wanted: Sequence[str] | None, absent: str) -> list[str]:
-    """The structures ``item`` is prompted for although they are not in its volume (``absent`` mode)."""
-    masks = item.get("masks") or {}
-    if absent == "listed":
-        return [a for a in item.get("absent") or [] if a not in masks and (wanted is None or a in wanted)]
-    if absent == "missing":
-        return [c for c in wanted or [] if c not in masks]
-    return []
+from LaMed.data.seg_dataset import ABSENT_MODES, absent_structures
 
 
 def calibrate_prepared(

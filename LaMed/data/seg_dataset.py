@@ -152,6 +152,21 @@ class _SegDatasetBase:
         return len(self.entries)
 
 
+ABSENT_MODES = ("none", "listed", "missing")
+
+
+def absent_structures(item: dict, wanted: Sequence[str] | None, absent: str) -> list[str]:
+    """The structures ``item`` is prompted for although they are not in its volume: ``"listed"`` its
+    own ``"absent"`` names, ``"missing"`` every ``wanted`` class without a mask, ``"none"`` nothing
+    (only names among ``wanted`` when it is given)."""
+    masks = item.get("masks") or {}
+    if absent == "listed":
+        return [a for a in item.get("absent") or [] if a not in masks and (wanted is None or a in wanted)]
+    if absent == "missing":
+        return [c for c in wanted or [] if c not in masks]
+    return []
+
+
 class PreparedSegDataset(_SegDatasetBase):
     """M3D-Seg / M3D-RefSeg style segmentation entries over a prepared manifest.
 
@@ -187,7 +202,7 @@ class PreparedSegDataset(_SegDatasetBase):
         absent: str = "none",
     ):
 
-        if absent not in ("none", "listed", "missing"):
+        if absent not in ABSENT_MODES:
             raise ValueError(f"{manifest}: absent must be 'none', 'listed' or 'missing', got {absent!r}")
         if absent != "none" and refer:
             raise ValueError(f"{manifest}: absent prompts are for class names, not referring expressions")
@@ -213,14 +228,7 @@ class PreparedSegDataset(_SegDatasetBase):
                 ]
             else:
                 pairs = [(name, name) for name in (wanted or list(masks)) if name in masks]
-                if absent == "listed":
-                    pairs += [
-                        (name, None)
-                        for name in item.get("absent", [])
-                        if name not in masks and (wanted is None or name in wanted)
-                    ]
-                elif absent == "missing":
-                    pairs += [(name, None) for name in wanted if name not in masks]
+                pairs += [(name, None) for name in absent_structures(item, wanted, absent)]
             if not pairs:
                 continue
             step = 1 if entries == "class" else max(int(max_classes), 1)
