@@ -35,6 +35,15 @@ def _refused(capsys, *words):
 # ---- options -----------------------------------------------------------------------------------------
 
 
+def test_classify_is_refused_for_a_model_that_is_not_a_clip(seg_dir, mllm_dir, inputs, tmp_path, capsys):
+    for model in (seg_dir, mllm_dir):
+        out = tmp_path / f"{model.name}.json"
+        extra = ("--prompt", "liver", "--no-zoom-in") if model == seg_dir else ()
+        assert _predict(model, inputs["nifti"], out, "--classify", *extra) == 1
+        _refused(capsys, "--classify", "needs a CLIP model")
+        assert not out.exists()
+
+
 @pytest.mark.parametrize("prompt", ["", "   "])
 def test_blank_prompt_is_refused(seg_dir, inputs, tmp_path, capsys, prompt):
     out = tmp_path / "m.nii.gz"

@@ -380,8 +380,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     model_type = _model_type(args.model)
-    for accepts, runner in PREDICT_MODES.values():
+    for mode, (accepts, runner) in PREDICT_MODES.items():
         if accepts(model_type):
+            if args.classify and mode != "embed":
+                raise ValueError(
+                    f"--classify: zero-shot classification needs a CLIP model; --model {args.model} is a "
+                    f"{model_type!r} model ({mode} mode)"
+                )
             return runner(args)
     raise ValueError(
         f"--model {args.model}: no predict mode handles model_type {model_type!r} (modes: {', '.join(PREDICT_MODES)})"
