@@ -90,7 +90,10 @@ def run_demo(
                 metrics["mllm"] = stages.run_mllm(cfg, prepared, runs, Path(metrics["clip"]["model"]))
         if "seg" in cfg.parts:
             with _stage(
-                timings, next(step), total, f"segmentation: train {cfg.seg_recipe} ({cfg.seg_steps} steps), Bench seg"
+                timings,
+                next(step),
+                total,
+                f"segmentation: train {cfg.seg_recipe} ({cfg.seg_steps} + {cfg.seg_presence_steps} presence steps), Bench seg",
             ):
                 metrics["seg"] = stages.run_seg(cfg, prepared, runs)
         if real_data is not None:

@@ -244,6 +244,12 @@ def _trained_section(m: Mapping, figures: Mapping[str, str]) -> list:
                 f"| {title} | `{recipe}` | {p['steps']} | {_minutes(p.get('train_seconds'))} | "
                 f"{_f(p.get('first_loss'))} -> {_f(p.get('last_loss'))} |"
             )
+            stage2 = p.get("presence_training")
+            if isinstance(stage2, Mapping):
+                lines.append(
+                    f"| then presence fine-tuning (absent organs) | `{stage2['recipe']}` | {stage2['steps']} | "
+                    f"{_minutes(stage2.get('seconds'))} | {_f(stage2.get('first_loss'))} -> {_f(stage2.get('last_loss'))} |"
+                )
     lines += [
         "",
         "Each model folder (`runs/`) reloads with `from_pretrained`; the recipes are the tiny twins of "

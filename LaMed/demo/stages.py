@@ -378,7 +378,7 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         "recipe": cfg.seg_recipe,
         "steps": trained["steps"],
         "model": str(model_dir),
-        "train_seconds": trained["seconds"] + (presence["seconds"] if presence else 0.0),
+        "train_seconds": trained["seconds"],
         **_losses(trained["log"]),
         "log": trained["log"],
         "per_class": per_class,
