@@ -276,6 +276,8 @@ def _run_embed(args: argparse.Namespace) -> int:
             text_emb = torch.from_numpy(clip.embed_text(args.prompt))
         except ValueError as exc:
             raise ValueError(str(exc).replace("texts:", "--prompt:", 1)) from None
+    # the prompt set is read and embedded once, before any volume (a bad set is refused up front)
+    classifier = clip.classifier(args.classify) if args.classify else None
     for image in _each_input(args):
         emb = torch.from_numpy(clip.embed(image, series_uid=args.series_uid))[None]
         target = _text_out(Path(args.out), image, args.batch, ".json")
@@ -283,8 +285,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         with atomic_path(npz, suffix=".npz") as tmp:
             np.savez(tmp, image=emb.cpu().numpy()[0])
         record = {"source": str(image), "model": str(args.model), "embedding": str(npz)}
-        if args.classify:
-            record["classification"] = clip.classify(image, args.classify, series_uid=args.series_uid)
+        if classifier is not None:
+            record["classification"] = classifier.score(emb.cpu().numpy()[0])
         if text_emb is not None:
             sims = torch.nn.functional.cosine_similarity(emb, text_emb).cpu().tolist()
             record["prompts"] = sorted(

@@ -30,7 +30,7 @@ import torch
 from LaMed.data.io import Volume, load_volume
 from LaMed.data.prompts import CAPTION_TEMPLATES
 from LaMed.inference.checks import check_device, check_prompts, check_text_length, text_position_limit
-from LaMed.inference.classify import classify_from_spec
+from LaMed.inference.classify import EncodedPromptSet, classify_from_spec
 from LaMed.inference.generate import generate_texts
 from LaMed.inference.hub import resolve_model
 from LaMed.inference.outputs import write_segmentation
@@ -285,6 +285,11 @@ class ClipModel(LaMedModel):
         return classify_from_spec(
             self.model, self.tokenizer, self.prepare(volume, series_uid), prompt_set, device=self.device
         )
+
+    def classifier(self, prompt_set: str = "ct_rate") -> EncodedPromptSet:
+        """The prompt set embedded once (``.score(self.embed(volume))`` per volume): what
+        :meth:`classify` computes, without re-encoding the prompts for every volume."""
+        return EncodedPromptSet.from_spec(self.model, self.tokenizer, prompt_set, device=self.device)
 
     def similarity(
         self, volume: VolumeLike, texts: str | Sequence[str], series_uid: str | None = None

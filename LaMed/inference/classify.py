@@ -262,11 +262,35 @@ def _image_size(model) -> tuple[int, ...] | None:
     return tuple(int(s) for s in size) if size is not None else None
 
 
-def classify_volume(
-    model, tokenizer, image, prompt_set: PromptSet, slice_features=None, device=None
-) -> dict[str, dict[str, float]]:
-    """One volume ``(1, 1, D, H, W)`` (or ``(1, D, H, W)``) in [0, 1] -> ``{finding: {"probability",
-    "similarity", "similarity_negative"}}`` (resized to the tower's input size when needed)."""
+@dataclass(frozen=True)
+class EncodedPromptSet:
+    """A prompt set embedded once by one CLIP: score any number of image embeddings against it
+    (``lamed predict --classify`` over a folder encodes the prompts once, not once a volume)."""
+
+    prompt_set: PromptSet
+    positive: np.ndarray
+    negative: np.ndarray
+    scale: float
+
+    @classmethod
+    def from_spec(cls, model, tokenizer, spec: str, device=None) -> EncodedPromptSet:
+        name, style = parse_spec(spec)
+        ps = load_prompt_set(name, style=style)
+        pos, neg = encode_prompts(model, tokenizer, ps, device=device)
+        return cls(ps, pos, neg, model_scale(model))
+
+    def score(self, image_embedding) -> dict:
+        """``{"prompt_set", "style", "findings": {name: {"probability", "similarity",
+        "similarity_negative"}}}`` of one image embedding ``(P,)`` (any scale: it is normalised)."""
+        emb = np.asarray(image_embedding, np.float32).reshape(1, -1)
+        s = zero_shot_scores(emb, self.positive, self.negative, self.scale)
+        findings = {f.name: {k: float(v[0, i]) for k, v in s.items()} for i, f in enumerate(self.prompt_set.findings)}
+        return {"prompt_set": self.prompt_set.name, "style": self.prompt_set.style, "findings": findings}
+
+
+def embed_volume(model, image, slice_features=None, device=None) -> np.ndarray:
+    """The CLIP image embedding ``(1, P)`` of one volume ``(1, 1, D, H, W)`` (or ``(1, D, H, W)``) in [0, 1],
+    resized to the tower's input size when needed."""
     import torch
 
     image = torch.as_tensor(image, dtype=torch.float32)
@@ -278,12 +302,19 @@ def classify_volume(
     size = _image_size(model)
     if size:
         image = _fit(image, size)
-    pos, neg = encode_prompts(model, tokenizer, prompt_set, device=device)
     extra = {"slice_features": torch.as_tensor(slice_features)[None].to(device)} if slice_features is not None else {}
     with torch.no_grad():
-        emb = model.encode_image(image.to(device), **extra).float().cpu().numpy()
-    s = zero_shot_scores(emb, pos, neg, model_scale(model))
-    return {f.name: {k: float(v[0, i]) for k, v in s.items()} for i, f in enumerate(prompt_set.findings)}
+        return model.encode_image(image.to(device), **extra).float().cpu().numpy()
+
+
+def classify_volume(
+    model, tokenizer, image, prompt_set: PromptSet, slice_features=None, device=None
+) -> dict[str, dict[str, float]]:
+    """One volume ``(1, 1, D, H, W)`` (or ``(1, D, H, W)``) in [0, 1] -> ``{finding: {"probability",
+    "similarity", "similarity_negative"}}`` (resized to the tower's input size when needed)."""
+    pos, neg = encode_prompts(model, tokenizer, prompt_set, device=device)
+    encoded = EncodedPromptSet(prompt_set, pos, neg, model_scale(model))
+    return encoded.score(embed_volume(model, image, slice_features, device))["findings"]
 
 
 @dataclass
@@ -460,10 +491,4 @@ def classify_from_spec(model, tokenizer, image, spec: str, device=None) -> dict:
 
     Returns ``{"prompt_set", "style", "findings": {name: {"probability", "similarity", "similarity_negative"}}}``.
     """
-    name, style = parse_spec(spec)
-    ps = load_prompt_set(name, style=style)
-    return {
-        "prompt_set": ps.name,
-        "style": ps.style,
-        "findings": classify_volume(model, tokenizer, image, ps, device=device),
-    }
+    return EncodedPromptSet.from_spec(model, tokenizer, spec, device).score(embed_volume(model, image, device=device))
