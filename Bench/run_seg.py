@@ -121,9 +121,6 @@ def run_seg(
         raise ValueError("run_seg: the model has no tokenizer (save it beside the model or set model.tokenizer)")
     manifest = Path(manifest)
     man = load_manifest(manifest)
-    out = Path(out)
-    pred_dir = out / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
     wanted = list(classes) if classes else None
     # the presence rule: the model's own, or the one fitted on ``calibration`` (the model is left as it is)
     rule = SimpleNamespace(
@@ -137,6 +134,9 @@ def run_seg(
                 "on data with absent structures"
             )
         rule = SimpleNamespace(presence_calibration={"a": fitted["a"], "b": fitted["b"]}, threshold=rule.threshold)
+    out = Path(out)  # created only once the inputs (calibration split included) have been read
+    pred_dir = out / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
     items = []
     presence_rows = []
     for item in tqdm(man["items"], desc="segment", disable=not progress):

@@ -241,6 +241,10 @@ def test_presence_loss_by_hand():
     assert torch.allclose(parts["presence"], got)
     assert torch.allclose(parts["loss"], parts["dice"] + parts["bce"] + 0.5 * got)
     assert "presence" not in SegLoss("dice_bce")(logits, target)  # off by default, as published
+    # on="absent": only the sample with an empty target counts (its BCE against "absent", as above)
+    assert presence_loss(logits, target, topk=2, on="absent").tolist() == pytest.approx([0.0, 0.9740770], abs=1e-6)
+    with pytest.raises(ValueError, match="on must be"):
+        presence_loss(logits, target, on="some")
 
 
 # ---- training forward: one encoding per volume ------------------------------------------------------
@@ -345,5 +349,7 @@ def test_config_errors_name_the_field(seg):
         seg.SegVolConfig(presence_weight=-1.0)
     with pytest.raises(ValueError, match="presence_topk"):
         seg.SegVolConfig(presence_topk=0)
+    with pytest.raises(ValueError, match="presence_on"):
+        seg.SegVolConfig(presence_on="present")
     with pytest.raises(TypeError, match="not_a_field"):
         seg.create_seg_model("segvol_tiny", not_a_field=1)

@@ -178,6 +178,20 @@ def test_bench_front_end_calibrates_presence_on_another_split(trained, phantom_s
         assert r["pred_present"] == (r["presence_probability"] >= 0.5)
         if not r["pred_present"]:
             assert not mask.any()  # reported absent: an empty mask
+    # a calibration split that is not there: refused, naming it, before anything is written
+    from LaMed.data.prepared import PreparedError
+
+    with pytest.raises(PreparedError, match="nope.json"):
+        run_seg(
+            folder,
+            phantom_set / "validation.json",
+            tmp_path / "x",
+            classes=classes,
+            absent="missing",
+            calibration=tmp_path / "nope.json",
+            progress=False,
+        )
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name,labels_key", [("ct_abdomen", "total"), ("mr_abdomen", "total_mr")])

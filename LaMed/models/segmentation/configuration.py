@@ -28,6 +28,7 @@ from dataclasses import field
 from transformers import PretrainedConfig
 
 PROMPT_PARTS = ("text", "box", "point")
+PRESENCE_ON = ("all", "absent")  # which prompts the presence loss scores (see losses.presence_loss)
 SEGVOL_PROMPT_TYPES = ("text+point", "text+box", "text", "box", "point", "box+point")
 
 
@@ -106,6 +107,8 @@ class SegConfigBase(PretrainedConfig):
                 f"{name}.refine_passes={self.refine_passes} needs a mask path (mask_downscaling 'conv3d' or "
                 f"'decomp'), got {self.mask_downscaling!r}"
             )
+        if self.presence_on not in PRESENCE_ON:
+            raise ValueError(f"{name}.presence_on must be one of {PRESENCE_ON}, got {self.presence_on!r}")
         if float(self.presence_weight) < 0 or int(self.presence_topk) < 1:
             raise ValueError(
                 f"{name}: presence_weight must be >= 0 and presence_topk >= 1, "

@@ -65,6 +65,8 @@ def presence_loss(logits: torch.Tensor, target: torch.Tensor, topk: int = 64, on
     score = x.topk(k, dim=1).values.mean(1)
     present = (_targets(target, x).flatten(1) > 0).any(1).to(score.dtype)
     loss = F.binary_cross_entropy_with_logits(score, present, reduction="none")
+    if on not in ("all", "absent"):
+        raise ValueError(f"presence_loss: on must be 'all' or 'absent', got {on!r}")
     return loss * (1.0 - present) if on == "absent" else loss
 
 
