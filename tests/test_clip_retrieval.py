@@ -7,18 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_configs import TINY_BERT
 
 from LaMed.models.clip import LamedClipConfig, LamedClipModel
-
-TINY_BERT = dict(
-    model_type="bert",
-    vocab_size=30522,
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=64,
-    max_position_embeddings=256,
-)
 
 
 @pytest.fixture(scope="module")

