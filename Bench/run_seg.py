@@ -47,19 +47,17 @@ def calibrate_prepared(
     import torch
     from tqdm.auto import tqdm
 
-    from LaMed.data.prepared import load_image, load_manifest
+    from LaMed.data.prepared import load_manifest
     from LaMed.inference.presence import fit_platt, presence_scores
 
     manifest = Path(manifest)
     wanted = list(classes) if classes else None
     scores, truth = [], []
     for item in tqdm(load_manifest(manifest)["items"], desc="calibrate presence", disable=not progress):
-        names = [n for n in item.get("masks") or {} if wanted is None or n in wanted]
-        gone = absent_structures(item, wanted, absent)
-        if not names and not gone:
+        got = item_logits(model, manifest, item, wanted, absent, overlap)
+        if got is None:
             continue
-        image = torch.from_numpy(np.asarray(load_image(manifest, item), np.float32))[None]
-        logits = segment_logits(model, image, names + gone, overlap)
+        names, gone, logits = got
         scores.extend(presence_scores(torch.from_numpy(logits)).tolist())
         truth.extend([True] * len(names) + [False] * len(gone))
     if not truth or all(truth):
@@ -67,19 +65,22 @@ def calibrate_prepared(
     return {**fit_platt(scores, truth), "n": len(truth), "n_present": int(sum(truth))}
 
 
-def segment_logits(model, volume, texts: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1):
-    """Logits ``(K, D, H, W)`` for a prepared volume ``(1, 1, D, H, W)`` and K prompts."""
+def item_logits(model, manifest: Path, item: dict, wanted, absent: str, overlap: float = 0.5):
+    """``(present names, absent names, logits (K, D, H, W))`` of one prepared item: its labelled
+    structures (among ``wanted``) and, per ``absent``, those it lacks, all prompted on its volume
+    (sliding windows of the model's size, each window encoded once); ``None`` when it has no
+    labelled structure to score (absent prompts need the grid of a mask)."""
+    import torch
+
+    from LaMed.data.prepared import load_image
     from LaMed.inference.segment import segment_prepared
 
-    return segment_prepared(model, volume, texts, overlap=overlap, sw_batch_size=sw_batch_size, return_logits=True)
-
-
-def predict_prepared(model, volume, texts: Sequence[str], overlap: float = 0.5, sw_batch_size: int = 1):
-    """Probabilities ``(K, D, H, W)`` for a prepared volume ``(1, 1, D, H, W)`` and K prompts
-    (:func:`LaMed.inference.segment.segment_prepared`)."""
-    from LaMed.inference.segment import segment_prepared
-
-    return segment_prepared(model, volume, texts, overlap=overlap, sw_batch_size=sw_batch_size)
+    names = [n for n in item.get("masks") or {} if wanted is None or n in wanted]
+    if not names:
+        return None
+    gone = absent_structures(item, wanted, absent)
+    image = torch.from_numpy(np.asarray(load_image(manifest, item), np.float32))[None]
+    return names, gone, segment_prepared(model, image, names + gone, overlap=overlap, return_logits=True)
 
 
 def run_seg(
@@ -104,7 +105,7 @@ def run_seg(
 
     from Bench.common import write_outputs
     from Bench.eval_seg import METRICS, evaluate_seg
-    from LaMed.data.prepared import load_image, load_manifest
+    from LaMed.data.prepared import load_manifest
     from LaMed.inference.presence import decide, presence_scores
     from LaMed.utils.atomic import atomic_write_text, save_npy_atomic, write_json_atomic
 
@@ -140,13 +141,11 @@ def run_seg(
     items = []
     presence_rows = []
     for item in tqdm(man["items"], desc="segment", disable=not progress):
-        masks = item.get("masks") or {}
-        names = [n for n in masks if wanted is None or n in wanted]
-        gone = absent_structures(item, wanted, absent)
-        if not names:  # an item with nothing labelled to score (absent prompts need a grid: a mask)
+        got = item_logits(model, manifest, item, wanted, absent, overlap)
+        if got is None:
             continue
-        image = torch.from_numpy(np.asarray(load_image(manifest, item), np.float32))[None]
-        logits = segment_logits(model, image, names + gone, overlap)
+        names, gone, logits = got
+        masks = item["masks"]
         probability, present = decide(rule, presence_scores(torch.from_numpy(logits)))
         for k, name in enumerate(names + gone):
             p = 0.5 * (1.0 + np.tanh(0.5 * logits[k])) if present[k] else np.zeros_like(logits[k])
