@@ -34,18 +34,20 @@ def presence_scores(logits: torch.Tensor) -> np.ndarray:
     return logits.reshape(logits.shape[0], -1).amax(1).double().cpu().numpy()
 
 
-def _calibration(config, threshold: float | None = None) -> dict[str, float]:
-    cal = getattr(config, "presence_calibration", None)
+def _calibration(config, threshold: float | None = None, calibrated: bool = True) -> dict[str, float]:
+    cal = getattr(config, "presence_calibration", None) if calibrated else None
     if cal:
         return {"a": float(cal["a"]), "b": float(cal["b"])}
     thr = float(config.threshold if threshold is None else threshold)
     return {"a": 1.0, "b": -math.log(thr / (1.0 - thr))}
 
 
-def presence_probability(config, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """``sigmoid(a * scores + b)`` with the config's calibration (or the uncalibrated rule at
-    ``threshold``, default the config's)."""
-    cal = _calibration(config, threshold)
+def presence_probability(
+    config, scores: np.ndarray, threshold: float | None = None, calibrated: bool = True
+) -> np.ndarray:
+    """``sigmoid(a * scores + b)`` with the config's calibration (or, without one or with
+    ``calibrated=False``, the uncalibrated rule at ``threshold``, default the config's)."""
+    cal = _calibration(config, threshold, calibrated)
     z = cal["a"] * np.asarray(scores, np.float64) + cal["b"]
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free sigmoid
 
@@ -100,7 +102,14 @@ def calibrate_presence(
     return {**cal, "n": len(labels), "n_present": int(sum(labels))}
 
 
-def decide(config, scores: np.ndarray, threshold: float | None = None) -> tuple:
-    """``(probabilities, present)`` per prompt; present = probability >= 0.5."""
-    prob = presence_probability(config, scores, threshold)
+def decide(config, scores: np.ndarray, threshold: float | None = None, calibrated=True) -> tuple:
+    """``(probabilities, present)`` per prompt; present = probability >= 0.5. ``calibrated``: a bool, or
+    one per prompt (``False`` rows use the uncalibrated rule, present exactly when the mask is not
+    empty)."""
+    use = np.broadcast_to(np.asarray(calibrated, bool), np.shape(scores))
+    prob = np.where(
+        use,
+        presence_probability(config, scores, threshold, True),
+        presence_probability(config, scores, threshold, False),
+    )
     return prob, prob >= 0.5

@@ -37,6 +37,15 @@ from LaMed.inference.hub import resolve_model
 from LaMed.inference.preprocessing import model_preset
 from LaMed.inference.presence import decide, presence_scores
 from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
+from LaMed.inference.spatial_prompts import (
+    Frame,
+    SegPrompt,
+    as_prompt,
+    check_prompt,
+    prompt_in_frame,
+    window_frame,
+    zoom_out_frame,
+)
 from LaMed.models.checkpoint_files import load_pretrained
 from LaMed.models.segmentation.base import Prompts
 from LaMed.models.segmentation.common import upsample_logits
@@ -184,28 +193,96 @@ def segment_prepared(
     return (logits[0].float() if return_logits else torch.sigmoid(logits[0].float())).cpu().numpy()
 
 
+def _signature(p: Prompts) -> tuple:
+    """Which fields of a ``Prompts`` are set, and their per-row shapes: rows of one signature can be
+    stacked and decoded together without padding (padding points would change the decode)."""
+    return tuple(
+        None if getattr(p, f.name) is None else tuple(getattr(p, f.name).shape[1:]) for f in dataclasses.fields(Prompts)
+    )
+
+
+def _stack_prompts(rows: Sequence[Prompts]) -> Prompts:
+    return Prompts(
+        **{
+            f.name: None if getattr(rows[0], f.name) is None else torch.cat([getattr(r, f.name) for r in rows])
+            for f in dataclasses.fields(Prompts)
+        }
+    )
+
+
+def decode_rows(model, features, rows: Sequence[tuple[int, Prompts]]) -> list[torch.Tensor]:
+    """Low-resolution logits ``(1, d', h', w')`` of each ``(image index, one-row Prompts)``: rows of one
+    signature (same prompt kinds, same number of points) are decoded as one batch."""
+
+    device = next(model.parameters()).device
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, row) in enumerate(rows):
+        groups.setdefault(_signature(row), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    for members in groups.values():
+        index = torch.as_tensor([rows[i][0] for i in members], dtype=torch.long, device=device)
+        low = model.decode(features, _stack_prompts([rows[i][1] for i in members]), image_index=index)
+        for i, row in zip(members, low):
+            out[i] = row
+    return out
+
+
+class _PromptRows:
+    """The prompts of one call, ready for any frame: texts encoded once, spatial parts mapped per frame
+    (:func:`~LaMed.inference.spatial_prompts.prompt_in_frame`)."""
+
+    def __init__(self, model, queries: Sequence[SegPrompt], crop_start: Sequence[int]):
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.queries, self.crop_start = list(queries), tuple(crop_start)
+        texts = [q.text for q in self.queries if q.text is not None]
+        self.text = None
+        if texts:
+            self.text = text_prompts(model, texts)
+        order = iter(range(len(texts)))
+        self.text_row = [None if q.text is None else next(order) for q in self.queries]
+        self.plain = all(not q.spatial for q in self.queries)
+
+    def row(self, k: int, frame: Frame) -> Prompts | None:
+        t = self.text_row[k]
+        text = None if t is None else _index_prompts(self.text, [t])
+        if not self.queries[k].spatial:
+            return text
+        return prompt_in_frame(self.queries[k], frame, text, self.device, self.dtype)
+
+    def window(self, k: int, origin: Sequence[int], size: Sequence[int]) -> Prompts | None:
+        return self.row(k, window_frame(self.crop_start, origin, size))
+
+
 @torch.no_grad()
 def zoom_out_zoom_in(
     model,
     pre: Preprocessed,
-    texts: Sequence[str],
+    texts: Sequence,
     zoom_in: bool = True,
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Logits ``(K, *crop_shape)`` for K text prompts (see module docstring); second value: the
-    prompts whose zoom-in was skipped because the zoom-out found nothing."""
+    """Logits ``(K, *crop_shape)`` for K prompts (texts or :class:`SegPrompt`; see the module
+    docstring); second value: the labels of the prompts whose zoom-in was skipped because the
+    zoom-out found nothing."""
 
+    queries = [as_prompt(t) for t in texts]
     param = next(model.parameters())
     device, dtype = param.device, param.dtype  # inputs follow the weights (loaded in bf16 -> computed in bf16)
     img_size = tuple(model.config.img_size)
-    x = pre.zoom_out.to(device, dtype)
-    enc = _text_prompts(model, texts, device)
-    prompts = model.encode_prompts(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    k = len(texts)
-    features = model.encode_image(x)
-    low = model.decode(features, prompts, image_index=torch.zeros(k, dtype=torch.long, device=device))
+    rows = _PromptRows(model, queries, pre.crop[:3])
+    frame = zoom_out_frame(pre.crop, img_size)
+    first = [rows.row(k, frame) for k in range(len(queries))]
+    for q, r in zip(queries, first):
+        if r is None:
+            raise ValueError(
+                f"prompt {q.label!r}: its box / points lie outside the body (foreground crop "
+                f"{pre.crop[:3]}-{pre.crop[3:]} in canonical voxels), where nothing is segmented"
+            )
+    features = model.encode_image(pre.zoom_out.to(device, dtype))
+    low = torch.stack(decode_rows(model, features, [(0, r) for r in first]))
     crop_shape = tuple(b - a for a, b in zip(pre.crop[:3], pre.crop[3:]))
     logits = upsample_logits(upsample_logits(low, img_size), crop_shape)[:, 0].float()
     fallback: list[str] = []
@@ -215,15 +292,28 @@ def zoom_out_zoom_in(
     thr = float(model.config.threshold)
     logit_thr = float(np.log(thr / (1.0 - thr)))
     rois: list[tuple[slice, ...] | None] = []
-    for i, text in enumerate(texts):
+    for i, q in enumerate(queries):
         rois.append(_roi(logits[i] > logit_thr, img_size))
         if rois[-1] is None:
-            logger.info("zoom-in skipped for %r: the zoom-out prediction is empty", text)
-            fallback.append(text)
+            logger.info("zoom-in skipped for %r: the zoom-out prediction is empty", q.label)
+            fallback.append(q.label)
     todo = [i for i, r in enumerate(rois) if r is not None]
     if todo:
-        sub = _index_prompts(prompts, todo)
-        regions = zoom_in_regions(model, native, [rois[i] for i in todo], sub, overlap, sw_batch_size, progress)
+        if rows.plain:
+            sub = _index_prompts(rows.text, [rows.text_row[i] for i in todo])
+            regions = zoom_in_regions(model, native, [rois[i] for i in todo], sub, overlap, sw_batch_size, progress)
+        else:
+            regions = zoom_in_regions(
+                model,
+                native,
+                [rois[i] for i in todo],
+                None,
+                overlap,
+                sw_batch_size,
+                progress,
+                window_prompt=lambda k, origin: rows.window(todo[k], origin, img_size),
+                base=[logits[i] for i in todo],
+            )
         for i, region in zip(todo, regions):
             logits[i][rois[i]] = region
     return logits, fallback
@@ -267,6 +357,8 @@ def zoom_in_regions(
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     progress: bool = False,
+    window_prompt=None,
+    base: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Zoom-in logits of K prompts at once: entry k is ``roi_k``-shaped, the result of sliding windows
     over ``native[..., roi_k]`` with prompt k (``prompts``: K rows, ``native``: ``(1, 1, *crop)``).
@@ -277,7 +369,16 @@ def zoom_in_regions(
     float round-off of a batched decode) at the cost of one encoding per distinct window.
     A region narrower than the window on some axis spans the whole crop on it (the rule of
     :func:`_roi`), so its padded windows are the same for every prompt.
+
+    Box / point prompts differ per window: ``window_prompt(k, origin)`` gives prompt k's row in the
+    window at ``origin`` (crop voxels), or ``None`` when nothing of it reaches the window, which then
+    keeps ``base[k]`` (the crop-shaped zoom-out logits) there. ``prompts`` (K rows, the same in every
+    window) is used when ``window_prompt`` is not given.
     """
+    if window_prompt is None:
+
+        def window_prompt(k, origin):
+            return _index_prompts(prompts, [k])
 
     window = tuple(int(w) for w in model.config.img_size)
     crop = native.shape[2:]
@@ -298,6 +399,7 @@ def zoom_in_regions(
         pads += [p, max(w - n, 0) - p]
     padded = torch.nn.functional.pad(native, pads) if any(pads) else native
     cache: dict[tuple[tuple[int, int, int], int], torch.Tensor] = {}
+    padded_base: dict[int, torch.Tensor] = {}
     origins = list(users)
     step = max(int(sw_batch_size), 1)
     iterator = range(0, len(origins), step)
@@ -316,13 +418,22 @@ def zoom_in_regions(
                 for origin in chunk
             ]
         )
-        features = model.encode_image(batch)
-        rows = [(j, k) for j, origin in enumerate(chunk) for k in users[origin]]
-        index = torch.as_tensor([j for j, _ in rows], dtype=torch.long, device=batch.device)
-        low = model.decode(features, _index_prompts(prompts, [k for _, k in rows]), image_index=index)
-        up = upsample_logits(low, window).float()
-        for (j, k), row in zip(rows, up):
-            cache[(chunk[j], k)] = row
+        pairs = [(j, k, window_prompt(k, origin)) for j, origin in enumerate(chunk) for k in users[origin]]
+        for j, k, row in pairs:
+            if row is None:  # nothing of prompt k in this window: it keeps the zoom-out logits there
+                if k not in padded_base:
+                    padded_base[k] = torch.nn.functional.pad(base[k][None, None].float(), pads)[0]
+                o = [a + p for a, p in zip(chunk[j], pad_before)]
+                cache[(chunk[j], k)] = padded_base[k][
+                    (slice(None),) + tuple(slice(c, c + w) for c, w in zip(o, window))
+                ]
+        decodable = [(j, k, row) for j, k, row in pairs if row is not None]
+        if decodable:
+            features = model.encode_image(batch)
+            low = decode_rows(model, features, [(j, row) for j, _, row in decodable])
+            up = upsample_logits(torch.stack(low), window).float()
+            for (j, k, _), row in zip(decodable, up):
+                cache[(chunk[j], k)] = row
     out = []
     for k, roi in enumerate(rois):
         start = tuple(s.start for s in roi)
@@ -363,7 +474,8 @@ class SegPrediction:
     prompt above the threshold, among the prompts reported present: where prompts overlap the
     highest probability wins); ``legend`` ``{k: prompt}``; ``fallback``: prompts whose zoom-in was
     skipped; ``presence`` prompt -> presence probability and ``present`` prompt -> bool
-    (:mod:`LaMed.inference.presence`): a prompt reported absent has an empty mask.
+    (:mod:`LaMed.inference.presence`): a prompt reported absent has an empty mask; ``queries``: the
+    checked prompts (text, box, points in canonical voxels). ``prompts`` are their labels.
     """
 
     prompts: list[str]
@@ -374,12 +486,35 @@ class SegPrediction:
     fallback: list[str] = field(default_factory=list)
     presence: dict[str, float] = field(default_factory=dict)
     present: dict[str, bool] = field(default_factory=dict)
+    queries: list[SegPrompt] = field(default_factory=list)
+
+
+def check_queries(model, prompts: Sequence, shape: Sequence[int]) -> list[SegPrompt]:
+    """The prompts (texts or :class:`SegPrompt`) as checked ``SegPrompt``: texts as
+    :func:`check_seg_prompts` wants them, boxes / points inside a canonical volume of ``shape`` and
+    only for a model with point / box embeddings, labels distinct (they name the masks)."""
+
+    queries = [check_prompt(as_prompt(p), shape, f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    texts = check_seg_prompts(model, [q.text for q in queries if q.text is not None])
+    it = iter(texts)
+    queries = [q if q.text is None else dataclasses.replace(q, text=next(it)) for q in queries]
+    if any(q.spatial for q in queries) and not getattr(model.config, "point_prompts", True):
+        raise ValueError(
+            f"{type(model).__name__} was built without point / box prompt embeddings "
+            "(config.point_prompts = false, as R1Seg-3D's decoder): give text prompts only"
+        )
+    seen: set[str] = set()
+    for q in queries:
+        if q.label in seen:
+            raise ValueError(f"two prompts are labelled {q.label!r}: give each a distinct name (it names the mask)")
+        seen.add(q.label)
+    return queries
 
 
 def predict_volume(
     model,
     volume,
-    prompts: Sequence[str],
+    prompts: Sequence,
     zoom_in: bool = True,
     overlap: float = 0.5,
     sw_batch_size: int = 1,
@@ -387,35 +522,42 @@ def predict_volume(
     progress: bool = False,
     preset=None,
 ) -> SegPrediction:
-    """Segment ``prompts`` (structure names or sentences) in ``volume`` (a ``LaMed.data.io.Volume``).
+    """Segment ``prompts`` in ``volume`` (a ``LaMed.data.io.Volume``): structure names or sentences, or
+    :class:`~LaMed.inference.spatial_prompts.SegPrompt` (text, box, points; canonical voxel indices).
+    Outputs are keyed by each prompt's label (its text, or its name).
 
     ``preset``: the preprocessing (a name, a record or a ``Preset``); default: the one the model stores.
     """
 
     if not list(prompts):
         raise ValueError("predict_volume: give at least one prompt")
-    prompts = check_seg_prompts(model, list(prompts))
+    queries = check_queries(model, list(prompts), volume.shape)
+    labels = [q.label for q in queries]
     overlap = check_overlap(overlap, "overlap")
     thr = float(model.config.threshold if threshold is None else check_threshold(threshold, "threshold"))
     pre = preprocess(volume, model.config.img_size, model_preset(model, preset), native=zoom_in)
-    logits, fallback = zoom_out_zoom_in(model, pre, prompts, zoom_in, overlap, sw_batch_size, progress)
-    probs = np.zeros((len(prompts),) + tuple(volume.shape), np.float16)
+    logits, fallback = zoom_out_zoom_in(model, pre, queries, zoom_in, overlap, sw_batch_size, progress)
+    probs = np.zeros((len(queries),) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
     probs[(slice(None),) + box] = torch.sigmoid(logits).cpu().numpy().astype(np.float16)
 
-    presence, present = decide(model.config, presence_scores(logits), thr)
+    # The calibration is fitted on text prompts; a box or points assert where the structure is, so such
+    # a prompt is present exactly when its mask is non-empty (the uncalibrated rule).
+    spatial = np.array([q.spatial for q in queries])
+    presence, present = decide(model.config, presence_scores(logits), thr, calibrated=~spatial)
     # absent prompts take no part in the label map: their probabilities are kept, their masks are empty
     voting = np.where(present[:, None, None, None], probs, np.float16(0))
     best = voting.argmax(0)
-    label_map = np.where(voting.max(0) > thr, best + 1, 0).astype(np.uint8 if len(prompts) < 255 else np.uint16)
-    masks = {p: (voting[i] > thr) for i, p in enumerate(prompts)}
+    label_map = np.where(voting.max(0) > thr, best + 1, 0).astype(np.uint8 if len(queries) < 255 else np.uint16)
+    masks = {p: (voting[i] > thr) for i, p in enumerate(labels)}
     return SegPrediction(
-        prompts,
+        labels,
         probs,
         masks,
         label_map,
-        {i + 1: p for i, p in enumerate(prompts)},
+        {i + 1: p for i, p in enumerate(labels)},
         fallback,
-        {p: float(presence[i]) for i, p in enumerate(prompts)},
-        {p: bool(present[i]) for i, p in enumerate(prompts)},
+        {p: float(presence[i]) for i, p in enumerate(labels)},
+        {p: bool(present[i]) for i, p in enumerate(labels)},
+        queries,
     )
