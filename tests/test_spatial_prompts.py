@@ -233,3 +233,120 @@ def test_prompt_outside_the_body_is_refused(tiny_model):
     assert pre.crop == (5, 20, 20, 35, 80, 60)  # the air around it is cropped away
     with pytest.raises(ValueError, match="outside the body"):
         predict_volume(tiny_model, vol, [SegPrompt(points=((20, 5, 5),), name="air")], zoom_in=False)
+
+
+# ---- lamed predict ----------------------------------------------------------------------------------------
+from test_predict_families import SHAPE, clip_dir, inputs, phantom, seg_dir  # noqa: E402, F401  (fixtures)
+
+CANONICAL_BOX = (3.0, 10.0, 12.0, 12.0, 40.0, 50.0)
+
+
+def _file_corners(phantom):
+    """The NIfTI fixture stores ras[i, j, k] = canonical[k, H-1-j, W-1-i] with affine diag(sw, sh, sd)
+    and origin (-20, 15, -40): the canonical box's corners as file voxels and as RAS mm, by hand."""
+    _, h, w = SHAPE
+    d0, h0, w0, d1, h1, w1 = CANONICAL_BOX
+    ijk = [(w - 1 - w0, h - 1 - h0, d0), (w - 1 - w1, h - 1 - h1, d1)]
+    sd, sh, sw = phantom.spacing
+    ras = [(sw * i - 20.0, sh * j + 15.0, sd * k - 40.0) for i, j, k in ijk]
+    return [v for c in ijk for v in c], [v for c in ras for v in c]
+
+
+def _cli(seg_dir, image, out, *extra):
+    from LaMed.cli import main
+
+    return main(["predict", "--model", str(seg_dir), "--image", str(image), "--out", str(out), *extra])
+
+
+def test_cli_box_in_file_voxels_and_ras_lands_on_the_same_canonical_box(seg_dir, inputs, phantom, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from LaMed.inference.api import load
+    from LaMed.inference.spatial_prompts import SegPrompt
+
+    voxel, ras = _file_corners(phantom)
+    written = {}
+    for space, corners in (("voxel", voxel), ("ras", ras)):
+        out = tmp_path / space
+        args = ["--prompt", "liver", "--box", *map(str, corners), "--coords", space, "--no-zoom-in"]
+        assert _cli(seg_dir, inputs["nifti"], out, *args) == 0
+        legend = json.loads(next(out.glob("*.json")).read_text())
+        (entry,) = legend["structures"]
+        assert entry["prompt"] == "liver" and entry["text"] == "liver"
+        assert entry["box_canonical_voxels"] == pytest.approx(list(CANONICAL_BOX), abs=1e-6)
+        written[space] = np.asarray(nib.load(next(out.glob("*.nii.gz"))).dataobj)
+    # the same prompt from Python in canonical voxels gives the same mask file
+    seg = load(seg_dir).segment(inputs["nifti"], [SegPrompt(text="liver", box=CANONICAL_BOX)], zoom_in=False)
+    seg.save(tmp_path / "api.nii.gz")
+    api = np.asarray(nib.load(tmp_path / "api.nii.gz").dataobj)
+    assert np.array_equal(written["voxel"], api) and np.array_equal(written["ras"], api)
+
+
+def test_cli_prompts_file_gives_a_label_map_with_the_names(seg_dir, inputs, phantom, tmp_path):
+    import json
+
+    voxel, _ = _file_corners(phantom)
+    spec = tmp_path / "prompts.json"
+    spec.write_text(
+        json.dumps(
+            [
+                {"text": "liver"},
+                {"box": voxel, "name": "lesion box"},
+                {"points": [[8, 30, 25]], "point_labels": [1], "name": "click", "coords": "canonical"},
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    assert _cli(seg_dir, inputs["nifti"], out, "--prompts-file", str(spec), "--no-zoom-in") == 0
+    legend = json.loads((out / "case_ras_labels.json").read_text())
+    assert legend["labels"] == {"1": "liver", "2": "lesion box", "3": "click"}
+    assert legend["structures"][1]["box_canonical_voxels"] == pytest.approx(list(CANONICAL_BOX), abs=1e-6)
+    assert legend["structures"][2]["points_canonical_voxels"] == [[8.0, 30.0, 25.0]]
+
+
+def _refused(capsys, *words):
+    err = capsys.readouterr().err
+    assert "lamed predict: error:" in err and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--prompt", "liver", "--prompt", "spleen", "--box", "1", "1", "1", "5", "5", "5"], ["--prompts-file"]),
+        (["--box", "1", "1", "1", "500", "5", "5"], ["--box / --point", "outside the volume"]),
+        (["--point", "1", "1", "1", "--prompt", "liver", "--batch"], ["not with --batch"]),
+        (["--prompts-file", "missing.json"], ["--prompts-file", "no such file"]),
+    ],
+)
+def test_cli_bad_spatial_prompts_are_refused(seg_dir, inputs, tmp_path, capsys, extra, words):
+    image = inputs["nifti"].parent if "--batch" in extra else inputs["nifti"]
+    assert _cli(seg_dir, image, tmp_path / "out", *extra) == 1
+    _refused(capsys, *words)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", ["not a readable JSON"]),
+        ("[]", ["non-empty JSON list"]),
+        ('[{"text": "liver", "colour": 3}]', ["entry 1", "unknown key"]),
+        ('[{"box": [1, 2, 3]}]', ["entry 1", "6 finite numbers"]),
+        ('[{"points": [[1, 2, 3]], "coords": "mm"}]', ["entry 1", "'coords' must be one of"]),
+    ],
+)
+def test_cli_bad_prompts_file_is_refused_naming_it(seg_dir, inputs, tmp_path, capsys, content, words):
+    spec = tmp_path / "p.json"
+    spec.write_text(content)
+    assert _cli(seg_dir, inputs["nifti"], tmp_path / "out", "--prompts-file", str(spec)) == 1
+    _refused(capsys, str(spec), *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_spatial_prompts_are_refused_for_a_clip(clip_dir, inputs, tmp_path, capsys):
+    assert _cli(clip_dir, inputs["nifti"], tmp_path / "c.json", "--box", "1", "1", "1", "5", "5", "5") == 1
+    _refused(capsys, "--box / --point / --prompts-file", "segmentation model")

@@ -43,6 +43,7 @@ from LaMed.inference.outputs import (  # noqa: F401
 from LaMed.inference.preprocessing import model_input  # noqa: F401  (re-exported for existing callers)
 from LaMed.inference.reasoning import predict_question_file
 from LaMed.inference.segment import SEG_MODEL_TYPES, check_seg_prompts
+from LaMed.inference.spatial_prompts import SegPrompt, read_prompts_file
 from LaMed.utils.atomic import atomic_path, check_writable_dir, write_json_atomic
 
 
@@ -53,6 +54,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", action="append", default=[], help="structure name or sentence; repeat for several")
     parser.add_argument("--out", required=True, help="output file (one prompt) or folder")
+    parser.add_argument(
+        "--box",
+        nargs=6,
+        type=float,
+        default=None,
+        metavar=("A0", "B0", "C0", "A1", "B1", "C1"),
+        help="segmentation models: a box prompt, two opposite corners in --coords; with one --prompt it "
+        "belongs to that text, alone it is a prompt of its own (several prompts: --prompts-file)",
+    )
+    parser.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("A", "B", "C"),
+        help="segmentation models: a foreground point in --coords (repeat for several); joins --box / --prompt",
+    )
+    parser.add_argument(
+        "--background-point",
+        nargs=3,
+        type=float,
+        action="append",
+        default=[],
+        metavar=("A", "B", "C"),
+        help="segmentation models: a background point (label 0), as --point",
+    )
+    parser.add_argument(
+        "--coords",
+        default="voxel",
+        choices=("voxel", "ras", "lps"),
+        help="space of --box / --point: the file's voxel index i j k (x first, as ITK-SNAP / nibabel "
+        "count; default), or world mm in RAS (NIfTI, 3D Slicer) or LPS (DICOM, ITK)",
+    )
+    parser.add_argument(
+        "--prompts-file",
+        default=None,
+        help="segmentation models: JSON list of prompts, each with any of text, box, points, point_labels, "
+        "name, coords (default --coords); instead of --prompt / --box / --point",
+    )
     parser.add_argument(
         "--series-uid",
         default=None,
@@ -160,12 +201,47 @@ def _check_questions(processor, questions: Sequence[str], limit, max_new_tokens:
             )
 
 
+def _spatial_given(args: argparse.Namespace) -> bool:
+    return bool(args.box or args.point or args.background_point or args.prompts_file)
+
+
+def _seg_prompts(args: argparse.Namespace) -> list:
+    """The prompts of a segmentation call: the ``--prompt`` texts, one prompt built from ``--box`` /
+    ``--point`` (joined to the single ``--prompt`` when there is one), or ``--prompts-file``."""
+
+    if args.prompts_file:
+        if args.prompt or args.box or args.point or args.background_point:
+            raise ValueError("--prompts-file: give the prompts either in the file or as --prompt / --box / --point")
+        return read_prompts_file(args.prompts_file, args.coords)
+    if not (args.box or args.point or args.background_point):
+        if not args.prompt:
+            raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
+        return list(args.prompt)
+    if len(args.prompt) > 1:
+        raise ValueError(
+            "--box / --point: they join one --prompt at most; for several prompts with boxes or points "
+            "use --prompts-file"
+        )
+    points = [tuple(p) for p in args.point] + [tuple(p) for p in args.background_point]
+    labels = (1,) * len(args.point) + (0,) * len(args.background_point)
+    text = args.prompt[0] if args.prompt else None
+    return [
+        SegPrompt(
+            text=text,
+            box=None if args.box is None else tuple(args.box),
+            points=tuple(points),
+            point_labels=labels,
+            space=args.coords,
+            origin=f"--box / --point (--coords {args.coords})",
+        )
+    ]
+
+
 def _run_masks(args: argparse.Namespace) -> int:
 
-    if not args.prompt:
-        raise ValueError("--prompt: give at least one structure name or sentence for a segmentation model")
+    prompts = _seg_prompts(args)  # a bad prompts file is refused before the model is loaded
     model = _load(args).model
-    check_seg_prompts(model, args.prompt)
+    check_seg_prompts(model, [p for p in prompts if isinstance(p, str)])
     # progress: a bar over the zoom-in's sliding windows (on stderr; a large CT can take minutes on a CPU)
     common = dict(
         overlay=args.overlay,
@@ -178,13 +254,13 @@ def _run_masks(args: argparse.Namespace) -> int:
         preset=args.preset,
     )
     if args.batch:
-        results = predict_folder(model, args.image, args.prompt, args.out, **common)
+        results = predict_folder(model, args.image, prompts, args.out, **common)
         failed = {k: v for k, v in results.items() if isinstance(v, str)}
         for name, msg in failed.items():
             print(f"{name}: {msg}")
         print(f"{len(results) - len(failed)} of {len(results)} volumes written to {args.out}")
         return 1 if failed else 0
-    written = predict_file(model, args.image, args.prompt, args.out, **common)
+    written = predict_file(model, args.image, prompts, args.out, **common)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
@@ -367,6 +443,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--image {image}: no such file or folder")
     if args.batch and not image.is_dir():
         raise ValueError(f"--image {image}: --batch needs a folder of volumes")
+    if args.batch and _spatial_given(args):
+        raise ValueError("--box / --point / --prompts-file: their coordinates belong to one volume, not with --batch")
+    if args.prompts_file and not Path(args.prompts_file).is_file():
+        raise FileNotFoundError(f"--prompts-file {args.prompts_file}: no such file")
     if args.format == DICOM_SEG and not image.is_dir():
         raise ValueError(
             f"--format {DICOM_SEG}: --image {image} is not a DICOM series folder (DICOM out references "
@@ -384,6 +464,11 @@ def run(args: argparse.Namespace) -> int:
     model_type = _model_type(args.model)
     for mode, (accepts, runner) in PREDICT_MODES.items():
         if accepts(model_type):
+            if _spatial_given(args) and mode != "masks":
+                raise ValueError(
+                    f"--box / --point / --prompts-file: spatial prompts need a segmentation model; --model "
+                    f"{args.model} is a {model_type!r} model ({mode} mode)"
+                )
             if args.classify and mode != "embed":
                 raise ValueError(
                     f"--classify: zero-shot classification needs a CLIP model; --model {args.model} is a "

@@ -168,6 +168,12 @@ def write_segmentation(
         }
         for k, v in pred.legend.items()
     ]
+    for entry, q in zip(structures, getattr(pred, "queries", None) or []):
+        if q.spatial:  # where the user pointed, on the canonical grid of the written masks' volume
+            entry["text"] = q.text
+            entry["box_canonical_voxels"] = None if q.box is None else list(q.box)
+            entry["points_canonical_voxels"] = [list(p) for p in q.points]
+            entry["point_labels"] = list(q.point_labels)
     write_json_atomic(
         legend_path,
         {

@@ -278,7 +278,7 @@ def zoom_out_zoom_in(
     for q, r in zip(queries, first):
         if r is None:
             raise ValueError(
-                f"prompt {q.label!r}: its box / points lie outside the body (foreground crop "
+                f"{q.origin or f'prompt {q.label!r}'}: its box / points lie outside the body (foreground crop "
                 f"{pre.crop[:3]}-{pre.crop[3:]} in canonical voxels), where nothing is segmented"
             )
     features = model.encode_image(pre.zoom_out.to(device, dtype))
@@ -489,12 +489,12 @@ class SegPrediction:
     queries: list[SegPrompt] = field(default_factory=list)
 
 
-def check_queries(model, prompts: Sequence, shape: Sequence[int]) -> list[SegPrompt]:
-    """The prompts (texts or :class:`SegPrompt`) as checked ``SegPrompt``: texts as
-    :func:`check_seg_prompts` wants them, boxes / points inside a canonical volume of ``shape`` and
+def check_queries(model, prompts: Sequence, volume) -> list[SegPrompt]:
+    """The prompts (texts or :class:`SegPrompt`) as checked ``SegPrompt`` in canonical voxels of
+    ``volume``: texts as :func:`check_seg_prompts` wants them, boxes / points inside the volume and
     only for a model with point / box embeddings, labels distinct (they name the masks)."""
 
-    queries = [check_prompt(as_prompt(p), shape, f"prompt {i + 1}") for i, p in enumerate(prompts)]
+    queries = [check_prompt(as_prompt(p), volume, f"prompt {i + 1}") for i, p in enumerate(prompts)]
     texts = check_seg_prompts(model, [q.text for q in queries if q.text is not None])
     it = iter(texts)
     queries = [q if q.text is None else dataclasses.replace(q, text=next(it)) for q in queries]
@@ -523,7 +523,8 @@ def predict_volume(
     preset=None,
 ) -> SegPrediction:
     """Segment ``prompts`` in ``volume`` (a ``LaMed.data.io.Volume``): structure names or sentences, or
-    :class:`~LaMed.inference.spatial_prompts.SegPrompt` (text, box, points; canonical voxel indices).
+    :class:`~LaMed.inference.spatial_prompts.SegPrompt` (text, box, points; in canonical voxels, file
+    voxels or RAS / LPS mm).
     Outputs are keyed by each prompt's label (its text, or its name).
 
     ``preset``: the preprocessing (a name, a record or a ``Preset``); default: the one the model stores.
@@ -531,7 +532,7 @@ def predict_volume(
 
     if not list(prompts):
         raise ValueError("predict_volume: give at least one prompt")
-    queries = check_queries(model, list(prompts), volume.shape)
+    queries = check_queries(model, list(prompts), volume)
     labels = [q.label for q in queries]
     overlap = check_overlap(overlap, "overlap")
     thr = float(model.config.threshold if threshold is None else check_threshold(threshold, "threshold"))

@@ -158,7 +158,8 @@ def check_writable_dir(folder: PathLike, *, what: str = "output folder") -> Path
     """Refuse early (before any long computation) an output folder that cannot be created or written.
 
     Creates ``folder`` if needed and writes then removes a probe file, so a read-only file system,
-    a missing permission or a regular file standing where the folder should be is reported up front.
+    a missing permission or a regular file standing where the folder should be is reported up front;
+    the folders it created are removed again.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -168,11 +169,21 @@ def check_writable_dir(folder: PathLike, *, what: str = "output folder") -> Path
             if not parent.is_dir():
                 raise OutputError(errno.ENOTDIR, f"{what} '{folder}': '{parent}' is a regular file, not a folder")
             break
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
     _make_parent(folder / "probe")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".lamed-write-probe.", dir=folder)
-    except OSError as exc:
-        raise OutputError(exc.errno, _describe(exc, folder)) from exc
-    os.close(fd)
-    os.unlink(probe)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".lamed-write-probe.", dir=folder)
+        except OSError as exc:
+            raise OutputError(exc.errno, _describe(exc, folder)) from exc
+        os.close(fd)
+        os.unlink(probe)
+    finally:
+        # The folders made for the probe go again: a run refused later leaves nothing behind (the
+        # writers create their folders when they write).
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
     return folder
