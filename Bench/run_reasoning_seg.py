@@ -41,7 +41,7 @@ def answer_prepared(
     import torch
     import torch.nn.functional as F
 
-    from LaMed.inference.reasoning import Answer, answer_and_segment
+    from LaMed.inference.reasoning import Answer, answer_and_segment, mark_absent
     from LaMed.inference.sliding_window import sliding_window_inference
 
     size = tuple(int(s) for s in model.seg_module.config.img_size)
@@ -57,7 +57,8 @@ def answer_prepared(
     out = []
     for v, a in zip(volumes, answers):
         if tuple(v.shape[1:]) == size or a.logits.shape[0] == 0:
-            out.append(a if a.logits.shape[0] else Answer(a.text, torch.zeros((0,) + tuple(v.shape[1:])), a.prompts))
+            empty = torch.zeros((0,) + tuple(v.shape[1:]))
+            out.append(a if a.logits.shape[0] else Answer(a.text, empty, a.prompts, a.present, a.presence, a.withdrawn))
             continue
 
         def predictor(batch, origins, prompts=a.prompts):
@@ -65,7 +66,7 @@ def answer_prepared(
 
         with torch.no_grad():
             logits = sliding_window_inference(v[None].float(), size, predictor, overlap=overlap)[0]
-        out.append(Answer(a.text, logits, a.prompts))
+        out.append(Answer(a.text, mark_absent(logits, a.present), a.prompts, a.present, a.presence, a.withdrawn))
     return out
 
 
@@ -126,8 +127,14 @@ def run_reasoning_seg(
                     "question": r["question"],
                     "answer": a.text,
                     "targets": r["targets"],
-                    "num_seg": int(a.logits.shape[0]),
+                    # [SEG]s the answer stands by (a gated-absent one has an empty mask)
+                    "num_seg": int(sum(a.present)) if a.present else int(a.logits.shape[0]),
+                    "llm_seg": "[SEG]" in (a.withdrawn or a.text),  # before the presence gate
                 }
+                if a.present:
+                    row["present"] = a.present
+                if a.withdrawn is not None:
+                    row["withdrawn_answer"] = a.withdrawn
                 records.append(row)
                 if not r["targets"]:
                     continue
@@ -163,6 +170,10 @@ def run_reasoning_seg(
         "target_named_rate": float(np.mean([r["named"] for r in pos])),
         "negatives": len(neg),
         "false_seg_rate": float(np.mean([r["num_seg"] > 0 for r in neg])) if neg else None,
+        # the LLM's own answers, before the presence gate (equal to the above without a gate)
+        "seg_token_rate_llm": float(np.mean([r["llm_seg"] for r in pos])),
+        "false_seg_rate_llm": float(np.mean([r["llm_seg"] for r in neg])) if neg else None,
+        "withdrawn": sum("withdrawn_answer" in r for r in records),
     }
     summary["model"] = getattr(model.config, "_name_or_path", "") or type(model).__name__
     with (out / "answers.jsonl").open("w", encoding="utf-8") as fh:

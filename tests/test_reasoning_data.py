@@ -150,3 +150,57 @@ def test_recipes_parse_with_tiny_twins_and_launchers(name):
         assert m.shared_encoder == name.startswith("r1seg3d")
         if "llama3" in name and "step2" not in name:
             assert "q_proj" in recipe.stage_args.lora_target_modules
+
+
+def test_absent_probes_train_the_decoder_only(phantoms, processor):
+    from LaMed.data.reasoning_dataset import SEG, ReasonSegCollator, ReasonSegDataset
+    from LaMed.models.mllm.processing import IGNORE_INDEX
+
+    classes = ["liver", "spleen", "gallbladder", "kidney_left", "kidney_right"]
+    kw = dict(task="seg", classes=classes, negatives=True, answer_style="named", negative_repeat=2)
+    plain = ReasonSegDataset(phantoms, processor, train=True, **kw)
+    ds = ReasonSegDataset(phantoms, processor, train=True, absent_probes=3, **kw)
+    negatives = [s for s in ds.samples if s.kind == "negative"]
+    probes = [i for i, s in enumerate(ds.samples) if s.kind == "probe"]
+    assert negatives, "the phantoms of this fixture lack no class: the test would prove nothing"
+    # three probes per absent-structure question (asked twice: negative_repeat), nothing else changes
+    assert len(negatives) == sum(s.kind == "negative" for s in plain.samples)
+    assert len(probes) == 3 * len(negatives) // 2
+    assert len(ds) == len(plain) + len(probes)
+    for i in probes:
+        s, rec, item = ds.samples[i], ds.record(i), ds[i]
+        assert s.text not in ds.items[s.item]["masks"]
+        assert rec["answer"].count(SEG) == 1 and item["input_ids"].count(processor.token_ids["seg_token_id"]) == 1
+        # no LM loss on the answer: only the closing end-of-sequence token is a label
+        labels = item["labels"]
+        assert all(v == IGNORE_INDEX for v in labels[:-1]) and labels[-1] == processor.tokenizer.eos_token_id
+        assert item["seg_masks"].shape == (1, 32, 64, 64) and int(item["seg_masks"].sum()) == 0
+    batch = ReasonSegCollator(processor.pad_token_id)([ds[probes[0]], ds[0]])
+    assert batch["seg_valid"][0].tolist() == [True]  # the empty target is a target
+    # evaluation asks the real question only
+    evaluation = ReasonSegDataset(phantoms, processor, train=False, absent_probes=3, **kw)
+    assert not any(s.kind == "probe" for s in evaluation.samples)
+    with pytest.raises(ValueError, match="absent_probes must be 0 or more"):
+        ReasonSegDataset(phantoms, processor, train=True, absent_probes=-1, **kw)
+
+
+def test_presence_gate_empties_absent_masks_by_the_decoder_rule():
+    from types import SimpleNamespace
+
+    from LaMed.inference.reasoning import ABSENT_LOGIT, Answer, _gate
+
+    model = SimpleNamespace(
+        seg_module=SimpleNamespace(config=SimpleNamespace(threshold=0.5, presence_calibration=None))
+    )
+    logits = torch.full((3, 2, 4, 4), -3.0)
+    logits[1, 0, 0, 0] = 2.0  # one voxel above 0.5: present under the uncalibrated rule
+    logits[2, 1, 1, 1] = -0.1  # largest logit below 0: nothing above 0.5, absent
+    ans = _gate(model, Answer("a [SEG] b [SEG] c [SEG]", logits.clone(), torch.zeros(3, 8)))
+    assert ans.present == [False, True, False]
+    assert ans.presence == pytest.approx([1 / (1 + np.exp(3.0)), 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(0.1))])
+    assert torch.all(ans.logits[0] == ABSENT_LOGIT) and torch.all(ans.logits[2] == ABSENT_LOGIT)
+    assert torch.equal(ans.logits[1], logits[1])
+    # a calibrated rule (a, b) moves the decision: sigmoid(a * score + b)
+    model.seg_module.config.presence_calibration = {"a": 1.0, "b": 5.0}
+    ans = _gate(model, Answer("x", logits.clone(), torch.zeros(3, 8)))
+    assert ans.present == [True, True, True]

@@ -171,3 +171,26 @@ def test_lamed_predict_question_dicom_seg_and_sr(trained, totalseg_dir, tmp_path
     capsys.readouterr()
     assert main([*common, "--image", str(src), "--out", str(tmp_path / "x"), "--format", "dicom-seg"]) != 0
     assert "not a DICOM series folder" in capsys.readouterr().err
+
+
+def test_presence_gate_withdraws_an_answer_whose_every_structure_is_absent(trained):
+    from LaMed.data.prepared import load_image, load_manifest
+    from LaMed.inference.reasoning import answer_and_segment, load_reasoning_model
+
+    _, model_dir, test = trained
+    model, processor = load_reasoning_model(model_dir)
+    items = load_manifest(test)["items"][:3]
+    images = [torch.from_numpy(np.asarray(load_image(test, it), np.float32)) for it in items]
+    questions = ["Please segment the liver."] * len(items)
+    plain = answer_and_segment(model, processor, images, questions, presence_gate=False)
+    assert all(a.text.count("[SEG]") == 1 for a in plain) and not any(a.present for a in plain)
+    cfg = model.seg_module.config
+    cfg.presence_calibration = {"a": 0.0, "b": 5.0}  # every [SEG] present: the gate changes nothing
+    kept = answer_and_segment(model, processor, images, questions, presence_gate=True)
+    assert [a.text for a in kept] == [a.text for a in plain] and all(a.present == [True] for a in kept)
+    assert all(torch.equal(a.logits, b.logits) for a, b in zip(kept, plain))
+    cfg.presence_calibration = {"a": 0.0, "b": -5.0}  # every [SEG] absent: asked again without [SEG]
+    gone = answer_and_segment(model, processor, images, questions, presence_gate=True)
+    for a, b in zip(gone, plain):
+        assert "[SEG]" not in a.text and a.logits.shape[0] == 0
+        assert a.withdrawn == b.text and a.present == [False]

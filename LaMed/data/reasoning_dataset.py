@@ -15,6 +15,11 @@
 ``negatives=True`` adds, per item, a question about each structure of the vocabulary (``classes``,
 default every mask name seen in the manifest without a digit) that the item lacks (e.g. a
 surgically absent organ), answered without ``[SEG]``: no mask, no segmentation loss.
+``absent_probes=n`` (training) adds, for each such question, n *probes*: the same question with a
+present-style answer ("The spleen is [SEG].") whose ``[SEG]`` gets an **empty** target and whose
+answer tokens carry no LM loss (only the closing end-of-sequence token does). The LLM is not taught
+to say ``[SEG]`` for an absent organ; the mask decoder is taught to find nothing there, which is
+what the presence gate of generation reads (``LaMedSegConfig.presence_gate``).
 
 Samples are the MLLM dicts (``input_ids``, ``labels``, ``attention_mask``, ``images`` (1, D, H, W)
 float32) plus ``seg_masks`` uint8 ``(K, D, H, W)`` (K = number of ``[SEG]`` in the answer, 0 for
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from LaMed.data.prepared import load_image, load_manifest, load_masks
-from LaMed.models.mllm.processing import MLLMCollator
+from LaMed.models.mllm.processing import IGNORE_INDEX, MLLMCollator
 
 SEG = "[SEG]"
 TASKS = ("refer", "seg")
@@ -65,6 +70,11 @@ NEGATIVE_ANSWERS = ("There is no {target} in this image.", "The {target} is not 
 ANSWER_STYLES = ("auto", "short", "named")
 
 
+def _seg_count(sample: ReasonSample) -> int:
+    """``[SEG]`` tokens the sample's answer holds: one per target, one for a probe."""
+    return 1 if sample.kind == "probe" else len(sample.targets)
+
+
 def display_name(name: str) -> str:
     """Structure name as written in a sentence: ``kidney_right`` -> ``right kidney``."""
     m = re.fullmatch(r"(.+)_(left|right)", name)
@@ -80,7 +90,7 @@ class ReasonSample:
     """One sample: the item index, the question kind and its target structure(s) (none: negative)."""
 
     item: int
-    kind: str  # "refer" | "seg" | "multi" | "negative"
+    kind: str  # "refer" | "seg" | "multi" | "negative" | "probe"
     targets: list[str] = field(default_factory=list)
     text: str = ""  # the refer entry's text, or the negative's structure name
 
@@ -100,6 +110,10 @@ class ReasonSegDataset:
         negative_repeat: each such question this many times per epoch (absent organs are rare -- a
             few % of the phantoms -- and a model that always answers ``[SEG]`` would otherwise
             never be told otherwise often enough to learn it).
+        absent_probes: with ``negatives`` and ``train``, this many probes per absent-structure
+            question (see the module docstring; 0: none). Counted apart from ``negative_repeat``: a
+            model whose presence gate decides wants many probes for its decoder but few negative
+            answers, so that its LLM keeps answering ``[SEG]`` and leaves the decision to the gate.
         multi_target: share of ``seg`` samples that ask for two structures (two ``[SEG]``).
         answer_style: ``"auto"`` (name the target when the question does not), ``"short"`` or ``"named"``
             (always name it right before ``[SEG]``, for ``seg`` samples too: the state that predicts
@@ -121,10 +135,13 @@ class ReasonSegDataset:
         augment: bool = False,
         load_images: bool = True,
         negative_repeat: int = 1,
+        absent_probes: int = 0,
     ):
 
         if int(negative_repeat) < 1:
             raise ValueError(f"ReasonSegDataset: negative_repeat must be at least 1, got {negative_repeat}")
+        if int(absent_probes) < 0:
+            raise ValueError(f"ReasonSegDataset: absent_probes must be 0 or more, got {absent_probes}")
 
         if task not in TASKS:
             raise ValueError(f"ReasonSegDataset: task must be one of {TASKS}, got {task!r}")
@@ -161,11 +178,13 @@ class ReasonSegDataset:
                     else:
                         self.samples.append(ReasonSample(i, "seg", [n]))
             if negatives:
+                counts = {"negative": int(negative_repeat) if train else 1, "probe": int(absent_probes) if train else 0}
                 self.samples += [
-                    ReasonSample(i, "negative", [], n)
+                    ReasonSample(i, kind, [], n)
                     for n in vocab
                     if n not in masks
-                    for _ in range(int(negative_repeat) if train else 1)
+                    for kind, count in counts.items()
+                    for _ in range(count)
                 ]
         if not self.samples:
             raise ValueError(
@@ -210,11 +229,14 @@ class ReasonSegDataset:
         elif s.kind == "multi":
             names = dict(a=display_name(s.targets[0]), b=display_name(s.targets[1]))
             q, a = _pick(MULTI_QUESTIONS, rng).format(**names), _pick(MULTI_ANSWERS, rng).format(**names)
+        elif s.kind == "probe":
+            t = display_name(s.text)
+            q, a = _pick(SEG_QUESTIONS, rng).format(target=t), _pick(NAMED_SEG_ANSWERS, rng).format(target=t)
         else:
             t = display_name(s.text)
             q, a = _pick(SEG_QUESTIONS, rng).format(target=t), _pick(NEGATIVE_ANSWERS, rng).format(target=t)
-        if a.count(SEG) != len(s.targets):  # the templates are data: keep them honest
-            raise ValueError(f"answer template {a!r} has {a.count(SEG)} {SEG} for {len(s.targets)} target(s)")
+        if a.count(SEG) != _seg_count(s):  # the templates are data: keep them honest
+            raise ValueError(f"answer template {a!r} has {a.count(SEG)} {SEG} for {_seg_count(s)} target(s)")
         rec.update(question=q, answer=a)
         return rec
 
@@ -240,9 +262,9 @@ class ReasonSegDataset:
 
         s = self.samples[index]
         it = self.items[s.item]
-        if not s.targets:
+        if not s.targets:  # a negative has no mask; a probe's one [SEG] has an empty one
             shape = tuple(np.load(self.root / it["image"], mmap_mode="r").shape[1:])
-            return torch.zeros((0,) + shape, dtype=torch.uint8)
+            return torch.zeros((_seg_count(s),) + shape, dtype=torch.uint8)
         masks = load_masks(self.manifest_path, it, s.targets)
         return torch.from_numpy(np.stack([np.asarray(masks[n][0] != 0, np.uint8) for n in s.targets]))
 
@@ -252,12 +274,13 @@ class ReasonSegDataset:
         rec = self.record(index)
         out = dict(self.processor.encode_example(rec["question"], rec["answer"]))
         seg_id = self.processor.token_ids["seg_token_id"]
-        kept = out["input_ids"].count(seg_id)
-        if kept != len(rec["targets"]):  # max_length cut an answer: never pair a mask with the wrong [SEG]
+        kept, wanted = out["input_ids"].count(seg_id), _seg_count(self.samples[index])
+        if kept != wanted:  # max_length cut an answer: never pair a mask with the wrong [SEG]
             raise ValueError(
-                f"{self.sample_path(index)}: the encoded answer keeps {kept} of {len(rec['targets'])} "
-                f"{SEG} tokens (raise max_length)"
+                f"{self.sample_path(index)}: the encoded answer keeps {kept} of {wanted} {SEG} tokens (raise max_length)"
             )
+        if rec["kind"] == "probe":  # the decoder learns from it, the LLM only where the answer ends
+            out["labels"] = [IGNORE_INDEX] * (len(out["labels"]) - 1) + out["labels"][-1:]
         if self.load_images:
             out["images"] = self.load_image(index)
             out["seg_masks"] = self.load_targets(index)

@@ -28,6 +28,7 @@ from LaMed.inference.generate import decoding_kwargs, load_lamed_model
 from LaMed.inference.hub import resolve_model
 from LaMed.inference.outputs import DICOM_SEG
 from LaMed.inference.preprocessing import model_preset
+from LaMed.inference.presence import decide, presence_scores
 from LaMed.inference.segment import preprocess
 from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
 from LaMed.models.reasoning import LaMedSegForCausalLM
@@ -44,11 +45,41 @@ def load_reasoning_model(path: str | Path, device: str = "cpu", dtype=None, **fr
 @dataclass
 class Answer:
     """One answer: ``text`` (special tokens removed, ``[SEG]`` kept), ``logits`` ``(K, D, H, W)`` (one
-    per ``[SEG]``, K may be 0) and ``prompts`` ``(K, C)`` (the projected ``[SEG]`` embeddings)."""
+    per ``[SEG]``, K may be 0) and ``prompts`` ``(K, C)`` (the projected ``[SEG]`` embeddings).
+    With the presence gate (``config.presence_gate``): ``present`` (one bool per ``[SEG]``; an absent
+    one's logits are set to :data:`ABSENT_LOGIT`, an empty mask), ``presence`` (the probabilities) and
+    ``withdrawn``: the ``[SEG]`` answer first generated, when every structure in it was absent and the
+    answer was generated again without ``[SEG]``."""
 
     text: str
     logits: torch.Tensor
     prompts: torch.Tensor
+    present: list[bool] = field(default_factory=list)
+    presence: list[float] = field(default_factory=list)
+    withdrawn: str | None = None
+
+
+ABSENT_LOGIT = -30.0  # the logits of a [SEG] the presence gate reports absent: probability ~1e-13
+
+
+def mark_absent(logits: torch.Tensor, present: Sequence[bool]) -> torch.Tensor:
+    """Set the logits ``(K, ...)`` of each ``[SEG]`` the gate reported absent to :data:`ABSENT_LOGIT`
+    (in place; e.g. after the prompts were decoded again on sliding windows)."""
+    for i, ok in enumerate(present):
+        if not ok:
+            logits[i] = ABSENT_LOGIT
+    return logits
+
+
+def _gate(model, answer: Answer) -> Answer:
+    """Apply the segmentation config's presence rule to each ``[SEG]`` of ``answer`` (in place)."""
+    k = answer.logits.shape[0]
+    if k == 0:
+        return answer
+    prob, present = decide(model.seg_module.config, presence_scores(answer.logits))
+    answer.presence, answer.present = [float(p) for p in prob], [bool(p) for p in present]
+    mark_absent(answer.logits, answer.present)
+    return answer
 
 
 def answer_and_segment(
@@ -60,10 +91,13 @@ def answer_and_segment(
     decoding: str = "greedy",
     seed: int = 0,
     batch_size: int = 4,
+    presence_gate: bool | None = None,
     **gen_kwargs,
 ) -> list[Answer]:
-    """Answers with masks for ``images[i]`` (``(N, 1, D, H, W)`` at the model's input size) + ``questions[i]``."""
+    """Answers with masks for ``images[i]`` (``(N, 1, D, H, W)`` at the model's input size) + ``questions[i]``.
+    ``presence_gate``: check each ``[SEG]`` (see :class:`Answer`); default ``config.presence_gate``."""
 
+    gate = bool(getattr(model.config, "presence_gate", False)) if presence_gate is None else bool(presence_gate)
     n = len(questions)
     if len(images) != n:
         raise ValueError(f"{len(images)} volume(s) for {n} question(s)")
@@ -90,14 +124,33 @@ def answer_and_segment(
         for r, text in enumerate(texts):
             sel = (res.seg_index[:, 0] == r).nonzero().squeeze(1)
             sel = sel[torch.argsort(res.seg_index[sel, 1])]
-            out.append(Answer(text, res.seg_logits[sel, 0].float().cpu(), res.seg_prompts[sel].detach()))
+            ans = Answer(text, res.seg_logits[sel, 0].float().cpu(), res.seg_prompts[sel].detach())
+            out.append(_gate(model, ans) if gate else ans)
+    redo = [i for i, a in enumerate(out) if a.present and not any(a.present)]
+    if redo:  # every structure of these answers is absent: ask again, [SEG] forbidden, for the words
+        again = answer_and_segment(
+            model,
+            processor,
+            [images[i] for i in redo],
+            [questions[i] for i in redo],
+            max_new_tokens,
+            decoding,
+            seed,
+            batch_size,
+            presence_gate=False,
+            **{**gen_kwargs, "suppress_tokens": [int(model.seg_token_id)]},
+        )
+        for i, a in zip(redo, again):
+            a.withdrawn, a.present, a.presence = out[i].text, out[i].present, out[i].presence
+            out[i] = a
     return out
 
 
 @dataclass
 class QuestionPrediction:
     """Result of :func:`predict_question` on the canonical grid of the input volume: the answer,
-    ``probabilities`` ``(K, D, H, W)`` float16 (one per ``[SEG]``), ``masks`` bool ``(K, D, H, W)``."""
+    ``probabilities`` ``(K, D, H, W)`` float16 (one per ``[SEG]``), ``masks`` bool ``(K, D, H, W)``;
+    ``present`` / ``withdrawn``: the presence gate's decisions (see :class:`Answer`)."""
 
     question: str
     answer: str
@@ -105,6 +158,8 @@ class QuestionPrediction:
     masks: np.ndarray
     windows: int = 1
     crop: tuple = field(default_factory=tuple)
+    present: list[bool] = field(default_factory=list)
+    withdrawn: str | None = None
 
 
 @torch.no_grad()
@@ -144,11 +199,14 @@ def predict_question(
 
         windows = len(dense_windows([max(n, r) for n, r in zip(native.shape[2:], img_size)], img_size, overlap))
         logits = sliding_window_inference(native, img_size, predictor, overlap=overlap)[0].cpu()
+        mark_absent(logits, ans.present)
     probs = np.zeros((k,) + tuple(volume.shape), np.float16)
     box = tuple(slice(a, b) for a, b in zip(pre.crop[:3], pre.crop[3:]))
     if k:
         probs[(slice(None),) + box] = torch.sigmoid(logits.float()).numpy().astype(np.float16)
-    return QuestionPrediction(question, ans.text, probs, probs > threshold, windows, tuple(pre.crop))
+    return QuestionPrediction(
+        question, ans.text, probs, probs > threshold, windows, tuple(pre.crop), list(ans.present), ans.withdrawn
+    )
 
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npy", ".npz")
@@ -207,7 +265,12 @@ def predict_question_file(
                 str(save_volume(m.astype(np.uint8), json_path.parent / f"{stem}_q{i}_mask{k}{fmt}", like=volume))
                 for k, m in enumerate(pred.masks)
             ]
-        answers.append({"question": q, "answer": pred.answer, "masks": names, "windows": pred.windows})
+        entry = {"question": q, "answer": pred.answer, "masks": names, "windows": pred.windows}
+        if pred.present:  # the presence gate ran: which [SEG] it found absent (empty mask)
+            entry["present"] = pred.present
+        if pred.withdrawn is not None:
+            entry["withdrawn_answer"] = pred.withdrawn
+        answers.append(entry)
     record = {"source": str(image), "answers": answers}
     if dicom:
         name = getattr(model.config, "_name_or_path", "") or model.config.model_type

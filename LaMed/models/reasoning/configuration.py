@@ -29,6 +29,11 @@ segmentation head, described as data:
   (Dice + BCE)`` (Dice / BCE weights are the segmentation config's); published: 1 and 1.
 * ``preprocess_preset``: the ``LaMed.data.presets`` preset that turns a scanner volume into the
   network input for ``lamed predict`` (its size is replaced by the tower's ``img_size``).
+* ``presence_gate``: generation checks every ``[SEG]`` with the segmentation config's presence
+  rule (largest logit, calibrated or "mask not empty"); a structure reported absent gets an empty
+  mask, and an answer whose every ``[SEG]`` is absent is generated again with ``[SEG]`` forbidden,
+  so it says so in words. For models trained with absent probes (``data.absent_probe``); off for
+  the published releases (their decoders never saw an empty target).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class LaMedSegConfig(LaMedConfig):
     lm_loss_weight: float = 1.0
     seg_loss_weight: float = 1.0
     preprocess_preset: str = "m3d"
+    presence_gate: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -59,6 +59,9 @@ class ReasonSegModelArguments(MLLMModelArguments):
     lm_loss_weight: float = 1.0
     seg_loss_weight: float = 1.0
     preprocess_preset: str = field(default="m3d", metadata={"help": "preset lamed predict applies to scanner volumes"})
+    presence_gate: bool = field(
+        default=False, metadata={"help": "generation checks each [SEG] with the decoder's presence rule"}
+    )
 
 
 @dataclass
@@ -77,6 +80,10 @@ class ReasonSegDataArguments:
         default=True, metadata={"help": "questions about absent structures, answered without [SEG]"}
     )
     negative_repeat: int = field(default=1, metadata={"help": "times each absent-structure question is seen per epoch"})
+    absent_probes: int = field(
+        default=0,
+        metadata={"help": "decoder-only probes per absent-structure question: '[SEG]' with an empty target"},
+    )
     multi_target: float = field(default=0.0, metadata={"help": "share of seg samples asking for two structures"})
     answer_style: str = field(
         default="auto", metadata={"help": "'auto', 'short' or 'named' (name the target before [SEG])"}
@@ -98,6 +105,7 @@ def seg_fields(m: ReasonSegModelArguments) -> dict[str, Any]:
         "lm_loss_weight": m.lm_loss_weight,
         "seg_loss_weight": m.seg_loss_weight,
         "preprocess_preset": m.preprocess_preset,
+        "presence_gate": m.presence_gate,
     }
 
 
@@ -150,6 +158,7 @@ def build_datasets(manifest: str, d: ReasonSegDataArguments, processor, tasks: l
                     classes=d.classes or None,
                     negatives=d.negatives,
                     negative_repeat=d.negative_repeat,
+                    absent_probes=d.absent_probes,
                     multi_target=d.multi_target if train else 0.0,
                     answer_style=d.answer_style,
                     augment=d.augment and train,
