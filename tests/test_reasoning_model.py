@@ -348,3 +348,32 @@ def test_question_on_a_large_volume_generates_once_and_reuses_seg_on_windows(tok
     assert np.isfinite(pred.probabilities[(0,) + crop].astype(np.float32)).all()
     no_zoom = inference.predict_question(model, proc, volume, "Where is the liver?", zoom_in=False)
     assert no_zoom.windows == 1 and not np.array_equal(no_zoom.probabilities, pred.probabilities)
+
+
+def test_a_second_stage_changes_only_loss_fields_and_the_gate(tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from LaMed.train.tasks.reasoning_seg import ReasonSegModelArguments, continue_training
+
+    folder = tmp_path / "stage1"
+    build(tok, True, seg_overrides={"point_prompts": False}).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.seg_module.config.presence_weight == 0.0 and model.config.presence_gate is False
+    args = ReasonSegModelArguments(
+        pretrained_model=str(folder),
+        seg_overrides={"point_prompts": False, "presence_weight": 0.3, "presence_on": "absent"},
+        presence_gate=True,
+    )
+    continue_training(model, args)
+    loss = model.seg_module.loss_fn  # built from the config at each call: the new term is in it
+    assert (loss.presence_weight, loss.presence_on) == (0.3, "absent")
+    assert model.config.presence_gate is True
+    model.save_pretrained(tmp_path / "stage2")  # and the change is saved with the model
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "stage2")
+    assert again.seg_module.config.presence_weight == 0.3 and again.config.presence_gate is True
+    with pytest.raises(ValueError, match="may change only"):
+        continue_training(model, ReasonSegModelArguments(pretrained_model=str(folder), seg_overrides={"embed_dim": 64}))
+    with pytest.raises(ValueError, match="presence_on must be one of"):
+        continue_training(
+            model, ReasonSegModelArguments(pretrained_model=str(folder), seg_overrides={"presence_on": "x"})
+        )

@@ -109,6 +109,32 @@ def seg_fields(m: ReasonSegModelArguments) -> dict[str, Any]:
     }
 
 
+# Fields a recipe may change on a saved reasoning model it continues from: how it is trained and how
+# it generates, never its architecture (which the saved weights fix).
+LOSS_FIELDS = ("dice_weight", "bce_weight", "focal_weight", "presence_weight", "presence_topk", "presence_on")
+
+
+def continue_training(model, m: ReasonSegModelArguments) -> None:
+    """Apply the recipe's loss fields of ``seg_overrides`` and ``presence_gate`` to a loaded
+    ``lamed_seg`` model (a second stage, e.g. the absent-probe stage); other overrides that differ
+    from the saved model are refused (they would describe a model the weights do not fit)."""
+
+    saved = dict(model.config.seg_overrides or {})
+    for key, value in dict(m.seg_overrides or {}).items():
+        if key in LOSS_FIELDS:
+            setattr(model.seg_module.config, key, value)
+            saved[key] = value
+        elif saved.get(key, getattr(model.seg_module.config, key, None)) != value:
+            raise ValueError(
+                f"model.seg_overrides.{key}: {m.pretrained_model} was saved with "
+                f"{saved.get(key, getattr(model.seg_module.config, key, None))!r}; a continued training may "
+                f"change only {LOSS_FIELDS}"
+            )
+    model.seg_module.config.__post_init__()  # the new values are validated like a fresh config's
+    model.config.seg_overrides = saved
+    model.config.presence_gate = bool(m.presence_gate) or bool(getattr(model.config, "presence_gate", False))
+
+
 def build_model(m: ReasonSegModelArguments, tokenizer):
     """``(model, sources)``: the reasoning model as the recipe describes (see the module docstring)."""
     from transformers import AutoConfig
@@ -126,6 +152,8 @@ def build_model(m: ReasonSegModelArguments, tokenizer):
                 f"model.pretrained_model: {m.pretrained_model} is a {kind!r} model, expected 'lamed' or 'lamed_seg'"
             )
         sources[""] = m.pretrained_model
+        if kind == "lamed_seg":
+            continue_training(model, m)
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             raise ValueError(
                 f"{m.pretrained_model}: its vocabulary ({model.get_input_embeddings().weight.shape[0]}) is smaller "
