@@ -70,6 +70,26 @@ def answer_prepared(
     return out
 
 
+def calibration_cases(manifest: str | Path, classes: Sequence[str] | None = None) -> list[tuple]:
+    """``(image, question, "The <structure> is [SEG].", present?)`` for every class question of a
+    prepared split, absent structures included (evaluation templates); refused without both kinds."""
+    from LaMed.data.reasoning_dataset import NAMED_SEG_ANSWERS, ReasonSegDataset, display_name
+
+    ds = ReasonSegDataset(manifest, None, task="seg", train=False, classes=classes, negatives=True)
+    cases = []
+    for i, s in enumerate(ds.samples):
+        name = s.targets[0] if s.kind == "seg" else s.text
+        q = ds.record(i)["question"]
+        cases.append((ds.load_image(i), q, NAMED_SEG_ANSWERS[0].format(target=display_name(name)), s.kind == "seg"))
+    kinds = {c[3] for c in cases}
+    if kinds != {True, False}:
+        raise ValueError(
+            f"{manifest}: the calibration split needs questions about present and absent structures, "
+            f"it has only {'present' if True in kinds else 'absent'} ones"
+        )
+    return cases
+
+
 def run_reasoning_seg(
     model,
     manifest: str | Path,
@@ -82,8 +102,11 @@ def run_reasoning_seg(
     batch_size: int = 4,
     max_new_tokens: int = 48,
     progress: bool = True,
+    calibration: str | Path | None = None,
 ) -> dict:
-    """Answer and segment every question of ``manifest`` with ``model`` (a model or its folder) and score it."""
+    """Answer and segment every question of ``manifest`` with ``model`` (a model or its folder) and score it.
+    ``calibration``: a prepared split (with absent structures) the presence gate is calibrated on first
+    (:func:`calibration_cases`), the model's gate switched on; recorded in the summary."""
     import torch
     from tqdm.auto import tqdm
 
@@ -100,6 +123,13 @@ def run_reasoning_seg(
     else:
         model, processor = model
     manifest, out = Path(manifest), Path(out)
+    fitted = None
+    if calibration is not None:  # before any output exists: a bad split leaves nothing behind
+        from LaMed.inference.reasoning import calibrate_reasoning_presence
+
+        fitted = calibrate_reasoning_presence(model, processor, calibration_cases(calibration, classes))
+        fitted["split"] = str(calibration)
+        model.config.presence_gate = True
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
     man = load_manifest(manifest)
@@ -176,6 +206,9 @@ def run_reasoning_seg(
         "withdrawn": sum("withdrawn_answer" in r for r in records),
     }
     summary["model"] = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    summary["presence_gate"] = bool(getattr(model.config, "presence_gate", False))
+    if fitted is not None:
+        summary["presence_calibration"] = fitted
     with (out / "answers.jsonl").open("w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r) + "\n")
@@ -205,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="prepared split with absent structures: calibrate the presence gate on it first (gate on)",
+    )
     a = p.parse_args(argv)
     classes = [c for c in a.classes.split(",") if c] or None
     summary = run_reasoning_seg(
@@ -218,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         a.tolerance_mm,
         a.batch_size,
         a.max_new_tokens,
+        calibration=a.calibration,
     )
     print(json.dumps({"overall": summary.get("overall", {}), "reasoning": summary["reasoning"]}, indent=1))
     return summary

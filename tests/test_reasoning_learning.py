@@ -194,3 +194,42 @@ def test_presence_gate_withdraws_an_answer_whose_every_structure_is_absent(train
     for a, b in zip(gone, plain):
         assert "[SEG]" not in a.text and a.logits.shape[0] == 0
         assert a.withdrawn == b.text and a.present == [False]
+
+
+def test_presence_gate_calibration_on_a_split_with_absent_organs(trained, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from Bench.run_reasoning_seg import calibration_cases, run_reasoning_seg
+    from LaMed.inference.reasoning import answer_and_segment, forced_presence_scores, load_reasoning_model
+
+    _, model_dir, test = trained
+    train = test.parent / "train.json"
+    cases = calibration_cases(train, ORGANS)
+    present = np.array([c[3] for c in cases])
+    assert present.any() and not present.all(), "the fixture's phantoms lack no organ: nothing to calibrate"
+    model, processor = load_reasoning_model(model_dir)
+    # the teacher-forced score is what generation reads when the model gives that very answer
+    liver = next(c for c in cases if c[3] and "liver" in c[1])
+    (ans,) = answer_and_segment(model, processor, [liver[0]], [liver[1]], presence_gate=False)
+    assert ans.text.strip() == liver[2]  # the evaluation template: "The liver is [SEG]."
+    forced = forced_presence_scores(model, processor, [liver[0]], [liver[1]], [liver[2]])[0]
+    assert forced == pytest.approx(float(ans.logits[0].max()), abs=1e-3)
+    summary = run_reasoning_seg(
+        (model, processor),
+        test,
+        tmp_path / "bench",
+        tasks=["seg"],
+        classes=ORGANS,
+        negatives=True,
+        progress=False,
+        calibration=train,
+    )
+    cal = summary["presence_calibration"]
+    assert summary["presence_gate"] and cal["n"] == len(cases) and cal["n_present"] == int(present.sum())
+    scores = forced_presence_scores(model, processor, *zip(*[c[:3] for c in cases]))
+    ref = LogisticRegression(C=1 / 1e-2, tol=1e-10, max_iter=1000).fit(scores[:, None], present)
+    assert cal["a"] == pytest.approx(float(ref.coef_[0, 0]), abs=1e-4)
+    assert cal["b"] == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
+    assert model.config.seg_overrides["presence_calibration"]["a"] == pytest.approx(cal["a"])  # saved with it
+    with pytest.raises(ValueError, match="present and absent"):
+        calibration_cases(train, ["liver"])  # the phantoms always have a liver

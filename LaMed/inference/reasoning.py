@@ -28,7 +28,7 @@ from LaMed.inference.generate import decoding_kwargs, load_lamed_model
 from LaMed.inference.hub import resolve_model
 from LaMed.inference.outputs import DICOM_SEG
 from LaMed.inference.preprocessing import model_preset
-from LaMed.inference.presence import decide, presence_scores
+from LaMed.inference.presence import decide, fit_platt, presence_scores
 from LaMed.inference.segment import preprocess
 from LaMed.inference.sliding_window import dense_windows, sliding_window_inference
 from LaMed.models.reasoning import LaMedSegForCausalLM
@@ -144,6 +144,45 @@ def answer_and_segment(
             a.withdrawn, a.present, a.presence = out[i].text, out[i].present, out[i].presence
             out[i] = a
     return out
+
+
+@torch.no_grad()
+def forced_presence_scores(model, processor, images, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """Presence score (largest logit of the first ``[SEG]``'s mask) of each question with its answer
+    teacher-forced (``images[i]`` ``(1, D, H, W)`` at the model's input size): what the presence gate
+    would read had the LLM answered ``answers[i]``, whatever it would answer itself."""
+    param = next(model.parameters())
+    size = tuple(int(n) for n in model.seg_module.config.img_size)
+    scores = []
+    for image, q, a in zip(images, questions, answers):
+        ids = torch.tensor([processor.encode_example(q, a)["input_ids"]], device=param.device)
+        x = torch.as_tensor(image, dtype=torch.float32)[None]
+        if tuple(x.shape[2:]) != size:  # as the answers are generated: on the volume at the model's size
+            x = torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+        out = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            images=x.to(param.device, param.dtype),
+            return_seg_logits=True,
+        )
+        if out.seg_logits.shape[0] == 0:
+            raise ValueError(f"answer {a!r} holds no [SEG]: nothing to score")
+        scores.append(float(out.seg_logits[0].float().max()))
+    return np.asarray(scores, np.float64)
+
+
+def calibrate_reasoning_presence(model, processor, cases: Sequence[tuple], l2: float = 1e-2) -> dict:
+    """Fit the presence gate's calibration (Platt scaling of :func:`forced_presence_scores`) on
+    ``cases`` = ``(image, question, answer with [SEG], present?)`` of a validation split with present
+    and absent structures, and store it in the segmentation config (saved with the model, in
+    ``config.seg_overrides``). Returns ``{"a", "b", "n", "n_present"}``."""
+    if not cases:
+        raise ValueError("calibrate_reasoning_presence: no cases")
+    images, questions, answers, present = zip(*cases)
+    cal = fit_platt(forced_presence_scores(model, processor, images, questions, answers), present, l2=l2)
+    model.seg_module.config.presence_calibration = dict(cal)
+    model.config.seg_overrides = {**(model.config.seg_overrides or {}), "presence_calibration": dict(cal)}
+    return {**cal, "n": len(present), "n_present": int(sum(bool(x) for x in present))}
 
 
 @dataclass
@@ -294,4 +333,6 @@ __all__ = [
     "predict_question_file",
     "Answer",
     "QuestionPrediction",
+    "forced_presence_scores",
+    "calibrate_reasoning_presence",
 ]
