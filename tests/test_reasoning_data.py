@@ -204,3 +204,14 @@ def test_presence_gate_empties_absent_masks_by_the_decoder_rule():
     model.seg_module.config.presence_calibration = {"a": 1.0, "b": 5.0}
     ans = _gate(model, Answer("x", logits.clone(), torch.zeros(3, 8)))
     assert ans.present == [True, True, True]
+
+
+def test_absent_stage_recipe_continues_a_saved_model():
+    from LaMed.train.recipe import parse_recipe
+
+    recipe = parse_recipe(str(REPO / "configs" / "recipes" / "tiny_r1seg3d_absent.yaml"), ["--output_dir", "/tmp/x"])
+    m, d = recipe.model_args, recipe.data_args
+    assert recipe.task == "reasoning_seg" and m.presence_gate and m.tokenizer == "" and m.pretrained_model == ""
+    assert m.seg_overrides["presence_weight"] > 0 and m.seg_overrides["presence_on"] == "absent"
+    assert d.absent_probes >= 1 and d.negative_repeat == 1 and d.negatives
+    assert "configs/recipes/tiny_r1seg3d_absent.yaml" in (REPO / "scripts" / "tiny_r1seg3d_absent.sh").read_text()
