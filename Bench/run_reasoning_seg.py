@@ -106,7 +106,8 @@ def run_reasoning_seg(
 ) -> dict:
     """Answer and segment every question of ``manifest`` with ``model`` (a model or its folder) and score it.
     ``calibration``: a prepared split (with absent structures) the presence gate is calibrated on first
-    (:func:`calibration_cases`), the model's gate switched on; recorded in the summary."""
+    (:func:`calibration_cases`), the model's gate switched on; recorded in the summary. A model object
+    passed in is calibrated in place (a folder is loaded and left as it is on disk)."""
     import torch
     from tqdm.auto import tqdm
 
