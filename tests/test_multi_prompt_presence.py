@@ -7,25 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_configs import phantom_volume, tiny_segvol
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from LaMed.models.checkpoint_files import resolve_tokenizer
-    from LaMed.models.segmentation import create_seg_model
-
-    torch.manual_seed(0)
-    m = create_seg_model("segvol_tiny").eval()
-    m.tokenizer = resolve_tokenizer("minilm")
-    return m
-
-
-def _volume(shape=(40, 96, 80)):
-    from LaMed.data.io import Volume
-    from LaMed.data.phantom import make_phantom
-
-    ph = make_phantom(3, shape=shape)
-    return Volume.from_array(ph.image, spacing=ph.spacing)
+    return tiny_segvol()
 
 
 def test_batched_zoom_in_equals_one_call_per_prompt(tiny_model, monkeypatch):
@@ -33,7 +20,7 @@ def test_batched_zoom_in_equals_one_call_per_prompt(tiny_model, monkeypatch):
 
     m = tiny_model
     prompts = ["liver", "spleen", "left kidney"]
-    pre = preprocess(_volume(), m.config.img_size, m.config.preprocess_preset)
+    pre = preprocess(phantom_volume(), m.config.img_size, m.config.preprocess_preset)
     with torch.no_grad():
         zo, _ = zoom_out_zoom_in(m, pre, prompts, zoom_in=False)
     # random weights: a threshold every prompt's zoom-out passes somewhere, so all of them zoom in
@@ -95,7 +82,7 @@ def test_absent_prompt_gets_an_empty_mask_and_present_false(tiny_model, tmp_path
     from LaMed.inference.segment import predict_volume
 
     m = tiny_model
-    vol = _volume()
+    vol = phantom_volume()
     real_decode = m.decode
 
     def decode(features, prompts, image_index=None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_configs import tiny_segvol
 
 import LaMed  # noqa: F401
 
@@ -59,13 +60,7 @@ def test_window_origins_and_importance_map():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from LaMed.models.checkpoint_files import resolve_tokenizer
-    from LaMed.models.segmentation import create_seg_model
-
-    torch.manual_seed(0)
-    m = create_seg_model("segvol_tiny").eval()
-    m.tokenizer = resolve_tokenizer("minilm")
-    return m
+    return tiny_segvol()
 
 
 def test_sliding_window_of_a_model_equals_direct_inference_on_exact_tiles(tiny_model):

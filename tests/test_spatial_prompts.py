@@ -6,25 +6,12 @@ refused."""
 import numpy as np
 import pytest
 import torch
+from tiny_configs import phantom_volume, tiny_segvol
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from LaMed.models.checkpoint_files import resolve_tokenizer
-    from LaMed.models.segmentation import create_seg_model
-
-    torch.manual_seed(0)
-    m = create_seg_model("segvol_tiny").eval()
-    m.tokenizer = resolve_tokenizer("minilm")
-    return m
-
-
-def _phantom(shape=(40, 96, 80)):
-    from LaMed.data.io import Volume
-    from LaMed.data.phantom import make_phantom
-
-    ph = make_phantom(3, shape=shape)
-    return Volume.from_array(ph.image, spacing=ph.spacing)
+    return tiny_segvol()
 
 
 # ---- user coordinates ---------------------------------------------------------------------------------
@@ -115,7 +102,7 @@ def test_mixed_prompts_in_one_call_equal_one_call_each(tiny_model, monkeypatch):
     from LaMed.inference.spatial_prompts import SegPrompt
 
     m = tiny_model
-    vol = _phantom()
+    vol = phantom_volume()
     pre = preprocess(vol, m.config.img_size, m.config.preprocess_preset)
     c = pre.crop
     mid = [(a + b) // 2 for a, b in zip(c[:3], c[3:])]
@@ -165,22 +152,25 @@ def test_window_without_the_prompt_keeps_the_zoom_out_logits(tiny_model):
     assert torch.allclose(region, base[roi], atol=1e-6)
 
 
-def test_predict_volume_labels_and_presence_of_spatial_prompts(tiny_model):
+def test_predict_volume_labels_and_presence_of_spatial_prompts(tiny_model, monkeypatch):
     from LaMed.inference.segment import predict_volume
     from LaMed.inference.spatial_prompts import SegPrompt
 
     m = tiny_model
-    vol = _phantom()
+    vol = phantom_volume()
     box = SegPrompt(box=(10, 30, 20, 30, 60, 60), name="lesion box")
-    m.config.presence_calibration = {"a": 0.0, "b": -5.0}  # calibrated: every text prompt absent
-    try:
-        pred = predict_volume(m, vol, ["liver", box], zoom_in=False)
-    finally:
-        m.config.presence_calibration = None
+    first = predict_volume(m, vol, ["liver", box], zoom_in=False)
+    # random weights: a threshold both prompts pass somewhere, so each has a non-empty mask uncalibrated
+    top = min(float(first.probabilities[k].max()) for k in range(2))
+    monkeypatch.setattr(m.config, "threshold", 0.9 * top)
+    monkeypatch.setattr(m.config, "presence_calibration", {"a": 0.0, "b": -5.0}, raising=False)
+    pred = predict_volume(m, vol, ["liver", box], zoom_in=False)  # calibrated: sigmoid(-5), absent
     assert pred.prompts == ["liver", "lesion box"]
     assert pred.present["liver"] is False and not pred.masks["liver"].any()
-    # the box prompt follows the uncalibrated rule: present exactly when its mask is not empty
-    assert pred.present["lesion box"] == bool(pred.masks["lesion box"].any())
+    assert pred.presence["liver"] == pytest.approx(1 / (1 + np.exp(5.0)))
+    # the box prompt ignores the calibration: its mask reaches above the threshold, so it is present
+    assert pred.present["lesion box"] is True and pred.masks["lesion box"].any()
+    assert pred.presence["lesion box"] > 0.5
     assert pred.queries[1].box == (10.0, 30.0, 20.0, 30.0, 60.0, 60.0)
 
 
@@ -203,7 +193,7 @@ def test_bad_spatial_prompts_are_refused(tiny_model, prompt, message):
     from LaMed.inference.spatial_prompts import SegPrompt
 
     with pytest.raises(ValueError, match=message):
-        predict_volume(tiny_model, _phantom(), [SegPrompt(**prompt)], zoom_in=False)
+        predict_volume(tiny_model, phantom_volume(), [SegPrompt(**prompt)], zoom_in=False)
 
 
 def test_spatial_prompts_need_point_embeddings_and_distinct_labels(tiny_model):
@@ -212,7 +202,7 @@ def test_spatial_prompts_need_point_embeddings_and_distinct_labels(tiny_model):
     from LaMed.models.checkpoint_files import resolve_tokenizer
     from LaMed.models.segmentation import create_seg_model
 
-    vol = _phantom()
+    vol = phantom_volume()
     with pytest.raises(ValueError, match="distinct name"):
         predict_volume(tiny_model, vol, [SegPrompt(box=(1, 1, 1, 5, 5, 5)), SegPrompt(box=(2, 2, 2, 6, 6, 6))])
     no_points = create_seg_model("segvol_tiny", point_prompts=False).eval()
@@ -337,6 +327,9 @@ def test_cli_bad_spatial_prompts_are_refused(seg_dir, inputs, tmp_path, capsys, 
         ('[{"text": "liver", "colour": 3}]', ["entry 1", "unknown key"]),
         ('[{"box": [1, 2, 3]}]', ["entry 1", "6 finite numbers"]),
         ('[{"points": [[1, 2, 3]], "coords": "mm"}]', ["entry 1", "'coords' must be one of"]),
+        ("", ["not a readable JSON"]),
+        ('[{"box": [1, 2, 3, 4, 5, true]}]', ["entry 1", "'box' must be a list of 6 numbers"]),
+        pytest.param('[{"text": "liver"}]' + " " * (1 << 20), ["more than a prompts file holds"], id="huge"),
     ],
 )
 def test_cli_bad_prompts_file_is_refused_naming_it(seg_dir, inputs, tmp_path, capsys, content, words):

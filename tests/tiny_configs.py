@@ -1,4 +1,4 @@
-"""Test helper: small model configs several test modules build from (not a test module)."""
+"""Test helper: small model configs, models and volumes several test modules build from (not a test module)."""
 
 # A one-layer BERT text tower on the MiniLM WordPiece vocabulary: enough for CLIP plumbing tests.
 TINY_BERT = dict(
@@ -10,3 +10,25 @@ TINY_BERT = dict(
     intermediate_size=64,
     max_position_embeddings=256,
 )
+
+
+def tiny_segvol():
+    """A seeded random ``segvol_tiny`` in eval mode with the offline MiniLM tokenizer attached."""
+    import torch
+
+    from LaMed.models.checkpoint_files import resolve_tokenizer
+    from LaMed.models.segmentation import create_seg_model
+
+    torch.manual_seed(0)
+    model = create_seg_model("segvol_tiny").eval()
+    model.tokenizer = resolve_tokenizer("minilm")
+    return model
+
+
+def phantom_volume(shape=(40, 96, 80), seed: int = 3):
+    """A phantom CT as a ``LaMed.data.io.Volume`` (canonical grid, the phantom's spacing)."""
+    from LaMed.data.io import Volume
+    from LaMed.data.phantom import make_phantom
+
+    ph = make_phantom(seed, shape=shape)
+    return Volume.from_array(ph.image, spacing=ph.spacing)

@@ -241,7 +241,6 @@ class _PromptRows:
             self.text = text_prompts(model, texts)
         order = iter(range(len(texts)))
         self.text_row = [None if q.text is None else next(order) for q in self.queries]
-        self.plain = all(not q.spatial for q in self.queries)
 
     def row(self, k: int, frame: Frame) -> Prompts | None:
         t = self.text_row[k]
@@ -299,21 +298,17 @@ def zoom_out_zoom_in(
             fallback.append(q.label)
     todo = [i for i, r in enumerate(rois) if r is not None]
     if todo:
-        if rows.plain:
-            sub = _index_prompts(rows.text, [rows.text_row[i] for i in todo])
-            regions = zoom_in_regions(model, native, [rois[i] for i in todo], sub, overlap, sw_batch_size, progress)
-        else:
-            regions = zoom_in_regions(
-                model,
-                native,
-                [rois[i] for i in todo],
-                None,
-                overlap,
-                sw_batch_size,
-                progress,
-                window_prompt=lambda k, origin: rows.window(todo[k], origin, img_size),
-                base=[logits[i] for i in todo],
-            )
+        regions = zoom_in_regions(
+            model,
+            native,
+            [rois[i] for i in todo],
+            None,
+            overlap,
+            sw_batch_size,
+            progress,
+            window_prompt=lambda k, origin: rows.window(todo[k], origin, img_size),
+            base=[logits[i] for i in todo],
+        )
         for i, region in zip(todo, regions):
             logits[i][rois[i]] = region
     return logits, fallback

@@ -232,6 +232,7 @@ def prompt_in_frame(prompt: SegPrompt, frame: Frame, text: Prompts | None, devic
 
 # ---- prompts from a file ---------------------------------------------------------------------------------
 PROMPT_FILE_KEYS = ("text", "box", "points", "point_labels", "name", "coords")
+MAX_PROMPTS_FILE_BYTES = 1 << 20  # a hand-written list of prompts; a larger file is a wrong path
 
 
 def read_prompts_file(path, space: str = "voxel") -> list[SegPrompt]:
@@ -244,6 +245,11 @@ def read_prompts_file(path, space: str = "voxel") -> list[SegPrompt]:
     from pathlib import Path
 
     path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_PROMPTS_FILE_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size} bytes, more than a prompts file holds ({MAX_PROMPTS_FILE_BYTES}); "
+            "is it the right file?"
+        )
     try:
         entries = json.loads(path.read_text())
     except FileNotFoundError:
