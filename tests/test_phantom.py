@@ -346,3 +346,27 @@ def test_a_small_field_of_view_reports_only_what_is_visible():
                 assert organ_display(name) not in p.report  # out of view: not mentioned at all
         liver = f["organs"]["liver"]
         assert liver["clipped"] and not any("cm" in s for s in _sentences_about(p.report, "liver"))
+
+
+def test_perirenal_fat_outlines_kidneys_and_goes_with_a_removed_one():
+    # Without contrast a kidney (~33 HU) is nearly the inner body's 40 HU; the fat shell is what shows it
+    # (and, by its absence, a nephrectomy), as perirenal fat does in real CT.
+    seen_removed = False
+    for seed in range(60):
+        p = make_phantom(seed, shape=(32, 64, 64), lesions=False, contrast=False, noise_hu=0)
+        others = np.any([m for name, m in p.masks.items() if name != "body"], axis=0)
+        fat = (np.abs(p.image.astype(float) + 90.0) <= 2.0) & ~others  # the shell's HU, outside every mask
+        half = p.image.shape[2] // 2  # W increases toward patient left
+        for name, side in (("kidney_right", np.s_[:, :, :half]), ("kidney_left", np.s_[:, :, half:])):
+            organ = p.findings["organs"][name]
+            if organ["present"]:
+                m = p.masks[name]
+                ring = ndimage.binary_dilation(m) & ~m & ~(others & ~m)
+                assert np.median(p.image[ring]) < -50 < np.median(p.image[_interior(m, 1)]) - 50
+                assert "perirenal fat" not in p.masks
+            elif organ.get("reason") == "surgically absent":
+                seen_removed = True
+                assert fat[side].sum() == 0, f"seed {seed}: fat left behind by the removed {name}"
+        if seen_removed and seed >= 5:
+            break
+    assert seen_removed

@@ -14,7 +14,8 @@ Organs and lesions are ellipsoids warped by a smooth low-frequency displacement 
 sinusoids of the normalised coordinates), evaluated on the organ's bounding box only. Each voxel
 gets one label (later structures overwrite earlier ones, so masks never overlap except that an
 organ's mask includes its own lesions); HU come from a per-phase table, then a slight in-plane blur
-(partial volume) and correlated Gaussian noise are added.
+(partial volume) and correlated Gaussian noise are added. Each kidney sits in a shell of perirenal
+fat (no mask), as in real CT, where it outlines the kidney even without contrast.
 
 Everything is deterministic per seed: geometry, noise and wording use three independent streams
 spawned from ``np.random.SeedSequence(seed)``, so changing a phrasing never changes an image.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,6 +39,10 @@ PHASES = ("non-contrast", "arterial", "portal venous")
 # Background tissue labels; organs start at 10.
 _AIR, _FAT, _SOFT = 0, 1, 2
 _SOFT_HU, _FAT_HU, _AIR_HU = 40.0, -100.0, -1000.0
+# Perirenal fat: a fat shell this thick (mm) around each kidney, painted over soft tissue only. Without
+# it a kidney without contrast (about 33 HU) is almost iso-attenuating with the 40 HU inner body, so
+# neither a kidney nor its absence would be visible in the non-contrast phase, as they are in real CT.
+_PERIRENAL_FAT_MM, _PERIRENAL_FAT_HU = 10.0, -90.0
 
 
 @dataclass(frozen=True)
@@ -580,6 +585,12 @@ def _draw_organs(
         if n == 0:
             organs[spec.name] = {"present": False, "side": spec.side, "reason": "outside field of view"}
             continue
+        if spec.name.startswith("kidney"):
+            # No draw from ``geo`` here: the shell leaves every later organ, lesion and text unchanged.
+            shell = replace(blob, semi=blob.semi + _PERIRENAL_FAT_MM)
+            sbox, sinside = shell.inside(grid)
+            if sbox is not None:
+                canvas.paint("perirenal fat", _PERIRENAL_FAT_HU, sbox, sinside, within=[_SOFT])
         info.update(
             enlarged=bool(enlarged),
             scale=round(float(scale), 3),
