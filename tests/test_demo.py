@@ -62,6 +62,42 @@ def test_detection_summary_and_always_present_chance_by_hand():
     assert s["calibration"] == {"a": 1.0, "b": -2.0}
 
 
+def test_reasoning_summary_and_always_seg_chance_by_hand():
+    from LaMed.demo.reasoning import reasoning_summary
+    from LaMed.demo.report import evaluate_checks, render
+
+    # 40 present-organ questions (39 with [SEG]); 10 about removed organs, 2 still with [SEG] after the
+    # gate, 6 before it (the LLM alone): 8/10 and 4/10 answered in words.
+    bench = {
+        "reasoning": {
+            "questions": 40,
+            "seg_token_rate": 39 / 40,
+            "negatives": 10,
+            "false_seg_rate": 0.2,
+            "seg_token_rate_llm": 1.0,
+            "false_seg_rate_llm": 0.6,
+            "withdrawn": 4,
+        }
+    }
+    a = reasoning_summary(bench)
+    assert a["absent_without_seg"] == pytest.approx(0.8) and a["absent_without_seg_llm"] == pytest.approx(0.4)
+    assert a["chance_absent_without_seg"] == 0.0 and a["present_with_seg"] == pytest.approx(0.975)
+    none = reasoning_summary({"reasoning": {**bench["reasoning"], "negatives": 0, "false_seg_rate": None}})
+    assert none["absent_without_seg"] is None  # nothing asked about removed organs: no rate, no check
+    part = {"answers": a, "per_class": {"liver": {"dice": 0.65}}, "chance": {"liver": {"all_foreground": 0.2}}}
+    checks = evaluate_checks({"reasoning": part})
+    assert checks["reasoning: removed organs answered without [SEG]"]["passed"]
+    assert not checks["reasoning: liver Dice"]["passed"] and checks["reasoning: liver Dice"]["needed"] == 0.7
+    assert "reasoning: removed organs answered without [SEG]" not in evaluate_checks(
+        {"reasoning": {**part, "answers": none}}
+    )
+    text = render({"reasoning": part}, {})
+    assert (
+        "| model (LLM + presence gate) | 0.975 | 0.800 |" in text
+        and "| chance (always `[SEG]`) | 1.000 | 0.000 |" in text
+    )
+
+
 def test_chance_levels_by_hand():
     assert scoring.chance_recall(12, (1, 5, 20)) == {"R@1": 1 / 12, "R@5": 5 / 12, "R@20": 1.0}
 
@@ -167,6 +203,8 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
         "detection F1 (present + absent prompts)",
         "absent organs reported absent",
         "liver Dice",
+        "reasoning: removed organs answered without [SEG]",
+        "reasoning: liver Dice",
     }
     seg = m["seg"]
     assert m["checks"]["liver Dice"]["passed"]
@@ -179,6 +217,20 @@ def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     assert det["calibration"] is not None  # fitted on the separate calibration phantoms
     assert m["checks"]["detection F1 (present + absent prompts)"]["passed"]
     assert m["checks"]["absent organs reported absent"]["passed"]
+
+
+def test_quick_demo_reasoning_answers_removed_organs_in_words(quick_demo):
+    _, out, m = quick_demo
+    r = m["reasoning"]
+    a = r["answers"]
+    assert a["absent_questions"] >= 1 and a["present_questions"] >= 2 * len(m["config"]["reason_classes"])
+    assert r["absent_training"]["steps"] > 0 and r["calibration"] is not None  # stage 2, then calibrated
+    assert m["checks"]["reasoning: removed organs answered without [SEG]"]["passed"]
+    assert m["checks"]["reasoning: liver Dice"]["passed"]
+    assert a["present_with_seg"] >= 0.9  # the gate does not withdraw the organs that are there
+    answers = (out / "runs" / "reason_eval" / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == a["present_questions"] + a["absent_questions"]
+    assert "## Reasoning segmentation" in (out / "report.md").read_text()
 
 
 def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):

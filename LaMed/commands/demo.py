@@ -4,9 +4,9 @@
     lamed demo --out demo_quick --quick               # reduced run of the test-suite (about 11 minutes)
     lamed demo --out demo_out --real-data ../shared/data/totalsegmentator   # + a real labelled CT
 
-Generates a phantom set, trains a tiny CLIP, a tiny report/VQA model and a tiny text-prompted
-segmentation model with the tiny twins of the published recipes, evaluates each with Bench on the
-held-out phantoms and writes ``report.md`` (read it first), ``metrics.json`` and ``figures/``.
+Generates a phantom set, trains a tiny CLIP, a tiny report/VQA model, a tiny text-prompted
+segmentation model and a tiny reasoning-segmentation model with the tiny twins of the published
+recipes, evaluates each with Bench on the held-out phantoms and writes ``report.md`` (read it first), ``metrics.json`` and ``figures/``.
 Exit status 0 when every learned-above-chance check passes, 3 when one fails.
 """
 
@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from LaMed.demo import run_demo
-from LaMed.demo.config import FULL, QUICK
+from LaMed.demo.config import FULL, PARTS, QUICK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--parts",
         nargs="+",
         default=None,
-        choices=("clip", "mllm", "seg"),
-        help="run only these parts (default: all three)",
+        choices=PARTS,
+        help="run only these parts (default: all)",
     )
     parser.add_argument("--n", type=int, default=None, help="number of phantoms (default 120; --quick 48)")
     parser.add_argument(
@@ -81,7 +81,15 @@ def config_from_args(args: argparse.Namespace):
     if args.steps != 1.0:
         if args.steps <= 0:
             raise ValueError(f"--steps: a positive factor, got {args.steps}")
-        for key in ("clip_steps", "mllm_steps", "seg_steps", "seg_presence_steps", "real_steps"):
+        for key in (
+            "clip_steps",
+            "mllm_steps",
+            "seg_steps",
+            "seg_presence_steps",
+            "reason_steps",
+            "reason_absent_steps",
+            "real_steps",
+        ):
             changes[key] = max(1, round(getattr(cfg, key) * args.steps))
     return cfg.replace(**changes)
 

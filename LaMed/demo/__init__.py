@@ -4,6 +4,7 @@
 
 * :mod:`~LaMed.demo.config`: :class:`DemoConfig` and the ``FULL`` / ``QUICK`` presets;
 * :mod:`~LaMed.demo.stages`: phantoms, CLIP, report/VQA, segmentation and real-CT stages;
+* :mod:`~LaMed.demo.reasoning`: the reasoning-segmentation stage (removed organs asked about too);
 * :mod:`~LaMed.demo.bench`: Bench's command lines run as child processes;
 * :mod:`~LaMed.demo.scoring`: chance levels and the findings F1 of generated reports;
 * :mod:`~LaMed.demo.figures`: the PNG figures; :mod:`~LaMed.demo.report`: ``report.md`` /

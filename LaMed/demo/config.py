@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-PARTS = ("clip", "mllm", "seg")
+PARTS = ("clip", "mllm", "seg", "reasoning")
 
 
 @dataclass
@@ -37,6 +37,11 @@ class DemoConfig:
             segmentation model; 0 = none), so that absent organs are reported absent.
         calibration_phantoms: a separate phantom set (seeds after the main set's) on which the
             presence rule is calibrated (Platt scaling) before the test split is scored.
+        reason_recipe / reason_steps / reason_negative_repeat: the reasoning-segmentation model (stage 1,
+            tiny R1Seg-3D; questions about removed organs repeated this many times per epoch).
+        reason_absent_recipe / reason_absent_steps: its second stage (absent-organ probes and the
+            presence gate, calibrated on the calibration phantoms; 0 = none).
+        reason_classes: structures the reasoning model is asked about (training and test).
         real_steps: fine-tuning steps on the real labelled CT of ``--real-data``.
         real_structure: the structure fine-tuned and scored on the real CT.
         threads: torch CPU threads (1 avoids oversubscription on a shared machine; tiny models
@@ -66,6 +71,12 @@ class DemoConfig:
     seg_presence_steps: int = 600
     seg_presence_recipe: str = "tiny_segvol_presence"
     calibration_phantoms: int = 150
+    reason_recipe: str = "tiny_r1seg3d"
+    reason_steps: int = 3000
+    reason_negative_repeat: int = 4
+    reason_absent_recipe: str = "tiny_r1seg3d_absent"
+    reason_absent_steps: int = 6000
+    reason_classes: list[str] = field(default_factory=lambda: ["liver", "spleen", "kidney_left", "kidney_right"])
     real_steps: int = 60
     real_structure: str = "liver"
     threads: int = 1
@@ -89,5 +100,12 @@ FULL = DemoConfig()
 # two structures (400 steps + 150 of presence fine-tuning: liver Dice 0.84, 15 of 16 removed spleens
 # reported absent on 150 held-out phantoms) and a shorter real-CT fine-tuning.
 QUICK = DemoConfig(
-    seg_steps=400, seg_presence_steps=150, seg_classes=["liver", "spleen"], real_steps=30, mrg_examples=2
+    seg_steps=400,
+    seg_presence_steps=150,
+    seg_classes=["liver", "spleen"],
+    reason_steps=800,
+    reason_absent_steps=600,
+    reason_classes=["liver", "spleen"],
+    real_steps=30,
+    mrg_examples=2,
 )

@@ -7,7 +7,7 @@ Layout of ``out``::
 
     report.md  metrics.json  figures/*.png
     phantoms/                the prepared phantom set
-    runs/                    clip_model, mllm_model, seg_model (+ real_model), Bench outputs
+    runs/                    clip_model, mllm_model, seg_model, reason_model (+ real_model), Bench outputs
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from LaMed.demo import figures, stages
 from LaMed.demo.config import PARTS, DemoConfig
+from LaMed.demo.reasoning import run_reasoning
 from LaMed.demo.report import evaluate_checks, write_metrics, write_report
 
 logger = logging.getLogger("LaMed.demo")
@@ -67,7 +68,7 @@ def run_demo(
     load_start = _load()
     timings: dict[str, dict[str, float]] = {}
     metrics: dict[str, Any] = {"quick": quick, "config": cfg.to_dict(), "stages": timings}
-    titles = ["phantoms"] + [p for p in ("clip", "mllm", "seg") if p in cfg.parts] + (["real"] if real_data else [])
+    titles = ["phantoms"] + [p for p in PARTS if p in cfg.parts] + (["real"] if real_data else [])
     total = len(titles) + 1
     step = iter(range(1, total + 1))
     fig_paths: dict[str, str] = {}
@@ -96,6 +97,15 @@ def run_demo(
                 f"segmentation: train {cfg.seg_recipe} ({cfg.seg_steps} + {cfg.seg_presence_steps} presence steps), Bench seg",
             ):
                 metrics["seg"] = stages.run_seg(cfg, prepared, runs)
+        if "reasoning" in cfg.parts:
+            with _stage(
+                timings,
+                next(step),
+                total,
+                f"reasoning segmentation: train {cfg.reason_recipe} ({cfg.reason_steps} steps) + "
+                f"{cfg.reason_absent_recipe} ({cfg.reason_absent_steps} steps), Bench reasoning seg",
+            ):
+                metrics["reasoning"] = run_reasoning(cfg, prepared, runs)
         if real_data is not None:
             with _stage(timings, next(step), total, f"real CT: {cfg.real_structure} from {real_data}"):
                 try:

@@ -49,6 +49,8 @@ class Check:
         }
 
 
+REASONING_ABSENT_FLOOR = 0.5
+
 CHECKS = (
     # "Far above chance" as the CLIP learning test reads it: 4x chance at R@1, 3x at R@5.
     Check(
@@ -124,6 +126,25 @@ CHECKS = (
         lambda m: m["detection"]["chance_absent_reported"],
         floor=0.5,
         source="at least half of the removed organs reported absent (always-present: 0)",
+    ),
+    # Reasoning segmentation (issue: >= 90 % of questions about removed organs answered without [SEG]).
+    # Chance is a model that always segments (as R1Seg-3D does). The reasoning model's liver Dice keeps
+    # the gate honest: withdrawing every answer would pass the first check and fail the second.
+    Check(
+        "reasoning: removed organs answered without [SEG]",
+        "reasoning",
+        lambda m: m["answers"]["absent_without_seg"],
+        lambda m: m["answers"]["chance_absent_without_seg"],
+        floor=REASONING_ABSENT_FLOOR,
+        source="removed organs answered in words, not with a mask (always-[SEG]: 0)",
+    ),
+    Check(
+        "reasoning: liver Dice",
+        "reasoning",
+        lambda m: m["per_class"]["liver"]["dice"],
+        lambda m: m["chance"]["liver"]["all_foreground"],
+        floor=0.7,
+        source="held-out Dice above 0.7 for the liver, asked in words",
     ),
     Check(
         "liver Dice",
@@ -234,6 +255,7 @@ def _trained_section(m: Mapping, figures: Mapping[str, str]) -> list:
         "clip": "3D CLIP (ViT3D + BERT, InfoNCE)",
         "mllm": "report / VQA model (the CLIP's ViT3D + MLP projector + 2-layer LLM)",
         "seg": "text-prompted segmentation (SegVol-tiny)",
+        "reasoning": "reasoning segmentation (tiny R1Seg-3D: ViT3D + 2-layer LLM + SegVol-tiny decoder)",
         "real": "segmentation fine-tuned on the real CT",
     }
     for part, title in names.items():
@@ -244,10 +266,11 @@ def _trained_section(m: Mapping, figures: Mapping[str, str]) -> list:
                 f"| {title} | `{recipe}` | {p['steps']} | {_minutes(p.get('train_seconds'))} | "
                 f"{_f(p.get('first_loss'))} -> {_f(p.get('last_loss'))} |"
             )
-            stage2 = p.get("presence_training")
+            stage2 = p.get("presence_training") or p.get("absent_training")
             if isinstance(stage2, Mapping):
+                what = "absent-organ probes + presence gate" if part == "reasoning" else "presence fine-tuning"
                 lines.append(
-                    f"| then presence fine-tuning (absent organs) | `{stage2['recipe']}` | {stage2['steps']} | "
+                    f"| then {what} (absent organs) | `{stage2['recipe']}` | {stage2['steps']} | "
                     f"{_minutes(stage2.get('seconds'))} | {_f(stage2.get('first_loss'))} -> {_f(stage2.get('last_loss'))} |"
                 )
     lines += [
@@ -438,6 +461,42 @@ def _detection_lines(det: Mapping | None, presence: Mapping | None) -> list:
     ]
 
 
+def _reasoning_section(m: Mapping, figures: Mapping[str, str]) -> list:
+    """Reasoning segmentation: present and removed organs asked in words, next to always-[SEG]."""
+    r = m.get("reasoning")
+    if not isinstance(r, Mapping) or "answers" not in r:
+        return []
+    a, cal = r["answers"], r.get("calibration")
+    how = (
+        f"calibrated on separate phantoms: p = sigmoid({cal['a']:.3f} s {cal['b']:+.3f}) of the largest logit s"
+        if isinstance(cal, Mapping)
+        else "uncalibrated"
+    )
+    lines = [
+        "## Reasoning segmentation (removed organs asked too)",
+        "",
+        f'Each test phantom is asked "Can you segment the X in this image?" for every organ it has '
+        f"({a['present_questions']} questions) and every organ it lacks ({a['absent_questions']}). The "
+        f"model answers in words; each `[SEG]` it writes is checked by the decoder's presence rule, {how}; "
+        f"an answer whose every `[SEG]` is absent is generated again without `[SEG]` ({a['withdrawn']} "
+        "answers). Chance is a model that always answers with a mask, as the seed systems do.",
+        "",
+        "| | present organs answered with `[SEG]` | removed organs answered without `[SEG]` |",
+        "|---|---|---|",
+        f"| model (LLM + presence gate) | {_f(a['present_with_seg'])} | {_f(a['absent_without_seg'])} |",
+        f"| the LLM alone (before the gate) | {_f(a['present_with_seg_llm'])} | {_f(a['absent_without_seg_llm'])} |",
+        f"| chance (always `[SEG]`) | {_f(a['chance_present_with_seg'])} | {_f(a['chance_absent_without_seg'])} |",
+        "",
+        "| structure | Dice (present organs) | all-foreground (chance) |",
+        "|---|---|---|",
+    ]
+    for name, g in r.get("per_class", {}).items():
+        lines.append(
+            f"| {name} | {_f(g.get('dice'))} | {_f(r.get('chance', {}).get(name, {}).get('all_foreground'))} |"
+        )
+    return lines + [""]
+
+
 def _real_ct_section(m: Mapping, figures: Mapping[str, str]) -> list:
     """The optional real-CT part."""
     lines: list = []
@@ -498,6 +557,7 @@ def render(metrics: Mapping, figures: Mapping[str, str]) -> str:
         _zero_shot_section,
         _report_section,
         _segmentation_section,
+        _reasoning_section,
         _real_ct_section,
         _closing_section,
     )

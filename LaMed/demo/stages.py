@@ -403,6 +403,10 @@ def calibration_split(cfg: DemoConfig, work: Path) -> Path:
     """``cfg.calibration_phantoms`` phantoms drawn after the main set (seeds ``seed + n_phantoms`` on), all
     in ``train.json``: data the presence rule is fitted on and that no model has seen."""
     out = work / "calibration_phantoms"
+    done = out / "train.json"
+    # The segmentation and reasoning parts share it: drawn once per demo run.
+    if done.is_file() and len(load_manifest(done)["items"]) == cfg.calibration_phantoms:
+        return out
     prepare_phantoms(
         out,
         cfg.calibration_phantoms,
