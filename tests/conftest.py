@@ -74,7 +74,7 @@ def one_thread():
 def quick_demo(tmp_path_factory):
     """``lamed demo --quick`` run once per session (with the real CT when ../shared/data has it):
     ``(exit code, out folder, metrics.json)``. Shared by the demo tests and the MLLM learning test,
-    which score the same trained models (the run is the suite's longest: ~8 minutes on 2 cores)."""
+    which score the same trained models (the run is the suite's longest: ~13 minutes on 2 cores)."""
     import json
 
     from LaMed.cli import main

@@ -1,7 +1,7 @@
 """``lamed demo``: the main job on the embedded default (synthetic phantoms), offline, on CPU.
 
-    lamed demo --out demo_out                         # full demo (about 16 CPU minutes)
-    lamed demo --out demo_quick --quick               # reduced run of the test-suite (about 11 minutes)
+    lamed demo --out demo_out                         # full demo (about 42 CPU minutes)
+    lamed demo --out demo_quick --quick               # reduced run of the test-suite (about 16 minutes)
     lamed demo --out demo_out --real-data ../shared/data/totalsegmentator   # + a real labelled CT
 
 Generates a phantom set, trains a tiny CLIP, a tiny report/VQA model, a tiny text-prompted
@@ -21,7 +21,7 @@ from LaMed.demo.config import FULL, PARTS, QUICK
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--quick", action="store_true", help="the reduced run of the test-suite (about 11 CPU minutes)")
+    parser.add_argument("--quick", action="store_true", help="the reduced run of the test-suite (about 16 CPU minutes)")
     parser.add_argument(
         "--strict",
         action="store_true",
