@@ -20,6 +20,7 @@ def test_absent_ablation_table(tmp_path):
     for row, slug in zip(summary["variants"], ["no_absent_prompts", "absent_prompts", "absent_prompts_presence"]):
         scored = json.loads((out / f"{slug}_eval" / "summary.json").read_text(encoding="utf-8"))
         assert row["dice_present"] == scored["overall"]["dice"] and row["f1"] == scored["detection"]["f1"]
+        assert row["dice_tp"] == scored["detection"]["dice_tp"]
         assert scored["presence_calibration"] is not None  # fitted on the held-out validation half
         # every organ was prompted on every test phantom: present + absent prompts = phantoms x organs
         test = json.loads((out / "heldout" / "test.json").read_text(encoding="utf-8"))
