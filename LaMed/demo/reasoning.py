@@ -18,7 +18,7 @@ from typing import Any
 from LaMed.demo import scoring
 from LaMed.demo.bench import run_bench
 from LaMed.demo.config import DemoConfig
-from LaMed.demo.stages import _losses, _masks, calibration_split, train_recipe
+from LaMed.demo.stages import calibration_split, loss_ends, split_masks, train_recipe
 
 
 def reasoning_summary(summary: dict) -> dict[str, Any]:
@@ -87,14 +87,14 @@ def run_reasoning(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]
         args += ["--calibration", calibration_split(cfg, work) / "train.json"]
     summary = run_bench("run_reasoning_seg", [*args, "--out", out], out, cfg.threads)
     chance = scoring.seg_baselines(
-        _masks(prepared, "train", cfg.reason_classes), _masks(prepared, "test", cfg.reason_classes)
+        split_masks(prepared, "train", cfg.reason_classes), split_masks(prepared, "test", cfg.reason_classes)
     )
     result: dict[str, Any] = {
         "recipe": cfg.reason_recipe,
         "steps": first["steps"],
         "model": str(model_dir),
         "train_seconds": first["seconds"],
-        **_losses(first["log"]),
+        **loss_ends(first["log"]),
         "log": first["log"],
         "answers": reasoning_summary(summary),
         "per_class": {
@@ -111,6 +111,6 @@ def run_reasoning(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]
             "recipe": cfg.reason_absent_recipe,
             "steps": second["steps"],
             "seconds": second["seconds"],
-            **_losses(second["log"]),
+            **loss_ends(second["log"]),
         }
     return result

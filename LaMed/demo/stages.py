@@ -93,7 +93,8 @@ def train_recipe(
     }
 
 
-def _losses(log: list[dict]) -> dict[str, float]:
+def loss_ends(log: list[dict]) -> dict[str, float]:
+    """``{"first_loss", "last_loss"}`` of a Trainer log history (empty when it logged no loss)."""
     losses = [h["loss"] for h in log if "loss" in h]
     return {"first_loss": float(losses[0]), "last_loss": float(losses[-1])} if losses else {}
 
@@ -187,7 +188,7 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         "steps": int(run.trainer.state.global_step),
         "model": str(model_dir),
         "train_seconds": float(run.output.metrics.get("train_runtime", float("nan"))),
-        **_losses(history),
+        **loss_ends(history),
         "log": history,
         "pairs": n,
         "bench": scores,
@@ -310,7 +311,7 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> d
         "steps": trained["steps"],
         "model": str(model_dir),
         "train_seconds": trained["seconds"],
-        **_losses(trained["log"]),
+        **loss_ends(trained["log"]),
         "log": trained["log"],
         "report": report_scores,
         "report_chance": report_chance,
@@ -327,8 +328,8 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> d
 # ---------------------------------------------------------------------------------------- segmentation
 
 
-def _masks(prepared: Path, split: str, classes: Sequence[str]) -> dict[str, list[np.ndarray]]:
-
+def split_masks(prepared: Path, split: str, classes: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """The masks of ``classes`` over a prepared split: ``{class: [(D, H, W) bool, ...]}`` (for the chance levels)."""
     out: dict[str, list[np.ndarray]] = {c: [] for c in classes}
     manifest = prepared / f"{split}.json"
     for item in _items(prepared, split):
@@ -372,14 +373,14 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         for name, g in summary.get("per_class", {}).items()
     }
     chance = scoring.seg_baselines(
-        _masks(prepared, "train", cfg.seg_classes), _masks(prepared, "test", cfg.seg_classes)
+        split_masks(prepared, "train", cfg.seg_classes), split_masks(prepared, "test", cfg.seg_classes)
     )
     result = {
         "recipe": cfg.seg_recipe,
         "steps": trained["steps"],
         "model": str(model_dir),
         "train_seconds": trained["seconds"],
-        **_losses(trained["log"]),
+        **loss_ends(trained["log"]),
         "log": trained["log"],
         "per_class": per_class,
         "overall": {k: v for k, v in summary.get("overall", {}).items() if k in ("dice", "nsd", "hd95", "count")},
@@ -392,7 +393,7 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
             "recipe": cfg.seg_presence_recipe,
             "steps": presence["steps"],
             "seconds": presence["seconds"],
-            **_losses(presence["log"]),
+            **loss_ends(presence["log"]),
         }
     if cfg.seg_absent != "none":
         result["detection"] = scoring.detection_summary(summary["detection"], summary.get("presence_calibration"))
@@ -495,7 +496,7 @@ def run_real(cfg: DemoConfig, folder: Path, seg_model: Path, work: Path) -> dict
         "spacing_mm": [float(s) for s in vol.spacing],
         "steps": trained["steps"],
         "train_seconds": trained["seconds"],
-        **_losses(trained["log"]),
+        **loss_ends(trained["log"]),
         "log": trained["log"],
         "phantom_only_dice": before["dice"],
         "finetuned_dice": after["dice"],
