@@ -80,7 +80,7 @@ def test_tiny_text_prompted_model_learns_large_organs(trained, phantom_set):
     assert losses[-1] < 0.7 * losses[0]
     model = load_seg_model(folder)  # the saved folder reloads with its tokenizer
     val = phantom_set / "validation.json"
-    scores = {}
+    scores, spleen_on_liver = {}, []
     for item in load_manifest(val)["items"]:
         names = [n for n in LARGE_ORGANS if n in item["masks"]]
         image = torch.from_numpy(np.asarray(load_image(val, item), np.float32))[None]
@@ -88,12 +88,18 @@ def test_tiny_text_prompted_model_learns_large_organs(trained, phantom_set):
         gt = load_masks(val, item, names)
         for n, p in zip(names, probs):
             scores.setdefault(n, []).append(dice(p[0].numpy() > 0.5, gt[n][0]))
+            if n == "spleen" and "liver" in gt:
+                spleen_on_liver.append(dice(p[0].numpy() > 0.5, gt["liver"][0]))
     mean = {n: float(np.mean(v)) for n, v in scores.items()}
-    print("held-out Dice", mean)
+    print("held-out Dice", mean, "spleen prompt vs the liver", float(np.mean(spleen_on_liver)))
     assert len(scores["liver"]) >= 4
     assert mean["liver"] > 0.7
-    # the prompt matters: asking for the spleen does not return the liver
-    assert mean["spleen"] > 0.2
+    # The prompt matters: asking for the spleen does not return the liver (a prompt-blind model would:
+    # Dice ~0.7 with it) and finds some spleen (all-foreground chance ~0.01). After 200 steps on 19
+    # phantoms the small organs are coarse (spleen Dice 0.09-0.25 each), so no higher bar is set here;
+    # the demo and Bench.absent_ablation measure trained models.
+    assert float(np.mean(spleen_on_liver)) < 0.05
+    assert mean["spleen"] > 0.1
 
 
 def test_bench_front_end_scores_the_validation_split(trained, phantom_set, tmp_path):
