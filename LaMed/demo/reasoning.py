@@ -18,7 +18,7 @@ from typing import Any
 from LaMed.demo import scoring
 from LaMed.demo.bench import run_bench
 from LaMed.demo.config import DemoConfig
-from LaMed.demo.stages import calibration_split, loss_ends, split_masks, train_recipe
+from LaMed.demo.stages import calibration_split, loss_ends, split_masks, stage_record, train_recipe
 
 
 def reasoning_summary(summary: dict) -> dict[str, Any]:
@@ -107,10 +107,5 @@ def run_reasoning(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]
         "bench_dir": str(out),
     }
     if second is not None:
-        result["absent_training"] = {
-            "recipe": cfg.reason_absent_recipe,
-            "steps": second["steps"],
-            "seconds": second["seconds"],
-            **loss_ends(second["log"]),
-        }
+        result["absent_training"] = stage_record(cfg.reason_absent_recipe, second)
     return result

@@ -93,6 +93,12 @@ def train_recipe(
     }
 
 
+def stage_record(recipe: str, trained: dict[str, Any]) -> dict[str, Any]:
+    """What the report shows of a second training stage (a :func:`train_recipe` result): recipe,
+    steps, seconds and the first / last loss."""
+    return {"recipe": recipe, "steps": trained["steps"], "seconds": trained["seconds"], **loss_ends(trained["log"])}
+
+
 def loss_ends(log: list[dict]) -> dict[str, float]:
     """``{"first_loss", "last_loss"}`` of a Trainer log history (empty when it logged no loss)."""
     losses = [h["loss"] for h in log if "loss" in h]
@@ -389,12 +395,7 @@ def run_seg(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         "bench_dir": str(out),
     }
     if presence is not None:
-        result["presence_training"] = {
-            "recipe": cfg.seg_presence_recipe,
-            "steps": presence["steps"],
-            "seconds": presence["seconds"],
-            **loss_ends(presence["log"]),
-        }
+        result["presence_training"] = stage_record(cfg.seg_presence_recipe, presence)
     if cfg.seg_absent != "none":
         result["detection"] = scoring.detection_summary(summary["detection"], summary.get("presence_calibration"))
     return result
