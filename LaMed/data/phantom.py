@@ -552,6 +552,15 @@ def _choose_phase(geo: np.random.Generator, contrast: str | bool | None) -> str:
     raise ValueError(f"make_phantom: contrast must be one of {PHASES}, True, False or None, got {contrast!r}")
 
 
+def _perirenal_fat(canvas: _Canvas, kidney: _Blob) -> None:
+    """Paint the fat shell around a kidney over the soft tissue it reaches. It takes no random stream,
+    so every later organ, lesion, mask and text of the seed is the same as without it."""
+    shell = replace(kidney, semi=kidney.semi + _PERIRENAL_FAT_MM)
+    box, inside = shell.inside(canvas.grid)
+    if box is not None:
+        canvas.paint("perirenal fat", _PERIRENAL_FAT_HU, box, inside, within=[_SOFT])
+
+
 def _draw_organs(
     canvas: _Canvas, geo: np.random.Generator, phase_i: int, sx: float, sy: float, deform: float
 ) -> dict[str, dict]:
@@ -586,11 +595,7 @@ def _draw_organs(
             organs[spec.name] = {"present": False, "side": spec.side, "reason": "outside field of view"}
             continue
         if spec.name.startswith("kidney"):
-            # No draw from ``geo`` here: the shell leaves every later organ, lesion and text unchanged.
-            shell = replace(blob, semi=blob.semi + _PERIRENAL_FAT_MM)
-            sbox, sinside = shell.inside(grid)
-            if sbox is not None:
-                canvas.paint("perirenal fat", _PERIRENAL_FAT_HU, sbox, sinside, within=[_SOFT])
+            _perirenal_fat(canvas, blob)
         info.update(
             enlarged=bool(enlarged),
             scale=round(float(scale), 3),
