@@ -10,6 +10,12 @@
 Writes ``<out>/predictions.jsonl`` (and ``val_predictions.jsonl``): one record a volume,
 ``{"id", "findings": {name: {"probability", "similarity", "similarity_negative"}}}``, then
 ``summary.json``, ``per_sample.csv`` and ``summary.md`` through ``Bench.eval_classify``.
+
+``--probe-manifest TRAIN`` also fits a linear probe per finding on the image embeddings of a
+labelled training split (``LaMed.inference.linear_probe``) and scores the same test split with it:
+``<out>/linear_probe/`` (the same files) and ``summary["linear_probe"]`` (per-finding AUROC). A probe
+is supervised; it tells whether the embedding carries a finding that zero-shot misses. Fit it on
+labelled volumes the CLIP was not trained on (see the module's docstring for why).
 """
 
 from __future__ import annotations
@@ -45,15 +51,23 @@ def run_classify(
     slice_features: str = "",
     device: str | None = None,
     clip=None,
+    probe_manifest: str | Path | None = None,
+    probe_c: float = 1.0,
 ) -> dict:
     """Classify ``manifest`` (and ``val_manifest``) zero-shot and score it; returns the summary dict.
 
     ``clip``: an already loaded ``(model, tokenizer)`` pair (the demo passes its own).
+    ``probe_manifest`` / ``probe_c``: the labelled split linear probes are fitted on, and their
+    inverse regularisation (see the module docstring).
     """
     from Bench.eval_classify import evaluate_classify, write_classify_outputs
     from LaMed.inference.classify import classify_split, load_prompt_set
 
     out = Path(out_dir)
+    if probe_manifest and not probe_c > 0:
+        from Bench.common import BenchError
+
+        raise BenchError(f"--probe-c: the probes' inverse regularisation must be > 0, got {probe_c}")
     ps = load_prompt_set(prompt_set, style=style, findings=findings)
     if clip is None:
         from Bench.run_retrieval import load_model
@@ -81,8 +95,58 @@ def run_classify(
     )
     summary["prompt_set"] = ps.to_dict()
     summary["encoding"] = {"model": str(model), "published_family": published or None, "cases": len(res.ids)}
+    if probe_manifest:
+        train = classify_split(
+            net, tok, probe_manifest, ps, batch_size=batch_size, slice_features=slice_features, device=device
+        )
+        summary["linear_probe"] = linear_probe(
+            train, res, manifest, out / "linear_probe", ps.source, probe_manifest, probe_c, criterion, n_boot, seed
+        )
     write_classify_outputs(out, summary, rows)
     return summary
+
+
+def linear_probe(
+    train,
+    test,
+    manifest: str | Path,
+    out: Path,
+    prompt_set: str,
+    probe_manifest: str | Path,
+    c: float = 1.0,
+    criterion: str = "f1",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Fit probes on ``train`` (a ``ZeroShotResult`` of the labelled split), score ``test``'s
+    embeddings, evaluate them like zero-shot scores (threshold 0.5 on the probability) in ``out``."""
+    from Bench.common import BenchError
+    from Bench.eval_classify import evaluate_classify, write_classify_outputs
+    from LaMed.inference.linear_probe import fit_linear_probe
+
+    if train.labels is None:
+        raise BenchError(f"{probe_manifest}: the items carry no 'labels'; a linear probe needs them")
+    try:
+        probe = fit_linear_probe(train.embeddings, train.labels, train.names, c)
+    except ValueError as exc:
+        raise BenchError(f"{probe_manifest}: {exc}") from None
+    p = probe.predict_proba(test.embeddings)
+    records = [
+        {"id": item_id, "findings": {n: {"probability": float(p[i, k])} for k, n in enumerate(test.names)}}
+        for i, item_id in enumerate(test.ids)
+    ]
+    preds = write_predictions(out / "predictions.jsonl", records)
+    summary, rows = evaluate_classify(
+        str(preds), str(manifest), "", "", "probability", criterion, prompt_set, n_boot, seed
+    )
+    summary["probe"] = {"train_manifest": str(probe_manifest), "train_cases": len(train.ids), "c": float(c)}
+    write_classify_outputs(out, summary, rows)
+    return {
+        "auroc": {n: g["auroc"] for n, g in summary["per_class"].items()},
+        "macro_auroc": summary["overall"]["auroc"],
+        **summary["probe"],
+        "out": str(out),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -103,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slice-features", default="", help="item field of HSENet stage 2's slice features")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--probe-manifest",
+        default="",
+        help="labelled split, unseen by the CLIP, to fit linear probes on (image embeddings)",
+    )
+    p.add_argument("--probe-c", type=float, default=1.0, help="inverse L2 regularisation of the probes (> 0)")
     p.add_argument("--out", required=True, help="output folder")
     a = p.parse_args(argv)
     summary = run_classify(
@@ -123,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         a.seed,
         a.slice_features,
         a.device,
+        probe_manifest=a.probe_manifest or None,
+        probe_c=a.probe_c,
     )
     print(Path(a.out) / "summary.md")
     return summary

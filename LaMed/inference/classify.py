@@ -328,6 +328,7 @@ class ZeroShotResult:
     similarity_negative: np.ndarray  # (N, K)
     labels: np.ndarray | None = None  # (N, K) 0/1 from the manifest, None when items have no labels
     prompt_set: dict = field(default_factory=dict)
+    embeddings: np.ndarray | None = None  # (N, E) image embeddings (the linear probes' input)
 
     def scores(self, kind: str) -> np.ndarray:
         if kind not in SCORES:
@@ -427,7 +428,8 @@ def classify_split(
                 feats = [np.load(root / it[slice_features], allow_pickle=False).astype(np.float32) for it in chunk]
                 extra["slice_features"] = torch.from_numpy(np.stack(feats)).to(device)
             embs.append(model.encode_image(x.to(device), **extra).float().cpu().numpy())
-    s = zero_shot_scores(np.concatenate(embs), pos, neg, model_scale(model))
+    emb = np.concatenate(embs)
+    s = zero_shot_scores(emb, pos, neg, model_scale(model))
     return ZeroShotResult(
         [it["id"] for it in items],
         prompt_set.names,
@@ -436,6 +438,7 @@ def classify_split(
         s["similarity_negative"],
         labels,
         prompt_set.to_dict(),
+        emb,
     )
 
 
