@@ -247,6 +247,9 @@ def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     assert mllm["vqa"]["closed"] >= 0.5
     zs = clip["zero_shot"]
     assert zs["chance"] == 0.5 and zs["mean_auroc"]["organ"] >= 0.70 and zs["mean_auroc"]["all"] > 0.55
+    # linear probes on the calibration phantoms' embeddings (unseen by the CLIP) sit next to each finding
+    assert zs["probe"]["train_cases"] == 150 and zs["probe"]["mean_auroc"]["organ"] >= 0.70
+    assert all("probe_auroc" in f for f in zs["per_finding"].values())
     assert {
         "hepatomegaly",
         "splenomegaly",

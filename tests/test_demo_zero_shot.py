@@ -46,6 +46,34 @@ def test_zero_shot_check_reads_the_mean_over_every_finding():
     assert "## Zero-shot findings classification (CLIP)" in text and "| b | focal | 1 | 0.250 [0.000, 0.500] |" in text
 
 
+def test_probe_aurocs_sit_next_to_zero_shot_with_their_own_means():
+    from LaMed.demo.report import render
+
+    bench = _bench_summary()
+    bench["linear_probe"] = {
+        "auroc": {"a": 0.5, "b": 0.75, "c": float("nan")},
+        "macro_auroc": 0.625,
+        "train_manifest": "cal/train.json",
+        "train_cases": 150,
+        "c": 10.0,
+    }
+    zs = scoring.zero_shot_summary(bench)
+    assert [zs["per_finding"][n]["probe_auroc"] for n in "abc"] == [0.5, 0.75, None]
+    # by hand: organ = a (0.5; c undefined), focal = b (0.75), all = (0.5 + 0.75) / 2
+    assert zs["probe"]["mean_auroc"] == {"all": 0.625, "organ": 0.5, "focal": 0.75}
+    assert zs["probe"]["train_cases"] == 150 and zs["probe"]["c"] == 10.0
+    assert zs["mean_auroc"] == {"all": pytest.approx(0.625), "organ": 1.0, "focal": 0.25}  # zero-shot unchanged
+    text = render({"clip": {"zero_shot": zs}}, {})
+    assert "| finding | group | positives | AUROC [95 % CI] | linear probe AUROC |" in text
+    assert "| b | focal | 1 | 0.250 [0.000, 0.500] | 0.750 |" in text
+    assert "| c | organ | 0 | - (one class only) | - |" in text
+    assert "| **mean, focal** | | | 0.250 | 0.750 |" in text and "| chance | | | 0.500 | 0.500 |" in text
+    assert "of 150 labelled phantoms it never saw" in text
+    # without probes the table keeps its four columns
+    plain = render({"clip": {"zero_shot": scoring.zero_shot_summary(_bench_summary())}}, {})
+    assert "linear probe" not in plain and "| b | focal | 1 | 0.250 [0.000, 0.500] |\n" in plain
+
+
 @pytest.mark.slow
 def test_zero_shot_stage_on_a_tiny_clip(tmp_path):
     """The stage runs Bench.run_classify as a user would and keeps its numbers (random weights: any AUROC)."""
@@ -67,10 +95,24 @@ def test_zero_shot_stage_on_a_tiny_clip(tmp_path):
         tmp_path / "model"
     )
     AutoTokenizer.from_pretrained(str(gt.get_model_path())).save_pretrained(tmp_path / "model")
-    zs = run_zero_shot(QUICK.replace(zero_shot_boot=50), tmp_path / "data", tmp_path / "model", tmp_path / "zs")
+    # the probe's split: labelled phantoms of other seeds (every finding has both classes in these 60)
+    prepare_phantoms(
+        tmp_path / "probe", n=60, shape=(16, 64, 64), seed=500, val_fraction=0.0, test_fraction=0.0, progress=False
+    )
+    zs = run_zero_shot(
+        QUICK.replace(zero_shot_boot=50),
+        tmp_path / "data",
+        tmp_path / "model",
+        tmp_path / "zs",
+        probe_split=tmp_path / "probe" / "train.json",
+    )
     bench = json.loads((tmp_path / "zs" / "summary.json").read_text())
     assert set(zs["per_finding"]) == set(bench["per_class"]) and zs["chance"] == 0.5
     for name, f in zs["per_finding"].items():
         got = bench["per_class"][name]["auroc"]
         assert f["auroc"] == (None if not isinstance(got, float) or np.isnan(got) else got)
+        got = bench["linear_probe"]["auroc"][name]
+        assert f["probe_auroc"] == (None if not isinstance(got, float) or np.isnan(got) else got)
+    assert zs["probe"]["train_cases"] == 60 and zs["probe"]["c"] == QUICK.zero_shot_probe_c
+    assert (tmp_path / "zs" / "linear_probe" / "summary.json").is_file()
     assert zs["cases"] == len(json.loads((tmp_path / "data" / "test.json").read_text())["items"])

@@ -49,6 +49,8 @@ class DemoConfig:
         mrg_examples: generated reports shown next to the truth in ``report.md``.
         zero_shot_prompts / zero_shot_boot: the prompt set the CLIP is scored zero-shot with and the
             bootstrap draws of its AUROC intervals.
+        zero_shot_probe_c: inverse regularisation of the linear probes fitted on the calibration
+            phantoms' CLIP embeddings (shown next to the zero-shot AUROC).
         parts: which of :data:`PARTS` to run.
     """
 
@@ -84,6 +86,7 @@ class DemoConfig:
     mrg_max_new_tokens: int = 240  # the longest phantom reports, impression included
     zero_shot_prompts: str = "phantom"
     zero_shot_boot: int = 1000
+    zero_shot_probe_c: float = 10.0
     parts: list[str] = field(default_factory=lambda: list(PARTS))
 
     def replace(self, **changes) -> DemoConfig:

@@ -323,16 +323,32 @@ def _zero_shot_section(m: Mapping, figures: Mapping[str, str]) -> list:
             "Bench.run_classify`). Chance is AUROC 0.5. Organ-level findings (size, absence, contrast "
             "phase) are tens of voxels at this resolution; focal lesions are one to a few.",
             "",
-            "| finding | group | positives | AUROC [95 % CI] |",
-            "|---|---|---|---|",
         ]
+        probe = zs.get("probe")
+        if isinstance(probe, Mapping):
+            lines += [
+                f"*Linear probe*: a logistic regression per finding (C = {probe.get('c')}) fitted on the CLIP's "
+                f"image embeddings of {probe.get('train_cases', '?')} labelled phantoms it never saw, scoring "
+                "the same test phantoms. It is supervised, so it is not a zero-shot result: it tells "
+                "whether the embedding carries a finding (probe high, zero-shot low: the prompts miss it; "
+                "both low: the CLIP did not learn it).",
+                "",
+                "| finding | group | positives | AUROC [95 % CI] | linear probe AUROC |",
+                "|---|---|---|---|---|",
+            ]
+        else:
+            lines += ["| finding | group | positives | AUROC [95 % CI] |", "|---|---|---|---|"]
+        tail = (lambda v: f" {_f(v)} |") if isinstance(probe, Mapping) else (lambda v: "")
         for name, f in zs["per_finding"].items():
             ci = f.get("ci95") or [None, None]
             cell = "- (one class only)" if f.get("auroc") is None else f"{_f(f['auroc'])} [{_f(ci[0])}, {_f(ci[1])}]"
-            lines.append(f"| {name} | {f.get('group') or '-'} | {f['positives']} | {cell} |")
+            lines.append(
+                f"| {name} | {f.get('group') or '-'} | {f['positives']} | {cell} |{tail(f.get('probe_auroc'))}"
+            )
+        probe_means = probe.get("mean_auroc", {}) if isinstance(probe, Mapping) else {}
         for group in sorted(means):
-            lines.append(f"| **mean, {group}** | | | {_f(means[group])} |")
-        lines += [f"| chance | | | {_f(zs.get('chance'))} |", ""]
+            lines.append(f"| **mean, {group}** | | | {_f(means[group])} |{tail(probe_means.get(group))}")
+        lines += [f"| chance | | | {_f(zs.get('chance'))} |{tail(zs.get('chance'))}", ""]
     return lines
 
 

@@ -250,28 +250,49 @@ ZERO_SHOT_CHANCE = 0.5
 def zero_shot_summary(summary: Mapping) -> dict:
     """The demo's view of a ``Bench.eval_classify`` summary: per finding its AUROC, 95 % interval,
     positives and group; ``mean_auroc`` per finding group (the prompt set's ``group``) and over
-    ``all`` findings whose AUROC is defined (both classes present in the test split)."""
+    ``all`` findings whose AUROC is defined (both classes present in the test split). With linear
+    probes (``summary["linear_probe"]``), each finding also has ``probe_auroc`` and ``probe`` holds
+    their means by group and the probe's settings."""
     groups = {name: f.get("group", "") for name, f in (summary.get("prompt_set") or {}).get("findings", {}).items()}
     ci = summary.get("ci95", {})
+    lp = summary.get("linear_probe")
     per: dict[str, dict] = {}
     for name, g in summary["per_class"].items():
-        auc = g.get("auroc")
-        auc = float(auc) if isinstance(auc, (int, float)) and np.isfinite(auc) else None
         per[name] = {
-            "auroc": auc,
+            "auroc": _defined(g.get("auroc")),
             "ci95": ci.get(name, {}).get("auroc"),
             "positives": int(g["positives"]),
             "group": groups.get(name, ""),
         }
-    means: dict[str, float] = {}
-    for group in sorted({p["group"] for p in per.values()} | {"all"}):
-        vals = [p["auroc"] for p in per.values() if p["auroc"] is not None and group in ("all", p["group"])]
-        if vals and group:
-            means[group] = float(np.mean(vals))
-    return {
+        if lp:
+            per[name]["probe_auroc"] = _defined(lp["auroc"].get(name))
+    out = {
         "per_finding": per,
-        "mean_auroc": means,
+        "mean_auroc": _group_means(per, "auroc"),
         "chance": ZERO_SHOT_CHANCE,
         "cases": int(summary["counts"]["cases"]),
         "settings": summary.get("settings", {}),
     }
+    if lp:
+        out["probe"] = {
+            "mean_auroc": _group_means(per, "probe_auroc"),
+            "train_manifest": lp.get("train_manifest"),
+            "train_cases": lp.get("train_cases"),
+            "c": lp.get("c"),
+        }
+    return out
+
+
+def _defined(value) -> float | None:
+    """A finite AUROC, else ``None`` (one class only in the test split)."""
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def _group_means(per: Mapping[str, Mapping], key: str) -> dict[str, float]:
+    """Mean of ``per[*][key]`` over each finding group and over ``all``, skipping undefined values."""
+    means: dict[str, float] = {}
+    for group in sorted({p["group"] for p in per.values()} | {"all"}):
+        vals = [p[key] for p in per.values() if p.get(key) is not None and group in ("all", p["group"])]
+        if vals and group:
+            means[group] = float(np.mean(vals))
+    return means

@@ -201,33 +201,25 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
         "chance": scoring.chance_recall(n),
         "embeddings": str(out / "embeddings.npz"),
         "bench_dir": str(out / "bench"),
-        "zero_shot": run_zero_shot(cfg, prepared, model_dir, work / "zero_shot"),
+        "zero_shot": run_zero_shot(
+            cfg, prepared, model_dir, work / "zero_shot", probe_split=calibration_split(cfg, work) / "train.json"
+        ),
     }
 
 
-def run_zero_shot(cfg: DemoConfig, prepared: Path, model_dir: Path, out: Path) -> dict[str, Any]:
+def run_zero_shot(
+    cfg: DemoConfig, prepared: Path, model_dir: Path, out: Path, probe_split: Path | None = None
+) -> dict[str, Any]:
     """The CLIP scored zero-shot on the phantom findings (``Bench.run_classify``, prompt set ``phantom``):
     per-finding AUROC with its bootstrap 95 % interval, and the mean AUROC per finding group next to
-    chance (0.5, a score that ignores the volume)."""
-    summary = run_bench(
-        "run_classify",
-        [
-            "--model",
-            model_dir,
-            "--manifest",
-            prepared / "test.json",
-            "--prompt-set",
-            cfg.zero_shot_prompts,
-            "--n-boot",
-            cfg.zero_shot_boot,
-            "--seed",
-            cfg.seed,
-            "--out",
-            out,
-        ],
-        out,
-        cfg.threads,
-    )
+    chance (0.5, a score that ignores the volume). ``probe_split``: labelled phantoms the CLIP has not
+    seen; linear probes fitted on their embeddings score the same test split (what the embedding
+    carries, next to what the prompts reach)."""
+    args: list = ["--model", model_dir, "--manifest", prepared / "test.json", "--prompt-set", cfg.zero_shot_prompts]
+    if probe_split is not None:
+        args += ["--probe-manifest", probe_split, "--probe-c", cfg.zero_shot_probe_c]
+    args += ["--n-boot", cfg.zero_shot_boot, "--seed", cfg.seed, "--out", out]
+    summary = run_bench("run_classify", args, out, cfg.threads)
     return {**scoring.zero_shot_summary(summary), "bench_dir": str(out)}
 
 
