@@ -74,6 +74,12 @@ def run_classify(
 
         clip = load_model(str(model), published, tokenizer, device)
     net, tok = clip
+    # The probes are fitted first: a bad probe split is refused before anything is written.
+    probe = (
+        fit_probe(net, tok, ps, probe_manifest, manifest, probe_c, batch_size, slice_features, device)
+        if probe_manifest
+        else None
+    )
     res = classify_split(
         net, tok, manifest, ps, max_items=max_items, batch_size=batch_size, slice_features=slice_features, device=device
     )
@@ -95,42 +101,63 @@ def run_classify(
     )
     summary["prompt_set"] = ps.to_dict()
     summary["encoding"] = {"model": str(model), "published_family": published or None, "cases": len(res.ids)}
-    if probe_manifest:
-        train = classify_split(
-            net, tok, probe_manifest, ps, batch_size=batch_size, slice_features=slice_features, device=device
-        )
-        summary["linear_probe"] = linear_probe(
-            train, res, manifest, out / "linear_probe", ps.source, probe_manifest, probe_c, criterion, n_boot, seed
+    if probe is not None:
+        summary["linear_probe"] = score_probe(
+            probe, res, manifest, out / "linear_probe", ps.source, criterion, n_boot, seed
         )
     write_classify_outputs(out, summary, rows)
     return summary
 
 
-def linear_probe(
-    train,
+def fit_probe(net, tok, ps, probe_manifest, manifest, c, batch_size=8, slice_features="", device=None) -> dict:
+    """Encode the labelled ``probe_manifest`` and fit one probe per finding of ``ps``.
+
+    Refused: a split without labels, a finding with one class in it, and a split sharing image files
+    with the test ``manifest`` (a probe scored on the volumes it was fitted on measures nothing).
+    """
+    from Bench.common import BenchError, load_manifest
+    from LaMed.inference.classify import classify_split
+    from LaMed.inference.linear_probe import fit_linear_probe
+
+    def volumes(path) -> dict[Path, str]:
+        # The same volume is the same image file; ids alone collide across sets (phantom_00000, ...).
+        m = load_manifest(path)
+        return {(Path(m["_root"]) / str(it.get("image", ""))).resolve(): it["id"] for it in m["items"]}
+
+    test_files, probe_files = volumes(manifest), volumes(probe_manifest)
+    shared = sorted(probe_files[f] for f in probe_files.keys() & test_files.keys())
+    if shared:
+        raise BenchError(
+            f"{probe_manifest}: shares {len(shared)} volume(s) with the test manifest {manifest} "
+            f"(e.g. {shared[:3]}); fit the probes on other volumes"
+        )
+    train = classify_split(
+        net, tok, probe_manifest, ps, batch_size=batch_size, slice_features=slice_features, device=device
+    )
+    if train.labels is None:
+        raise BenchError(f"{probe_manifest}: the items carry no 'labels'; a linear probe needs them")
+    try:
+        fitted = fit_linear_probe(train.embeddings, train.labels, train.names, c)
+    except ValueError as exc:
+        raise BenchError(f"{probe_manifest}: {exc}") from None
+    return {"fitted": fitted, "train_manifest": str(probe_manifest), "train_cases": len(train.ids), "c": float(c)}
+
+
+def score_probe(
+    probe: dict,
     test,
     manifest: str | Path,
     out: Path,
     prompt_set: str,
-    probe_manifest: str | Path,
-    c: float = 1.0,
     criterion: str = "f1",
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """Fit probes on ``train`` (a ``ZeroShotResult`` of the labelled split), score ``test``'s
-    embeddings, evaluate them like zero-shot scores (threshold 0.5 on the probability) in ``out``."""
-    from Bench.common import BenchError
+    """Score ``test``'s embeddings (a ``ZeroShotResult``) with a :func:`fit_probe` result and evaluate
+    them like zero-shot scores (threshold 0.5 on the probability), in ``out``."""
     from Bench.eval_classify import evaluate_classify, write_classify_outputs
-    from LaMed.inference.linear_probe import fit_linear_probe
 
-    if train.labels is None:
-        raise BenchError(f"{probe_manifest}: the items carry no 'labels'; a linear probe needs them")
-    try:
-        probe = fit_linear_probe(train.embeddings, train.labels, train.names, c)
-    except ValueError as exc:
-        raise BenchError(f"{probe_manifest}: {exc}") from None
-    p = probe.predict_proba(test.embeddings)
+    p = probe["fitted"].predict_proba(test.embeddings)
     records = [
         {"id": item_id, "findings": {n: {"probability": float(p[i, k])} for k, n in enumerate(test.names)}}
         for i, item_id in enumerate(test.ids)
@@ -139,7 +166,7 @@ def linear_probe(
     summary, rows = evaluate_classify(
         str(preds), str(manifest), "", "", "probability", criterion, prompt_set, n_boot, seed
     )
-    summary["probe"] = {"train_manifest": str(probe_manifest), "train_cases": len(train.ids), "c": float(c)}
+    summary["probe"] = {k: v for k, v in probe.items() if k != "fitted"}
     write_classify_outputs(out, summary, rows)
     return {
         "auroc": {n: g["auroc"] for n, g in summary["per_class"].items()},

