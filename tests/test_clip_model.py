@@ -151,3 +151,51 @@ def test_cls_pooling_needs_a_cls_token():
         LamedClipModel(
             LamedClipConfig(vision_encoder="vit3d_test", vision_overrides={"cls_token": False}, text_config=TINY_BERT)
         )
+
+
+def test_flatten_pooling_weighs_each_grid_token_on_its_own(tmp_path):
+    from transformers import AutoModel
+
+    model = tiny(vision_pooling="flatten").eval()
+    grid = model.vision_model.grid_size  # (4, 4, 4) for vit3d_test at 16x64x64
+    n, width = math.prod(grid), model.vision_model.hidden_size
+    assert model.visual_projection.weight.shape == (16, n * width)
+    x = inputs()
+    with torch.no_grad():
+        tokens = model.vision_model.forward_features(x["image"])[:, 1:]  # the CLS token is not read
+        # By hand: one (16, width) block of the projection per grid position, summed over positions.
+        blocks = model.visual_projection.weight.reshape(16, n, width)
+        by_hand = torch.einsum("pnc,bnc->bp", blocks, tokens) + model.visual_projection.bias
+        torch.testing.assert_close(model.encode_image(x["image"]), torch.nn.functional.normalize(by_hand, dim=-1))
+        # Swapping two grid positions moves a flattened embedding; a mean cannot see the swap.
+        swapped = tokens.clone()
+        swapped[:, [0, n - 1]] = tokens[:, [n - 1, 0]]
+        cls = torch.zeros(3, 1, width)
+        flat_a = model.visual_projection(model.pool_image_tokens(torch.cat([cls, tokens], 1)))
+        flat_b = model.visual_projection(model.pool_image_tokens(torch.cat([cls, swapped], 1)))
+        assert (flat_a - flat_b).abs().max() > 1e-3
+        torch.testing.assert_close(tokens.mean(1), swapped.mean(1))
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_image(x["image"]), model.encode_image(x["image"]), rtol=0, atol=0)
+
+
+def test_flatten_pooling_refuses_a_grid_it_was_not_built_for():
+    torch.manual_seed(0)
+    model = LamedClipModel(
+        LamedClipConfig(
+            vision_encoder="dcformer_test", vision_pooling="flatten", text_config=TINY_BERT, projection_dim=8
+        )
+    )
+    d, h, w = model.vision_model.config.img_size
+    assert model.encode_image(torch.rand(1, 1, d, h, w)).shape == (1, 8)
+    with pytest.raises(
+        ValueError, match=r"vision_pooling='flatten' reads the fixed grid \(1, 2, 2\) \(4 tokens\).*8 tokens"
+    ):
+        model.encode_image(torch.rand(1, 1, d, 2 * h, w))  # DCFormer itself would accept it
+
+
+def test_flatten_is_not_a_text_pooling():
+    with pytest.raises(ValueError, match="text_pooling"):
+        LamedClipConfig(text_config=TINY_BERT, text_pooling="flatten")

@@ -10,6 +10,8 @@ printed by ``pytest -s`` and in the README's demo section.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -235,18 +237,19 @@ def test_quick_demo_reasoning_answers_removed_organs_in_words(quick_demo):
 
 def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     _, out, m = quick_demo
-    # The zero-shot check (mean AUROC >= 0.70 over every phantom finding) is not met by the tiny CLIP: its
-    # focal findings (lesions of one to a few voxels at 32x64x64) stay near chance. It is reported in
-    # report.md; what is asserted below is what it does learn.
-    failed = {k: v for k, v in m["checks"].items() if not v["passed"] and k != "zero-shot findings AUROC"}
-    assert not failed, failed
+    failed = {k: v for k, v in m["checks"].items() if not v["passed"]}
+    assert not failed, failed  # the zero-shot check (mean AUROC >= 0.70 over every finding) among them
     clip, mllm = m["clip"], m["mllm"]
     assert clip["bench"]["text_to_image_R@1"] >= 4 * clip["chance"]["R@1"]
     assert clip["bench"]["image_to_text_R@1"] >= 4 * clip["chance"]["R@1"]
     assert mllm["report"]["findings_f1"] >= mllm["report_other_volume"]["findings_f1"] + 0.15
     assert mllm["vqa"]["closed"] >= 0.5
     zs = clip["zero_shot"]
-    assert zs["chance"] == 0.5 and zs["mean_auroc"]["organ"] >= 0.70 and zs["mean_auroc"]["all"] > 0.55
+    assert zs["chance"] == 0.5 and zs["mean_auroc"]["all"] >= 0.70 and zs["mean_auroc"]["organ"] >= 0.85
+    # the small organs a mean-pooled readout lost (docs/inference.md): the flattened one keeps them
+    saved = json.loads((out / "runs" / "clip_model" / "config.json").read_text())
+    assert saved["vision_pooling"] == m["config"]["clip_vision_pooling"] == "flatten"
+    assert min(zs["per_finding"][f]["auroc"] for f in ("nephrectomy", "cholecystectomy")) >= 0.75
     # linear probes on the calibration phantoms' embeddings (unseen by the CLIP) sit next to each finding
     assert zs["probe"]["train_cases"] == 150 and zs["probe"]["mean_auroc"]["organ"] >= 0.70
     assert all("probe_auroc" in f for f in zs["per_finding"].values())

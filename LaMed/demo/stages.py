@@ -168,6 +168,8 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
             vision,
             "--per_device_train_batch_size",
             str(cfg.clip_batch_size),
+            "--vision_pooling",
+            cfg.clip_vision_pooling,
             "--dataloader_num_workers",
             str(cfg.clip_loader_workers),
         ],

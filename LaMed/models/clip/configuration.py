@@ -26,7 +26,9 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 LOSS_TYPES = ("infonce", "siglip")
-POOLINGS = ("cls", "mean")
+TEXT_POOLINGS = ("cls", "mean")
+# "flatten": every grid token concatenated in grid order (CT-RATE CLIPs: DCFormer's ``--reduction none``).
+VISION_POOLINGS = (*TEXT_POOLINGS, "flatten")
 SCALE_MODES = ("exp", "raw")
 
 # Published initial values: CLIP's ln(1/0.07) (M3D, HSENet, Med3DVLM), SigLIP paper's t'=ln 10, b=-10.
@@ -41,8 +43,14 @@ class LamedClipConfig(PreTrainedConfig):
     Vision tower:
         vision_encoder: registered encoder name (``LaMed.models.encoders.list_encoders()``).
         vision_overrides: encoder config fields that replace the variant's (e.g. ``img_size``).
-        vision_pooling: ``"cls"`` (token 0, needs a CLS token; M3D / HSENet) or ``"mean"`` over all
-            tokens of ``forward_features`` (Med3DVLM: mean of DCFormer's last-stage tokens).
+        vision_pooling: ``"cls"`` (token 0, needs a CLS token; M3D / HSENet), ``"mean"`` over all
+            tokens of ``forward_features`` (Med3DVLM: mean of DCFormer's last-stage tokens) or
+            ``"flatten"``: the grid tokens (prefix tokens dropped) concatenated in grid order, so
+            ``visual_projection`` is ``Linear(prod(grid) * width, projection_dim)`` (the CT-RATE CLIP
+            of DCFormer's code, ``--reduction none``). Its linear path weighs each position on its
+            own: a mean, whose linear path sums one patch embedding over every position, cannot tell
+            a missing left kidney from a missing spleen beside it; a flattened readout can. The
+            grid is fixed by ``vision_overrides["img_size"]``: inputs of another size are refused.
     Text tower:
         text_config: the HF config of the text encoder (dict with ``model_type`` or a config
             object; default BERT-base). Built with ``AutoModel.from_config``.
@@ -123,8 +131,8 @@ class LamedClipConfig(PreTrainedConfig):
         """Raise ``ValueError`` naming the field for an invalid value."""
         choices = {
             "loss_type": LOSS_TYPES,
-            "vision_pooling": POOLINGS,
-            "text_pooling": POOLINGS,
+            "vision_pooling": VISION_POOLINGS,
+            "text_pooling": TEXT_POOLINGS,
             "logit_scale_mode": SCALE_MODES,
         }
         for name, allowed in choices.items():

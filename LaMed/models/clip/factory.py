@@ -41,7 +41,7 @@ class ClipModelArguments:
     vision_overrides: dict | str | None = field(
         default=None, metadata={"help": "encoder config fields (mapping / JSON)"}
     )
-    vision_pooling: str = field(default="cls", metadata={"help": "cls | mean"})
+    vision_pooling: str = field(default="cls", metadata={"help": "cls | mean | flatten (see LamedClipConfig)"})
     text_model_path: str = field(
         default="",
         metadata={

@@ -5,7 +5,8 @@
     out = model(image=(B, 1, D, H, W), input_ids=(B, T), attention_mask=(B, T))
     out.loss, out.image_embeds (B, P), out.text_embeds (B, P)
 
-Embeddings follow the published recipe: the pooled token (CLS by default) goes through its
+Embeddings follow the published recipe: the pooled token (CLS by default; the mean of the tokens
+or all grid tokens concatenated, see ``LamedClipConfig.vision_pooling``) goes through its
 projection and is L2-normalised. (M3D-CLIP projects and normalises every token and then takes
 token 0; projection and normalisation act per token, so projecting only the pooled token gives
 the same vector at a fraction of the cost.)
@@ -19,6 +20,7 @@ stage-1 model under ``teacher.*``. ``LaMed.models.convert.clip`` maps the publis
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +96,7 @@ class LamedClipModel(PreTrainedModel):
         self.text_model = build_text_model(config.text_config)
         text_width = getattr(config.text_config, "hidden_size", None) or config.text_config.dim  # DistilBERT: dim
         self.visual_projection = nn.Linear(
-            self.vision_model.hidden_size, config.projection_dim, bias=config.projection_bias
+            self.pooled_image_width(), config.projection_dim, bias=config.projection_bias
         )
         self.text_projection = nn.Linear(text_width, config.projection_dim, bias=config.projection_bias)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
@@ -160,14 +162,37 @@ class LamedClipModel(PreTrainedModel):
         """The inverse temperature multiplying the cosine similarities (see ``logit_scale_mode``)."""
         return effective_scale(self.logit_scale, self.config.logit_scale_mode, self.config.logit_scale_max)
 
+    def pooled_image_width(self) -> int:
+        """Width of the pooled image feature fed to ``visual_projection``: the encoder's width, or
+        ``prod(grid) * width`` for ``vision_pooling="flatten"``."""
+        width = self.vision_model.hidden_size
+        if self.config.vision_pooling == "flatten":
+            return math.prod(self.vision_model.grid_size) * width
+        return width
+
+    def pool_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` encoder tokens -> ``(B, pooled_image_width())`` per ``vision_pooling``."""
+        pooling = self.config.vision_pooling
+        if pooling == "cls":
+            return tokens[:, 0]
+        if pooling == "mean":
+            return tokens.mean(dim=1)
+        grid = tokens[:, self.vision_model.num_prefix_tokens :]
+        expected = math.prod(self.vision_model.grid_size)
+        if grid.shape[1] != expected:  # encoders that accept other sizes (DCFormer) must not be read wrongly
+            raise ValueError(
+                f"vision_pooling='flatten' reads the fixed grid {tuple(self.vision_model.grid_size)} "
+                f"({expected} tokens) the model was built for; this input gave {grid.shape[1]} tokens"
+            )
+        return grid.reshape(grid.shape[0], -1)
+
     def encode_image(
         self, image: torch.Tensor, slice_features: torch.Tensor | None = None, normalize: bool = True
     ) -> torch.Tensor:
         """``(B, C, D, H, W)`` -> ``(B, projection_dim)`` (L2-normalised unless ``normalize=False``)."""
         extra = {} if slice_features is None else {"slice_features": slice_features}
         tokens = self.vision_model.forward_features(image, **extra)
-        pooled = tokens[:, 0] if self.config.vision_pooling == "cls" else tokens.mean(dim=1)
-        emb = self.visual_projection(pooled)
+        emb = self.visual_projection(self.pool_image_tokens(tokens))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(
