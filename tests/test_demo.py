@@ -192,6 +192,20 @@ def test_command_line_config():
 # ---- the quick demo end to end -------------------------------------------------------------------------
 
 
+def test_report_model_tower_is_the_clip_itself_when_the_readouts_agree(tmp_path):
+    from LaMed.demo.config import FULL
+    from LaMed.demo.stages import tower_clip
+
+    clip = tmp_path / "clip_model"
+    with pytest.raises(FileNotFoundError, match=r"clip_model/config\.json: the CLIP the report/VQA model"):
+        tower_clip(FULL, tmp_path / "phantoms", tmp_path, clip)
+    clip.mkdir()
+    (clip / "config.json").write_text(json.dumps({"vision_pooling": "mean"}))
+    # same readout: no twin is trained (no phantoms exist here, so training would fail)
+    assert tower_clip(FULL.replace(mllm_tower_pooling="mean"), tmp_path / "phantoms", tmp_path, clip) == (clip, None)
+    assert not (tmp_path / "mllm_tower_clip").exists()
+
+
 def test_quick_demo_runs_every_part_and_segmentation_beats_chance(quick_demo):
     rc, out, m = quick_demo
     assert rc == 0  # without --strict a finished demo exits 0 and reports failed checks in report.md
@@ -249,6 +263,13 @@ def test_quick_demo_clip_and_report_models_beat_chance(quick_demo):
     # the small organs a mean-pooled readout lost (docs/inference.md): the flattened one keeps them
     saved = json.loads((out / "runs" / "clip_model" / "config.json").read_text())
     assert saved["vision_pooling"] == m["config"]["clip_vision_pooling"] == "flatten"
+    # the report model starts from a twin CLIP with the mean readout, trained like the scored one
+    tower = mllm["tower_training"]
+    assert tower["vision_pooling"] == "mean" and tower["steps"] == m["config"]["clip_steps"]
+    assert tower["last_loss"] < tower["first_loss"]
+    twin = out / "runs" / "mllm_tower_clip"
+    assert json.loads((twin / "config.json").read_text())["vision_pooling"] == "mean"
+    assert str(twin / "model.safetensors") in (out / "runs" / "mllm_model" / "lamed_recipe.yaml").read_text()
     assert min(zs["per_finding"][f]["auroc"] for f in ("nephrectomy", "cholecystectomy")) >= 0.75
     # linear probes on the calibration phantoms' embeddings (unseen by the CLIP) sit next to each finding
     assert zs["probe"]["train_cases"] == 150 and zs["probe"]["mean_auroc"]["organ"] >= 0.70

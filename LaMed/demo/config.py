@@ -32,8 +32,15 @@ class DemoConfig:
             has ``mean``). ``flatten`` (the 64 grid tokens concatenated) lets the image embedding
             tell where something is: with ``mean`` a removed kidney or gallbladder was absent from
             the embedding (linear probes fitted on 2400 other phantoms: AUROC 0.40-0.54) and the
-            zero-shot mean AUROC was 0.65-0.69; with ``flatten`` the same probes reach 0.98-1.0 and
-            the zero-shot mean 0.79-0.81 (docs/inference.md, "What limits the demo's zero-shot score").
+            zero-shot mean AUROC was 0.65-0.69; with ``flatten`` the same probes reach 0.98-1.00 and
+            the zero-shot mean 0.79-0.81 (docs/inference.md, "The demo CLIP's image readout").
+        mllm_tower_pooling: the readout of the CLIP whose vision tower the report model starts from.
+            When it is not ``clip_vision_pooling``, a twin CLIP is trained with it (same recipe,
+            phantoms, steps, seed; about 3 minutes). Started from the flatten-trained tower, the
+            report model named findings no better than chance (findings F1 0.17 against 0.19 for
+            other volumes' reports; 0.24 against 0.10 after 3000 steps); from the mean-trained one,
+            0.36 against 0.14: that tower puts what it knows in every token, which the model reads
+            token by token.
         clip_loader_workers: data-loader processes of the CLIP training (reading and tokenising 64
             pairs is ~40 % of a step in the training process; one worker overlaps it).
         seg_classes: structures the segmentation model is prompted with (training and test).
@@ -71,6 +78,7 @@ class DemoConfig:
     clip_steps: int = 800
     clip_batch_size: int = 64
     clip_vision_pooling: str = "flatten"
+    mllm_tower_pooling: str = "mean"
     clip_loader_workers: int = 1
     mllm_steps: int = 1500
     seg_steps: int = 1000

@@ -86,7 +86,9 @@ def run_demo(
                 timings,
                 next(step),
                 total,
-                f"report/VQA: train {cfg.mllm_recipe} ({cfg.mllm_steps} steps), Bench MRG + VQA",
+                f"report/VQA: train {cfg.mllm_recipe} ({cfg.mllm_steps} steps"
+                + ("" if cfg.mllm_tower_pooling == cfg.clip_vision_pooling else ", after its CLIP twin")
+                + "), Bench MRG + VQA",
             ):
                 metrics["mllm"] = stages.run_mllm(cfg, prepared, runs, Path(metrics["clip"]["model"]))
         if "seg" in cfg.parts:

@@ -253,7 +253,7 @@ def _trained_section(m: Mapping, figures: Mapping[str, str]) -> list:
     ]
     names = {
         "clip": "3D CLIP (ViT3D + BERT, InfoNCE)",
-        "mllm": "report / VQA model (the CLIP's ViT3D + MLP projector + 2-layer LLM)",
+        "mllm": "report / VQA model (a CLIP's ViT3D + MLP projector + 2-layer LLM)",
         "seg": "text-prompted segmentation (SegVol-tiny)",
         "reasoning": "reasoning segmentation (tiny R1Seg-3D: ViT3D + 2-layer LLM + SegVol-tiny decoder)",
         "real": "segmentation fine-tuned on the real CT",
@@ -261,6 +261,13 @@ def _trained_section(m: Mapping, figures: Mapping[str, str]) -> list:
     for part, title in names.items():
         p = m.get(part)
         if isinstance(p, Mapping) and "steps" in p:
+            tower = p.get("tower_training")
+            if isinstance(tower, Mapping):  # the report model's own CLIP twin, trained before it
+                lines.append(
+                    f"| CLIP twin, `{tower['vision_pooling']}` readout (the report model's tower) | "
+                    f"`{tower['recipe']}` | {tower['steps']} | {_minutes(tower.get('seconds'))} | "
+                    f"{_f(tower.get('first_loss'))} -> {_f(tower.get('last_loss'))} |"
+                )
             recipe = p.get("recipe", "tiny_segvol (label-map data)" if part == "real" else "")
             lines.append(
                 f"| {title} | `{recipe}` | {p['steps']} | {_minutes(p.get('train_seconds'))} | "

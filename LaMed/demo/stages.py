@@ -146,11 +146,9 @@ def _tower_overrides(cfg: DemoConfig) -> str:
     return json.dumps({"img_size": list(cfg.shape), "patch_size": [max(1, n // 4) for n in cfg.shape]})
 
 
-def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
-    """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
-
-    vision = _tower_overrides(cfg)
-    model_dir = work / "clip_model"
+def _train_clip(cfg: DemoConfig, prepared: Path, model_dir: Path, pooling: str):
+    """Train the demo's CLIP recipe into ``model_dir`` with image readout ``pooling``; the run's
+    log history is written next to the model. Returns the ``train_clip`` run."""
     run = train_clip(
         recipe_path(cfg.clip_recipe),
         prepared,
@@ -165,17 +163,25 @@ def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
             "--resume",
             "never",
             "--vision_overrides",
-            vision,
+            _tower_overrides(cfg),
             "--per_device_train_batch_size",
             str(cfg.clip_batch_size),
             "--vision_pooling",
-            cfg.clip_vision_pooling,
+            pooling,
             "--dataloader_num_workers",
             str(cfg.clip_loader_workers),
         ],
     )
+    write_json_atomic(model_dir / "log_history.json", list(run.trainer.state.log_history))
+    return run
+
+
+def run_clip(cfg: DemoConfig, prepared: Path, work: Path) -> dict[str, Any]:
+    """Tiny M3D-CLIP (ViT3D + BERT, InfoNCE): train, encode the test split, score with Bench."""
+
+    model_dir = work / "clip_model"
+    run = _train_clip(cfg, prepared, model_dir, cfg.clip_vision_pooling)
     history = list(run.trainer.state.log_history)
-    write_json_atomic(model_dir / "log_history.json", history)
     out = work / "clip_eval"
     # Encode test reports with the recipe's own token budget (the tiny text tower has 256 positions).
     import yaml
@@ -228,11 +234,39 @@ def run_zero_shot(
 # --------------------------------------------------------------------------------------------- MLLM
 
 
+def tower_clip(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> tuple[Path, dict | None]:
+    """The CLIP whose vision tower the report model starts from, and the record of its training.
+
+    ``clip_model`` (the demo's CLIP) itself when its image readout is ``cfg.mllm_tower_pooling``
+    (record ``None``); else a twin trained with that readout (same recipe, phantoms, steps and seed)
+    into ``work/mllm_tower_clip``: the report model reads the tower's tokens one by one, and a tower
+    trained under a flattened readout spreads what it knows over positions the 2-layer LLM does not
+    learn to read within its steps (DemoConfig.mllm_tower_pooling)."""
+    config = Path(clip_model) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: the CLIP the report/VQA model starts from is missing")
+    if json.loads(config.read_text()).get("vision_pooling") == cfg.mllm_tower_pooling:
+        return Path(clip_model), None
+    model_dir = work / "mllm_tower_clip"
+    run = _train_clip(cfg, prepared, model_dir, cfg.mllm_tower_pooling)
+    record = {
+        "recipe": cfg.clip_recipe,
+        "vision_pooling": cfg.mllm_tower_pooling,
+        "steps": int(run.trainer.state.global_step),
+        "seconds": float(run.output.metrics.get("train_runtime", float("nan"))),
+        **loss_ends(list(run.trainer.state.log_history)),
+        "model": str(model_dir),
+    }
+    return model_dir, record
+
+
 def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> dict[str, Any]:
-    """Tiny LaMed (the CLIP's ViT3D, frozen + MLP projector + 2-layer Phi-3-style LLM): reports and VQA,
-    scored by Bench. ``clip_model``: the demo's CLIP folder, whose vision tower the recipe starts from."""
+    """Tiny LaMed (a CLIP's ViT3D, trained at 0.03x + MLP projector + 2-layer Phi-3-style LLM): reports
+    and VQA, scored by Bench. ``clip_model``: the demo's CLIP folder; the recipe starts from its vision
+    tower, or from a twin's (:func:`tower_clip`)."""
     model_dir = work / "mllm_model"
-    weights = Path(clip_model) / "model.safetensors"
+    tower_dir, tower_training = tower_clip(cfg, prepared, work, Path(clip_model))
+    weights = tower_dir / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: the CLIP the report/VQA model starts from is missing")
     trained = train_recipe(
@@ -322,6 +356,8 @@ def run_mllm(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) -> d
         "vqa_questions": counts,
         "vqa_chance": scoring.vqa_baselines(train_items, list(by_id.values())),
         "bench_dirs": {"mrg": str(mrg_dir), "vqa": str(vqa_dir)},
+        "tower": str(tower_dir),
+        "tower_training": tower_training,
     }
 
 
