@@ -1,7 +1,7 @@
 """``lamed demo``: the scoring rules and chance levels by hand, then the ``--quick`` run end to end.
 
 The quick run (session fixture ``quick_demo`` in conftest.py, ~13 CPU minutes) trains the four tiny
-twins (CLIP, then the report/VQA model from the CLIP's tower, text-prompted segmentation, reasoning
+twins (CLIP, then the report/VQA model from a CLIP twin's tower, text-prompted segmentation, reasoning
 segmentation) on 1200 phantoms, scores them with Bench on the 60 held-out ones, fine-tunes on the real
 TotalSegmentator CT (when ``../shared/data`` is present), and must clear the margins the CLIP,
 multimodal-LLM and segmentation issues set (``LaMed.demo.report.CHECKS``); the numbers measured are in the report

@@ -37,8 +37,8 @@ class DemoConfig:
         mllm_tower_pooling: the readout of the CLIP whose vision tower the report model starts from.
             When it is not ``clip_vision_pooling``, a twin CLIP is trained with it (same recipe,
             phantoms, steps, seed; about 3 minutes). Started from the flatten-trained tower, the
-            report model named findings no better than chance (findings F1 0.17 against 0.19 for
-            other volumes' reports; 0.24 against 0.10 after 3000 steps); from the mean-trained one,
+            report model named findings no better than other volumes' reports do (findings F1 0.17
+            against 0.19; 0.24 against 0.10 after 3000 steps); from the mean-trained one,
             0.36 against 0.14: that tower puts what it knows in every token, which the model reads
             token by token.
         clip_loader_workers: data-loader processes of the CLIP training (reading and tokenising 64
