@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_configs import save_tiny_clip
+from tiny_configs import tiny_clip_with_phantoms
 
 from LaMed.models.clip import LamedClipModel
 
@@ -15,13 +15,8 @@ from LaMed.models.clip import LamedClipModel
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny CLIP saved with the MiniLM tokenizer, and a few test phantoms at 16x64x64."""
-    from LaMed.data.prepare import prepare_phantoms
-
     root = tmp_path_factory.mktemp("clip_retrieval")
-    prepare_phantoms(
-        root / "data", n=6, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.99, progress=False
-    )
-    save_tiny_clip(root / "model")
+    tiny_clip_with_phantoms(root, n=6, seed=11, test_fraction=0.99)
     return root
 
 

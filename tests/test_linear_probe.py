@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny_configs import save_tiny_clip
+from tiny_configs import tiny_clip_with_phantoms
 
 from LaMed.inference.linear_probe import fit_linear_probe
 
@@ -77,13 +77,8 @@ def test_probe_refusals_name_the_problem():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from LaMed.data.prepare import prepare_phantoms
-
     root = tmp_path_factory.mktemp("linear_probe")
-    prepare_phantoms(
-        root / "data", n=30, shape=(16, 64, 64), seed=11, val_fraction=0.0, test_fraction=0.3, progress=False
-    )
-    save_tiny_clip(root / "model")
+    tiny_clip_with_phantoms(root, n=30, seed=11, test_fraction=0.3)
     return root
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_configs import TINY_BERT, save_tiny_clip
+from tiny_configs import TINY_BERT, tiny_clip_with_phantoms
 
 from LaMed.inference.classify import (
     PromptSetError,
@@ -116,13 +116,8 @@ def test_phantom_labels_follow_the_generator():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from LaMed.data.prepare import prepare_phantoms
-
     root = tmp_path_factory.mktemp("zero_shot")
-    prepare_phantoms(
-        root / "data", n=14, shape=(16, 64, 64), seed=5, val_fraction=0.3, test_fraction=0.3, progress=False
-    )
-    model, tok = save_tiny_clip(root / "model")
+    model, tok = tiny_clip_with_phantoms(root, n=14, seed=5, test_fraction=0.3, val_fraction=0.3)
     return root, model, tok
 
 

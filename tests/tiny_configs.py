@@ -46,6 +46,23 @@ def save_tiny_clip(folder, seed: int = 0, projection_dim: int = 16):
     return model, tok
 
 
+def tiny_clip_with_phantoms(root, n: int, seed: int, test_fraction: float, val_fraction: float = 0.0):
+    """``save_tiny_clip(root / "model")`` and ``n`` prepared 16x64x64 phantoms in ``root / "data"``
+    (phantom seeds from ``seed``); returns ``(model, tokenizer)``."""
+    from LaMed.data.prepare import prepare_phantoms
+
+    prepare_phantoms(
+        root / "data",
+        n=n,
+        shape=(16, 64, 64),
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        progress=False,
+    )
+    return save_tiny_clip(root / "model")
+
+
 def phantom_volume(shape=(40, 96, 80), seed: int = 3):
     """A phantom CT as a ``LaMed.data.io.Volume`` (canonical grid, the phantom's spacing)."""
     from LaMed.data.io import Volume

@@ -255,7 +255,6 @@ def tower_clip(cfg: DemoConfig, prepared: Path, work: Path, clip_model: Path) ->
         "steps": int(run.trainer.state.global_step),
         "seconds": float(run.output.metrics.get("train_runtime", float("nan"))),
         **loss_ends(list(run.trainer.state.log_history)),
-        "model": str(model_dir),
     }
     return model_dir, record
 
